@@ -1,0 +1,760 @@
+"""The SSH layer: one `Remote` per server, one SSH transport reused for everything.
+
+Commands are argv lists, quoted here; secrets travel on stdin. Host keys are never accepted
+silently: an unknown key raises `UnknownHostKey` carrying its SHA256 fingerprint, and only
+`trust_host_key(fingerprint)` stores it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import os
+import posixpath
+import select
+import shlex
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
+
+import paramiko
+
+from . import names
+from .errors import (AuthenticationFailed, ChangedHostKey, CommandFailed, CommandTimeout, ConnectionLost,
+                     ConnectTimeout, DNSFailure, HostUnreachable, LabdeployError, RemoteError, UnknownHostKey)
+
+LineCallback = Callable[[str, str], None]  # (line, stream) with stream "stdout" or "stderr"
+ChunkCallback = Callable[[bytes], None]
+ProgressCallback = Callable[[int, int], None]  # (done, total)
+
+STDERR_TAIL = 20  # lines of stderr quoted in a CommandFailed message
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key, e.g. 'SHA256:47DEQpj8HBSa+/...'."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def _default_home() -> Path:
+    return Path(os.path.expanduser("~"))
+
+
+@dataclass
+class Result:
+    argv: list
+    exit_status: int
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_bytes.decode("utf-8", "replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class _CountingSocket:
+    """Wraps the TCP socket to count bytes on the wire (for benchmarks and tests)."""
+
+    def __init__(self, sock: socket.socket, stats: dict) -> None:
+        self._sock = sock
+        self._stats = stats
+
+    def send(self, data, *args):
+        n = self._sock.send(data, *args)
+        self._stats["bytes_sent"] += n
+        return n
+
+    def sendall(self, data, *args):
+        self._sock.sendall(data, *args)
+        self._stats["bytes_sent"] += len(data)
+
+    def recv(self, n, *args):
+        data = self._sock.recv(n, *args)
+        self._stats["bytes_received"] += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _RaiseOnUnknown(paramiko.MissingHostKeyPolicy):
+    """Never accept an unknown host key: hand its fingerprint to the caller instead."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def missing_host_key(self, client, hostname, key):
+        host = hostname
+        if hostname.startswith("["):  # paramiko passes "[host]:port" for other ports
+            host = hostname[1:].split("]")[0]
+        fp = fingerprint(key)
+        raise UnknownHostKey(
+            f"The server {host} (port {self.port}) is not known yet. Its {key.get_name()} key has the "
+            f"fingerprint {fp}.",
+            "Check this fingerprint with the server's administrator (or on the server: "
+            "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then confirm it to trust the server.",
+            host=host, port=self.port, key_type=key.get_name(), fingerprint=fp)
+
+
+class Remote:
+    """One server, reached over one reused SSH connection."""
+
+    def __init__(self, host: str, port: Optional[int] = None, user: Optional[str] = None, *,
+                 key_filename: Optional[Union[str, os.PathLike]] = None, passphrase: Optional[str] = None,
+                 password: Optional[str] = None, known_hosts: Optional[Union[str, os.PathLike]] = None,
+                 ssh_config: Optional[Union[str, os.PathLike]] = None, use_agent: bool = True,
+                 connect_timeout: float = 10.0, keepalive: int = 15) -> None:
+        home = _default_home()
+        self.alias = host
+        cfg = self._read_ssh_config(Path(ssh_config) if ssh_config else home / ".ssh" / "config", host)
+        self.host = names.host(cfg.get("hostname", host))
+        self.port = names.port(port if port is not None else cfg.get("port", 22))
+        self.user = names.user(user or cfg.get("user") or os.environ.get("USER") or "root")
+        if key_filename is None and cfg.get("identityfile"):
+            candidates = [os.path.expanduser(p) for p in cfg["identityfile"]]
+            existing = [p for p in candidates if os.path.exists(p)]
+            key_filename = existing[0] if existing else None
+        self.key_filename = str(key_filename) if key_filename else None
+        self.known_hosts = Path(known_hosts) if known_hosts else home / ".ssh" / "known_hosts"
+        self.use_agent = use_agent
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        # Kept only in memory, only for this object's life; never logged.
+        self._passphrase = passphrase
+        self._password = password
+        self._client: Optional[paramiko.SSHClient] = None
+        self._sftp: Optional[paramiko.SFTPClient] = None
+        self._lock = threading.RLock()
+        self._sftp_lock = threading.RLock()
+        self._home: Optional[str] = None
+        self.stats = {"connections": 0, "commands": 0, "bytes_sent": 0, "bytes_received": 0}
+
+    def __repr__(self) -> str:
+        return f"Remote({self.user}@{self.host}:{self.port})"
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}")
+
+    # ------------------------------------------------------------------ config
+
+    @staticmethod
+    def _read_ssh_config(path: Path, host: str) -> dict:
+        if not path.exists():
+            return {}
+        try:
+            config = paramiko.SSHConfig.from_path(str(path))
+        except Exception as exc:  # a broken ~/.ssh/config should say so, not crash oddly
+            raise LabdeployError(f"Your SSH config file {path} could not be read: {exc}",
+                                 "Fix the line it complains about, or move the file away to test.") from exc
+        return config.lookup(host)
+
+    # ------------------------------------------------------------------ connecting
+
+    def _open_socket(self) -> socket.socket:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except socket.gaierror as exc:
+            raise DNSFailure(f"The server name {self.host!r} could not be found ({exc.strerror}).",
+                             "Check the spelling of the host name, or use the server's IP address.") from exc
+        except ConnectionRefusedError as exc:
+            raise HostUnreachable(f"{self.host} refused the connection on port {self.port}.",
+                                  "Check the port (SSH normally uses 22) and that the server's SSH service runs.") from exc
+        except (socket.timeout, TimeoutError) as exc:
+            raise ConnectTimeout(f"No answer from {self.host}:{self.port} within {self.connect_timeout:.0f} s.",
+                                 "Check the address and port, that the server is up, and that no firewall blocks SSH.") from exc
+        except OSError as exc:
+            raise HostUnreachable(f"Can't reach {self.host}:{self.port}: {exc.strerror or exc}.",
+                                  "Check your network connection and the server's address.") from exc
+        return sock
+
+    def _host_keys(self) -> paramiko.HostKeys:
+        keys = paramiko.HostKeys()
+        if self.known_hosts.exists():
+            keys.load(str(self.known_hosts))
+        return keys
+
+    def connect(self) -> "Remote":
+        """Connect (or reconnect) if not connected. Idempotent and thread-safe."""
+        with self._lock:
+            if self._client is not None:
+                transport = self._client.get_transport()
+                if transport is not None and transport.is_active():
+                    return self
+                self._drop()
+            client = paramiko.SSHClient()
+            # As *system* keys: paramiko then never writes the file itself.
+            if self.known_hosts.exists():
+                client.load_system_host_keys(str(self.known_hosts))
+            client.set_missing_host_key_policy(_RaiseOnUnknown(self.port))
+            sock = _CountingSocket(self._open_socket(), self.stats)
+            try:
+                client.connect(
+                    self.host, port=self.port, username=self.user, key_filename=self.key_filename,
+                    passphrase=self._passphrase, password=self._password, sock=sock,
+                    allow_agent=self.use_agent, look_for_keys=self.key_filename is None and self._password is None,
+                    timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                    auth_timeout=self.connect_timeout)
+            except UnknownHostKey:
+                client.close()
+                raise
+            except paramiko.BadHostKeyException as exc:
+                client.close()
+                raise self._changed_key_error(exc.key, exc.expected_key) from None
+            except paramiko.PasswordRequiredException as exc:
+                client.close()
+                raise AuthenticationFailed(
+                    f"The key {self.key_filename} is protected by a passphrase.",
+                    "Give the passphrase, or add the key to your ssh-agent first (`ssh-add KEY`).") from exc
+            except paramiko.AuthenticationException as exc:
+                client.close()
+                how = "password" if self._password else "key"
+                raise AuthenticationFailed(
+                    f"The server {self.host} refused to log in {self.user} with that {how}.",
+                    "Check the user name; copy your public key to the server with the setup panel "
+                    "(or `ssh-copy-id`); or add your key to the ssh-agent." if how == "key" else
+                    "Check the user name and password (passwords are case-sensitive).") from exc
+            except (socket.timeout, TimeoutError) as exc:
+                client.close()
+                raise ConnectTimeout(f"{self.host}:{self.port} accepted the connection but did not answer in time.",
+                                     "The server may be overloaded; try again in a minute.") from exc
+            except paramiko.SSHException as exc:
+                client.close()
+                if "banner" in str(exc).lower():
+                    raise HostUnreachable(
+                        f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
+                        "Check the port number: SSH normally uses 22.") from exc
+                raise RemoteError(f"SSH to {self.host}:{self.port} failed: {exc}",
+                                  "Try again; if it persists, check the server's SSH service.") from exc
+            except OSError as exc:
+                client.close()
+                raise HostUnreachable(f"The connection to {self.host}:{self.port} broke while logging in: {exc}.",
+                                      "Check your network connection and try again.") from exc
+            transport = client.get_transport()
+            transport.set_keepalive(self.keepalive)
+            self._client = client
+            self.stats["connections"] += 1
+        return self
+
+    def _changed_key_error(self, key: paramiko.PKey, expected: paramiko.PKey) -> ChangedHostKey:
+        fp, old = fingerprint(key), fingerprint(expected)
+        return ChangedHostKey(
+            f"The server {self.host} (port {self.port}) presents a different host key than the one stored "
+            f"in {self.known_hosts}: now {fp}, stored {old}. labdeploy refuses to connect.",
+            "Usually the server was rebuilt or reinstalled. Ask its administrator whether that is so and "
+            "what the new fingerprint is. Only then remove the old key deliberately (forget_host_key(), or "
+            f"`ssh-keygen -R {known_hosts_name(self.host, self.port)}`) and confirm the new one. If nobody "
+            "changed the server, do not connect: someone may be intercepting the connection.",
+            host=self.host, port=self.port, fingerprint=fp, expected_fingerprint=old)
+
+    def _drop(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._sftp is not None:
+                self._sftp.close()
+        with contextlib.suppress(Exception):
+            if self._client is not None:
+                self._client.close()
+        self._sftp = None
+        self._client = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> "Remote":
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        client = self._client
+        transport = client.get_transport() if client else None
+        return bool(transport and transport.is_active())
+
+    def _transport(self) -> paramiko.Transport:
+        self.connect()
+        transport = self._client.get_transport() if self._client else None
+        if transport is None or not transport.is_active():
+            raise ConnectionLost(f"The connection to {self.host} is closed.", "Try again.")
+        return transport
+
+    # ------------------------------------------------------------------ host keys
+
+    def fetch_host_key(self) -> tuple[str, str]:
+        """(key type, SHA256 fingerprint) of the key the server presents, without logging in."""
+        sock = self._open_socket()
+        transport = paramiko.Transport(sock)
+        try:
+            transport.start_client(timeout=self.connect_timeout)
+            key = transport.get_remote_server_key()
+            return key.get_name(), fingerprint(key)
+        except paramiko.SSHException as exc:
+            raise HostUnreachable(f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
+                                  "Check the port number: SSH normally uses 22.") from exc
+        finally:
+            transport.close()
+
+    def _fetch_key_object(self) -> paramiko.PKey:
+        sock = self._open_socket()
+        transport = paramiko.Transport(sock)
+        try:
+            transport.start_client(timeout=self.connect_timeout)
+            return transport.get_remote_server_key()
+        finally:
+            transport.close()
+
+    def stored_host_key(self) -> Optional[paramiko.PKey]:
+        entry = self._host_keys().lookup(known_hosts_name(self.host, self.port))
+        if not entry:
+            return None
+        return next(iter(entry.values()))
+
+    def trust_host_key(self, expected_fingerprint: str) -> None:
+        """Store the server's key in known_hosts, if and only if it has this fingerprint.
+
+        Call it after the user confirmed the fingerprint shown by `UnknownHostKey`. A key that
+        differs from one already stored is refused (use `forget_host_key` first, deliberately).
+        """
+        key = self._fetch_key_object()
+        fp = fingerprint(key)
+        if fp != expected_fingerprint.strip():
+            raise ChangedHostKey(
+                f"The server {self.host} now presents the key {fp}, not the {expected_fingerprint} you confirmed.",
+                "Do not trust it: check the fingerprint with the server's administrator and try again.",
+                host=self.host, port=self.port, fingerprint=fp, expected_fingerprint=expected_fingerprint)
+        stored = self._host_keys().lookup(known_hosts_name(self.host, self.port))
+        if stored:
+            same = stored.get(key.get_name())
+            if same is not None and same.asbytes() == key.asbytes():
+                return
+            other = next(iter(stored.values()))
+            raise self._changed_key_error(key, other)
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        line = f"{known_hosts_name(self.host, self.port)} {key.get_name()} {key.get_base64()}\n"
+        existing = self.known_hosts.read_text() if self.known_hosts.exists() else ""
+        sep = "" if not existing or existing.endswith("\n") else "\n"
+        fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(sep + line)
+
+    def forget_host_key(self) -> int:
+        """Remove every stored key of this host:port from known_hosts (the deliberate fix after a
+        server was rebuilt). Returns how many lines were removed; other lines are kept as they are."""
+        if not self.known_hosts.exists():
+            return 0
+        target = known_hosts_name(self.host, self.port)
+        kept, removed = [], 0
+        for line in self.known_hosts.read_text().splitlines(keepends=True):
+            fields = line.split()
+            if fields and not line.lstrip().startswith("#") and self._host_field_matches(fields[0], target):
+                removed += 1
+            else:
+                kept.append(line)
+        if removed:
+            tmp = self.known_hosts.with_name(f".{self.known_hosts.name}.{uuid.uuid4().hex}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.known_hosts)
+        return removed
+
+    @staticmethod
+    def _host_field_matches(field_: str, target: str) -> bool:
+        for pattern in field_.split(","):
+            if pattern.startswith("|1|"):
+                salt = pattern.split("|")[2]
+                if paramiko.HostKeys.hash_host(target, salt) == pattern:
+                    return True
+            elif pattern == target:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ commands
+
+    @staticmethod
+    def quote(argv: Sequence[str]) -> str:
+        return shlex.join([str(a) for a in argv])
+
+    def run(self, argv: Sequence[str], *, stdin: Union[bytes, str, BinaryIO, None] = None,
+            timeout: Optional[float] = None, on_line: Optional[LineCallback] = None,
+            on_stdout: Optional[ChunkCallback] = None, check: bool = True,
+            cwd: Optional[str] = None, stop: Optional[threading.Event] = None) -> Result:
+        """Run a command given as an argv list. Output lines go to `on_line` as they arrive;
+        with `on_stdout`, raw stdout chunks go there instead of being kept.
+
+        `stop` (an Event) ends a long-running command early, e.g. a log follow.
+        """
+        if isinstance(argv, str):
+            raise TypeError("run() takes an argv list; use ['sh', '-c', script] for a shell script")
+        command = self.quote(argv)
+        if cwd:
+            command = f"cd {shlex.quote(cwd)} && {command}"
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        transport = self._transport()
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            # The transport died between the check and the open: reconnect once, then retry.
+            with self._lock:
+                self._drop()
+            transport = self._transport()
+            try:
+                chan = transport.open_session(timeout=self.connect_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc2:
+                raise ConnectionLost(f"Could not open a session on {self.host}: {exc2}", "Try again.") from exc
+        self.stats["commands"] += 1
+        try:
+            chan.exec_command(command)
+            feeder = None
+            if stdin is not None:
+                feeder = threading.Thread(target=self._feed_stdin, args=(chan, stdin), daemon=True)
+                feeder.start()
+            else:
+                chan.shutdown_write()
+            out, err = self._pump(chan, argv, timeout, on_line, on_stdout, stop)
+            if stop is not None and stop.is_set() and not chan.exit_status_ready():
+                status = -1
+            else:
+                status = chan.recv_exit_status()
+            if feeder is not None:
+                feeder.join(timeout=1)
+        finally:
+            chan.close()
+        if status == -1 and not (stop is not None and stop.is_set()) and not transport.is_active():
+            raise ConnectionLost(f"The connection to {self.host} dropped while running `{self._short(argv)}`.",
+                                 "Check the network and run it again; labdeploy reconnects by itself.")
+        result = Result(list(argv), status, out, err)
+        if check and status != 0 and not (stop is not None and stop.is_set()):
+            tail = "\n".join(result.stderr.strip().splitlines()[-STDERR_TAIL:]) or result.stdout.strip()[-2000:]
+            raise CommandFailed(
+                f"`{self._short(argv)}` failed on {self.host} (exit status {status}):\n{tail}",
+                "Read the error above; it comes from the server.",
+                argv=list(argv), exit_status=status, stdout=result.stdout, stderr=result.stderr)
+        return result
+
+    @staticmethod
+    def _short(argv: Sequence[str], limit: int = 120) -> str:
+        text = shlex.join([str(a) for a in argv])
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
+    @staticmethod
+    def _feed_stdin(chan: paramiko.Channel, stdin) -> None:
+        try:
+            if isinstance(stdin, (bytes, bytearray, memoryview)):
+                view = memoryview(stdin)
+                for i in range(0, len(view), 32768):
+                    chan.sendall(view[i:i + 32768])
+            else:
+                while True:
+                    chunk = stdin.read(65536)
+                    if not chunk:
+                        break
+                    chan.sendall(chunk)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the command stopped reading; its exit status tells the story
+        finally:
+            with contextlib.suppress(Exception):
+                chan.shutdown_write()
+
+    def _pump(self, chan: paramiko.Channel, argv, timeout, on_line, on_stdout, stop):
+        out_chunks: list[bytes] = []
+        err_chunks: list[bytes] = []
+        buffers = {"stdout": b"", "stderr": b""}
+        deadline = time.monotonic() + timeout if timeout else None
+
+        def emit(stream: str, data: bytes, final: bool = False) -> None:
+            if on_line is None:
+                return
+            buf = buffers[stream] + data
+            *lines, rest = buf.split(b"\n")
+            if final and rest:
+                lines.append(rest)
+                rest = b""
+            buffers[stream] = rest
+            for line in lines:
+                on_line(line.rstrip(b"\r").decode("utf-8", "replace"), stream)
+
+        chan.setblocking(False)
+        while True:
+            got = False
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                if not data:
+                    break
+                got = True
+                if on_stdout is not None:
+                    on_stdout(data)
+                else:
+                    out_chunks.append(data)
+                    emit("stdout", data)
+            while chan.recv_stderr_ready():
+                data = chan.recv_stderr(65536)
+                if not data:
+                    break
+                got = True
+                err_chunks.append(data)
+                emit("stderr", data)
+            if chan.closed or (chan.eof_received and chan.exit_status_ready()
+                               and not chan.recv_ready() and not chan.recv_stderr_ready()):
+                break
+            if not chan.get_transport().is_active():
+                break
+            if stop is not None and stop.is_set():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                chan.close()
+                raise CommandTimeout(f"`{self._short(argv)}` took longer than {timeout:.0f} s on {self.host}.",
+                                     "It was stopped. Try again, or allow more time if the work is large.")
+            if not got:
+                select.select([chan], [], [], 0.05)
+        # Whatever is still buffered after the close.
+        while chan.recv_ready():
+            data = chan.recv(65536)
+            if not data:
+                break
+            if on_stdout is not None:
+                on_stdout(data)
+            else:
+                out_chunks.append(data)
+                emit("stdout", data)
+        while chan.recv_stderr_ready():
+            data = chan.recv_stderr(65536)
+            if not data:
+                break
+            err_chunks.append(data)
+            emit("stderr", data)
+        if on_stdout is None:
+            emit("stdout", b"", final=True)
+        emit("stderr", b"", final=True)
+        return b"".join(out_chunks), b"".join(err_chunks)
+
+    # ------------------------------------------------------------------ files
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        transport = self._transport()
+        with self._sftp_lock:
+            if self._sftp is None or self._sftp.get_channel() is None or self._sftp.get_channel().closed \
+                    or self._sftp.get_channel().get_transport() is not transport:
+                self._sftp = paramiko.SFTPClient.from_transport(transport)
+            return self._sftp
+
+    @contextlib.contextmanager
+    def _sftp_op(self, what: str):
+        with self._sftp_lock:
+            try:
+                yield self._sftp_client()
+            except (EOFError, paramiko.SSHException, socket.error) as exc:
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise
+                self._sftp = None
+                raise ConnectionLost(f"The connection to {self.host} dropped during {what}.",
+                                     "Run it again; labdeploy reconnects by itself.") from exc
+
+    @property
+    def home(self) -> str:
+        if self._home is None:
+            with self._sftp_op("reading the home folder") as sftp:
+                self._home = sftp.normalize(".")
+        return self._home
+
+    def _abs(self, path: str) -> str:
+        return path if path.startswith("/") else posixpath.join(self.home, path)
+
+    def exists(self, path: str) -> bool:
+        with self._sftp_op(f"checking {path}") as sftp:
+            try:
+                sftp.stat(self._abs(path))
+                return True
+            except FileNotFoundError:
+                return False
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        path = self._abs(path)
+        with self._sftp_op(f"creating {path}") as sftp:
+            parts = path.strip("/").split("/")
+            current = ""
+            for part in parts:
+                current += "/" + part
+                try:
+                    sftp.stat(current)
+                except FileNotFoundError:
+                    try:
+                        sftp.mkdir(current, mode)
+                        sftp.chmod(current, mode)  # mkdir's mode is masked by umask
+                    except OSError:
+                        sftp.stat(current)  # created meanwhile by someone else is fine
+
+    def listdir(self, path: str) -> list[str]:
+        with self._sftp_op(f"listing {path}") as sftp:
+            try:
+                return sorted(sftp.listdir(self._abs(path)))
+            except FileNotFoundError:
+                return []
+
+    def remove(self, path: str) -> None:
+        with self._sftp_op(f"removing {path}") as sftp:
+            with contextlib.suppress(FileNotFoundError):
+                sftp.remove(self._abs(path))
+
+    def chmod(self, path: str, mode: int) -> None:
+        with self._sftp_op(f"changing the mode of {path}") as sftp:
+            sftp.chmod(self._abs(path), mode)
+
+    def _tmp_name(self, path: str) -> str:
+        directory, name = posixpath.split(path)
+        return posixpath.join(directory, f".{name}.labdeploy-{uuid.uuid4().hex[:12]}.tmp")
+
+    def put_bytes(self, path: str, data: Union[bytes, str], mode: int = 0o644) -> None:
+        """Write a remote file atomically (temp name, mode set, then rename over)."""
+        if isinstance(data, str):
+            data = data.encode()
+        path = self._abs(path)
+        tmp = self._tmp_name(path)
+        with self._sftp_op(f"writing {path}") as sftp:
+            try:
+                with sftp.open(tmp, "wb") as f:
+                    sftp.chmod(tmp, mode)  # before any byte lands, so a secret is never readable
+                    f.set_pipelined(True)
+                    f.write(data)
+                sftp.posix_rename(tmp, path)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    sftp.remove(tmp)
+                raise
+
+    def put_file(self, local: Union[str, os.PathLike], path: str, mode: Optional[int] = None,
+                 on_progress: Optional[ProgressCallback] = None) -> None:
+        """Upload a file atomically; mode defaults to the local file's permission bits."""
+        local = Path(local)
+        if mode is None:
+            mode = local.stat().st_mode & 0o777
+        path = self._abs(path)
+        tmp = self._tmp_name(path)
+        with self._sftp_op(f"uploading {local.name}") as sftp:
+            try:
+                with sftp.open(tmp, "wb") as f:
+                    sftp.chmod(tmp, mode)
+                sftp.put(str(local), tmp, callback=on_progress, confirm=True)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, path)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    sftp.remove(tmp)
+                raise
+
+    def get_bytes(self, path: str) -> bytes:
+        with self._sftp_op(f"reading {path}") as sftp:
+            with sftp.open(self._abs(path), "rb") as f:
+                f.prefetch()
+                return f.read()
+
+    def get_file(self, path: str, local: Union[str, os.PathLike],
+                 on_progress: Optional[ProgressCallback] = None) -> None:
+        """Download a file; the local file appears under its name only when complete."""
+        local = Path(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.labdeploy-{uuid.uuid4().hex[:12]}.part")
+        try:
+            with self._sftp_op(f"downloading {path}") as sftp:
+                sftp.get(self._abs(path), str(tmp), callback=on_progress)
+            os.replace(tmp, local)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    # ------------------------------------------------------------------ tunnels
+
+    @contextlib.contextmanager
+    def forward(self, remote_host: str, remote_port: int, local_port: int = 0) -> Iterator[int]:
+        """Forward a local port to remote_host:remote_port as seen from the server.
+
+        Yields the local port (on 127.0.0.1). Every connection to it becomes a channel on the
+        one SSH transport.
+        """
+        self._transport()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", local_port))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        closing = threading.Event()
+        pumps: list[threading.Thread] = []
+        channels: list = []
+
+        def pump(client: socket.socket) -> None:
+            try:
+                chan = self._transport().open_channel(
+                    "direct-tcpip", (remote_host, int(remote_port)), client.getpeername())
+            except Exception:
+                client.close()
+                return
+            channels.append(chan)
+            try:
+                while not closing.is_set():
+                    readable, _, _ = select.select([client, chan], [], [], 0.5)
+                    if client in readable:
+                        data = client.recv(65536)
+                        if not data:
+                            break
+                        chan.sendall(data)
+                    if chan in readable:
+                        data = chan.recv(65536)
+                        if not data:
+                            break
+                        client.sendall(data)
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    chan.close()
+                with contextlib.suppress(Exception):
+                    client.close()
+
+        def accept_loop() -> None:
+            while not closing.is_set():
+                try:
+                    readable, _, _ = select.select([listener], [], [], 0.2)
+                    if not readable:
+                        continue
+                    client, _ = listener.accept()
+                except OSError:
+                    return
+                t = threading.Thread(target=pump, args=(client,), daemon=True)
+                t.start()
+                pumps.append(t)
+
+        acceptor = threading.Thread(target=accept_loop, daemon=True, name=f"labdeploy-forward-{port}")
+        acceptor.start()
+        try:
+            yield port
+        finally:
+            closing.set()
+            with contextlib.suppress(OSError):
+                listener.close()
+            acceptor.join(timeout=2)
+            for chan in channels:
+                with contextlib.suppress(Exception):
+                    chan.close()
+            for t in pumps:
+                t.join(timeout=2)
