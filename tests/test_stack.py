@@ -1,0 +1,116 @@
+"""The shared stack on the testbed server: prepare, idempotency, Caddy sites, reload.
+
+The stack is shared with other engineers' tests: these tests leave it running.
+"""
+
+import time
+import uuid
+
+import pytest
+import requests
+import yaml
+
+from labdeploy import layout, stack
+from labdeploy.progress import Collector
+
+
+@pytest.fixture(scope="module")
+def settings(testbed):
+    return stack.StackSettings.for_images(testbed["images"], domain="localhost")
+
+
+@pytest.fixture(scope="module")
+def prepared(session_remote, settings):
+    stack.prepare(session_remote, settings)
+    return session_remote
+
+
+def test_prepare_twice_second_run_changes_nothing(session_remote, settings):
+    stack.prepare(session_remote, settings)
+    r = session_remote
+    ids = r.run(["docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}",
+                 layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER]).stdout
+    password = r.get_bytes(layout.postgres_password_file())
+    collector = Collector()
+    result = stack.prepare(r, settings, collector)
+    assert not result.changed, result
+    assert set(result.unchanged) >= {layout.stack_compose(), layout.caddyfile(), layout.stack_state()}
+    assert r.get_bytes(layout.postgres_password_file()) == password
+    # Same containers, not restarted.
+    assert r.run(["docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}",
+                  layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER]).stdout == ids
+    assert collector.steps() == ["check docker", "write files", "start services", "wait for postgresql",
+                                 "record settings"]
+
+
+def test_layout_and_modes_on_the_server(prepared):
+    r = prepared
+    modes = r.run(["stat", "-c", "%a %n", layout.secrets_dir(), layout.postgres_password_file()]).stdout.split()
+    assert modes[0] == "700" and modes[2] == "600"
+    password = r.get_bytes(layout.postgres_password_file()).decode()
+    assert len(password) >= 32
+    compose_text = r.get_bytes(layout.stack_compose()).decode()
+    assert password not in compose_text
+    assert password not in r.get_bytes(layout.stack_state()).decode()
+    doc = yaml.safe_load(compose_text)
+    assert set(doc["services"]) == {"postgresql", "caddy"}
+    assert "import caddy.d/*" in r.get_bytes(layout.caddyfile()).decode()
+    # The password never shows on a process command line.
+    assert password not in r.run(["ps", "-eo", "args"]).stdout
+    assert stack.read_settings(r).caddy_image == doc["services"]["caddy"]["image"]
+
+
+def test_the_seed_debugging_command_works(prepared):
+    # `cd ~/dallinger && docker compose exec postgresql psql -U dallinger` from the seed, with v1 or v2.
+    from labdeploy import compose
+    out = compose.run_compose(prepared, layout.ROOT, ["exec", "-T", "postgresql", "psql", "-U", "dallinger",
+                                                      "-tAc", "select current_user"]).stdout
+    assert out.strip() == "dallinger"
+
+
+def test_postgres_uses_the_generated_password_over_tcp(prepared):
+    # Proves the password file reached initdb: a TCP login (scram) with it succeeds, a wrong one fails.
+    r = prepared
+    script = ('PGPASSWORD="$(cat)" psql -h 127.0.0.1 -U dallinger -d dallinger -X -tAc "select 42"')
+    ok = r.run(["docker", "exec", "-i", layout.POSTGRES_CONTAINER, "sh", "-c", script],
+               stdin=r.get_bytes(layout.postgres_password_file()))
+    assert ok.stdout.strip() == "42"
+    bad = r.run(["docker", "exec", "-i", layout.POSTGRES_CONTAINER, "sh", "-c", script], stdin=b"wrong", check=False)
+    assert bad.exit_status != 0 and "password authentication failed" in bad.stderr
+
+
+def test_a_site_in_caddy_d_is_served_after_reload(prepared, testbed):
+    r = prepared
+    app = f"t-setup-site-{uuid.uuid4().hex[:6]}"
+    hostname = f"{app}.localhost"
+    path = layout.caddy_site(app)
+    r.put_bytes(path, f"http://{hostname} {{\n\trespond \"hello from {app}\" 200\n}}\n")
+    try:
+        stack.reload_caddy(r)
+        url = f"http://{testbed['http']['host']}:{testbed['http']['port']}/"
+        body = None
+        for _ in range(20):
+            resp = requests.get(url, headers={"Host": hostname}, timeout=5)
+            if resp.status_code == 200:
+                body = resp.text
+                break
+            time.sleep(0.25)
+        assert body == f"hello from {app}"
+    finally:
+        r.remove(path)
+        stack.reload_caddy(r)
+
+
+def test_a_broken_site_is_refused_and_the_old_config_stays(prepared):
+    r = prepared
+    app = f"t-setup-bad-{uuid.uuid4().hex[:6]}"
+    path = layout.caddy_site(app)
+    r.put_bytes(path, "this is { not a caddyfile\n")
+    try:
+        with pytest.raises(stack.StackError) as info:
+            stack.reload_caddy(r)
+        assert "caddy.d" in info.value.hint
+    finally:
+        r.remove(path)
+        stack.reload_caddy(r)
+    assert stack.is_running(r)
