@@ -125,7 +125,8 @@ class Remote:
         home = _default_home()
         self.alias = host
         cfg = self._read_ssh_config(Path(ssh_config) if ssh_config else home / ".ssh" / "config", host)
-        self.host = names.host(cfg.get("hostname", host))
+        # ssh compares host names in lower case (and writes them so in known_hosts).
+        self.host = names.host(cfg.get("hostname", host)).lower()
         self.port = names.port(port if port is not None else cfg.get("port", 22))
         self.user = names.user(user or cfg.get("user") or os.environ.get("USER") or "root")
         if key_filename is None and cfg.get("identityfile"):
@@ -382,9 +383,12 @@ class Remote:
     def _host_field_matches(field_: str, target: str) -> bool:
         for pattern in field_.split(","):
             if pattern.startswith("|1|"):
-                salt = pattern.split("|")[2]
-                if paramiko.HostKeys.hash_host(target, salt) == pattern:
-                    return True
+                try:
+                    salt = pattern.split("|")[2]
+                    if paramiko.HostKeys.hash_host(target, salt) == pattern:
+                        return True
+                except (IndexError, ValueError, AssertionError):  # a malformed hashed entry: not ours
+                    continue
             elif pattern == target:
                 return True
         return False
