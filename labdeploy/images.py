@@ -1,0 +1,424 @@
+"""The experiment image: its build context, its content tag, and building it locally.
+
+The tag comes from the experiment's content (every file Docker would see, after
+.dockerignore, with its executable bit, plus the build arguments), so the same content
+always gets the same tag on every machine and in every transfer mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from . import names
+from .errors import LabdeployError, ValidationError
+from .progress import LogLine, Progress, Reporter, null_reporter, step
+
+DEFAULT_BASE_NAME = "labdeploy"
+LABEL_APP = "labdeploy.app"
+LABEL_CONTENT = "labdeploy.content"
+TAG_LENGTH = 16
+
+# Docker's reference grammar (distribution/reference), enough to refuse what Docker refuses.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_REPO_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+
+
+# --------------------------------------------------------------------------- errors
+
+class DockerfileMissing(ValidationError):
+    """The experiment folder has no Dockerfile."""
+
+
+class BuildFailed(LabdeployError):
+    """`docker build` stopped at a step; the step and its output are kept."""
+
+    def __init__(self, message: str, hint: str = "", *, failed_step: str = "", output: str = "") -> None:
+        super().__init__(message, hint)
+        self.failed_step = failed_step
+        self.output = output
+
+
+class DiskFull(LabdeployError):
+    """A machine ran out of disk space while storing an image."""
+
+
+class DockerUnavailable(LabdeployError):
+    """The local Docker engine can't be reached."""
+
+
+DISK_FULL_PATTERNS = ("no space left on device", "disk quota exceeded", "enospc")
+
+
+def is_disk_full(text: str) -> bool:
+    low = (text or "").lower()
+    return any(p in low for p in DISK_FULL_PATTERNS)
+
+
+def disk_full_error(where: str, detail: str = "") -> DiskFull:
+    """The real 'no space left on device' error from Docker, said plainly."""
+    tail = f"\n{detail.strip()[-500:]}" if detail.strip() else ""
+    cleanup = ("`docker image prune` removes unused images (add `-a` to remove every image no container "
+               "uses); `docker builder prune` removes the build cache; `df -h` shows what is full.")
+    return DiskFull(f"The {where} has run out of disk space, so the image could not be stored.{tail}",
+                    f"Free space on the {where}: {cleanup} Then try again.")
+
+
+# --------------------------------------------------------------------------- names
+
+def image_repository(name: str) -> str:
+    """A Docker repository name such as 'registry.example.org/lab/images' (no tag)."""
+    if not isinstance(name, str) or not name or len(name) > 255 or not _REPO_RE.match(name):
+        raise ValidationError(
+            f"{name!r} is not a valid Docker image name.",
+            "Use lowercase letters, digits, '.', '_', '-' and '/' (a registry host may come first, e.g. "
+            "'registry.gitlab.com/my-group/experiment-images'); no spaces, capitals or tags.")
+    return name
+
+
+def image_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not _TAG_RE.match(tag):
+        raise ValidationError(f"{tag!r} is not a valid Docker image tag.",
+                              "Use letters, digits, '_', '.' or '-' (at most 128), starting with a letter or digit.")
+    return tag
+
+
+def registry_of(repository: str) -> Optional[str]:
+    """The registry host of a repository name, or None for Docker Hub style names."""
+    first, _, rest = repository.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def image_ref(base_name: str, app: str, tag: str) -> str:
+    """`<base>/<app>:<tag>` — one repository per app under the docker_image_base_name."""
+    return f"{image_repository(base_name)}/{names.app_name(app)}:{image_tag(tag)}"
+
+
+# --------------------------------------------------------------------------- .dockerignore
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """Docker's .dockerignore pattern (Go filepath.Match plus '**') as a regex."""
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            if pattern[i:i + 2] == "**":
+                i += 2
+                if pattern[i:i + 1] == "/":
+                    i += 1
+                    out += "(?:.*/)?"
+                else:
+                    out += ".*"
+                continue
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j == -1:
+                out += re.escape(c)
+            else:
+                body = pattern[i + 1:j]
+                if body.startswith("^") or body.startswith("!"):
+                    body = "^" + body[1:]
+                out += "[" + body.replace("\\", "\\\\") + "]"
+                i = j
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.compile("^" + out + "$")
+
+
+@dataclass
+class IgnoreRules:
+    rules: list = field(default_factory=list)  # (regex, negated)
+
+    @classmethod
+    def parse(cls, text: str) -> "IgnoreRules":
+        rules = []
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            negated = line.startswith("!")
+            if negated:
+                line = line[1:].strip()
+            line = os.path.normpath(line).replace(os.sep, "/").lstrip("/")
+            if line in ("", "."):
+                continue
+            rules.append((_pattern_regex(line), negated))
+        return cls(rules)
+
+    def excluded(self, rel: str) -> bool:
+        """Like Docker: the last matching rule wins; a rule matching a parent folder matches too."""
+        parts = rel.split("/")
+        candidates = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
+        result = False
+        for regex, negated in self.rules:
+            if any(regex.match(c) for c in candidates):
+                result = not negated
+        return result
+
+
+# --------------------------------------------------------------------------- context
+
+@dataclass(frozen=True)
+class ContextFile:
+    path: str        # relative, with '/' separators
+    sha256: str
+    size: int
+    executable: bool
+
+
+@dataclass
+class BuildContext:
+    """The files Docker would send as build context, with their hashes."""
+
+    root: Path
+    dockerfile: str
+    files: dict  # path -> ContextFile
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+    def manifest(self) -> dict:
+        """path -> (sha256, executable): what decides whether the server's copy is current."""
+        return {p: (f.sha256, f.executable) for p, f in self.files.items()}
+
+    def tar_bytes(self, paths: Iterable[str], *, gzip: bool = True) -> bytes:
+        """A (gzipped) tar of the given files, with normalised owners and times."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz" if gzip else "w", compresslevel=6) as tar:
+            for rel in sorted(paths):
+                info = self.files[rel]
+                data = (self.root / rel).read_bytes()
+                ti = tarfile.TarInfo(rel)
+                ti.size = len(data)
+                ti.mode = 0o755 if info.executable else 0o644
+                ti.mtime = 0
+                ti.uid = ti.gid = 0
+                ti.uname = ti.gname = ""
+                tar.addfile(ti, io.BytesIO(data))
+        return buf.getvalue()
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def scan_context(experiment_dir, dockerfile: str = "Dockerfile") -> BuildContext:
+    """Walk the experiment folder as Docker would (respecting .dockerignore) and hash every file."""
+    root = Path(experiment_dir).expanduser()
+    if not root.is_dir():
+        raise ValidationError(f"The experiment folder {str(root)!r} does not exist.",
+                              "Give the folder that holds the experiment's Dockerfile.")
+    root = root.resolve()
+    dockerfile = dockerfile.replace(os.sep, "/")
+    if not (root / dockerfile).is_file():
+        raise DockerfileMissing(
+            f"The experiment folder {root.name!r} has no {dockerfile}.",
+            "Every experiment needs a Dockerfile at the top of its folder describing its image "
+            "(e.g. `FROM python:3.11` then `COPY . /experiment`). Add one, or choose the right folder.")
+    ignore_file = root / ".dockerignore"
+    rules = IgnoreRules.parse(ignore_file.read_text(errors="replace")) if ignore_file.exists() else IgnoreRules()
+    always = {dockerfile, ".dockerignore"}  # Docker sends these even when ignored
+    files: dict = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        # Prune ignored folders unless a '!' rule could bring something inside back.
+        has_negation = any(neg for _, neg in rules.rules)
+        if not has_negation:
+            dirnames[:] = [d for d in dirnames if not rules.excluded(rel_dir + d)]
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel = rel_dir + name
+            full = Path(dirpath) / name
+            if rel not in always and rules.excluded(rel):
+                continue
+            if "\n" in rel or "\\" in rel:
+                raise ValidationError(f"The file name {rel!r} contains a newline or backslash.",
+                                      "Rename the file; such names break builds on the server.")
+            try:
+                st = full.stat()
+            except FileNotFoundError:  # a dangling symlink: Docker would fail too
+                raise ValidationError(f"{rel} is a link to a file that does not exist.",
+                                      "Remove the link or add it to .dockerignore.") from None
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            digest, size = _hash_file(full)
+            files[rel] = ContextFile(rel, digest, size, bool(st.st_mode & stat.S_IXUSR))
+    return BuildContext(root, dockerfile, files)
+
+
+def content_tag(context: BuildContext, build_args: Optional[dict] = None) -> str:
+    """Same files (names, bytes, executable bits), Dockerfile and build args -> same tag."""
+    h = hashlib.sha256()
+    h.update(b"labdeploy-content-v1\0")
+    h.update(context.dockerfile.encode() + b"\0")
+    for rel in sorted(context.files):
+        f = context.files[rel]
+        h.update(f"{rel}\0{f.sha256}\0{int(f.executable)}\n".encode())
+    for key in sorted(build_args or {}):
+        h.update(f"arg\0{key}\0{(build_args or {})[key]}\n".encode())
+    return h.hexdigest()[:TAG_LENGTH]
+
+
+# --------------------------------------------------------------------------- build output
+
+_STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_BUILDKIT_STEP_RE = re.compile(r"^#\d+ \[(?:[^\]]* )?(\d+)/(\d+)\] (.*)$")
+
+
+class BuildLog:
+    """Follows build output: reports steps as Progress, keeps the current step's lines."""
+
+    def __init__(self, reporter: Reporter, step_name: str = "build image") -> None:
+        self.reporter = reporter
+        self.step_name = step_name
+        self.current_step = ""
+        self.step_lines: list[str] = []
+        self.tail: list[str] = []
+
+    def line(self, text: str) -> None:
+        text = text.rstrip("\r\n")
+        if not text.strip():
+            return
+        m = _STEP_RE.match(text) or _BUILDKIT_STEP_RE.match(text)
+        if m:
+            self.current_step = text if _STEP_RE.match(text) else f"Step {m.group(1)}/{m.group(2)} : {m.group(3)}"
+            self.step_lines = []
+            self.reporter(Progress(self.step_name, int(m.group(1)), int(m.group(2)), unit="steps",
+                                   item=m.group(3)[:80]))
+        else:
+            self.step_lines.append(text)
+            del self.step_lines[:-200]
+        self.tail.append(text)
+        del self.tail[:-200]
+        self.reporter(LogLine(text, "build"))
+
+    def failure(self, error: str, where: str = "local") -> LabdeployError:
+        output = "\n".join(self.step_lines[-40:] + ([error] if error else []))
+        if is_disk_full(error) or is_disk_full(output):
+            return disk_full_error("server" if where == "server" else "local machine", error)
+        at = self.current_step or "(before the first step)"
+        return BuildFailed(
+            f"Building the experiment image failed at {at}\n{output.strip()}",
+            "Read the output of the failing step above: usually a command in the Dockerfile failed (a typo, "
+            "a missing file or package). Fix the Dockerfile or the experiment and build again.",
+            failed_step=self.current_step, output=output)
+
+
+# --------------------------------------------------------------------------- local Docker
+
+def docker_client():
+    """The local Docker engine (DOCKER_HOST or the default socket)."""
+    import docker  # imported here so the rest of labdeploy works without a local engine
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client
+    except Exception as exc:  # docker raises DockerException subclasses and requests errors
+        raise DockerUnavailable(
+            f"The Docker engine on this computer can't be reached ({exc}).",
+            "Start Docker (Docker Desktop, or `sudo systemctl start docker` on Linux), check that your user "
+            "may use it, or choose the 'server-build' transfer mode, which needs no Docker here.") from exc
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    ref: str
+    image_id: str
+    tag: str
+
+
+def build_local(experiment_dir, *, app: str, base_name: str = DEFAULT_BASE_NAME,
+                build_args: Optional[dict] = None, dockerfile: str = "Dockerfile",
+                reporter: Optional[Reporter] = None, client=None,
+                context: Optional[BuildContext] = None) -> BuiltImage:
+    """Build the experiment image with the local Docker engine; tag it `<base>/<app>:<content tag>`."""
+    reporter = reporter or null_reporter
+    names.app_name(app)
+    image_repository(base_name)
+    context = context or scan_context(experiment_dir, dockerfile)
+    tag = content_tag(context, build_args)
+    ref = image_ref(base_name, app, tag)
+    client = client or docker_client()
+    with step(reporter, "build image", ref):
+        existing = _local_image_id(client, ref)
+        if existing:  # same content: the image is already built
+            reporter(LogLine(f"{ref} is already built (same content)", "build"))
+            return BuiltImage(ref, existing, tag)
+        log = BuildLog(reporter)
+        image_id = None
+        try:
+            stream = client.api.build(
+                path=str(context.root), dockerfile=context.dockerfile, tag=ref, rm=True, forcerm=True,
+                decode=True, buildargs={k: str(v) for k, v in (build_args or {}).items()},
+                labels={LABEL_APP: app, LABEL_CONTENT: tag})
+            for chunk in stream:
+                if "stream" in chunk:
+                    for text in chunk["stream"].splitlines():
+                        log.line(text)
+                if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+                if "error" in chunk:
+                    raise log.failure(chunk.get("error", ""), "local")
+        except LabdeployError:
+            raise
+        except Exception as exc:
+            text = str(exc)
+            if is_disk_full(text):
+                raise disk_full_error("local machine", text) from exc
+            raise log.failure(text, "local") from exc
+        image_id = image_id or _local_image_id(client, ref)
+        if not image_id:
+            raise log.failure("the build ended without producing an image", "local")
+        return BuiltImage(ref, image_id, tag)
+
+
+def _local_image_id(client, ref: str) -> Optional[str]:
+    import docker
+
+    try:
+        return client.api.inspect_image(ref)["Id"]
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def local_layers(client, ref: str) -> list[str]:
+    """The image's layer diff IDs, bottom first."""
+    return list(client.api.inspect_image(ref)["RootFS"]["Layers"])
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """Docker's chain IDs: chain[0] = diff[0]; chain[n] = sha256(chain[n-1] + ' ' + diff[n])."""
+    out: list[str] = []
+    for diff in diff_ids:
+        if not out:
+            out.append(diff)
+        else:
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff}".encode()).hexdigest())
+    return out
