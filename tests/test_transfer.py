@@ -77,3 +77,44 @@ def test_server_build_sends_only_changed_files(remote, testbed, experiment, app,
     assert "hello, changed" in server_file(remote, third.ref, "/experiment/experiment.py")
     assert not remote.exists(f"{transfer.context_dir(app)}/static")
     assert transfer.server_image_id(remote, first.ref)  # the old image is kept (no silent deletes)
+
+
+@pytest.fixture
+def local_cleanup(app):
+    yield
+    import docker
+
+    client = docker.from_env()
+    for image in client.images.list(filters={"label": f"labdeploy.app={app}"}):
+        client.images.remove(image.id, force=True)
+
+
+def test_ssh_copy_sends_only_missing_layers(remote, testbed, experiment, app, local_cleanup, home):
+    events = Collector()
+    before = remote.stats["bytes_sent"]
+    first = transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE,
+                             build_args=build_args(testbed), reporter=events)
+    sent = remote.stats["bytes_sent"] - before
+    import docker
+
+    local_id = docker.from_env().images.get(first.ref).id
+    assert first.image_id == local_id == transfer.server_image_id(remote, first.ref)
+    # The python base image (~390 MB) is on the server already: only the experiment's layers travel.
+    assert sent < 1_000_000, sent
+    assert any(e.line.startswith("sending ") and "layers" in e.line for e in events.of(LogLine))
+    assert "hello from the test experiment" in server_file(remote, first.ref, "/experiment/experiment.py")
+
+    code = experiment / "experiment.py"
+    code.write_text(code.read_text() + "# one more line\n")
+    second = transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE,
+                              build_args=build_args(testbed))
+    assert second.tag != first.tag
+    assert "# one more line" in server_file(remote, second.ref, "/experiment/experiment.py")
+
+
+def test_same_content_same_tag_across_modes(remote, testbed, experiment, app, local_cleanup, home):
+    built = transfer.deliver(remote, experiment, app=app, mode="server-build", base_name=BASE,
+                             build_args=build_args(testbed))
+    copied = transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE,
+                              build_args=build_args(testbed))
+    assert copied.ref == built.ref and copied.reused
