@@ -1,0 +1,184 @@
+"""Registry logins, push and pull against the testbed's TLS + htpasswd registry."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from labdeploy import registry, transfer
+from labdeploy.progress import Collector, Progress, Warning_
+from labdeploy.registry import Credentials
+
+DATA = Path(__file__).parent / "data" / "img_experiment"
+
+
+@pytest.fixture
+def creds(testbed) -> Credentials:
+    r = testbed["registry"]
+    return Credentials(r["address"], r["user"], r["password"])
+
+
+@pytest.fixture(autouse=True)
+def clean_session():
+    registry.forget_session()
+    yield
+    registry.forget_session()
+
+
+@pytest.fixture
+def private_config(remote):
+    """A private DOCKER_CONFIG folder on the server, so logins here never touch the shared ~/.docker."""
+    path = f"dallinger/.build/t-img-login-{uuid.uuid4().hex[:8]}"
+    yield path
+    remote.run(["rm", "-rf", "--", path], check=False)
+
+
+def test_local_login_checks_password_and_warns_without_helper(creds, home):
+    events = Collector()
+    result = registry.login_local(creds, reporter=events)
+    assert result.stored == "memory (this session only)"
+    warnings = events.of(Warning_)
+    assert warnings and "unencrypted" in warnings[0].message and "credsStore" in warnings[0].hint
+    assert registry.session_credentials(creds.registry) == creds
+    assert not (home / ".docker" / "config.json").exists()  # nothing written in plain text
+
+
+def test_local_login_wrong_password(creds, home):
+    bad = Credentials(creds.registry, creds.username, "not-the-password")
+    with pytest.raises(registry.RegistryAuthFailed) as info:
+        registry.login_local(bad)
+    assert info.value.hint and "not-the-password" not in str(info.value)
+    assert registry.session_credentials(creds.registry) is None
+
+
+def test_local_login_unreachable_registry(creds, home):
+    with pytest.raises(registry.RegistryUnreachable) as info:
+        registry.login_local(Credentials("10.250.0.1:5999", creds.username, creds.password))
+    assert "10.250.0.1:5999" in info.value.message and info.value.hint
+
+
+def test_server_login_wrong_password_and_unreachable(remote, creds, private_config):
+    with pytest.raises(registry.RegistryAuthFailed):
+        registry.login_server(remote, Credentials(creds.registry, creds.username, "wrong"),
+                              docker_config=private_config)
+    with pytest.raises(registry.RegistryUnreachable):
+        registry.login_server(remote, Credentials("10.250.0.1:5999", creds.username, creds.password),
+                              docker_config=private_config)
+
+
+def test_server_login_and_logout(remote, creds, private_config):
+    events = Collector()
+    registry.login_server(remote, creds, docker_config=private_config, reporter=events)
+    config = remote.get_bytes(f"{private_config}/config.json").decode()
+    assert creds.registry in config and creds.password not in config
+    assert any("unencrypted" in w.message for w in events.of(Warning_))
+    registry.logout_server(remote, creds.registry, docker_config=private_config)
+    assert creds.registry not in remote.get_bytes(f"{private_config}/config.json").decode()
+
+
+def test_credential_helper_gets_secret_on_stdin(creds, home, tmp_path, monkeypatch):
+    # A stand-in helper: real ones (pass, secretservice, osxkeychain) need a desktop keyring that
+    # can't run here. It records its argv and stdin so we see where the secret travelled.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-labtest"
+    helper.write_text("#!/bin/sh\n"
+                      "if [ \"$1\" != store ]; then echo 'credentials not found in native keychain'; exit 1; fi\n"
+                      f"echo \"$@\" > {tmp_path}/argv\ncat > {tmp_path}/stdin\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    (home / ".docker").mkdir()
+    (home / ".docker" / "config.json").write_text('{"credsStore": "labtest"}')
+    events = Collector()
+    result = registry.login_local(creds, reporter=events)
+    assert result.stored == "credential helper labtest"
+    assert not events.of(Warning_)
+    assert (tmp_path / "argv").read_text().strip() == "store"
+    assert creds.password in (tmp_path / "stdin").read_text()
+
+
+def test_registry_mode_push_and_pull_by_digest(remote, testbed, creds, tmp_path, home):
+    app = f"t-img-{uuid.uuid4().hex[:8]}"
+    experiment = tmp_path / "experiment"
+    shutil.copytree(DATA, experiment)
+    base = f"{creds.registry}/t-img"
+    registry.login_local(creds)
+    events = Collector()
+    try:
+        got = transfer.deliver(remote, experiment, app=app, mode="registry", base_name=base,
+                               build_args={"BASE": testbed["images"]["python"]}, reporter=events,
+                               credentials=creds, logout_after_pull=True)
+        assert got.ref == f"{base}/{app}:{got.tag}" and got.digest.startswith("sha256:")
+        assert transfer.server_image_id(remote, got.ref) == got.image_id
+        digests = remote.run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", got.ref]).stdout
+        assert got.digest in digests
+        pushes = [e for e in events.of(Progress) if e.step == "push image"]
+        assert pushes and all(e.total and e.item for e in pushes)
+        pulls = [e for e in events.of(Progress) if e.step == "pull on the server"]
+        assert pulls and pulls[-1].unit == "layers" and pulls[-1].done == pulls[-1].total
+        # Logged out after the pull: the private login folder is gone.
+        assert not remote.exists(f"{transfer.build_dir(app)}/registry-login")
+    finally:
+        remote.run(["sh", "-c", f"docker image ls -q --filter label=labdeploy.app={app} | sort -u | "
+                                f"xargs -r docker rmi -f"], check=False)
+        remote.run(["rm", "-rf", "--", transfer.build_dir(app)], check=False)
+        import docker
+
+        client = docker.from_env()
+        for image in client.images.list(filters={"label": f"labdeploy.app={app}"}):
+            client.images.remove(image.id, force=True)
+
+
+class _PsWatcher:
+    """Samples the process lists of both machines while a login runs."""
+
+    def __init__(self, remote) -> None:
+        self.remote = remote
+        self.stop = threading.Event()
+        self.local: list[str] = []
+        self.server: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.local.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+            self.server.append(self.remote.run(["ps", "-eo", "args"], check=False).stdout)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_sentinel_password_never_leaks(remote, creds, home, private_config, tmp_path):
+    sentinel = f"SENTINEL-{uuid.uuid4().hex}"
+    events = Collector()
+    errors = []
+    with _PsWatcher(remote) as ps:
+        for _ in range(3):  # several attempts so the sampler sees the logins in flight
+            for action in (lambda c: registry.login_local(c, reporter=events),
+                           lambda c: registry.login_server(remote, c, docker_config=private_config, reporter=events)):
+                with pytest.raises(registry.RegistryAuthFailed) as info:
+                    action(Credentials(creds.registry, creds.username, sentinel))
+                errors.append(info.value)
+            # The real password, logging in successfully on the server, must not show either.
+            registry.login_server(remote, creds, docker_config=private_config, reporter=events)
+    assert len(ps.local) > 1 and len(ps.server) > 1
+    for listing in ps.local + ps.server:
+        assert sentinel not in listing and creds.password not in listing
+    assert all(sentinel not in str(e) and sentinel not in repr(e) for e in errors)
+    assert all(sentinel not in repr(e) for e in events.events)
+    assert sentinel not in repr(Credentials(creds.registry, creds.username, sentinel))
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert sentinel.encode() not in path.read_bytes(), path
+    server_files = remote.run(["sh", "-c", f"grep -rl {sentinel} dallinger/.build .docker 2>/dev/null; true"]).stdout
+    assert server_files.strip() == ""
