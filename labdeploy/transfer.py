@@ -348,3 +348,66 @@ def forget_build_context(remote, app: str, *, confirm: bool = False) -> bool:
                               "Call again with confirm=True.")
     remote.run(["rm", "-rf", "--", build_dir(app)])
     return True
+
+
+# --------------------------------------------------------------------------- status
+
+@dataclass
+class ServerImageStatus:
+    """Which images of the app the server has, and whether one matches the experiment as it is now."""
+
+    app: str
+    expected_ref: str        # the ref the current local content would get
+    present: bool            # the server has expected_ref: no transfer is needed
+    deployed_ref: Optional[str]  # the image in the app's deploy.json, if it was deployed
+    images: "object"         # pandas DataFrame: ref, tag, image_id, created, size, current, deployed
+
+    @property
+    def current(self) -> bool:
+        """The server has the image for the experiment's current content."""
+        return self.present
+
+    @property
+    def deployed_current(self) -> Optional[bool]:
+        """Whether the running deploy uses the current content (None when never deployed)."""
+        return None if self.deployed_ref is None else self.deployed_ref == self.expected_ref
+
+    def summary(self) -> str:
+        if self.present and self.deployed_current:
+            return f"The server has and runs the current image {self.expected_ref}."
+        if self.present:
+            return f"The server has the current image {self.expected_ref}" + (
+                f" but the app runs {self.deployed_ref}." if self.deployed_ref else " (not deployed yet).")
+        return f"The server does not have {self.expected_ref} yet: the experiment changed since its last image."
+
+
+def server_image_status(remote, experiment_dir, *, app: str, base_name: Optional[str] = None,
+                        build_args: Optional[dict] = None, dockerfile: str = "Dockerfile") -> ServerImageStatus:
+    """Answer "which image does the server have for this experiment, and is it current?"."""
+    import pandas as pd
+
+    names.app_name(app)
+    context = scan_context(experiment_dir, dockerfile)
+    tag = content_tag(context, build_args)
+    expected = image_ref(resolve_base_name(base_name), app, tag)
+    deployed = None
+    state = layout.app_state(app)
+    if remote.exists(state):
+        try:
+            deployed = json.loads(remote.get_bytes(state)).get("image")
+        except ValueError:
+            deployed = None
+    out = remote.run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={images.LABEL_APP}={app}",
+                      "--format", "{{json .}}"]).stdout
+    rows = []
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        ref = f"{item.get('Repository')}:{item.get('Tag')}"
+        rows.append({"ref": ref, "tag": item.get("Tag"), "image_id": item.get("ID"),
+                     "created": item.get("CreatedAt"), "size": item.get("Size"),
+                     "current": ref == expected, "deployed": ref == deployed})
+    frame = pd.DataFrame(rows, columns=["ref", "tag", "image_id", "created", "size", "current", "deployed"])
+    present = bool(server_image_id(remote, expected))
+    return ServerImageStatus(app, expected, present, deployed, frame)

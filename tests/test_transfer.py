@@ -118,3 +118,16 @@ def test_same_content_same_tag_across_modes(remote, testbed, experiment, app, lo
     copied = transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE,
                               build_args=build_args(testbed))
     assert copied.ref == built.ref and copied.reused
+
+
+def test_server_image_status(remote, testbed, experiment, app, home):
+    status = transfer.server_image_status(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
+    assert not status.present and status.images.empty and status.deployed_ref is None
+    got = transfer.deliver(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
+    status = transfer.server_image_status(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
+    assert status.current and status.expected_ref == got.ref
+    assert list(status.images["ref"]) == [got.ref] and bool(status.images["current"].iloc[0])
+    (experiment / "experiment.py").write_text("print('changed')\n")
+    stale = transfer.server_image_status(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
+    assert not stale.current and "does not have" in stale.summary()
+    assert list(stale.images["ref"]) == [got.ref] and not stale.images["current"].any()
