@@ -1,0 +1,194 @@
+"""The list of servers a researcher has registered: name, host, port, user, key.
+
+Kept in one small JSON file in the user's config folder (platformdirs), written atomically.
+Dallinger's own registrations (~/.dallinger/docker-ssh/hosts/<host>) can be imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import pandas as pd
+import platformdirs
+
+from . import names
+from .errors import LabdeployError, ValidationError
+from .progress import Reporter, Warning_, null_reporter
+from .remote import Remote
+
+FILE_VERSION = 1
+
+
+class ServerNotFound(LabdeployError):
+    """No registered server has that name."""
+
+
+class ServerExists(LabdeployError):
+    """A server with that name is registered already."""
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    host: str
+    port: int = 22
+    user: str = ""
+    key: Optional[str] = None  # path of the private key; None = ssh-agent / ~/.ssh defaults
+
+    def validated(self) -> "Server":
+        names.server_name(self.name)
+        names.host(self.host)
+        names.port(self.port)
+        names.user(self.user)
+        if self.key is not None and ("\n" in self.key or not self.key.strip()):
+            raise ValidationError(f"The key path {self.key!r} is not usable.", "Give the path of a private key file.")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}")
+
+
+def config_file() -> Path:
+    """Where the list lives (~/.config/labdeploy/servers.json on Linux)."""
+    return Path(platformdirs.user_config_dir("labdeploy")) / "servers.json"
+
+
+def _load() -> dict[str, Server]:
+    path = config_file()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {s["name"]: Server(s["name"], s["host"], int(s.get("port", 22)), s["user"], s.get("key"))
+                for s in data.get("servers", [])}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LabdeployError(f"The server list {path} could not be read ({exc}).",
+                             "Fix the file by hand, or move it away and register the servers again.") from None
+
+
+def _save(servers: dict[str, Server]) -> None:
+    path = config_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"version": FILE_VERSION, "servers": [asdict(s) for s in sorted(servers.values(), key=lambda s: s.name)]}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # readers see the old list or the new one, never half of one
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def add(name: str, host: str, user: str, port: int = 22, key: Optional[Union[str, os.PathLike]] = None, *,
+        replace: bool = False) -> Server:
+    """Register a server. A name already taken is refused unless `replace=True`."""
+    server = Server(name, host, names.port(port), user, str(Path(key).expanduser()) if key else None).validated()
+    servers = _load()
+    if name in servers and servers[name] != server and not replace:
+        raise ServerExists(f"A server named {name!r} is registered already ({servers[name].label}).",
+                           "Choose another name, or pass replace=True to update it.")
+    servers[name] = server
+    _save(servers)
+    return server
+
+
+def list_servers() -> list[Server]:
+    return sorted(_load().values(), key=lambda s: s.name)
+
+
+def table() -> pd.DataFrame:
+    """The registered servers as a DataFrame."""
+    return pd.DataFrame([asdict(s) for s in list_servers()], columns=["name", "host", "port", "user", "key"])
+
+
+def get(name: str) -> Server:
+    servers = _load()
+    if name not in servers:
+        known = ", ".join(sorted(servers)) or "none yet"
+        raise ServerNotFound(f"No server named {name!r} is registered (registered: {known}).",
+                             "Register it first with the setup panel or labdeploy.servers.add(...).")
+    return servers[name]
+
+
+def remove(name: str, *, confirm: bool = False) -> Server:
+    """Forget a registered server (only the local entry; nothing on the server changes)."""
+    server = get(name)
+    if not confirm:
+        raise LabdeployError(f"Removing {name!r} from the server list needs confirmation.",
+                             f"Call remove({name!r}, confirm=True).")
+    servers = _load()
+    servers.pop(name, None)
+    _save(servers)
+    return server
+
+
+def dallinger_hosts_dir() -> Path:
+    return Path(os.path.expanduser("~")) / ".dallinger" / "docker-ssh" / "hosts"
+
+
+def import_dallinger_hosts(directory: Optional[Union[str, os.PathLike]] = None,
+                           reporter: Optional[Reporter] = None) -> list[Server]:
+    """Register the servers Dallinger knows (one JSON file per host: {"host": ..., "user": ...}).
+
+    Returns the servers added; ones registered already are left as they are, unreadable files
+    are reported as warnings and skipped.
+    """
+    reporter = reporter or null_reporter
+    directory = Path(directory) if directory else dallinger_hosts_dir()
+    if not directory.is_dir():
+        return []
+    servers = _load()
+    taken = {(s.host, s.user, s.port) for s in servers.values()}
+    added = []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+            host = names.host(str(data["host"]))
+            user = names.user(str(data.get("user") or os.environ.get("USER") or "root"))
+            port = names.port(data.get("port", 22))
+            name = names.server_name(host)
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            reporter(Warning_(f"Skipped Dallinger host file {path.name}: {message}",
+                              "Fix or remove that file, or register the server by hand."))
+            continue
+        if (host, user, port) in taken or name in servers:
+            continue
+        servers[name] = Server(name, host, port, user, None)
+        taken.add((host, user, port))
+        added.append(servers[name])
+    if added:
+        _save(servers)
+    return added
+
+
+def resolve(server: Union[Remote, Server, str], *, known_hosts=None, password: Optional[str] = None,
+            passphrase: Optional[str] = None, connect_timeout: float = 10.0) -> Remote:
+    """A `Remote` for a Remote (returned as is), a `Server`, or the name of a registered server.
+
+    Not connected yet: `connect()` raises the usual clear errors (host key, login, network).
+    """
+    if isinstance(server, Remote):
+        return server
+    if isinstance(server, str):
+        server = get(server)
+    if not isinstance(server, Server):
+        raise ValidationError(f"Can't use {server!r} as a server.",
+                              "Pass a registered server's name, a labdeploy.servers.Server or a Remote.")
+    server.validated()
+    return Remote(server.host, server.port, server.user, key_filename=server.key, passphrase=passphrase,
+                  password=password, known_hosts=known_hosts, connect_timeout=connect_timeout)
