@@ -463,18 +463,35 @@ class Remote:
         return text if len(text) <= limit else text[: limit - 3] + "..."
 
     @staticmethod
-    def _feed_stdin(chan: paramiko.Channel, stdin) -> None:
+    def _send_all(chan: paramiko.Channel, data) -> None:
+        """sendall that waits for window space. _pump makes the channel non-blocking, and a plain
+        sendall then gives up (socket.timeout) as soon as the server's 2 MB window is full."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = chan.send(view)
+            except socket.timeout:
+                if chan.closed or not chan.get_transport().is_active():
+                    raise EOFError("channel closed") from None
+                time.sleep(0.002)
+                continue
+            if sent == 0:  # the channel was closed
+                raise EOFError("channel closed")
+            view = view[sent:]
+
+    @classmethod
+    def _feed_stdin(cls, chan: paramiko.Channel, stdin) -> None:
         try:
             if isinstance(stdin, (bytes, bytearray, memoryview)):
                 view = memoryview(stdin)
                 for i in range(0, len(view), 32768):
-                    chan.sendall(view[i:i + 32768])
+                    cls._send_all(chan, view[i:i + 32768])
             else:
                 while True:
                     chunk = stdin.read(65536)
                     if not chunk:
                         break
-                    chan.sendall(chunk)
+                    cls._send_all(chan, chunk)
         except (OSError, EOFError, paramiko.SSHException):
             pass  # the command stopped reading; its exit status tells the story
         finally:
