@@ -1,0 +1,623 @@
+"""Experiment data from the server straight into DataFrames, verified, and onto disk.
+
+* `export(app, server)`: every table of the app's database as DataFrames, streamed with
+  `COPY ... TO STDOUT` through `docker exec` over the existing SSH connection (no temporary
+  file on the server, no port opened) and parsed while it arrives. One REPEATABLE READ
+  transaction covers every table, so the tables are consistent with each other and each
+  table's rows are checked against `count(*)` from the same snapshot.
+* `save_archive` / `load_export`: Dallinger-compatible zip (and Parquet), see archive.py.
+* `query(app, server, sql, params)`: ad-hoc SQL in a read-only transaction as the app's own
+  role, through an SSH tunnel.
+* `download_files` / `download_logs`: the app's persistent files and its container logs.
+* `last_export_time` / `check_destroy`: destroy refuses to drop a database whose data has
+  no fresh local export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import pandas as pd
+
+from . import anonymise as anon
+from . import archive, copystream, layout, names, pgtypes, psql
+from .archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
+from .errors import CommandFailed, LabdeployError, ValidationError
+from .progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
+
+MODES = ("regular", "anonymous", "both")
+PROGRESS_EVERY = 0.2  # seconds between progress events while streaming
+
+
+class UnknownApp(LabdeployError):
+    """No database (or folder) for that app on the server."""
+
+
+class ExportVerificationError(LabdeployError):
+    """What arrived does not match what the database holds."""
+
+
+class ExportRequired(LabdeployError):
+    """Destroy refused: the app's data has no fresh local export."""
+
+
+def _remote(server):
+    """A connected Remote for a Remote, a Server or a registered server's name."""
+    from .remote import Remote
+
+    if isinstance(server, Remote):
+        return server.connect()
+    from . import servers
+
+    return servers.resolve(server).connect()
+
+
+def _server_key(remote) -> str:
+    return f"{remote.host}:{remote.port}"
+
+
+# ---------------------------------------------------------------------------- apps and tables
+
+
+def list_app_databases(server) -> list[str]:
+    """App names that have a database on the server (from `app_<name>` databases)."""
+    remote = _remote(server)
+    out = psql.run_sql(remote, "\\pset tuples_only on\n\\pset format unaligned\n"
+                       "SELECT datname FROM pg_database WHERE datname LIKE 'app\\_%' ORDER BY 1;\n")
+    return [line[4:].replace("_", "-") for line in out.split() if line.startswith("app_")]
+
+
+def _unknown_app(remote, app: str) -> UnknownApp:
+    try:
+        known = list_app_databases(remote)
+    except LabdeployError:
+        known = []
+    listing = ", ".join(known) if known else "none"
+    return UnknownApp(f"There is no app {app!r} on {remote.host}: it has no database "
+                      f"{names.db_identifier(app)!r}. Apps with a database there: {listing}.",
+                      "Check the app name (and the server); an app that was destroyed has no data left.")
+
+
+def table_counts(app: str, server) -> pd.DataFrame:
+    """Every table of the app with its exact row count (one consistent snapshot)."""
+    remote = _remote(server)
+    db = names.db_identifier(app)
+    sql = ("\\pset tuples_only on\n\\pset format unaligned\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
+           "SELECT format('SELECT %L || chr(9) || count(*) FROM %I.%I', tl.label, tl.nspname, tl.relname) "
+           f"FROM ({copystream.CATALOG_SQL}) tl ORDER BY tl.label\n\\gexec\nCOMMIT;\n")
+    try:
+        out = psql.run_sql(remote, sql, db)
+    except psql.SQLError as exc:
+        if "does not exist" in exc.message:
+            raise _unknown_app(remote, app) from exc
+        raise
+    rows = [line.rsplit("\t", 1) for line in out.splitlines() if "\t" in line]
+    return pd.DataFrame({"table": [r[0] for r in rows], "rows": [int(r[1]) for r in rows]},
+                        columns=["table", "rows"])
+
+
+# ---------------------------------------------------------------------------- the stream
+
+
+@dataclass
+class _Parse:
+    pipe: copystream.ChunkPipe
+    thread: threading.Thread
+    result: dict = field(default_factory=dict)
+
+
+def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: Reporter,
+                   timeout: Optional[float]) -> tuple[copystream.Splitter, dict]:
+    db = names.db_identifier(app)
+    nonce = copystream.new_nonce()
+    script = copystream.build_script(nonce, tables)
+    parses: dict[str, _Parse] = {}
+    columns: dict[str, list] = {}
+    last = [0.0]
+    total_bytes = [0]
+
+    def on_catalog_checked() -> None:
+        if tables is not None:
+            got = {entry["table"] for entry in splitter.catalog}
+            missing = [t for t in tables if t not in got]
+            if missing:
+                raise ValidationError(f"The app {app!r} has no table {', '.join(map(repr, missing))}.",
+                                      "Leave `tables` empty to export every table, or check the names "
+                                      "(labdeploy.export.table_counts(app, server) lists them).")
+
+    def start(name: str, count: int):
+        if not columns:
+            on_catalog_checked()
+            for entry in splitter.catalog:
+                columns[entry["table"]] = pgtypes.columns_from_catalog(entry["columns"])
+        cols = columns.get(name, [])
+        pipe = copystream.ChunkPipe()
+        holder: dict = {}
+
+        def work() -> None:
+            try:
+                holder["frame"] = pgtypes.read_csv(pipe, cols)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                holder["error"] = exc
+
+        thread = threading.Thread(target=work, name=f"labdeploy-parse-{name}", daemon=True)
+        parses[name] = _Parse(pipe, thread, holder)
+        thread.start()
+        reporter(Progress("Read the tables", 0, count, unit="rows", item=name))
+        return pipe
+
+    def end(name: str) -> None:
+        parses[name].pipe.close_writer()
+        t = splitter.tables[name]
+        reporter(Progress("Read the tables", t.count, t.count, unit="rows", item=f"{name}, "
+                          f"{t.bytes / 1e6:.1f} MB"))
+
+    def on_data(t: copystream.TableStream, n: int) -> None:
+        total_bytes[0] += n
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            rows = max(0, min(t.lines - 1, t.count))  # newlines inside values make this an estimate
+            reporter(Progress("Read the tables", rows, t.count, unit="rows",
+                              item=f"{t.name}, {t.bytes / 1e6:.1f} MB"))
+
+    splitter = copystream.Splitter(nonce, start, end, on_data)
+    failure: Optional[BaseException] = None
+    try:
+        remote.run(psql.psql_argv(db), stdin=script.encode(), on_stdout=splitter.feed, timeout=timeout)
+    except CommandFailed as exc:
+        failure = exc
+        err = exc.stderr or ""
+        if f'database "{db}" does not exist' in err:
+            raise _unknown_app(remote, app) from exc
+        raise psql._fail(exc, db) from exc
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        for p in parses.values():
+            if failure is not None:
+                p.pipe.close_writer(failure)
+            else:
+                p.pipe.close_writer()
+        for p in parses.values():
+            p.thread.join()
+    frames = {}
+    for name, p in parses.items():
+        if "error" in p.result:
+            err = p.result["error"]
+            if isinstance(err, LabdeployError):
+                raise err
+            raise ExportVerificationError(f"Table {name} could not be read: {err}",
+                                          "Run the export again; if it repeats, report it.") from err
+        frames[name] = p.result["frame"]
+    return splitter, frames
+
+
+def _verify(splitter: copystream.Splitter, frames: dict) -> None:
+    if splitter.catalog is None or not splitter.done:
+        raise ExportVerificationError("The export stream ended before it was complete.",
+                                      "Run the export again; nothing was saved.")
+    expected = [e["table"] for e in splitter.catalog]
+    missing = [t for t in expected if t not in splitter.tables or not splitter.tables[t].ended]
+    if missing:
+        raise ExportVerificationError(f"Tables {', '.join(missing)} did not arrive.",
+                                      "Run the export again; nothing was saved.")
+    wrong = [f"{t}: {len(frames[t])} rows read, {splitter.tables[t].count} in the database"
+             for t in expected if len(frames[t]) != splitter.tables[t].count]
+    if wrong:
+        raise ExportVerificationError("Row counts do not match the database: " + "; ".join(wrong) + ".",
+                                      "Run the export again; if it repeats, report it with this message.")
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValidationError(f"Unknown export mode {mode!r}.", f"Use one of {', '.join(MODES)}.")
+    return mode
+
+
+def export(app: str, server, tables: Optional[Sequence[str]] = None, *, mode: str = "regular",
+           save_to: Union[str, os.PathLike, None] = None, parquet: bool = False,
+           rules: Optional[anon.Rules] = None, reporter: Optional[Reporter] = None,
+           timeout: Optional[float] = None) -> ExportData:
+    """Export the app's tables (all of them unless `tables` names some) as DataFrames.
+
+    mode "regular" returns the data as stored; "anonymous" returns it with the participant
+    columns in `rules` replaced (the default rules cover Dallinger's and the example's
+    participant tables); "both" returns the regular data with `.anonymous` holding the other.
+    With `save_to` (a folder), each version is also saved as `<app>-<time>-data.zip`
+    (`-anonymous-data.zip`), and as Parquet folders with `parquet=True`; `.paths` lists them.
+    """
+    report = reporter or null_reporter
+    names.app_name(app)
+    _mode(mode)
+    if tables is not None:
+        tables = [copystream.table_name(t) for t in tables]
+    if rules is not None:
+        rules.validate()
+    remote = _remote(server)
+    with step(report, "Read the tables", f"{app} on {remote.host}"):
+        t0 = time.monotonic()
+        splitter, frames = _stream_tables(remote, app, tables, report, timeout)
+        elapsed = time.monotonic() - t0
+    with step(report, "Check row counts"):
+        _verify(splitter, frames)
+    order = [e["table"] for e in splitter.catalog]
+    columns = {e["table"]: pgtypes.columns_from_catalog(e["columns"]) for e in splitter.catalog}
+    total = sum(t.bytes for t in splitter.tables.values())
+    report(LogLine(f"{len(order)} tables, {sum(len(f) for f in frames.values())} rows, "
+                   f"{total / 1e6:.1f} MB in {elapsed:.1f} s", "export"))
+    data = ExportData({t: frames[t] for t in order}, app=app, server=_server_key(remote),
+                      database=names.db_identifier(app), snapshot=splitter.snapshot,
+                      exported_at=datetime.fromtimestamp(splitter.started_epoch, timezone.utc),
+                      columns=columns, counts={t: splitter.tables[t].count for t in order}, bytes=total)
+    anonymous = None
+    if mode in ("anonymous", "both"):
+        with step(report, "Anonymise"):
+            anon_frames, changed = anon.anonymise(data, rules)
+            anonymous = data.derive(anon_frames, anonymised=True, anonymised_columns=changed)
+            if not changed:
+                report(Warning_("No identifying columns were found to anonymise.",
+                                "Pass rules=labdeploy.anonymise.rules(columns=[...], tables=(...)) naming "
+                                "the participant table and its identifying columns."))
+    if save_to is not None:
+        save_archives(data if mode != "anonymous" else None, anonymous, save_to, parquet=parquet,
+                      remote=remote, reporter=report)
+        if anonymous is not None and mode == "both":
+            data.paths.extend(anonymous.paths)
+    if mode == "anonymous":
+        return anonymous
+    data.anonymous = anonymous
+    return data
+
+
+def save_archive(data: ExportData, path: Union[str, os.PathLike], *, parquet: bool = False,
+                 overwrite: bool = False, reporter: Optional[Reporter] = None) -> Path:
+    """Save one export as a Dallinger-compatible zip at `path` (and Parquet next to it:
+    `<name>-parquet/`). Written atomically; an existing file is replaced only with overwrite=True.
+    A regular (not anonymised) export is recorded so `destroy` can check it is fresh."""
+    report = reporter or null_reporter
+    path = Path(path).expanduser().absolute()
+    with step(report, "Write the archive", path.name):
+        write_archive(data, path, overwrite=overwrite, reporter=report)
+        data.paths.append(str(path))
+    if parquet:
+        folder = path.with_name(path.name[:-len(".zip")] + "-parquet")
+        with step(report, "Write Parquet", folder.name):
+            write_parquet(data, folder, overwrite=overwrite, reporter=report)
+            data.paths.append(str(folder))
+    if not data.anonymised and data.app and data.server:
+        _record(data, path)
+    return path
+
+
+def save_archives(data: Optional[ExportData], anonymous: Optional[ExportData], folder, *, parquet: bool = False,
+                  remote=None, reporter: Optional[Reporter] = None) -> list[Path]:
+    """Save the regular and/or anonymised export into `folder` under time-stamped names."""
+    folder = Path(folder).expanduser().absolute()
+    out = []
+    for item, suffix in ((data, "data"), (anonymous, "anonymous-data")):
+        if item is None:
+            continue
+        stamp = archive.now_stamp(item.exported_at)
+        out.append(save_archive(item, folder / f"{item.app}-{stamp}-{suffix}.zip", parquet=parquet,
+                                reporter=reporter))
+    return out
+
+
+# ---------------------------------------------------------------------------- export records
+
+
+def _records_file() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("labdeploy")) / "exports.jsonl"
+
+
+def _record(data: ExportData, path: Path) -> None:
+    """Remember a saved export (one JSON line, appended in one write)."""
+    rec = {"app": data.app, "server": data.server, "database": data.database, "snapshot": data.snapshot,
+           "exported_at": data.exported_at.isoformat() if data.exported_at else None,
+           "counts": {t: int(len(f)) for t, f in data.items()}, "path": str(path),
+           "size": path.stat().st_size, "saved_at": datetime.now(timezone.utc).isoformat()}
+    f = _records_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(rec) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def exports(app: Optional[str] = None, server=None) -> list[dict]:
+    """Saved (regular) exports whose archive still exists, newest first."""
+    f = _records_file()
+    if not f.exists():
+        return []
+    key = None
+    if server is not None:
+        from .remote import Remote
+
+        key = _server_key(server) if isinstance(server, Remote) else _server_key(_remote(server))
+    out = []
+    for line in f.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn line from a crash: skip it
+        if app is not None and rec.get("app") != app:
+            continue
+        if key is not None and rec.get("server") != key:
+            continue
+        p = Path(rec.get("path", ""))
+        if p.is_file() and p.stat().st_size == rec.get("size"):
+            rec["exported_at"] = datetime.fromisoformat(rec["exported_at"])
+            out.append(rec)
+    return sorted(out, key=lambda r: r["exported_at"], reverse=True)
+
+
+def last_export_time(app: str, server=None) -> Optional[datetime]:
+    """When the newest saved export of the app (that still exists on disk) was taken, or None."""
+    recs = exports(names.app_name(app), server)
+    return recs[0]["exported_at"] if recs else None
+
+
+def _snapshot_parts(snapshot: str) -> tuple[int, list[int]]:
+    xmin, xmax, xip = snapshot.split(":")
+    return int(xmax) % 2**32, [int(x) % 2**32 for x in xip.split(",") if x]
+
+
+def changes_since(app: str, server, record: Mapping[str, Any]) -> pd.DataFrame:
+    """Per table: rows now, rows in the export, rows written (inserted/updated) since the export's
+    snapshot. Exact: a row version whose xmin the export's snapshot could not see is a write."""
+    remote = _remote(server)
+    db = names.db_identifier(app)
+    xmax, xip = _snapshot_parts(record["snapshot"])
+    newer = (f"(xmin::text::bigint >= 3 AND ((xmin::text::bigint - {xmax}) % 4294967296 + 4294967296) "
+             f"% 4294967296 < 2147483648)")
+    if xip:
+        newer = f"({newer} OR xmin::text::bigint IN ({', '.join(str(x) for x in xip)}))"
+    sql = ("\\pset tuples_only on\n\\pset format unaligned\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
+           "SELECT format('SELECT %L || chr(9) || count(*) || chr(9) || count(*) FILTER (WHERE "
+           + newer.replace("'", "''") + ") FROM %I.%I', tl.label, tl.nspname, tl.relname) "
+           f"FROM ({copystream.CATALOG_SQL}) tl ORDER BY tl.label\n\\gexec\nCOMMIT;\n")
+    out = psql.run_sql(remote, sql, db)
+    counts = record.get("counts", {})
+    rows = []
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3:
+            rows.append({"table": parts[0], "rows": int(parts[1]), "exported_rows": counts.get(parts[0]),
+                         "written_since": int(parts[2])})
+    for t, n in counts.items():
+        if t not in {r["table"] for r in rows}:
+            rows.append({"table": t, "rows": 0, "exported_rows": n, "written_since": 0})
+    frame = pd.DataFrame(rows, columns=["table", "rows", "exported_rows", "written_since"])
+    frame["changed"] = (frame["written_since"] > 0) | (frame["rows"] != frame["exported_rows"].fillna(0))
+    return frame
+
+
+def database_exists(app: str, server) -> bool:
+    from . import database
+
+    out = psql.run_sql(_remote(server), "\\pset tuples_only on\n" + database.exists_sql(app))
+    return out.strip() not in ("", "0")
+
+
+def check_destroy(app: str, server, *, override: bool = False,
+                  reporter: Optional[Reporter] = None) -> Optional[dict]:
+    """Raise ExportRequired unless the app's database is safe to drop: it does not exist, or a
+    saved export has every row it holds now (nothing written since). `override=True` skips the
+    check (the caller asked explicitly to lose the data). Returns the export record relied on."""
+    report = reporter or null_reporter
+    names.app_name(app)
+    if override:
+        report(Warning_(f"Destroying {app} without checking for a fresh export (explicit override).", ""))
+        return None
+    remote = _remote(server)
+    if not database_exists(app, remote):
+        return None
+    recs = exports(app, remote)
+    if not recs:
+        raise ExportRequired(
+            f"{app} still has its database on {remote.host}, and there is no saved export of it on this "
+            "computer. Destroying now would lose the data.",
+            "Export first (export panel, or labdeploy.export.export(app, server, save_to='exports')), then "
+            "destroy; or destroy with the explicit override if the data really is not needed.")
+    newest = recs[0]
+    changes = changes_since(app, remote, newest)
+    changed = changes[changes["changed"]]
+    if len(changed):
+        detail = ", ".join(f"{r.table} ({r.written_since} rows written, {r.rows} now vs {r.exported_rows} "
+                           f"exported)" for r in changed.itertuples())
+        raise ExportRequired(
+            f"{app} was written to after its newest export ({newest['exported_at']:%Y-%m-%d %H:%M:%S} UTC, "
+            f"{newest['path']}): {detail}. Destroying now would lose those rows.",
+            "Export again (then destroy), or destroy with the explicit override if the new rows are not needed.")
+    report(LogLine(f"fresh export found: {newest['path']}", "export"))
+    return newest
+
+
+# ---------------------------------------------------------------------------- ad-hoc SQL
+
+
+def _app_credentials(remote, app: str) -> tuple[str, str, str]:
+    """(role, password, database) from the app's secrets.env, read over SFTP into memory only."""
+    from urllib.parse import unquote, urlsplit
+
+    path = layout.app_secrets(app)
+    try:
+        text = remote.get_bytes(path).decode()
+    except FileNotFoundError:
+        raise UnknownApp(f"{app!r} has no {path} on {remote.host}, so it is not deployed there.",
+                         "Check the app name and the server.") from None
+    except PermissionError:
+        raise LabdeployError(f"{path} on {remote.host} may not be read by {remote.user}.",
+                             "Use the login that deployed the app.") from None
+    url = None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "DATABASE_URL":
+            url = value.strip().strip('"').strip("'")
+    if not url:
+        raise LabdeployError(f"{path} on {remote.host} has no DATABASE_URL.",
+                             "Redeploy the app so its secrets file is written again.")
+    parts = urlsplit(url)
+    if not parts.username or parts.password is None:
+        raise LabdeployError(f"The DATABASE_URL in {path} has no user or password.", "Redeploy the app.")
+    return unquote(parts.username), unquote(parts.password), parts.path.lstrip("/") or names.db_identifier(app)
+
+
+def postgres_address(server) -> str:
+    """The shared PostgreSQL's IP address on the `dallinger` network, as the server sees it."""
+    remote = _remote(server)
+    fmt = "{{json .NetworkSettings.Networks}}"
+    try:
+        out = remote.run(["docker", "inspect", "-f", fmt, layout.POSTGRES_CONTAINER], timeout=30).stdout
+    except CommandFailed as exc:
+        raise psql.SQLError("The shared PostgreSQL container is not running on the server.",
+                            "Prepare the server (setup panel, or labdeploy.stack.prepare()).") from exc
+    networks = json.loads(out)
+    net = networks.get(layout.NETWORK) or next(iter(networks.values()), {})
+    if not net.get("IPAddress"):
+        raise psql.SQLError("The shared PostgreSQL container has no address on the dallinger network.",
+                            "Restart the shared stack (labdeploy.stack.prepare()).")
+    return net["IPAddress"]
+
+
+def query(app: str, server, sql: str, params: Optional[Mapping[str, Any]] = None, *,
+          timeout: float = 300) -> pd.DataFrame:
+    """Run SQL in a read-only transaction as the app's own role; rows as a DataFrame.
+
+    Parameters are bound by the driver (`:name` placeholders), never pasted into the SQL.
+    The connection goes through an SSH tunnel to PostgreSQL as seen from the server.
+    """
+    import sqlalchemy as sa
+
+    names.app_name(app)
+    if not isinstance(sql, str) or not sql.strip():
+        raise ValidationError("The query is empty.", "Give a SELECT statement.")
+    remote = _remote(server)
+    role, password, database = _app_credentials(remote, app)
+    host = postgres_address(remote)
+    with remote.forward(host, 5432) as port:
+        url = sa.engine.URL.create("postgresql+psycopg", username=role, password=password,
+                                   host="127.0.0.1", port=port, database=database)
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool,
+                                  connect_args={"connect_timeout": 10, "application_name": "labdeploy-query",
+                                                "options": f"-c statement_timeout={int(timeout * 1000)}"})
+        try:
+            with engine.connect().execution_options(postgresql_readonly=True) as conn:
+                with conn.begin():
+                    return pd.read_sql(sa.text(sql), conn, params=dict(params or {}))
+        except sa.exc.DBAPIError as exc:
+            orig = getattr(exc, "orig", exc)
+            msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            if "read-only transaction" in msg:
+                raise ValidationError(f"The query tried to change data: {msg}",
+                                      "query() is read-only; change data through the experiment itself.") from None
+            raise psql.SQLError(f"PostgreSQL reported an error: {msg}", "Check the SQL statement.") from None
+        finally:
+            engine.dispose()
+
+
+# ---------------------------------------------------------------------------- files and logs
+
+
+def download_files(app: str, server, dest: Union[str, os.PathLike], *,
+                   reporter: Optional[Reporter] = None) -> list[Path]:
+    """Copy the app's persistent files (~/dallinger-data/<app>) into `dest`, with progress.
+    Each file appears under its name only when complete."""
+    report = reporter or null_reporter
+    remote = _remote(server)
+    root = layout.app_data(app)
+    dest = Path(dest).expanduser()
+    out = remote.run(["sh", "-c", f"cd {_q(root)} 2>/dev/null && find . -type f -printf '%s %P\\0' "
+                                  f"|| echo missing"], timeout=60).stdout
+    if out.strip() == "missing":
+        raise UnknownApp(f"{app!r} has no folder {root} on {remote.host}.",
+                         "Check the app name; an app without assets has no files to download.")
+    files = []
+    for entry in out.split("\0"):
+        if entry.strip():
+            size, _, rel = entry.partition(" ")
+            if rel and ".." not in rel.split("/") and not rel.startswith("/"):
+                files.append((rel, int(size)))
+    total = sum(s for _, s in files)
+    done = [0]
+    written = []
+    with step(report, "Download files", f"{len(files)} files"):
+        for rel, size in files:
+            base = done[0]
+
+            def progress(d: int, _t: int, base=base, rel=rel) -> None:
+                report(Progress("Download files", base + d, total, unit="bytes", item=rel))
+
+            target = dest / rel
+            try:
+                remote.get_file(f"{root}/{rel}", target, on_progress=progress)
+            except PermissionError:
+                report(Warning_(f"{rel} may not be read by {remote.user}; skipped.", ""))
+                continue
+            except OSError as exc:
+                raise archive._disk_error(exc, target) from exc
+            done[0] += size
+            written.append(target)
+    return written
+
+
+def _q(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def download_logs(app: str, server, dest: Union[str, os.PathLike], *, tail: Optional[int] = None,
+                  reporter: Optional[Reporter] = None) -> Path:
+    """Save the app's container logs (all services, with timestamps) as `dest/<app>-logs.txt`."""
+    from . import compose
+
+    report = reporter or null_reporter
+    remote = _remote(server)
+    app_dir = layout.app_dir(app)
+    if not remote.exists(layout.app_compose(app)):
+        raise UnknownApp(f"{app!r} has no {layout.app_compose(app)} on {remote.host}.",
+                         "Check the app name and the server.")
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / f"{app}-logs.txt"
+    tmp = target.with_name(f".{target.name}.part")
+    args = [*compose.compose_argv(remote), "logs", "--no-color", "--timestamps"]
+    if tail:
+        args += ["--tail", str(int(tail))]
+    got = [0]
+    with step(report, "Download logs"), open(tmp, "wb") as f:
+        def chunk(data: bytes) -> None:
+            f.write(data)
+            got[0] += len(data)
+            report(Progress("Download logs", got[0], None, unit="bytes", item=app))
+
+        try:
+            remote.run(args, cwd=app_dir, on_stdout=chunk, timeout=600)
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    os.replace(tmp, target)
+    return target
+
+
+__all__ = ["export", "save_archive", "save_archives", "load_export", "query", "last_export_time", "exports",
+           "check_destroy", "changes_since", "table_counts", "download_files", "download_logs",
+           "list_app_databases", "postgres_address", "ExportData", "UnknownApp", "ExportVerificationError",
+           "ExportRequired"]
