@@ -29,7 +29,8 @@ TAG_LENGTH = 16
 # Docker's reference grammar (distribution/reference), enough to refuse what Docker refuses.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
-_REPO_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 
 
@@ -77,12 +78,20 @@ def disk_full_error(where: str, detail: str = "") -> DiskFull:
 
 def image_repository(name: str) -> str:
     """A Docker repository name such as 'registry.example.org/lab/images' (no tag)."""
-    if not isinstance(name, str) or not name or len(name) > 255 or not _REPO_RE.match(name):
+    if not isinstance(name, str) or not name or len(name) > 255 or not _valid_repository(name):
         raise ValidationError(
             f"{name!r} is not a valid Docker image name.",
             "Use lowercase letters, digits, '.', '_', '-' and '/' (a registry host may come first, e.g. "
             "'registry.gitlab.com/my-group/experiment-images'); no spaces, capitals or tags.")
     return name
+
+
+def _valid_repository(name: str) -> bool:
+    # As in Docker: the first part is a registry only if it has '.' or ':' or is 'localhost'.
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return bool(_DOMAIN_RE.match(first) and _PATH_RE.match(rest))
+    return bool(_PATH_RE.match(name))
 
 
 def image_tag(tag: str) -> str:
