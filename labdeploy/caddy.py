@@ -12,12 +12,17 @@ from .stack import StackSettings, is_local_domain, site_address
 def site_block(app: str, settings: StackSettings) -> str:
     """`<app>.<domain>` proxied to the app's web container on the shared network.
 
-    Real domains get automatic HTTPS from Let's Encrypt (with the contact email when one is
+    `http://<app>.localhost` is always an address too, so a tunnel (apps.open_tunnel) opens
+    the app before DNS is set up. Real domains get automatic HTTPS from Let's Encrypt (with the contact email when one is
     set); local and test domains are plain HTTP, since no certificate can be had for them.
     """
     settings.validate()
     app = names.app_name(app)
-    lines = [f"# Written by labdeploy for the app {app}.", f"{site_address(app, settings)} {{"]
+    addresses = [site_address(app, settings)]
+    tunnel = f"http://{app}.localhost"  # what an SSH tunnel from a researcher's browser asks for
+    if tunnel not in addresses:
+        addresses.append(tunnel)
+    lines = [f"# Written by labdeploy for the app {app}.", f"{', '.join(addresses)} {{"]
     if not is_local_domain(settings.domain) and settings.email:
         lines.append(f"\ttls {settings.email}")
     lines += [

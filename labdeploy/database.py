@@ -89,6 +89,7 @@ def drop_sql(app: str) -> str:
 
 
 def exists_sql(app: str) -> str:
+    """One row, one column: 1 if the app's database exists, else 0."""
     ident = names.db_identifier(app)
     return f"SELECT count(*) FROM pg_database WHERE datname = {_literal(ident)};"
 

@@ -102,7 +102,7 @@ def test_caddy_site_local_domain_is_plain_http():
 def test_caddy_site_real_domain_gets_lets_encrypt_with_email():
     s = StackSettings(domain="exp.example.org", email="lab@example.org")
     text = caddy.site_block("stroop", s)
-    assert text.splitlines()[1] == "stroop.exp.example.org {"
+    assert text.splitlines()[1] == "stroop.exp.example.org, http://stroop.localhost {"
     assert "\ttls lab@example.org" in text
     assert caddy.app_url("stroop", s) == "https://stroop.exp.example.org/"
 

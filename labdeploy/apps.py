@@ -1,0 +1,229 @@
+"""The apps on a server: list them, open one through an SSH tunnel, destroy one.
+
+`apps(server)` is one DataFrame (app, state, version, url, ...). `open_tunnel(server, app)`
+forwards a local port to the server's Caddy, giving `http://<app>.localhost:<port>/`
+(browsers resolve *.localhost to this computer; Caddy routes by the host name), so an app
+can be tried before its DNS record exists. `destroy` needs `confirm=True` and keeps the data
+unless `remove_data=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pandas as pd
+
+from . import caddy, containers, database, layout, names, psql, stack
+from .deploy import UnknownApp, _check_data_saved, _compose, _connect
+from .errors import LabdeployError
+from .lock import DeployLock
+from .progress import LogLine, Reporter, null_reporter, step
+
+COLUMNS = ["app", "state", "version", "url", "deployed_at", "who", "running", "image", "locked"]
+DESTROY_STEPS = ("check", "lock", "stop", "route", "data", "files")
+
+# Every app folder with its deploy.json, the stack settings and the locks, in one round trip.
+_LIST = ('cd dallinger 2>/dev/null || exit 0; echo @@stack; cat stack.json 2>/dev/null; echo; '
+         'for d in */; do d=${d%/}; [ -f "$d/docker-compose.yml" ] || [ -f "$d/deploy.json" ] || continue; '
+         'echo "@@app $d"; cat "$d/deploy.json" 2>/dev/null; echo; done; '
+         'echo @@locks; ls .locks 2>/dev/null; echo @@end')
+
+
+class ConfirmationRequired(LabdeployError):
+    """A destructive action was asked for without confirm=True."""
+
+
+def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
+    """Build the apps table from the listing script's output and containers.status (pure)."""
+    settings, states, locks, current, buf = None, {}, set(), None, []
+
+    def flush() -> None:
+        nonlocal settings
+        body = "".join(buf).strip()
+        if current == "stack" and body:
+            with contextlib.suppress(ValueError):
+                settings = stack.StackSettings.from_dict(json.loads(body).get("settings", {}))
+        elif current and current.startswith("app "):
+            try:
+                states[current[4:]] = json.loads(body) if body else {}
+            except ValueError:
+                states[current[4:]] = {}
+        elif current == "locks":
+            locks.update(x for x in body.split() if x)
+
+    for line in text.splitlines(keepends=True):
+        if line.startswith("@@"):
+            flush()
+            current, buf = line.strip()[2:], []
+        else:
+            buf.append(line)
+    flush()
+    running_by_app: dict[str, list] = {}
+    for _, row in status.iterrows():
+        running_by_app.setdefault(row["app"], []).append(row)
+    rows = []
+    for app in sorted(set(states) | set(running_by_app)):
+        try:
+            names.app_name(app)
+        except LabdeployError:
+            continue  # a folder labdeploy did not make (e.g. '.build')
+        state = states.get(app)
+        ctrs = running_by_app.get(app, [])
+        n_run = sum(1 for c in ctrs if c["state"] == "running")
+        if not state:
+            label = "not deployed (failed or unfinished)"
+        elif n_run == len(layout.APP_SERVICES) and not any(c["restarts"] for c in ctrs if c["state"] != "running"):
+            label = "running"
+        elif n_run == 0:
+            label = "stopped"
+        else:
+            label = "degraded"
+        rows.append({
+            "app": app, "state": label, "version": (state or {}).get("version", ""),
+            "url": (state or {}).get("url") or (caddy.app_url(app, settings) if settings else ""),
+            "deployed_at": (state or {}).get("deployed_at"), "who": (state or {}).get("who", ""),
+            "running": f"{n_run}/{len(layout.APP_SERVICES)}", "image": (state or {}).get("image", ""),
+            "locked": app in locks,
+        })
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["deployed_at"] = pd.to_datetime(df["deployed_at"], utc=True, errors="coerce", format="ISO8601")
+    df["locked"] = df["locked"].astype(bool)
+    return df
+
+
+def apps(server) -> pd.DataFrame:
+    """The server's apps: app, state, version, url, deployed_at, who, running (n/4), image, locked."""
+    remote = _connect(server)
+    listing = remote.run(["sh", "-c", _LIST], check=False, timeout=60).stdout
+    return parse_listing(listing, containers.status(remote))
+
+
+# --------------------------------------------------------------------------- tunnel
+
+class AppTunnel:
+    """A local port forwarded to the server's Caddy over the SSH connection. `url` opens the
+    app in a browser on this computer; `close()` ends it."""
+
+    def __init__(self, remote, app: str, caddy_port: int = 80, local_port: int = 0) -> None:
+        self.app = names.app_name(app)
+        self._cm = remote.forward("127.0.0.1", int(caddy_port), local_port)
+        self.local_port = self._cm.__enter__()
+        self.url = f"http://{self.app}.localhost:{self.local_port}/"
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._cm.__exit__(None, None, None)
+
+    def __enter__(self) -> "AppTunnel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AppTunnel({self.url}{' closed' if self.closed else ''})"
+
+
+def open_tunnel(server, app: str, local_port: int = 0) -> AppTunnel:
+    """Open `http://<app>.localhost:<port>/` here, reaching the app through the server's Caddy."""
+    remote = _connect(server)
+    settings = stack.read_settings(remote)
+    return AppTunnel(remote, app, int(settings.http_port) if settings else 80, local_port)
+
+
+# --------------------------------------------------------------------------- destroy
+
+@dataclass
+class DestroyResult:
+    app: str
+    removed: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.app}: removed " + (", ".join(self.removed) or "nothing")
+        if self.kept:
+            text += "; kept " + ", ".join(self.kept) + " (destroy with remove_data=True to delete them)"
+        return text
+
+
+def _app_traces(remote, app: str) -> dict:
+    script = ('[ -d "$1" ] && echo dir; [ -f "$2" ] && echo site; [ -d "$3" ] && echo data; '
+              'docker ps -aq --filter "label=labdeploy.app=$4" | head -1 | sed "s/.*/containers/"; '
+              'docker volume ls -q --filter "label=com.docker.compose.project=$4" | head -1 | sed "s/.*/volumes/"')
+    out = remote.run(["sh", "-c", script, "sh", layout.app_dir(app), layout.caddy_site(app), layout.app_data(app),
+                      app], check=False).stdout.split()
+    traces = {k: k in out for k in ("dir", "site", "data", "containers", "volumes")}
+    traces["database"] = _database_exists(remote, app)
+    return traces
+
+
+def _database_exists(remote, app: str) -> bool:
+    df = psql.query_df(remote, database.exists_sql(app))
+    return bool(len(df)) and int(df.iloc[0, 0]) > 0
+
+
+def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False,
+            reporter: Optional[Reporter] = None) -> DestroyResult:
+    """Stop and remove an app's containers, its Caddy route and its folder.
+
+    Its database, role, Redis volume and ~/dallinger-data/<app> are kept unless
+    `remove_data=True`. Nothing happens without `confirm=True`.
+    """
+    reporter = reporter or null_reporter
+    app = names.app_name(app)
+    if not confirm:
+        what = "its containers, web address and folder" + (", and ALL ITS DATA (database, files)" if remove_data else
+                                                          "; its data is kept")
+        raise ConfirmationRequired(f"Destroying {app!r} removes {what}. Nothing was done.",
+                                   f"Call destroy({app!r}, server, confirm=True" +
+                                   (", remove_data=True" if remove_data else "") + ") to go ahead.")
+    result = DestroyResult(app)
+    with step(reporter, "check"):
+        remote = _connect(server)
+        traces = _app_traces(remote, app)
+        if not any(traces.values()):
+            known = ", ".join(apps(remote)["app"]) or "none"
+            raise UnknownApp(f"There is no app named {app!r} on {remote.host}.",
+                             f"Check the name. Apps on this server: {known}.")
+    with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
+        reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
+        if remove_data:
+            _check_data_saved(remote, app)
+        with step(reporter, "stop"):
+            if traces["dir"] and remote.exists(layout.app_compose(app)):
+                _compose(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
+                         reporter, timeout=300)
+            # Containers without a compose file (a half-finished deploy), found by label.
+            flt = shlex.quote(f"label=labdeploy.app={app}")
+            remote.run(["sh", "-c", f"ids=$(docker ps -aq --filter {flt}); [ -z \"$ids\" ] || docker rm -f $ids"],
+                       check=False)
+            result.removed.append("containers")
+        with step(reporter, "route"):
+            if traces["site"]:
+                remote.remove(layout.caddy_site(app))
+                stack.reload_caddy(remote)
+                result.removed.append("web address")
+        with step(reporter, "data"):
+            if remove_data:
+                psql.run_sql(remote, database.drop_sql(app))
+                proj = shlex.quote(f"label=com.docker.compose.project={app}")
+                remote.run(["sh", "-c", f"v=$(docker volume ls -q --filter {proj}); [ -z \"$v\" ] || docker volume rm $v"],
+                           check=False)
+                remote.run(["rm", "-rf", "--", layout.app_data(app)])
+                result.removed += ["database and role", "redis volume", "files"]
+            else:
+                result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),
+                                                      ("files in ~/" + layout.app_data(app), traces["data"])) if present]
+                if result.kept:
+                    reporter(LogLine("kept: " + ", ".join(result.kept), "destroy"))
+        with step(reporter, "files"):
+            from .transfer import build_dir
+            remote.run(["rm", "-rf", "--", layout.app_dir(app), build_dir(app)])
+            result.removed.append("app folder")
+    return result

@@ -1,0 +1,594 @@
+"""Deploy, update and destroy an experiment on a server: the seed's `psynet deploy ssh`.
+
+`deploy(experiment_dir, app, server)` runs eight steps, each reported to the reporter:
+
+1. preflight  valid name, Dockerfile, server ready, memory, name not in use
+2. lock       the app's deploy lock on the server (atomic mkdir; expires; breakable)
+3. image      the experiment's image onto the server (labdeploy.transfer's modes)
+4. database   the app's own role and database with a connection limit; secrets file 0600
+5. start      compose file, assets, `compose up` (v1 or v2); wait until web answers
+6. route      `<app>.<domain>` in Caddy (caddy.d/<app>, reload)
+7. launch     POST /launch through the SSH connection (works before DNS), then health
+8. record     deploy.json and a history line on the server
+
+A failure after the image step stops there, reports the step and the containers' last log
+lines, puts the previous version back (or stops a first deploy's containers), and releases
+the lock. Data (database, Redis volume, ~/dallinger-data/<app>) is never touched by a
+failure. Everything goes over one SSH connection.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import shlex
+import tarfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping, Optional
+
+from . import appcompose, caddy, compose, database, history, layout, names, psql, readiness, stack
+from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
+from .lock import DeployLock, _local_identity
+from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
+
+STEPS = ("preflight", "lock", "image", "database", "start", "route", "launch", "record")
+UPDATE_STEPS = STEPS
+LOG_TAIL = 40  # container log lines shown with a failure
+DEFAULT_DASHBOARD_USER = "admin"
+
+
+class DeployError(LabdeployError):
+    """A deploy could not even start (bad input, server not ready, name in use)."""
+
+
+class AppExists(DeployError):
+    """The app name is already deployed on this server."""
+
+
+class UnknownApp(DeployError):
+    """No app of that name on this server."""
+
+
+class DeployFailed(LabdeployError):
+    """A step after the image failed; the previous version was put back."""
+
+    def __init__(self, message: str, hint: str = "", *, failed_step: str = "", logs: str = "",
+                 rolled_back: bool = False) -> None:
+        super().__init__(message, hint)
+        self.failed_step = failed_step
+        self.logs = logs
+        self.rolled_back = rolled_back
+
+
+class Secret:
+    """A secret value that shows itself masked (repr, str, notebook output) until revealed."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('••••••••')"
+
+    __str__ = lambda self: "••••••••"  # noqa: E731
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass
+class DeployResult:
+    app: str
+    url: str
+    version: str
+    image: str
+    image_id: str
+    dashboard_url: str
+    dashboard_user: str
+    dashboard_password: Secret
+    operation: str = "deploy"
+    duration_s: float = 0.0
+    warnings: list = field(default_factory=list)
+    ssh: dict = field(default_factory=dict)  # connections / commands used (Remote.stats delta)
+
+    def summary(self) -> str:
+        return (f"{self.app} ({self.version}) is live at {self.url}\n"
+                f"dashboard: {self.dashboard_url} user {self.dashboard_user}, password {self.dashboard_password}")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _connect(server):
+    from .servers import resolve
+
+    remote = resolve(server)
+    remote.connect()
+    return remote
+
+
+def _sub_reporter(reporter: Reporter, source: str) -> Reporter:
+    """A sub-operation's own steps become log lines, so the panel keeps the eight steps."""
+
+    def report(event) -> None:
+        if isinstance(event, StepStarted):
+            reporter(LogLine(f"{event.step}…" + (f" {event.detail}" if event.detail else ""), source))
+        elif isinstance(event, StepFinished):
+            if not event.ok:
+                reporter(LogLine(f"{event.step} failed", source))
+        elif isinstance(event, Progress):
+            reporter(Progress(event.step, event.done, event.total, event.unit, event.item))
+        else:
+            reporter(event)
+
+    return report
+
+
+# $1 = app dir. Everything preflight and the rollback need, in one round trip.
+_FACTS = ('echo @@stack; cat dallinger/stack.json 2>/dev/null; echo; echo @@state; cat "$1/deploy.json" 2>/dev/null; '
+          'echo; echo @@compose; cat "$1/docker-compose.yml" 2>/dev/null; echo @@site; cat "$2" 2>/dev/null; '
+          'echo @@secrets; cat "$1/secrets.env" 2>/dev/null; echo @@end')
+
+
+def _sections(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    current = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("@@") and line.strip()[2:].isalpha():
+            current = line.strip()[2:]
+            out[current] = ""
+        elif current:
+            out[current] += line
+    return out
+
+
+@dataclass
+class _Facts:
+    settings: Optional[stack.StackSettings]
+    state: Optional[dict]
+    compose_text: Optional[str]
+    site_text: Optional[str]
+    secrets: dict
+
+
+def _gather(remote, app: str) -> _Facts:
+    res = remote.run(["sh", "-c", _FACTS, "sh", layout.app_dir(app), layout.caddy_site(app)], check=False)
+    s = _sections(res.stdout)
+
+    def js(text: str) -> Optional[dict]:
+        try:
+            return json.loads(text) if text.strip() else None
+        except ValueError:
+            return None
+
+    st = js(s.get("stack", ""))
+    settings = stack.StackSettings.from_dict(st.get("settings", {})) if st else None
+    return _Facts(settings=settings, state=js(s.get("state", "")),
+                  compose_text=s.get("compose") or None, site_text=s.get("site") or None,
+                  secrets=appcompose.parse_env(s.get("secrets", "")))
+
+
+def _check_dockerfile(experiment_dir: Path, dockerfile: str) -> None:
+    if not experiment_dir.is_dir():
+        raise ValidationError(f"The experiment folder {experiment_dir} does not exist.",
+                              "Give the folder that holds your experiment's Dockerfile.")
+    if not (experiment_dir / dockerfile).is_file():
+        raise ValidationError(f"There is no {dockerfile} in {experiment_dir}.",
+                              "Deploy the experiment's own folder (the one with its Dockerfile), or add a "
+                              "Dockerfile (see examples/stroop/Dockerfile).")
+
+
+def _preflight(remote, app: str, operation: str, settings_override, capacity: str, reporter: Reporter) -> _Facts:
+    facts = _gather(remote, app)
+    if facts.settings is None:
+        raise DeployError(f"The server {remote.host} has not been prepared for experiments yet "
+                          "(no ~/dallinger/stack.json).",
+                          "Prepare it first: the setup panel's last step, or labdeploy.stack.prepare(server, "
+                          "settings).")
+    if settings_override is not None:
+        facts.settings = settings_override
+    deployed = facts.state is not None
+    if operation == "deploy" and deployed:
+        raise AppExists(f"An app named {app!r} is already deployed on {remote.host} "
+                        f"(version {facts.state.get('version', '?')}, {facts.state.get('deployed_at', '')}).",
+                        "To ship new code to it, use update(); to start a separate copy, choose another name; "
+                        "to remove it, destroy() it first.")
+    if operation == "update" and not deployed:
+        raise UnknownApp(f"There is no deployed app named {app!r} on {remote.host} to update.",
+                         "Check the name (apps(server) lists them), or deploy() it first.")
+    table = readiness.check(remote, ports=(int(facts.settings.http_port), int(facts.settings.https_port)))
+    blocking = {"SSH login", "Docker installed", "Docker usable without sudo", "Docker Compose",
+                "Shared services (PostgreSQL, Caddy)"}
+    for _, row in table.iterrows():
+        if row["check"] in blocking and not row["ok"]:
+            raise DeployError(f"The server is not ready: {row['check']}: {row['detail']}.", row["hint"])
+        if row["check"] == "Memory" and not row["ok"] and operation == "deploy" and capacity != "ignore":
+            msg = (f"Not enough memory for another experiment: {row['detail']}.")
+            if capacity == "refuse":
+                raise DeployError(msg, row["hint"])
+            reporter(Warning_(msg, row["hint"]))
+        if row["check"] == "Disk space" and not row["ok"]:
+            reporter(Warning_(f"Low disk space: {row['detail']}.", row["hint"]))
+    return facts
+
+
+def _upload_assets(remote, app: str, experiment_dir: Path, reporter: Reporter) -> int:
+    """experiment/assets -> ~/dallinger-data/<app>/assets, swapped in whole (one command)."""
+    base = layout.app_data(app)
+    remote.makedirs(base, 0o755)
+    src = experiment_dir / "assets"
+    if not src.is_dir():
+        return 0
+    buf = io.BytesIO()
+    count = 0
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(src.rglob("*")):
+            if path.is_symlink():
+                continue  # never follow links out of the experiment folder
+            tar.add(path, arcname=str(path.relative_to(src)), recursive=False)
+            count += path.is_file()
+    script = ('d="$1"; rm -rf "$d.new" && mkdir -p "$d.new" && tar -xzf - -C "$d.new" --no-same-owner && '
+              'chmod -R a+rX "$d.new" && rm -rf "$d.old" && { [ ! -d "$d" ] || mv "$d" "$d.old"; } && '
+              'mv "$d.new" "$d" && rm -rf "$d.old"')
+    remote.run(["sh", "-c", script, "sh", f"{base}/assets"], stdin=buf.getvalue(), timeout=600)
+    reporter(LogLine(f"uploaded {count} asset file(s) to ~/{base}/assets", "assets"))
+    return count
+
+
+def _compose(remote, app: str, args: list[str], reporter: Reporter, *, timeout: float = 600, check: bool = True):
+    return compose.run_compose(remote, layout.app_dir(app), ["-p", app, *args], timeout=timeout, check=check,
+                               on_line=lambda line, stream: reporter(LogLine(line, "compose")))
+
+
+def container_logs(remote, app: str, tail: int = LOG_TAIL) -> str:
+    """The last lines of each process's log, for a failure message."""
+    flt = shlex.quote(f"label=labdeploy.app={names.app_name(app)}")
+    script = (f'for c in $(docker ps -aq --filter {flt}); do '
+              f'n=$(docker inspect -f \'{{{{index .Config.Labels "labdeploy.service"}}}}\' "$c"); '
+              f'[ "$n" = redis ] && continue; echo "----- $n -----"; docker logs --tail {int(tail)} "$c" 2>&1; done')
+    return remote.run(["sh", "-c", script], check=False, timeout=60).stdout.strip()
+
+
+_STATE_SCRIPT = ('for c in $(docker ps -aq --filter "$1"); do docker inspect -f '
+                 '\'{{index .Config.Labels "labdeploy.service"}} {{.State.Status}} {{.RestartCount}} '
+                 '{{with index .NetworkSettings.Networks "dallinger"}}{{.IPAddress}}{{end}} {{.Config.Image}}\' "$c"; done')
+
+
+def _containers(remote, app: str) -> dict[str, dict]:
+    """service -> {state, restarts, ip, image} (one round trip)."""
+    res = remote.run(["sh", "-c", _STATE_SCRIPT, "sh", f"label=labdeploy.app={app}"], check=False, timeout=60)
+    out = {}
+    for line in res.stdout.splitlines():
+        parts = line.split(" ")
+        if len(parts) >= 5:
+            ip = parts[3] if parts[3] not in ("", "<no value>") else ""
+            out[parts[0]] = {"state": parts[1], "restarts": int(parts[2] or 0), "ip": ip, "image": parts[4]}
+    return out
+
+
+def _web_ip(remote, app: str) -> str:
+    """The web container's address on the shared network: health and /launch go there
+    through the SSH connection, so they work before any DNS record exists."""
+    web = _containers(remote, app).get("web")
+    if not web or not web["ip"]:
+        raise LabdeployError("The web container is not running on the shared network.",
+                             "Read the logs below; `docker compose ps` in ~/dallinger/<app> shows its state.")
+    return web["ip"]
+
+
+def _crashed(containers: dict[str, dict], image: str) -> list[str]:
+    bad = []
+    for svc in layout.PROCESS_SERVICES:
+        c = containers.get(svc)
+        if c is None:
+            bad.append(f"{svc} (no container)")
+        elif c["image"] == image and (c["state"] in ("exited", "dead", "restarting") or c["restarts"] > 0):
+            bad.append(f"{svc} ({c['state']}, restarted {c['restarts']}x)")
+    return bad
+
+
+def _http(port: int, method: str, path: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None,
+                     headers={"Host": host, "Content-Type": "application/json", "User-Agent": "labdeploy"})
+        resp = conn.getresponse()
+        return resp.status, resp.read(20000).decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float, reporter: Reporter) -> None:
+    """Until the web process answers HTTP at all (any status): it is up. A process that exits
+    or restarts meanwhile fails at once instead of after the timeout."""
+    deadline = time.monotonic() + timeout
+    checked = 0.0
+    while True:
+        try:
+            _http(port, "GET", "/", host, timeout=5)
+            return
+        except (OSError, http.client.HTTPException):
+            pass
+        now = time.monotonic()
+        if now - checked > 2:
+            checked = now
+            bad = _crashed(_containers(remote, app), image)
+            if bad:
+                raise LabdeployError(f"The app's processes stopped right after starting: {', '.join(bad)}.",
+                                     "Read the container logs below: usually the real error is at their end. "
+                                     "Try the image locally (`docker run IMAGE`) to reproduce it.")
+        if now > deadline:
+            raise LabdeployError(f"The web process did not answer on port {appcompose.WEB_PORT} within {timeout:.0f} s.",
+                                 "Check that the app listens on $HOST:$PORT (0.0.0.0:5000); see the logs below.")
+        time.sleep(0.3)
+
+
+def _launch(port: int, host: str, attempts: int, reporter: Reporter) -> dict:
+    """POST /launch with retries and backoff; the answer must be JSON with status success."""
+    delay, last = 1.0, ""
+    for attempt in range(1, attempts + 1):
+        try:
+            status, body = _http(port, "POST", "/launch", host, timeout=120)
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = {}
+            if status < 300 and data.get("status") == "success":
+                reporter(LogLine(f"/launch: {body.strip()[:300]}", "launch"))
+                return data
+            last = f"HTTP {status}: {body.strip()[:800]}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = f"no answer ({exc})"
+        reporter(LogLine(f"/launch attempt {attempt} failed: {last}", "launch"))
+        if attempt < attempts:
+            time.sleep(delay)
+            delay *= 2
+    raise LabdeployError(f"POST /launch did not succeed after {attempts} attempts; last answer: {last}",
+                         "The experiment's launch code failed: read the web log below for its traceback.")
+
+
+def _health(port: int, host: str, path: str, timeout: float) -> None:
+    deadline, last = time.monotonic() + timeout, ""
+    while True:
+        try:
+            status, body = _http(port, "GET", path, host, timeout=10)
+            if status < 500:
+                return
+            last = f"HTTP {status}: {body.strip()[:300]}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = str(exc)
+        if time.monotonic() > deadline:
+            raise LabdeployError(f"The app is not healthy: GET {path} answered {last}.",
+                                 "Read the web log below.")
+        time.sleep(0.5)
+
+
+def _check_data_saved(remote, app: str) -> None:
+    """Hook: destroy(remove_data=True) calls this before dropping anything. The export work
+    (issue 7) makes it refuse without a fresh local export; for now nothing is checked."""
+
+
+# --------------------------------------------------------------------------- deploy / update
+
+def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", build_args: Optional[dict] = None,
+           base_name: Optional[str] = None, domain: Optional[str] = None,
+           config: Optional[Mapping[str, str]] = None, secrets: Optional[Mapping[str, str]] = None,
+           connection_limit: int = database.DEFAULT_CONNECTION_LIMIT,
+           redis_image: str = appcompose.DEFAULT_REDIS_IMAGE, capacity: str = "warn",
+           health_path: str = "/", launch: bool = True, launch_attempts: int = 4, start_timeout: float = 120,
+           credentials=None, dockerfile: str = "Dockerfile", reporter: Optional[Reporter] = None,
+           _operation: str = "deploy") -> DeployResult:
+    """Deploy an experiment folder as `app` on `server` (a Remote, Server or registered name).
+
+    `config` becomes the containers' environment (Dallinger reads each config key from an
+    environment variable of that name); `secrets` go to the 0600 secrets file instead.
+    `domain` overrides the one the server was prepared with. Returns the URL and dashboard
+    login (the password masked until `.reveal()`).
+    """
+    reporter = reporter or null_reporter
+    started, t0 = _now(), time.monotonic()
+    app = names.app_name(app)
+    if capacity not in ("warn", "refuse", "ignore"):
+        raise ValidationError(f"capacity={capacity!r} is not one of warn, refuse, ignore.", "Use 'warn' (default).")
+    if not isinstance(health_path, str) or not health_path.startswith("/"):
+        raise ValidationError(f"The health path {health_path!r} must start with '/'.", "Use e.g. '/' or '/health'.")
+    database.connection_limit(connection_limit)
+    experiment_dir = Path(experiment_dir).expanduser()
+    commands = None
+    with step(reporter, "preflight"):
+        _check_dockerfile(experiment_dir, dockerfile)
+        commands = appcompose.read_procfile(experiment_dir)
+        for key in dict(config or {}):
+            appcompose.env_key(key)
+        appcompose.secrets_env(dict(secrets or {}))  # refuse unsafe values before anything changes
+        remote = _connect(server)
+        stats0 = dict(remote.stats)
+        if domain is not None:
+            names.host(domain)
+        facts = _preflight(remote, app, _operation, None, capacity, reporter)
+        if domain is not None:
+            facts.settings = stack.StackSettings.from_dict({**facts.settings.__dict__, "domain": domain})
+    settings = facts.settings
+    warnings: list[str] = []
+
+    def collect(event) -> None:
+        if isinstance(event, Warning_):
+            warnings.append(event.message)
+        reporter(event)
+
+    lock = DeployLock(remote, app, operation=_operation, reporter=collect)
+    with step(reporter, "lock"):
+        lock.acquire()
+    record = history.DeployRecord(app=app, operation=_operation, who=lock.info.who, started_at=started)
+    current = "image"
+    rollback_needed = False
+    try:
+        with step(reporter, "image"):
+            delivered = _deliver(remote, experiment_dir, app=app, mode=mode, build_args=build_args,
+                                 base_name=base_name, credentials=credentials, dockerfile=dockerfile,
+                                 reporter=_sub_reporter(collect, "image"))
+            lock.refresh()
+        version = delivered.tag
+        record.version, record.image, record.image_id = version, delivered.ref, delivered.image_id
+        lock.info.version = version
+
+        current = "database"
+        with step(reporter, "database", names.db_identifier(app)):
+            password = facts.secrets.get("DATABASE_URL", "")
+            password = password.split(":", 2)[2].split("@", 1)[0] if password.count(":") >= 2 else ""
+            if not password:
+                password = database.random_password()
+            psql.run_sql(remote, database.provision_sql(app, database.scram_verifier(password), connection_limit))
+            values = {
+                "DATABASE_URL": database.database_url(app, password),
+                "REDIS_URL": database.REDIS_URL,
+                "dashboard_user": facts.secrets.get("dashboard_user", DEFAULT_DASHBOARD_USER),
+                "dashboard_password": facts.secrets.get("dashboard_password") or database.random_password(),
+            }
+            values.update({k: str(v) for k, v in (secrets or {}).items()})
+            text = appcompose.secrets_env(values)
+            remote.makedirs(layout.app_dir(app), 0o755)
+            remote.put_bytes(layout.app_secrets(app), text, mode=0o600)
+
+        current = "start"
+        with step(reporter, "start"):
+            document = appcompose.compose_document(app, delivered.ref, version=version, commands=commands,
+                                                   environment=config, redis_image=redis_image)
+            new_compose = appcompose.compose_yaml(document)
+            _upload_assets(remote, app, experiment_dir, reporter)
+            remote.put_bytes(layout.app_compose(app), new_compose, mode=0o644)
+            rollback_needed = True
+            _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
+            host = f"{app}.{settings.domain or 'localhost'}"
+            with remote.forward(_web_ip(remote, app), appcompose.WEB_PORT) as port:
+                _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter)
+
+        current = "route"
+        with step(reporter, "route", caddy.app_url(app, settings)):
+            site = caddy.site_block(app, settings)
+            if site != (facts.site_text or ""):
+                remote.put_bytes(layout.caddy_site(app), site, mode=0o644)
+                stack.reload_caddy(remote)
+
+        current = "launch"
+        with step(reporter, "launch"):
+            with remote.forward(_web_ip(remote, app), appcompose.WEB_PORT) as port:
+                if launch:
+                    _launch(port, host, launch_attempts, reporter)
+                _health(port, host, health_path, 30)
+            bad = _crashed(_containers(remote, app), delivered.ref)
+            if bad:
+                raise LabdeployError(f"Processes stopped after the launch: {', '.join(bad)}.",
+                                     "Read the container logs below.")
+
+        current = "record"
+        with step(reporter, "record"):
+            state = {"app": app, "version": version, "image": delivered.ref, "image_id": delivered.image_id,
+                     "deployed_at": _now(), "who": lock.info.who, "mode": mode, "domain": settings.domain,
+                     "url": caddy.app_url(app, settings), "operation": _operation}
+            history.write_state(remote, app, state)
+            record.outcome, record.finished_at = "success", _now()
+            record.duration_s = round(time.monotonic() - t0, 2)
+            history.append(remote, record)
+    except BaseException as exc:
+        _fail(remote, app, exc, current, record, facts, rollback_needed, t0, reporter)
+        raise AssertionError("unreachable")  # _fail always raises
+    finally:
+        lock.release()
+    url = caddy.app_url(app, settings)
+    return DeployResult(
+        app=app, url=url, version=version, image=delivered.ref, image_id=delivered.image_id,
+        dashboard_url=url + "dashboard", dashboard_user=values["dashboard_user"],
+        dashboard_password=Secret(values["dashboard_password"]), operation=_operation,
+        duration_s=round(time.monotonic() - t0, 2), warnings=warnings,
+        ssh={k: remote.stats[k] - stats0.get(k, 0) for k in ("connections", "commands")})
+
+
+def update(experiment_dir, app: str, server, *, launch: bool = False, **kwargs) -> DeployResult:
+    """Ship new code to a deployed app. Its database, Redis data and files are kept; on a
+    failure the previous version keeps running."""
+    return deploy(experiment_dir, app, server, launch=launch, _operation="update", **kwargs)
+
+
+def _deliver(remote, experiment_dir, **kwargs):
+    from . import transfer
+
+    return transfer.deliver(remote, experiment_dir, **kwargs)
+
+
+def _fail(remote, app: str, exc: BaseException, current: str, record, facts: _Facts, rollback_needed: bool,
+          t0: float, reporter: Reporter) -> None:
+    """Report, roll back, record and raise DeployFailed. Each part is best effort: a lost
+    connection must not hide the original error."""
+    logs = ""
+    rolled_back = False
+    notes = []
+    try:
+        if current in ("start", "route", "launch", "record"):
+            logs = container_logs(remote, app)
+            for line in logs.splitlines():
+                reporter(LogLine(line, "logs"))
+        if rollback_needed:
+            rolled_back = _rollback(remote, app, facts, reporter)
+    except Exception as inner:  # noqa: BLE001 - the original error matters more
+        notes.append(f"(putting things back also failed: {inner})")
+    try:
+        record.outcome = "rolled back" if rolled_back else "failed"
+        record.failed_step, record.finished_at = current, _now()
+        record.message = str(getattr(exc, "message", exc))[:2000]
+        record.duration_s = round(time.monotonic() - t0, 2)
+        history.append(remote, record)
+    except Exception:  # noqa: BLE001 - e.g. the connection is gone; the lock expiry covers it
+        pass
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    hint = getattr(exc, "hint", "") or "Read the logs below, fix the experiment, and deploy again."
+    if not rollback_needed:
+        after = " The app's running version (if any) was not touched."
+    elif facts.state is not None:
+        after = (f" The previous version ({facts.state.get('version', '?')}) is running again."
+                 if rolled_back else " The previous version could not be restarted automatically.")
+    else:
+        after = " Its containers were stopped; its database was kept, so a rerun continues from here."
+    if isinstance(exc, RemoteError) and not isinstance(exc, CommandFailed):
+        hint = "The connection dropped. Run the deploy again: it picks up where it stopped. " + hint
+    text = f"The deploy of {app!r} failed at the step '{current}': {message}{after}"
+    if notes:
+        text += " " + " ".join(notes)
+    if logs:
+        text += "\n\nLast lines of the app's logs:\n" + logs[-4000:]
+    raise DeployFailed(text, hint, failed_step=current, logs=logs, rolled_back=rolled_back) from exc
+
+
+def _rollback(remote, app: str, facts: _Facts, reporter: Reporter) -> bool:
+    """Put the previous compose file and Caddy site back and start them; for a first deploy,
+    stop the new containers (data volumes stay)."""
+    reporter(LogLine("putting the previous state back", "rollback"))
+    if facts.site_text is not None:
+        remote.put_bytes(layout.caddy_site(app), facts.site_text, mode=0o644)
+    else:
+        remote.remove(layout.caddy_site(app))
+    try:
+        stack.reload_caddy(remote)
+    except LabdeployError as exc:
+        reporter(LogLine(f"caddy reload: {exc.message}", "rollback"))
+    if facts.compose_text and facts.state is not None:
+        remote.put_bytes(layout.app_compose(app), facts.compose_text, mode=0o644)
+        _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter, timeout=300)
+        return True
+    _compose(remote, app, ["down", "--remove-orphans"], reporter, timeout=300, check=False)
+    remote.remove(layout.app_compose(app))
+    return False
