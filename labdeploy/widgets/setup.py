@@ -1,0 +1,337 @@
+"""The server setup panel: key, agent, host key, copy key, verify, register, readiness, prepare.
+
+Each button runs one core call in a background thread and shows its step's state. Passwords
+and passphrases are read from their boxes once, the boxes are cleared at once, and the values
+live only in memory (never in a widget value that a saved notebook could keep).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Callable, Optional
+
+import ipywidgets as W
+
+from .. import demo, keys, readiness, servers, stack
+from ..errors import ChangedHostKey, LabdeployError
+from ..progress import Collector
+from .common import LogPane, Message, StepList, run_in_background, titled, widget_reporter
+
+STEPS = ("SSH key", "ssh-agent", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
+
+
+def _button(label: str, action: str, style: str = "") -> W.Button:
+    b = W.Button(description=label, button_style=style, layout=W.Layout(width="auto"))
+    b.add_class(f"labdeploy-setup-{action}")
+    return b
+
+
+def _text(description: str, value: str = "", placeholder: str = "") -> W.Text:
+    return W.Text(value=value, description=description, placeholder=placeholder,
+                  style={"description_width": "150px"}, layout=W.Layout(width="460px"))
+
+
+def _password(description: str) -> W.Password:
+    return W.Password(description=description, style={"description_width": "150px"}, layout=W.Layout(width="460px"))
+
+
+class SetupPanel:
+    """Guided server setup. `SetupPanel()` fills its fields from `labdeploy.demo.defaults()`."""
+
+    def __init__(self, *, server_name: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
+                 user: Optional[str] = None, key_path: Optional[str] = None, known_hosts: Optional[str] = None,
+                 stack_settings: Optional[stack.StackSettings] = None) -> None:
+        d = demo.defaults()
+        self.known_hosts = known_hosts  # None = ~/.ssh/known_hosts
+        self._images = d.get("images") or {}
+        self._stack_settings = stack_settings
+        self._passphrase: Optional[str] = None  # memory only
+        self.pending_fingerprint: Optional[str] = None
+        self.remote = None
+        self.server: Optional[servers.Server] = None
+        self.readiness_table = None
+        self.prepare_result = None
+        self.last_task = None
+        self.events = Collector()
+
+        self.name_box = _text("Server name", server_name or d["server_name"], "lab-server")
+        self.host_box = _text("Server address", host or d["host"], "lab.example.org")
+        self.port_box = W.IntText(value=int(port or d["port"] or 22), description="SSH port",
+                                  style={"description_width": "150px"}, layout=W.Layout(width="260px"))
+        self.user_box = _text("User name", user or d["user"], "your login on the server")
+        self.key_box = _text("Key file", key_path or str(keys.default_key_path()))
+        self.passphrase_box = _password("Key passphrase")
+        self.password_box = _password("Account password")
+        self.email_box = _text("Contact email", "", "for HTTPS certificates (optional)")
+        self.domain_box = _text("Domain", d.get("domain", ""), "experiments.example.org")
+        self.replace_box = W.Checkbox(value=False, description="Replace a registered server of the same name",
+                                      indent=False)
+
+        self.steps = StepList(STEPS)
+        self.message = Message()
+        self.log = LogPane(max_lines=300)
+        self.fingerprint_html = W.HTML("")
+        self.table_html = W.HTML("")
+        self.table_html.add_class("labdeploy-setup-readiness")
+
+        self.create_key_button = _button("Create new key", "create-key", "primary")
+        self.use_key_button = _button("Use this key", "use-key")
+        self.agent_button = _button("Add key to ssh-agent", "add-agent")
+        self.check_host_button = _button("Check host key", "check-host")
+        self.trust_host_button = _button("Trust this fingerprint", "trust-host", "warning")
+        self.trust_host_button.layout.display = "none"
+        self.copy_button = _button("Copy key to server", "copy-key")
+        self.verify_button = _button("Verify key login", "verify")
+        self.register_button = _button("Register server", "register")
+        self.readiness_button = _button("Check readiness", "readiness")
+        self.prepare_button = _button("Prepare server", "prepare", "success")
+
+        self.create_key_button.on_click(lambda _: self.create_key())
+        self.use_key_button.on_click(lambda _: self.use_key())
+        self.agent_button.on_click(lambda _: self.add_to_agent())
+        self.check_host_button.on_click(lambda _: self.check_host())
+        self.trust_host_button.on_click(lambda _: self.trust_host())
+        self.copy_button.on_click(lambda _: self.copy_key())
+        self.verify_button.on_click(lambda _: self.verify())
+        self.register_button.on_click(lambda _: self.register())
+        self.readiness_button.on_click(lambda _: self.check_readiness())
+        self.prepare_button.on_click(lambda _: self.prepare())
+
+        def section(title: str, *children: W.Widget) -> W.VBox:
+            return W.VBox([W.HTML(f"<b>{html.escape(title)}</b>"), *children],
+                          layout=W.Layout(margin="6px 0 0 0"))
+
+        self.widget = titled(
+            "Set up a server",
+            W.HBox([W.VBox([self.name_box, self.host_box, self.port_box, self.user_box]), self.steps]),
+            section("1. Your SSH key", self.key_box, self.passphrase_box,
+                    W.HBox([self.create_key_button, self.use_key_button, self.agent_button])),
+            section("2. The server's identity", W.HBox([self.check_host_button, self.trust_host_button]),
+                    self.fingerprint_html),
+            section("3. Passwordless login", self.password_box,
+                    W.HBox([self.copy_button, self.verify_button])),
+            section("4. Register and check", self.replace_box, W.HBox([self.register_button, self.readiness_button]),
+                    self.table_html),
+            section("5. Shared services (PostgreSQL, Caddy)", self.email_box, self.domain_box, self.prepare_button),
+            self.message, self.log,
+            subtitle="Each step runs in the background; a failed step says what to do next.")
+
+    # ------------------------------------------------------------------ display
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def busy(self) -> bool:
+        return self.last_task is not None and self.last_task.is_alive()
+
+    def _take_passphrase(self) -> Optional[str]:
+        """Read the passphrase box once, keep the value in memory, clear the box."""
+        if self.passphrase_box.value:
+            self._passphrase = self.passphrase_box.value
+            self.passphrase_box.value = ""
+        return self._passphrase or None
+
+    def _start(self, step: str, work: Callable[[], object], done: Callable[[object], str]) -> None:
+        if self.busy:
+            self.message.show_warning("Another step is still running.", "Wait for it to finish.")
+            return
+        self.message.clear()
+        self.steps.set(step, "running")
+
+        def on_done(result):
+            outcome = done(result)
+            # done() returns a detail, or (state, detail) when the step is not simply done.
+            state, detail = outcome if isinstance(outcome, tuple) else ("done", outcome)
+            self.steps.set(step, state, detail)
+            if state == "done":
+                self.message.show_ok(f"{step}: {detail}")
+
+        def on_error(exc: BaseException):
+            self.steps.set(step, "failed", exc.message if isinstance(exc, LabdeployError) else str(exc))
+            self.message.show_error(exc)
+
+        self.last_task = run_in_background(work, on_done=on_done, on_error=on_error, name=f"labdeploy-setup-{step}")
+
+    def _fields(self):
+        return self.host_box.value.strip(), int(self.port_box.value), self.user_box.value.strip()
+
+    def _key_path(self) -> Path:
+        return Path(self.key_box.value.strip() or keys.default_key_path()).expanduser()
+
+    # ------------------------------------------------------------------ steps
+
+    def create_key(self) -> None:
+        path, passphrase = self._key_path(), self._take_passphrase()
+        self._start("SSH key", lambda: keys.generate_key(path, passphrase),
+                    lambda k: f"created {k.path.name} ({k.fingerprint})")
+
+    def use_key(self) -> None:
+        path, passphrase = self._key_path(), self._take_passphrase()
+
+        def work():
+            keys.load_private_key(path, passphrase)  # proves the file opens (and the passphrase)
+            keys.public_key_line(path)
+            return path
+
+        self._start("SSH key", work, lambda p: f"using {p}")
+
+    def add_to_agent(self) -> None:
+        path, passphrase = self._key_path(), self._take_passphrase()
+        self._start("ssh-agent", lambda: keys.add_to_agent(path, passphrase), lambda fp: f"agent holds {fp}")
+
+    def check_host(self) -> None:
+        host, port, _ = self._fields()
+        self.trust_host_button.layout.display = "none"
+        self.fingerprint_html.value = ""
+
+        def work():
+            status = keys.host_key_status(host, port, self.known_hosts)
+            if status.state == "changed":
+                raise ChangedHostKey(
+                    f"{host} presents a different host key ({status.fingerprint}) than the one stored "
+                    f"({status.expected_fingerprint}). labdeploy refuses to connect.",
+                    "Usually the server was rebuilt. Ask its administrator; only then remove the old key "
+                    f"deliberately (`ssh-keygen -R {host}`) and check again. If nobody changed the server, "
+                    "do not connect: someone may be intercepting the connection.",
+                    host=host, port=port, fingerprint=status.fingerprint,
+                    expected_fingerprint=status.expected_fingerprint)
+            return status
+
+        def done(status):
+            if status.state == "known":
+                return f"known ({status.fingerprint})"
+            self.pending_fingerprint = status.fingerprint
+            self.fingerprint_html.value = (
+                f"<div class='labdeploy-setup-fingerprint'>First contact with <b>{html.escape(host)}</b>. "
+                f"Its {html.escape(status.key_type)} key fingerprint is <code>{html.escape(status.fingerprint)}"
+                "</code>. Compare it with the one your server's administrator gives you (on the server: "
+                "<code>ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub</code>), then trust it.</div>")
+            self.trust_host_button.layout.display = ""
+            self.message.show_info("Compare the fingerprint, then click 'Trust this fingerprint'.")
+            return "pending", f"confirm {status.fingerprint}"  # not done until confirmed
+
+        self._start("Host key", work, done)
+
+    def trust_host(self) -> None:
+        host, port, _ = self._fields()
+        fp = self.pending_fingerprint
+        if not fp:
+            self.message.show_warning("Check the host key first.", "Click 'Check host key'.")
+            return
+
+        def work():
+            keys.trust_host_key(host, port, fp, self.known_hosts)
+            return fp
+
+        def done(fp_):
+            self.trust_host_button.layout.display = "none"
+            self.pending_fingerprint = None
+            return f"trusted {fp_}"
+
+        self._start("Host key", work, done)
+
+    def copy_key(self) -> None:
+        host, port, user = self._fields()
+        password = self.password_box.value
+        self.password_box.value = ""  # never left in a widget
+        path = self._key_path()
+        self._start("Copy key", lambda: keys.copy_key(host, user, password, path, port=port,
+                                                      known_hosts=self.known_hosts),
+                    lambda added: "key added to authorized_keys" if added else "key was already there")
+
+    def verify(self) -> None:
+        host, port, user = self._fields()
+        path, passphrase = self._key_path(), self._take_passphrase()
+
+        def work():
+            r = keys.verify_key_login(host, user, path, port=port, passphrase=passphrase,
+                                      known_hosts=self.known_hosts)
+            if self.remote is not None:
+                self.remote.close()
+            self.remote = r
+            return r
+
+        self._start("Verify login", work, lambda r: f"logged in as {r.label} with the key alone")
+
+    def register(self) -> None:
+        host, port, user = self._fields()
+        name, path, replace = self.name_box.value.strip(), self._key_path(), self.replace_box.value
+
+        def work():
+            self.server = servers.add(name, host, user, port=port, key=path, replace=replace)
+            return self.server
+
+        self._start("Register", work, lambda s: f"registered as {s.name!r}")
+
+    def _remote(self):
+        if self.remote is not None:
+            return self.remote
+        host, port, user = self._fields()
+        server = servers.Server(self.name_box.value.strip() or "server", host, port, user, str(self._key_path()))
+        self.remote = servers.resolve(server, known_hosts=self.known_hosts, passphrase=self._passphrase)
+        return self.remote
+
+    def check_readiness(self) -> None:
+        self._take_passphrase()
+
+        def work():
+            df = readiness.check(self._remote(), known_hosts=self.known_hosts)
+            self.readiness_table = df
+            return df
+
+        def done(df):
+            self.table_html.value = _table_html(df)
+            failed = df[~df["ok"]]
+            if len(failed):
+                self.message.show_warning(f"{len(failed)} check(s) need attention.",
+                                          " ".join(failed["hint"].tolist()[:3]))
+                return "failed", f"{len(failed)} check(s) need attention"
+            return f"all checks passed; room for about {readiness.experiments_that_fit(df)} more experiments"
+
+        self._start("Readiness", work, done)
+
+    def settings(self) -> stack.StackSettings:
+        if self._stack_settings is not None:
+            return self._stack_settings
+        return stack.StackSettings.for_images(self._images, email=self.email_box.value.strip(),
+                                              domain=self.domain_box.value.strip())
+
+    def prepare(self) -> None:
+        self._take_passphrase()
+        try:
+            settings = self.settings().validate()
+        except LabdeployError as exc:
+            self.steps.set("Prepare server", "failed", exc.message)
+            self.message.show_error(exc)
+            return
+        self.log.clear()
+        report = widget_reporter(logpane=self.log, message=self.message)
+
+        def reporter(event):
+            self.events(event)
+            report(event)
+
+        def work():
+            self.prepare_result = stack.prepare(self._remote(), settings, reporter)
+            return self.prepare_result
+
+        self._start("Prepare server", work,
+                    lambda res: "started PostgreSQL and Caddy" if res.changed else "already prepared; nothing changed")
+
+
+def _table_html(df) -> str:
+    rows = []
+    for row in df.itertuples():
+        color = "#188038" if row.ok else "#c5221f"
+        rows.append(f"<tr><td>{html.escape(row.check)}</td><td style='color:{color}'>{'✔' if row.ok else '✖'}</td>"
+                    f"<td>{html.escape(row.detail)}</td><td>{html.escape(row.hint)}</td></tr>")
+    return ("<table class='labdeploy-readiness'><tr><th>check</th><th>ok</th><th>detail</th><th>what to do</th></tr>"
+            + "".join(rows) + "</table>")
