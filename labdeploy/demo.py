@@ -27,7 +27,7 @@ def defaults() -> dict:
         return {
             "server_name": "my-server", "host": "", "port": 22, "user": "", "password": None,
             "registry": "", "registry_user": "", "registry_password": None,
-            "images": {}, "domain": "", "testbed": False,
+            "images": {}, "domain": "", "testbed": False, "host_key_fingerprint": None,
         }
     return {
         "server_name": "testbed", "host": tb["ssh"]["host"], "port": tb["ssh"]["port"],
@@ -35,4 +35,6 @@ def defaults() -> dict:
         "registry": tb["registry"]["address"], "registry_user": tb["registry"]["user"],
         "registry_password": tb["registry"]["password"],
         "images": tb["images"], "domain": "localhost", "testbed": True,
+        # Known out of band (the testbed wrote it), like a fingerprint an administrator gives you.
+        "host_key_fingerprint": tb["ssh"].get("host_key_fingerprint"),
     }
