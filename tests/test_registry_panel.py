@@ -1,0 +1,116 @@
+"""The registry panel, clicked like a researcher would, against the testbed's registry and server."""
+
+from __future__ import annotations
+
+import uuid
+
+import ipywidgets as W
+import pytest
+
+from labdeploy import dallingerconfig, registry
+from labdeploy.widgets.registry import RegistryPanel
+
+
+@pytest.fixture(autouse=True)
+def clean_session():
+    registry.forget_session()
+    yield
+    registry.forget_session()
+
+
+def all_widget_states(widget) -> str:
+    """Every value the panel's widgets hold (what a saved notebook would keep)."""
+    seen, out, stack = set(), [], [widget]
+    while stack:
+        w = stack.pop()
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        out.append(repr(w.get_state()))
+        stack.extend(c for c in getattr(w, "children", ()) if isinstance(c, W.Widget))
+    return "\n".join(out)
+
+
+def panel_for(testbed, remote=None, docker_config=None) -> RegistryPanel:
+    r = testbed["registry"]
+    return RegistryPanel(remote, registry_address=r["address"], user=r["user"], server_docker_config=docker_config)
+
+
+def finish(panel):
+    panel.last_task.join(120)
+    assert not panel.last_task.is_alive()
+
+
+def test_login_here_and_on_server(testbed, remote, home):
+    private = f"dallinger/.build/t-img-panel-{uuid.uuid4().hex[:8]}"
+    panel = panel_for(testbed, remote, private)
+    panel.password_box.value = testbed["registry"]["password"]
+    panel.login_here_button.click()
+    assert panel.password_box.value == ""  # read once, cleared at once
+    finish(panel)
+    assert panel.steps.state("log in here") == "done"
+    assert "labdeploy-ok" in panel.message.value and "unencrypted" in panel.message.value
+    assert panel.credentials is not None
+
+    # The server login reuses the kept credentials when the box is empty. (It goes to a private
+    # DOCKER_CONFIG folder so the shared test user's ~/.docker is left alone.)
+    try:
+        panel.login_server_button.click()
+        finish(panel)
+        assert panel.steps.state("log in on the server") == "done", panel.message.value
+        assert "is logged in to" in panel.message.value
+        assert testbed["registry"]["address"] in remote.get_bytes(f"{private}/config.json").decode()
+    finally:
+        remote.run(["rm", "-rf", "--", private], check=False)
+    assert testbed["registry"]["password"] not in all_widget_states(panel.widget)
+
+
+def test_wrong_password_shown_with_hint(testbed, remote, home):
+    panel = panel_for(testbed, remote)
+    sentinel = f"SENTINEL-{uuid.uuid4().hex}"
+    panel.password_box.value = sentinel
+    panel.login_here_button.click()
+    finish(panel)
+    assert panel.steps.state("log in here") == "failed"
+    assert "labdeploy-error" in panel.message.value and "What to do" in panel.message.value
+    assert panel.credentials is None
+    state = all_widget_states(panel.widget) + repr(panel._repr_mimebundle_())
+    assert sentinel not in state
+
+
+def test_empty_password_and_no_server(testbed, home):
+    panel = panel_for(testbed)
+    panel.login_here_button.click()  # empty box: an error in the panel, no thread
+    assert "password / token box is empty" in panel.message.value
+    panel.password_box.value = "x"
+    panel.login_server_button.click()
+    assert "No server is connected" in panel.message.value and panel.password_box.value == ""
+
+
+def test_base_name_saved_and_invalid_refused(testbed, home):
+    panel = panel_for(testbed)
+    panel.base_box.value = "10.250.0.1:5000/t-img/experiments"
+    panel.save_base_button.click()
+    finish(panel)
+    assert dallingerconfig.get_base_name() == "10.250.0.1:5000/t-img/experiments"
+    assert "Saved docker_image_base_name" in panel.message.value
+    panel.base_box.value = "Not a name"
+    panel.save_base_button.click()
+    finish(panel)
+    assert panel.steps.state("base image name") == "failed"
+    assert "not a valid Docker image name" in panel.message.value
+    assert dallingerconfig.get_base_name() == "10.250.0.1:5000/t-img/experiments"
+    # A new panel picks the saved name up.
+    assert panel_for(testbed).base_box.value == "10.250.0.1:5000/t-img/experiments"
+
+
+def test_mode_choice_explained(testbed, home):
+    panel = panel_for(testbed)
+    assert panel.mode == "server-build"
+    for mode in ("server-build", "ssh-copy", "registry"):
+        assert f"{mode}:" in panel.mode_help.value
+    panel.mode_box.value = "ssh-copy"
+    assert panel.mode == "ssh-copy" and "font-weight:bold'>ssh-copy" in panel.mode_help.value
+    for cls in ("login-here", "login-server", "save-base"):
+        assert any(f"labdeploy-registry-{cls}" in b._dom_classes for b in
+                   (panel.login_here_button, panel.login_server_button, panel.save_base_button))
