@@ -305,7 +305,7 @@ def _load_folder(path: Path, tables) -> ExportData:
             frame = pd.read_parquet(f)
             for c in cols.get(table, []):
                 if c.kind == "json" and c.name in frame.columns:
-                    frame[c.name] = pd.Series([None if v is None else json.loads(v) for v in frame[c.name]],
+                    frame[c.name] = pd.Series([None if pgtypes._isna(v) else json.loads(v) for v in frame[c.name]],
                                               index=frame.index, dtype=object)
             frames[table] = frame
     else:
