@@ -21,9 +21,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
+from typing import BinaryIO, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 import paramiko
+import paramiko.sftp
 
 from . import names
 from .errors import (AuthenticationFailed, ChangedHostKey, CommandFailed, CommandTimeout, ConnectionLost,
@@ -32,6 +33,8 @@ from .errors import (AuthenticationFailed, ChangedHostKey, CommandFailed, Comman
 LineCallback = Callable[[str, str], None]  # (line, stream) with stream "stdout" or "stderr"
 ChunkCallback = Callable[[bytes], None]
 ProgressCallback = Callable[[int, int], None]  # (done, total)
+
+T = TypeVar("T")
 
 STDERR_TAIL = 20  # lines of stderr quoted in a CommandFailed message
 
@@ -146,6 +149,7 @@ class Remote:
         self._lock = threading.RLock()
         self._sftp_lock = threading.RLock()
         self._home: Optional[str] = None
+        self._stats_lock = threading.Lock()
         self.stats = {"connections": 0, "commands": 0, "bytes_sent": 0, "bytes_received": 0}
 
     def __repr__(self) -> str:
@@ -206,6 +210,10 @@ class Remote:
             if self.known_hosts.exists():
                 client.load_system_host_keys(str(self.known_hosts))
             client.set_missing_host_key_policy(_RaiseOnUnknown(self.port))
+            if self.key_filename and not os.path.exists(self.key_filename):
+                raise AuthenticationFailed(f"The key file {self.key_filename} does not exist.",
+                                           "Check the path of your SSH key (e.g. ~/.ssh/id_ed25519), or make "
+                                           "a key first with the setup panel or `ssh-keygen`.")
             sock = _CountingSocket(self._open_socket(), self.stats)
             try:
                 client.connect(
@@ -238,8 +246,16 @@ class Remote:
                 raise ConnectTimeout(f"{self.host}:{self.port} accepted the connection but did not answer in time.",
                                      "The server may be overloaded; try again in a minute.") from exc
             except paramiko.SSHException as exc:
+                transport = client.get_transport()
+                spoke_ssh = bool(transport is not None and getattr(transport, "remote_version", ""))
                 client.close()
-                if "banner" in str(exc).lower():
+                if "no authentication methods available" in str(exc).lower():
+                    raise AuthenticationFailed(
+                        f"No way to log in to {self.host} as {self.user}: no key, no ssh-agent and no password "
+                        "was given.",
+                        "Give a key file (key_filename=...), start an ssh-agent with your key added "
+                        "(`ssh-add`), or give the password.") from exc
+                if "banner" in str(exc).lower() or not spoke_ssh:
                     raise HostUnreachable(
                         f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
                         "Check the port number: SSH normally uses 22.") from exc
@@ -293,34 +309,57 @@ class Remote:
         return bool(transport and transport.is_active())
 
     def _transport(self) -> paramiko.Transport:
-        self.connect()
-        transport = self._client.get_transport() if self._client else None
+        with self._lock:  # connect and read the client together: another thread may drop it
+            self.connect()
+            transport = self._client.get_transport() if self._client else None
         if transport is None or not transport.is_active():
             raise ConnectionLost(f"The connection to {self.host} is closed.", "Try again.")
         return transport
+
+    def _reconnect_after(self, dead: paramiko.Transport) -> paramiko.Transport:
+        """Reconnect after `dead` failed, unless another thread has already replaced it (then
+        its fresh connection is used: dropping it would break that thread's commands)."""
+        with self._lock:
+            current = self._client.get_transport() if self._client else None
+            if current is dead:
+                self._drop()
+            return self._transport()
+
+    @staticmethod
+    def _died(transport: paramiko.Transport, wait: float = 2.0) -> bool:
+        """True when the transport is dead, or dies within `wait` seconds. paramiko closes the
+        channels of a dying transport a moment before it marks the transport inactive."""
+        deadline = time.monotonic() + wait
+        while transport.is_active():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += n
 
     # ------------------------------------------------------------------ host keys
 
     def fetch_host_key(self) -> tuple[str, str]:
         """(key type, SHA256 fingerprint) of the key the server presents, without logging in."""
-        sock = self._open_socket()
-        transport = paramiko.Transport(sock)
-        try:
-            transport.start_client(timeout=self.connect_timeout)
-            key = transport.get_remote_server_key()
-            return key.get_name(), fingerprint(key)
-        except paramiko.SSHException as exc:
-            raise HostUnreachable(f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
-                                  "Check the port number: SSH normally uses 22.") from exc
-        finally:
-            transport.close()
+        key = self._fetch_key_object()
+        return key.get_name(), fingerprint(key)
 
     def _fetch_key_object(self) -> paramiko.PKey:
         sock = self._open_socket()
         transport = paramiko.Transport(sock)
+        transport.banner_timeout = self.connect_timeout
         try:
             transport.start_client(timeout=self.connect_timeout)
             return transport.get_remote_server_key()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if isinstance(exc, (socket.timeout, TimeoutError)) and transport.remote_version:
+                raise ConnectTimeout(f"{self.host}:{self.port} did not finish the SSH greeting in time.",
+                                     "The server may be overloaded; try again in a minute.") from exc
+            raise HostUnreachable(f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
+                                  "Check the port number: SSH normally uses 22.") from exc
         finally:
             transport.close()
 
@@ -419,15 +458,17 @@ class Remote:
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            # The transport died between the check and the open: reconnect once, then retry.
-            with self._lock:
-                self._drop()
-            transport = self._transport()
+            if not self._died(transport):
+                # The connection is fine; the server refused one more session (e.g. MaxSessions).
+                raise RemoteError(f"The server {self.host} refused to start `{self._short(argv)}`: {exc}",
+                                  "Too many commands may be running at once; try again.") from exc
+            # The connection died since it was last used (nothing ran yet): reconnect once, retry.
+            transport = self._reconnect_after(transport)
             try:
                 chan = transport.open_session(timeout=self.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc2:
                 raise ConnectionLost(f"Could not open a session on {self.host}: {exc2}", "Try again.") from exc
-        self.stats["commands"] += 1
+        self._count("commands")
         try:
             chan.exec_command(command)
             feeder = None
@@ -444,18 +485,49 @@ class Remote:
             if feeder is not None:
                 feeder.join(timeout=1)
         finally:
+            if not chan.exit_status_ready():
+                # Interrupted here (timeout, stop, Ctrl-C, a callback raised): stop it there too.
+                self._stop_remote(chan)
             chan.close()
-        if status == -1 and not (stop is not None and stop.is_set()) and not transport.is_active():
-            raise ConnectionLost(f"The connection to {self.host} dropped while running `{self._short(argv)}`.",
-                                 "Check the network and run it again; labdeploy reconnects by itself.")
+        stopped = stop is not None and stop.is_set()
+        if status == -1 and not stopped:
+            # No exit status: either the connection died, or a signal killed the command (the
+            # server then closes the channel properly, with an EOF first).
+            if self._died(transport, 0.0 if chan.eof_received else 2.0):
+                raise ConnectionLost(
+                    f"The connection to {self.host} dropped while running `{self._short(argv)}`.",
+                    "Check the network and run it again; labdeploy reconnects by itself.")
         result = Result(list(argv), status, out, err)
-        if check and status != 0 and not (stop is not None and stop.is_set()):
+        if check and status != 0 and not stopped:
             tail = "\n".join(result.stderr.strip().splitlines()[-STDERR_TAIL:]) or result.stdout.strip()[-2000:]
+            how = "it was killed by a signal" if status == -1 else f"exit status {status}"
             raise CommandFailed(
-                f"`{self._short(argv)}` failed on {self.host} (exit status {status}):\n{tail}",
+                f"`{self._short(argv)}` failed on {self.host} ({how}):\n{tail}",
                 "Read the error above; it comes from the server.",
                 argv=list(argv), exit_status=status, stdout=result.stdout, stderr=result.stderr)
         return result
+
+    @staticmethod
+    def _signal(chan: paramiko.Channel, name: str) -> None:
+        """Send a signal to the command's process group (RFC 4254 "signal"; OpenSSH >= 7.9
+        delivers it with killpg, so children of `sh -c` get it too)."""
+        with contextlib.suppress(Exception):
+            m = paramiko.Message()
+            m.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+            m.add_int(chan.remote_chanid)
+            m.add_string("signal")
+            m.add_boolean(False)
+            m.add_string(name)
+            chan.get_transport()._send_user_message(m)
+
+    @classmethod
+    def _stop_remote(cls, chan: paramiko.Channel, grace: float = 2.0) -> None:
+        if chan.closed or not chan.get_transport().is_active():
+            return
+        cls._signal(chan, "TERM")
+        if not chan.status_event.wait(grace):
+            cls._signal(chan, "KILL")
+            chan.status_event.wait(grace)
 
     @staticmethod
     def _short(argv: Sequence[str], limit: int = 120) -> str:
@@ -464,8 +536,8 @@ class Remote:
 
     @staticmethod
     def _send_all(chan: paramiko.Channel, data) -> None:
-        """sendall that waits for window space. _pump makes the channel non-blocking, and a plain
-        sendall then gives up (socket.timeout) as soon as the server's 2 MB window is full."""
+        """sendall that waits for window space, and stops when the channel closes. (The channel is
+        blocking now; the socket.timeout branch stays as a guard should it ever be non-blocking.)"""
         view = memoryview(data)
         while view:
             try:
@@ -516,7 +588,8 @@ class Remote:
             for line in lines:
                 on_line(line.rstrip(b"\r").decode("utf-8", "replace"), stream)
 
-        chan.setblocking(False)
+        # The channel stays blocking: recv() is only called when data is ready, and the stdin
+        # feeder thread needs send() to wait for window space.
         while True:
             got = False
             while chan.recv_ready():
@@ -544,7 +617,6 @@ class Remote:
             if stop is not None and stop.is_set():
                 break
             if deadline is not None and time.monotonic() > deadline:
-                chan.close()
                 raise CommandTimeout(f"`{self._short(argv)}` took longer than {timeout:.0f} s on {self.host}.",
                                      "It was stopped. Try again, or allow more time if the work is large.")
             if not got:
@@ -580,42 +652,58 @@ class Remote:
                 self._sftp = paramiko.SFTPClient.from_transport(transport)
             return self._sftp
 
-    @contextlib.contextmanager
-    def _sftp_op(self, what: str):
-        with self._sftp_lock:
-            try:
-                yield self._sftp_client()
-            except (EOFError, paramiko.SSHException, socket.error) as exc:
-                if isinstance(exc, OSError) and exc.errno is not None:
-                    raise
-                self._sftp = None
-                raise ConnectionLost(f"The connection to {self.host} dropped during {what}.",
-                                     "Run it again; labdeploy reconnects by itself.") from exc
+    def _sftp_call(self, what: str, fn: Callable[[paramiko.SFTPClient], T], retry: bool = True) -> T:
+        """Run fn(sftp) on the shared SFTP session.
+
+        An error the server answered (a missing file, no permission) comes back as it is. A
+        dropped connection reconnects and runs fn once more (every operation here can be
+        repeated safely: uploads go to a fresh temp name); if that fails too, ConnectionLost.
+        """
+        for attempt in (1, 2):
+            with self._sftp_lock:
+                transport = self._transport()
+                try:
+                    return fn(self._sftp_client())
+                except (EOFError, paramiko.SSHException, OSError) as exc:
+                    if isinstance(exc, OSError) and exc.errno is not None:
+                        raise  # FileNotFoundError, PermissionError, ...: the server's answer
+                    if not self._died(transport):
+                        raise RemoteError(f"The server {self.host} could not complete {what}: {exc}",
+                                          "Check the path and its permissions on the server.") from exc
+                    self._sftp = None
+                    if attempt == 2 or not retry:
+                        raise ConnectionLost(f"The connection to {self.host} dropped during {what}.",
+                                             "Run it again; labdeploy reconnects by itself.") from exc
+            self._reconnect_after(transport)
+        raise AssertionError("unreachable")
 
     @property
     def home(self) -> str:
         if self._home is None:
-            with self._sftp_op("reading the home folder") as sftp:
-                self._home = sftp.normalize(".")
+            self._home = self._sftp_call("reading the home folder", lambda sftp: sftp.normalize("."))
         return self._home
 
     def _abs(self, path: str) -> str:
         return path if path.startswith("/") else posixpath.join(self.home, path)
 
     def exists(self, path: str) -> bool:
-        with self._sftp_op(f"checking {path}") as sftp:
+        target = self._abs(path)
+
+        def op(sftp):
             try:
-                sftp.stat(self._abs(path))
+                sftp.stat(target)
                 return True
             except FileNotFoundError:
                 return False
 
+        return self._sftp_call(f"checking {path}", op)
+
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         path = self._abs(path)
-        with self._sftp_op(f"creating {path}") as sftp:
-            parts = path.strip("/").split("/")
+
+        def op(sftp):
             current = ""
-            for part in parts:
+            for part in path.strip("/").split("/"):
                 current += "/" + part
                 try:
                     sftp.stat(current)
@@ -626,43 +714,78 @@ class Remote:
                     except OSError:
                         sftp.stat(current)  # created meanwhile by someone else is fine
 
+        self._sftp_call(f"creating {path}", op)
+
     def listdir(self, path: str) -> list[str]:
-        with self._sftp_op(f"listing {path}") as sftp:
+        target = self._abs(path)
+
+        def op(sftp):
             try:
-                return sorted(sftp.listdir(self._abs(path)))
+                return sorted(sftp.listdir(target))
             except FileNotFoundError:
                 return []
 
+        return self._sftp_call(f"listing {path}", op)
+
     def remove(self, path: str) -> None:
-        with self._sftp_op(f"removing {path}") as sftp:
+        target = self._abs(path)
+
+        def op(sftp):
             with contextlib.suppress(FileNotFoundError):
-                sftp.remove(self._abs(path))
+                sftp.remove(target)
+
+        self._sftp_call(f"removing {path}", op)
 
     def chmod(self, path: str, mode: int) -> None:
-        with self._sftp_op(f"changing the mode of {path}") as sftp:
-            sftp.chmod(self._abs(path), mode)
+        target = self._abs(path)
+        self._sftp_call(f"changing the mode of {path}", lambda sftp: sftp.chmod(target, mode))
 
     def _tmp_name(self, path: str) -> str:
         directory, name = posixpath.split(path)
         return posixpath.join(directory, f".{name}.labdeploy-{uuid.uuid4().hex[:12]}.tmp")
 
-    def put_bytes(self, path: str, data: Union[bytes, str], mode: int = 0o644) -> None:
-        """Write a remote file atomically (temp name, mode set, then rename over)."""
-        if isinstance(data, str):
-            data = data.encode()
+    @staticmethod
+    def _create_new(sftp: paramiko.SFTPClient, path: str, mode: int) -> paramiko.SFTPFile:
+        """Open a new remote file for writing that is created with `mode` (O_EXCL). paramiko's
+        open() creates it with the default 0666 & umask first: for a moment anyone may open a file
+        that is about to hold a secret, and keep reading it after a later chmod."""
+        attrs = paramiko.SFTPAttributes()
+        attrs.st_mode = mode
+        flags = paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE | paramiko.sftp.SFTP_FLAG_EXCL
+        kind, msg = sftp._request(paramiko.sftp.CMD_OPEN, path, flags, attrs)
+        if kind != paramiko.sftp.CMD_HANDLE:
+            raise paramiko.SFTPError("Expected handle")
+        f = paramiko.SFTPFile(sftp, msg.get_binary(), "wb")
+        sftp.chmod(path, mode)  # exactly the mode asked for, whatever the server's umask
+        return f
+
+    def _atomic_upload(self, path: str, mode: int, what: str, write: Callable[[paramiko.SFTPFile], None]) -> None:
         path = self._abs(path)
-        tmp = self._tmp_name(path)
-        with self._sftp_op(f"writing {path}") as sftp:
+        tmps: list[str] = []
+
+        def op(sftp):
+            for old in tmps:  # a temp name left by an attempt the dropped connection cut short
+                with contextlib.suppress(Exception):
+                    sftp.remove(old)
+            tmp = self._tmp_name(path)
+            tmps.append(tmp)
             try:
-                with sftp.open(tmp, "wb") as f:
-                    sftp.chmod(tmp, mode)  # before any byte lands, so a secret is never readable
+                with self._create_new(sftp, tmp, mode) as f:
                     f.set_pipelined(True)
-                    f.write(data)
+                    write(f)
                 sftp.posix_rename(tmp, path)
             except BaseException:
                 with contextlib.suppress(Exception):
                     sftp.remove(tmp)
                 raise
+
+        self._sftp_call(what, op)
+
+    def put_bytes(self, path: str, data: Union[bytes, str], mode: int = 0o644) -> None:
+        """Write a remote file atomically (temp name created with the mode, then rename over)."""
+        if isinstance(data, str):
+            data = data.encode()
+        self._atomic_upload(path, mode, f"writing {path}", lambda f: f.write(data))
 
     def put_file(self, local: Union[str, os.PathLike], path: str, mode: Optional[int] = None,
                  on_progress: Optional[ProgressCallback] = None) -> None:
@@ -670,39 +793,51 @@ class Remote:
         local = Path(local)
         if mode is None:
             mode = local.stat().st_mode & 0o777
-        path = self._abs(path)
-        tmp = self._tmp_name(path)
-        with self._sftp_op(f"uploading {local.name}") as sftp:
-            try:
-                with sftp.open(tmp, "wb") as f:
-                    sftp.chmod(tmp, mode)
-                sftp.put(str(local), tmp, callback=on_progress, confirm=True)
-                sftp.chmod(tmp, mode)
-                sftp.posix_rename(tmp, path)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    sftp.remove(tmp)
-                raise
+        total = local.stat().st_size
+
+        def write(f):
+            done = 0
+            with open(local, "rb") as src:
+                while True:
+                    chunk = src.read(32768)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    done += len(chunk)
+                    if on_progress is not None:
+                        on_progress(done, total)
+            if on_progress is not None and total == 0:
+                on_progress(0, 0)
+
+        self._atomic_upload(path, mode, f"uploading {local.name}", write)
 
     def get_bytes(self, path: str) -> bytes:
-        with self._sftp_op(f"reading {path}") as sftp:
-            with sftp.open(self._abs(path), "rb") as f:
+        target = self._abs(path)
+
+        def op(sftp):
+            with sftp.open(target, "rb") as f:
                 f.prefetch()
                 return f.read()
+
+        return self._sftp_call(f"reading {path}", op)
 
     def get_file(self, path: str, local: Union[str, os.PathLike],
                  on_progress: Optional[ProgressCallback] = None) -> None:
         """Download a file; the local file appears under its name only when complete."""
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.labdeploy-{uuid.uuid4().hex[:12]}.part")
-        try:
-            with self._sftp_op(f"downloading {path}") as sftp:
-                sftp.get(self._abs(path), str(tmp), callback=on_progress)
-            os.replace(tmp, local)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        target = self._abs(path)
+
+        def op(sftp):
+            tmp = local.with_name(f".{local.name}.labdeploy-{uuid.uuid4().hex[:12]}.part")
+            try:
+                sftp.get(target, str(tmp), callback=on_progress)
+                os.replace(tmp, local)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+        self._sftp_call(f"downloading {path}", op)
 
     # ------------------------------------------------------------------ tunnels
 
@@ -732,18 +867,28 @@ class Remote:
                 return
             channels.append(chan)
             try:
-                while not closing.is_set():
-                    readable, _, _ = select.select([client, chan], [], [], 0.5)
+                # Each direction ends on its own (half-close), as with `ssh -L`: a client may send
+                # its request, shut down its side, and still read the whole answer.
+                upstream, downstream = True, True
+                while not closing.is_set() and (upstream or downstream):
+                    watch = ([client] if upstream else []) + ([chan] if downstream else [])
+                    readable, _, _ = select.select(watch, [], [], 0.5)
                     if client in readable:
                         data = client.recv(65536)
-                        if not data:
-                            break
-                        chan.sendall(data)
+                        if data:
+                            chan.sendall(data)
+                        else:
+                            upstream = False
+                            chan.shutdown_write()
                     if chan in readable:
                         data = chan.recv(65536)
-                        if not data:
-                            break
-                        client.sendall(data)
+                        if data:
+                            client.sendall(data)
+                        else:
+                            downstream = False
+                            client.shutdown(socket.SHUT_WR)
+                            if chan.closed:
+                                break
             except (OSError, EOFError, paramiko.SSHException):
                 pass
             finally:
