@@ -448,8 +448,7 @@ def copy_key(host: str, user: str, password: str, key_path: Optional[PathLike] =
         r.connect()
         return install_public_key(r, line)
     finally:
-        r.close()
-        del password
+        r.close()  # the password lived only in this Remote, which is dropped now
 
 
 def verify_key_login(host: str, user: str, key_path: Optional[PathLike] = None, *, port: int = 22,

@@ -22,7 +22,7 @@ import yaml
 
 from . import compose, layout, names
 from .errors import CommandFailed, LabdeployError, ValidationError
-from .progress import LogLine, Reporter, null_reporter, step
+from .progress import LogLine, Reporter, Warning_, null_reporter, step
 
 # Image references: registry[:port]/path[:tag][@digest]; nothing a shell could misread.
 _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$", re.IGNORECASE)
@@ -34,6 +34,7 @@ PG_DATA_VOLUME = "postgres_data"
 CADDY_DATA_VOLUME = "caddy_data"
 CADDY_CONFIG_VOLUME = "caddy_config"
 PASSWORD_IN_CONTAINER = "/run/secrets/postgres_password"
+OWN_MARK = b"Written by labdeploy"  # first line of the compose file and Caddyfile prepare() writes
 LOCK_WAIT = 180.0  # seconds to wait for another prepare of the same server
 LOCK_STALE = 600.0  # a lock older than this was left by a crashed run
 
@@ -186,6 +187,7 @@ class PrepareResult:
     written: list = field(default_factory=list)  # files (re)written this time
     unchanged: list = field(default_factory=list)
     password_created: bool = False
+    backups: list = field(default_factory=list)  # other tools' files kept before replacing them
     compose_output: str = ""
 
     @property
@@ -246,7 +248,7 @@ def check_docker(remote) -> None:
 
 
 def _write_if_changed(remote, path: str, content: str, mode: int, result: PrepareResult,
-                      reporter: Reporter) -> bool:
+                      reporter: Reporter, keep_foreign: bool = True) -> bool:
     data = content.encode()
     try:
         current = remote.get_bytes(path) if remote.exists(path) else None
@@ -255,6 +257,13 @@ def _write_if_changed(remote, path: str, content: str, mode: int, result: Prepar
     if current == data:
         result.unchanged.append(path)
         return False
+    if keep_foreign and current is not None and OWN_MARK not in current[:200]:
+        # Someone else's file (e.g. an older Dallinger setup): keep a copy, never just replace it.
+        backup = f"{path}.before-labdeploy-{time.strftime('%Y%m%d-%H%M%S')}"
+        remote.put_bytes(backup, current, mode=0o600)
+        result.backups.append(backup)
+        reporter(Warning_(f"~/{path} was not written by labdeploy; the old one is kept as ~/{backup}.",
+                          "Compare the two if you had changed it by hand."))
     remote.put_bytes(path, data, mode=mode)
     result.written.append(path)
     reporter(LogLine(f"wrote ~/{path}", "stack"))
@@ -338,7 +347,7 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
             wait_postgres(remote)
         with step(reporter, "record settings"):
             state = json.dumps({"settings": asdict(settings)}, indent=2, sort_keys=True) + "\n"
-            _write_if_changed(remote, layout.stack_state(), state, 0o644, result, reporter)
+            _write_if_changed(remote, layout.stack_state(), state, 0o644, result, reporter, keep_foreign=False)
     finally:
         _release_lock(remote, token)
     return result

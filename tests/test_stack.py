@@ -114,3 +114,22 @@ def test_a_broken_site_is_refused_and_the_old_config_stays(prepared):
         r.remove(path)
         stack.reload_caddy(r)
     assert stack.is_running(r)
+
+
+def test_a_file_not_written_by_labdeploy_is_kept_before_replacing(remote):
+    # The helper prepare() uses, on a scratch folder of this test (not the shared stack's files).
+    base = f"t-setup-own-{uuid.uuid4().hex[:6]}"
+    path = f"{base}/docker-compose.yml"
+    remote.makedirs(base)
+    try:
+        remote.put_bytes(path, b"services: {hand: {image: x}}\n")
+        result, collector = stack.PrepareResult(), Collector()
+        assert stack._write_if_changed(remote, path, "# Written by labdeploy\nnew\n", 0o644, result, collector)
+        assert len(result.backups) == 1 and remote.get_bytes(result.backups[0]) == b"services: {hand: {image: x}}\n"
+        assert collector.events and "not written by labdeploy" in collector.events[0].message
+        # Our own file is simply replaced (no new backup), and the same content is not rewritten.
+        assert stack._write_if_changed(remote, path, "# Written by labdeploy\nnewer\n", 0o644, result, collector)
+        assert not stack._write_if_changed(remote, path, "# Written by labdeploy\nnewer\n", 0o644, result, collector)
+        assert len(result.backups) == 1
+    finally:
+        remote.run(["rm", "-rf", "--", base])
