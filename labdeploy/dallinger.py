@@ -71,7 +71,8 @@ CONTEXT_EXCLUDES = (".git", ".hg", "__pycache__", ".venv", "venv", "env", ".tox"
 
 DEFAULT_PYTHON_BASE = "python:3.11-slim"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_REQ_NAME = re.compile(r"^\s*(dallinger|psynet)\s*(\[[^\]]*\])?\s*(.*)$", re.IGNORECASE)
+# The name, optional extras, then nothing or a version operator (not `dallinger-extras`).
+_REQ_NAME = re.compile(r"^\s*(dallinger|psynet)\s*(\[[^\]]*\])?\s*((?:[<>=!~].*)?)$", re.IGNORECASE)
 _PIN = re.compile(r"^==\s*([A-Za-z0-9.+!_-]+)$")
 _VERSION_SPEC = re.compile(r"^[<>=!~,.*0-9A-Za-z+ _-]*$")
 
