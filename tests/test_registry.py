@@ -158,7 +158,10 @@ class _PsWatcher:
         self.thread.join(30)
 
 
-def test_sentinel_password_never_leaks(remote, creds, home, private_config, tmp_path):
+def test_sentinel_password_never_leaks(remote, creds, home, private_config, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)  # every logger, paramiko's and docker's included
     sentinel = f"SENTINEL-{uuid.uuid4().hex}"
     events = Collector()
     errors = []
@@ -176,6 +179,7 @@ def test_sentinel_password_never_leaks(remote, creds, home, private_config, tmp_
         assert sentinel not in listing and creds.password not in listing
     assert all(sentinel not in str(e) and sentinel not in repr(e) for e in errors)
     assert all(sentinel not in repr(e) for e in events.events)
+    assert caplog.records and sentinel not in caplog.text and creds.password not in caplog.text
     assert sentinel not in repr(Credentials(creds.registry, creds.username, sentinel))
     for path in home.rglob("*"):
         if path.is_file():
