@@ -1,0 +1,219 @@
+"""End to end against the testbed: deploy the example, use it through Caddy, update it, see a
+failed update roll back with the data kept, list apps, destroy with and without data."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from labdeploy import apps, deploy, history, layout, lock, psql, stack
+from labdeploy.appcompose import parse_env
+from labdeploy.progress import Collector
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
+APP = "t-dep-e2e"
+DESTROY_APP = "t-dep-gone"
+
+
+def deploy_kwargs(testbed) -> dict:
+    return {"build_args": {"BASE_IMAGE": testbed["images"]["python"]}, "redis_image": testbed["images"]["redis"],
+            "health_path": "/health"}
+
+
+def through_caddy(testbed, app: str, path: str = "/", method: str = "GET", **kw) -> requests.Response:
+    """What a participant's browser gets once DNS points <app>.localhost at the server."""
+    return requests.request(method, f"http://{testbed['http']['host']}:{testbed['http']['port']}{path}",
+                            headers={"Host": f"{app}.localhost"}, timeout=15, **kw)
+
+
+def answer_all_trials(testbed, app: str) -> int:
+    p = through_caddy(testbed, app, "/api/participants", "POST", json={"worker_id": "tester"}).json()
+    for t in p["trials"]:
+        r = through_caddy(testbed, app, f"/api/participants/{p['id']}/responses", "POST",
+                          json={**t, "answer": t["ink"], "rt_ms": 432.1})
+        assert r.status_code == 200, r.text
+    assert through_caddy(testbed, app, f"/api/participants/{p['id']}/finish", "POST").json()["accuracy"] == 1.0
+    return len(p["trials"])
+
+
+def count(remote, app: str, table: str) -> int:
+    df = psql.query_df(remote, f"SELECT count(*) AS n FROM {table}", database=f"app_{app.replace('-', '_')}")
+    return int(df["n"][0])
+
+
+def redis_cli(remote, *args: str) -> str:
+    from labdeploy import compose
+
+    return compose.run_compose(remote, layout.app_dir(APP), ["exec", "-T", "redis", "redis-cli", *args]).stdout.strip()
+
+
+def cleanup(remote, app: str) -> None:
+    """Leave nothing of ours on the shared server (only apps these tests created)."""
+    try:
+        apps.destroy(app, remote, confirm=True, remove_data=True)
+    except deploy.UnknownApp:
+        pass
+
+
+@pytest.fixture(scope="module")
+def deployed(testbed, session_remote):
+    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
+    cleanup(session_remote, APP)
+    argvs: list = []
+    real_run = session_remote.run
+
+    def spy(argv, **kw):  # records every remote command line, then runs it for real
+        argvs.append(list(argv))
+        return real_run(argv, **kw)
+
+    session_remote.run = spy
+    events = Collector()
+    try:
+        result = deploy.deploy(EXAMPLE, APP, session_remote, reporter=events, **deploy_kwargs(testbed))
+    finally:
+        del session_remote.run
+    yield {"result": result, "events": events, "argvs": argvs}
+    cleanup(session_remote, APP)
+
+
+def test_deploy_reports_eight_steps_and_returns_url_and_masked_dashboard(deployed):
+    result, events = deployed["result"], deployed["events"]
+    assert events.steps() == list(deploy.STEPS)
+    assert result.url == f"http://{APP}.localhost/"
+    assert result.dashboard_url == result.url + "dashboard"
+    assert "••" in repr(result) and result.dashboard_password.reveal() not in repr(result)
+    assert result.dashboard_password.reveal() not in result.summary()
+    assert result.ssh["connections"] == 0  # everything over the one connection already open
+
+
+def test_participant_answers_through_caddy_are_stored(deployed, testbed, session_remote):
+    page = through_caddy(testbed, APP)
+    assert page.status_code == 200 and "Colour naming study" in page.text
+    assert through_caddy(testbed, APP, "/assets/stimuli.json").json()["trials"] == 8  # uploaded assets
+    before = count(session_remote, APP, "responses")
+    n = answer_all_trials(testbed, APP)
+    assert count(session_remote, APP, "responses") == before + n
+    dash = through_caddy(testbed, APP, "/dashboard",
+                         auth=("admin", deployed["result"].dashboard_password.reveal()))
+    assert dash.status_code == 200
+
+
+def test_secrets_stay_off_command_lines_and_out_of_the_compose_file(deployed, session_remote):
+    secrets = parse_env(session_remote.get_bytes(layout.app_secrets(APP)).decode())
+    db_password = secrets["DATABASE_URL"].split(":")[2].split("@")[0]
+    for argv in deployed["argvs"]:
+        line = " ".join(map(str, argv))
+        assert db_password not in line and secrets["dashboard_password"] not in line
+    mode = session_remote.run(["stat", "-c", "%a", layout.app_secrets(APP)]).stdout.strip()
+    assert mode == "600"
+    compose_text = session_remote.get_bytes(layout.app_compose(APP)).decode()
+    assert db_password not in compose_text and secrets["dashboard_password"] not in compose_text
+
+
+def test_app_has_its_own_role_with_a_connection_limit(deployed, session_remote):
+    df = psql.query_df(session_remote, "SELECT rolconnlimit, rolsuper FROM pg_roles WHERE rolname = 'app_t_dep_e2e'")
+    assert int(df["rolconnlimit"][0]) == 20 and not bool(df["rolsuper"][0])
+    # the app's processes really use that role
+    df = psql.query_df(session_remote, "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = 'app_t_dep_e2e'")
+    assert set(df["usename"]) <= {"app_t_dep_e2e"}
+
+
+def test_seed_debugging_commands_still_work(deployed, session_remote):
+    from labdeploy import compose
+
+    out = compose.run_compose(session_remote, layout.app_dir(APP), ["ps"]).stdout
+    for svc in ("web", "worker", "clock", "redis"):
+        assert f"{APP}_{svc}_1" in out or f"{APP}-{svc}-1" in out
+
+
+def test_apps_table_lists_the_app(deployed, session_remote):
+    df = apps.apps(session_remote)
+    row = df[df["app"] == APP].iloc[0]
+    assert row["state"] == "running" and row["running"] == "4/4"
+    assert row["version"] == deployed["result"].version and row["url"] == deployed["result"].url
+    assert not row["locked"]
+
+
+def test_update_keeps_data_then_failed_update_rolls_back(deployed, testbed, session_remote, tmp_path):
+    answer_all_trials(testbed, APP)
+    responses = count(session_remote, APP, "responses")
+    redis_cli(session_remote, "set", "kept", "yes")
+
+    changed = tmp_path / "v2"
+    shutil.copytree(EXAMPLE, changed)
+    tpl = changed / "stroop" / "templates" / "index.html"
+    tpl.write_text(tpl.read_text().replace("Colour naming study", "Colour naming study v2"))
+    v2 = deploy.update(changed, APP, session_remote, **deploy_kwargs(testbed))
+    assert v2.version != deployed["result"].version
+    assert "Colour naming study v2" in through_caddy(testbed, APP).text
+    assert count(session_remote, APP, "responses") == responses
+    assert redis_cli(session_remote, "get", "kept") == "yes"
+    assert v2.dashboard_password == deployed["result"].dashboard_password  # same secrets kept
+
+    broken = tmp_path / "v3"
+    shutil.copytree(changed, broken)
+    (broken / "Procfile").write_text("web: python -c 'import sys; print(\"v3 crashes on purpose\"); sys.exit(3)'\n"
+                                     "worker: python -m stroop.worker\nclock: python -m stroop.clock\n")
+    with pytest.raises(deploy.DeployFailed) as info:
+        deploy.update(broken, APP, session_remote, start_timeout=60, **deploy_kwargs(testbed))
+    err = info.value
+    assert err.failed_step == "start" and err.rolled_back
+    assert "v3 crashes on purpose" in err.logs and "previous version" in err.message
+    assert "Colour naming study v2" in through_caddy(testbed, APP).text  # v2 serves again
+    assert count(session_remote, APP, "responses") == responses
+    assert lock.read_lock(session_remote, APP) is None
+    h = history.history(session_remote, APP)
+    assert list(h["outcome"])[-3:] == ["success", "success", "rolled back"]
+    assert list(h["operation"])[-2:] == ["update", "update"]
+    state = apps.apps(session_remote).set_index("app").loc[APP]
+    assert state["version"] == v2.version and state["state"] == "running"
+
+
+def test_destroy_keeps_data_unless_asked(testbed, session_remote):
+    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
+    cleanup(session_remote, DESTROY_APP)
+    try:
+        deploy.deploy(EXAMPLE, DESTROY_APP, session_remote, **deploy_kwargs(testbed))
+        answer_all_trials(testbed, DESTROY_APP)
+        with pytest.raises(apps.ConfirmationRequired):
+            apps.destroy(DESTROY_APP, session_remote)
+        assert through_caddy(testbed, DESTROY_APP).status_code == 200  # nothing happened
+
+        kept = apps.destroy(DESTROY_APP, session_remote, confirm=True)
+        assert "database" in kept.kept and "redis volume" in kept.kept
+        assert not session_remote.exists(layout.app_dir(DESTROY_APP))
+        assert not session_remote.exists(layout.caddy_site(DESTROY_APP))
+        assert session_remote.run(["docker", "ps", "-aq", "--filter", f"label=labdeploy.app={DESTROY_APP}"]
+                                  ).stdout.strip() == ""
+        assert "Colour naming study" not in through_caddy(testbed, DESTROY_APP).text  # Caddy: no such site
+        assert count(session_remote, DESTROY_APP, "responses") == 8  # the data survived
+
+        # Deployed again under the same name, it finds its data.
+        deploy.deploy(EXAMPLE, DESTROY_APP, session_remote, **deploy_kwargs(testbed))
+        assert count(session_remote, DESTROY_APP, "responses") == 8
+
+        gone = apps.destroy(DESTROY_APP, session_remote, confirm=True, remove_data=True)
+        assert "database and role" in gone.removed and not gone.kept
+        roles = psql.query_df(session_remote, "SELECT count(*) AS n FROM pg_roles WHERE rolname = 'app_t_dep_gone'")
+        assert int(roles["n"][0]) == 0
+        assert session_remote.run(["docker", "volume", "ls", "-q", "--filter",
+                                   f"label=com.docker.compose.project={DESTROY_APP}"]).stdout.strip() == ""
+        assert not session_remote.exists(layout.app_data(DESTROY_APP))
+        with pytest.raises(deploy.UnknownApp):
+            apps.destroy(DESTROY_APP, session_remote, confirm=True)
+    finally:
+        cleanup(session_remote, DESTROY_APP)
+
+
+def test_tunnel_opens_the_app_on_localhost(deployed, session_remote):
+    with apps.open_tunnel(session_remote, APP) as tunnel:
+        assert tunnel.url.startswith(f"http://{APP}.localhost:")
+        # requests doesn't resolve *.localhost itself (browsers do): connect to 127.0.0.1
+        # and send the same Host header a browser would.
+        r = requests.get(f"http://127.0.0.1:{tunnel.local_port}/",
+                         headers={"Host": f"{APP}.localhost:{tunnel.local_port}"}, timeout=15)
+        assert r.status_code == 200 and "Colour naming study" in r.text
