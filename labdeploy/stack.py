@@ -280,6 +280,18 @@ def _ensure_password(remote, result: PrepareResult) -> None:
     result.password_created = True
 
 
+def _running_images(remote) -> dict[str, str]:
+    """{container name: image} of the stack's running containers, in one round trip."""
+    res = remote.run(["docker", "inspect", "-f", "{{.Name}} {{.State.Running}} {{.Config.Image}}",
+                      layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER], check=False)
+    out = {}
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "true":
+            out[parts[0].lstrip("/")] = parts[2]
+    return out
+
+
 def _container_running(remote, name: str) -> bool:
     res = remote.run(["docker", "inspect", "-f", "{{.State.Running}}", name], check=False)
     return res.exit_status == 0 and res.stdout.strip() == "true"
@@ -288,14 +300,13 @@ def _container_running(remote, name: str) -> bool:
 def wait_postgres(remote, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        res = remote.run(["docker", "exec", layout.POSTGRES_CONTAINER, "pg_isready", "-q", "-U",
-                          layout.POSTGRES_SUPERUSER], check=False)
-        if res.exit_status == 0:
-            # pg_isready is true briefly during first-start init; a real query proves it.
-            q = remote.run(["docker", "exec", layout.POSTGRES_CONTAINER, "psql", "-U", layout.POSTGRES_SUPERUSER,
-                            "-X", "-tAc", "select 1"], check=False)
-            if q.exit_status == 0 and q.stdout.strip() == "1":
-                return
+        # TCP, not only the socket: during first-start init a temporary server answers on the
+        # socket alone; apps come over TCP. Then a real query.
+        q = remote.run(["docker", "exec", layout.POSTGRES_CONTAINER, "sh", "-c",
+                        "pg_isready -q -h 127.0.0.1 -U dallinger && psql -U dallinger -X -tAc 'select 1'"],
+                       check=False)
+        if q.exit_status == 0 and q.stdout.strip() == "1":
+            return
         if time.monotonic() > deadline:
             logs = remote.run(["docker", "logs", "--tail", "20", layout.POSTGRES_CONTAINER], check=False)
             raise StackError(f"PostgreSQL did not become ready within {timeout:.0f} s.\n{logs.stderr or logs.stdout}",
@@ -314,7 +325,8 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
         compose.compose_argv(remote)
     token = _acquire_lock(remote, reporter)
     try:
-        caddy_was_running = _container_running(remote, layout.CADDY_CONTAINER)
+        running = _running_images(remote)
+        caddy_was_running = layout.CADDY_CONTAINER in running
         with step(reporter, "write files"):
             remote.makedirs(layout.ROOT, 0o755)
             remote.makedirs(layout.caddy_dir(), 0o755)
@@ -331,9 +343,15 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
                 lines.append(line)
                 reporter(LogLine(line, "compose"))
 
+            wanted = {layout.POSTGRES_CONTAINER: settings.postgres_image, layout.CADDY_CONTAINER: settings.caddy_image}
+            # Same files, both containers up on the right images: Compose would do nothing.
+            skip_compose = not result.changed and running == wanted
+            if skip_compose:
+                reporter(LogLine("PostgreSQL and Caddy already run with these settings", "stack"))
             try:
-                compose.run_compose(remote, layout.ROOT, ["-p", layout.STACK_PROJECT, "up", "-d"],
-                                    timeout=600, on_line=on_line)
+                if not skip_compose:
+                    compose.run_compose(remote, layout.ROOT, ["-p", layout.STACK_PROJECT, "up", "-d"],
+                                        timeout=600, on_line=on_line)
             except CommandFailed as exc:
                 raise StackError(f"Starting the shared services failed:\n{exc.stderr.strip()[-1500:]}",
                                  "Check that the images exist on the server (or can be pulled) and that "
@@ -362,7 +380,7 @@ def read_settings(remote) -> Optional[StackSettings]:
 
 
 def is_running(remote) -> bool:
-    return _container_running(remote, layout.POSTGRES_CONTAINER) and _container_running(remote, layout.CADDY_CONTAINER)
+    return set(_running_images(remote)) == {layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER}
 
 
 def reload_caddy(remote) -> None:
