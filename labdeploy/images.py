@@ -57,6 +57,33 @@ class DockerUnavailable(LabdeployError):
     """The local Docker engine can't be reached."""
 
 
+class ServerDockerUnavailable(LabdeployError):
+    """The server's `docker` command is missing, not allowed, or its engine is down."""
+
+
+def server_docker_error(remote, exit_status: int, stderr: str) -> Optional[ServerDockerUnavailable]:
+    """Why a `docker ...` command failed on the server, if the reason is Docker itself."""
+    text = (stderr or "").lower()
+    who = getattr(remote, "user", "the login user")
+    label = getattr(remote, "label", "the server")
+    if exit_status == 127 or "docker: command not found" in text or "docker: not found" in text:
+        return ServerDockerUnavailable(
+            f"Docker is not installed on {label}: the `docker` command is not found for {who}.",
+            "Install Docker on the server (https://docs.docker.com/engine/install/ or the distribution's "
+            "docker.io package) and make sure `docker` is on the PATH of SSH sessions.")
+    if "permission denied" in text and "docker" in text:
+        return ServerDockerUnavailable(
+            f"The user {who} may not use Docker on {label} (permission denied on Docker's socket).",
+            f"On the server, add the user to the docker group: `sudo usermod -aG docker {who}`; it applies "
+            "from the next login, so reconnect afterwards.")
+    if "cannot connect to the docker daemon" in text or "is the docker daemon running" in text:
+        return ServerDockerUnavailable(
+            f"Docker's engine is not running on {label}.",
+            "Start it on the server (`sudo systemctl start docker`) and enable it at boot "
+            "(`sudo systemctl enable docker`).")
+    return None
+
+
 DISK_FULL_PATTERNS = ("no space left on device", "disk quota exceeded", "enospc")
 
 

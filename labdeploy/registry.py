@@ -58,6 +58,14 @@ class Credentials:
                                   "Type the password or paste an access token into the password box.")
 
 
+def ask_credentials(registry: str, username: str) -> Credentials:
+    """Ask for the password / token without echoing it (terminal or notebook `getpass`)."""
+    import getpass
+
+    return Credentials(registry_address(registry), username,
+                       getpass.getpass(f"Password or access token for {username} at {registry}: "))
+
+
 def registry_address(address: str) -> str:
     """'host' or 'host:port' (no scheme, no path)."""
     if not isinstance(address, str) or not address:
@@ -235,7 +243,8 @@ def login_server(remote, credentials: Credentials, *, docker_config: Optional[st
         try:
             res = remote.run(argv, stdin=credentials.password.encode() + b"\n", timeout=120)
         except CommandFailed as exc:
-            raise classify(exc.stderr or exc.stdout, credentials.registry, "the server") from None
+            raise images.server_docker_error(remote, exc.exit_status, exc.stderr) or \
+                classify(exc.stderr or exc.stdout, credentials.registry, "the server") from None
         if "unencrypted" in res.stderr.lower():
             reporter(Warning_(
                 "The server's Docker stores this registry password unencrypted in its ~/.docker/config.json "

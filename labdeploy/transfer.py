@@ -94,8 +94,14 @@ class _ProgressReader(io.RawIOBase):
 
 
 def server_image_id(remote, ref: str) -> Optional[str]:
+    """The server engine's ID of `ref`, or None when it lacks it. Docker itself missing raises."""
     res = remote.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], check=False)
-    return res.stdout.strip() if res.ok and res.stdout.strip() else None
+    if res.ok and res.stdout.strip():
+        return res.stdout.strip()
+    problem = images.server_docker_error(remote, res.exit_status, res.stderr)
+    if problem is not None:
+        raise problem
+    return None
 
 
 def _remote_failure(exc: CommandFailed, what: str) -> LabdeployError:

@@ -186,3 +186,15 @@ def test_sentinel_password_never_leaks(remote, creds, home, private_config, tmp_
             assert sentinel.encode() not in path.read_bytes(), path
     server_files = remote.run(["sh", "-c", f"grep -rl {sentinel} dallinger/.build .docker 2>/dev/null; true"]).stdout
     assert server_files.strip() == ""
+
+
+def test_ask_credentials_uses_getpass(monkeypatch, creds):
+    import getpass
+
+    prompts = []
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed-secret")
+    got = registry.ask_credentials(creds.registry, creds.username)
+    assert got == Credentials(creds.registry, creds.username, "typed-secret")
+    assert "typed-secret" not in prompts[0] and creds.registry in prompts[0]
+    with pytest.raises(registry.ValidationError):
+        registry.ask_credentials("https://bad/url", "u")

@@ -158,3 +158,15 @@ def test_interrupted_ssh_copy_restarts_cleanly(remote, testbed, experiment, app,
     assert transfer.server_image_id(remote, ref) is None  # nothing half-loaded under the name
     got = transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE, build_args=args(testbed))
     assert got.ref == ref and transfer.server_image_id(remote, ref) == got.image_id
+
+
+@pytest.mark.parametrize("which, expected", [("user_nodocker", "docker group"), ("user_bare", "not installed")])
+def test_server_without_usable_docker(testbed, known_hosts, experiment, which, expected, home):
+    from labdeploy.remote import Remote
+
+    s = testbed["ssh"]
+    other = Remote(s["host"], s["port"], s[which], key_filename=s["key"], known_hosts=known_hosts, use_agent=False)
+    with other:
+        with pytest.raises(images.ServerDockerUnavailable) as info:
+            transfer.deliver(other, experiment, app="t-img-nodocker", base_name=BASE)
+    assert expected in (info.value.message + info.value.hint)
