@@ -1,0 +1,293 @@
+"""The root `labdeploy` group, shared options, and how errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+import traceback
+from typing import Optional
+
+import click
+
+from ..errors import ChangedHostKey, LabdeployError, UnknownHostKey, ValidationError
+from . import _ui
+from ._ui import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NEEDS_CONFIRMATION, EXIT_USAGE, STATE,
+                  CliError, NeedsConfirmation, UsageProblem)
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def core(name: str):
+    """Import a core module (lazily: keeps `labdeploy --help` fast), with a clear error if it
+    is missing from this installation."""
+    try:
+        return importlib.import_module(f"labdeploy.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"labdeploy.{name}":
+            raise CliError(f"This labdeploy installation has no `labdeploy.{name}` module, which this "
+                           f"command needs.", "Update labdeploy (`pip install -U labdeploy`).") from exc
+        raise
+
+
+# ---------------------------------------------------------------- shared options
+
+def _set_flag(attr):
+    def callback(ctx, param, value):
+        if value:
+            setattr(STATE, attr, True)
+        return value
+    return callback
+
+
+def common_options(f):
+    """--json/--debug/--quiet/--verbose, accepted after the command name as well as before it."""
+    f = click.option("--json", "json_", is_flag=True, expose_value=False, callback=_set_flag("json"),
+                     help="Print the result as JSON on stdout (for scripts).")(f)
+    f = click.option("--debug", is_flag=True, expose_value=False, callback=_set_flag("debug"),
+                     help="Show the full traceback when something fails.")(f)
+    f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_flag("quiet"),
+                     help="Print only the result and errors.")(f)
+    f = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_flag("verbose"),
+                     help="Show every log line of long steps.")(f)
+    return f
+
+
+def server_option(f):
+    return click.option(
+        "--server", "-s", "server", metavar="NAME", envvar="LABDEPLOY_SERVER", show_envvar=True,
+        help="The registered server to use. Default: $LABDEPLOY_SERVER, else the only registered one.")(f)
+
+
+def app_option(required: bool = True):
+    def deco(f):
+        return click.option("--app", "-a", "app", metavar="NAME", required=required, callback=_check_app,
+                            help="The app (experiment) name, e.g. stroop-pilot.")(f)
+    return deco
+
+
+def _check_app(ctx, param, value):
+    if value is None:
+        return value
+    from .. import names
+
+    try:
+        return names.app_name(value)
+    except ValidationError as exc:
+        raise UsageProblem(exc.message, exc.hint) from None
+
+
+def _check_service(ctx, param, value):
+    from .. import names
+
+    try:
+        if isinstance(value, (tuple, list)):
+            return tuple(names.service(v) for v in value)
+        return names.service(value) if value is not None else value
+    except ValidationError as exc:
+        raise UsageProblem(exc.message, exc.hint) from None
+
+
+def service_option(default: Optional[str] = "web"):
+    def deco(f):
+        return click.option("--service", "service", metavar="SERVICE", default=default, show_default=bool(default),
+                            callback=_check_service, help="The app's service: web, worker, clock or redis.")(f)
+    return deco
+
+
+def yes_option(f):
+    return click.option("--yes", "-y", "yes", is_flag=True,
+                        help="Answer yes to the confirmation (needed in scripts and other non-interactive runs).")(f)
+
+
+# ---------------------------------------------------------------- servers
+
+
+def server_names() -> list:
+    servers = core("servers")
+    out = []
+    for s in servers.list_servers():
+        out.append(getattr(s, "name", s))
+    return out
+
+
+def pick_server(name: Optional[str]) -> str:
+    """--server, else $LABDEPLOY_SERVER (click reads it into `name`), else the only registered one."""
+    servers = core("servers")
+    known = server_names()
+    if name:
+        if name not in known:
+            from .. import names as _names
+
+            try:
+                _names.server_name(name)
+            except ValidationError as exc:
+                raise UsageProblem(exc.message, exc.hint) from None
+            raise UsageProblem(f"No server named {name!r} is registered."
+                               + (f" Registered: {', '.join(known)}." if known else ""),
+                               "Check the name (`labdeploy servers list`), or register the server with "
+                               "`labdeploy servers add NAME --host HOST --user USER`.")
+        return name
+    if len(known) == 1:
+        return known[0]
+    if not known:
+        raise UsageProblem("No server is registered yet.",
+                           "Register one: `labdeploy servers add NAME --host HOST --user USER`.")
+    raise UsageProblem(f"Several servers are registered ({', '.join(known)}); which one?",
+                       "Pass --server NAME, or set LABDEPLOY_SERVER.")
+    del servers
+
+
+def connect(remote, *, trust: Optional[str] = None, name: str = "", has_trust_option: bool = False):
+    """Connect, handling first contact: never accept a host key silently.
+
+    An unknown key is trusted only if it matches `trust` (--trust-host-key), or the user
+    confirms its fingerprint at the prompt. A changed key is refused (the core's error).
+    """
+    try:
+        remote.connect()
+        return remote
+    except UnknownHostKey as exc:
+        fp = exc.fingerprint
+        if trust:
+            if trust.strip() != fp:
+                raise CliError(
+                    f"The server {exc.host} presents the host key {fp}, not the {trust.strip()} you gave.",
+                    "Do not trust it: check the fingerprint with the server's administrator "
+                    "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server).") from None
+        elif _ui.interactive():
+            click.echo(f"The server {exc.host} (port {exc.port}) is not known yet.", err=True)
+            click.echo(f"Its {exc.key_type} host key fingerprint is:\n\n    {fp}\n", err=True)
+            click.echo("Compare it with the one the server's administrator gives you (on the server: "
+                       "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`).", err=True)
+            if not click.confirm("Trust this server?", default=False, err=True):
+                raise CliError("The host key was not trusted; nothing was changed.",
+                               "Check the fingerprint, then run the command again.",
+                               code=EXIT_NEEDS_CONFIRMATION) from None
+        else:
+            which = f" --server {name}" if name else ""
+            how = (f"run the same command again with --trust-host-key {fp}" if has_trust_option else
+                   f"confirm it with `labdeploy servers check{which} --trust-host-key {fp}`")
+            raise NeedsConfirmation(
+                f"The server {exc.host} (port {exc.port}) is not known yet; its {exc.key_type} host key "
+                f"fingerprint is {fp}. labdeploy never trusts a new host key without confirmation.",
+                f"Check the fingerprint with the server's administrator, then {how}; or run the command in a "
+                f"terminal and answer the prompt.") from None
+        remote.trust_host_key(fp)
+        _ui.info(f"Trusted the host key {fp} of {exc.host} (saved in {remote.known_hosts}).")
+        remote.connect()
+        return remote
+
+
+def open_server(name: Optional[str], *, trust: Optional[str] = None):
+    """The chosen server as a connected Remote."""
+    servers = core("servers")
+    chosen = pick_server(name)
+    remote = servers.resolve(chosen)
+    return connect(remote, trust=trust, name=chosen)
+
+
+# ---------------------------------------------------------------- the root group
+
+ROOT_HELP = f"""Deploy and run online experiments on your own server over SSH.
+
+The same workflow as the notebooks' panels: register a server, prepare it, log it in to a
+Docker registry, deploy an experiment, watch it, export its data, tear it down.
+
+\b
+Examples:
+  labdeploy servers add lab --host lab.example.org --user alice
+  labdeploy servers prepare
+  labdeploy deploy --app stroop-pilot ./my-experiment
+  labdeploy status --app stroop-pilot
+  labdeploy export --app stroop-pilot --out data.zip
+  labdeploy destroy --app stroop-pilot
+
+The server is --server NAME, else $LABDEPLOY_SERVER, else the only registered one.
+Every command takes --json (machine-readable result on stdout), --debug (show the traceback of
+a failure), -q/--quiet and -v/--verbose.
+
+{EXIT_CODES_HELP}
+"""
+
+
+@click.group(context_settings=CONTEXT_SETTINGS, help=ROOT_HELP)
+@click.version_option(package_name="labdeploy", prog_name="labdeploy")
+@common_options
+def cli() -> None:
+    pass
+
+
+# ---------------------------------------------------------------- running
+
+
+def _debug_requested(argv: list) -> bool:
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return "--debug" in head or bool(os.environ.get("LABDEPLOY_DEBUG"))
+
+
+def _code_for(exc: LabdeployError) -> int:
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, ValidationError):
+        return EXIT_USAGE
+    if isinstance(exc, UnknownHostKey):
+        return EXIT_NEEDS_CONFIRMATION
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    name = type(exc).__name__
+    if name in ("NotReady", "ReadinessFailed", "HealthCheckFailed", "NotRunning"):
+        return _ui.EXIT_NOT_READY
+    if name in ("UnknownServer", "ServerNotFound", "UnknownApp", "AppNotFound", "NoSuchApp"):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of the `labdeploy` command. Returns (and exits with) a meaningful code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    if debug:
+        STATE.debug = True
+    code = 0
+    try:
+        try:
+            rv = cli.main(args=argv, prog_name="labdeploy", standalone_mode=False)
+            if isinstance(rv, int) and not isinstance(rv, bool):
+                code = rv
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        if STATE.debug:
+            traceback.print_exc()
+        _ui.error("Interrupted.")
+        code = EXIT_INTERRUPTED
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        if STATE.debug:
+            traceback.print_exc()
+        exc.show()
+        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except LabdeployError as exc:
+        if STATE.debug:
+            traceback.print_exc()
+        _ui.error(exc.message, exc.hint)
+        code = _code_for(exc)
+    except BrokenPipeError:
+        # e.g. `labdeploy logs ... | head`: not an error of ours.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, traceback with --debug only
+        if STATE.debug:
+            traceback.print_exc()
+        _ui.error(f"Unexpected error: {type(exc).__name__}: {exc}",
+                  "This is probably a bug in labdeploy. Run again with --debug to see the traceback, "
+                  "and report it.")
+        code = EXIT_FAILED
+    return code

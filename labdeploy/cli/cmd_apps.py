@@ -1,0 +1,433 @@
+"""App commands: deploy, apps, status, logs, exec, restart, connections, export, destroy."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from ..errors import LabdeployError
+from . import _ui
+from ._app import (CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server,
+                   server_option, service_option, yes_option, _check_service)
+from ._ui import STATE, NotReady, UsageProblem
+
+TRANSFER_MODES = ("server-build", "ssh-copy", "registry")
+
+
+def _pairs(values, what: str) -> dict:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageProblem(f"{what} {item!r} is not KEY=VALUE.", f"Write it as {what} KEY=VALUE.")
+        out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------ deploy
+
+
+@cli.command("deploy", context_settings=CONTEXT_SETTINGS)
+@app_option()
+@click.argument("experiment", default=".", type=click.Path(file_okay=False))
+@server_option
+@click.option("--update", is_flag=True, help="Ship new code to an app that is deployed already (its data is kept; "
+                                             "on a failure the previous version keeps running).")
+@click.option("--mode", type=click.Choice(TRANSFER_MODES), default="server-build", show_default=True,
+              help="How the image gets to the server: build there from changed files (server-build), build "
+                   "here and copy over SSH (ssh-copy), or push/pull through a registry (registry).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Docker build argument.")
+@click.option("--config", "config", multiple=True, metavar="KEY=VALUE",
+              help="Experiment config value, given to the app as an environment variable.")
+@click.option("--secret-env", "secret_env", multiple=True, metavar="KEY",
+              help="Secret config value, read from this computer's environment variable KEY (never from the "
+                   "command line); stored on the server in a 0600 file.")
+@click.option("--domain", default=None, help="Serve the app under this domain instead of the server's.")
+@click.option("--redis-image", default=None, help="Redis image for the app (default redis:7).")
+@click.option("--dockerfile", default="Dockerfile", show_default=True, help="Dockerfile in the experiment folder.")
+@click.option("--health-path", default=None, help="Path that must answer 200 after the launch (default /).")
+@click.option("--connection-limit", type=int, default=None, help="Most database connections the app may open.")
+@click.option("--launch/--no-launch", default=None,
+              help="POST /launch after starting (default: on for a deploy, off for --update).")
+@common_options
+def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
+               dockerfile, health_path, connection_limit, launch):
+    """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
+    (like `psynet deploy ssh --app NAME`).
+
+    Eight steps with progress: preflight, lock, image, database, start, route, launch, record.
+    Prints the app's URL and its dashboard login. A failed --update rolls back.
+
+    \b
+    Examples:
+      labdeploy deploy --app stroop-pilot ./stroop
+      labdeploy deploy --app stroop-pilot --update
+      labdeploy deploy --app stroop-pilot --mode ssh-copy --build-arg BASE_IMAGE=python:3.11-slim
+      API_TOKEN=... labdeploy deploy --app stroop-pilot --secret-env API_TOKEN --json
+    """
+    deploy = core("deploy")
+    experiment = Path(experiment)
+    if not experiment.is_dir():
+        raise UsageProblem(f"The experiment folder {experiment} does not exist.",
+                           "Give the folder that holds the experiment's Dockerfile.")
+    secrets = {}
+    for key in secret_env:
+        if key not in os.environ:
+            raise UsageProblem(f"--secret-env {key}: the environment variable {key} is not set.",
+                               f"Set it first, e.g. `read -s {key}; export {key}`.")
+        secrets[key] = os.environ[key]
+    kwargs = {"mode": mode, "build_args": _pairs(build_args, "--build-arg") or None,
+              "config": _pairs(config, "--config") or None, "secrets": secrets or None,
+              "dockerfile": dockerfile}
+    for key, value in (("domain", domain), ("redis_image", redis_image), ("health_path", health_path),
+                       ("connection_limit", connection_limit), ("launch", launch)):
+        if value is not None:
+            kwargs[key] = value
+    name = pick_server(server)
+    remote = open_server(name)
+    fn = deploy.update if update else deploy.deploy
+    with _ui.reporting() as reporter:
+        result = fn(experiment, app, remote, reporter=reporter, **kwargs)
+    for w in getattr(result, "warnings", []) or []:
+        pass  # already shown as they happened
+    _ui.ok(f"{result.app} ({result.version}) is live at {result.url}")
+    data = {"app": result.app, "server": name, "url": result.url, "version": result.version,
+            "image": result.image, "image_id": result.image_id, "dashboard_url": result.dashboard_url,
+            "dashboard_user": result.dashboard_user, "dashboard_password": result.dashboard_password.reveal(),
+            "operation": result.operation, "duration_s": result.duration_s, "warnings": result.warnings}
+
+    def render(d):
+        _ui.output({"app": d["app"], "url": d["url"], "version": d["version"], "dashboard": d["dashboard_url"],
+                    "dashboard user": d["dashboard_user"], "dashboard password": d["dashboard_password"],
+                    "took": f"{d['duration_s']:.1f} s"})
+
+    _ui.output(data, render=render)
+
+
+# ------------------------------------------------------------------ apps / status
+
+
+@cli.command("apps", context_settings=CONTEXT_SETTINGS)
+@server_option
+@common_options
+def apps_cmd(server):
+    """List the apps on the server: state, version, URL, when and by whom deployed.
+
+    \b
+    Examples:
+      labdeploy apps
+      labdeploy apps --server lab --json
+    """
+    apps = core("apps")
+    remote = open_server(server)
+    df = apps.apps(remote)
+    _ui.output(df, render=lambda d: _ui.table(d, columns=["app", "state", "version", "url", "deployed_at", "who",
+                                                          "running", "locked"],
+                                              empty="No apps on this server yet."))
+
+
+@cli.command("status", context_settings=CONTEXT_SETTINGS)
+@app_option(required=False)
+@server_option
+@common_options
+def status_cmd(app, server):
+    """Show the containers of every app (or one app): state, health, uptime, restarts.
+
+    With --app, exits with 3 when one of the app's containers is not running (or unhealthy).
+
+    \b
+    Examples:
+      labdeploy status
+      labdeploy status --app stroop-pilot
+      labdeploy status --app stroop-pilot --json
+    """
+    monitor = core("monitor")
+    remote = open_server(server)
+    df = monitor.status(remote, app)
+
+    def render(d):
+        d = d.copy()
+        if "uptime" in d:
+            d["uptime"] = d["uptime"].map(_duration)
+        _ui.table(d, columns=["app", "service", "state", "health", "uptime", "restarts", "exit_code", "image"],
+                  empty="No app containers on this server.")
+
+    _ui.output(df, render=render)
+    if app is not None:
+        bad = df[(df["state"] != "running") | (df["health"].isin(["unhealthy"]))]
+        if len(bad):
+            raise NotReady(f"{app}: not running: " + ", ".join(f"{r.service} ({r.state}{', ' + r.health if r.health else ''})"
+                                                             for r in bad.itertuples()) + ".",
+                           f"Read the logs: `labdeploy logs --app {app} --service {bad.iloc[0]['service']}`.")
+
+
+def _duration(value) -> str:
+    try:
+        import pandas as pd
+
+        if value is None or value is pd.NaT or pd.isna(value):
+            return ""
+        secs = int(value.total_seconds())
+    except Exception:  # noqa: BLE001
+        return str(value)
+    d, rem = divmod(secs, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return (f"{d}d {h}h" if d else f"{h}h {m}m" if h else f"{m}m {s}s" if m else f"{s}s")
+
+
+# ------------------------------------------------------------------ logs / exec / restart
+
+
+@cli.command("logs", context_settings=CONTEXT_SETTINGS)
+@app_option()
+@service_option(default=None)
+@server_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("--tail", "-n", default="200", show_default=True, help="Lines per service to start with, or 'all'.")
+@click.option("--since", default=None, help="Only lines since this time or duration, e.g. 10m, 2h, 2026-01-01T12:00.")
+@common_options
+def logs_cmd(app, service, server, follow, tail, since):
+    """Print an app's container logs (like `docker compose logs` in ~/dallinger/<app>).
+
+    All services unless --service is given. With --json, one JSON object per line
+    (time, service, line).
+
+    \b
+    Examples:
+      labdeploy logs --app stroop-pilot
+      labdeploy logs --app stroop-pilot --service web -f
+      labdeploy logs --app stroop-pilot --since 10m --tail all
+    """
+    import json
+
+    monitor = core("monitor")
+    if tail != "all":
+        try:
+            tail = int(tail)
+        except ValueError:
+            raise UsageProblem(f"--tail {tail!r} is not a line count.", "Use a number such as 200, or 'all'.") from None
+    remote = open_server(server)
+    lock = threading.Lock()
+
+    def show(entry) -> None:
+        with lock:
+            if STATE.json:
+                click.echo(json.dumps({"time": None if entry.time is None or str(entry.time) == "NaT"
+                                       else entry.time.isoformat(), "service": entry.service, "line": entry.line}))
+            else:
+                click.echo(f"{entry.service:<7}| {entry.line}")
+            sys.stdout.flush()
+
+    stop = threading.Event()
+    kwargs = {"tail": tail, "since": since, "on_line": show, "as_frame": False}
+    if follow:
+        kwargs.update(follow=True, stop=stop)
+    try:
+        with _ui.reporting() as reporter:
+            monitor.logs(remote, app, service, reporter=reporter, **kwargs)
+    except KeyboardInterrupt:
+        stop.set()
+        if follow:
+            return 0  # Ctrl-C is how a follow ends
+        raise
+
+
+@cli.command("exec", context_settings={**CONTEXT_SETTINGS, "ignore_unknown_options": True})
+@app_option()
+@service_option(default="web")
+@server_option
+@click.option("--stdin", "send_stdin", is_flag=True, help="Send this command's stdin to the remote command.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds before the command is stopped.")
+@common_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(app, service, server, send_stdin, timeout, command):
+    """Run a command in a service's container (like `docker compose exec web CMD`).
+
+    Put the command after `--`. Its output is printed as it is, and labdeploy exits with the
+    command's own exit status (with --json: the output and status as JSON, exit 0 or 1).
+    There is no terminal (no interactive shells).
+
+    \b
+    Examples:
+      labdeploy exec --app stroop-pilot -- ls -la /app
+      labdeploy exec --app stroop-pilot --service worker -- python -c 'print(42)'
+      labdeploy exec --app stroop-pilot -- sh -c 'echo $DATABASE_URL | cut -d@ -f2'
+    """
+    monitor = core("monitor")
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageProblem("No command given.", "Put the command after --, e.g. `labdeploy exec --app X -- ls`.")
+    remote = open_server(server)
+    stdin = sys.stdin.buffer.read() if send_stdin else None
+    res = monitor.exec_(remote, app, service, argv, stdin=stdin, timeout=timeout)
+    if STATE.json:
+        _ui.emit_json({"app": res.app, "service": res.service, "command": res.command,
+                       "exit_status": res.exit_status, "stdout": res.stdout, "stderr": res.stderr})
+        return 0 if res.exit_status == 0 else _ui.EXIT_FAILED
+    sys.stdout.write(res.stdout)
+    sys.stdout.flush()
+    sys.stderr.write(res.stderr)
+    sys.stderr.flush()
+    return res.exit_status
+
+
+@cli.command("restart", context_settings=CONTEXT_SETTINGS)
+@app_option()
+@click.argument("services", nargs=-1, callback=_check_service)
+@server_option
+@click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait until they are up.")
+@common_options
+def restart_cmd(app, services, server, timeout):
+    """Restart an app's processes (default: web, worker and clock) and wait until they are up.
+
+    The seed's remedy when an app holds too many database connections.
+
+    \b
+    Examples:
+      labdeploy restart --app stroop-pilot
+      labdeploy restart --app stroop-pilot web worker
+    """
+    monitor = core("monitor")
+    remote = open_server(server)
+    with _ui.reporting() as reporter:
+        df = monitor.restart(remote, app, list(services) or None, timeout=timeout, reporter=reporter)
+    _ui.ok(f"Restarted {', '.join(services) if services else 'web, worker, clock'} of {app}; they are up.")
+
+    def render(d):
+        d = d.copy()
+        if "uptime" in d:
+            d["uptime"] = d["uptime"].map(_duration)
+        _ui.table(d, columns=["app", "service", "state", "health", "uptime", "restarts"])
+
+    _ui.output(df, render=render)
+
+
+# ------------------------------------------------------------------ connections
+
+
+@cli.command("connections", context_settings=CONTEXT_SETTINGS)
+@server_option
+@click.option("--all", "show_all", is_flag=True, help="One row per connection (pg_stat_activity) instead of the summary.")
+@common_options
+def connections_cmd(server, show_all):
+    """Who is using the shared PostgreSQL's connections (the seed's pg_stat_activity query).
+
+    The summary has one row per database/app with its connection count; near the server's
+    max_connections (100 by default) new connections fail: restart the greedy app.
+
+    \b
+    Examples:
+      labdeploy connections
+      labdeploy connections --all
+      labdeploy connections --json
+    """
+    monitor = core("monitor")
+    remote = open_server(server)
+    fn = getattr(monitor, "pg_activity" if show_all else "pg_summary", None)
+    if fn is None:
+        raise _ui.CliError("This labdeploy installation cannot read pg_stat_activity yet "
+                           f"(labdeploy.monitor.{'pg_activity' if show_all else 'pg_summary'} is missing).",
+                           "Update labdeploy.")
+    df = fn(remote)
+    _ui.output(df, render=lambda d: _ui.table(d, empty="No connections."))
+
+
+# ------------------------------------------------------------------ export
+
+
+@cli.command("export", context_settings=CONTEXT_SETTINGS)
+@app_option()
+@server_option
+@click.option("--anonymous", is_flag=True, help="Replace participant identifiers (worker ids, IPs...) in the export.")
+@click.option("--both", is_flag=True, help="Save the regular and the anonymised export.")
+@click.option("--out", "out", type=click.Path(), default=None,
+              help="Zip file to write, or a folder (time-stamped names). Default: the current folder.")
+@click.option("--parquet", is_flag=True, help="Also write Parquet files next to the zip.")
+@click.option("--overwrite", is_flag=True, help="Replace the --out file if it exists.")
+@click.option("--table", "tables", multiple=True, metavar="TABLE", help="Only this table (repeatable). Default: all.")
+@common_options
+def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
+    """Export every table of an app's database to a Dallinger-compatible zip
+    (like `psynet export ssh --app NAME`).
+
+    The tables are read in one consistent snapshot and their row counts checked.
+
+    \b
+    Examples:
+      labdeploy export --app stroop-pilot
+      labdeploy export --app stroop-pilot --out data/pilot.zip
+      labdeploy export --app stroop-pilot --anonymous --out shared/
+    """
+    export = core("export")
+    if anonymous and both:
+        raise UsageProblem("--anonymous and --both exclude each other.", "Use one of them.")
+    mode = "both" if both else "anonymous" if anonymous else "regular"
+    target = Path(out) if out else Path.cwd()
+    is_file = target.suffix.lower() == ".zip"
+    if is_file and both:
+        raise UsageProblem("--both writes two files; --out must be a folder.", "Give a folder, e.g. --out exports/.")
+    if is_file and target.exists() and not overwrite:
+        raise UsageProblem(f"{target} exists already.", "Pass --overwrite, or choose another file name.")
+    remote = open_server(server)
+    with _ui.reporting() as reporter:
+        if is_file:
+            data = export.export(app, remote, list(tables) or None, mode=mode, reporter=reporter)
+            export.save_archive(data, target, parquet=parquet, overwrite=overwrite, reporter=reporter)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            data = export.export(app, remote, list(tables) or None, mode=mode, save_to=target, parquet=parquet,
+                                 reporter=reporter)
+    summary = data.summary()
+    paths = list(dict.fromkeys(data.paths))
+    for p in paths:
+        _ui.ok(f"Saved {p}")
+    result = {"app": app, "mode": mode, "paths": paths, "tables": summary,
+              "exported_at": data.exported_at, "rows": int(summary["rows"].sum()) if len(summary) else 0}
+    _ui.output(result, render=lambda r: _ui.table(r["tables"], title=f"{app}: {r['rows']} rows"))
+
+
+# ------------------------------------------------------------------ destroy
+
+
+@cli.command("destroy", context_settings=CONTEXT_SETTINGS)
+@app_option()
+@server_option
+@click.option("--remove-data", is_flag=True,
+              help="Also delete the app's database, Redis data and files (refused unless a fresh export "
+                   "of its data was saved on this computer, or --no-export-check).")
+@click.option("--no-export-check", is_flag=True, help="With --remove-data: delete the data even without a fresh export.")
+@yes_option
+@common_options
+def destroy_cmd(app, server, remove_data, no_export_check, yes):
+    """Stop and remove an app: its containers, its web address and its folder
+    (like `psynet destroy ssh --app NAME`). Its data is kept unless --remove-data.
+
+    Asks for confirmation; in scripts pass --yes (without it a non-interactive run refuses
+    with exit status 4).
+
+    \b
+    Examples:
+      labdeploy destroy --app stroop-pilot
+      labdeploy destroy --app stroop-pilot --yes
+      labdeploy export --app stroop-pilot && labdeploy destroy --app stroop-pilot --remove-data --yes
+    """
+    apps = core("apps")
+    name = pick_server(server)
+    what = "its containers, web address and folder" + (" AND ALL ITS DATA (database, Redis, files)" if remove_data
+                                                       else " (its data is kept)")
+    _ui.confirm(f"Destroy {app!r} on {name}: remove {what}?", yes=yes)
+    remote = open_server(name)
+    with _ui.reporting() as reporter:
+        if remove_data:
+            core("export").check_destroy(app, remote, override=no_export_check, reporter=reporter)
+        result = apps.destroy(app, remote, confirm=True, remove_data=remove_data, reporter=reporter)
+    _ui.ok(result.summary())
+    _ui.output({"app": result.app, "removed": result.removed, "kept": result.kept},
+               render=lambda r: None)

@@ -1,0 +1,351 @@
+"""`labdeploy servers ...` and `labdeploy registry login`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ..errors import LabdeployError, RemoteError, UnknownHostKey
+from . import _ui
+from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server,
+                   server_option, yes_option)
+from ._ui import STATE, CliError, NotReady, UsageProblem
+
+TRUST_HELP = ("Trust the server's host key only if its fingerprint is exactly this (SHA256:...), "
+              "for scripts. Without it, a new key's fingerprint is shown and you are asked.")
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS)
+@common_options
+def servers() -> None:
+    """Register, check and prepare the servers you deploy to.
+
+    \b
+    Examples:
+      labdeploy servers add lab --host lab.example.org --user alice
+      labdeploy servers list
+      labdeploy servers check --server lab
+      labdeploy servers prepare --server lab --domain experiments.example.org
+      labdeploy servers remove lab --yes
+    """
+
+
+def _validated(fn, value):
+    from ..errors import ValidationError
+
+    try:
+        return fn(value)
+    except ValidationError as exc:
+        raise UsageProblem(exc.message, exc.hint) from None
+
+
+@servers.command("add", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@click.option("--host", required=True, help="The server's host name or IP address.")
+@click.option("--user", "user", required=True, help="Your login name on the server.")
+@click.option("--port", default=22, show_default=True, type=int, help="The server's SSH port.")
+@click.option("--key", "key", type=click.Path(dir_okay=False), default=None,
+              help="Private key to log in with. Default: your ssh-agent and ~/.ssh keys.")
+@click.option("--trust-host-key", "trust", metavar="SHA256:...", default=None, help=TRUST_HELP)
+@click.option("--copy-key", is_flag=True,
+              help="Log in once with your password and add your public key to the server (like "
+                   "ssh-copy-id); a new key is generated first if there is none.")
+@click.option("--password-stdin", is_flag=True, help="With --copy-key: read the password from stdin.")
+@click.option("--replace", is_flag=True, help="Replace a server already registered under NAME.")
+@click.option("--no-verify", is_flag=True, help="Register without logging in to check.")
+@common_options
+def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, replace, no_verify):
+    """Register a server under a short NAME (like `dallinger docker-ssh servers add`).
+
+    On first contact the server's host key fingerprint is shown and must be confirmed (or
+    given with --trust-host-key); a changed key is refused. Then labdeploy logs in with your
+    key to check, and saves the server in its list.
+
+    \b
+    Examples:
+      labdeploy servers add lab --host lab.example.org --user alice
+      labdeploy servers add lab --host 203.0.113.7 --user alice --copy-key
+      printf '%s\\n' "$PW" | labdeploy servers add lab --host 203.0.113.7 --user alice \\
+          --copy-key --password-stdin --trust-host-key SHA256:eycBinPsUBRvdw...
+    """
+    from .. import names
+
+    servers_mod = core("servers")
+    keys = core("keys")
+    _validated(names.server_name, name)
+    _validated(names.host, host)
+    _validated(names.user, user)
+    _validated(names.port, port)
+    if password_stdin and not copy_key:
+        raise UsageProblem("--password-stdin only makes sense with --copy-key.",
+                           "Add --copy-key to copy your public key to the server with that password.")
+    if not replace and name in [s.name for s in servers_mod.list_servers()]:
+        existing = servers_mod.get(name)
+        raise UsageProblem(f"A server named {name!r} is registered already ({existing.label}).",
+                           "Choose another name, or pass --replace to update it.")
+    key_path = Path(key).expanduser().absolute() if key else None
+    candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
+
+    # 1. The host key: never trusted silently.
+    status = keys.host_key_status(host, port)
+    if status.state == "changed":
+        raise CliError(
+            f"The server {host} (port {port}) presents a different host key than the one stored: now "
+            f"{status.fingerprint}, stored {status.expected_fingerprint}. labdeploy refuses to connect.",
+            "Usually the server was rebuilt. Ask its administrator; only then remove the old key "
+            f"deliberately (`ssh-keygen -R {host}`) and add the server again. If nobody changed the server, "
+            "do not connect: someone may be intercepting the connection.")
+    if status.state == "unknown":
+        probe = servers_mod.resolve(candidate)
+        try:
+            # Raises UnknownHostKey before logging in; connect() asks or checks --trust-host-key.
+            connect(probe, trust=trust, name=name, has_trust_option=True)
+        except RemoteError as exc:
+            if isinstance(exc, UnknownHostKey):
+                raise
+            if keys.host_key_status(host, port).state != "known":
+                raise
+        finally:
+            probe.close()
+    elif trust and trust.strip() != status.fingerprint:
+        raise CliError(f"The server {host} presents the host key {status.fingerprint}, not the {trust.strip()} you gave.",
+                       "Check the fingerprint with the server's administrator.")
+
+    # 2. Optionally copy the public key (the ssh-copy-id step).
+    if copy_key:
+        path = key_path or keys.default_key_path()
+        if not path.exists():
+            new = keys.generate_key(path)
+            _ui.info(f"Generated a new key {new.path} ({new.fingerprint}).")
+            key_path = path
+        password = _ui.read_secret(f"password of {user} on {host}", from_stdin=password_stdin)
+        added = keys.copy_key(host, user, password, path, port=port)
+        del password
+        _ui.info(f"{'Added' if added else 'Found'} your public key {path}.pub on the server.")
+        candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
+
+    # 3. Check that the key login works, then register.
+    if not no_verify:
+        remote = servers_mod.resolve(candidate)
+        try:
+            connect(remote, trust=trust, name=name, has_trust_option=True)
+            remote.run(["true"], timeout=30)
+        finally:
+            remote.close()
+    server = servers_mod.add(candidate.name, candidate.host, candidate.user, candidate.port, candidate.key,
+                             replace=replace)
+    _ui.ok(f"Registered {server.name} ({server.label})" + ("" if no_verify else "; key login works."))
+    _ui.output({"name": server.name, "host": server.host, "port": server.port, "user": server.user,
+                "key": server.key})
+
+
+@servers.command("list", context_settings=CONTEXT_SETTINGS)
+@common_options
+def servers_list():
+    """Show the registered servers.
+
+    \b
+    Examples:
+      labdeploy servers list
+      labdeploy servers list --json
+    """
+    servers_mod = core("servers")
+    df = servers_mod.table()
+    _ui.output(df, render=lambda d: _ui.table(d, empty="No servers registered yet. Add one with "
+                                                     "`labdeploy servers add NAME --host HOST --user USER`."))
+
+
+@servers.command("remove", context_settings=CONTEXT_SETTINGS)
+@click.argument("name")
+@yes_option
+@common_options
+def servers_remove(name, yes):
+    """Forget a registered server (only this computer's list; nothing on the server changes).
+
+    \b
+    Examples:
+      labdeploy servers remove lab
+      labdeploy servers remove lab --yes
+    """
+    servers_mod = core("servers")
+    pick_server(name)  # unknown name -> usage error
+    server = servers_mod.get(name)
+    _ui.confirm(f"Forget the server {name!r} ({server.label})?", yes=yes)
+    servers_mod.remove(name, confirm=True)
+    _ui.ok(f"Removed {name} from the server list.")
+    _ui.output({"removed": name})
+
+
+@servers.command("check", context_settings=CONTEXT_SETTINGS)
+@server_option
+@click.option("--trust-host-key", "trust", metavar="SHA256:...", default=None, help=TRUST_HELP)
+@common_options
+def servers_check(server, trust):
+    """Check that a server is ready: login, Docker, Compose, memory, disk, ports, shared services.
+
+    Exits with 3 when a check that blocks deploying fails.
+
+    \b
+    Examples:
+      labdeploy servers check
+      labdeploy servers check --server lab --json
+    """
+    servers_mod = core("servers")
+    readiness = core("readiness")
+    name = pick_server(server)
+    remote = servers_mod.resolve(name)
+    try:
+        connect(remote, trust=trust, name=name, has_trust_option=True)
+    except UnknownHostKey:
+        raise
+    except RemoteError:
+        pass  # the readiness table's first row explains it
+    with _ui.reporting() as reporter:
+        df = readiness.check(remote, reporter)
+    ready = readiness.is_ready(df)
+
+    def render(d):
+        rows = d.copy()
+        rows["ok"] = rows["ok"].map(lambda v: "✓" if v else "✖")
+        _ui.table(rows, title=f"Readiness of {name}")
+
+    _ui.output(df, render=render)
+    if not ready:
+        failed = ", ".join(df.loc[~df["ok"].astype(bool), "check"])
+        raise NotReady(f"{name} is not ready: {failed}.", "Fix the failed checks (see the hints above), then check again.")
+    stack_row = df[df["check"].str.startswith("Shared services")]
+    if len(stack_row) and not bool(stack_row["ok"].all()):
+        _ui.info("Ready to prepare: run `labdeploy servers prepare`.")
+    else:
+        _ui.ok(f"{name} is ready to deploy.")
+
+
+@servers.command("prepare", context_settings=CONTEXT_SETTINGS)
+@server_option
+@click.option("--domain", default=None, help="Apps become http(s)://<app>.<domain>/ (local names like "
+                                             "'localhost' are served over plain HTTP).")
+@click.option("--email", default=None, help="Contact address for Let's Encrypt certificates.")
+@click.option("--postgres-image", default=None, help="PostgreSQL image (default postgres:15).")
+@click.option("--caddy-image", default=None, help="Caddy image (default caddy:2).")
+@click.option("--http-port", type=int, default=None, help="HTTP port (default 80).")
+@click.option("--https-port", type=int, default=None, help="HTTPS port (default 443).")
+@click.option("--bind-address", default=None, help="Listen only on this IP address (default: all).")
+@click.option("--max-connections", "max_connections", type=int, default=None,
+              help="PostgreSQL max_connections (default 100).")
+@common_options
+def servers_prepare(server, domain, email, postgres_image, caddy_image, http_port, https_port, bind_address,
+                    max_connections):
+    """Set up the shared services (PostgreSQL and Caddy in ~/dallinger) and start them.
+
+    Safe to run again. Options you leave out keep the values the server was prepared with
+    before (or the defaults on a new server).
+
+    \b
+    Examples:
+      labdeploy servers prepare
+      labdeploy servers prepare --server lab --domain experiments.example.org --email me@example.org
+    """
+    stack = core("stack")
+    name = pick_server(server)
+    remote = open_server(name)
+    base = stack.read_settings(remote) or stack.StackSettings()
+    given = {"domain": domain, "email": email, "postgres_image": postgres_image, "caddy_image": caddy_image,
+             "http_port": http_port, "https_port": https_port, "bind_address": bind_address,
+             "postgres_max_connections": max_connections}
+    settings = stack.StackSettings.from_dict({**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
+    with _ui.reporting() as reporter:
+        result = stack.prepare(remote, settings, reporter)
+    _ui.ok(f"The shared services on {name} are running (PostgreSQL, Caddy).")
+    _ui.output({"server": name, "settings": settings, "written": getattr(result, "written", []),
+                "unchanged": getattr(result, "unchanged", []),
+                "password_created": getattr(result, "password_created", False)},
+               render=lambda v: _ui.output(v["settings"]))
+
+
+# ------------------------------------------------------------------ registry
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS)
+@common_options
+def registry() -> None:
+    """Docker registry logins (for the `registry` transfer mode).
+
+    \b
+    Examples:
+      labdeploy registry login registry.gitlab.com --username alice
+      printf '%s\\n' "$TOKEN" | labdeploy registry login registry.gitlab.com -u alice --password-stdin
+    """
+
+
+@registry.command("login", context_settings=CONTEXT_SETTINGS)
+@click.argument("address", required=False)
+@click.option("--username", "-u", required=True, help="Your registry user name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password (or access token) from stdin.")
+@server_option
+@click.option("--server-only", is_flag=True, help="Log in on the server only, not on this computer.")
+@click.option("--remote-docker-config", default=None, metavar="DIR",
+              help="Keep the server's login in this folder (relative to the server home) instead of the "
+                   "server user's ~/.docker.")
+@click.option("--image-base-name", default=None, metavar="REGISTRY/PATH",
+              help="Also set docker_image_base_name in ~/.dallingerconfig (where images are pushed).")
+@common_options
+def registry_login(address, username, password_stdin, server, server_only, remote_docker_config, image_base_name):
+    """Log in to a Docker registry on the server (and on this computer), as the seed's
+    `docker login` on both machines. The password travels only over stdin / the SSH channel.
+
+    ADDRESS is the registry's host[:port]; left out, it is taken from docker_image_base_name
+    in ~/.dallingerconfig (or from --image-base-name).
+
+    Without a Docker credential helper here, the local login is checked but not stored (it
+    would be plaintext in ~/.docker/config.json); the server's login is kept by its Docker.
+
+    \b
+    Examples:
+      labdeploy registry login registry.gitlab.com --username alice
+      printf '%s\\n' "$TOKEN" | labdeploy registry login registry.example.org:5000 -u alice \\
+          --password-stdin --server lab --image-base-name registry.example.org:5000/lab
+    """
+    reg = core("registry")
+    images = core("images")
+    name = pick_server(server)
+    if address is None:
+        base = image_base_name or core("dallingerconfig").get_base_name()
+        address = images.registry_of(base) if base else None
+        if not address:
+            raise UsageProblem("Which registry? No ADDRESS was given and ~/.dallingerconfig names none "
+                               "(docker_image_base_name).",
+                               "Give the registry address, e.g. `labdeploy registry login registry.gitlab.com "
+                               "-u alice`, or --image-base-name REGISTRY/PATH.")
+    try:
+        address = reg.registry_address(address)
+    except LabdeployError as exc:
+        raise UsageProblem(exc.message, exc.hint) from None
+    if image_base_name is not None:
+        try:
+            images.image_repository(image_base_name)
+        except LabdeployError as exc:
+            raise UsageProblem(exc.message, exc.hint) from None
+    password = _ui.read_secret(f"password (or access token) for {username} at {address}", from_stdin=password_stdin)
+    try:
+        creds = reg.Credentials(address, username, password)
+    except LabdeployError as exc:
+        raise UsageProblem(exc.message, exc.hint) from None
+    finally:
+        del password
+    remote = open_server(name)
+    result = {"registry": address, "username": username, "server": name}
+    with _ui.reporting() as reporter:
+        if not server_only:
+            local = reg.login_local(creds, reporter=reporter)
+            result["local"] = getattr(local, "stored", "ok")
+        reg.login_server(remote, creds, docker_config=remote_docker_config, reporter=reporter)
+        result["on_server"] = True
+    if image_base_name is not None:
+        cfg = core("dallingerconfig")
+        path = cfg.set_base_name(image_base_name)
+        result["docker_image_base_name"] = image_base_name
+        _ui.info(f"Set docker_image_base_name = {image_base_name} in {path}.")
+    _ui.ok(f"Logged in to {address} as {username} on {name}" + ("" if server_only else " and on this computer") + ".")
+    _ui.output(result)

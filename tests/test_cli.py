@@ -1,0 +1,324 @@
+"""The real `labdeploy` command against the testbed: every subcommand, end to end.
+
+Each test runs the installed entry point as a subprocess with HOME set to a module-wide
+temporary folder. The module registers the testbed once (`servers add --trust-host-key`),
+deploys the example experiment once as `t-cli-app`, and destroys it at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from test_cli_support import CLI, REPO
+
+pytestmark = pytest.mark.testbed
+
+APP = "t-cli-app"
+EXAMPLE = REPO / "examples" / "stroop"
+
+
+@pytest.fixture(scope="module")
+def cli(testbed, tmp_path_factory) -> CLI:
+    home = tmp_path_factory.mktemp("cli-home")
+    return CLI(home)
+
+
+@pytest.fixture(scope="module")
+def registered(cli, testbed) -> str:
+    """The testbed registered as `tb` through the CLI, host key trusted by its fingerprint."""
+    s = testbed["ssh"]
+    cli.ok("servers", "add", "tb", "--host", s["host"], "--user", s["user"], "--key", s["key"],
+           "--trust-host-key", s["host_key_fingerprint"])
+    return "tb"
+
+
+@pytest.fixture(scope="module")
+def prepared(cli, registered, testbed) -> str:
+    im = testbed["images"]
+    cli.ok("servers", "prepare", "--postgres-image", im["postgres"], "--caddy-image", im["caddy"],
+           "--domain", "localhost")
+    return registered
+
+
+@pytest.fixture(scope="module")
+def session_api_remote(testbed, tmp_path_factory):
+    """The Python API's view of the server, only to check the CLI's effects and clean up."""
+    from labdeploy.remote import Remote
+
+    from conftest import trusted_known_hosts
+
+    s = testbed["ssh"]
+    kh = trusted_known_hosts(testbed, tmp_path_factory.mktemp("cli-kh") / "known_hosts")
+    r = Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=kh, use_agent=False)
+    r.connect()
+    yield r
+    r.close()
+
+
+def _cleanup(remote) -> None:
+    from labdeploy import apps, deploy
+
+    try:
+        apps.destroy(APP, remote, confirm=True, remove_data=True)
+    except (deploy.UnknownApp, apps.UnknownApp if hasattr(apps, "UnknownApp") else deploy.UnknownApp):
+        pass
+
+
+@pytest.fixture(scope="module")
+def deployed(cli, prepared, testbed, session_api_remote):
+    """ONE app for the module, deployed with `labdeploy deploy`."""
+    _cleanup(session_api_remote)
+    r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
+            "--redis-image", testbed["images"]["redis"], "--health-path", "/health", "--json", timeout=900)
+    assert r.code == 0, str(r)
+    yield r.json()
+    _cleanup(session_api_remote)
+
+
+def through_caddy(testbed, app: str, path: str = "/") -> requests.Response:
+    return requests.get(f"http://{testbed['http']['host']}:{testbed['http']['port']}{path}",
+                        headers={"Host": f"{app}.localhost"}, timeout=15)
+
+
+# ------------------------------------------------------------------ servers
+
+
+def test_unknown_host_key_is_never_accepted_silently(testbed, tmp_path):
+    cli = CLI(tmp_path)
+    s = testbed["ssh"]
+    r = cli("servers", "add", "tb", "--host", s["host"], "--user", s["user"], "--key", s["key"])
+    assert r.code == 4, str(r)
+    assert s["host_key_fingerprint"] in r.err and "--trust-host-key" in r.err
+    assert "Traceback" not in r.err
+    assert not (tmp_path / ".ssh" / "known_hosts").exists()
+    assert cli("servers", "list", "--json").json() == []
+
+    wrong = "SHA256:" + "A" * 43
+    r = cli("servers", "add", "tb", "--host", s["host"], "--user", s["user"], "--key", s["key"],
+            "--trust-host-key", wrong)
+    assert r.code == 1, str(r)
+    assert s["host_key_fingerprint"] in r.err and wrong in r.err
+    assert not (tmp_path / ".ssh" / "known_hosts").exists()
+    assert cli("servers", "list", "--json").json() == []
+
+
+def test_servers_add_list_and_default_server(cli, registered, testbed):
+    kh = (cli.home / ".ssh" / "known_hosts").read_text()
+    assert testbed["ssh"]["host_key"].split()[1] in kh  # the confirmed key, stored
+    listed = cli.ok("servers", "list", "--json").json()
+    assert [(s["name"], s["host"], s["user"]) for s in listed] == [("tb", testbed["ssh"]["host"],
+                                                                    testbed["ssh"]["user"])]
+    table = cli.ok("servers", "list").out
+    assert "tb" in table and testbed["ssh"]["host"] in table
+    # Registering the same name again is refused without --replace.
+    r = cli("servers", "add", "tb", "--host", testbed["ssh"]["host"], "--user", "labdeploy")
+    assert r.code == 2 and "--replace" in r.err, str(r)
+
+
+def test_servers_check_reports_a_ready_server(cli, prepared):
+    rows = cli.ok("servers", "check", "--json").json()
+    checks = {row["check"]: row["ok"] for row in rows}
+    assert checks["SSH login"] is True
+    assert all(checks.values()), rows
+    assert "ready to deploy" in cli.ok("servers", "check").err
+
+
+def test_servers_check_fails_with_3_for_a_server_without_docker(cli, registered, testbed, tmp_path):
+    s = testbed["ssh"]
+    cli.ok("servers", "add", "t-cli-nodocker", "--host", s["host"], "--user", s["user_nodocker"], "--key",
+           s["key"])
+    try:
+        r = cli("servers", "check", "--server", "t-cli-nodocker")
+        assert r.code == 3, str(r)
+        assert "not ready" in r.err and "docker" in r.out.lower() and "Traceback" not in r.err
+    finally:
+        cli.ok("servers", "remove", "t-cli-nodocker", "--yes")
+    assert [s["name"] for s in cli.ok("servers", "list", "--json").json()] == ["tb"]
+
+
+def test_servers_prepare_is_idempotent(cli, prepared, testbed):
+    out = cli.ok("servers", "prepare", "--json").json()  # no options: keeps the server's settings
+    assert out["settings"]["domain"] == "localhost"
+    assert out["settings"]["postgres_image"] == testbed["images"]["postgres"]
+    assert "dallinger/docker-compose.yml" in out["unchanged"]
+
+
+def test_unknown_server_is_a_usage_error(cli, registered):
+    r = cli("apps", "--server", "nope")
+    assert r.code == 2 and "No server named 'nope'" in r.err and "Traceback" not in r.err, str(r)
+    r = cli("apps", env={"LABDEPLOY_SERVER": "also-nope"})
+    assert r.code == 2 and "also-nope" in r.err, str(r)
+
+
+# ------------------------------------------------------------------ registry
+
+
+def test_registry_login_with_password_stdin(cli, registered, testbed, session_api_remote):
+    reg = testbed["registry"]
+    folder = f"dallinger/.build/t-cli-login-{uuid.uuid4().hex[:8]}"
+    try:
+        r = cli("registry", "login", reg["address"], "-u", reg["user"], "--password-stdin",
+                "--remote-docker-config", folder, "--json", input=reg["password"] + "\n")
+        assert r.code == 0, str(r)
+        assert r.json()["on_server"] is True and r.json()["registry"] == reg["address"]
+        assert reg["password"] not in r.out + r.err
+        config = json.loads(session_api_remote.get_bytes(f"{folder}/config.json"))
+        assert reg["address"] in config.get("auths", {})
+        # A wrong password is refused with the registry's message and a hint, exit 1.
+        r = cli("registry", "login", reg["address"], "-u", reg["user"], "--password-stdin", "--server-only",
+                "--remote-docker-config", folder, input="wrong-password\n")
+        assert r.code == 1 and "refused" in r.err and "What to do" in r.err, str(r)
+        # No password and no terminal to ask on: exit 4, not a hang.
+        r = cli("registry", "login", reg["address"], "-u", reg["user"], "--remote-docker-config", folder)
+        assert r.code == 4 and "--password-stdin" in r.err, str(r)
+    finally:
+        session_api_remote.run(["rm", "-rf", "--", folder], check=False)
+
+
+# ------------------------------------------------------------------ deploy and the app's life
+
+
+def test_deploy_puts_the_app_online(deployed, testbed):
+    assert deployed["app"] == APP and deployed["url"] == f"http://{APP}.localhost/"
+    assert deployed["dashboard_user"] and deployed["dashboard_password"]
+    page = through_caddy(testbed, APP)
+    assert page.status_code == 200 and "Colour naming study" in page.text
+
+
+def test_deploy_again_is_refused_and_update_works(cli, deployed, testbed):
+    r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
+            "--redis-image", testbed["images"]["redis"])
+    assert r.code == 1 and "already deployed" in r.err and "Traceback" not in r.err, str(r)
+    r = cli.ok("deploy", "--app", APP, str(EXAMPLE), "--update", "--build-arg",
+               f"BASE_IMAGE={testbed['images']['python']}", "--redis-image", testbed["images"]["redis"],
+               "--health-path", "/health", timeout=900)
+    assert "is live at" in r.err and f"http://{APP}.localhost/" in r.out
+    assert "✓ image" in r.err and "✓ launch" in r.err  # the steps, as plain progress lines
+
+
+def test_apps_lists_the_app(cli, deployed):
+    rows = {row["app"]: row for row in cli.ok("apps", "--json").json()}
+    assert rows[APP]["state"] == "running" and rows[APP]["running"] == "4/4"
+    assert rows[APP]["version"] == deployed["version"] or rows[APP]["version"]
+    assert APP in cli.ok("apps").out
+
+
+def test_status_of_the_app(cli, deployed):
+    rows = cli.ok("status", "--app", APP, "--json").json()
+    assert sorted(r["service"] for r in rows) == ["clock", "redis", "web", "worker"]
+    assert all(r["state"] == "running" for r in rows)
+    assert all(r["app"] == APP for r in rows)
+    text = cli.ok("status", "--app", APP).out
+    assert "web" in text and "running" in text
+    r = cli("status", "--app", "t-cli-never-deployed")
+    assert r.code != 0 and "Traceback" not in r.err and "t-cli-never-deployed" in r.err, str(r)
+
+
+def test_logs_of_the_web_service(cli, deployed):
+    r = cli.ok("logs", "--app", APP, "--service", "web", "--tail", "all")
+    lines = r.out.splitlines()
+    assert lines and all(line.startswith("web") for line in lines), r.out[:2000]
+    js = [json.loads(line) for line in cli.ok("logs", "--app", APP, "--tail", "all", "--json").out.splitlines()]
+    assert {"web", "worker"} <= {e["service"] for e in js}
+
+
+def test_logs_follow_streams_until_interrupted(cli, deployed, testbed):
+    import signal
+    import subprocess
+
+    from test_cli_support import LABDEPLOY
+
+    proc = subprocess.Popen([str(LABDEPLOY), "logs", "--app", APP, "--service", "web", "-f", "--tail", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env,
+                            cwd=str(cli.home))
+    try:
+        time.sleep(3)
+        marker = f"/t-cli-follow-{uuid.uuid4().hex[:8]}"
+        through_caddy(testbed, APP, marker)  # a request the web log shows
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert marker in out, (out, err)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_exec_runs_in_the_container_and_passes_the_exit_status(cli, deployed):
+    r = cli("exec", "--app", APP, "--", "sh", "-c", "echo from-$(hostname)-web; echo oops >&2; exit 3")
+    assert r.code == 3, str(r)
+    assert r.out.startswith("from-") and "oops" in r.err
+    r = cli.ok("exec", "--app", APP, "--service", "worker", "--json", "--", "python", "-c", "print(6*7)")
+    assert r.json()["stdout"].strip() == "42" and r.json()["service"] == "worker"
+    r = cli("exec", "--app", APP, "--", "no-such-program-here")
+    assert r.code == 1 and "not installed" in r.err and "Traceback" not in r.err, str(r)
+
+
+def test_restart_web_waits_until_it_is_up(cli, deployed):
+    before = {r["service"]: r["started_at"] for r in cli.ok("status", "--app", APP, "--json").json()}
+    rows = cli.ok("restart", "--app", APP, "web", "--json").json()
+    after = {r["service"]: r for r in rows}
+    assert after["web"]["state"] == "running" and after["web"]["started_at"] > before["web"]
+    assert after["worker"]["started_at"] == before["worker"]  # only web was restarted
+    r = cli("restart", "--app", APP, "no;such")
+    assert r.code == 2 and "Traceback" not in r.err, str(r)
+
+
+def test_connections_summary_shows_the_app_database(cli, deployed):
+    rows = cli.ok("connections", "--json").json()
+    assert rows, "no connections at all?"
+    text = json.dumps(rows)
+    assert "app_t_cli_app" in text
+    assert "app_t_cli_app" in cli.ok("connections").out
+
+
+def test_export_writes_a_zip_with_every_table(cli, deployed, tmp_path):
+    out = tmp_path / "pilot.zip"
+    r = cli.ok("export", "--app", APP, "--out", str(out), "--json")
+    result = r.json()
+    assert result["paths"] == [str(out)] and out.exists()
+    tables = {t["table"] for t in result["tables"]}
+    assert {"participants", "responses"} <= tables, tables
+    with zipfile.ZipFile(out) as z:
+        assert any("participants" in n for n in z.namelist())
+    r = cli("export", "--app", APP, "--out", str(out))
+    assert r.code == 2 and "--overwrite" in r.err, str(r)
+    anon = cli.ok("export", "--app", APP, "--anonymous", "--out", str(tmp_path / "shared"), "--json").json()
+    assert len(anon["paths"]) == 1 and "anonymous" in anon["paths"][0]
+
+
+def test_destroy_needs_confirmation_then_removes_the_app(cli, deployed, testbed):
+    r = cli("destroy", "--app", APP)  # stdin is not a terminal: no prompt, refuse
+    assert r.code == 4 and "--yes" in r.err and "Traceback" not in r.err, str(r)
+    assert through_caddy(testbed, APP).status_code == 200  # nothing happened
+    r = cli.ok("destroy", "--app", APP, "--yes", "--json")
+    assert "containers" in r.json()["removed"] and "database" in r.json()["kept"]
+    assert APP not in {row["app"] for row in cli.ok("apps", "--json").json()}
+    assert "Colour naming study" not in through_caddy(testbed, APP).text
+
+
+# ------------------------------------------------------------------ bad input, errors
+
+
+def test_hostile_app_name_is_refused_before_anything_runs(cli, registered):
+    for bad in ("x;rm -rf ~", "../etc", "App", "-x", "a" * 60):
+        r = cli("logs", "--app", bad)
+        assert r.code == 2, str(r)
+        assert "Traceback" not in r.err and "What to do" in r.err
+    r = cli("destroy", "--app", "$(reboot)", "--yes")
+    assert r.code == 2 and "can't be used" in r.err, str(r)
+
+
+def test_debug_shows_the_traceback(cli, registered):
+    r = cli("status", "--app", "Bad Name", "--debug")
+    assert r.code == 2 and "Traceback (most recent call last)" in r.err and "can't be used" in r.err, str(r)
+    r = cli("--debug", "apps", "--server", "nope")
+    assert r.code == 2 and "Traceback" in r.err, str(r)

@@ -1,0 +1,55 @@
+"""Running the real `labdeploy` command in tests: a subprocess of the venv's entry point,
+with HOME pointing at a temporary folder (never the real ~/.ssh, ~/.docker, ~/.config)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LABDEPLOY = Path(sys.executable).parent / "labdeploy"
+if not LABDEPLOY.exists():  # pragma: no cover - fall back to the repo's venv
+    LABDEPLOY = REPO / ".venv" / "bin" / "labdeploy"
+
+
+@dataclass
+class Run:
+    argv: list
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+    def __str__(self) -> str:
+        return f"$ labdeploy {' '.join(self.argv)}\n[exit {self.code}]\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+
+
+class CLI:
+    """`cli("servers", "list", "--json")` runs the command with this HOME and environment."""
+
+    def __init__(self, home: Path, env: dict | None = None) -> None:
+        self.home = Path(home)
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("SSH_AUTH_SOCK", "DOCKER_CONFIG", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
+                                 "LABDEPLOY_SERVER", "LABDEPLOY_DEBUG")}
+        self.env.update({"HOME": str(self.home), "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+        self.env.update(env or {})
+
+    def __call__(self, *argv, input: str | None = None, timeout: float = 300, env: dict | None = None) -> Run:
+        argv = [str(a) for a in argv]
+        proc = subprocess.run([str(LABDEPLOY), *argv], input=input if input is not None else "",
+                              capture_output=True, text=True, timeout=timeout, cwd=str(self.home),
+                              env={**self.env, **(env or {})})
+        return Run(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, *argv, **kw) -> Run:
+        r = self(*argv, **kw)
+        assert r.code == 0, str(r)
+        assert "Traceback" not in r.err, str(r)
+        return r
