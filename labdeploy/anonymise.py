@@ -4,7 +4,7 @@ Rules are data: which tables hold participants, and for each identifying column 
 
 * "pseudonym": a keyed hash (HMAC-SHA256, key random per export and never stored), so one
   worker keeps one pseudonym across rows and tables of the same export but cannot be traced back;
-* "blank": text becomes "", anything else missing (NULL);
+* "blank": the value is removed (missing, i.e. NULL in the archive);
 * "row_id": the row's own `id`, as Dallinger's `--scrub-pii` does for worker_id.
 
 Only the listed columns change. Values copied elsewhere (e.g. inside a JSON column the
@@ -87,12 +87,8 @@ def _pseudonyms(series: pd.Series, key: bytes) -> pd.Series:
 
 
 def _blank(series: pd.Series) -> pd.Series:
-    text = isinstance(series.dtype, pd.StringDtype) or (
-        series.dtype == object and len(series.dropna()) and all(isinstance(v, str) for v in series.dropna()))
-    if text:
-        return pd.Series([""] * len(series), index=series.index, dtype=_same_text_dtype(series))
-    if series.dtype == object:
-        return pd.Series([None] * len(series), index=series.index, dtype=object)
+    if isinstance(series.dtype, pd.StringDtype) or series.dtype == object:
+        return pd.Series([None] * len(series), index=series.index, dtype=_same_text_dtype(series))
     return series.where(pd.Series(False, index=series.index))  # all missing, same dtype where possible
 
 

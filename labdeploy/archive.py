@@ -324,4 +324,5 @@ def _load_folder(path: Path, tables) -> ExportData:
 
 def now_stamp(when: Optional[datetime] = None) -> str:
     when = when or datetime.now(timezone.utc)
-    return when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    when = when.astimezone(timezone.utc)
+    return when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}Z"

@@ -199,6 +199,7 @@ class Splitter:
     on_table_start: Callable[[str, int], object]
     on_table_end: Callable[[str], None]
     on_data: Optional[Callable[[TableStream, int], None]] = None
+    on_catalog: Optional[Callable[[list], None]] = None
     snapshot: str = ""
     started_epoch: float = 0.0
     catalog: Optional[list] = None
@@ -262,6 +263,8 @@ class Splitter:
             self.snapshot, self.started_epoch = snap, float(epoch)
         elif kind == "catalog":
             self.catalog = json.loads(rest)
+            if self.on_catalog is not None:
+                self.on_catalog(self.catalog)
         elif kind == "count":
             name, _, count = rest.rpartition(" ")
             t = TableStream(name, int(count))

@@ -123,9 +123,12 @@ def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: 
     last = [0.0]
     total_bytes = [0]
 
-    def on_catalog_checked() -> None:
+    def on_catalog(catalog: list) -> None:
+        # Before any data arrives: a wrong table name stops the stream at once.
+        for entry in catalog:
+            columns[entry["table"]] = pgtypes.columns_from_catalog(entry["columns"])
         if tables is not None:
-            got = {entry["table"] for entry in splitter.catalog}
+            got = {entry["table"] for entry in catalog}
             missing = [t for t in tables if t not in got]
             if missing:
                 raise ValidationError(f"The app {app!r} has no table {', '.join(map(repr, missing))}.",
@@ -133,10 +136,6 @@ def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: 
                                       "(labdeploy.export.table_counts(app, server) lists them).")
 
     def start(name: str, count: int):
-        if not columns:
-            on_catalog_checked()
-            for entry in splitter.catalog:
-                columns[entry["table"]] = pgtypes.columns_from_catalog(entry["columns"])
         cols = columns.get(name, [])
         pipe = copystream.ChunkPipe()
         holder: dict = {}
@@ -168,7 +167,7 @@ def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: 
             reporter(Progress("Read the tables", rows, t.count, unit="rows",
                               item=f"{t.name}, {t.bytes / 1e6:.1f} MB"))
 
-    splitter = copystream.Splitter(nonce, start, end, on_data)
+    splitter = copystream.Splitter(nonce, start, end, on_data, on_catalog=on_catalog)
     failure: Optional[BaseException] = None
     try:
         remote.run(psql.psql_argv(db), stdin=script.encode(), on_stdout=splitter.feed, timeout=timeout)
@@ -310,8 +309,11 @@ def save_archives(data: Optional[ExportData], anonymous: Optional[ExportData], f
         if item is None:
             continue
         stamp = archive.now_stamp(item.exported_at)
-        out.append(save_archive(item, folder / f"{item.app}-{stamp}-{suffix}.zip", parquet=parquet,
-                                reporter=reporter))
+        path, n = folder / f"{item.app}-{stamp}-{suffix}.zip", 1
+        while path.exists():  # never replace an earlier export
+            n += 1
+            path = folder / f"{item.app}-{stamp}-{n}-{suffix}.zip"
+        out.append(save_archive(item, path, parquet=parquet, reporter=reporter))
     return out
 
 
@@ -389,7 +391,7 @@ def changes_since(app: str, server, record: Mapping[str, Any]) -> pd.DataFrame:
         newer = f"({newer} OR xmin::text::bigint IN ({', '.join(str(x) for x in xip)}))"
     sql = ("\\pset tuples_only on\n\\pset format unaligned\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
            "SELECT format('SELECT %L || chr(9) || count(*) || chr(9) || count(*) FILTER (WHERE "
-           + newer.replace("'", "''") + ") FROM %I.%I', tl.label, tl.nspname, tl.relname) "
+           + newer.replace("'", "''").replace("%", "%%") + ") FROM %I.%I', tl.label, tl.nspname, tl.relname) "
            f"FROM ({copystream.CATALOG_SQL}) tl ORDER BY tl.label\n\\gexec\nCOMMIT;\n")
     out = psql.run_sql(remote, sql, db)
     counts = record.get("counts", {})
@@ -520,8 +522,9 @@ def query(app: str, server, sql: str, params: Optional[Mapping[str, Any]] = None
             with engine.connect().execution_options(postgresql_readonly=True) as conn:
                 with conn.begin():
                     return pd.read_sql(sa.text(sql), conn, params=dict(params or {}))
-        except sa.exc.DBAPIError as exc:
-            orig = getattr(exc, "orig", exc)
+        except (sa.exc.DBAPIError, pd.errors.DatabaseError) as exc:
+            cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ else exc
+            orig = getattr(cause, "orig", cause)
             msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
             if "read-only transaction" in msg:
                 raise ValidationError(f"The query tried to change data: {msg}",

@@ -28,7 +28,7 @@ def test_default_rules_replace_and_blank_identifying_columns_only():
     assert changed == {"participants": ["worker_id", "user_agent"]}
     assert not set(p["worker_id"]) & {"W-alice", "W-bob"}
     assert p["worker_id"][0] == p["worker_id"][2] != p["worker_id"][1]  # one worker, one pseudonym
-    assert p["user_agent"].tolist() == ["", "", ""]
+    assert p["user_agent"].isna().all()
     pd.testing.assert_series_equal(p["score"], frames["participants"]["score"])
     assert out["responses"] is frames["responses"]  # not a participant table: untouched
     assert frames["participants"]["worker_id"][0] == "W-alice"  # the input is not modified
