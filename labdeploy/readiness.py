@@ -166,15 +166,20 @@ def check(server, reporter: Optional[Reporter] = None, *, known_hosts=None, port
     reporter = reporter or null_reporter
     rows = []
     with step(reporter, "readiness"):
+        remote = servers.resolve(server, known_hosts=known_hosts)
+        owned = remote is not server  # a connection made here is closed here
         try:
-            remote = servers.resolve(server, known_hosts=known_hosts)
-            remote.connect()
-        except LabdeployError as exc:
-            rows.append(_row("SSH login", False, exc.message, exc.hint))
-            return pd.DataFrame(rows, columns=COLUMNS)
-        rows.append(_row("SSH login", True, f"logged in as {remote.label}"))
-        out = remote.run(["sh", "-c", _SCRIPT], check=False, timeout=120).stdout
-        rows.extend(judge(_sections(out), user=remote.user, ports=ports))
+            try:
+                remote.connect()
+            except LabdeployError as exc:
+                rows.append(_row("SSH login", False, exc.message, exc.hint))
+                return pd.DataFrame(rows, columns=COLUMNS)
+            rows.append(_row("SSH login", True, f"logged in as {remote.label}"))
+            out = remote.run(["sh", "-c", _SCRIPT], check=False, timeout=120).stdout
+            rows.extend(judge(_sections(out), user=remote.user, ports=ports))
+        finally:
+            if owned:
+                remote.close()
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -300,3 +300,15 @@ def test_shell_metacharacters_are_refused_before_connecting(home, host, user):
     with pytest.raises(ValidationError):
         keys.verify_key_login(host, user, k.path, known_hosts=home / "kh")
     assert not (home / "kh").exists()
+
+
+def test_copy_key_to_an_untrusted_server_stops_at_the_fingerprint(testbed, home):
+    from labdeploy.errors import UnknownHostKey
+    k = keys.generate_key()
+    kh = home / ".ssh" / "known_hosts"
+    with pytest.raises(UnknownHostKey) as info:
+        keys.copy_key(testbed["ssh"]["host"], testbed["ssh"]["user_nodocker"], testbed["ssh"]["password"], k.path,
+                      known_hosts=kh)
+    assert info.value.fingerprint == testbed["ssh"]["host_key_fingerprint"]
+    assert "fingerprint" in info.value.hint
+    assert not kh.exists()

@@ -72,3 +72,19 @@ def test_failed_login_is_the_first_row_not_an_exception(testbed, known_hosts):
     df = readiness.check(r)
     assert len(df) == 1 and df.iloc[0]["check"] == "SSH login" and not df.iloc[0]["ok"]
     assert df.iloc[0]["hint"]
+
+
+def test_unknown_host_key_row_shows_the_fingerprint(testbed, home):
+    r = Remote(testbed["ssh"]["host"], 22, testbed["ssh"]["user"], key_filename=testbed["ssh"]["key"],
+               known_hosts=home / "empty_known_hosts", use_agent=False)
+    df = readiness.check(r)
+    assert not df.iloc[0]["ok"] and testbed["ssh"]["host_key_fingerprint"] in df.iloc[0]["detail"]
+    assert not (home / "empty_known_hosts").exists()
+
+
+def test_readiness_by_registered_name(home, testbed, known_hosts):
+    from labdeploy import servers
+    s = testbed["ssh"]
+    servers.add("t-setup-ready", s["host"], s["user"], port=s["port"], key=s["key"])
+    df = readiness.check("t-setup-ready", known_hosts=known_hosts)
+    assert df.iloc[0]["ok"] and df.iloc[0]["check"] == "SSH login"
