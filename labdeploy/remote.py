@@ -210,8 +210,8 @@ class Remote:
             if self.known_hosts.exists():
                 client.load_system_host_keys(str(self.known_hosts))
             client.set_missing_host_key_policy(_RaiseOnUnknown(self.port))
-            if self.key_filename and not os.path.exists(self.key_filename):
-                raise AuthenticationFailed(f"The key file {self.key_filename} does not exist.",
+            if self.key_filename and not os.access(self.key_filename, os.R_OK):
+                raise AuthenticationFailed(f"The key file {self.key_filename} does not exist or can't be read.",
                                            "Check the path of your SSH key (e.g. ~/.ssh/id_ed25519), or make "
                                            "a key first with the setup panel or `ssh-keygen`.")
             sock = _CountingSocket(self._open_socket(), self.stats)
@@ -454,26 +454,15 @@ class Remote:
             command = f"cd {shlex.quote(cwd)} && {command}"
         if isinstance(stdin, str):
             stdin = stdin.encode()
-        transport = self._transport()
-        try:
-            chan = transport.open_session(timeout=self.connect_timeout)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            if not self._died(transport):
-                # The connection is fine; the server refused one more session (e.g. MaxSessions).
-                raise RemoteError(f"The server {self.host} refused to start `{self._short(argv)}`: {exc}",
-                                  "Too many commands may be running at once; try again.") from exc
-            # The connection died since it was last used (nothing ran yet): reconnect once, retry.
-            transport = self._reconnect_after(transport)
-            try:
-                chan = transport.open_session(timeout=self.connect_timeout)
-            except (paramiko.SSHException, EOFError, OSError) as exc2:
-                raise ConnectionLost(f"Could not open a session on {self.host}: {exc2}", "Try again.") from exc
+        chan = self._open_session(argv)
+        transport = chan.get_transport()
         self._count("commands")
+        stdin_failure: list = []
         try:
             chan.exec_command(command)
             feeder = None
             if stdin is not None:
-                feeder = threading.Thread(target=self._feed_stdin, args=(chan, stdin), daemon=True)
+                feeder = threading.Thread(target=self._feed_stdin, args=(chan, stdin, stdin_failure), daemon=True)
                 feeder.start()
             else:
                 chan.shutdown_write()
@@ -489,6 +478,8 @@ class Remote:
                 # Interrupted here (timeout, stop, Ctrl-C, a callback raised): stop it there too.
                 self._stop_remote(chan)
             chan.close()
+        if stdin_failure:
+            raise stdin_failure[0]  # reading our own input failed; the command was stopped
         stopped = stop is not None and stop.is_set()
         if status == -1 and not stopped:
             # No exit status: either the connection died, or a signal killed the command (the
@@ -506,6 +497,36 @@ class Remote:
                 "Read the error above; it comes from the server.",
                 argv=list(argv), exit_status=status, stdout=result.stdout, stderr=result.stderr)
         return result
+
+    SESSION_WAIT = 30.0  # how long a command waits for a free session slot on the server
+
+    def _open_session(self, argv) -> paramiko.Channel:
+        transport = self._transport()
+        reconnected = False
+        delay, deadline = 0.05, time.monotonic() + self.SESSION_WAIT
+        while True:
+            try:
+                return transport.open_session(timeout=self.connect_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if not self._died(transport, 0.5):
+                    # The connection is fine but the server refuses one more session at a time
+                    # (sshd's MaxSessions, 10 by default): wait for a running command to end.
+                    # (paramiko keeps one "last error" per connection, so under concurrency the
+                    # refusal may arrive as a plain SSHException rather than a ChannelException.)
+                    if time.monotonic() > deadline:
+                        raise RemoteError(
+                            f"The server {self.host} refused to start `{self._short(argv)}`: {exc}.",
+                            "Too many commands run at once on this connection (sshd's MaxSessions); "
+                            "wait for some to finish, or raise MaxSessions in the server's sshd_config.") from exc
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                if reconnected:
+                    raise ConnectionLost(f"Could not open a session on {self.host}: {exc}",
+                                         "Check the network and try again.") from exc
+                # The connection died since it was last used (nothing ran yet): reconnect once.
+                transport = self._reconnect_after(transport)
+                reconnected = True
 
     @staticmethod
     def _signal(chan: paramiko.Channel, name: str) -> None:
@@ -552,23 +573,36 @@ class Remote:
             view = view[sent:]
 
     @classmethod
-    def _feed_stdin(cls, chan: paramiko.Channel, stdin) -> None:
-        try:
-            if isinstance(stdin, (bytes, bytearray, memoryview)):
-                view = memoryview(stdin)
-                for i in range(0, len(view), 32768):
-                    cls._send_all(chan, view[i:i + 32768])
-            else:
+    def _feed_stdin(cls, chan: paramiko.Channel, stdin, failure: Optional[list] = None) -> None:
+        """Send stdin, then EOF. If reading the *local* input fails, the command is stopped
+        instead of getting an EOF: it must not finish its work on half of its input."""
+        if isinstance(stdin, (bytes, bytearray, memoryview)):
+            view = memoryview(stdin)
+            chunks = (view[i:i + 32768] for i in range(0, len(view), 32768))
+        else:
+            def read_chunks():
                 while True:
                     chunk = stdin.read(65536)
                     if not chunk:
-                        break
-                    cls._send_all(chan, chunk)
+                        return
+                    yield chunk.encode() if isinstance(chunk, str) else chunk
+            chunks = read_chunks()
+        try:
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                except BaseException as exc:
+                    if failure is not None:
+                        failure.append(exc)
+                    cls._signal(chan, "TERM")
+                    return
+                if chunk is None:
+                    break
+                cls._send_all(chan, chunk)
         except (OSError, EOFError, paramiko.SSHException):
             pass  # the command stopped reading; its exit status tells the story
-        finally:
-            with contextlib.suppress(Exception):
-                chan.shutdown_write()
+        with contextlib.suppress(Exception):
+            chan.shutdown_write()
 
     def _pump(self, chan: paramiko.Channel, argv, timeout, on_line, on_stdout, stop):
         out_chunks: list[bytes] = []

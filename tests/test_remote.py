@@ -134,6 +134,33 @@ def test_stdin_file_like(remote, tmp_path):
     assert remote.run(["wc", "-c"], stdin=io.BytesIO(b"12345")).stdout.strip() == "5"
 
 
+def test_stdin_text_file_like(remote):
+    assert remote.run(["cat"], stdin=io.StringIO("é\n" * 50000)).stdout == "é\n" * 50000
+
+
+def test_failing_stdin_stops_the_command_instead_of_ending_its_input(remote, scratch):
+    class Broken(io.RawIOBase):
+        calls = 0
+
+        def read(self, n=-1):
+            self.calls += 1
+            if self.calls == 1:
+                return b"partial input\n"
+            raise OSError("the local disk went away")
+
+    with pytest.raises(OSError, match="local disk went away"):
+        remote.run(["sh", "-c", "cat > got; touch finished"], cwd=scratch, stdin=Broken(), timeout=60)
+    assert not remote.exists(f"{scratch}/finished")  # it did not carry on with half its input
+    assert remote.stats["connections"] == 1
+
+
+def test_command_killed_by_a_signal_is_a_failure_not_a_lost_connection(remote):
+    with pytest.raises(CommandFailed, match="killed by a signal") as info:
+        remote.run(["sh", "-c", "echo bye >&2; kill -9 $$"])
+    assert info.value.exit_status == -1 and "bye" in str(info.value)
+    assert remote.run(["true"]).ok and remote.stats["connections"] == 1
+
+
 def test_without_stdin_the_command_sees_eof(remote):
     assert remote.run(["cat"], timeout=30).stdout == ""
 
@@ -227,6 +254,32 @@ def test_concurrent_commands_from_threads(remote, scratch):
     assert remote.listdir(scratch) == sorted(f"t{n}" for n in range(10))
     assert remote.stats["connections"] == 1
     assert remote.stats["commands"] >= 50
+
+
+def test_more_commands_at_once_than_the_server_allows_sessions(testbed, known_hosts):
+    """The testbed's sshd allows 64 sessions per connection (OpenSSH's default is 10): 80
+    commands at once from a fresh Remote wait for a slot instead of failing, on one connection."""
+    r = make_remote(testbed, known_hosts)
+    outs: dict = {}
+    errors: list = []
+
+    def work(n):
+        try:
+            outs[n] = r.run(["sh", "-c", f"sleep 1; echo {n}"], timeout=120).stdout
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(80)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert not errors, errors[:3]
+        assert outs == {n: f"{n}\n" for n in range(80)}
+        assert r.stats["connections"] == 1 and r.stats["commands"] == 80
+    finally:
+        r.close()
 
 
 # ------------------------------------------------------------------ files
@@ -636,6 +689,17 @@ def test_missing_key_file_is_an_authentication_problem(testbed, known_hosts, hom
     r = make_remote(testbed, known_hosts, key_filename=tmp_path / "no_such_key")
     with pytest.raises(AuthenticationFailed, match="no_such_key"):
         r.connect()
+
+
+def test_key_with_a_passphrase(testbed, known_hosts, home, tmp_path):
+    key = tmp_path / "id_locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret", "-f", str(key)], check=True)
+    with pytest.raises(AuthenticationFailed, match="passphrase"):
+        make_remote(testbed, known_hosts, key_filename=key).connect()
+    # With its passphrase the key is read, and then refused: it is not authorized on the server.
+    with pytest.raises(AuthenticationFailed) as info:
+        make_remote(testbed, known_hosts, key_filename=key, passphrase="s3cret").connect()
+    assert "s3cret" not in str(info.value)
 
 
 def test_password_login_and_wrong_password(testbed, known_hosts, home):
