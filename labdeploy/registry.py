@@ -104,10 +104,12 @@ def classify(text: str, registry: str, where: str = "this computer") -> Labdeplo
             f"If the registry uses its own certificate authority, put its CA file at "
             f"/etc/docker/certs.d/{registry}/ca.crt on {where} (no Docker restart needed), then try again.")
     if any(k in low for k in _AUTH):
+        server_hint = (" If this happened during a pull, log in on the server first (the registry panel's "
+                       "'Log in on the server', or pass credentials= to deliver).") if where == "the server" else ""
         return RegistryAuthFailed(
             f"The registry {registry} refused the login from {where}: {detail}",
             "Check the user name and password. For GitLab/GitHub use a personal access token with the "
-            "read_registry/write_registry (or packages) permission as the password.")
+            "read_registry/write_registry (or packages) permission as the password." + server_hint)
     if any(k in low for k in _UNREACHABLE):
         return RegistryUnreachable(
             f"The registry {registry} can't be reached from {where}: {detail}",

@@ -165,15 +165,16 @@ def sync_context(remote, context: images.BuildContext, app: str, reporter: Optio
         plan = plan_sync(context, remote_manifest(remote, app))
     ctx = shlex.quote(context_dir(app))
     with step(reporter, "send changed files", f"{len(plan.send)} changed, {len(plan.delete)} removed"):
+        # Deletions first, so a file that became a folder (or the reverse) does not block tar.
+        if plan.delete:
+            listing = b"\0".join(p.encode() for p in plan.delete) + b"\0"
+            remote.run(["sh", "-c", f"cd {ctx} && xargs -0 rm -f -- && find . -mindepth 1 -type d -empty -delete"],
+                       stdin=listing, timeout=600)
         if plan.send:
             data = context.tar_bytes(plan.send)
             reader = _ProgressReader(io.BytesIO(data), len(data), reporter, "send changed files")
             # --no-same-owner/-p: the files get the login user as owner and our modes.
             remote.run(["sh", "-c", f"cd {ctx} && tar -xzpf - --no-same-owner"], stdin=reader, timeout=3600)
-        if plan.delete:
-            listing = b"\0".join(p.encode() for p in plan.delete) + b"\0"
-            remote.run(["sh", "-c", f"cd {ctx} && xargs -0 rm -f -- && find . -mindepth 1 -type d -empty -delete"],
-                       stdin=listing, timeout=600)
         for rel in plan.send:
             reporter(LogLine(f"sent {rel}", "transfer"))
     return plan

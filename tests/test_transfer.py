@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import transfer
+from labdeploy import images, transfer
 from labdeploy.progress import Collector, LogLine, Progress
 
 DATA = Path(__file__).parent / "data" / "img_experiment"
@@ -131,3 +131,18 @@ def test_server_image_status(remote, testbed, experiment, app, home):
     stale = transfer.server_image_status(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
     assert not stale.current and "does not have" in stale.summary()
     assert list(stale.images["ref"]) == [got.ref] and not stale.images["current"].any()
+
+
+def test_file_becomes_folder_and_back(remote, testbed, experiment, app, home):
+    (experiment / "extra").write_text("a file first\n")
+    transfer.deliver(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
+    (experiment / "extra").unlink()
+    (experiment / "extra").mkdir()
+    (experiment / "extra" / "inside.txt").write_text("now a folder\n")
+    got = transfer.deliver(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
+    assert server_file(remote, got.ref, "/experiment/extra/inside.txt") == "now a folder\n"
+    shutil.rmtree(experiment / "extra")
+    (experiment / "extra").write_text("a file again\n")
+    got = transfer.deliver(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
+    assert server_file(remote, got.ref, "/experiment/extra") == "a file again\n"
+    assert transfer.remote_manifest(remote, app).keys() == set(images.scan_context(experiment).files)
