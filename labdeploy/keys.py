@@ -83,6 +83,15 @@ def public_key_line(path: PathLike) -> str:
     path = Path(path)
     pub = path.with_name(path.name + ".pub") if not path.name.endswith(".pub") else path
     if not pub.exists():
+        if path.exists() and not path.name.endswith(".pub"):
+            # e.g. a cloud provider's key.pem: the public half follows from the private key.
+            try:
+                key = load_private_key(path)
+            except LabdeployError:
+                key = None
+            if key is not None:
+                return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH).decode()
         raise KeyError_(f"The public half of {path} ({pub}) is missing.",
                         f"Recreate it with `ssh-keygen -y -f {path} > {pub}`, or generate a new key.")
     line = pub.read_text().strip()

@@ -109,6 +109,11 @@ def query_df(remote, sql: str, database: str = "dallinger", *, timeout: Optional
             name, typ = line.split("\t", 1)
             columns.append(name)
             types[name] = typ
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        # Rows travel as JSON objects, where a repeated name would silently keep one value.
+        raise ValidationError(f"The query returns several columns named {', '.join(dupes)}.",
+                              "Give each column its own name with AS, e.g. `select a.id as a_id, b.id as b_id`.")
     rows = [json.loads(line) for line in body.splitlines() if line.strip()]
     df = pd.DataFrame.from_records(rows, columns=columns) if rows else pd.DataFrame({c: [] for c in columns})
     return _convert(df, types)

@@ -48,3 +48,18 @@ def test_install_refuses_what_is_not_one_public_key_line(line):
 def test_empty_password_is_refused_before_connecting(home):
     with pytest.raises(ValidationError):
         keys.copy_key("10.0.0.1", "alice", "", home / "nokey")
+
+
+def test_public_line_of_a_pem_key_without_pub_file(home):
+    import subprocess
+    pem = home / "cloud.pem"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", str(pem)], check=True)
+    expected = pem.with_name("cloud.pem.pub").read_text().split()[:2]
+    pem.with_name("cloud.pem.pub").unlink()
+    assert keys.public_key_line(pem).split()[:2] == expected
+    enc = home / "enc"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret-pass", "-f", str(enc)], check=True)
+    enc.with_name("enc.pub").unlink()
+    with pytest.raises(keys.KeyError_) as info:
+        keys.public_key_line(enc)
+    assert "ssh-keygen -y" in info.value.hint

@@ -71,3 +71,9 @@ def test_bad_database_name_is_refused_before_anything_runs(r, bad):
     with pytest.raises(ValidationError):
         psql.run_sql(r, "select 1;", database=bad)
     assert r.stats["commands"] == before
+
+
+def test_duplicate_column_names_are_refused_with_a_hint(r):
+    with pytest.raises(ValidationError) as info:
+        psql.query_df(r, "select 1 as id, 2 as id")
+    assert "AS" in info.value.hint
