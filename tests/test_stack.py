@@ -133,3 +133,31 @@ def test_a_file_not_written_by_labdeploy_is_kept_before_replacing(remote):
         assert len(result.backups) == 1
     finally:
         remote.run(["rm", "-rf", "--", base])
+
+
+def test_two_prepares_at_once_take_turns(prepared, settings, testbed, known_hosts):
+    import threading
+    from labdeploy.remote import Remote
+
+    s = testbed["ssh"]
+    remotes = [Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=known_hosts,
+                      use_agent=False) for _ in range(2)]
+    collectors = [Collector(), Collector()]
+    errors = []
+
+    def run(i):
+        try:
+            stack.prepare(remotes[i], settings, collectors[i])
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for r in remotes:
+        r.close()
+    assert errors == []
+    assert all(c.steps()[-1] == "record settings" for c in collectors)
+    assert stack.is_running(prepared)
