@@ -1,0 +1,206 @@
+"""Bad input and faults: hostile names, a name in use, a crash at start, a /launch that
+answers 500, the SSH connection dropped mid-deploy, two deploys at once, destroy of an
+unknown app. Each against the real testbed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from labdeploy import apps, deploy, history, layout, lock, psql, stack
+from labdeploy.errors import ConnectionLost, LabdeployError, ValidationError
+from labdeploy.progress import Collector, LogLine, StepStarted, Warning_
+from labdeploy.remote import Remote
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
+
+
+def kwargs(testbed) -> dict:
+    return {"build_args": {"BASE_IMAGE": testbed["images"]["python"]}, "redis_image": testbed["images"]["redis"],
+            "health_path": "/health"}
+
+
+def cleanup(remote, app: str) -> None:
+    try:
+        apps.destroy(app, remote, confirm=True, remove_data=True)
+    except deploy.UnknownApp:
+        pass
+
+
+@pytest.fixture(scope="module")
+def prepared(testbed, session_remote):
+    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
+    return session_remote
+
+
+def fresh_app(remote, name: str):
+    cleanup(remote, name)
+    return name
+
+
+def running_services(remote, app: str) -> str:
+    return remote.run(["docker", "ps", "-q", "--filter", f"label=labdeploy.app={app}"]).stdout.strip()
+
+
+@pytest.mark.parametrize("bad", ["my app", "app;reboot", "$(touch /tmp/pwned)", "../etc", "Stroop",
+                                 "a" * 41, "", "x--y", "-lead"])
+def test_hostile_app_names_are_refused_before_anything_runs(bad, tmp_path):
+    # "nowhere" is not a registered server: a name check that came later would fail on it.
+    with pytest.raises(ValidationError) as info:
+        deploy.deploy(EXAMPLE, bad, "nowhere")
+    assert info.value.hint
+    with pytest.raises(ValidationError):
+        apps.destroy(bad, "nowhere", confirm=True)
+
+
+def test_missing_dockerfile_is_refused_with_a_hint(prepared, tmp_path):
+    with pytest.raises(ValidationError, match="no Dockerfile") as info:
+        deploy.deploy(tmp_path, "t-dep-nofile", prepared)
+    assert "Dockerfile" in info.value.hint
+    assert not prepared.exists(layout.app_dir("t-dep-nofile"))
+
+
+def test_crash_at_start_then_launch_500_then_fixed_rerun(prepared, testbed, tmp_path):
+    """A first deploy that fails leaves nothing running and nothing locked; a fixed rerun works."""
+    app = fresh_app(prepared, "t-dep-crash")
+    try:
+        crash = tmp_path / "crash"
+        shutil.copytree(EXAMPLE, crash)
+        (crash / "Procfile").write_text("web: python -c 'import sys; print(\"boom at start\"); sys.exit(3)'\n"
+                                        "worker: python -m stroop.worker\nclock: python -m stroop.clock\n")
+        with pytest.raises(deploy.DeployFailed) as info:
+            deploy.deploy(crash, app, prepared, start_timeout=60, **kwargs(testbed))
+        assert info.value.failed_step == "start"
+        assert "boom at start" in info.value.logs and "stopped right after starting" in info.value.message
+        assert running_services(prepared, app) == ""
+        assert lock.read_lock(prepared, app) is None
+        assert not prepared.exists(layout.caddy_site(app))
+
+        bad_launch = tmp_path / "bad-launch"
+        shutil.copytree(EXAMPLE, bad_launch)
+        src = bad_launch / "stroop" / "app.py"
+        src.write_text(src.read_text().replace("        db.create_tables()\n",
+                                               "        raise RuntimeError('launch broke on purpose')\n", 1))
+        with pytest.raises(deploy.DeployFailed) as info:
+            deploy.deploy(bad_launch, app, prepared, launch_attempts=2, **kwargs(testbed))
+        assert info.value.failed_step == "launch"
+        assert "HTTP 500" in info.value.message and "launch broke on purpose" in info.value.logs
+        assert running_services(prepared, app) == ""
+
+        result = deploy.deploy(EXAMPLE, app, prepared, **kwargs(testbed))
+        assert result.url.startswith(f"http://{app}.")
+        outcomes = list(history.history(prepared, app)["outcome"])
+        assert outcomes == ["failed", "failed", "success"]
+    finally:
+        cleanup(prepared, app)
+
+
+def test_name_in_use_is_refused_and_nothing_changes(prepared, testbed):
+    app = fresh_app(prepared, "t-dep-inuse")
+    try:
+        first = deploy.deploy(EXAMPLE, app, prepared, **kwargs(testbed))
+        with pytest.raises(deploy.AppExists) as info:
+            deploy.deploy(EXAMPLE, app, prepared, **kwargs(testbed))
+        assert "update()" in info.value.hint
+        assert apps.apps(prepared).set_index("app").loc[app, "version"] == first.version
+        assert lock.read_lock(prepared, app) is None
+        with pytest.raises(deploy.UnknownApp):
+            deploy.update(EXAMPLE, "t-dep-never-deployed", prepared, **kwargs(testbed))
+    finally:
+        cleanup(prepared, app)
+
+
+def test_ssh_dropped_mid_deploy_then_rerun_succeeds(prepared, testbed, known_hosts):
+    app = fresh_app(prepared, "t-dep-drop")
+    s = testbed["ssh"]
+    r = Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=known_hosts, use_agent=False)
+    r.connect()
+    dropped = threading.Event()
+
+    def cut_when_compose_runs(event) -> None:
+        # Drop the TCP connection under a running `compose up`, like a laptop losing Wi-Fi.
+        if isinstance(event, LogLine) and event.source == "compose" and not dropped.is_set():
+            dropped.set()
+            r._client.get_transport().sock.close()
+
+    try:
+        with pytest.raises(deploy.DeployFailed) as info:
+            deploy.deploy(EXAMPLE, app, r, reporter=cut_when_compose_runs, **kwargs(testbed))
+        assert dropped.is_set()
+        assert info.value.failed_step == "start"
+        assert isinstance(info.value.__cause__, ConnectionLost)
+        assert "connection dropped" in info.value.hint.lower()
+        assert lock.read_lock(prepared, app) is None  # released after reconnecting
+        result = deploy.deploy(EXAMPLE, app, r, **kwargs(testbed))
+        assert result.version
+        assert lock.read_lock(prepared, app) is None
+    finally:
+        r.close()
+        cleanup(prepared, app)
+
+
+def test_lock_left_by_a_dead_process_is_taken_over_and_others_are_respected(prepared, testbed):
+    app = fresh_app(prepared, "t-dep-stale")
+    try:
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        left = lock.DeployLock(prepared, app, version="old")
+        left.info.pid = dead.pid  # as if that process had crashed holding the lock
+        left.acquire()
+        lock._held.discard(left.info.token)
+        events = Collector()
+        deploy.deploy(EXAMPLE, app, prepared, reporter=events, **kwargs(testbed))
+        assert any("stale deploy lock" in w.message for w in events.of(Warning_))
+
+        # A lock from another machine is respected until it expires or is broken on purpose.
+        other = lock.DeployLock(prepared, app, operation="update", version="v9")
+        other.info.host, other.info.who = "someone-elses-laptop", "ana@laptop"
+        other.acquire()
+        lock._held.discard(other.info.token)
+        with pytest.raises(lock.DeployInProgress) as info:
+            deploy.update(EXAMPLE, app, prepared, **kwargs(testbed))
+        assert "ana@laptop" in info.value.message and "break_lock" in info.value.hint
+        with pytest.raises(LabdeployError, match="confirmation"):
+            lock.break_lock(prepared, app)
+        assert lock.break_lock(prepared, app, confirm=True).who == "ana@laptop"
+        assert lock.read_lock(prepared, app) is None
+    finally:
+        cleanup(prepared, app)
+
+
+def test_two_deploys_of_one_app_at_once_the_second_is_refused(prepared, testbed, known_hosts):
+    app = fresh_app(prepared, "t-dep-twice")
+    s = testbed["ssh"]
+    second_remote = Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=known_hosts,
+                           use_agent=False)
+    outcome: dict = {}
+
+    def start_second_while_first_builds(event) -> None:
+        if isinstance(event, StepStarted) and event.step == "image" and "second" not in outcome:
+            outcome["second"] = None
+            try:
+                deploy.deploy(EXAMPLE, app, second_remote, **kwargs(testbed))
+            except Exception as exc:  # noqa: BLE001 - inspected below
+                outcome["second"] = exc
+
+    try:
+        first = deploy.deploy(EXAMPLE, app, prepared, reporter=start_second_while_first_builds, **kwargs(testbed))
+        assert first.version
+        err = outcome["second"]
+        assert isinstance(err, lock.DeployInProgress), err
+        assert "in progress" in err.message and err.info.operation == "deploy"
+        assert lock.read_lock(prepared, app) is None
+    finally:
+        second_remote.close()
+        cleanup(prepared, app)
+
+
+def test_destroy_unknown_app_says_which_apps_exist(prepared):
+    with pytest.raises(deploy.UnknownApp) as info:
+        apps.destroy("t-dep-nosuchapp", prepared, confirm=True)
+    assert "t-dep-nosuchapp" in info.value.message and "Apps on this server" in info.value.hint
