@@ -196,7 +196,8 @@ class PrepareResult:
 
 
 def _lock_path() -> str:
-    return f"{layout.locks_dir()}/stack"
+    # App names start with a letter, so "_stack" can never be an app's deploy lock.
+    return f"{layout.locks_dir()}/_stack"
 
 
 def _acquire_lock(remote, reporter: Reporter) -> str:
