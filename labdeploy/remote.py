@@ -885,7 +885,12 @@ class Remote:
         self._transport()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", local_port))
+        try:
+            listener.bind(("127.0.0.1", local_port))
+        except OSError as exc:
+            listener.close()
+            raise LabdeployError(f"The local port {local_port} can't be used for the tunnel: {exc.strerror or exc}.",
+                                 "Choose another local port, or leave it out to get a free one.") from exc
         listener.listen(16)
         port = listener.getsockname()[1]
         closing = threading.Event()

@@ -454,6 +454,15 @@ def test_several_connections_through_one_tunnel_at_once(remote, server_http):
     assert remote.stats["connections"] == 1
 
 
+def test_forward_on_a_busy_local_port(remote):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        with pytest.raises(LabdeployError, match="local port"):
+            with remote.forward("127.0.0.1", 22, local_port=busy.getsockname()[1]):
+                pass
+
+
 def test_forward_to_a_closed_port_closes_the_client(remote):
     with remote.forward("127.0.0.1", 1) as port:
         for _ in range(2):  # the listener stays usable after a failed channel
