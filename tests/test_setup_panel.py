@@ -187,3 +187,14 @@ def test_changed_host_key_and_bad_input_are_shown_with_hints(panel_for, testbed,
     p.domain_box.value = "bad domain!"
     click(p, p.prepare_button)
     assert p.steps.state("Prepare server") == "failed" and "What to do" in p.message.value
+
+
+def test_changing_the_server_fields_drops_the_verified_connection(panel_for, testbed, known_hosts):
+    p = panel_for(testbed["ssh"]["user"])
+    p.known_hosts = str(known_hosts)
+    p.key_box.value = testbed["ssh"]["key"]
+    click(p, p.verify_button)
+    assert p.steps.state("Verify login") == "done", p.message.value
+    old = p.remote
+    p.user_box.value = testbed["ssh"]["user_nodocker"]
+    assert p.remote is None and not old.connected

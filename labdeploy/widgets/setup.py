@@ -87,6 +87,9 @@ class SetupPanel:
         self.readiness_button = _button("Check readiness", "readiness")
         self.prepare_button = _button("Prepare server", "prepare", "success")
 
+        for box in (self.host_box, self.port_box, self.user_box, self.key_box):
+            box.observe(lambda _: self._forget_connection(), names="value")
+
         self.create_key_button.on_click(lambda _: self.create_key())
         self.use_key_button.on_click(lambda _: self.use_key())
         self.agent_button.on_click(lambda _: self.add_to_agent())
@@ -159,6 +162,12 @@ class SetupPanel:
             self.message.show_error(exc)
 
         self.last_task = run_in_background(work, on_done=on_done, on_error=on_error, name=f"labdeploy-setup-{step}")
+
+    def _forget_connection(self) -> None:
+        """Another server, user or key was typed: the verified connection no longer applies."""
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None
 
     def _fields(self):
         return self.host_box.value.strip(), int(self.port_box.value), self.user_box.value.strip()
