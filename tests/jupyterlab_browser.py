@@ -31,11 +31,15 @@ def free_port() -> int:
 
 
 def quiet_lab_settings(home: Path) -> None:
-    """No news or update pop-ups over the notebook in a fresh profile."""
+    """No news or update pop-ups over the notebook in a fresh profile; every cell rendered."""
     settings = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True, exist_ok=True)
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # Render every cell, not only those on screen, so panels can be found and scrolled to.
+    tracker = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True, exist_ok=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
 
 
 @contextmanager
@@ -108,12 +112,12 @@ class Lab:
         self.wait_kernel_idle(60)
 
     def kernel_status(self) -> str:
-        el = self.page.query_selector(".jp-Notebook-ExecutionIndicator")
-        if el is not None:
-            state = el.get_attribute("data-status")
-            if state:
-                return state
-        return "unknown"
+        """'idle', 'busy', 'connecting', ... from the status bar ('Python 3 (ipykernel) | Idle')."""
+        el = self.page.query_selector(".jp-StatusBar-TextItem:has-text('ipykernel')")
+        if el is None:
+            return "unknown"
+        text = el.inner_text()
+        return text.rsplit("|", 1)[-1].strip().lower() if "|" in text else "unknown"
 
     def wait_kernel_idle(self, timeout: float = 120) -> None:
         deadline = time.time() + timeout
@@ -121,31 +125,27 @@ class Lab:
         while time.time() < deadline:
             if self.kernel_status() == "idle":
                 seen_idle += 1
-                if seen_idle >= 3:
+                if seen_idle >= 4:
                     return
             else:
                 seen_idle = 0
-            time.sleep(0.3)
+            time.sleep(0.25)
         raise AssertionError(f"the kernel did not become idle within {timeout:.0f} s "
                              f"(status {self.kernel_status()})")
 
-    def command(self, label: str) -> None:
-        """Run a JupyterLab command from the command palette by its label."""
-        self.page.keyboard.press("Control+Shift+C")
-        box = self.page.wait_for_selector(".lm-CommandPalette-input", timeout=10_000)
-        box.fill(label)
-        self.page.wait_for_selector(".lm-CommandPalette-item", timeout=10_000)
-        item = self.page.locator(".lm-CommandPalette-item", has_text=re.compile(f"^{re.escape(label)}"))
-        item.first.click()
+    def menu(self, top: str, item: str) -> None:
+        """Click a menu bar entry, then one of its items, as a person would."""
+        self.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{re.escape(top)}$")).click()
+        self.page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}")).first.click()
 
     def run_all(self, timeout: float = 600) -> None:
-        self.command("Run All Cells")
+        self.menu("Run", "Run All Cells")
         time.sleep(1)
         self.wait_kernel_idle(timeout)
 
     def restart_and_run_all(self, timeout: float = 600) -> None:
-        self.command("Restart Kernel and Run All Cells…")
-        dialog = self.page.wait_for_selector(".jp-Dialog", timeout=10_000)
+        self.menu("Kernel", "Restart Kernel and Run All Cells")
+        self.page.wait_for_selector(".jp-Dialog", timeout=10_000)
         self.page.locator(".jp-Dialog button.jp-mod-accept").click()
         time.sleep(2)
         self.wait_kernel_idle(timeout)
