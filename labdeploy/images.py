@@ -236,20 +236,23 @@ class BuildContext:
         """path -> (sha256, executable): what decides whether the server's copy is current."""
         return {p: (f.sha256, f.executable) for p, f in self.files.items()}
 
-    def tar_bytes(self, paths: Iterable[str], *, gzip: bool = True) -> bytes:
-        """A (gzipped) tar of the given files, with normalised owners and times."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz" if gzip else "w", compresslevel=6) as tar:
+    def write_tar(self, fileobj, paths: Iterable[str], *, gzip: bool = True) -> None:
+        """Write a (gzipped) tar of the given files, with normalised owners and times, file by file."""
+        with tarfile.open(fileobj=fileobj, mode="w:gz" if gzip else "w", compresslevel=6) as tar:
             for rel in sorted(paths):
                 info = self.files[rel]
-                data = (self.root / rel).read_bytes()
                 ti = tarfile.TarInfo(rel)
-                ti.size = len(data)
+                ti.size = (self.root / rel).stat().st_size
                 ti.mode = 0o755 if info.executable else 0o644
                 ti.mtime = 0
                 ti.uid = ti.gid = 0
                 ti.uname = ti.gname = ""
-                tar.addfile(ti, io.BytesIO(data))
+                with open(self.root / rel, "rb") as f:
+                    tar.addfile(ti, f)
+
+    def tar_bytes(self, paths: Iterable[str], *, gzip: bool = True) -> bytes:
+        buf = io.BytesIO()
+        self.write_tar(buf, paths, gzip=gzip)
         return buf.getvalue()
 
 

@@ -171,10 +171,14 @@ def sync_context(remote, context: images.BuildContext, app: str, reporter: Optio
             remote.run(["sh", "-c", f"cd {ctx} && xargs -0 rm -f -- && find . -mindepth 1 -type d -empty -delete"],
                        stdin=listing, timeout=600)
         if plan.send:
-            data = context.tar_bytes(plan.send)
-            reader = _ProgressReader(io.BytesIO(data), len(data), reporter, "send changed files")
-            # --no-same-owner/-p: the files get the login user as owner and our modes.
-            remote.run(["sh", "-c", f"cd {ctx} && tar -xzpf - --no-same-owner"], stdin=reader, timeout=3600)
+            # Spooled to a temporary file, not memory: a first sync may carry large assets.
+            with tempfile.TemporaryFile(prefix="labdeploy-context-") as spool:
+                context.write_tar(spool, plan.send)
+                size = spool.tell()
+                spool.seek(0)
+                reader = _ProgressReader(spool, size, reporter, "send changed files")
+                # --no-same-owner/-p: the files get the login user as owner and our modes.
+                remote.run(["sh", "-c", f"cd {ctx} && tar -xzpf - --no-same-owner"], stdin=reader, timeout=3600)
         for rel in plan.send:
             reporter(LogLine(f"sent {rel}", "transfer"))
     return plan
