@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TESTBED_FILE
 
 NOTEBOOK = REPO / "notebooks" / "setup_server.ipynb"
 
@@ -22,7 +22,7 @@ def test_notebook_is_stored_without_outputs():
 def test_setup_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, known_hosts):
     from labdeploy.remote import Remote
 
-    monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+    monkeypatch.setenv("LABDEPLOY_TESTBED", str(TESTBED_FILE))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     admin = Remote(testbed["ssh"]["host"], 22, testbed["ssh"]["user"], key_filename=testbed["ssh"]["key"],

@@ -8,6 +8,7 @@ import ipywidgets as W
 import pytest
 
 from labdeploy import servers
+from tests.conftest import TESTBED_FILE
 from labdeploy.widgets.setup import SetupPanel
 
 TIMEOUT = 120
@@ -35,7 +36,7 @@ def all_strings(widget):
 
 @pytest.fixture
 def panel_for(home, testbed, monkeypatch):
-    monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+    monkeypatch.setenv("LABDEPLOY_TESTBED", str(TESTBED_FILE))
 
     def make(user):
         return SetupPanel(server_name="t-setup-panel", host=testbed["ssh"]["host"], port=testbed["ssh"]["port"],
