@@ -20,6 +20,7 @@ the same content has the same name everywhere and "is the server current?" is on
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
@@ -239,6 +240,15 @@ def filtered_save(client, ref: str, have: set, out_path: str, reporter: Reporter
 
     Returns (layers kept, layers total).
     """
+    try:
+        return _filtered_save(client, ref, have, out_path, reporter)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full_error("local machine", str(exc)) from exc
+        raise
+
+
+def _filtered_save(client, ref: str, have: set, out_path: str, reporter: Reporter) -> tuple[int, int]:
     with tempfile.TemporaryDirectory(prefix="labdeploy-save-") as tmp:
         full = os.path.join(tmp, "image.tar")
         with step(reporter, "export image", ref):
@@ -300,13 +310,22 @@ def _deliver_ssh_copy(remote, context, *, app, ref, tag, build_args, base_name, 
             try:
                 _load_on_server(remote, path, reporter, f"{kept}/{total} layers")
             except CommandFailed as exc:
-                # A layer vanished on the server between the check and the load (someone pruned):
-                # send the whole image once.
-                if "no such file" not in ((exc.stderr or "") + (exc.stdout or "")).lower():
+                # The partial archive was refused: a layer vanished on the server meanwhile (someone
+                # pruned), or its `docker load` wants every layer (containerd image store). Look
+                # again and send what is missing now; if that is refused too, the whole image.
+                if kept == total:
                     raise
-                reporter(LogLine("the server lost a layer meanwhile; sending the whole image", "transfer"))
-                filtered_save(client, ref, set(), path, reporter)
-                _load_on_server(remote, path, reporter, "all layers")
+                reporter(LogLine(f"the server refused the partial image ({exc.stderr.strip()[-200:]}); "
+                                 "checking its layers again", "transfer"))
+                kept, total = filtered_save(client, ref, server_chain_ids(remote), path, reporter)
+                try:
+                    _load_on_server(remote, path, reporter, f"{kept}/{total} layers")
+                except CommandFailed:
+                    if kept == total:
+                        raise
+                    reporter(LogLine("refused again; sending the whole image", "transfer"))
+                    filtered_save(client, ref, set(), path, reporter)
+                    _load_on_server(remote, path, reporter, "all layers")
     image_id = server_image_id(remote, ref)
     if image_id != built.image_id:
         raise LabdeployError(f"After the copy the server's {ref} is {image_id}, not {built.image_id}.",

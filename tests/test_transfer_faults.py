@@ -170,3 +170,33 @@ def test_server_without_usable_docker(testbed, known_hosts, experiment, which, e
         with pytest.raises(images.ServerDockerUnavailable) as info:
             transfer.deliver(other, experiment, app="t-img-nodocker", base_name=BASE)
     assert expected in (info.value.message + info.value.hint)
+
+
+def test_ssh_copy_rechecks_when_partial_image_refused(remote, testbed, tmp_path, app, monkeypatch, home):
+    # Simulates the server pruning a layer between our check and the load: the first answer
+    # claims it has every layer (the one stand-in here; the engines and the loads are real).
+    # The real `docker load` refuses the partial archive; labdeploy looks again and sends
+    # only what is really missing, not the whole image.
+    exp = tmp_path / "tiny"
+    exp.mkdir()
+    (exp / "Dockerfile").write_text(f"FROM {testbed['images']['base']}\nCOPY . /x\n")
+    (exp / "data.txt").write_text("tiny\n")
+    import docker
+
+    real = transfer.server_chain_ids
+    calls = []
+
+    def lying_once(r):
+        calls.append(1)
+        if len(calls) > 1:
+            return real(r)
+        ref = images.image_ref(BASE, app, images.content_tag(images.scan_context(exp)))
+        return set(images.chain_ids(images.local_layers(docker.from_env(), ref)))
+    monkeypatch.setattr(transfer, "server_chain_ids", lying_once)
+    events = Collector()
+    before = remote.stats["bytes_sent"]
+    got = transfer.deliver(remote, exp, app=app, mode="ssh-copy", base_name=BASE, reporter=events)
+    assert any("checking its layers again" in line for line in events.lines())
+    assert not any("whole image" in line for line in events.lines())
+    assert remote.stats["bytes_sent"] - before < 1_000_000
+    assert transfer.server_image_id(remote, got.ref) == got.image_id
