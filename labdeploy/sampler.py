@@ -18,7 +18,7 @@ import pandas as pd
 from . import layout
 from .containers import remote_of
 from .errors import LabdeployError
-from .pgactivity import DEFAULT_THRESHOLD, ConnectionWarning, Snapshot, snapshot, summarize
+from .pgactivity import DEFAULT_THRESHOLD, ConnectionWarning, Snapshot, container_name, snapshot, summarize
 from .progress import Reporter, null_reporter
 
 log = logging.getLogger("labdeploy.sampler")
@@ -48,7 +48,7 @@ class Sampler:
             raise LabdeployError("max_samples must be at least 2.", "Use e.g. max_samples=2000.")
         self.remote = remote_of(server)
         self.interval = float(interval)
-        self.container, self.superuser, self.persistent = container, superuser, persistent
+        self.container, self.superuser, self.persistent = container_name(container), superuser, persistent
         self.threshold = threshold
         self.on_sample = on_sample
         self.reporter = reporter or null_reporter
