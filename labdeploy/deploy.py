@@ -399,15 +399,18 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
     """
     reporter = reporter or null_reporter
     started, t0 = _now(), time.monotonic()
-    app = names.app_name(app)
-    if capacity not in ("warn", "refuse", "ignore"):
-        raise ValidationError(f"capacity={capacity!r} is not one of warn, refuse, ignore.", "Use 'warn' (default).")
-    if not isinstance(health_path, str) or not health_path.startswith("/"):
-        raise ValidationError(f"The health path {health_path!r} must start with '/'.", "Use e.g. '/' or '/health'.")
-    database.connection_limit(connection_limit)
     experiment_dir = Path(experiment_dir).expanduser()
     commands = None
     with step(reporter, "preflight"):
+        # Every input is checked before anything touches the server.
+        app = names.app_name(app)
+        if capacity not in ("warn", "refuse", "ignore"):
+            raise ValidationError(f"capacity={capacity!r} is not one of warn, refuse, ignore.",
+                                  "Use 'warn' (default).")
+        if not isinstance(health_path, str) or not health_path.startswith("/"):
+            raise ValidationError(f"The health path {health_path!r} must start with '/'.",
+                                  "Use e.g. '/' or '/health'.")
+        database.connection_limit(connection_limit)
         _check_dockerfile(experiment_dir, dockerfile)
         commands = appcompose.read_procfile(experiment_dir)
         for key in dict(config or {}):

@@ -1,0 +1,364 @@
+"""The deploy panel: pick a folder, an app name, a server; Deploy / Update; watch the steps and
+the log; get the URL and dashboard login (password masked until revealed); list the server's
+apps; open one through an SSH tunnel; destroy one after a confirmation step.
+
+All work runs in background threads (widgets.common.run_in_background); this module only
+lays out controls and calls labdeploy.deploy / labdeploy.apps.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Optional
+
+import ipywidgets as W
+
+from .. import apps as apps_core
+from .. import deploy as deploy_core
+from .. import demo, servers, transfer
+from ..errors import LabdeployError
+from ..progress import Collector
+from .common import LogPane, Message, ProgressRow, StepList, run_in_background, titled, widget_reporter
+
+REVEAL_SECONDS = 30  # a revealed password hides itself again, so a saved notebook rarely keeps it
+MASK = "••••••••"
+
+
+def _button(label: str, action: str, style: str = "", icon: str = "") -> W.Button:
+    b = W.Button(description=label, button_style=style, icon=icon, layout=W.Layout(width="auto"))
+    b.add_class(f"labdeploy-deploy-{action}")
+    return b
+
+
+def _text(description: str, value: str = "", placeholder: str = "", width: str = "480px") -> W.Text:
+    return W.Text(value=value, description=description, placeholder=placeholder,
+                  style={"description_width": "140px"}, layout=W.Layout(width=width))
+
+
+class DeployPanel:
+    """`DeployPanel(experiment_dir, app=..., server=...)`; server may be a registered name, a
+    `Server` or a connected `Remote`. Defaults come from `labdeploy.demo.defaults()`."""
+
+    def __init__(self, experiment_dir: str = "", *, app: str = "", server=None, domain: str = "",
+                 mode: str = "server-build", base_image: Optional[str] = None,
+                 redis_image: Optional[str] = None, health_path: str = "/") -> None:
+        d = demo.defaults()
+        images = d.get("images") or {}
+        self.result: Optional[deploy_core.DeployResult] = None
+        self.apps_table = None
+        self.destroy_result = None
+        self.tunnel: Optional[apps_core.AppTunnel] = None
+        self.last_task: Optional[threading.Thread] = None
+        self.events = Collector()
+        self.health_path = health_path
+        self._remotes: dict = {}
+        self._hide_timer: Optional[threading.Timer] = None
+        self._pending_destroy: Optional[tuple[str, bool]] = None
+
+        self.folder_box = _text("Experiment folder", str(experiment_dir), "path/to/experiment (with a Dockerfile)")
+        self.app_box = _text("App name", app, "e.g. stroop-pilot (lowercase, digits, hyphens)")
+        options = [(s.name, s.name) for s in servers.list_servers()]
+        if server is not None and not isinstance(server, str):
+            label = getattr(server, "name", None) or getattr(server, "label", None) or repr(server)
+            options.insert(0, (label, server))
+        elif isinstance(server, str) and server not in [o[1] for o in options]:
+            options.insert(0, (server, server))
+        self.server_box = W.Dropdown(options=options, value=server if server is not None or not options
+                                     else options[0][1], description="Server",
+                                     style={"description_width": "140px"}, layout=W.Layout(width="480px"))
+        self.domain_box = _text("Domain", domain, "empty: the one the server was prepared with")
+        self.mode_box = W.Dropdown(options=[(f"{m}", m) for m in transfer.MODES], value=mode,
+                                   description="Transfer mode", style={"description_width": "140px"},
+                                   layout=W.Layout(width="480px"))
+        self.mode_help = W.HTML("")
+        self.base_image_box = _text("Base image", base_image if base_image is not None else images.get("python", ""),
+                                    "empty: the Dockerfile's default (BASE_IMAGE build argument)")
+        self.redis_image_box = _text("Redis image", redis_image or images.get("redis", "redis:7"))
+        self.remove_data_box = W.Checkbox(value=False, indent=False,
+                                          description="also delete its data (database, Redis, files)")
+
+        self.steps = StepList(deploy_core.STEPS)
+        self.progress = ProgressRow()
+        self.message = Message()
+        self.log = LogPane(max_lines=500)
+        self.result_html = W.HTML("")
+        self.result_html.add_class("labdeploy-deploy-result")
+        self.apps_html = W.HTML("")
+        self.apps_html.add_class("labdeploy-deploy-apps")
+        self.tunnel_html = W.HTML("")
+        self.tunnel_html.add_class("labdeploy-deploy-tunnel-url")
+        self.confirm_html = W.HTML("")
+
+        self.deploy_button = _button("Deploy", "deploy", "success", "rocket")
+        self.update_button = _button("Update", "update", "primary", "refresh")
+        self.apps_button = _button("List apps", "apps", "", "list")
+        self.tunnel_button = _button("Open via SSH tunnel", "tunnel", "", "external-link")
+        self.close_tunnel_button = _button("Close tunnel", "close-tunnel")
+        self.reveal_button = _button("Show password", "reveal", "", "eye")
+        self.destroy_button = _button("Destroy…", "destroy", "danger", "trash")
+        self.confirm_button = _button("Yes, destroy", "confirm-destroy", "danger")
+        self.cancel_button = _button("Cancel", "cancel-destroy")
+        for b in (self.close_tunnel_button, self.reveal_button, self.confirm_button, self.cancel_button):
+            b.layout.display = "none"
+
+        self.deploy_button.on_click(lambda _: self.deploy())
+        self.update_button.on_click(lambda _: self.update())
+        self.apps_button.on_click(lambda _: self.list_apps())
+        self.tunnel_button.on_click(lambda _: self.open_tunnel())
+        self.close_tunnel_button.on_click(lambda _: self.close_tunnel())
+        self.reveal_button.on_click(lambda _: self.toggle_password())
+        self.destroy_button.on_click(lambda _: self.ask_destroy())
+        self.confirm_button.on_click(lambda _: self.confirm_destroy())
+        self.cancel_button.on_click(lambda _: self.cancel_destroy())
+        self.mode_box.observe(lambda _: self._show_mode_help(), names="value")
+        self._show_mode_help()
+
+        self.widget = titled(
+            "Deploy an experiment",
+            W.HBox([W.VBox([self.folder_box, self.app_box, self.server_box, self.domain_box, self.mode_box,
+                            self.mode_help, self.base_image_box, self.redis_image_box]), self.steps]),
+            W.HBox([self.deploy_button, self.update_button, self.apps_button, self.tunnel_button,
+                    self.close_tunnel_button, self.destroy_button]),
+            W.HBox([self.confirm_html, self.remove_data_box, self.confirm_button, self.cancel_button]),
+            self.progress, self.message, self.result_html, W.HBox([self.reveal_button]), self.tunnel_html,
+            self.log, self.apps_html,
+            subtitle="Deploy runs eight steps on the server; a failure after the image step puts the previous "
+                     "version back.")
+        self.remove_data_box.layout.display = "none"
+
+    # ------------------------------------------------------------------ display
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def busy(self) -> bool:
+        return self.last_task is not None and self.last_task.is_alive()
+
+    def _show_mode_help(self) -> None:
+        self.mode_help.value = (f"<div style='color:#555;margin-left:145px;font-size:90%'>"
+                                f"{html.escape(transfer.MODE_HELP[self.mode_box.value])}</div>")
+
+    def remote(self):
+        """The connection for the chosen server, opened once and reused by every action."""
+        choice = self.server_box.value
+        if choice is None:
+            raise LabdeployError("No server is chosen.",
+                                 "Register one first (notebooks/setup_server.ipynb), then pick it here.")
+        key = id(choice) if not isinstance(choice, str) else choice
+        if key not in self._remotes:
+            self._remotes[key] = servers.resolve(choice)
+        return self._remotes[key]
+
+    def _run(self, work, on_done, *, reset_steps=None) -> None:
+        if self.busy:
+            self.message.show_warning("Another action is still running.", "Wait for it to finish.")
+            return
+        self.message.clear()
+        if reset_steps is not None:
+            self.steps.reset(reset_steps)
+            self.log.clear()
+
+        def on_error(exc: BaseException) -> None:
+            self.progress.hide()
+            self.message.show_error(exc)
+            logs = getattr(exc, "logs", "")
+            if logs:
+                for line in logs.splitlines()[-60:]:
+                    self.log.append(f"[logs] {line}")
+
+        self.last_task = run_in_background(work, on_done=on_done, on_error=on_error, name="labdeploy-deploy")
+
+    def _reporter(self):
+        render = widget_reporter(steps=self.steps, logpane=self.log, progress=self.progress, message=self.message)
+
+        def report(event) -> None:
+            self.events(event)
+            render(event)
+
+        return report
+
+    def _deploy_kwargs(self) -> dict:
+        base = self.base_image_box.value.strip()
+        kwargs = {"mode": self.mode_box.value, "redis_image": self.redis_image_box.value.strip() or "redis:7",
+                  "health_path": self.health_path}
+        if base:
+            kwargs["build_args"] = {"BASE_IMAGE": base}
+        if self.domain_box.value.strip():
+            kwargs["domain"] = self.domain_box.value.strip()
+        return kwargs
+
+    # ------------------------------------------------------------------ deploy / update
+
+    def deploy(self) -> None:
+        self._ship(deploy_core.deploy, "Deployed")
+
+    def update(self) -> None:
+        self._ship(deploy_core.update, "Updated")
+
+    def _ship(self, fn, verb: str) -> None:
+        folder, app = self.folder_box.value.strip(), self.app_box.value.strip()
+        kwargs = self._deploy_kwargs()
+        reporter = self._reporter()
+
+        def work():
+            return fn(folder, app, self.remote(), reporter=reporter, **kwargs)
+
+        def done(result: deploy_core.DeployResult) -> None:
+            self.result = result
+            self.progress.hide()
+            self._show_result(revealed=False)
+            self.reveal_button.layout.display = ""
+            self.message.show_ok(f"{verb} {result.app} (version {result.version}) in {result.duration_s:.0f} s.")
+            for w in result.warnings:
+                self.log.append(f"WARNING: {w}")
+
+        self._run(work, done, reset_steps=deploy_core.STEPS)
+
+    def _show_result(self, revealed: bool) -> None:
+        r = self.result
+        if r is None:
+            self.result_html.value = ""
+            return
+        password = html.escape(r.dashboard_password.reveal()) if revealed else MASK
+        self.result_html.value = (
+            "<div style='border-left:3px solid #188038;padding:4px 8px;background:#f6fbf7'>"
+            f"<div><b>Experiment:</b> <a href='{html.escape(r.url)}' target='_blank'>{html.escape(r.url)}</a></div>"
+            f"<div><b>Dashboard:</b> <a href='{html.escape(r.dashboard_url)}' target='_blank'>"
+            f"{html.escape(r.dashboard_url)}</a> — user <code>{html.escape(r.dashboard_user)}</code>, "
+            f"password <code class='labdeploy-deploy-password'>{password}</code></div>"
+            f"<div style='color:#555'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
+            "<div style='color:#555'>No DNS record yet? Use “Open via SSH tunnel”.</div></div>")
+
+    def toggle_password(self) -> None:
+        """Show the dashboard password for REVEAL_SECONDS, or hide it again."""
+        if self.result is None:
+            return
+        showing = self.reveal_button.description == "Hide password"
+        if self._hide_timer is not None:
+            self._hide_timer.cancel()
+            self._hide_timer = None
+        if showing:
+            self._show_result(revealed=False)
+            self.reveal_button.description = "Show password"
+            return
+        self._show_result(revealed=True)
+        self.reveal_button.description = "Hide password"
+
+        def hide() -> None:
+            self._show_result(revealed=False)
+            self.reveal_button.description = "Show password"
+
+        self._hide_timer = threading.Timer(REVEAL_SECONDS, hide)
+        self._hide_timer.daemon = True
+        self._hide_timer.start()
+
+    # ------------------------------------------------------------------ apps / tunnel
+
+    def list_apps(self) -> None:
+        def work():
+            return apps_core.apps(self.remote())
+
+        def done(df) -> None:
+            self.apps_table = df
+            self.apps_html.value = _apps_html(df)
+            self.message.show_ok(f"{len(df)} app(s) on this server.")
+
+        self._run(work, done)
+
+    def open_tunnel(self) -> None:
+        app = self.app_box.value.strip()
+
+        def work():
+            if self.tunnel is not None:
+                self.tunnel.close()
+                self.tunnel = None
+            return apps_core.open_tunnel(self.remote(), app)
+
+        def done(tunnel: apps_core.AppTunnel) -> None:
+            self.tunnel = tunnel
+            url = html.escape(tunnel.url)
+            self.tunnel_html.value = (f"<div>Open <a class='labdeploy-deploy-tunnel-link' href='{url}' "
+                                      f"target='_blank'>{url}</a> in this computer's browser (works while this "
+                                      "notebook runs).</div>")
+            self.close_tunnel_button.layout.display = ""
+            self.message.show_ok(f"Tunnel open: {tunnel.url}")
+
+        self._run(work, done)
+
+    def close_tunnel(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        self.tunnel_html.value = ""
+        self.close_tunnel_button.layout.display = "none"
+
+    # ------------------------------------------------------------------ destroy (two steps)
+
+    def ask_destroy(self) -> None:
+        app = self.app_box.value.strip()
+        self._pending_destroy = (app, False)
+        self.confirm_html.value = (f"<b style='color:#c5221f'>Destroy {html.escape(app)}?</b> Its containers, web "
+                                   "address and folder go; its data is kept unless ticked:")
+        for w in (self.remove_data_box, self.confirm_button, self.cancel_button):
+            w.layout.display = ""
+
+    def cancel_destroy(self) -> None:
+        self._pending_destroy = None
+        self.confirm_html.value = ""
+        self.remove_data_box.value = False
+        for w in (self.remove_data_box, self.confirm_button, self.cancel_button):
+            w.layout.display = "none"
+
+    def confirm_destroy(self) -> None:
+        if self._pending_destroy is None:
+            self.message.show_warning("Nothing to confirm.", "Click “Destroy…” first.")
+            return
+        app, remove_data = self._pending_destroy[0], bool(self.remove_data_box.value)
+        self.cancel_destroy()
+        reporter = self._reporter()
+
+        def work():
+            return apps_core.destroy(app, self.remote(), confirm=True, remove_data=remove_data, reporter=reporter)
+
+        def done(result: apps_core.DestroyResult) -> None:
+            self.destroy_result = result
+            if self.result is not None and self.result.app == app:
+                self.result = None
+                self._show_result(False)
+                self.reveal_button.layout.display = "none"
+            self.message.show_ok(result.summary())
+
+        self._run(work, done, reset_steps=apps_core.DESTROY_STEPS)
+
+    def close(self) -> None:
+        """Close the tunnel and the connections this panel opened."""
+        self.close_tunnel()
+        if self._hide_timer is not None:
+            self._hide_timer.cancel()
+        for key, remote in list(self._remotes.items()):
+            if isinstance(key, str):  # a Remote handed in by the caller stays theirs to close
+                remote.close()
+        self._remotes.clear()
+
+
+def _apps_html(df) -> str:
+    if df is None or not len(df):
+        return "<div class='labdeploy-info'>No apps on this server yet.</div>"
+    rows = []
+    for r in df.itertuples():
+        color = {"running": "#188038", "degraded": "#8a4b00"}.get(r.state, "#c5221f")
+        when = "" if str(r.deployed_at) == "NaT" else str(r.deployed_at)[:19]
+        rows.append(f"<tr><td>{html.escape(r.app)}</td><td style='color:{color}'>{html.escape(r.state)}</td>"
+                    f"<td>{html.escape(str(r.version))}</td><td>{html.escape(r.running)}</td>"
+                    f"<td><a href='{html.escape(r.url)}' target='_blank'>{html.escape(r.url)}</a></td>"
+                    f"<td>{html.escape(when)}</td><td>{html.escape(str(r.who))}</td></tr>")
+    return ("<table class='labdeploy-apps'><tr><th>app</th><th>state</th><th>version</th><th>running</th>"
+            "<th>url</th><th>deployed</th><th>by</th></tr>" + "".join(rows) + "</table>")

@@ -1,0 +1,106 @@
+"""Drive the deploy panel's buttons against the testbed: deploy, reveal, apps, tunnel,
+update, destroy with confirmation, and a bad name shown in the panel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from labdeploy import apps, deploy, stack
+from labdeploy.widgets.deploy import MASK, DeployPanel
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
+APP = "t-dep-panel"
+TIMEOUT = 300
+
+
+def click(panel, button) -> None:
+    button.click()
+    if panel.last_task is not None:
+        panel.last_task.join(TIMEOUT)
+        assert not panel.last_task.is_alive(), "the action did not finish"
+
+
+def strings(widget) -> list[str]:
+    out, todo = [], [widget]
+    while todo:
+        w = todo.pop()
+        for attr in ("value", "description", "placeholder"):
+            v = getattr(w, attr, None)
+            if isinstance(v, str):
+                out.append(v)
+        todo.extend(getattr(w, "children", ()) or ())
+    return out
+
+
+@pytest.fixture
+def panel(home, testbed, session_remote, monkeypatch):
+    monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
+    try:
+        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+    except deploy.UnknownApp:
+        pass
+    p = DeployPanel(str(EXAMPLE), app=APP, server=session_remote, health_path="/health")
+    yield p
+    p.close()
+    try:
+        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+    except deploy.UnknownApp:
+        pass
+
+
+def test_panel_deploys_reveals_lists_tunnels_updates_and_destroys(panel, testbed):
+    # Fields come from labdeploy.demo.defaults() with LABDEPLOY_TESTBED set.
+    assert panel.base_image_box.value == testbed["images"]["python"]
+
+    click(panel, panel.deploy_button)
+    assert panel.result is not None, panel.message.value
+    assert set(panel.steps.states.values()) == {"done"}, panel.steps.states
+    password = panel.result.dashboard_password.reveal()
+    assert panel.result.url in panel.result_html.value and MASK in panel.result_html.value
+    assert not any(password in s for s in strings(panel.widget))
+
+    click(panel, panel.reveal_button)
+    assert password in panel.result_html.value
+    click(panel, panel.reveal_button)
+    assert password not in panel.result_html.value
+
+    click(panel, panel.apps_button)
+    assert APP in panel.apps_html.value and "running" in panel.apps_html.value
+
+    click(panel, panel.tunnel_button)
+    assert panel.tunnel is not None and panel.tunnel.url in panel.tunnel_html.value
+    port = panel.tunnel.local_port
+    page = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"{APP}.localhost:{port}"}, timeout=15)
+    assert "Colour naming study" in page.text
+    click(panel, panel.close_tunnel_button)
+    assert panel.tunnel is None
+
+    click(panel, panel.update_button)
+    assert "Updated" in panel.message.value, panel.message.value
+
+    click(panel, panel.destroy_button)  # first click only asks
+    assert "Destroy" in panel.confirm_html.value
+    assert APP in set(apps.apps(panel.remote())["app"])
+    panel.remove_data_box.value = True
+    click(panel, panel.confirm_button)
+    assert "database and role" in panel.message.value, panel.message.value
+    assert APP not in set(apps.apps(panel.remote())["app"])
+
+
+def test_panel_shows_errors_with_hints(panel):
+    panel.app_box.value = "Bad Name; rm -rf"
+    click(panel, panel.deploy_button)
+    assert "labdeploy-error" in panel.message.value and "What to do" in panel.message.value
+    assert panel.steps.state("preflight") == "failed"
+
+    panel.app_box.value = "t-dep-panel-none"
+    click(panel, panel.update_button)
+    assert "no deployed app" in panel.message.value
+
+    click(panel, panel.cancel_button)  # cancelling with nothing pending is harmless
+    click(panel, panel.confirm_button)  # confirming with nothing asked does nothing
+    assert "Nothing to confirm" in panel.message.value
