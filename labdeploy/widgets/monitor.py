@@ -1,0 +1,400 @@
+"""The monitor panel: container status, logs, connections, restart and exec for one server.
+
+Thin over `labdeploy.monitor`: a refresh thread polls `status`, a `Sampler` feeds the
+connections gauge, chart and warnings, and every button runs its core call in a background
+thread. `stop()` (or the Stop button) ends all of that background work.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import threading
+from typing import Optional
+
+import ipywidgets as W
+import pandas as pd
+
+from .. import layout, monitor
+from ..errors import LabdeployError
+from ..pgactivity import DEFAULT_THRESHOLD
+from .common import LogPane, Message, error_html, run_in_background, titled, warning_html, widget_reporter
+
+STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
+                "created": "#888", "paused": "#8a4b00"}
+ALL = "(all services)"
+
+
+def _fmt_uptime(td) -> str:
+    if td is None or pd.isna(td):
+        return ""
+    s = int(td.total_seconds())
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def status_html(df: pd.DataFrame) -> str:
+    """The status DataFrame as a small table, state coloured (pure; used by the panel)."""
+    if df.empty:
+        return "<i>No labdeploy apps run on this server yet.</i>"
+    rows = []
+    for r in df.itertuples():
+        color = STATE_COLORS.get(r.state, "#000")
+        health = f" ({html.escape(r.health)})" if r.health else ""
+        rows.append(f"<tr class='labdeploy-monitor-row' data-app='{html.escape(r.app)}' "
+                    f"data-service='{html.escape(r.service)}' data-state='{html.escape(r.state)}'>"
+                    f"<td>{html.escape(r.app)}</td><td>{html.escape(r.service)}</td>"
+                    f"<td style='color:{color}'>{html.escape(r.state)}{health}</td>"
+                    f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td>"
+                    f"<td style='color:#555'>{html.escape(r.image)}</td></tr>")
+    return ("<table class='labdeploy-monitor-status' style='border-collapse:collapse;font-size:90%'>"
+            "<tr><th align=left>app</th><th align=left>service</th><th align=left>state</th>"
+            "<th align=left>up</th><th align=left>restarts</th><th align=left>image</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def summary_html(summ: pd.DataFrame, top: int = 8) -> str:
+    if summ.empty:
+        return ""
+    rows = []
+    for r in summ.head(top).itertuples():
+        limit = "" if pd.isna(r.role_limit) else f" / {r.role_limit}"
+        rows.append(f"<tr><td>{html.escape(r.app or r.database)}</td><td>{r.connections}{limit}</td>"
+                    f"<td>{r.active}</td><td>{r.idle}</td><td>{r.idle_in_transaction}</td></tr>")
+    return ("<table class='labdeploy-monitor-connections' style='font-size:90%'><tr><th align=left>app</th>"
+            "<th>connections / limit</th><th>active</th><th>idle</th><th>idle in tx</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+class MonitorPanel:
+    """Live monitor of one server. `MonitorPanel(remote)` or `MonitorPanel("lab-server")`."""
+
+    def __init__(self, server=None, *, refresh: float = 5.0, interval: float = 5.0,
+                 container: str = layout.POSTGRES_CONTAINER, threshold: float = DEFAULT_THRESHOLD,
+                 autostart: bool = True) -> None:
+        self.refresh, self.interval, self.container, self.threshold = refresh, interval, container, threshold
+        self.remote = None
+        self.sampler: Optional[monitor.Sampler] = None
+        self.last_task: Optional[threading.Thread] = None
+        self.status_df = pd.DataFrame()
+        self._stop = threading.Event()
+        self._timer: Optional[threading.Thread] = None
+        self._follow_stop: Optional[threading.Event] = None
+        self._follow_task: Optional[threading.Thread] = None
+        self._servers: dict = {}
+        self._build(server)
+        if autostart and server is not None:
+            self.connect(server)
+
+    # ------------------------------------------------------------------ layout
+
+    def _button(self, label: str, action: str, **kw) -> W.Button:
+        b = W.Button(description=label, **kw)
+        b.add_class(f"labdeploy-monitor-{action}")
+        return b
+
+    def _build(self, server) -> None:
+        options = []
+        if server is not None and not isinstance(server, str):
+            label = getattr(server, "label", None) or getattr(server, "name", None) or str(server)
+            self._servers[label] = server
+            options.append(label)
+        try:
+            from .. import servers as _servers
+
+            for s in _servers.list_servers():
+                self._servers.setdefault(s.name, s.name)
+                options.append(s.name) if s.name not in options else None
+        except Exception:  # no registry yet: the passed server is enough
+            pass
+        if isinstance(server, str):
+            self._servers.setdefault(server, server)
+            options.append(server) if server not in options else None
+        self.server_picker = W.Dropdown(options=options, value=options[0] if options else None,
+                                        description="Server")
+        self.server_picker.observe(self._on_server, names="value")
+        self.app_picker = W.Dropdown(options=[], description="App")
+        self.stop_button = self._button("Stop monitoring", "stop", icon="stop")
+        self.stop_button.on_click(lambda _: self.stop())
+        self.start_button = self._button("Start monitoring", "start", icon="play")
+        self.start_button.on_click(lambda _: self.connect())
+        self.warnings = W.HTML()
+        self.warnings.add_class("labdeploy-monitor-warnings")
+        self.message = Message()
+
+        self.status_table = W.HTML("<i>Loading…</i>")
+        self.refresh_button = self._button("Refresh", "refresh", icon="refresh")
+        self.refresh_button.on_click(lambda _: self._start(self._refresh_status))
+        self.updated = W.Label("")
+
+        self.gauge = W.FloatProgress(value=0, min=0, max=100, description="Connections",
+                                     layout=W.Layout(width="60%"))
+        self.gauge_label = W.Label("")
+        self.chart = W.Image(format="png", layout=W.Layout(width="100%", max_width="760px"))
+        self.summary = W.HTML()
+
+        self.log_service = W.Dropdown(options=[ALL], value=ALL, description="Service")
+        self.log_tail = W.BoundedIntText(value=200, min=0, max=100000, description="Last lines")
+        self.logs_button = self._button("Show logs", "logs", icon="file-text")
+        self.logs_button.on_click(lambda _: self._start(self._show_logs))
+        self.follow = W.ToggleButton(value=False, description="Follow", icon="play")
+        self.follow.add_class("labdeploy-monitor-follow")
+        self.follow.observe(self._on_follow, names="value")
+        self.log_pane = LogPane(max_lines=2000, layout=W.Layout(width="100%", height="240px"))
+
+        self.restart_services = W.SelectMultiple(options=list(layout.PROCESS_SERVICES),
+                                                 value=list(layout.PROCESS_SERVICES), description="Services",
+                                                 rows=3)
+        self.restart_button = self._button("Restart…", "restart", icon="repeat", button_style="warning")
+        self.restart_button.on_click(self._ask_restart)
+        self.confirm_text = W.HTML()
+        self.confirm_yes = self._button("Yes, restart", "restart-confirm", button_style="danger")
+        self.confirm_no = self._button("Cancel", "restart-cancel")
+        self.confirm_yes.on_click(lambda _: self._start(self._do_restart))
+        self.confirm_no.on_click(lambda _: self._hide_confirm())
+        self.confirm_row = W.HBox([self.confirm_text, self.confirm_yes, self.confirm_no])
+        self.confirm_row.layout.display = "none"
+
+        self.exec_service = W.Dropdown(options=list(layout.PROCESS_SERVICES), description="In service")
+        self.exec_command = W.Text(placeholder="e.g. ls -la /tmp", description="Command",
+                                   layout=W.Layout(width="60%"))
+        self.exec_button = self._button("Run", "exec", icon="terminal")
+        self.exec_button.on_click(lambda _: self._start(self._run_exec))
+        self.exec_output = W.Textarea(disabled=True, layout=W.Layout(width="100%", height="120px"))
+        self.exec_output.add_class("labdeploy-monitor-exec-output")
+
+        section = lambda t: W.HTML(f"<b>{html.escape(t)}</b>")  # noqa: E731
+        self.widget = titled(
+            "Monitor", W.HBox([self.server_picker, self.app_picker, self.start_button, self.stop_button]), self.warnings, self.message,
+            section("Containers"), W.HBox([self.refresh_button, self.updated]), self.status_table,
+            section("Database connections"), W.HBox([self.gauge, self.gauge_label]), self.chart, self.summary,
+            section("Logs"), W.HBox([self.log_service, self.log_tail, self.logs_button, self.follow]),
+            self.log_pane,
+            section("Restart (the usual remedy when an app holds too many connections)"),
+            W.HBox([self.restart_services, self.restart_button]), self.confirm_row,
+            section("Run a command in a container"), W.HBox([self.exec_service, self.exec_command,
+                                                            self.exec_button]), self.exec_output,
+            subtitle="Status, logs, database connections; refreshes by itself until you stop it.")
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    # ------------------------------------------------------------------ background work
+
+    def _start(self, fn, **kw) -> threading.Thread:
+        self.last_task = run_in_background(fn, on_error=self._show_error, **kw)
+        return self.last_task
+
+    def _show_error(self, exc: BaseException) -> None:
+        self.message.show_error(exc)
+
+    def _need_app(self) -> str:
+        app = self.app_picker.value
+        if not app:
+            raise LabdeployError("No app is selected.", "Pick an app in the App list (it lists the server's apps).")
+        return app
+
+    def connect(self, server=None) -> None:
+        """(Re)start monitoring a server: status timer and connection sampler."""
+        self._stop_work()
+        self._stop = threading.Event()
+        target = self._servers.get(self.server_picker.value) if server is None else server
+
+        def work():
+            from ..containers import remote_of
+
+            self.remote = remote_of(target)
+            self._refresh_status()
+            self.sampler = monitor.Sampler(self.remote, interval=self.interval, container=self.container,
+                                           threshold=self.threshold, on_sample=self._on_sample,
+                                           reporter=widget_reporter(message=None))
+            self.sampler.start()
+            self._timer = threading.Thread(target=self._timer_loop, args=(self._stop,), daemon=True,
+                                           name="labdeploy-monitor-refresh")
+            self._timer.start()
+
+        self.message.show_info("Connecting…")
+        self._start(work)
+
+    def _on_server(self, change) -> None:
+        if change["new"]:
+            self.connect()
+
+    def _timer_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.refresh):
+            try:
+                self._refresh_status()
+            except Exception as exc:  # noqa: BLE001 - shown; the timer keeps going (e.g. SSH dropped)
+                self._show_error(exc)
+
+    def _refresh_status(self) -> None:
+        df = monitor.status(self.remote)
+        self.status_df = df
+        self.status_table.value = status_html(df)
+        apps = sorted(set(df["app"]))
+        if list(self.app_picker.options) != apps:
+            current = self.app_picker.value
+            self.app_picker.options = apps
+            self.app_picker.value = current if current in apps else (apps[0] if apps else None)
+        self._update_services()
+        self.updated.value = f"updated {pd.Timestamp.now().strftime('%H:%M:%S')}"
+        if self.message.value and "Connecting" in self.message.value:
+            self.message.clear()
+
+    def _update_services(self) -> None:
+        app = self.app_picker.value
+        df = self.status_df
+        services = sorted(set(df[df["app"] == app]["service"])) if app and not df.empty else []
+        if services and list(self.exec_service.options) != services:
+            self.exec_service.options = services
+            self.log_service.options = [ALL, *services]
+
+    def _on_sample(self, sampler, snap) -> None:
+        msgs = []
+        if snap is None:
+            err = sampler.last_error
+            hint = getattr(err, "hint", "")
+            msgs.append(warning_html("No connection data: " + (getattr(err, "message", None) or str(err)), hint))
+        else:
+            used, limit = snap.total, snap.max_connections
+            self.gauge.max = float(limit)
+            self.gauge.value = float(used)
+            self.gauge.bar_style = "danger" if used >= self.threshold * limit else "success"
+            self.gauge_label.value = f"{used} / {limit} ({100 * used / limit:.0f}%)"
+            self.summary.value = summary_html(snap.summary())
+            for w in sampler.warnings:
+                msgs.append(warning_html(w.message, w.hint))
+        self.warnings.value = ("<div style='font-size:115%;font-weight:bold'>" + "".join(msgs) + "</div>"
+                               if msgs else "")
+        self.chart.value = self._render_chart(sampler)
+
+    @staticmethod
+    def _render_chart(sampler) -> bytes:
+        from matplotlib.figure import Figure  # object API: no pyplot global state across threads
+
+        fig = Figure(figsize=(7.5, 2.8), dpi=80)
+        sampler.plot(ax=fig.subplots())
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+    # ------------------------------------------------------------------ logs
+
+    def _service_choice(self) -> Optional[str]:
+        return None if self.log_service.value == ALL else self.log_service.value
+
+    def _show_logs(self) -> None:
+        app = self._need_app()
+        lines = monitor.logs(self.remote, app, self._service_choice(), tail=int(self.log_tail.value), as_frame=False)
+        self.log_pane.clear()
+        for line in lines:
+            self.log_pane.append(line)
+        if not lines:
+            self.log_pane.append("(no log lines)")
+
+    def _on_follow(self, change) -> None:
+        if change["new"]:
+            self.follow.icon = "pause"
+            try:
+                app = self._need_app()
+            except LabdeployError as exc:
+                self._show_error(exc)
+                self.follow.value = False
+                return
+            stop = self._follow_stop = threading.Event()
+            service = self._service_choice()
+
+            def follow():
+                monitor.logs(self.remote, app, service, tail=int(self.log_tail.value), follow=True,
+                             on_line=lambda e: self.log_pane.append(str(e)), stop=stop,
+                             reporter=widget_reporter(logpane=self.log_pane))
+
+            def done(_=None):
+                self.follow.value = False
+
+            self._follow_task = self.last_task = run_in_background(
+                follow, on_done=done, on_error=lambda exc: (self._show_error(exc), done()))
+        else:
+            self.follow.icon = "play"
+            if self._follow_stop is not None:
+                self._follow_stop.set()
+
+    # ------------------------------------------------------------------ restart
+
+    def _ask_restart(self, _=None) -> None:
+        try:
+            app = self._need_app()
+        except LabdeployError as exc:
+            self._show_error(exc)
+            return
+        services = list(self.restart_services.value)
+        if not services:
+            self.message.show_warning("Choose at least one service to restart.")
+            return
+        self.confirm_text.value = (f"<b>Restart {html.escape(', '.join(services))} of {html.escape(app)}?</b> "
+                                   "Participants may see errors for a few seconds.")
+        self._pending_restart = (app, services)
+        self.confirm_row.layout.display = "flex"
+
+    def _hide_confirm(self) -> None:
+        self.confirm_row.layout.display = "none"
+        self._pending_restart = None
+
+    def _do_restart(self) -> None:
+        pending = getattr(self, "_pending_restart", None)
+        self._hide_confirm()
+        if not pending:
+            raise LabdeployError("Nothing to restart.", "Click Restart… and confirm.")
+        app, services = pending
+        self.message.show_info(f"Restarting {', '.join(services)} of {app}…")
+        monitor.restart(self.remote, app, services)
+        self.message.show_ok(f"{', '.join(services)} of {app} restarted and running again.")
+        self._refresh_status()
+
+    # ------------------------------------------------------------------ exec
+
+    def _run_exec(self) -> None:
+        app = self._need_app()
+        command = self.exec_command.value.strip()
+        if not command:
+            raise LabdeployError("The command is empty.", "Type a command, e.g. 'ls -la' or 'env'.")
+        self.exec_output.value = f"$ {command}\n(running…)"
+        res = monitor.exec_(self.remote, app, self.exec_service.value, command, timeout=120)
+        self.exec_output.value = f"$ {command}\n{res.stdout}{res.stderr}\n[exit status {res.exit_status}]"
+
+    # ------------------------------------------------------------------ stopping
+
+    def _stop_work(self) -> None:
+        self._stop.set()
+        if self._follow_stop is not None:
+            self._follow_stop.set()
+        if self.sampler is not None:
+            self.sampler.stop()
+        for t in (self._timer, self._follow_task):
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout=10)
+
+    def stop(self) -> None:
+        """Stop the refresh timer, the sampler and any log follow."""
+        self._stop_work()
+        self.follow.value = False
+        self.message.show_info("Monitoring stopped. Click Start monitoring to go on.")
+
+    @property
+    def running(self) -> bool:
+        return any(t is not None and t.is_alive() for t in (self._timer, self._follow_task)) or bool(
+            self.sampler and self.sampler.running)
+
+
+__all__ = ["MonitorPanel", "status_html", "summary_html", "error_html"]
