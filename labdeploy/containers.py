@@ -434,7 +434,8 @@ def parse_size(text: str) -> float:
     m = _SIZE_RE.match(text or "")
     if not m:
         return float("nan")
-    return float(m.group(1)) * _UNITS.get(m.group(2).lower() or "b", float("nan"))
+    value = float(m.group(1)) * _UNITS.get(m.group(2).lower() or "b", float("nan"))
+    return value if value != value else float(round(value))  # whole bytes (nan stays nan)
 
 
 def _pair(text: str) -> tuple[float, float]:
