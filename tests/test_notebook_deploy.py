@@ -1,0 +1,52 @@
+"""Run notebooks/deploy.ipynb top to bottom against the testbed, in a temporary HOME."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.conftest import REPO
+
+NOTEBOOK = REPO / "notebooks" / "deploy.ipynb"
+APP = "demo-stroop"
+
+
+def test_notebook_is_stored_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
+    from labdeploy import apps, deploy
+
+    monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}})
+    try:
+        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+    except deploy.UnknownApp:
+        pass
+    try:
+        client.execute()
+        outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
+        assert "is live at http://demo-stroop.localhost/" in outputs
+        assert "accuracy: 1.0" in outputs
+        assert "now running version" in outputs and "True" in outputs  # the v2 title is served
+        assert "removed containers, web address" in outputs and "kept database" in outputs
+        # No secret reaches the notebook's outputs.
+        assert testbed["ssh"]["password"] not in outputs
+        assert testbed["registry"]["password"] not in outputs
+        assert "password ••••••••" in outputs  # the dashboard password printed masked
+        assert not session_remote.exists("dallinger/demo-stroop")  # destroyed: its folder is gone
+        assert (home / ".config" / "labdeploy").exists()  # registered in the temporary HOME only
+    finally:
+        try:
+            apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+        except deploy.UnknownApp:
+            pass
