@@ -24,13 +24,14 @@ import io
 import json
 import shlex
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional
 
-from . import appcompose, caddy, compose, database, history, layout, names, psql, readiness, stack
+from . import appcompose, caddy, compose, dallinger, database, history, layout, names, psql, readiness, stack
 from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .lock import DeployLock, _local_identity
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
@@ -401,6 +402,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
     started, t0 = _now(), time.monotonic()
     experiment_dir = Path(experiment_dir).expanduser()
     commands = None
+    spec = None
     with step(reporter, "preflight"):
         # Every input is checked before anything touches the server.
         app = names.app_name(app)
@@ -411,8 +413,16 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             raise ValidationError(f"The health path {health_path!r} must start with '/'.",
                                   "Use e.g. '/' or '/health'.")
         database.connection_limit(connection_limit)
-        _check_dockerfile(experiment_dir, dockerfile)
-        commands = appcompose.read_procfile(experiment_dir)
+        if dallinger.is_experiment_folder(experiment_dir) and not (experiment_dir / "Procfile").is_file():
+            # A Dallinger/PsyNet folder: its commands, config (config.txt + ~/.dallingerconfig,
+            # secret keys apart) and, when it has none, a generated Dockerfile.
+            spec = dallinger.spec(experiment_dir)
+            commands = spec.commands
+            config = {**spec.env, **(config or {})}
+            secrets = {**spec.secret_env, **(secrets or {})}
+        else:
+            _check_dockerfile(experiment_dir, dockerfile)
+            commands = appcompose.read_procfile(experiment_dir)
         for key in dict(config or {}):
             appcompose.env_key(key)
         appcompose.secrets_env(dict(secrets or {}))  # refuse unsafe values before anything changes
@@ -421,6 +431,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         if domain is not None:
             names.host(domain)
         facts = _preflight(remote, app, _operation, None, capacity, reporter)
+        if spec is not None and facts.secrets.get("FLASK_SECRET_KEY") and _operation == "update":
+            secrets["FLASK_SECRET_KEY"] = facts.secrets["FLASK_SECRET_KEY"]  # keep sessions valid
         if domain is not None:
             facts.settings = stack.StackSettings.from_dict({**facts.settings.__dict__, "domain": domain})
     settings = facts.settings
@@ -438,8 +450,10 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
     current = "image"
     rollback_needed = False
     try:
-        with step(reporter, "image"):
-            delivered = _deliver(remote, experiment_dir, app=app, mode=mode, build_args=build_args,
+        with step(reporter, "image"), tempfile.TemporaryDirectory(prefix="labdeploy-build-") as tmp:
+            # A Dallinger folder is built from a copy: generated Dockerfile, config.txt without secrets.
+            context = spec.write_context(Path(tmp) / "context") if spec is not None else experiment_dir
+            delivered = _deliver(remote, context, app=app, mode=mode, build_args=build_args,
                                  base_name=base_name, credentials=credentials, dockerfile=dockerfile,
                                  reporter=_sub_reporter(collect, "image"))
             lock.refresh()
