@@ -142,7 +142,7 @@ def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: 
 
         def work() -> None:
             try:
-                holder["frame"] = pgtypes.read_csv(pipe, cols)
+                holder["frame"] = pgtypes.read_csv_stream(pipe, cols)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 holder["error"] = exc
 

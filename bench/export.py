@@ -1,0 +1,211 @@
+"""Export speed and memory: labdeploy's export vs the plain-shell way vs pandas.read_sql.
+
+A responses table shaped like the example experiment's (integers, text, booleans, a float,
+timestamptz, JSONB) with 1,000,000 rows (~100 MB as CSV) in a database on the testbed server,
+read into a DataFrame three ways, each in a fresh process (so peak memory is its own):
+
+  labdeploy   export(app, server, tables=["responses"]): COPY over the SSH connection, parsed
+              while it streams, typed, row count verified in one snapshot
+  shell (a)   ssh server "docker exec ... psql -c '\\copy responses to stdout csv header'" > file,
+              then pandas.read_csv(file)   (untyped: timestamps and JSON stay text)
+  read_sql (b) pandas.read_sql over an SSH tunnel (SQLAlchemy + psycopg)
+
+Targets: labdeploy within 1.3x of (a), at least 3x faster than (b), peak memory below 3x the
+DataFrame's own size. Run: .venv/bin/python bench/export.py [--rows N] [--repeats R] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+TESTBED = os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+APP = "t-exp-bench"
+
+SCHEMA = """
+DROP TABLE IF EXISTS responses;
+CREATE TABLE responses (
+    id             SERIAL PRIMARY KEY,
+    participant_id INTEGER NOT NULL,
+    trial          INTEGER NOT NULL,
+    word           TEXT NOT NULL,
+    ink            TEXT NOT NULL,
+    answer         TEXT NOT NULL,
+    congruent      BOOLEAN NOT NULL,
+    correct        BOOLEAN NOT NULL,
+    rt_ms          DOUBLE PRECISION NOT NULL,
+    created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    extra          JSONB
+);
+INSERT INTO responses (participant_id, trial, word, ink, answer, congruent, correct, rt_ms, created_at, extra)
+SELECT g / 40 + 1, g % 40, (ARRAY['red','green','blue','yellow'])[g % 4 + 1],
+       (ARRAY['red','green','blue','yellow'])[(g / 4) % 4 + 1], (ARRAY['red','green','blue','yellow'])[(g / 3) % 4 + 1],
+       g % 4 = (g / 4) % 4, g % 4 = (g / 3) % 4, 300 + (g::bigint * 7919 % 100000) / 97.0,
+       timestamptz '2026-01-01 00:00:00+00' + g * interval '1.37 second',
+       CASE WHEN g % 50 = 0 THEN NULL ELSE jsonb_build_object('key', chr(97 + g % 26), 'screen', 'w' || (g % 3 + 1)) END
+FROM generate_series(1, %d) g;
+VACUUM (ANALYZE) responses;  -- sets hint bits, so no method pays for the first scan after the load
+"""
+
+
+def testbed() -> dict:
+    with open(TESTBED) as f:
+        return json.load(f)
+
+
+def remote_for(tb: dict, known_hosts: str):
+    from labdeploy.remote import Remote
+
+    s = tb["ssh"]
+    return Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=known_hosts,
+                  use_agent=False).connect()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ---------------------------------------------------------------------------- one method, in a child
+
+
+def run_labdeploy(tb, kh, db):
+    from labdeploy import export
+
+    remote = remote_for(tb, kh)
+    return export.export(APP, remote, tables=["responses"])["responses"]
+
+
+def run_shell(tb, kh, db):
+    import pandas as pd
+
+    s = tb["ssh"]
+    inner = f"docker exec dallinger-postgresql psql -U dallinger -d {db} -c " + shlex.quote(
+        "\\copy responses to stdout csv header")
+    with tempfile.NamedTemporaryFile(suffix=".csv") as f:
+        subprocess.run(["ssh", "-i", s["key"], "-o", f"UserKnownHostsFile={kh}", "-o", "BatchMode=yes",
+                        "-p", str(s["port"]), f"{s['user']}@{s['host']}", inner], stdout=f, check=True)
+        return pd.read_csv(f.name)
+
+
+def run_read_sql(tb, kh, db):
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from labdeploy import export
+
+    remote = remote_for(tb, kh)
+    role, password, database = export._app_credentials(remote, APP)
+    with remote.forward(export.postgres_address(remote), 5432) as port:
+        engine = sa.create_engine(sa.engine.URL.create("postgresql+psycopg", username=role, password=password,
+                                                       host="127.0.0.1", port=port, database=database))
+        try:
+            return pd.read_sql("SELECT * FROM responses", engine)
+        finally:
+            engine.dispose()
+
+
+METHODS = {"labdeploy": run_labdeploy, "shell": run_shell, "read_sql": run_read_sql}
+
+
+def child(method: str, kh: str, db: str) -> None:
+    import pandas  # noqa: F401 - imports are not part of the measurement
+    import pyarrow  # noqa: F401
+    import sqlalchemy  # noqa: F401
+
+    import labdeploy.export  # noqa: F401
+
+    tb = testbed()
+    base = rss_mb()
+    t = time.perf_counter()
+    df = METHODS[method](tb, kh, db)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    size = df.memory_usage(index=True, deep=True).sum() / 2**20
+    print(json.dumps({"method": method, "seconds": seconds, "rows": len(df), "peak_mb": peak - base,
+                      "df_mb": size, "dtypes": {c: str(t) for c, t in df.dtypes.items()}}))
+
+
+# ---------------------------------------------------------------------------- parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="keep the bench database for another run")
+    ap.add_argument("--child", nargs=3, metavar=("METHOD", "KNOWN_HOSTS", "DB"))
+    args = ap.parse_args()
+    if args.child:
+        return child(*args.child)
+
+    from labdeploy import appcompose, database, layout, names, psql
+
+    tb = testbed()
+    kh = tempfile.NamedTemporaryFile("w", suffix="-known_hosts", delete=False)
+    kh.write(tb["ssh"]["known_hosts_line"] + "\n")
+    kh.close()
+    remote = remote_for(tb, kh.name)
+    db = names.db_identifier(APP)
+    have = psql.run_sql(remote, "\\pset tuples_only on\n" + database.exists_sql(APP)).strip() == "1"
+    rows = -1
+    if have:
+        try:
+            rows = int(psql.run_sql(remote, "\\pset tuples_only on\nSELECT count(*) FROM responses;", db).strip())
+        except Exception:
+            rows = -1
+    if rows != args.rows:
+        print(f"preparing {args.rows:,} rows in {db} on {tb['ssh']['host']} ...", flush=True)
+        password = database.random_password()
+        psql.run_sql(remote, database.provision_sql(APP, database.scram_verifier(password)))
+        remote.makedirs(layout.app_dir(APP))
+        remote.put_bytes(layout.app_secrets(APP), appcompose.secrets_env(
+            {"DATABASE_URL": database.database_url(APP, password)}), mode=0o600)
+        psql.run_sql(remote, f"SET ROLE {db};\n" + SCHEMA.replace("%d", str(args.rows)), db, timeout=1200)
+    csv_mb = int(psql.run_sql(remote, "\\pset tuples_only on\nSELECT pg_table_size('responses');", db).strip()) / 2**20
+    results: dict = {}
+    load_before = os.getloadavg()[0]
+    try:
+        for _ in range(args.repeats):
+            for method in METHODS:
+                out = subprocess.run([sys.executable, __file__, "--child", method, kh.name, db], capture_output=True,
+                                     text=True, check=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                best = results.get(method)
+                if best is None or r["seconds"] < best["seconds"]:
+                    results[method] = r
+    finally:
+        if not args.keep:
+            psql.run_sql(remote, database.drop_sql(APP))
+            remote.run(["rm", "-rf", "--", layout.app_dir(APP)])
+        os.unlink(kh.name)
+        remote.close()
+
+    print(f"\nresponses: {args.rows:,} rows (table {csv_mb:.0f} MB on disk), best of {args.repeats} runs, "
+          f"each method in a fresh process; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores (the testbed server shares them)\n")
+    print(f"{'method':<12}{'seconds':>9}{'rows':>11}{'DataFrame MB':>14}{'peak MB':>9}{'peak/df':>9}")
+    for m, r in results.items():
+        print(f"{m:<12}{r['seconds']:>9.2f}{r['rows']:>11,}{r['df_mb']:>14.0f}{r['peak_mb']:>9.0f}"
+              f"{r['peak_mb'] / r['df_mb']:>9.2f}")
+    ours, shell, rsql = results["labdeploy"], results["shell"], results["read_sql"]
+    print(f"\nlabdeploy / shell (a):   {ours['seconds'] / shell['seconds']:.2f}x   (target <= 1.3x)")
+    print(f"read_sql (b) / labdeploy: {rsql['seconds'] / ours['seconds']:.2f}x   (target >= 3x)")
+    print(f"labdeploy peak memory / DataFrame: {ours['peak_mb'] / ours['df_mb']:.2f}   (target < 3)")
+    print("\ndtypes:")
+    for m, r in results.items():
+        print(f"  {m:<10} " + ", ".join(f"{c}={t}" for c, t in r["dtypes"].items()))
+
+
+if __name__ == "__main__":
+    main()
