@@ -17,7 +17,7 @@ from typing import Optional
 
 import pandas as pd
 
-from . import caddy, containers, database, layout, names, psql, stack
+from . import caddy, containers, database, layout, names, psql, session, stack
 from .deploy import UnknownApp, _check_data_saved, _compose, _connect
 from .errors import LabdeployError
 from .lock import DeployLock
@@ -95,6 +95,7 @@ def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+@session.closes_what_it_opens
 def apps(server) -> pd.DataFrame:
     """The server's apps: app, state, version, url, deployed_at, who, running (n/4), image, locked."""
     remote = _connect(server)
@@ -108,8 +109,11 @@ class AppTunnel:
     """A local port forwarded to the server's Caddy over the SSH connection. `url` opens the
     app in a browser on this computer; `close()` ends it."""
 
-    def __init__(self, remote, app: str, caddy_port: int = 80, local_port: int = 0) -> None:
+    def __init__(self, remote, app: str, caddy_port: int = 80, local_port: int = 0, *,
+                 owns_remote: bool = False) -> None:
         self.app = names.app_name(app)
+        self._remote = remote
+        self._owns_remote = owns_remote  # opened for this tunnel: closed with it
         self._cm = remote.forward("127.0.0.1", int(caddy_port), local_port)
         self.local_port = self._cm.__enter__()
         self.url = f"http://{self.app}.localhost:{self.local_port}/"
@@ -119,6 +123,8 @@ class AppTunnel:
         if not self.closed:
             self.closed = True
             self._cm.__exit__(None, None, None)
+            if self._owns_remote:
+                self._remote.close()
 
     def __enter__(self) -> "AppTunnel":
         return self
@@ -132,9 +138,16 @@ class AppTunnel:
 
 def open_tunnel(server, app: str, local_port: int = 0) -> AppTunnel:
     """Open `http://<app>.localhost:<port>/` here, reaching the app through the server's Caddy."""
+    names.app_name(app)
     remote = _connect(server)
-    settings = stack.read_settings(remote)
-    return AppTunnel(remote, app, int(settings.http_port) if settings else 80, local_port)
+    try:
+        settings = stack.read_settings(remote)
+        return AppTunnel(remote, app, int(settings.http_port) if settings else 80, local_port,
+                         owns_remote=remote is not server)
+    except BaseException:
+        if remote is not server:
+            remote.close()
+        raise
 
 
 # --------------------------------------------------------------------------- destroy
@@ -168,6 +181,7 @@ def _database_exists(remote, app: str) -> bool:
     return bool(len(df)) and int(df.iloc[0, 0]) > 0
 
 
+@session.closes_what_it_opens
 def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False,
             reporter: Optional[Reporter] = None) -> DestroyResult:
     """Stop and remove an app's containers, its Caddy route and its folder.

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional
 
-from . import appcompose, caddy, compose, dallinger, database, history, layout, names, psql, readiness, stack
+from . import appcompose, caddy, compose, session, dallinger, database, history, layout, names, psql, readiness, stack
 from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .lock import DeployLock, _local_identity
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
@@ -113,11 +113,7 @@ def _now() -> str:
 
 
 def _connect(server):
-    from .servers import resolve
-
-    remote = resolve(server)
-    remote.connect()
-    return remote
+    return session.connect(server)
 
 
 def _sub_reporter(reporter: Reporter, source: str) -> Reporter:
@@ -383,6 +379,7 @@ def _check_data_saved(remote, app: str) -> None:
 
 # --------------------------------------------------------------------------- deploy / update
 
+@session.closes_what_it_opens
 def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", build_args: Optional[dict] = None,
            base_name: Optional[str] = None, domain: Optional[str] = None,
            config: Optional[Mapping[str, str]] = None, secrets: Optional[Mapping[str, str]] = None,

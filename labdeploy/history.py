@@ -11,7 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
-from . import layout, names
+from . import layout, names, session
 
 # One command appends one line; lines are small, so O_APPEND keeps concurrent writers apart.
 _APPEND = 'mkdir -p "$1" && cat >> "$1/history.jsonl"'
@@ -66,10 +66,10 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+@session.closes_what_it_opens
 def history(server, app: str) -> pd.DataFrame:
     """Every deploy, update and destroy attempt of an app, oldest first, as a DataFrame."""
-    from .servers import resolve
-    remote = resolve(server)
+    remote = session.connect(server)
     path = f"{layout.app_dir(names.app_name(app))}/history.jsonl"
     res = remote.run(["cat", path], check=False)
     return to_frame(parse_lines(res.stdout if res.exit_status == 0 else ""))

@@ -218,9 +218,14 @@ def break_lock(remote, app: str, *, confirm: bool = False) -> Optional[LockInfo]
     if not confirm:
         raise LabdeployError(f"Breaking the deploy lock of {app!r} needs confirmation.",
                              "Only do this when no deploy of this app is running anywhere; then pass confirm=True.")
-    from .servers import resolve  # a registered name or a Remote
-    remote = resolve(remote)
-    info = read_lock(remote, app)
-    if info is not None:
-        remote.run(["sh", "-c", _BREAK, "sh", layout.app_lock(app), ""], check=False)
-    return info
+    from . import session
+
+    @session.closes_what_it_opens
+    def work(server):
+        r = session.connect(server)  # a registered name, a Server or a Remote
+        info = read_lock(r, app)
+        if info is not None:
+            r.run(["sh", "-c", _BREAK, "sh", layout.app_lock(app), ""], check=False)
+        return info
+
+    return work(remote)
