@@ -185,9 +185,15 @@ def test_registry_login_with_password_stdin(cli, registered, testbed, session_ap
 # ------------------------------------------------------------------ deploy and the app's life
 
 
-def test_deploy_puts_the_app_online(deployed, testbed):
+def test_deploy_puts_the_app_online(deployed, testbed, session_api_remote):
+    from labdeploy import layout
+    from labdeploy.appcompose import parse_env
+
     assert deployed["app"] == APP and deployed["url"] == f"http://{APP}.localhost/"
-    assert deployed["dashboard_user"] and deployed["dashboard_password"]
+    # Output that is not a terminal (logs, CI) never carries the dashboard password.
+    secrets = parse_env(session_api_remote.get_bytes(layout.app_secrets(APP)).decode())
+    assert deployed["dashboard_user"] and "••" in deployed["dashboard_password"]
+    assert secrets["dashboard_password"] not in json.dumps(deployed)
     page = through_caddy(testbed, APP)
     assert page.status_code == 200 and "Colour naming study" in page.text
 
@@ -198,9 +204,14 @@ def test_deploy_again_is_refused_and_update_works(cli, deployed, testbed):
     assert r.code == 1 and "already deployed" in r.err and "Traceback" not in r.err, str(r)
     r = cli.ok("deploy", "--app", APP, str(EXAMPLE), "--update", "--build-arg",
                f"BASE_IMAGE={testbed['images']['python']}", "--redis-image", testbed["images"]["redis"],
-               "--health-path", "/health", timeout=900)
+               "--health-path", "/health", "--show-password", timeout=900)
     assert "is live at" in r.err and f"http://{APP}.localhost/" in r.out
     assert "✓ image" in r.err and "✓ launch" in r.err  # the steps, as plain progress lines
+    assert "Secsh channel" not in r.err  # no library log noise
+    password = [line.split()[-1] for line in r.out.splitlines() if line.startswith("dashboard password")][0]
+    dash = requests.get(f"http://{testbed['http']['host']}/dashboard", headers={"Host": f"{APP}.localhost"},
+                        auth=("admin", password), timeout=15)
+    assert dash.status_code == 200
 
 
 def test_apps_lists_the_app(cli, deployed):

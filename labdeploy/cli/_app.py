@@ -245,12 +245,27 @@ def _code_for(exc: LabdeployError) -> int:
     return EXIT_FAILED
 
 
+def _quiet_library_logging(debug: bool) -> None:
+    """Libraries (paramiko) log through Python's last-resort handler to stderr, e.g. "Secsh
+    channel open FAILED" while a deploy waits for the app's port. The CLI shows what matters
+    through progress events and errors; library logs only with --debug."""
+    import logging
+
+    root = logging.getLogger()
+    if debug:
+        if not root.handlers:
+            logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    elif not root.handlers:
+        root.addHandler(logging.NullHandler())
+
+
 def main(argv: Optional[list] = None) -> int:
     """Entry point of the `labdeploy` command. Returns (and exits with) a meaningful code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     if debug:
         STATE.debug = True
+    _quiet_library_logging(debug)
     code = 0
     try:
         try:

@@ -301,14 +301,14 @@ class PlainReporter:
                     click.echo(f"{mark} {event.step} ({took:.1f}s){detail}", err=True)
                 elif isinstance(event, Progress):
                     if event.total:
-                        pct = int(100 * event.done / event.total) // 25 * 25
-                        key = (event.step, event.item)
+                        pct = min(100, int(100 * event.done / event.total) // 25 * 25)
+                        key = (event.step,)
                         if self._last_pct.get(key) != pct:
                             self._last_pct[key] = pct
                             amount = (f"{_human_bytes(event.done)} of {_human_bytes(event.total)}"
                                       if event.unit == "bytes" else f"{event.done} of {event.total} {event.unit}")
-                            item = f" {event.item}" if event.item else ""
-                            click.echo(f"  {event.step}{item}: {pct}% ({amount})", err=True)
+                            item = f" — {event.item[:60]}" if event.item else ""
+                            click.echo(f"  {event.step}: {pct}% ({amount}){item}", err=True)
                 elif isinstance(event, LogLine):
                     if self.verbose:
                         src = f"[{event.source}] " if event.source else ""

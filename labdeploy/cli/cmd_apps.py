@@ -53,9 +53,12 @@ def _pairs(values, what: str) -> dict:
 @click.option("--connection-limit", type=int, default=None, help="Most database connections the app may open.")
 @click.option("--launch/--no-launch", default=None,
               help="POST /launch after starting (default: on for a deploy, off for --update).")
+@click.option("--show-password", is_flag=True,
+              help="Print the dashboard password even when the output is not a terminal (it is masked in "
+                   "pipes, logs and --json otherwise).")
 @common_options
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
-               dockerfile, health_path, connection_limit, launch):
+               dockerfile, health_path, connection_limit, launch, show_password):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -68,6 +71,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
       labdeploy deploy --app stroop-pilot --update
       labdeploy deploy --app stroop-pilot --mode ssh-copy --build-arg BASE_IMAGE=python:3.11-slim
       API_TOKEN=... labdeploy deploy --app stroop-pilot --secret-env API_TOKEN --json
+      labdeploy deploy --app stroop-pilot --update --show-password
     """
     deploy = core("deploy")
     experiment = Path(experiment)
@@ -92,12 +96,15 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
     fn = deploy.update if update else deploy.deploy
     with _ui.reporting() as reporter:
         result = fn(experiment, app, remote, reporter=reporter, **kwargs)
-    for w in getattr(result, "warnings", []) or []:
-        pass  # already shown as they happened
     _ui.ok(f"{result.app} ({result.version}) is live at {result.url}")
+    # Shown to a person at a terminal; masked in logs and pipes unless asked for.
+    reveal = show_password or (sys.stdout.isatty() and not STATE.json)
+    if not reveal:
+        _ui.info("The dashboard password is masked; pass --show-password to print it.")
     data = {"app": result.app, "server": name, "url": result.url, "version": result.version,
             "image": result.image, "image_id": result.image_id, "dashboard_url": result.dashboard_url,
-            "dashboard_user": result.dashboard_user, "dashboard_password": result.dashboard_password.reveal(),
+            "dashboard_user": result.dashboard_user,
+            "dashboard_password": result.dashboard_password.reveal() if reveal else str(result.dashboard_password),
             "operation": result.operation, "duration_s": result.duration_s, "warnings": result.warnings}
 
     def render(d):
