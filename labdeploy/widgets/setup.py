@@ -61,12 +61,13 @@ class SetupPanel:
                                   style={"description_width": "150px"}, layout=W.Layout(width="260px"))
         self.user_box = _text("User name", user or d["user"], "your login on the server")
         self.key_box = _text("Key file", key_path or str(keys.default_key_path()))
+        self.key_box.layout.width = "640px"  # key paths are long
         self.passphrase_box = _password("Key passphrase")
         self.password_box = _password("Account password")
         self.email_box = _text("Contact email", "", "for HTTPS certificates (optional)")
         self.domain_box = _text("Domain", d.get("domain", ""), "experiments.example.org")
         self.replace_box = W.Checkbox(value=False, description="Replace a registered server of the same name",
-                                      indent=False)
+                                      indent=False, layout=W.Layout(width="auto"))
 
         self.steps = StepList(STEPS)
         self.message = Message()
@@ -116,7 +117,8 @@ class SetupPanel:
                     W.HBox([self.copy_button, self.verify_button])),
             section("4. Register and check", self.replace_box, W.HBox([self.register_button, self.readiness_button]),
                     self.table_html),
-            section("5. Shared services (PostgreSQL, Caddy)", self.email_box, self.domain_box, self.prepare_button),
+            section("5. Shared services (PostgreSQL, Caddy)", self.email_box, self.domain_box,
+                    W.HBox([self.prepare_button])),
             self.message, self.log,
             subtitle="Each step runs in the background; a failed step says what to do next.")
 
@@ -242,6 +244,7 @@ class SetupPanel:
 
         def done(fp_):
             self.trust_host_button.layout.display = "none"
+            self.fingerprint_html.value = ""  # the question is answered; the step shows the trusted key
             self.pending_fingerprint = None
             return f"trusted {fp_}"
 
@@ -337,10 +340,15 @@ class SetupPanel:
 
 
 def _table_html(df) -> str:
+    # Left-aligned, compact; the "what to do" column only when some check failed.
+    cell = "style='text-align:left;padding:2px 10px 2px 0;vertical-align:top'"
+    hints = bool((~df["ok"]).any())
     rows = []
     for row in df.itertuples():
         color = "#188038" if row.ok else "#c5221f"
-        rows.append(f"<tr><td>{html.escape(row.check)}</td><td style='color:{color}'>{'✔' if row.ok else '✖'}</td>"
-                    f"<td>{html.escape(row.detail)}</td><td>{html.escape(row.hint)}</td></tr>")
-    return ("<table class='labdeploy-readiness'><tr><th>check</th><th>ok</th><th>detail</th><th>what to do</th></tr>"
+        rows.append(f"<tr><td {cell}>{html.escape(row.check)}</td><td {cell}><span style='color:{color}'>"
+                    f"{'✔' if row.ok else '✖'}</span></td><td {cell}>{html.escape(row.detail)}</td>"
+                    + (f"<td {cell}>{html.escape(row.hint) if not row.ok else ''}</td>" if hints else "") + "</tr>")
+    head = "".join(f"<th {cell}>{h}</th>" for h in ("check", "ok", "detail") + (("what to do",) if hints else ()))
+    return (f"<table class='labdeploy-readiness' style='border-collapse:collapse;margin:4px 0'><tr>{head}</tr>"
             + "".join(rows) + "</table>")
