@@ -450,6 +450,20 @@ def check_destroy(app: str, server, *, override: bool = False,
     return newest
 
 
+def stop_app(app: str, server, *, reporter: Optional[Reporter] = None) -> bool:
+    """Stop the app's processes (containers kept) so nothing writes while a final export is
+    taken before destroy. Returns False when the app has no compose project (data only)."""
+    from . import compose
+
+    report = reporter or null_reporter
+    remote = _remote(server)
+    if not remote.exists(layout.app_compose(names.app_name(app))):
+        return False
+    with step(report, "Stop the app", "so nothing is written after the final export"):
+        compose.run_compose(remote, layout.app_dir(app), ["stop"], timeout=300)
+    return True
+
+
 # ---------------------------------------------------------------------------- ad-hoc SQL
 
 
@@ -621,6 +635,6 @@ def download_logs(app: str, server, dest: Union[str, os.PathLike], *, tail: Opti
 
 
 __all__ = ["export", "save_archive", "save_archives", "load_export", "query", "last_export_time", "exports",
-           "check_destroy", "changes_since", "table_counts", "download_files", "download_logs",
+           "check_destroy", "changes_since", "stop_app", "table_counts", "download_files", "download_logs",
            "list_app_databases", "postgres_address", "ExportData", "UnknownApp", "ExportVerificationError",
            "ExportRequired"]

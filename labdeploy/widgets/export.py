@@ -1,0 +1,249 @@
+"""The export panel: pick a server and an app, see its tables with row counts, export them
+(regular, anonymous or both) into DataFrames and onto disk, optionally then destroy the app.
+
+Thin over `labdeploy.export`: every button runs its core call in a background thread. The
+DataFrames end up in `panel.data` (`panel.data["responses"]`), the anonymised ones in
+`panel.anonymous`.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from pathlib import Path
+from typing import Optional
+
+import ipywidgets as W
+import pandas as pd
+
+from .. import export as core
+from ..archive import ExportData
+from ..errors import ValidationError
+from .common import LogPane, Message, ProgressRow, StepList, run_in_background, titled, widget_reporter
+
+STEPS = ["Stop the app", "Read the tables", "Check row counts", "Anonymise", "Write the archive", "Download files",
+         "Download logs"]
+MODES = [("Regular", "regular"), ("Anonymous", "anonymous"), ("Both", "both")]
+PREVIEW_ROWS = 5
+
+
+def summary_html(data: ExportData, anonymous: Optional[ExportData] = None) -> str:
+    """One row per table: rows, columns, memory, and which columns were anonymised (pure)."""
+    rows = []
+    anon_cols = anonymous.anonymised_columns if anonymous is not None else {}
+    for table, frame in data.items():
+        changed = ", ".join(anon_cols.get(table, []))
+        rows.append(f"<tr class='labdeploy-export-row' data-table='{html.escape(table)}' data-rows='{len(frame)}'>"
+                    f"<td>{html.escape(table)}</td><td align=right>{len(frame):,}</td>"
+                    f"<td align=right>{len(frame.columns)}</td>"
+                    f"<td align=right>{frame.memory_usage(deep=True).sum() / 1e6:.1f}</td>"
+                    f"<td>{html.escape(changed)}</td></tr>")
+    when = f" taken {data.exported_at:%Y-%m-%d %H:%M:%S} UTC" if data.exported_at else ""
+    return (f"<div>{html.escape(data.app)}{when}: {len(data)} tables, verified against the database's row "
+            f"counts in one snapshot.</div>"
+            "<table class='labdeploy-export-summary' style='border-collapse:collapse;font-size:90%'>"
+            "<tr><th align=left>table</th><th>rows</th><th>columns</th><th>MB in memory</th>"
+            "<th align=left>anonymised columns</th></tr>" + "".join(rows) + "</table>")
+
+
+def preview_html(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
+    dtypes = ", ".join(f"{html.escape(str(c))}: {html.escape(str(t))}" for c, t in frame.dtypes.items())
+    body = frame.head(rows).to_html(max_cols=30, escape=True, border=0)
+    return (f"<div style='overflow-x:auto;font-size:85%'>{body}</div>"
+            f"<div style='color:#666;font-size:80%'>{len(frame):,} rows. Types: {dtypes}</div>")
+
+
+class ExportPanel:
+    """Export an app's data. `ExportPanel(remote)` or `ExportPanel("lab-server", app="stroop")`."""
+
+    def __init__(self, server=None, *, app: Optional[str] = None, folder: str = "exports",
+                 autoload: bool = True) -> None:
+        self.data: ExportData = ExportData()
+        self.anonymous: Optional[ExportData] = None
+        self.last_task: Optional[threading.Thread] = None
+        self.paths: list = []
+        self._servers: dict = {}
+        self._wanted_app = app
+        self._build(server, folder)
+        if autoload and self.server_picker.value is not None:
+            self.load_apps()
+
+    # ------------------------------------------------------------------ layout
+
+    def _button(self, label: str, action: str, **kw) -> W.Button:
+        b = W.Button(description=label, **kw)
+        b.add_class(f"labdeploy-export-{action}")
+        return b
+
+    def _build(self, server, folder: str) -> None:
+        options = []
+        if server is not None and not isinstance(server, str):
+            label = getattr(server, "label", None) or str(server)
+            self._servers[label] = server
+            options.append(label)
+        try:
+            from .. import servers as _servers
+
+            for s in _servers.list_servers():
+                if s.name not in self._servers:
+                    self._servers[s.name] = s.name
+                    options.append(s.name)
+        except Exception:  # no registry yet: the passed server is enough
+            pass
+        if isinstance(server, str) and server not in self._servers:
+            self._servers[server] = server
+            options.append(server)
+        self.server_picker = W.Dropdown(options=options, value=options[0] if options else None,
+                                        description="Server")
+        self.app_picker = W.Dropdown(options=[], description="App")
+        self.reload_button = self._button("Reload", "reload", icon="refresh")
+        self.reload_button.on_click(lambda _: self.load_apps())
+        self.server_picker.observe(lambda change: self.load_apps(), names="value")
+        self.app_picker.observe(lambda change: self.load_tables() if change["new"] else None, names="value")
+
+        self.tables = W.SelectMultiple(options=[], description="Tables", rows=8, layout=W.Layout(width="60%"))
+        self.mode = W.ToggleButtons(options=MODES, value="regular", description="Version")
+        self.save = W.Checkbox(value=True, description="Save a zip archive (Dallinger format)")
+        self.parquet = W.Checkbox(value=False, description="Also save Parquet")
+        self.files = W.Checkbox(value=False, description="Download the app's files")
+        self.logs = W.Checkbox(value=False, description="Download the app's logs")
+        self.folder = W.Text(value=folder, description="Save to")
+        self.export_button = self._button("Export", "export", icon="download", button_style="primary")
+        self.export_button.on_click(lambda _: self.run_export())
+        self.confirm_destroy = W.Checkbox(value=False, description="I understand: destroy deletes the app and its data")
+        self.confirm_destroy.add_class("labdeploy-export-confirm")
+        self.destroy_button = self._button("Export, then destroy", "destroy", icon="trash", button_style="danger")
+        self.destroy_button.on_click(lambda _: self.run_export(destroy=True))
+
+        self.steps = StepList(STEPS)
+        self.progress = ProgressRow()
+        self.log = LogPane(max_lines=200)
+        self.message = Message()
+        self.summary = W.HTML()
+        self.summary.add_class("labdeploy-export-summary")
+        self.previews = W.Tab()
+        self.widget = titled(
+            "Export data", W.HBox([self.server_picker, self.app_picker, self.reload_button]), self.tables,
+            self.mode, W.HBox([self.save, self.parquet]), W.HBox([self.files, self.logs]), self.folder,
+            W.HBox([self.export_button, self.destroy_button, self.confirm_destroy]),
+            self.message, self.steps, self.progress, self.summary, self.previews, self.log,
+            subtitle="Every table of the app, streamed over SSH and checked against the database's row counts.")
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    # ------------------------------------------------------------------ actions
+
+    def _start(self, fn, **kw) -> threading.Thread:
+        self.last_task = run_in_background(fn, on_error=self._show_error, **kw)
+        return self.last_task
+
+    def _show_error(self, exc: BaseException) -> None:
+        self.message.show_error(exc)
+        self._busy(False)
+
+    def _busy(self, busy: bool) -> None:
+        for w in (self.export_button, self.destroy_button, self.reload_button):
+            w.disabled = busy
+
+    @property
+    def server(self):
+        return self._servers.get(self.server_picker.value)
+
+    def load_apps(self) -> threading.Thread:
+        """List the apps that have a database on the chosen server."""
+        server = self.server
+
+        def work():
+            if server is None:
+                raise ValidationError("No server chosen.", "Register a server first (setup panel).")
+            return core.list_app_databases(server)
+
+        def done(apps):
+            self.app_picker.options = apps
+            if self._wanted_app in apps:
+                self.app_picker.value = self._wanted_app
+            elif not apps:
+                self.message.show_info("No app on this server has data yet.")
+                self.tables.options = []
+
+        return self._start(work, on_done=done)
+
+    def load_tables(self) -> threading.Thread:
+        """Every table of the chosen app with its row count, all selected."""
+        server, app = self.server, self.app_picker.value
+
+        def done(counts: pd.DataFrame):
+            self.tables.options = [(f"{r.table} ({r.rows:,} rows)", r.table) for r in counts.itertuples()]
+            self.tables.value = tuple(counts["table"])
+            self.message.show_info(f"{app}: {len(counts)} tables, {int(counts['rows'].sum()):,} rows.")
+
+        return self._start(lambda: core.table_counts(app, server), on_done=done)
+
+    def run_export(self, destroy: bool = False) -> threading.Thread:
+        server, app = self.server, self.app_picker.value
+        chosen = list(self.tables.value)
+        every = set(chosen) == {v for _, v in self.tables.options}
+        mode = self.mode.value
+        folder = Path(self.folder.value).expanduser()
+        save, parquet, files, logs = self.save.value, self.parquet.value, self.files.value, self.logs.value
+        confirmed = self.confirm_destroy.value
+        report = widget_reporter(self.steps, self.log, self.progress, self.message)
+        self.steps.reset(STEPS + (["Destroy"] if destroy else []))
+        self.message.show_info("Exporting…")
+        self._busy(True)
+
+        def work():
+            if not app:
+                raise ValidationError("No app chosen.", "Pick an app (Reload lists them).")
+            if destroy:
+                if not confirmed:
+                    raise ValidationError("Destroying needs your confirmation.",
+                                          "Tick 'I understand: destroy deletes the app and its data', then click again.")
+                if not every:
+                    raise ValidationError("Only some tables are selected; destroy needs every table exported.",
+                                          "Select every table, then click again.")
+            if destroy:  # nothing may be written between the final export and the drop
+                core.stop_app(app, server, reporter=report)
+            # Destroy relies on a saved regular export, so one is always written then.
+            data = core.export(app, server, None if every else chosen,
+                               mode="both" if destroy and mode == "anonymous" else mode,
+                               save_to=folder if (save or destroy) else None, parquet=parquet, reporter=report)
+            if files:
+                core.download_files(app, server, folder / f"{app}-files", reporter=report)
+            if logs:
+                core.download_logs(app, server, folder, reporter=report)
+            if destroy:
+                from .. import apps
+                from ..progress import step
+
+                with step(report, "Destroy"):
+                    apps.destroy(app, server, confirm=True, remove_data=True, reporter=report)
+            return data
+
+        def done(data: ExportData):
+            # panel.data is what was asked for (the anonymised tables in "anonymous" mode).
+            if mode == "anonymous" and data.anonymous is not None:  # "both" was needed for destroy
+                data = data.anonymous
+            shown = self.data = data
+            self.anonymous = data if data.anonymised else data.anonymous
+            self.paths = list(shown.paths)
+            self.summary.value = summary_html(shown, self.anonymous)
+            titles = list(shown)
+            self.previews.children = [W.HTML(preview_html(shown[t])) for t in titles]
+            for i, t in enumerate(titles):
+                self.previews.set_title(i, t)
+            where = f" Saved: {', '.join(Path(p).name for p in self.paths)}." if self.paths else ""
+            gone = f" {app} was destroyed." if destroy else ""
+            self.message.show_ok(f"Exported {len(shown)} tables, {sum(len(f) for f in shown.values()):,} rows."
+                                 f"{where}{gone} Use panel.data['<table>'] in the notebook.")
+            self._busy(False)
+            if destroy:
+                self.app_picker.options = [a for a in self.app_picker.options if a != app]
+
+        return self._start(work, on_done=done)
