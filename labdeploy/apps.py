@@ -182,12 +182,14 @@ def _database_exists(remote, app: str) -> bool:
 
 
 @session.closes_what_it_opens
-def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False,
+def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
             reporter: Optional[Reporter] = None) -> DestroyResult:
     """Stop and remove an app's containers, its Caddy route and its folder.
 
     Its database, role, Redis volume and ~/dallinger-data/<app> are kept unless
-    `remove_data=True`. Nothing happens without `confirm=True`.
+    `remove_data=True`, which is refused unless a fresh export of the database was saved on this
+    computer (labdeploy.export), or `export_check=False` says explicitly to lose the data.
+    Nothing happens without `confirm=True`.
     """
     reporter = reporter or null_reporter
     app = names.app_name(app)
@@ -207,8 +209,8 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                              f"Check the name. Apps on this server: {known}.")
     with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
         reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
-        if remove_data:
-            _check_data_saved(remote, app)
+        if remove_data and export_check:
+            _check_data_saved(remote, app, reporter)
         with step(reporter, "stop"):
             if traces["dir"] and remote.exists(layout.app_compose(app)):
                 _compose(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
@@ -225,6 +227,8 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                 result.removed.append("web address")
         with step(reporter, "data"):
             if remove_data:
+                if export_check:  # again, now that the app is stopped: no write slipped in
+                    _check_data_saved(remote, app, reporter)
                 psql.run_sql(remote, database.drop_sql(app))
                 proj = shlex.quote(f"label=com.docker.compose.project={app}")
                 remote.run(["sh", "-c", f"v=$(docker volume ls -q --filter {proj}); [ -z \"$v\" ] || docker volume rm $v"],

@@ -372,9 +372,13 @@ def _health(port: int, host: str, path: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _check_data_saved(remote, app: str) -> None:
-    """Hook: destroy(remove_data=True) calls this before dropping anything. The export work
-    (issue 7) makes it refuse without a fresh local export; for now nothing is checked."""
+def _check_data_saved(remote, app: str, reporter: Optional[Reporter] = None) -> None:
+    """Hook: destroy(remove_data=True) calls this before dropping anything. It raises
+    export.ExportRequired unless a saved local export holds every row the app's database holds
+    now (nothing written since); destroy's `export_check=False` is the explicit override."""
+    from .export import check_destroy
+
+    check_destroy(app, remote, reporter=reporter)
 
 
 # --------------------------------------------------------------------------- deploy / update
