@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from test_cli_support import CLI, REPO
+from test_cli_support import CLI, LABDEPLOY, REPO, Terminal
 
 pytestmark = pytest.mark.testbed
 
@@ -66,8 +66,8 @@ def _cleanup(remote) -> None:
     from labdeploy import apps, deploy
 
     try:
-        apps.destroy(APP, remote, confirm=True, remove_data=True)
-    except (deploy.UnknownApp, apps.UnknownApp if hasattr(apps, "UnknownApp") else deploy.UnknownApp):
+        apps.destroy(APP, remote, confirm=True, remove_data=True, export_check=False)
+    except deploy.UnknownApp:
         pass
 
 
@@ -109,6 +109,54 @@ def test_unknown_host_key_is_never_accepted_silently(testbed, tmp_path):
     assert cli("servers", "list", "--json").json() == []
 
 
+def test_at_a_terminal_the_fingerprint_is_shown_and_asked_for(testbed, tmp_path):
+    cli = CLI(tmp_path)
+    s = testbed["ssh"]
+    add = ("servers", "add", "tb", "--host", s["host"], "--user", s["user"], "--key", s["key"])
+    t = Terminal(cli, *add)
+    t.expect("Trust this server? [y/N]")
+    assert s["host_key_fingerprint"] in t.buffer
+    t.send("n\n")
+    assert t.wait() == 4 and "not trusted" in t.buffer
+    assert not (tmp_path / ".ssh" / "known_hosts").exists()
+
+    t = Terminal(cli, *add)
+    t.expect("Trust this server? [y/N]")
+    t.send("y\n")
+    assert t.wait() == 0, t.buffer
+    assert "Registered tb" in t.buffer and "Traceback" not in t.buffer
+    assert s["host_key"].split()[1] in (tmp_path / ".ssh" / "known_hosts").read_text()
+
+    # Progress on a terminal (rich) and the readiness table.
+    t = Terminal(cli, "servers", "check")
+    assert t.wait() == 0, t.buffer
+    assert "readiness" in t.buffer and "SSH login" in t.buffer
+
+    # A confirmation answered "no" changes nothing.
+    t = Terminal(cli, "destroy", "--app", "t-cli-never-deployed")
+    t.expect("[y/N]")
+    t.send("n\n")
+    assert t.wait() == 4 and "Cancelled" in t.buffer
+
+
+def test_at_a_terminal_the_password_is_prompted_hidden(testbed, tmp_path, session_api_remote):
+    cli = CLI(tmp_path)
+    s, reg = testbed["ssh"], testbed["registry"]
+    cli.ok("servers", "add", "tb", "--host", s["host"], "--user", s["user"], "--key", s["key"],
+           "--trust-host-key", s["host_key_fingerprint"])
+    folder = f"dallinger/.build/t-cli-login-{uuid.uuid4().hex[:8]}"
+    try:
+        t = Terminal(cli, "registry", "login", reg["address"], "-u", reg["user"], "--server-only",
+                     "--remote-docker-config", folder)
+        t.expect("Password")
+        t.send(reg["password"] + "\n")
+        assert t.wait() == 0, t.buffer
+        assert reg["password"] not in t.buffer  # not echoed
+        assert "Logged in to" in t.buffer
+    finally:
+        session_api_remote.run(["rm", "-rf", "--", folder], check=False)
+
+
 def test_servers_add_list_and_default_server(cli, registered, testbed):
     kh = (cli.home / ".ssh" / "known_hosts").read_text()
     assert testbed["ssh"]["host_key"].split()[1] in kh  # the confirmed key, stored
@@ -135,6 +183,11 @@ def test_servers_check_fails_with_3_for_a_server_without_docker(cli, registered,
     cli.ok("servers", "add", "t-cli-nodocker", "--host", s["host"], "--user", s["user_nodocker"], "--key",
            s["key"])
     try:
+        # Two servers now: which one is not guessed.
+        r = cli("servers", "check")
+        assert r.code == 2 and "Several servers" in r.err and "LABDEPLOY_SERVER" in r.err, str(r)
+        r = cli("servers", "check", "--json", env={"LABDEPLOY_SERVER": "tb"})
+        assert r.code == 0 and r.json()[0]["detail"].endswith(f"{s['user']}@{s['host']}"), str(r)
         r = cli("servers", "check", "--server", "t-cli-nodocker")
         assert r.code == 3, str(r)
         assert "not ready" in r.err and "docker" in r.out.lower() and "Traceback" not in r.err
@@ -244,8 +297,6 @@ def test_logs_follow_streams_until_interrupted(cli, deployed, testbed):
     import signal
     import subprocess
 
-    from test_cli_support import LABDEPLOY
-
     proc = subprocess.Popen([str(LABDEPLOY), "logs", "--app", APP, "--service", "web", "-f", "--tail", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env,
                             cwd=str(cli.home))
@@ -271,6 +322,24 @@ def test_exec_runs_in_the_container_and_passes_the_exit_status(cli, deployed):
     assert r.json()["stdout"].strip() == "42" and r.json()["service"] == "worker"
     r = cli("exec", "--app", APP, "--", "no-such-program-here")
     assert r.code == 1 and "not installed" in r.err and "Traceback" not in r.err, str(r)
+
+
+def test_ctrl_c_exits_130_without_a_traceback(cli, deployed):
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen([str(LABDEPLOY), "exec", "--app", APP, "--", "sleep", "20"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli.env, cwd=str(cli.home))
+    try:
+        time.sleep(4)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "Interrupted" in err and "Traceback" not in err
 
 
 def test_restart_web_waits_until_it_is_up(cli, deployed):

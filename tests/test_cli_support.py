@@ -53,3 +53,63 @@ class CLI:
         assert r.code == 0, str(r)
         assert "Traceback" not in r.err, str(r)
         return r
+
+
+class Terminal:
+    """The command on a pseudo-terminal, as a person at a keyboard runs it: prompts appear and
+    are answered with `send`. `expect(text)` waits until `text` shows up in the output."""
+
+    def __init__(self, cli: CLI, *argv, timeout: float = 60) -> None:
+        import pty
+
+        self.master, slave = pty.openpty()
+        self.timeout = timeout
+        self.buffer = ""
+        env = {**cli.env, "TERM": "xterm", "COLUMNS": "120"}
+        env.pop("NO_COLOR", None)
+        self.proc = subprocess.Popen([str(LABDEPLOY), *map(str, argv)], stdin=slave, stdout=slave, stderr=slave,
+                                     env=env, cwd=str(cli.home), close_fds=True, start_new_session=True)
+        os.close(slave)
+
+    def _read(self, wait: float) -> bool:
+        import select
+
+        ready, _, _ = select.select([self.master], [], [], wait)
+        if not ready:
+            return False
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # the child closed the terminal
+            return False
+        if not data:
+            return False
+        self.buffer += data.decode("utf-8", "replace")
+        return True
+
+    def expect(self, text: str) -> str:
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while text not in self.buffer:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} did not appear; output so far:\n{self.buffer}")
+            if not self._read(0.2) and self.proc.poll() is not None and not self._read(0.2):
+                raise AssertionError(f"exited ({self.proc.returncode}) before {text!r}; output:\n{self.buffer}")
+        return self.buffer
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def wait(self) -> int:
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(0.2)
+        while self._read(0.1):
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            raise AssertionError(f"still running after {self.timeout} s; output:\n{self.buffer}")
+        os.close(self.master)
+        return self.proc.returncode

@@ -432,9 +432,8 @@ def destroy_cmd(app, server, remove_data, no_export_check, yes):
     _ui.confirm(f"Destroy {app!r} on {name}: remove {what}?", yes=yes)
     remote = open_server(name)
     with _ui.reporting() as reporter:
-        if remove_data:
-            core("export").check_destroy(app, remote, override=no_export_check, reporter=reporter)
-        result = apps.destroy(app, remote, confirm=True, remove_data=remove_data, reporter=reporter)
+        result = apps.destroy(app, remote, confirm=True, remove_data=remove_data,
+                              export_check=not no_export_check, reporter=reporter)
     _ui.ok(result.summary())
     _ui.output({"app": result.app, "removed": result.removed, "kept": result.kept},
                render=lambda r: None)
