@@ -189,6 +189,23 @@ def _diagnose(remote, app: str, service: Optional[str], doing: str) -> Labdeploy
     return UnknownApp(f"The app {app!r} has no containers.", "Deploy it first.")
 
 
+# ------------------------------------------------------------------ redaction
+
+_URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)", re.I)
+_SECRET_VAR_RE = re.compile(r"(\b[A-Za-z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|ACCESS_KEY|PRIVATE_KEY)"
+                            r"[A-Za-z0-9_]*\s*[=:]\s*)(['\"]?)([^\s'\",]+)", re.I)
+
+
+def redact(text: str) -> str:
+    """Mask passwords in URLs (postgresql://user:***@host) and values of variables whose
+    names say secret (FLASK_SECRET_KEY=***), so `env` or a log line never puts a secret into
+    a notebook's output."""
+    if not text:
+        return text
+    text = _URL_PASSWORD_RE.sub(r"\1***\3", text)
+    return _SECRET_VAR_RE.sub(r"\1\2***", text)
+
+
 # ------------------------------------------------------------------ exec
 
 @dataclass
@@ -222,12 +239,13 @@ _NOT_FOUND_RE = re.compile(r"executable file not found|no such file or directory
 
 def exec_(server, app: str, service: str, command: Union[str, Sequence[str]], *,
           stdin: Union[bytes, str, None] = None, timeout: Optional[float] = 300,
-          check: bool = False) -> ExecResult:
+          check: bool = False, redact_secrets: bool = True) -> ExecResult:
     """Run a command in a service's container, like the seed's `docker compose exec web ...`.
 
     `command` is an argv list, or a string run by `sh -c` in the container. No TTY; `stdin`
     (bytes/str) is sent over the SSH channel. Returns output and exit status; with
-    `check=True` a non-zero exit raises `CommandFailed`.
+    `check=True` a non-zero exit raises `CommandFailed`. Secrets in the output are masked
+    (`redact`) unless `redact_secrets=False`.
     """
     remote = remote_of(server)
     names.app_name(app)
@@ -250,10 +268,11 @@ def exec_(server, app: str, service: str, command: Union[str, Sequence[str]], *,
             "pass the command as a string to run it through the container's shell.")
     if check and res.exit_status != 0:
         raise CommandFailed(f"`{shlex.join(argv)}` exited with status {res.exit_status} in {service} of {app}:\n"
-                            f"{res.stderr.strip()[-2000:] or res.stdout.strip()[-2000:]}",
+                            f"{redact(res.stderr.strip()[-2000:] or res.stdout.strip()[-2000:])}",
                             "Read the command's output above.", argv=argv, exit_status=res.exit_status,
-                            stdout=res.stdout, stderr=res.stderr)
-    return ExecResult(app, service, argv, res.exit_status, res.stdout, res.stderr)
+                            stdout=redact(res.stdout), stderr=redact(res.stderr))
+    clean = redact if redact_secrets else (lambda t: t)
+    return ExecResult(app, service, argv, res.exit_status, clean(res.stdout), clean(res.stderr))
 
 
 # ------------------------------------------------------------------ logs
@@ -314,6 +333,8 @@ def logs_script(app: str, service: Optional[str], tail, since: Optional[str], fo
 
 
 def parse_log_line(raw: str) -> LogEntry:
+    """'web 2026-...Z text' -> LogEntry (secrets in the text masked by `redact`)."""
+    raw = redact(raw)
     service, _, rest = raw.partition(" ")
     stamp, sep, line = rest.partition(" ")
     try:

@@ -21,7 +21,7 @@ LIMIT_A = 3
 
 def _destroy(remote, app: str) -> None:
     try:
-        apps.destroy(app, remote, confirm=True, remove_data=True)
+        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
     except deploy.UnknownApp:
         pass
 
@@ -62,6 +62,9 @@ def test_status_logs_exec_stats(deployed, testbed):
     res = monitor.exec_(deployed, APP_A, "web", ["python", "-c",
                                                  "import os; print('DATABASE_URL' in os.environ, os.getcwd())"])
     assert res.ok and res.stdout.startswith("True")
+    env = monitor.exec_(deployed, APP_A, "web", "env").stdout  # what a researcher types to debug
+    role = names.db_identifier(APP_A)
+    assert f"DATABASE_URL=postgresql://{role}:***@" in env  # the password never reaches the notebook
     st = monitor.stats(deployed, APP_A)
     assert set(st["service"]) == {"web", "worker", "clock", "redis"} and (st["mem_bytes"] > 0).all()
 

@@ -154,3 +154,15 @@ def test_app_of_database_and_container_names():
         pgactivity.container_name("pg; reboot")
     argv = pgactivity.psql_argv("my-pg")
     assert argv[:4] == ["docker", "exec", "-i", "my-pg"] and "--csv" in argv
+
+
+def test_redact_masks_secrets_in_output():
+    text = ("DATABASE_URL=postgresql://app_x:s3cr3t-PW@postgresql:5432/app_x\n"
+            "FLASK_SECRET_KEY=abcdef123\nPGPASSWORD='pw with'\nREDIS_URL=redis://redis:6379/0\n"
+            "password: hunter2, next\nHOME=/tmp")
+    out = containers.redact(text)
+    for secret in ("s3cr3t-PW", "abcdef123", "hunter2", "pw"):
+        assert secret not in out.replace("password", "").replace("PASSWORD", "")
+    assert "postgresql://app_x:***@postgresql:5432/app_x" in out
+    assert "REDIS_URL=redis://redis:6379/0" in out and "HOME=/tmp" in out
+    assert containers.parse_log_line("web 2026-01-01T00:00:00Z token=abc").line == "token=***"

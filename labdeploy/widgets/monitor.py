@@ -381,6 +381,11 @@ class MonitorPanel:
             self._follow_stop.set()
         if self.sampler is not None:
             self.sampler.stop()
+        if self.remote is not None:
+            # The persistent psql is background work too; the next snapshot reopens it.
+            from ..pgactivity import session
+
+            session(self.remote, self.container).close()
         for t in (self._timer, self._follow_task):
             if t is not None and t is not threading.current_thread():
                 t.join(timeout=10)
