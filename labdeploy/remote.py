@@ -508,6 +508,11 @@ class Remote:
             try:
                 return transport.open_session(timeout=self.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
+                if "timeout" in str(exc).lower() and transport.is_active():
+                    # No answer at all within connect_timeout: the connection is silently dead
+                    # (network changed, laptop slept, NAT forgot it). Close it and reconnect.
+                    with contextlib.suppress(Exception):
+                        transport.close()
                 if not self._died(transport, 0.5):
                     # The connection is fine but the server refuses one more session at a time
                     # (sshd's MaxSessions, 10 by default): wait for a running command to end.

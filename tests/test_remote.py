@@ -6,6 +6,7 @@ running the suite at the same time do not collide.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -502,6 +503,82 @@ def test_next_command_reconnects_transparently_after_a_drop(remote, testbed, kno
         assert victim.stats["connections"] == 3
     finally:
         victim.close()
+
+
+class FreezableProxy:
+    """A TCP relay on 127.0.0.1 to the testbed's sshd whose existing connections can be frozen:
+    bytes stop flowing but nothing is closed, like a network that silently went away."""
+
+    def __init__(self, target):
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.frozen: set = set()
+        self.socks: list = []
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.listener.settimeout(0.2)
+        n = 0
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            n += 1
+            upstream = socket.create_connection(self.target, timeout=10)
+            self.socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(n, a, b), daemon=True).start()
+
+    def _relay(self, n, src, dst):
+        src.settimeout(0.2)
+        while not self.stop.is_set():
+            if n in self.frozen:
+                time.sleep(0.1)
+                continue
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                return
+            with contextlib.suppress(OSError):
+                dst.sendall(data)
+
+    def freeze_existing(self):
+        self.frozen.update(range(1, len(self.socks) // 2 + 1))
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_silently_dead_connection_is_replaced(testbed, tmp_path):
+    s = testbed["ssh"]
+    proxy = FreezableProxy((s["host"], s["port"]))
+    kh = tmp_path / "kh"
+    kh.write_text(f"[127.0.0.1]:{proxy.port} {' '.join(s['host_key'].split()[:2])}\n")
+    r = Remote("127.0.0.1", proxy.port, s["user"], key_filename=s["key"], known_hosts=kh, use_agent=False,
+               connect_timeout=3)
+    try:
+        assert r.run(["echo", "a"]).stdout == "a\n"
+        proxy.freeze_existing()
+        assert r.run(["echo", "b"]).stdout == "b\n"  # no answer on the old one: a new connection
+        assert r.stats["connections"] == 2
+    finally:
+        r.close()
+        proxy.close()
 
 
 def test_keepalives_are_sent_while_idle(testbed, known_hosts):
