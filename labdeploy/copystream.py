@@ -120,6 +120,7 @@ class ChunkPipe:
         self._closed = False
         self._error: Optional[BaseException] = None
         self._offset = 0  # into the first chunk
+        self._avail = 0  # bytes written and not read yet
         self.closed = False
 
     # writer side
@@ -127,6 +128,7 @@ class ChunkPipe:
         if data:
             with self._cond:
                 self._chunks.append(data)
+                self._avail += len(data)
                 self._cond.notify()
 
     def close_writer(self, error: Optional[BaseException] = None) -> None:
@@ -146,8 +148,10 @@ class ChunkPipe:
         return False
 
     def read(self, n: int = -1) -> bytes:
+        """Up to n bytes, fewer only at the end: like a buffered file, which pyarrow expects
+        (its first block must hold the whole header line)."""
         with self._cond:
-            while not self._chunks and not self._closed:
+            while not self._closed and (n is None or n < 0 or self._available() < n):
                 self._cond.wait()
             if self._error is not None:
                 raise IOError(f"the stream was interrupted: {self._error}")
@@ -158,6 +162,7 @@ class ChunkPipe:
                 out = out[self._offset:]
                 self._chunks.clear()
                 self._offset = 0
+                self._avail = 0
                 return out
             parts, want = [], n
             while self._chunks and want > 0:
@@ -172,7 +177,11 @@ class ChunkPipe:
                     parts.append(head[self._offset:self._offset + want])
                     self._offset += want
                     want = 0
+            self._avail -= n - want
             return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _available(self) -> int:
+        return self._avail
 
     def close(self) -> None:
         self.closed = True

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import zipfile
 
 import pandas as pd
@@ -226,16 +227,25 @@ def test_splitter_rejects_stray_output():
         sp.feed(b"WARNING: something\n")
 
 
-def test_chunk_pipe_hands_chunks_to_a_reader_thread():
+@pytest.mark.parametrize("rows", [0, 3])
+def test_chunk_pipe_feeds_the_streaming_parser_in_tiny_pieces(rows):
+    # SSH delivers arbitrary pieces: the header itself may arrive split (a bug found by the
+    # deploy panel's test, where a short table's header came in two packets).
+    cols = [Column("id", "integer", "int4", True), Column("j", "jsonb", "jsonb")]
+    text = b"id,j\n" + b"".join(b'%d,"{""a"": %d}"\n' % (i, i) for i in range(1, rows + 1))
     pipe = copystream.ChunkPipe()
     got = []
-    reader = threading.Thread(target=lambda: got.append(pgtypes.read_csv(pipe, [Column("id", "int", "int4", True)])))
+    reader = threading.Thread(target=lambda: got.append(pgtypes.read_csv_stream(pipe, cols)))
     reader.start()
-    pipe.write(b"id\n1\n2")
-    pipe.write(b"\n3\n")
+    for i in range(0, len(text), 3):
+        pipe.write(text[i:i + 3])
+        if i < 12:
+            time.sleep(0.05)  # let the parser ask while the header is still incomplete
     pipe.close_writer()
     reader.join(10)
-    assert got[0]["id"].tolist() == [1, 2, 3]
+    assert got[0]["id"].tolist() == list(range(1, rows + 1))
+    assert got[0]["j"].tolist() == [{"a": i} for i in range(1, rows + 1)]
+    assert list(got[0].columns) == ["id", "j"]
     broken = copystream.ChunkPipe()
     broken.write(b"id\n1\n")
     broken.close_writer(ConnectionError("dropped"))
