@@ -54,7 +54,7 @@ def redis_cli(remote, *args: str) -> str:
 def cleanup(remote, app: str) -> None:
     """Leave nothing of ours on the shared server (only apps these tests created)."""
     try:
-        apps.destroy(app, remote, confirm=True, remove_data=True)
+        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
     except deploy.UnknownApp:
         pass
 
@@ -196,7 +196,8 @@ def test_destroy_keeps_data_unless_asked(testbed, session_remote):
         deploy.deploy(EXAMPLE, DESTROY_APP, session_remote, **deploy_kwargs(testbed))
         assert count(session_remote, DESTROY_APP, "responses") == 8
 
-        gone = apps.destroy(DESTROY_APP, session_remote, confirm=True, remove_data=True)
+        # export_check=False: the export-before-destroy rule has its own tests (test_export*.py)
+        gone = apps.destroy(DESTROY_APP, session_remote, confirm=True, remove_data=True, export_check=False)
         assert "database and role" in gone.removed and not gone.kept
         roles = psql.query_df(session_remote, "SELECT count(*) AS n FROM pg_roles WHERE rolname = 'app_t_dep_gone'")
         assert int(roles["n"][0]) == 0

@@ -27,7 +27,7 @@ def kwargs(testbed) -> dict:
 
 def cleanup(remote, app: str) -> None:
     try:
-        apps.destroy(app, remote, confirm=True, remove_data=True)
+        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
     except deploy.UnknownApp:
         pass
 

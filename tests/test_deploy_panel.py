@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, deploy, stack
+from labdeploy import apps, deploy, export, stack
 from labdeploy.widgets.deploy import MASK, DeployPanel
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
@@ -40,19 +40,19 @@ def panel(home, testbed, session_remote, monkeypatch):
     monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
     stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
     try:
-        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+        apps.destroy(APP, session_remote, confirm=True, remove_data=True, export_check=False)
     except deploy.UnknownApp:
         pass
     p = DeployPanel(str(EXAMPLE), app=APP, server=session_remote, health_path="/health")
     yield p
     p.close()
     try:
-        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+        apps.destroy(APP, session_remote, confirm=True, remove_data=True, export_check=False)
     except deploy.UnknownApp:
         pass
 
 
-def test_panel_deploys_reveals_lists_tunnels_updates_and_destroys(panel, testbed):
+def test_panel_deploys_reveals_lists_tunnels_updates_and_destroys(panel, testbed, tmp_path):
     # Fields come from labdeploy.demo.defaults() with LABDEPLOY_TESTBED set.
     assert panel.base_image_box.value == testbed["images"]["python"]
 
@@ -86,6 +86,7 @@ def test_panel_deploys_reveals_lists_tunnels_updates_and_destroys(panel, testbed
     assert "Destroy" in panel.confirm_html.value
     assert APP in set(apps.apps(panel.remote())["app"])
     panel.remove_data_box.value = True
+    export.export(APP, panel.remote(), save_to=tmp_path)  # destroying the data needs a fresh export
     click(panel, panel.confirm_button)
     assert "database and role" in panel.message.value, panel.message.value
     assert APP not in set(apps.apps(panel.remote())["app"])

@@ -29,7 +29,7 @@ def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(REPO / "notebooks")}})
     try:
-        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+        apps.destroy(APP, session_remote, confirm=True, remove_data=True, export_check=False)
     except deploy.UnknownApp:
         pass
     try:
@@ -47,6 +47,6 @@ def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path
         assert (home / ".config" / "labdeploy").exists()  # registered in the temporary HOME only
     finally:
         try:
-            apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+            apps.destroy(APP, session_remote, confirm=True, remove_data=True, export_check=False)
         except deploy.UnknownApp:
             pass
