@@ -141,9 +141,10 @@ def compose_document(app: str, image: str, *, version: str, commands: Optional[M
                 "restart": "unless-stopped",
                 "volumes": [f"{REDIS_VOLUME}:/data"],
                 "networks": ["default"],  # private to the app: other apps never see it
-                "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "2s", "timeout": "3s",
-                                "retries": 15},
-                "labels": _labels(app, "redis", version),
+                "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "1s", "timeout": "3s",
+                                "retries": 30},
+                # No version label: an update must not recreate Redis (the app's queue and state).
+                "labels": {"labdeploy.app": app, "labdeploy.service": "redis"},
                 "logging": _LOGGING,
             },
         },

@@ -22,6 +22,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import shlex
 import tarfile
 import tempfile
@@ -35,6 +36,18 @@ from . import appcompose, caddy, compose, session, dallinger, database, history,
 from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .lock import DeployLock, _local_identity
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
+
+
+class _QuietRefusals(logging.Filter):
+    """Waiting for the web process means connecting before it listens; paramiko logs each
+    refused tunnel channel at ERROR, which Python prints on stderr (red noise in a notebook).
+    Those refusals are expected here and handled, so they are not logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open FAILED" not in record.getMessage()
+
+
+logging.getLogger("paramiko.transport").addFilter(_QuietRefusals())
 
 STEPS = ("preflight", "lock", "image", "database", "start", "route", "launch", "record")
 UPDATE_STEPS = STEPS

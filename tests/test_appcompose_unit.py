@@ -25,6 +25,7 @@ def doc(**kw):
 def test_compose_has_the_seed_services_labels_and_network_alias():
     d = doc()
     assert list(d["services"]) == ["web", "worker", "clock", "redis"]
+    assert "labdeploy.version" not in d["services"]["redis"]["labels"]  # an update must not recreate redis
     for name, svc in d["services"].items():
         assert svc["labels"]["labdeploy.app"] == "stroop"
         assert svc["labels"]["labdeploy.service"] == name
