@@ -255,13 +255,20 @@ def test_deploy_again_is_refused_and_update_works(cli, deployed, testbed):
     r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
             "--redis-image", testbed["images"]["redis"])
     assert r.code == 1 and "already deployed" in r.err and "Traceback" not in r.err, str(r)
+    # The update goes the seed's way: build here, push to the registry, pull on the server.
+    reg = testbed["registry"]
     r = cli.ok("deploy", "--app", APP, str(EXAMPLE), "--update", "--build-arg",
                f"BASE_IMAGE={testbed['images']['python']}", "--redis-image", testbed["images"]["redis"],
-               "--health-path", "/health", "--show-password", timeout=900)
-    assert "is live at" in r.err and f"http://{APP}.localhost/" in r.out
+               "--health-path", "/health", "--show-password", "--mode", "registry",
+               "--image-base-name", f"{reg['address']}/t-cli", "--registry-user", reg["user"],
+               "--registry-password-stdin", "--json", input=reg["password"] + "\n", timeout=900)
+    result = r.json()
+    assert "is live at" in r.err and result["url"] == f"http://{APP}.localhost/"
     assert "✓ image" in r.err and "✓ launch" in r.err  # the steps, as plain progress lines
+    assert result["image"].startswith(f"{reg['address']}/t-cli/{APP}:") and result["operation"] == "update"
+    assert reg["password"] not in r.out + r.err
     assert "Secsh channel" not in r.err  # no library log noise
-    password = [line.split()[-1] for line in r.out.splitlines() if line.startswith("dashboard password")][0]
+    password = result["dashboard_password"]
     dash = requests.get(f"http://{testbed['http']['host']}/dashboard", headers={"Host": f"{APP}.localhost"},
                         auth=("admin", password), timeout=15)
     assert dash.status_code == 200
@@ -270,7 +277,7 @@ def test_deploy_again_is_refused_and_update_works(cli, deployed, testbed):
 def test_apps_lists_the_app(cli, deployed):
     rows = {row["app"]: row for row in cli.ok("apps", "--json").json()}
     assert rows[APP]["state"] == "running" and rows[APP]["running"] == "4/4"
-    assert rows[APP]["version"] == deployed["version"] or rows[APP]["version"]
+    assert rows[APP]["version"] == deployed["version"]  # the update shipped the same content
     assert APP in cli.ok("apps").out
 
 

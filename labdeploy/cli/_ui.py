@@ -393,9 +393,7 @@ class _Reporting:
         self.reporter = None
 
     def __enter__(self):
-        if STATE.quiet or STATE.json:
-            from ..progress import Collector
-
+        if STATE.quiet:
             self.reporter = _QuietReporter()
         elif sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
             self.reporter = RichReporter(STATE.verbose)
@@ -409,7 +407,7 @@ class _Reporting:
 
 
 class _QuietReporter:
-    """With --json or --quiet: only warnings, to stderr."""
+    """With --quiet: only warnings, to stderr."""
 
     def __call__(self, event) -> None:
         from ..progress import Warning_
@@ -422,6 +420,18 @@ class _QuietReporter:
 
     def close(self) -> None:
         pass
+
+
+def without_warnings(reporter):
+    """A reporter that drops Warning_ events (e.g. a warning written for notebooks that does not
+    apply to a one-shot command) and passes the rest on."""
+    from ..progress import Warning_
+
+    def report(event) -> None:
+        if not isinstance(event, Warning_):
+            reporter(event)
+
+    return report
 
 
 def reporting() -> _Reporting:

@@ -53,12 +53,20 @@ def _pairs(values, what: str) -> dict:
 @click.option("--connection-limit", type=int, default=None, help="Most database connections the app may open.")
 @click.option("--launch/--no-launch", default=None,
               help="POST /launch after starting (default: on for a deploy, off for --update).")
+@click.option("--image-base-name", default=None, metavar="REGISTRY/PATH",
+              help="Image name prefix (default: docker_image_base_name in ~/.dallingerconfig).")
+@click.option("--registry-user", default=None,
+              help="With --mode registry: log in to the registry as this user here and on the server for "
+                   "this deploy (password prompted, or --registry-password-stdin). Default: the logins "
+                   "Docker already has.")
+@click.option("--registry-password-stdin", is_flag=True, help="Read the registry password from stdin.")
 @click.option("--show-password", is_flag=True,
               help="Print the dashboard password even when the output is not a terminal (it is masked in "
                    "pipes, logs and --json otherwise).")
 @common_options
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
-               dockerfile, health_path, connection_limit, launch, show_password):
+               dockerfile, health_path, connection_limit, launch, image_base_name, registry_user,
+               registry_password_stdin, show_password):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -72,6 +80,8 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
       labdeploy deploy --app stroop-pilot --mode ssh-copy --build-arg BASE_IMAGE=python:3.11-slim
       API_TOKEN=... labdeploy deploy --app stroop-pilot --secret-env API_TOKEN --json
       labdeploy deploy --app stroop-pilot --update --show-password
+      printf '%s\\n' "$TOKEN" | labdeploy deploy --app stroop-pilot --mode registry \\
+          --image-base-name registry.gitlab.com/lab/images --registry-user alice --registry-password-stdin
     """
     deploy = core("deploy")
     experiment = Path(experiment)
@@ -91,10 +101,38 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
                        ("connection_limit", connection_limit), ("launch", launch)):
         if value is not None:
             kwargs[key] = value
+    if image_base_name is not None:
+        kwargs["base_name"] = image_base_name
     name = pick_server(server)
+    if (registry_user or registry_password_stdin) and mode != "registry":
+        raise UsageProblem("--registry-user and --registry-password-stdin are for --mode registry.",
+                           "Add --mode registry, or leave them out.")
+    if registry_password_stdin and not registry_user:
+        raise UsageProblem("--registry-password-stdin needs --registry-user.", "Add --registry-user USER.")
+    creds = None
+    if registry_user:
+        reg, images = core("registry"), core("images")
+        base = image_base_name or core("dallingerconfig").get_base_name() or ""
+        address = images.registry_of(base) if base else None
+        if not address:
+            raise UsageProblem("The registry mode needs an image name that starts with a registry "
+                               f"(now {base or 'none'!r}).",
+                               "Pass --image-base-name REGISTRY/PATH, or set docker_image_base_name in "
+                               "~/.dallingerconfig (`labdeploy registry login --image-base-name ...`).")
+        password = _ui.read_secret(f"password (or access token) for {registry_user} at {address}",
+                                   from_stdin=registry_password_stdin, flag="--registry-password-stdin")
+        try:
+            creds = reg.Credentials(address, registry_user, password)
+        except LabdeployError as exc:
+            raise UsageProblem(exc.message, exc.hint) from None
+        finally:
+            del password
+        kwargs["credentials"] = creds
     remote = open_server(name)
     fn = deploy.update if update else deploy.deploy
     with _ui.reporting() as reporter:
+        if creds is not None:
+            reg.login_local(creds, reporter=_ui.without_warnings(reporter))  # for the push, this process only
         result = fn(experiment, app, remote, reporter=reporter, **kwargs)
     _ui.ok(f"{result.app} ({result.version}) is live at {result.url}")
     # Shown to a person at a terminal; masked in logs and pipes unless asked for.

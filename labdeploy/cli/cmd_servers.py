@@ -338,8 +338,15 @@ def registry_login(address, username, password_stdin, server, server_only, remot
     result = {"registry": address, "username": username, "server": name}
     with _ui.reporting() as reporter:
         if not server_only:
-            local = reg.login_local(creds, reporter=reporter)
-            result["local"] = getattr(local, "stored", "ok")
+            local = reg.login_local(creds, reporter=_ui.without_warnings(reporter))
+            stored = getattr(local, "stored", "")
+            if stored.startswith("memory"):
+                stored = "checked, not stored"
+                _ui.warn("This computer has no Docker credential helper, so the login was checked but not "
+                         "stored (Docker would keep the password unencrypted in ~/.docker/config.json).",
+                         "For registry-mode deploys pass --registry-user to `labdeploy deploy`, or set up a "
+                         "credential helper (https://docs.docker.com/reference/cli/docker/login/#credential-stores).")
+            result["local"] = stored
         reg.login_server(remote, creds, docker_config=remote_docker_config, reporter=reporter)
         result["on_server"] = True
     if image_base_name is not None:
