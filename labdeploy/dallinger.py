@@ -20,6 +20,7 @@ import os
 import re
 import secrets as _secrets
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -302,7 +303,10 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
         env[name] = value
     if "aws_region" in config:
         env["AWS_DEFAULT_REGION"] = config["aws_region"]  # boto reads this name
-    env["DALLINGER_UID"] = experiment_uid or _secrets.token_hex(16)
+    # The experiment's id: Dallinger's own deploy writes a fresh uuid into config.txt;
+    # recruiters and PsyNet's launch need it. Keep config.txt's if it sets one.
+    uid = config.get("id") or experiment_uid or str(uuid.uuid4())
+    env["id"] = env["DALLINGER_UID"] = uid
     env["FLASK_SECRET_KEY"] = flask_secret_key or _secrets.token_urlsafe(24)
     plain, secret = split_env(env)
     plain.update(BASE_ENV)

@@ -172,7 +172,7 @@ def test_spec_splits_secrets_from_plain_environment(secret_experiment, home):
     assert "heroku_auth_token" not in s.env and "heroku_auth_token" not in s.secret_env
     assert s.skipped["chrome-path"] == "not a valid environment variable name"
     assert s.clock_on and s.services == ("web", "worker", "clock")
-    assert len(s.env["DALLINGER_UID"]) == 32
+    assert len(s.env["DALLINGER_UID"]) == 36 and s.env["id"] == s.env["DALLINGER_UID"]
     assert not any(v in repr(s) for v in SECRET_VALUES + ("flask-key-000",))
 
 
@@ -214,7 +214,10 @@ def test_each_spec_gets_fresh_secrets_unless_given(tmp_path, home):
     a, b = dallinger.spec(exp, home=home), dallinger.spec(exp, home=home)
     assert a.secret_env["FLASK_SECRET_KEY"] != b.secret_env["FLASK_SECRET_KEY"]
     kept = dallinger.spec(exp, home=home, flask_secret_key="k", experiment_uid="u")
-    assert kept.secret_env["FLASK_SECRET_KEY"] == "k" and kept.env["DALLINGER_UID"] == "u"
+    assert kept.secret_env["FLASK_SECRET_KEY"] == "k" and kept.env["DALLINGER_UID"] == kept.env["id"] == "u"
+    assert a.env["id"] != b.env["id"]
+    own = make_experiment(tmp_path / "own", "[Experiment]\nid = my-exp-1\n")
+    assert dallinger.spec(own, home=home).env["id"] == "my-exp-1"
 
 
 # --------------------------------------------------------------------------- the image
