@@ -122,6 +122,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def ensure_folder(folder: Union[str, os.PathLike]) -> Path:
+    """Create the folder exports go to (checked before anything is downloaded)."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValidationError(f"{folder} is a file, not a folder.", "Choose a folder to save the export in.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _disk_error(exc, folder / "export") from exc
+    if not os.access(folder, os.W_OK):
+        raise ValidationError(f"You may not write to {folder}.", "Choose a folder of your own.")
+    return folder
+
+
 def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ValidationError(f"{path} already exists.",
@@ -139,7 +153,7 @@ def write_archive(frames: ExportData | Mapping[str, pd.DataFrame], path: Union[s
     _check_target(path, overwrite)
     data = frames if isinstance(frames, ExportData) else ExportData(frames)
     experiment_id = experiment_id or data.app or path.stem.removesuffix("-data")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     tmp = path.with_name(f".{path.name}.labdeploy-{uuid.uuid4().hex[:12]}.part")
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
@@ -185,7 +199,7 @@ def write_parquet(frames: ExportData | Mapping[str, pd.DataFrame], folder: Union
     folder = Path(folder).expanduser()
     _check_target(folder, overwrite)
     data = frames if isinstance(frames, ExportData) else ExportData(frames)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(folder.parent)
     tmp = folder.with_name(f".{folder.name}.labdeploy-{uuid.uuid4().hex[:12]}.part")
     old = None
     try:

@@ -244,6 +244,8 @@ def export(app: str, server, tables: Optional[Sequence[str]] = None, *, mode: st
         tables = [copystream.table_name(t) for t in tables]
     if rules is not None:
         rules.validate()
+    if save_to is not None:
+        save_to = archive.ensure_folder(save_to)  # before the download, not after it
     remote = _remote(server)
     with step(report, "Read the tables", f"{app} on {remote.host}"):
         t0 = time.monotonic()
@@ -610,8 +612,7 @@ def download_logs(app: str, server, dest: Union[str, os.PathLike], *, tail: Opti
     if not remote.exists(layout.app_compose(app)):
         raise UnknownApp(f"{app!r} has no {layout.app_compose(app)} on {remote.host}.",
                          "Check the app name and the server.")
-    dest = Path(dest).expanduser()
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = archive.ensure_folder(dest)
     target = dest / f"{app}-logs.txt"
     tmp = target.with_name(f".{target.name}.part")
     args = [*compose.compose_argv(remote), "logs", "--no-color", "--timestamps"]

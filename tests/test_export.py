@@ -357,3 +357,33 @@ def test_destroy_check_needs_a_fresh_export(session_remote, tmp_path, home):
     finally:
         drop_app(session_remote, app)
     assert export.check_destroy(app, session_remote) is None  # no database left: nothing to lose
+
+
+def test_panel_anonymous_only_and_errors_shown(app, session_remote, tmp_path, home):
+    from labdeploy.widgets.export import ExportPanel
+
+    panel = ExportPanel(session_remote, app=app, folder=str(tmp_path / "out"))
+    deadline = time.monotonic() + 60
+    while not (panel.app_picker.value == app and panel.tables.options):
+        assert time.monotonic() < deadline, "the panel did not list the app's tables"
+        time.sleep(0.1)
+    assert ("participant (3 rows)", "participant") in panel.tables.options
+    panel.tables.value = ("participant", "responses")
+    panel.mode.value = "anonymous"
+    panel.export_button.click()
+    panel.last_task.join(120)
+    assert "labdeploy-error" not in panel.message.value, panel.message.value
+    assert list(panel.data) == ["participant", "responses"] and panel.data.anonymised
+    assert "W-ALICE" not in set(panel.data["participant"]["worker_id"])
+    assert [p.endswith("-anonymous-data.zip") for p in panel.paths] == [True]
+    assert "data-table='participant' data-rows='3'" in panel.summary.value
+    (tmp_path / "a-file").write_text("x")
+    panel.folder.value = str(tmp_path / "a-file")  # not a folder: the error is shown with its hint
+    panel.export_button.click()
+    panel.last_task.join(120)
+    assert "labdeploy-error" in panel.message.value and "What to do" in panel.message.value
+    assert "bug" not in panel.message.value and "a-file" in panel.message.value, panel.message.value
+    assert not panel.export_button.disabled  # usable again after the error
+    panel.destroy_button.click()  # not confirmed: refused before anything runs
+    panel.last_task.join(60)
+    assert "confirmation" in panel.message.value and export.database_exists(app, session_remote)
