@@ -52,13 +52,29 @@ class RestartTimeout(LabdeployError):
     """Restarted services did not come back up in time."""
 
 
+_remotes: dict = {}
+_remotes_lock = threading.Lock()
+
+
 def remote_of(server):
-    """A connected `Remote` for a Remote, a registered Server or a server name."""
+    """The `Remote` for a Remote, a registered Server or a server name.
+
+    Names and Servers map to one Remote per process, so repeated calls (a panel's timer, a
+    sampler) reuse one SSH connection instead of opening one each time.
+    """
     if hasattr(server, "run"):
         return server
-    from . import servers  # written in parallel; only needed when a name/Server is given
+    from . import servers
 
-    return servers.resolve(server)
+    import os
+
+    spec = servers.get(server) if isinstance(server, str) else server
+    # The registration's values and HOME (where known_hosts is) decide which Remote fits.
+    key = (spec, os.path.expanduser("~")) if isinstance(spec, servers.Server) else spec
+    with _remotes_lock:
+        if key not in _remotes:
+            _remotes[key] = servers.resolve(spec)
+        return _remotes[key]
 
 
 def docker_error(res, doing: str) -> LabdeployError:

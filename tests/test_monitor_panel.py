@@ -32,7 +32,7 @@ def app(session_remote, testbed):
 
 
 @pytest.fixture
-def panel(app):
+def panel(app, home):  # home: the server list is read from a temporary HOME, never the real one
     p = MonitorPanel(app, refresh=0.5, interval=0.5)
     try:
         yield p
@@ -137,3 +137,24 @@ def test_status_html_shows_a_restarting_container():
                         "restarts": 7, "image": "img"}])
     out = status_html(df)
     assert "data-state='restarting'" in out and "#c5221f" in out and ">7<" in out
+
+
+def test_server_picker_with_a_registered_server(app, home, testbed):
+    from labdeploy import servers
+
+    s = testbed["ssh"]
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "known_hosts").write_text(s["known_hosts_line"] + "\n")  # as after a confirmed first contact
+    servers.add("tb-mon", s["host"], s["user"], port=s["port"], key=s["key"])
+    p = MonitorPanel(app, refresh=0.5, interval=1)
+    try:
+        assert p.server_picker.options == (app.label, "tb-mon")
+        wait_for(lambda: APP in p.app_picker.options, what="apps via the passed Remote")
+        p.server_picker.value = "tb-mon"  # reconnects through the registered name
+        wait_for(lambda: p.remote is not app and p.remote is not None, what="the switch")
+        assert p.remote.host == s["host"]
+        wait_for(lambda: APP in p.status_table.value and p.sampler.running, what="status via the name")
+    finally:
+        p.stop()
+        if p.remote is not app:
+            p.remote.close()

@@ -119,6 +119,7 @@ class MonitorPanel:
                                         description="Server")
         self.server_picker.observe(self._on_server, names="value")
         self.app_picker = W.Dropdown(options=[], description="App")
+        self.app_picker.observe(lambda _: self._update_services(), names="value")
         self.stop_button = self._button("Stop monitoring", "stop", icon="stop")
         self.stop_button.on_click(lambda _: self.stop())
         self.start_button = self._button("Start monitoring", "start", icon="play")
