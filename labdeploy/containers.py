@@ -338,13 +338,15 @@ def logs_script(app: str, service: Optional[str], tail, since: Optional[str], fo
         opts.append("-f")
     fmt = "{{.ID}} {{.Label " + json.dumps(SERVICE_LABEL) + "}}"
     watcher = "exec 3<&0; { read -r _ <&3; kill 0; } & " if follow else ""
+    # `sed -u` passes each line on at once (GNU sed; mawk would hold followed lines back for
+    # minutes); a sed without -u (busybox) still works, only with delayed lines when following.
     return (f"{watcher}list=$(docker ps -a {flt} --format {shlex.quote(fmt)}) || exit $?; "
             f'[ -n "$list" ] || exit {NOT_FOUND_EXIT}; '
+            f"u=-u; sed -u q </dev/null >/dev/null 2>&1 || u=; "
             f'echo "$list" | {{ while read -r id svc; do '
-            # The label goes into a sed expression: keep only name characters. `sed -u` so lines
-            # pass at once (mawk would hold followed lines back for minutes).
+            # The label goes into a sed expression: keep only name characters.
             f'case "$svc" in ""|*[!A-Za-z0-9._-]*) svc=unknown;; esac; '
-            f"docker logs {shlex.join(opts)} \"$id\" </dev/null 2>&1 | sed -u \"s/^/$svc /\" & "
+            f"docker logs {shlex.join(opts)} \"$id\" </dev/null 2>&1 | sed $u \"s/^/$svc /\" & "
             f"done; wait; }}")
 
 
