@@ -114,7 +114,9 @@ class ChunkPipe:
     be held whole as bytes while it is parsed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 32 << 20) -> None:
+        self.limit = limit  # the writer waits while this much is unread: memory stays bounded
+        self._reader_gone = False
         self._chunks: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -127,14 +129,28 @@ class ChunkPipe:
     def write(self, data: bytes) -> None:
         if data:
             with self._cond:
+                # Back-pressure: SSH's flow control then slows the server down, instead of the
+                # table piling up here when parsing is slower than the network.
+                while self._avail > self.limit and not self._reader_gone:
+                    self._cond.wait()
+                if self._reader_gone:
+                    return  # nobody will read it
                 self._chunks.append(data)
                 self._avail += len(data)
-                self._cond.notify()
+                self._cond.notify_all()
 
     def close_writer(self, error: Optional[BaseException] = None) -> None:
         with self._cond:
             self._closed = True
             self._error = error
+            self._cond.notify_all()
+
+    def reader_done(self) -> None:
+        """The reader stopped (finished or failed): never make the writer wait again."""
+        with self._cond:
+            self._reader_gone = True
+            self._chunks.clear()
+            self._avail = 0
             self._cond.notify_all()
 
     # reader side (what pyarrow calls)
@@ -163,6 +179,7 @@ class ChunkPipe:
                 self._chunks.clear()
                 self._offset = 0
                 self._avail = 0
+                self._cond.notify_all()
                 return out
             parts, want = [], n
             while self._chunks and want > 0:
@@ -178,6 +195,7 @@ class ChunkPipe:
                     self._offset += want
                     want = 0
             self._avail -= n - want
+            self._cond.notify_all()  # a writer may be waiting for room
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _available(self) -> int:

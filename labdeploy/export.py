@@ -145,6 +145,8 @@ def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: 
                 holder["frame"] = pgtypes.read_csv_stream(pipe, cols)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 holder["error"] = exc
+            finally:
+                pipe.reader_done()
 
         thread = threading.Thread(target=work, name=f"labdeploy-parse-{name}", daemon=True)
         parses[name] = _Parse(pipe, thread, holder)
@@ -297,7 +299,7 @@ def save_archive(data: ExportData, path: Union[str, os.PathLike], *, parquet: bo
         with step(report, "Write Parquet", folder.name):
             write_parquet(data, folder, overwrite=overwrite, reporter=report)
             data.paths.append(str(folder))
-    if not data.anonymised and data.app and data.server:
+    if not data.anonymised and data.app and data.server and data.snapshot and data.exported_at:
         _record(data, path)
     return path
 

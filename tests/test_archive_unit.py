@@ -263,3 +263,22 @@ def test_script_names_tables_safely():
 
 def test_errors_have_hints():
     assert isinstance(archive.DiskFull("m", "h"), LabdeployError)
+
+
+def test_chunk_pipe_holds_back_the_writer_and_never_deadlocks():
+    pipe = copystream.ChunkPipe(limit=10)
+    wrote = []
+    writer = threading.Thread(target=lambda: [pipe.write(b"x" * 8) or wrote.append(i) for i in range(3)])
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive() and len(wrote) == 2  # 16 bytes unread > limit: the third write waits
+    assert pipe.read(8) == b"x" * 8
+    writer.join(5)
+    assert not writer.is_alive() and len(wrote) == 3
+    stuck = copystream.ChunkPipe(limit=1)
+    stuck.write(b"abc")
+    stuck.reader_done()  # the parser failed: later writes are dropped, not blocked
+    t = threading.Thread(target=stuck.write, args=(b"def",))
+    t.start()
+    t.join(5)
+    assert not t.is_alive()
