@@ -219,19 +219,31 @@ def _preflight(remote, app: str, operation: str, settings_override, capacity: st
         raise UnknownApp(f"There is no deployed app named {app!r} on {remote.host} to update.",
                          "Check the name (apps(server) lists them), or deploy() it first.")
     table = readiness.check(remote, ports=(int(facts.settings.http_port), int(facts.settings.https_port)))
-    blocking = {"SSH login", "Docker installed", "Docker usable without sudo", "Docker Compose",
-                "Shared services (PostgreSQL, Caddy)"}
+    for warning in judge_readiness(table, operation=operation, capacity=capacity):
+        reporter(warning)
+    return facts
+
+
+_BLOCKING = {"SSH login", "Docker installed", "Docker usable without sudo", "Docker Compose",
+             "Shared services (PostgreSQL, Caddy)"}
+
+
+def judge_readiness(table, *, operation: str = "deploy", capacity: str = "warn") -> list:
+    """What the readiness table means for a deploy (pure): raises DeployError for a check that
+    blocks it, returns warnings for the rest. Memory counts only for a new app (an update
+    replaces containers that already use their share); `capacity` is warn / refuse / ignore."""
+    warnings = []
     for _, row in table.iterrows():
-        if row["check"] in blocking and not row["ok"]:
+        if row["check"] in _BLOCKING and not row["ok"]:
             raise DeployError(f"The server is not ready: {row['check']}: {row['detail']}.", row["hint"])
         if row["check"] == "Memory" and not row["ok"] and operation == "deploy" and capacity != "ignore":
-            msg = (f"Not enough memory for another experiment: {row['detail']}.")
+            msg = f"Not enough memory for another experiment: {row['detail']}."
             if capacity == "refuse":
-                raise DeployError(msg, row["hint"])
-            reporter(Warning_(msg, row["hint"]))
+                raise DeployError(msg, row["hint"] + " (or deploy with capacity='warn' to go ahead anyway)")
+            warnings.append(Warning_(msg, row["hint"]))
         if row["check"] == "Disk space" and not row["ok"]:
-            reporter(Warning_(f"Low disk space: {row['detail']}.", row["hint"]))
-    return facts
+            warnings.append(Warning_(f"Low disk space: {row['detail']}.", row["hint"]))
+    return warnings
 
 
 def _upload_assets(remote, app: str, experiment_dir: Path, reporter: Reporter) -> int:
@@ -467,13 +479,18 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         with step(reporter, "image"), tempfile.TemporaryDirectory(prefix="labdeploy-build-") as tmp:
             # A Dallinger folder is built from a copy: generated Dockerfile, config.txt without secrets.
             context = spec.write_context(Path(tmp) / "context") if spec is not None else experiment_dir
+            if spec is not None and spec.kind == "psynet":  # PsyNet's `psynet prepare`, locally
+                dallinger.prepare_psynet(context, app=app, server_host=remote.host, ssh_user=remote.user,
+                                         postgres_image=settings.postgres_image, redis_image=redis_image,
+                                         env={**config, **secrets}, build_args=build_args,
+                                         reporter=_sub_reporter(collect, "image"))
             delivered = _deliver(remote, context, app=app, mode=mode, build_args=build_args,
                                  base_name=base_name, credentials=credentials, dockerfile=dockerfile,
                                  reporter=_sub_reporter(collect, "image"))
-            lock.refresh()
         version = delivered.tag
         record.version, record.image, record.image_id = version, delivered.ref, delivered.image_id
         lock.info.version = version
+        lock.refresh()  # records the version, restarts the expiry clock after a long build
 
         current = "database"
         with step(reporter, "database", names.db_identifier(app)):

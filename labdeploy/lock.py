@@ -32,6 +32,9 @@ _held_lock = threading.Lock()
 _ACQUIRE = ('mkdir -p "$1" && if mkdir "$2" 2>/dev/null; then cat > "$2/info.json"; echo acquired; '
             'else cat >/dev/null; echo "$(( $(date +%s) - $(stat -c %Y "$2" 2>/dev/null || date +%s) ))"; '
             'cat "$2/info.json" 2>/dev/null; exit 3; fi')
+# $1 = lock dir, $2 = token: replace info.json (stdin) atomically and touch the lock, if still ours.
+_REFRESH = ('grep -qF "$2" "$1/info.json" 2>/dev/null || { cat >/dev/null; exit 4; }; '
+            'cat > "$1/.info.json.tmp" && mv "$1/.info.json.tmp" "$1/info.json" && touch "$1"')
 # $1 = lock dir, $2 = token: remove the lock only if it is still the one named by the token.
 _RELEASE = 'grep -qF "$2" "$1/info.json" 2>/dev/null && rm -rf "$1" || true'
 # $1 = lock dir, $2 = token (or "" for any): rename away atomically, then remove.
@@ -135,12 +138,22 @@ class DeployLock:
         self.broke: Optional[LockInfo] = None  # the stale lock taken over, if any
 
     def acquire(self) -> "DeployLock":
+        # Counted as held before the mkdir: another thread of this process that sees the new
+        # lock must not take it for one left behind by a lost connection.
+        with _held_lock:
+            _held.add(self.info.token)
+        try:
+            return self._acquire()
+        except BaseException:
+            with _held_lock:
+                _held.discard(self.info.token)
+            raise
+
+    def _acquire(self) -> "DeployLock":
         for _ in range(3):
             res = self.remote.run(["sh", "-c", _ACQUIRE, "sh", layout.locks_dir(), self.path],
                                   stdin=self.info.to_json().encode(), check=False)
             if res.exit_status == 0 and res.stdout.strip() == "acquired":
-                with _held_lock:
-                    _held.add(self.info.token)
                 self.held = True
                 return self
             if res.exit_status != 3:
@@ -166,9 +179,11 @@ class DeployLock:
         self.remote.run(["sh", "-c", _BREAK, "sh", self.path, token], check=False)
 
     def refresh(self) -> None:
-        """Restart the expiry clock (long steps call it so a slow build doesn't expire)."""
+        """Rewrite info.json (e.g. with the version, known once the image is built) and restart
+        the expiry clock, so a slow build doesn't expire the lock. Only while still ours."""
         if self.held:
-            self.remote.run(["touch", self.path], check=False)
+            self.remote.run(["sh", "-c", _REFRESH, "sh", self.path, self.info.token],
+                            stdin=self.info.to_json().encode(), check=False)
 
     def release(self) -> None:
         if not self.held:

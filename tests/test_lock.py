@@ -1,0 +1,57 @@
+"""The deploy lock on the real server: atomic under contention, records who/version, refresh,
+release only by its holder, deliberate break."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from labdeploy import lock
+
+APP = "t-dep-lock"
+
+
+@pytest.fixture
+def clean(session_remote):
+    lock.break_lock(session_remote, APP, confirm=True)
+    yield session_remote
+    lock.break_lock(session_remote, APP, confirm=True)
+
+
+def test_only_one_of_many_simultaneous_takers_wins(clean):
+    results: list = []
+    barrier = threading.Barrier(6)
+
+    def take() -> None:
+        barrier.wait()
+        try:
+            results.append(lock.DeployLock(clean, APP, version="x").acquire())
+        except lock.DeployInProgress as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=take) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    winners = [r for r in results if isinstance(r, lock.DeployLock)]
+    assert len(results) == 6 and len(winners) == 1
+    winners[0].release()
+    assert lock.read_lock(clean, APP) is None
+
+
+def test_refresh_records_the_version_and_only_the_holder_releases(clean):
+    held = lock.DeployLock(clean, APP, operation="update").acquire()
+    held.info.version = "abc123"
+    held.refresh()
+    info = lock.read_lock(clean, APP)
+    assert info.version == "abc123" and info.operation == "update" and info.token == held.info.token
+    assert info.age is not None and info.age < 60
+
+    stranger = lock.DeployLock(clean, APP)
+    stranger.held = True  # pretend: its release must not remove a lock that isn't its own
+    stranger.release()
+    assert lock.read_lock(clean, APP).token == held.info.token
+    held.release()
+    assert lock.read_lock(clean, APP) is None
