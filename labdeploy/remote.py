@@ -459,7 +459,7 @@ class Remote:
         self._count("commands")
         stdin_failure: list = []
         try:
-            chan.exec_command(command)
+            self._exec(chan, transport, command, argv)
             feeder = None
             if stdin is not None:
                 feeder = threading.Thread(target=self._feed_stdin, args=(chan, stdin, stdin_failure), daemon=True)
@@ -532,6 +532,24 @@ class Remote:
                 # The connection died since it was last used (nothing ran yet): reconnect once.
                 transport = self._reconnect_after(transport)
                 reconnected = True
+
+    def _exec(self, chan: paramiko.Channel, transport: paramiko.Transport, command: str, argv) -> None:
+        """chan.exec_command, bounded: paramiko waits for the server's answer without a time limit,
+        so a connection that silently died right after the session opened would hang here."""
+        watchdog = threading.Timer(self.connect_timeout, transport.close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            chan.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if self._died(transport, 0.5):
+                raise ConnectionLost(
+                    f"The connection to {self.host} dropped while starting `{self._short(argv)}`.",
+                    "Check the network and run it again; labdeploy reconnects by itself.") from exc
+            raise RemoteError(f"The server {self.host} refused to run `{self._short(argv)}`: {exc}",
+                              "Check the server's sshd configuration (e.g. a ForceCommand).") from exc
+        finally:
+            watchdog.cancel()
 
     @staticmethod
     def _signal(chan: paramiko.Channel, name: str) -> None:

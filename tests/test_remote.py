@@ -546,6 +546,8 @@ class FreezableProxy:
                 continue
             except OSError:
                 return
+            if n in self.frozen:
+                continue  # frozen while we waited: these bytes are lost, as on a dead network
             if not data:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
@@ -575,6 +577,34 @@ def test_silently_dead_connection_is_replaced(testbed, tmp_path):
         assert r.run(["echo", "a"]).stdout == "a\n"
         proxy.freeze_existing()
         assert r.run(["echo", "b"]).stdout == "b\n"  # no answer on the old one: a new connection
+        assert r.stats["connections"] == 2
+    finally:
+        r.close()
+        proxy.close()
+
+
+def test_connection_dying_silently_while_a_command_starts(testbed, tmp_path):
+    """The relay freezes right after the session opened: starting the command must not hang."""
+    s = testbed["ssh"]
+    proxy = FreezableProxy((s["host"], s["port"]))
+    kh = tmp_path / "kh"
+    kh.write_text(f"[127.0.0.1]:{proxy.port} {' '.join(s['host_key'].split()[:2])}\n")
+    r = Remote("127.0.0.1", proxy.port, s["user"], key_filename=s["key"], known_hosts=kh, use_agent=False,
+               connect_timeout=3)
+    open_session = r._open_session
+
+    def open_then_freeze(argv):  # a hook for the timing only; the server and the relay are real
+        chan = open_session(argv)
+        proxy.freeze_existing()
+        return chan
+
+    try:
+        assert r.run(["echo", "a"]).stdout == "a\n"
+        r._open_session = open_then_freeze
+        with pytest.raises(ConnectionLost):
+            r.run(["echo", "b"], timeout=30)
+        r._open_session = open_session
+        assert r.run(["echo", "c"]).stdout == "c\n"
         assert r.stats["connections"] == 2
     finally:
         r.close()
