@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import pandas as pd
 
 from . import names
-from .errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError
+from .errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError, ValidationError
 from .progress import Reporter, Warning_, null_reporter
 
 APP_LABEL = "labdeploy.app"
@@ -94,6 +94,15 @@ def docker_error(res, doing: str) -> LabdeployError:
     return CommandFailed(f"Can't {doing} (exit status {res.exit_status}):\n{tail}",
                          "Read the error above; it comes from Docker on the server.",
                          exit_status=res.exit_status, stdout=res.stdout, stderr=res.stderr)
+
+
+def _app_first(app, server, fn: str):
+    """(app, Remote) for the app-level functions, which take the app first like
+    `deploy.destroy(app, server)`; swapped arguments get a plain explanation."""
+    if not isinstance(app, str) and isinstance(server, str):
+        raise ValidationError(f"{fn}() takes the app first, then the server.",
+                              f"Call {fn}('my-app', server, ...).")
+    return names.app_name(app), remote_of(server)
 
 
 # ------------------------------------------------------------------ status
@@ -199,9 +208,9 @@ def _diagnose(remote, app: str, service: Optional[str], doing: str) -> Labdeploy
             return ServiceNotRunning(
                 f"Can't {doing}: {service} of {app} is restarting over and over (it crashes on start; "
                 f"{int(rows.iloc[0]['restarts'])} restarts so far).",
-                f"Read its logs (logs(server, {app!r}, {service!r})) for the error that makes it crash.")
+                f"Read its logs (logs({app!r}, server, {service!r})) for the error that makes it crash.")
         return ServiceNotRunning(f"Can't {doing}: {service} of {app} is {state}, not running.",
-                                 f"Start it again (restart(server, {app!r}, [{service!r}])) and read its logs.")
+                                 f"Start it again (restart({app!r}, server, [{service!r}])) and read its logs.")
     return UnknownApp(f"The app {app!r} has no containers.", "Deploy it first.")
 
 
@@ -253,7 +262,7 @@ def exec_script(app: str, service: str, command: Sequence[str], interactive: boo
 _NOT_FOUND_RE = re.compile(r"executable file not found|no such file or directory|permission denied", re.I)
 
 
-def exec_(server, app: str, service: str, command: Union[str, Sequence[str]], *,
+def exec_(app: str, server, service: str, command: Union[str, Sequence[str]], *,
           stdin: Union[bytes, str, None] = None, timeout: Optional[float] = 300,
           check: bool = False, redact_secrets: bool = True) -> ExecResult:
     """Run a command in a service's container, like the seed's `docker compose exec web ...`.
@@ -263,8 +272,7 @@ def exec_(server, app: str, service: str, command: Union[str, Sequence[str]], *,
     `check=True` a non-zero exit raises `CommandFailed`. Secrets in the output are masked
     (`redact`) unless `redact_secrets=False`.
     """
-    remote = remote_of(server)
-    names.app_name(app)
+    app, remote = _app_first(app, server, "exec_")
     names.service(service)
     argv = ["sh", "-c", command] if isinstance(command, str) else [str(c) for c in command]
     if not argv or not argv[-1 if isinstance(command, str) else 0]:
@@ -381,7 +389,7 @@ class _UntilStopped:
         return b""
 
 
-def logs(server, app: str, service: Optional[str] = None, *, tail: Union[int, str] = 200, since=None,
+def logs(app: str, server, service: Optional[str] = None, *, tail: Union[int, str] = 200, since=None,
          follow: bool = False, on_line: Optional[Callable[[LogEntry], None]] = None,
          stop: Optional[threading.Event] = None, as_frame: bool = True, max_lines: int = 100_000,
          reconnect: bool = True, reporter: Optional[Reporter] = None):
@@ -393,8 +401,7 @@ def logs(server, app: str, service: Optional[str] = None, *, tail: Union[int, st
     """
     from collections import deque
 
-    remote = remote_of(server)
-    names.app_name(app)
+    app, remote = _app_first(app, server, "logs")
     if service is not None:
         names.service(service)
     if not (tail == "all" or (isinstance(tail, int) and tail >= 0)):
@@ -553,7 +560,7 @@ def _is_up(row, settle: float = 0.0) -> bool:
             and row["uptime"] is not pd.NaT and row["uptime"] >= pd.Timedelta(seconds=settle))
 
 
-def restart(server, app: str, services: Optional[Iterable[str]] = None, *, timeout: float = 120,
+def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeout: float = 120,
             stop_timeout: int = 10, settle: float = 2.0, reporter: Optional[Reporter] = None) -> pd.DataFrame:
     """Restart an app's web / worker / clock (the seed's remedy), then wait until they are up:
     running (and healthy if they have a health check) for `settle` seconds. Returns the app's
@@ -561,8 +568,7 @@ def restart(server, app: str, services: Optional[Iterable[str]] = None, *, timeo
     from .layout import PROCESS_SERVICES
     from .progress import step
 
-    remote = remote_of(server)
-    names.app_name(app)
+    app, remote = _app_first(app, server, "restart")
     df = status(remote, app)
     wanted = list(services) if services is not None else [s for s in PROCESS_SERVICES if s in set(df["service"])]
     if not wanted:
@@ -588,6 +594,6 @@ def restart(server, app: str, services: Optional[Iterable[str]] = None, *, timeo
                 raise RestartTimeout(
                     f"After {timeout:.0f} s these services of {app} are not up again: "
                     f"{', '.join(down) or 'some containers disappeared'}.",
-                    f"Read their logs (logs(server, {app!r}, service)) for the error; a service that keeps "
+                    f"Read their logs (logs({app!r}, server, service)) for the error; a service that keeps "
                     "restarting usually fails on start (configuration or database).")
             time.sleep(0.5)

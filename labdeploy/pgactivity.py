@@ -154,7 +154,7 @@ def _unavailable(res, container: str) -> Optional[PostgresUnavailable]:
     if "too many" in low and "connections" in low:
         return PostgresUnavailable("PostgreSQL refuses new connections: all connection slots are in use.",
                                    "Restart the web/worker/clock of the app holding most connections "
-                                   "(labdeploy.monitor.restart(server, app)).")
+                                   "(labdeploy.monitor.restart(app, server)).")
     return None
 
 
@@ -410,7 +410,7 @@ def connection_warnings(snap: Snapshot, threshold: float = DEFAULT_THRESHOLD) ->
             "server",
             f"PostgreSQL has {total} of {limit} connections in use ({100 * total / limit:.0f}%). "
             + ("Most are held by " + ", ".join(holders) + "." if holders else ""),
-            (f"Restart the web, worker and clock of {first} (monitor.restart(server, {first!r})) to free its "
+            (f"Restart the web, worker and clock of {first} (monitor.restart({first!r}, server)) to free its "
              "connections; if it fills up again, lower its database pool size." if first else
              "Find the clients in pg_activity() and close them."),
             total, limit, tuple(_who(r) for _, r in top.iterrows())))
@@ -424,7 +424,7 @@ def connection_warnings(snap: Snapshot, threshold: float = DEFAULT_THRESHOLD) ->
             "app",
             f"{who} uses {r['connections']} of its {lim} database connections"
             + (" — it is at its limit: new connections of this app are refused." if full else "."),
-            f"Restart its web, worker and clock (monitor.restart(server, {who!r})); if that recurs, lower its "
+            f"Restart its web, worker and clock (monitor.restart({who!r}, server)); if that recurs, lower its "
             "pool size or raise its connection limit.",
             int(r["connections"]), int(lim), (who,)))
     return out

@@ -67,7 +67,7 @@ def test_restarting_container_is_reported(apps):
     assert row["state"] in ("restarting", "running", "exited")
     assert row["restarts"] >= 1
     # Its logs still tell why it crashes.
-    lines = monitor.logs(apps, CRASH, "web", tail=5, as_frame=False)
+    lines = monitor.logs(CRASH, apps, "web", tail=5, as_frame=False)
     assert any("web boom: missing DATABASE_URL" in line for line in lines)
 
 
@@ -75,7 +75,7 @@ def test_exec_in_restarting_container_says_so(apps):
     deadline = time.monotonic() + 30
     while True:
         try:
-            monitor.exec_(apps, CRASH, "web", ["true"])
+            monitor.exec_(CRASH, apps, "web", ["true"])
         except ServiceNotRunning as exc:
             assert "restarting" in exc.message or "not running" in exc.message
             assert exc.hint
@@ -85,7 +85,7 @@ def test_exec_in_restarting_container_says_so(apps):
 
 
 def test_logs_frame_of_all_services(apps):
-    df = monitor.logs(apps, APP, tail=3)
+    df = monitor.logs(APP, apps, tail=3)
     assert list(df.columns) == ["time", "service", "line"]
     assert set(df["service"]) == {"web", "worker", "clock", "redis"}
     assert df["time"].is_monotonic_increasing
@@ -95,7 +95,7 @@ def test_logs_frame_of_all_services(apps):
 
 
 def test_logs_one_service_since(apps):
-    df = monitor.logs(apps, APP, "clock", tail="all", since="3s")
+    df = monitor.logs(APP, apps, "clock", tail="all", since="3s")
     assert set(df["service"]) == {"clock"}
     assert 1 <= len(df) <= 6
     assert (df["time"] > pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=30)).all()
@@ -103,12 +103,15 @@ def test_logs_one_service_since(apps):
 
 def test_logs_bad_input(apps):
     with pytest.raises(UnknownService) as e:
-        monitor.logs(apps, APP, "webb")
+        monitor.logs(APP, apps, "webb")
     assert "web" in e.value.hint
     with pytest.raises(UnknownApp):
-        monitor.logs(apps, "t-mon-nope")
+        monitor.logs("t-mon-nope", apps)
     with pytest.raises(monitor.LabdeployError):
-        monitor.logs(apps, APP, since="yesterday; rm -rf /")
+        monitor.logs(APP, apps, since="yesterday; rm -rf /")
+    with pytest.raises(monitor.ValidationError) as e:
+        monitor.logs(apps, APP)  # server first by mistake
+    assert "app first" in e.value.message
 
 
 def test_follow_streams_until_stopped(apps):
@@ -120,7 +123,7 @@ def test_follow_streams_until_stopped(apps):
             stop.set()
 
     t0 = time.monotonic()
-    df = monitor.logs(apps, APP, "worker", tail=0, follow=True, on_line=on_line, stop=stop)
+    df = monitor.logs(APP, apps, "worker", tail=0, follow=True, on_line=on_line, stop=stop)
     assert time.monotonic() - t0 < 20
     assert len(df) >= 2 and set(df["service"]) == {"worker"}
     time.sleep(0.5)  # the server-side watcher ends `docker logs -f` once our stdin closes
@@ -135,7 +138,7 @@ def test_follow_survives_dropped_connection(remote, apps):
     result = {}
 
     def follow():
-        result["df"] = monitor.logs(remote, APP, "web", tail=0, follow=True, on_line=got.append,
+        result["df"] = monitor.logs(APP, remote, "web", tail=0, follow=True, on_line=got.append,
                                     stop=stop, reporter=events)
 
     t = threading.Thread(target=follow)
@@ -165,26 +168,26 @@ def test_follow_survives_dropped_connection(remote, apps):
 
 
 def test_exec_returns_output_and_status(apps):
-    res = monitor.exec_(apps, APP, "web", ["sh", "-c", "echo out; echo err >&2; exit 4"])
+    res = monitor.exec_(APP, apps, "web", ["sh", "-c", "echo out; echo err >&2; exit 4"])
     assert (res.exit_status, res.stdout, res.stderr) == (4, "out\n", "err\n")
-    res = monitor.exec_(apps, APP, "worker", "echo $((6*7))")  # a string runs in the container's shell
+    res = monitor.exec_(APP, apps, "worker", "echo $((6*7))")  # a string runs in the container's shell
     assert res.stdout.strip() == "42" and res.ok
-    res = monitor.exec_(apps, APP, "web", ["cat"], stdin=b"via stdin\n")
+    res = monitor.exec_(APP, apps, "web", ["cat"], stdin=b"via stdin\n")
     assert res.stdout == "via stdin\n"
     with pytest.raises(monitor.CommandFailed):
-        monitor.exec_(apps, APP, "web", ["false"], check=True)
+        monitor.exec_(APP, apps, "web", ["false"], check=True)
 
 
 def test_exec_bad_input(apps):
     with pytest.raises(CommandNotFound) as e:
-        monitor.exec_(apps, APP, "web", ["no-such-command", "--x"])
+        monitor.exec_(APP, apps, "web", ["no-such-command", "--x"])
     assert "no-such-command" in e.value.message and e.value.hint
     with pytest.raises(UnknownService):
-        monitor.exec_(apps, APP, "database", ["true"])
+        monitor.exec_(APP, apps, "database", ["true"])
     with pytest.raises(UnknownApp):
-        monitor.exec_(apps, "t-mon-nope", "web", ["true"])
+        monitor.exec_("t-mon-nope", apps, "web", ["true"])
     with pytest.raises(monitor.ValidationError):
-        monitor.exec_(apps, APP, "web; reboot", ["true"])
+        monitor.exec_(APP, apps, "web; reboot", ["true"])
 
 
 def test_stats(apps):
@@ -200,17 +203,17 @@ def test_stats(apps):
 def test_restart_waits_until_up(apps):
     before = monitor.status(apps, APP).set_index("service")
     events = Collector()
-    after = monitor.restart(apps, APP, ["web", "worker"], reporter=events).set_index("service")
+    after = monitor.restart(APP, apps, ["web", "worker"], reporter=events).set_index("service")
     assert after.loc["web", "started_at"] > before.loc["web", "started_at"]
     assert after.loc["worker", "started_at"] > before.loc["worker", "started_at"]
     assert after.loc["clock", "started_at"] == before.loc["clock", "started_at"]  # untouched
     assert after.loc["web", "state"] == "running" and after.loc["web", "health"] == "healthy"
     assert events.steps() == ["restart web, worker of t-mon-core", "wait until up"]
     with pytest.raises(UnknownService):
-        monitor.restart(apps, APP, ["webserver"])
+        monitor.restart(APP, apps, ["webserver"])
 
 
 def test_restart_of_crashing_service_times_out_clearly(apps):
     with pytest.raises(monitor.RestartTimeout) as e:
-        monitor.restart(apps, CRASH, ["web"], timeout=4, stop_timeout=1)
+        monitor.restart(CRASH, apps, ["web"], timeout=4, stop_timeout=1)
     assert "web" in e.value.message and "logs" in e.value.hint

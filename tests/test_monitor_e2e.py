@@ -57,12 +57,12 @@ def test_status_logs_exec_stats(deployed, testbed):
         assert set(mine.index) == {"web", "worker", "clock", "redis"}
         assert (mine["state"] == "running").all()
     participant(testbed, APP_A)
-    logs = monitor.logs(deployed, APP_A, tail=50)
+    logs = monitor.logs(APP_A, deployed, tail=50)
     assert {"web", "worker", "clock"} <= set(logs["service"])
-    res = monitor.exec_(deployed, APP_A, "web", ["python", "-c",
+    res = monitor.exec_(APP_A, deployed, "web", ["python", "-c",
                                                  "import os; print('DATABASE_URL' in os.environ, os.getcwd())"])
     assert res.ok and res.stdout.startswith("True")
-    env = monitor.exec_(deployed, APP_A, "web", "env").stdout  # what a researcher types to debug
+    env = monitor.exec_(APP_A, deployed, "web", "env").stdout  # what a researcher types to debug
     role = names.db_identifier(APP_A)
     assert f"DATABASE_URL=postgresql://{role}:***@" in env  # the password never reaches the notebook
     st = monitor.stats(deployed, APP_A)
@@ -98,7 +98,7 @@ def test_connections_warning_sampler_and_restart(deployed, testbed):
     sql(r, "dallinger-postgresql", "select pg_terminate_backend(pid) from pg_stat_activity "
                                    "where application_name = 't-mon-e2e-holder'")
     before = monitor.status(r, APP_A).set_index("service")["started_at"]
-    after = monitor.restart(r, APP_A).set_index("service")
+    after = monitor.restart(APP_A, r).set_index("service")
     for svc in ("web", "worker", "clock"):
         assert after.loc[svc, "started_at"] > before[svc] and after.loc[svc, "state"] == "running"
     assert after.loc["redis", "started_at"] == before["redis"]

@@ -297,7 +297,7 @@ class MonitorPanel:
 
     def _show_logs(self) -> None:
         app = self._need_app()
-        lines = monitor.logs(self.remote, app, self._service_choice(), tail=int(self.log_tail.value), as_frame=False)
+        lines = monitor.logs(app, self.remote, self._service_choice(), tail=int(self.log_tail.value), as_frame=False)
         self.log_pane.clear()
         for line in lines:
             self.log_pane.append(line)
@@ -317,7 +317,7 @@ class MonitorPanel:
             service = self._service_choice()
 
             def follow():
-                monitor.logs(self.remote, app, service, tail=int(self.log_tail.value), follow=True,
+                monitor.logs(app, self.remote, service, tail=int(self.log_tail.value), follow=True,
                              on_line=lambda e: self.log_pane.append(str(e)), stop=stop,
                              reporter=widget_reporter(logpane=self.log_pane))
 
@@ -359,7 +359,7 @@ class MonitorPanel:
             raise LabdeployError("Nothing to restart.", "Click Restart… and confirm.")
         app, services = pending
         self.message.show_info(f"Restarting {', '.join(services)} of {app}…")
-        monitor.restart(self.remote, app, services)
+        monitor.restart(app, self.remote, services)
         self.message.show_ok(f"{', '.join(services)} of {app} restarted and running again.")
         self._refresh_status()
 
@@ -371,7 +371,7 @@ class MonitorPanel:
         if not command:
             raise LabdeployError("The command is empty.", "Type a command, e.g. 'ls -la' or 'env'.")
         self.exec_output.value = f"$ {command}\n(running…)"
-        res = monitor.exec_(self.remote, app, self.exec_service.value, command, timeout=120)
+        res = monitor.exec_(app, self.remote, self.exec_service.value, command, timeout=120)
         self.exec_output.value = f"$ {command}\n{res.stdout}{res.stderr}\n[exit status {res.exit_status}]"
 
     # ------------------------------------------------------------------ stopping
