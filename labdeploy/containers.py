@@ -98,9 +98,12 @@ def docker_error(res, doing: str) -> LabdeployError:
 
 def _app_first(app, server, fn: str):
     """(app, Remote) for the app-level functions, which take the app first like
-    `deploy.destroy(app, server)`; swapped arguments get a plain explanation."""
+    `deploy.destroy(app, server)`. A Remote/Server given first (the order of `status(server,
+    app)`) is taken as meant: app names are always strings, so that is unambiguous."""
     if not isinstance(app, str) and isinstance(server, str):
-        raise ValidationError(f"{fn}() takes the app first, then the server.",
+        app, server = server, app
+    if not isinstance(app, str):
+        raise ValidationError(f"{fn}() needs an app name, got {type(app).__name__}.",
                               f"Call {fn}('my-app', server, ...).")
     return names.app_name(app), remote_of(server)
 

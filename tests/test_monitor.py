@@ -109,9 +109,11 @@ def test_logs_bad_input(apps):
         monitor.logs("t-mon-nope", apps)
     with pytest.raises(monitor.LabdeployError):
         monitor.logs(APP, apps, since="yesterday; rm -rf /")
+    # The server first (like status(server, app)) is understood too: app names are strings.
+    assert set(monitor.logs(apps, APP, "web", tail=1)["service"]) == {"web"}
     with pytest.raises(monitor.ValidationError) as e:
-        monitor.logs(apps, APP)  # server first by mistake
-    assert "app first" in e.value.message
+        monitor.logs(apps, apps)
+    assert "needs an app name" in e.value.message
 
 
 def test_follow_streams_until_stopped(apps):
