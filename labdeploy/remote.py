@@ -701,12 +701,25 @@ class Remote:
 
     # ------------------------------------------------------------------ files
 
+    SFTP_TIMEOUT = 60.0  # seconds without any answer to an SFTP request: the connection is dead
+
     def _sftp_client(self) -> paramiko.SFTPClient:
         transport = self._transport()
         with self._sftp_lock:
             if self._sftp is None or self._sftp.get_channel() is None or self._sftp.get_channel().closed \
                     or self._sftp.get_channel().get_transport() is not transport:
-                self._sftp = paramiko.SFTPClient.from_transport(transport)
+                # Like SFTPClient.from_transport, but bounded in time: paramiko waits forever for
+                # the subsystem and for every answer, which hangs on a silently dead connection.
+                chan = self._open_session(["sftp"])
+                watchdog = threading.Timer(self.connect_timeout, chan.get_transport().close)
+                watchdog.daemon = True
+                watchdog.start()
+                try:
+                    chan.settimeout(self.SFTP_TIMEOUT)
+                    chan.invoke_subsystem("sftp")
+                    self._sftp = paramiko.SFTPClient(chan)
+                finally:
+                    watchdog.cancel()
             return self._sftp
 
     def _sftp_call(self, what: str, fn: Callable[[paramiko.SFTPClient], T], retry: bool = True) -> T:
@@ -720,10 +733,16 @@ class Remote:
             with self._sftp_lock:
                 transport = self._transport()
                 try:
-                    return fn(self._sftp_client())
+                    sftp = self._sftp_client()
+                    transport = sftp.get_channel().get_transport()
+                    return fn(sftp)
                 except (EOFError, paramiko.SSHException, OSError) as exc:
                     if isinstance(exc, OSError) and exc.errno is not None:
                         raise  # FileNotFoundError, PermissionError, ...: the server's answer
+                    if isinstance(exc, (socket.timeout, TimeoutError)) and transport.is_active():
+                        # No answer for SFTP_TIMEOUT seconds: the connection silently died.
+                        with contextlib.suppress(Exception):
+                            transport.close()
                     if not self._died(transport):
                         raise RemoteError(f"The server {self.host} could not complete {what}: {exc}",
                                           "Check the path and its permissions on the server.") from exc

@@ -611,6 +611,24 @@ def test_connection_dying_silently_while_a_command_starts(testbed, tmp_path):
         proxy.close()
 
 
+def test_sftp_on_a_silently_dead_connection_reconnects(testbed, tmp_path):
+    s = testbed["ssh"]
+    proxy = FreezableProxy((s["host"], s["port"]))
+    kh = tmp_path / "kh"
+    kh.write_text(f"[127.0.0.1]:{proxy.port} {' '.join(s['host_key'].split()[:2])}\n")
+    r = Remote("127.0.0.1", proxy.port, s["user"], key_filename=s["key"], known_hosts=kh, use_agent=False,
+               connect_timeout=3)
+    r.SFTP_TIMEOUT = 3
+    try:
+        assert r.exists(".") and r.listdir("/") != []
+        proxy.freeze_existing()
+        assert r.exists(".")  # the request went unanswered: a new connection answered it
+        assert r.stats["connections"] == 2
+    finally:
+        r.close()
+        proxy.close()
+
+
 def test_keepalives_are_sent_while_idle(testbed, known_hosts):
     r = make_remote(testbed, known_hosts, keepalive=1)
     try:
