@@ -11,7 +11,8 @@ read into a DataFrame three ways, each in a fresh process (so peak memory is its
   read_sql (b) pandas.read_sql over an SSH tunnel (SQLAlchemy + psycopg)
 
 Targets: labdeploy within 1.3x of (a), at least 3x faster than (b), peak memory below 3x the
-DataFrame's own size. Run: .venv/bin/python bench/export.py [--rows N] [--repeats R] [--keep]
+DataFrame's own size. The server shares this machine's cores, so wall times move with whatever
+else runs; local CPU seconds are printed too, as a steadier figure. Run: .venv/bin/python bench/export.py [--rows N] [--repeats R] [--keep]
 """
 
 from __future__ import annotations
@@ -118,6 +119,13 @@ def run_read_sql(tb, kh, db):
 METHODS = {"labdeploy": run_labdeploy, "shell": run_shell, "read_sql": run_read_sql}
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its children (ssh for the shell way): a figure that,
+    unlike wall time, other work on the machine hardly changes."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def child(method: str, kh: str, db: str) -> None:
     import pandas  # noqa: F401 - imports are not part of the measurement
     import pyarrow  # noqa: F401
@@ -127,12 +135,14 @@ def child(method: str, kh: str, db: str) -> None:
 
     tb = testbed()
     base = rss_mb()
+    cpu0 = _cpu()
     t = time.perf_counter()
     df = METHODS[method](tb, kh, db)
     seconds = time.perf_counter() - t
+    cpu = _cpu() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = df.memory_usage(index=True, deep=True).sum() / 2**20
-    print(json.dumps({"method": method, "seconds": seconds, "rows": len(df), "peak_mb": peak - base,
+    print(json.dumps({"method": method, "seconds": seconds, "cpu": cpu, "rows": len(df), "peak_mb": peak - base,
                       "df_mb": size, "dtypes": {c: str(t) for c, t in df.dtypes.items()}}))
 
 
@@ -194,13 +204,16 @@ def main() -> None:
     print(f"\nresponses: {args.rows:,} rows (table {csv_mb:.0f} MB on disk), best of {args.repeats} runs, "
           f"each method in a fresh process; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores (the testbed server shares them)\n")
-    print(f"{'method':<12}{'seconds':>9}{'rows':>11}{'DataFrame MB':>14}{'peak MB':>9}{'peak/df':>9}")
+    print(f"{'method':<12}{'seconds':>9}{'local CPU s':>13}{'rows':>11}{'DataFrame MB':>14}{'peak MB':>9}"
+          f"{'peak/df':>9}")
     for m, r in results.items():
-        print(f"{m:<12}{r['seconds']:>9.2f}{r['rows']:>11,}{r['df_mb']:>14.0f}{r['peak_mb']:>9.0f}"
+        print(f"{m:<12}{r['seconds']:>9.2f}{r['cpu']:>13.2f}{r['rows']:>11,}{r['df_mb']:>14.0f}{r['peak_mb']:>9.0f}"
               f"{r['peak_mb'] / r['df_mb']:>9.2f}")
     ours, shell, rsql = results["labdeploy"], results["shell"], results["read_sql"]
     print(f"\nlabdeploy / shell (a):   {ours['seconds'] / shell['seconds']:.2f}x   (target <= 1.3x)")
     print(f"read_sql (b) / labdeploy: {rsql['seconds'] / ours['seconds']:.2f}x   (target >= 3x)")
+    print(f"local CPU: labdeploy / shell {ours['cpu'] / shell['cpu']:.2f}x, read_sql / labdeploy "
+          f"{rsql['cpu'] / ours['cpu']:.2f}x")
     print(f"labdeploy peak memory / DataFrame: {ours['peak_mb'] / ours['df_mb']:.2f}   (target < 3)")
     print("\ndtypes:")
     for m, r in results.items():
