@@ -158,3 +158,14 @@ def test_server_picker_with_a_registered_server(app, home, testbed):
         p.stop()
         if p.remote is not app:
             p.remote.close()
+
+
+def test_missing_postgres_shows_a_prominent_warning_and_status_still_works(app, home):
+    p = MonitorPanel(app, refresh=0.5, interval=0.5, container="t-mon-no-such-pg")
+    try:
+        wait_for(lambda: "No connection data" in p.warnings.value, what="the gap warning")
+        assert "does not exist" in p.warnings.value and "labdeploy-warning" in p.warnings.value
+        wait_for(lambda: APP in p.status_table.value, what="the status table")
+        assert p.sampler.running and len(p.sampler.gaps) >= 1
+    finally:
+        p.stop()

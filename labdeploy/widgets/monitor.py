@@ -236,7 +236,9 @@ class MonitorPanel:
             try:
                 self._refresh_status()
             except Exception as exc:  # noqa: BLE001 - shown; the timer keeps going (e.g. SSH dropped)
-                self._show_error(exc)
+                # Above the last table, and gone with the next good refresh.
+                self.status_table.value = error_html(exc) + status_html(self.status_df) \
+                    if not self.status_df.empty else error_html(exc)
 
     def _refresh_status(self) -> None:
         df = monitor.status(self.remote)
