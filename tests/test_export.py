@@ -377,6 +377,9 @@ def test_panel_anonymous_only_and_errors_shown(app, session_remote, tmp_path, ho
     assert "W-ALICE" not in set(panel.data["participant"]["worker_id"])
     assert [p.endswith("-anonymous-data.zip") for p in panel.paths] == [True]
     assert "data-table='participant' data-rows='3'" in panel.summary.value
+    assert [panel.steps.state(s) for s in ("Read the tables", "Check row counts", "Anonymise",
+                                           "Write the archive")] == ["done"] * 4
+    assert "worker_id" in panel.previews.children[0].value and panel.previews.get_title(0) == "participant"
     (tmp_path / "a-file").write_text("x")
     panel.folder.value = str(tmp_path / "a-file")  # not a folder: the error is shown with its hint
     panel.export_button.click()
