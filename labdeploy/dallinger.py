@@ -396,3 +396,129 @@ def _write_filtered_config(src: Path, dst: Path) -> None:
         else:
             out.append(line)
     dst.write_text("".join(out))
+
+
+# --------------------------------------------------------------------------- PsyNet's preparation
+
+# What `psynet deploy ssh` does on the researcher's computer before Dallinger builds the
+# image (psynet.command_line._pre_launch / _prepare, PsyNet 13): record the deployment
+# (.deploy/deployment_info.json; PsyNet's git lookup is skipped, images have no git), then
+# prepare, which fills a throwaway database and saves it as .deploy/database_template.zip,
+# then bundle PsyNet's extra files.
+# `_prepare` is PsyNet's internal function: there is no public API for this step.
+PSYNET_PREPARE_SCRIPT = r"""
+import os, uuid
+from psynet import deployment_info
+deployment_info.write_all(dict(
+    redeploying_from_archive=False, mode=os.environ.get("mode", "live"), is_local_deployment=False,
+    is_ssh_deployment=True, server=os.environ["LABDEPLOY_SERVER"], app=os.environ["LABDEPLOY_APP"],
+    folder_name=os.path.basename(os.getcwd()), secret=uuid.uuid4(), origin=None,
+    ssh_host=os.environ["LABDEPLOY_SERVER"], ssh_user=os.environ.get("LABDEPLOY_SSH_USER", ""),
+    locale=os.environ.get("locale", "en")))
+from psynet.experiment import get_experiment
+get_experiment().update_deployment_id()
+from psynet.command_line import _prepare
+_prepare()
+# Then the files PsyNet asks Dallinger to bundle (Experiment.extra_files: its templates,
+# scripts, .deploy, ...), as Dallinger's assembly does: the experiment's own files win,
+# PsyNet's win over Dallinger's frontend files (already copied in by the Dockerfile).
+import filecmp, shutil, dallinger
+from dallinger.utils import ExplicitFileSource
+root, front = os.getcwd(), os.path.join(os.path.dirname(dallinger.__file__), "frontend")
+for src, dst in ExplicitFileSource(root).map_locations_to(root):
+    if os.path.abspath(src) == os.path.abspath(dst):
+        continue
+    stock = os.path.join(front, os.path.relpath(dst, root))
+    if os.path.exists(dst) and not (os.path.isfile(stock) and filecmp.cmp(stock, dst, shallow=False)):
+        continue
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(src, dst)
+print("labdeploy: PsyNet preparation done")
+"""
+
+
+def prepare_psynet(context_dir, *, app: str, server_host: str, postgres_image: str, redis_image: str,
+                   env: Optional[Mapping[str, str]] = None, build_args: Optional[Mapping[str, str]] = None,
+                   ssh_user: str = "", reporter=None) -> list[str]:
+    """Run PsyNet's preparation for the build context in `context_dir` and add its results
+    (.deploy/, source_code.zip, ...) to it. Needs Docker on this computer: the context's image
+    is built here and run once next to a throwaway PostgreSQL and Redis, all removed after.
+    Returns the names added to the context."""
+    import subprocess
+    import tempfile
+    import time
+
+    from . import names
+    from .progress import LogLine, null_reporter
+
+    report = reporter or null_reporter
+    names.app_name(app)
+    names.host(server_host)
+    ctx = Path(context_dir)
+    # The image keeps a stable name per app so Docker's layer cache spares the next run
+    # PsyNet's installation; the containers and network are per run and removed after.
+    image = f"labdeploy-psynet-prepare/{app}:latest"
+    tag = f"labdeploy-psynet-prepare-{app}-{_secrets.token_hex(3)}"
+    net, pg, redis, prep = (f"{tag}-net", f"{tag}-pg", f"{tag}-redis", f"{tag}-run")
+
+    def docker(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+        try:
+            res = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            raise LabdeployError("PsyNet's preparation needs Docker on this computer, and there is none.",
+                                 "Install Docker here (or deploy from a computer that has it).") from None
+        if check and res.returncode != 0:
+            raise LabdeployError(f"PsyNet's preparation failed at `docker {args[0]}`:\n"
+                                 + (res.stderr or res.stdout)[-3000:],
+                                 "Read the output above; run `psynet prepare` in the experiment folder to "
+                                 "reproduce it with a local database.")
+        return res
+
+    password = _secrets.token_urlsafe(16)
+    with tempfile.TemporaryDirectory(prefix="labdeploy-psynet-") as tmp:
+        env_file = Path(tmp) / "env"  # secrets go to the containers through a 0600 file, not argv
+        values = {**(env or {}), "POSTGRES_USER": "dallinger", "POSTGRES_DB": "dallinger",
+                  "POSTGRES_PASSWORD": password,
+                  "DATABASE_URL": f"postgresql://dallinger:{password}@{pg}:5432/dallinger",
+                  "REDIS_URL": f"redis://{redis}:6379/0", "LABDEPLOY_APP": app,
+                  "LABDEPLOY_SERVER": server_host, "LABDEPLOY_SSH_USER": ssh_user}
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{k}={v}\n" for k, v in values.items()))
+        try:
+            report(LogLine("building the image locally for PsyNet's preparation", "psynet"))
+            docker("build", "-q", "-t", image, *[a for k, v in (build_args or {}).items()
+                                               for a in ("--build-arg", f"{k}={v}")], str(ctx))
+            docker("network", "create", net)
+            docker("run", "-d", "--name", pg, "--network", net, "--env-file", str(env_file), postgres_image)
+            docker("run", "-d", "--name", redis, "--network", net, redis_image,
+                   "redis-server", "--protected-mode", "no")
+            for _ in range(600):  # PostgreSQL's first start (initdb) takes a few seconds
+                if docker("exec", pg, "pg_isready", "-U", "dallinger", check=False).returncode == 0:
+                    break
+                time.sleep(0.5)
+            report(LogLine("running PsyNet's preparation", "psynet"))
+            res = docker("run", "--name", prep, "--network", net, "--env-file", str(env_file),
+                         "-w", "/experiment", image, "python3", "-P", "-c", PSYNET_PREPARE_SCRIPT, check=False)
+            for line in (res.stdout + res.stderr).splitlines()[-40:]:
+                report(LogLine(line, "psynet"))
+            if res.returncode != 0:
+                raise LabdeployError("PsyNet's preparation failed:\n" + (res.stderr or res.stdout)[-3000:],
+                                     "Read the traceback above: it comes from the experiment's code or "
+                                     "PsyNet. `psynet prepare` in the experiment folder reproduces it.")
+            added = sorted({line.split(" ", 1)[1].split("/")[2] for line in docker("diff", prep).stdout.splitlines()
+                            if line[:1] in "AC" and line.split(" ", 1)[1].startswith("/experiment/")}
+                           - {"__pycache__"})
+            for entry in added:
+                target = ctx / entry
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)  # else docker cp would nest the new folder inside the old
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                docker("cp", f"{prep}:/experiment/{entry}", str(ctx / entry))
+            report(LogLine(f"PsyNet prepared: {', '.join(added)}", "psynet"))
+            return added
+        finally:
+            for c in (prep, pg, redis):
+                docker("rm", "-f", "-v", c, check=False)
+            docker("network", "rm", net, check=False)
