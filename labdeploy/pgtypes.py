@@ -24,7 +24,7 @@ import io
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import BinaryIO, Iterable, Optional, Sequence, Union
+from typing import BinaryIO, Iterable, Optional, Sequence
 
 import pandas as pd
 import pyarrow as pa

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from labdeploy import appcompose, archive, database, export, layout, psql
-from labdeploy.errors import LabdeployError, RemoteError, ValidationError
+from labdeploy.errors import RemoteError, ValidationError
 from labdeploy.progress import Collector, Progress
 from labdeploy.remote import Remote
 
