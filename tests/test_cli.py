@@ -157,6 +157,40 @@ def test_at_a_terminal_the_password_is_prompted_hidden(testbed, tmp_path, sessio
         session_api_remote.run(["rm", "-rf", "--", folder], check=False)
 
 
+def test_servers_add_copy_key_with_password_stdin(testbed, tmp_path, session_api_remote):
+    """The seed's ssh-keygen + ssh-copy-id step: no key yet, the password on stdin once, then
+    key-only login. Done as labnodocker; the added key line is removed afterwards."""
+    from labdeploy.remote import Remote
+
+    cli = CLI(tmp_path)
+    s = testbed["ssh"]
+    user = s["user_nodocker"]
+    r = cli("servers", "add", "t-cli-copy", "--host", s["host"], "--user", user, "--copy-key",
+            "--password-stdin", "--trust-host-key", s["host_key_fingerprint"], "--json", input=s["password"] + "\n")
+    pub = tmp_path / ".ssh" / "id_ed25519.pub"
+    body = pub.read_text().split()[1] if pub.exists() else None
+    admin = Remote(s["host"], 22, user, key_filename=s["key"], known_hosts=session_api_remote.known_hosts,
+                   use_agent=False)
+    try:
+        assert r.code == 0, str(r)
+        assert body and "Generated a new key" in r.err and "Added your public key" in r.err
+        assert s["password"] not in r.out + r.err
+        assert r.json()["key"] == str(tmp_path / ".ssh" / "id_ed25519")
+        assert body in admin.get_bytes(".ssh/authorized_keys").decode()
+        # From now on the key alone logs in: `servers check` works without any password.
+        rows = cli("servers", "check", "--json").json()
+        assert rows[0]["check"] == "SSH login" and rows[0]["ok"] is True
+        # A wrong password is refused with a clear message.
+        r = cli("servers", "add", "t-cli-copy2", "--host", s["host"], "--user", user, "--copy-key",
+                "--password-stdin", input="not-the-password\n")
+        assert r.code == 1 and "refused" in r.err and "Traceback" not in r.err, str(r)
+    finally:
+        if body:
+            lines = admin.get_bytes(".ssh/authorized_keys").decode().splitlines(keepends=True)
+            admin.put_bytes(".ssh/authorized_keys", "".join(l for l in lines if body not in l), mode=0o600)
+        admin.close()
+
+
 def test_servers_add_list_and_default_server(cli, registered, testbed):
     kh = (cli.home / ".ssh" / "known_hosts").read_text()
     assert testbed["ssh"]["host_key"].split()[1] in kh  # the confirmed key, stored

@@ -64,6 +64,12 @@ def test_no_server_registered_is_a_usage_error(cli):
     assert r.code == 2 and "not valid" in r.err and "Traceback" not in r.err, str(r)
 
 
+def test_json_errors_are_data_on_stdout(cli):
+    r = cli("apps", "--json")
+    assert r.code == 2 and r.json()["error"]["exit_code"] == 2, str(r)
+    assert "No server is registered" in r.json()["error"]["message"] and r.json()["error"]["hint"]
+
+
 def test_unknown_command_and_option_are_usage_errors(cli):
     assert cli("frobnicate").code == 2
     r = cli("apps", "--no-such-option")

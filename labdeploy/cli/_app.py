@@ -205,8 +205,9 @@ Examples:
   labdeploy destroy --app stroop-pilot
 
 The server is --server NAME, else $LABDEPLOY_SERVER, else the only registered one.
-Every command takes --json (machine-readable result on stdout), --debug (show the traceback of
-a failure), -q/--quiet and -v/--verbose.
+Every command takes --json (machine-readable result on stdout; a failure becomes
+{"error": {"message", "hint", "exit_code"}}), --debug (show the traceback of a failure),
+-q/--quiet and -v/--verbose. Progress and messages go to stderr.
 
 {EXIT_CODES_HELP}
 """
@@ -291,6 +292,9 @@ def main(argv: Optional[list] = None) -> int:
             traceback.print_exc()
         _ui.error(exc.message, exc.hint)
         code = _code_for(exc)
+        if STATE.json:  # scripts get the error as data too
+            _ui.emit_json({"error": {"message": exc.message, "hint": exc.hint, "type": type(exc).__name__,
+                                     "exit_code": code}})
     except BrokenPipeError:
         # e.g. `labdeploy logs ... | head`: not an error of ours.
         try:
