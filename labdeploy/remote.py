@@ -267,9 +267,40 @@ class Remote:
                                       "Check your network connection and try again.") from exc
             transport = client.get_transport()
             transport.set_keepalive(self.keepalive)
+            self._watch_liveness(transport)
             self._client = client
-            self.stats["connections"] += 1
+            self._count("connections")
         return self
+
+    KEEPALIVE_MISSES = 3  # like ssh's ServerAliveCountMax
+
+    def _watch_liveness(self, transport: paramiko.Transport) -> None:
+        """Every `keepalive` seconds ask the server for an answer (like ssh's ServerAliveInterval).
+        paramiko's own keepalive wants no answer, so a connection that died silently would hang
+        a running command for as long as TCP keeps retrying; after KEEPALIVE_MISSES intervals
+        without an answer the connection is closed, and the command raises ConnectionLost."""
+        if not self.keepalive:
+            return
+
+        def ask(answered: threading.Event) -> None:
+            with contextlib.suppress(Exception):
+                transport.global_request("keepalive@openssh.com", wait=True)
+            answered.set()
+
+        def watch() -> None:
+            while transport.is_active():
+                time.sleep(self.keepalive)
+                if not transport.is_active():
+                    return
+                answered = threading.Event()
+                threading.Thread(target=ask, args=(answered,), daemon=True,
+                                 name="labdeploy-keepalive-ask").start()
+                if not answered.wait(self.keepalive * self.KEEPALIVE_MISSES):
+                    with contextlib.suppress(Exception):
+                        transport.close()
+                    return
+
+        threading.Thread(target=watch, daemon=True, name=f"labdeploy-keepalive-{self.host}").start()
 
     def _changed_key_error(self, key: paramiko.PKey, expected: paramiko.PKey) -> ChangedHostKey:
         fp, old = fingerprint(key), fingerprint(expected)

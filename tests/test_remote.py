@@ -629,6 +629,29 @@ def test_sftp_on_a_silently_dead_connection_reconnects(testbed, tmp_path):
         proxy.close()
 
 
+def test_running_command_on_a_silently_dead_connection_raises(testbed, tmp_path):
+    """Keepalives that want an answer notice the dead connection: the command does not hang."""
+    s = testbed["ssh"]
+    proxy = FreezableProxy((s["host"], s["port"]))
+    kh = tmp_path / "kh"
+    kh.write_text(f"[127.0.0.1]:{proxy.port} {' '.join(s['host_key'].split()[:2])}\n")
+    r = Remote("127.0.0.1", proxy.port, s["user"], key_filename=s["key"], known_hosts=kh, use_agent=False,
+               connect_timeout=3, keepalive=1)
+
+    def on_line(line, stream):
+        if line == "started":
+            proxy.freeze_existing()
+
+    try:
+        with pytest.raises(ConnectionLost):
+            r.run(["sh", "-c", "echo started; sleep 60"], on_line=on_line)  # no timeout given
+        assert r.run(["echo", "again"]).stdout == "again\n"
+        assert r.stats["connections"] == 2
+    finally:
+        r.close()
+        proxy.close()
+
+
 def test_keepalives_are_sent_while_idle(testbed, known_hosts):
     r = make_remote(testbed, known_hosts, keepalive=1)
     try:
