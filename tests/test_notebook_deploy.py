@@ -34,7 +34,7 @@ def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path
         pass
     try:
         client.execute()
-        outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
+        outputs = json.dumps([c.get("outputs", []) for c in nb.cells], ensure_ascii=False)
         assert "is live at http://demo-stroop.localhost/" in outputs
         assert "accuracy: 1.0" in outputs
         assert "now running version" in outputs and "True" in outputs  # the v2 title is served
