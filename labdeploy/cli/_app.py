@@ -206,7 +206,7 @@ Examples:
 
 The server is --server NAME, else $LABDEPLOY_SERVER, else the only registered one.
 Every command takes --json (machine-readable result on stdout; a failure becomes
-{"error": {"message", "hint", "exit_code"}}), --debug (show the traceback of a failure),
+{{"error": {{"message", "hint", "exit_code"}}}}), --debug (show the traceback of a failure),
 -q/--quiet and -v/--verbose. Progress and messages go to stderr.
 
 {EXIT_CODES_HELP}
