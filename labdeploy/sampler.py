@@ -116,7 +116,9 @@ class Sampler:
             return None
         summ = summarize(snap)
         warnings = snap.warnings(self.threshold)
-        new = [w for w in warnings if w not in self.warnings]
+        # Reported when a warning appears, not again while it lasts (counts move every sample).
+        known = {(w.kind, w.apps[:1]) for w in self.warnings}
+        new = [w for w in warnings if (w.kind, w.apps[:1]) not in known]
         self.last_snapshot, self.last_error, self.warnings = snap, None, warnings
         series = [{"time": snap.time, "database": r["database"], "app": r["app"] or r["database"],
                    "connections": r["connections"], "active": r["active"], "idle": r["idle"],

@@ -84,6 +84,14 @@ def test_logs_follow_and_service_filter(panel):
     assert not task.is_alive()
 
 
+def test_resource_use_table(panel):
+    ready(panel)
+    panel.stats_button.click()
+    panel.last_task.join(60)
+    assert "labdeploy-monitor-stats" in panel.stats_table.value and APP in panel.stats_table.value
+    assert "(shared)" in panel.stats_table.value  # the shared PostgreSQL and Caddy too
+
+
 def test_exec_box(panel):
     ready(panel)
     panel.exec_service.value = "web"
@@ -130,6 +138,13 @@ def test_stop_ends_background_work(panel):
     n = len(panel.sampler.samples)
     time.sleep(1.2)
     assert len(panel.sampler.samples) == n
+
+
+def test_uptime_format():
+    from labdeploy.widgets.monitor import _fmt_uptime
+
+    assert [_fmt_uptime(pd.Timedelta(seconds=x)) for x in (5, 125, 7300, 90000)] == ["5s", "2m 5s", "2h 1m", "1d 1h"]
+    assert _fmt_uptime(pd.NaT) == ""
 
 
 def test_status_html_shows_a_restarting_container():

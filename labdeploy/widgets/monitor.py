@@ -71,6 +71,19 @@ def summary_html(summ: pd.DataFrame, top: int = 8) -> str:
             + "".join(rows) + "</table>")
 
 
+def stats_html(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<i>No running containers.</i>"
+    mb = lambda v: "" if pd.isna(v) else f"{v / 1e6:.0f} MB"  # noqa: E731
+    rows = "".join(
+        f"<tr><td>{html.escape(r.app or '(shared)')}</td><td>{html.escape(r.service or r.container)}</td>"
+        f"<td>{r.cpu_percent:.1f}%</td><td>{mb(r.mem_bytes)}</td><td>{mb(r.net_rx_bytes)} / {mb(r.net_tx_bytes)}</td>"
+        f"<td>{mb(r.block_read_bytes)} / {mb(r.block_write_bytes)}</td></tr>" for r in df.itertuples())
+    return ("<table class='labdeploy-monitor-stats' style='font-size:90%'><tr><th align=left>app</th>"
+            "<th align=left>service</th><th>CPU</th><th>memory</th><th>net in / out</th><th>disk read / write</th></tr>"
+            + rows + "</table>")
+
+
 class MonitorPanel:
     """Live monitor of one server. `MonitorPanel(remote)` or `MonitorPanel("lab-server")`."""
 
@@ -133,6 +146,10 @@ class MonitorPanel:
         self.refresh_button.on_click(lambda _: self._start(self._refresh_status))
         self.updated = W.Label("")
 
+        self.stats_button = self._button("Resource use", "stats", icon="tachometer")
+        self.stats_button.on_click(lambda _: self._start(self._show_stats))
+        self.stats_table = W.HTML()
+
         self.gauge = W.FloatProgress(value=0, min=0, max=100, description="Connections",
                                      layout=W.Layout(width="60%"))
         self.gauge_label = W.Label("")
@@ -172,7 +189,8 @@ class MonitorPanel:
         section = lambda t: W.HTML(f"<b>{html.escape(t)}</b>")  # noqa: E731
         self.widget = titled(
             "Monitor", W.HBox([self.server_picker, self.app_picker, self.start_button, self.stop_button]), self.warnings, self.message,
-            section("Containers"), W.HBox([self.refresh_button, self.updated]), self.status_table,
+            section("Containers"), W.HBox([self.refresh_button, self.stats_button, self.updated]), self.status_table,
+            self.stats_table,
             section("Database connections"), W.HBox([self.gauge, self.gauge_label]), self.chart, self.summary,
             section("Logs"), W.HBox([self.log_service, self.log_tail, self.logs_button, self.follow]),
             self.log_pane,
@@ -292,6 +310,10 @@ class MonitorPanel:
         fig.savefig(buf, format="png")
         return buf.getvalue()
 
+    def _show_stats(self) -> None:
+        self.stats_table.value = "<i>Measuring (takes a second or two)…</i>"
+        self.stats_table.value = stats_html(monitor.stats(self.remote))
+
     # ------------------------------------------------------------------ logs
 
     def _service_choice(self) -> Optional[str]:
@@ -405,4 +427,4 @@ class MonitorPanel:
             self.sampler and self.sampler.running)
 
 
-__all__ = ["MonitorPanel", "status_html", "summary_html", "error_html"]
+__all__ = ["MonitorPanel", "status_html", "summary_html", "stats_html"]
