@@ -52,6 +52,7 @@ logging.getLogger("paramiko.transport").addFilter(_QuietRefusals())
 STEPS = ("preflight", "lock", "image", "database", "start", "route", "launch", "record")
 UPDATE_STEPS = STEPS
 LOG_TAIL = 40  # container log lines shown with a failure
+SETTLE_SECONDS = 3.0  # processes must stay up this long after `compose up` to count as started
 DEFAULT_DASHBOARD_USER = "admin"
 
 
@@ -519,6 +520,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             remote.put_bytes(layout.app_compose(app), new_compose, mode=0o644)
             rollback_needed = True
             _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
+            started_at = time.monotonic()
             host = f"{app}.{settings.domain or 'localhost'}"
             with remote.forward(_web_ip(remote, app), appcompose.WEB_PORT) as port:
                 _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter)
@@ -536,6 +538,9 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
                 if launch:
                     _launch(port, host, launch_attempts, reporter)
                 _health(port, host, health_path, 30)
+            # A worker or clock that dies on import needs a moment to show it (Docker restarts it
+            # and counts); without this wait such a deploy could be reported a success.
+            time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - started_at)))
             bad = _crashed(_containers(remote, app), delivered.ref)
             if bad:
                 raise LabdeployError(f"Processes stopped after the launch: {', '.join(bad)}.",

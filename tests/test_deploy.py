@@ -165,6 +165,7 @@ def test_update_keeps_data_then_failed_update_rolls_back(deployed, testbed, sess
     assert "v3 crashes on purpose" in err.logs and "previous version" in err.message
     assert "Colour naming study v2" in through_caddy(testbed, APP).text  # v2 serves again
     assert count(session_remote, APP, "responses") == responses
+    assert redis_cli(session_remote, "get", "kept") == "yes"
     assert lock.read_lock(session_remote, APP) is None
     h = history.history(session_remote, APP)
     assert list(h["outcome"])[-3:] == ["success", "success", "rolled back"]

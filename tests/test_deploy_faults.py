@@ -100,6 +100,23 @@ def test_crash_at_start_then_launch_500_then_fixed_rerun(prepared, testbed, tmp_
         cleanup(prepared, app)
 
 
+def test_worker_that_dies_at_start_fails_the_deploy(prepared, testbed, tmp_path):
+    app = fresh_app(prepared, "t-dep-worker")
+    try:
+        exp = tmp_path / "worker-crash"
+        shutil.copytree(EXAMPLE, exp)
+        (exp / "Procfile").write_text("web: gunicorn --config stroop/gunicorn_conf.py stroop.app:app\n"
+                                      "worker: python -c 'raise SystemExit(\"worker cannot start\")'\n"
+                                      "clock: python -m stroop.clock\n")
+        with pytest.raises(deploy.DeployFailed) as info:
+            deploy.deploy(exp, app, prepared, **kwargs(testbed))
+        assert info.value.failed_step == "launch" and "worker" in info.value.message
+        assert "worker cannot start" in info.value.logs
+        assert running_services(prepared, app) == ""
+    finally:
+        cleanup(prepared, app)
+
+
 def test_name_in_use_is_refused_and_nothing_changes(prepared, testbed):
     app = fresh_app(prepared, "t-dep-inuse")
     try:
