@@ -452,8 +452,12 @@ def prepare_psynet(context_dir, *, app: str, server_host: str, postgres_image: s
     from .progress import LogLine, null_reporter
 
     report = reporter or null_reporter
+    from .appcompose import image_ref
+
     names.app_name(app)
     names.host(server_host)
+    image_ref(postgres_image)
+    image_ref(redis_image)
     ctx = Path(context_dir)
     # The image keeps a stable name per app so Docker's layer cache spares the next run
     # PsyNet's installation; the containers and network are per run and removed after.

@@ -273,3 +273,23 @@ def test_build_context_drops_secret_lines_and_caches(tmp_path, home):
     assert "prolific-tok-123" in (exp / "config.txt").read_text() and not (exp / "Dockerfile").exists()
     with pytest.raises(Exception, match="not empty"):
         s.write_context(ctx)
+
+
+def test_psynet_preparation_without_docker_here_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker on PATH
+    with pytest.raises(Exception) as err:
+        dallinger.prepare_psynet(tmp_path, app="t-dal-unit", server_host="lab.example.org",
+                                 postgres_image="postgres:15", redis_image="redis:7")
+    assert "needs Docker on this computer" in str(err.value) and "Install Docker" in err.value.hint
+
+
+def test_psynet_preparation_refuses_bad_names(tmp_path):
+    with pytest.raises(ValidationError):
+        dallinger.prepare_psynet(tmp_path, app="Bad Name", server_host="lab.example.org",
+                                 postgres_image="postgres:15", redis_image="redis:7")
+    with pytest.raises(ValidationError):
+        dallinger.prepare_psynet(tmp_path, app="t-dal-unit", server_host="lab; rm -rf /",
+                                 postgres_image="postgres:15", redis_image="redis:7")
+    with pytest.raises(ValidationError):
+        dallinger.prepare_psynet(tmp_path, app="t-dal-unit", server_host="lab.example.org",
+                                 postgres_image="--privileged", redis_image="redis:7")
