@@ -306,6 +306,60 @@ def test_put_bytes_mode_and_atomic(remote, scratch):
     assert remote.listdir(scratch) == ["adir", "secrets.env"]
 
 
+READER_PY = r"""
+import hashlib, sys, time
+old, new, path = sys.argv[1:4]
+bad, n, seen_new = set(), 0, False
+print("ready", flush=True)
+deadline = time.time() + 120
+while time.time() < deadline:
+    try:
+        with open(path, "rb") as f:
+            h = hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        bad.add("missing")
+        continue
+    n += 1
+    if h == new:
+        seen_new = True
+        break
+    if h != old:
+        bad.add("partial")
+print(n, seen_new, ",".join(sorted(bad)) or "-", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["put_bytes", "put_file"])
+def test_readers_never_see_a_half_written_file(remote, scratch, tmp_path, how):
+    """A reader on the server reads the file in a loop while it is replaced: it sees the old
+    content, then the new one, never a partial or missing file."""
+    path = f"{scratch}/data.bin"
+    old, new = os.urandom(6 * 1024 * 1024), os.urandom(6 * 1024 * 1024)
+    remote.put_bytes(path, old)
+    remote.put_bytes(f"{scratch}/reader.py", READER_PY)
+    ready, out = threading.Event(), []
+
+    def read_loop():
+        out.append(remote.run(["python3", f"{scratch}/reader.py", hashlib.sha256(old).hexdigest(),
+                               hashlib.sha256(new).hexdigest(), path],
+                              on_line=lambda line, stream: ready.set() if line == "ready" else None,
+                              timeout=180).stdout)
+
+    reader = threading.Thread(target=read_loop)
+    reader.start()
+    assert ready.wait(60)
+    if how == "put_bytes":
+        remote.put_bytes(path, new)
+    else:
+        local = tmp_path / "new.bin"
+        local.write_bytes(new)
+        remote.put_file(local, path)
+    reader.join(180)
+    reads, seen_new, bad = out[0].split()[-3:]
+    assert seen_new == "True" and bad == "-", out[0]
+    assert int(reads) >= 1
+
+
 def test_put_file_get_file_with_progress(remote, scratch, tmp_path):
     data = os.urandom(3 * 1024 * 1024 + 5)
     local = tmp_path / "up.bin"
