@@ -74,7 +74,6 @@ DEFAULT_PYTHON_BASE = "python:3.11-slim"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The name, optional extras, then nothing or a version operator (not `dallinger-extras`).
 _REQ_NAME = re.compile(r"^\s*(dallinger|psynet)\s*(\[[^\]]*\])?\s*((?:[<>=!~].*)?)$", re.IGNORECASE)
-_PIN = re.compile(r"^==\s*([A-Za-z0-9.+!_-]+)$")
 _VERSION_SPEC = re.compile(r"^[<>=!~,.*0-9A-Za-z+ _-]*$")
 
 
@@ -268,8 +267,9 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
     `mode` (debug / sandbox / live) overrides config.txt's, as `dallinger docker-ssh
     deploy|sandbox` does; without it config.txt's mode is kept (default live).
     `base_image` is the Python base of a generated Dockerfile (ignored when the folder
-    has its own); the build argument BASE_IMAGE overrides it at build time. A fresh FLASK_SECRET_KEY is made unless one is given (give the old one
-    on update so sessions survive).
+    has its own); the build argument BASE_IMAGE overrides it at build time.
+    A fresh FLASK_SECRET_KEY and experiment id are made unless given (give the old key on
+    update so sessions survive).
     """
     folder = recognise(experiment_dir)
     config = merged_config(folder.path, home=home, overrides=overrides)
