@@ -308,7 +308,26 @@ def _web_ip(remote, app: str) -> str:
     if not web or not web["ip"]:
         raise LabdeployError("The web container is not running on the shared network.",
                              "Read the logs below; `docker compose ps` in ~/dallinger/<app> shows its state.")
+    _check_forwarding(remote, web["ip"])
     return web["ip"]
+
+
+def _check_forwarding(remote, ip: str) -> None:
+    """Fail at once, and say why, when the server's sshd forbids port forwarding (health and
+    /launch would otherwise time out with no explanation). A refused port is fine here."""
+    import paramiko
+
+    try:
+        chan = remote._transport().open_channel("direct-tcpip", (ip, appcompose.WEB_PORT), ("127.0.0.1", 0),
+                                                timeout=remote.connect_timeout)
+        chan.close()
+    except paramiko.ChannelException as exc:
+        if exc.code == 1:  # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+            raise LabdeployError(
+                "The server's SSH service does not allow port forwarding, which labdeploy uses to check "
+                "and launch the app before DNS is set up.",
+                "Ask the administrator to set `AllowTcpForwarding local` (or yes) in /etc/ssh/sshd_config "
+                "and reload sshd.") from exc
 
 
 def _crashed(containers: dict[str, dict], image: str) -> list[str]:
