@@ -394,11 +394,37 @@ def test_restart_web_waits_until_it_is_up(cli, deployed):
 
 
 def test_connections_summary_shows_the_app_database(cli, deployed):
-    rows = cli.ok("connections", "--json").json()
-    assert rows, "no connections at all?"
-    text = json.dumps(rows)
-    assert "app_t_cli_app" in text
-    assert "app_t_cli_app" in cli.ok("connections").out
+    import subprocess
+
+    # The example opens a connection per request; hold one open for the snapshot, from inside
+    # the app's worker container (with the app's own DATABASE_URL).
+    hold = ("import os, time, psycopg; c = psycopg.connect(os.environ['DATABASE_URL'], "
+            "application_name='t-cli-hold'); c.execute('select 1'); time.sleep(15)")
+    holder = subprocess.Popen([str(LABDEPLOY), "exec", "--app", APP, "--service", "worker", "--", "python", "-c",
+                               hold], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli.env,
+                              cwd=str(cli.home))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            every = cli.ok("connections", "--all", "--json").json()
+            if any(c.get("application_name") == "t-cli-hold" for c in every) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        held = [c for c in every if c.get("application_name") == "t-cli-hold"]
+        assert held and held[0]["database"] == "app_t_cli_app", every
+        result = cli.ok("connections", "--json").json()
+    finally:
+        holder.terminate()
+        holder.wait(timeout=30)
+    assert result["max_connections"] >= 10 and result["total"] >= 1
+    rows = {row["database"]: row for row in result["databases"]}
+    assert rows["app_t_cli_app"]["app"] == APP and rows["app_t_cli_app"]["connections"] >= 1
+    assert result["total"] == sum(r["connections"] for r in rows.values())
+    text = cli.ok("connections").out
+    assert "app_t_cli_app" in text and f"of {result['max_connections']} connections in use" in text
+    # --check: exit 3 when the threshold is passed (a tiny threshold makes the app's use count).
+    r = cli("connections", "--check", "--threshold", "0.01")
+    assert r.code == 3 and "connection" in r.err, str(r)
 
 
 def test_export_writes_a_zip_with_every_table(cli, deployed, tmp_path):

@@ -360,28 +360,42 @@ def restart_cmd(app, services, server, timeout):
 @cli.command("connections", context_settings=CONTEXT_SETTINGS)
 @server_option
 @click.option("--all", "show_all", is_flag=True, help="One row per connection (pg_stat_activity) instead of the summary.")
+@click.option("--check", is_flag=True,
+              help="Exit with 3 when the server or an app is near its connection limit (for cron/monitoring).")
+@click.option("--threshold", type=float, default=None, metavar="FRACTION",
+              help="What counts as near the limit, e.g. 0.8 for 80% (the default).")
 @common_options
-def connections_cmd(server, show_all):
+def connections_cmd(server, show_all, check, threshold):
     """Who is using the shared PostgreSQL's connections (the seed's pg_stat_activity query).
 
-    The summary has one row per database/app with its connection count; near the server's
-    max_connections (100 by default) new connections fail: restart the greedy app.
+    The summary has one row per database/app: its connections by state, against its own
+    limit and the server's max_connections (100 by default). Near the limit, new connections
+    fail; a warning names the apps holding most (restart them: `labdeploy restart --app NAME`).
 
     \b
     Examples:
       labdeploy connections
       labdeploy connections --all
-      labdeploy connections --json
+      labdeploy connections --check --threshold 0.9 --json
     """
     monitor = core("monitor")
     remote = open_server(server)
-    fn = getattr(monitor, "pg_activity" if show_all else "pg_summary", None)
-    if fn is None:
-        raise _ui.CliError("This labdeploy installation cannot read pg_stat_activity yet "
-                           f"(labdeploy.monitor.{'pg_activity' if show_all else 'pg_summary'} is missing).",
-                           "Update labdeploy.")
-    df = fn(remote)
-    _ui.output(df, render=lambda d: _ui.table(d, empty="No connections."))
+    snap = monitor.snapshot(remote, persistent=False)
+    warnings = monitor.connection_warnings(snap, *( [threshold] if threshold is not None else []))
+    if show_all:
+        _ui.output(snap.activity, render=lambda d: _ui.table(d, empty="No client connections."))
+    else:
+        summary = monitor.pg_summary(snap)
+        result = {"time": snap.time, "total": snap.total, "max_connections": snap.max_connections,
+                  "databases": summary, "warnings": [{"kind": w.kind, "message": w.message, "hint": w.hint,
+                                                      "used": w.used, "limit": w.limit, "apps": list(w.apps)}
+                                                     for w in warnings]}
+        _ui.output(result, render=lambda r: _ui.table(
+            r["databases"], title=f"{r['total']} of {r['max_connections']} connections in use"))
+    for w in warnings:
+        _ui.warn(w.message, w.hint)
+    if check and warnings:
+        raise NotReady(f"{len(warnings)} connection warning(s).", warnings[0].hint)
 
 
 # ------------------------------------------------------------------ export
