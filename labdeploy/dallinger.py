@@ -357,6 +357,10 @@ def dockerfile_for(folder: ExperimentFolder, *, base_image: Optional[str] = None
         f"      && python3 -m pip install --no-cache-dir \"{requirement}\"{constrain}; fi",
         "WORKDIR /experiment",
     ]
+    if any("git+" in line for line in folder.requirements):
+        # Requirements from git repositories need git (Dallinger's own image build does the same).
+        lines.append("RUN apt-get update && apt-get install -y --no-install-recommends git openssh-client "
+                     "&& rm -rf /var/lib/apt/lists/*")
     if folder.requirements:
         lines += ["COPY requirements.txt /experiment/requirements.txt",
                   f"RUN python3 -m pip install --no-cache-dir -r requirements.txt{constrain}"]

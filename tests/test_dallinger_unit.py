@@ -244,6 +244,10 @@ def test_generated_dockerfile_for_psynet_and_unpinned(tmp_path, home):
     text = dallinger.spec(loose, home=home).dockerfile
     assert "ARG BASE_IMAGE=" + dallinger.DEFAULT_PYTHON_BASE in text and "find_spec('dallinger')" in text
     assert "requirements.txt" not in text  # the folder has none
+    assert "install -y --no-install-recommends git" not in text
+    from_git = make_experiment(tmp_path / "g", requirements__txt="dallinger==12.4.0\n"
+                                                                 "git+https://github.com/lab/tools@v1#egg=tools\n")
+    assert "install -y --no-install-recommends git" in dallinger.spec(from_git, home=home).dockerfile
 
 
 def test_a_bad_base_image_name_is_refused(tmp_path, home):
