@@ -664,3 +664,13 @@ def _rollback(remote, app: str, facts: _Facts, reporter: Reporter) -> bool:
     _compose(remote, app, ["down", "--remove-orphans"], reporter, timeout=300, check=False)
     remote.remove(layout.app_compose(app))
     return False
+
+
+def __getattr__(name: str):
+    """`deploy.destroy`, `deploy.apps`, `deploy.open_tunnel` (as docs/internals.md lists them)
+    live in labdeploy.apps, which imports this module; resolved lazily to avoid the cycle."""
+    if name in ("destroy", "apps", "open_tunnel"):
+        from . import apps as _apps
+
+        return getattr(_apps, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
