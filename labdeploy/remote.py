@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import fnmatch
 import hashlib
 import os
 import posixpath
@@ -98,16 +99,41 @@ class _CountingSocket:
         return getattr(self._sock, name)
 
 
+def revoked_keys(path: Path) -> list[tuple[str, bytes]]:
+    """The `@revoked` lines of a known_hosts file as (host patterns, key blob). paramiko skips
+    these lines, so without this a revoked key would just look unknown (or be trusted anew)."""
+    found = []
+    if not path.exists():
+        return found
+    for line in path.read_text(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == "@revoked":
+            with contextlib.suppress(ValueError):
+                found.append((fields[1], base64.b64decode(fields[3], validate=True)))
+    return found
+
+
+def _revoked_error(host: str, port: int, key: paramiko.PKey, path: Path) -> RemoteError:
+    return RemoteError(
+        f"The server {host} (port {port}) presents the key {fingerprint(key)}, which your known_hosts file "
+        f"({path}) marks as revoked. labdeploy refuses to connect.",
+        "A revoked key must not be used again: ask the server's administrator for the server's current key. "
+        "If someone else now presents this key, the connection may be intercepted.")
+
+
 class _RaiseOnUnknown(paramiko.MissingHostKeyPolicy):
     """Never accept an unknown host key: hand its fingerprint to the caller instead."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, known_hosts: Optional[Path] = None) -> None:
         self.port = port
+        self.known_hosts = known_hosts
 
     def missing_host_key(self, client, hostname, key):
         host = hostname
         if hostname.startswith("["):  # paramiko passes "[host]:port" for other ports
             host = hostname[1:].split("]")[0]
+        if self.known_hosts is not None and Remote._is_revoked(self.known_hosts, hostname, key):
+            raise _revoked_error(host, self.port, key, self.known_hosts)
         fp = fingerprint(key)
         raise UnknownHostKey(
             f"The server {host} (port {self.port}) is not known yet. Its {key.get_name()} key has the "
@@ -192,9 +218,23 @@ class Remote:
         return sock
 
     def _host_keys(self) -> paramiko.HostKeys:
+        """known_hosts, read line by line. paramiko's own loader stops with InvalidHostKey at the
+        first `@cert-authority` / `@revoked` line (common where SSH certificates are used) or
+        broken line; such lines are skipped here (revocations are checked separately)."""
         keys = paramiko.HostKeys()
-        if self.known_hosts.exists():
-            keys.load(str(self.known_hosts))
+        if not self.known_hosts.exists():
+            return keys
+        for lineno, line in enumerate(self.known_hosts.read_text(errors="replace").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#") or line.startswith("@"):
+                continue
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
+            except Exception:  # InvalidHostKey, an unknown key type, bad base64: not usable
+                continue
+            if entry is not None and entry.key is not None:
+                for name in entry.hostnames:
+                    keys.add(name, entry.key.get_name(), entry.key)
         return keys
 
     def connect(self) -> "Remote":
@@ -206,10 +246,13 @@ class Remote:
                     return self
                 self._drop()
             client = paramiko.SSHClient()
-            # As *system* keys: paramiko then never writes the file itself.
-            if self.known_hosts.exists():
-                client.load_system_host_keys(str(self.known_hosts))
-            client.set_missing_host_key_policy(_RaiseOnUnknown(self.port))
+            # Into the client's in-memory key table (it has no file name, so paramiko never
+            # writes known_hosts itself).
+            known = client.get_host_keys()
+            for name, by_type in self._host_keys().items():
+                for key_type, key in by_type.items():
+                    known.add(name, key_type, key)
+            client.set_missing_host_key_policy(_RaiseOnUnknown(self.port, self.known_hosts))
             if self.key_filename and not os.access(self.key_filename, os.R_OK):
                 raise AuthenticationFailed(f"The key file {self.key_filename} does not exist or can't be read.",
                                            "Check the path of your SSH key (e.g. ~/.ssh/id_ed25519), or make "
@@ -222,7 +265,7 @@ class Remote:
                     allow_agent=self.use_agent, look_for_keys=self.key_filename is None and self._password is None,
                     timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                     auth_timeout=self.connect_timeout)
-            except UnknownHostKey:
+            except LabdeployError:  # UnknownHostKey, or a revoked key: refused before logging in
                 client.close()
                 raise
             except paramiko.BadHostKeyException as exc:
@@ -408,6 +451,8 @@ class Remote:
         """
         key = self._fetch_key_object()
         fp = fingerprint(key)
+        if self._is_revoked(self.known_hosts, known_hosts_name(self.host, self.port), key):
+            raise _revoked_error(self.host, self.port, key, self.known_hosts)
         if fp != expected_fingerprint.strip():
             raise ChangedHostKey(
                 f"The server {self.host} now presents the key {fp}, not the {expected_fingerprint} you confirmed.",
@@ -448,6 +493,15 @@ class Remote:
                 f.writelines(kept)
             os.replace(tmp, self.known_hosts)
         return removed
+
+    @classmethod
+    def _is_revoked(cls, path: Path, name: str, key: paramiko.PKey) -> bool:
+        blob = key.asbytes()
+        for patterns, revoked in revoked_keys(path):
+            if revoked == blob and (cls._host_field_matches(patterns, name) or any(
+                    fnmatch.fnmatchcase(name, p) for p in patterns.split(",") if not p.startswith("|"))):
+                return True
+        return False
 
     @staticmethod
     def _host_field_matches(field_: str, target: str) -> bool:

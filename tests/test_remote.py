@@ -885,6 +885,35 @@ def test_hashed_known_hosts_entry_is_honoured(testbed, tmp_path):
         make_remote(testbed, kh).connect()
 
 
+@pytest.mark.parametrize("patterns", ["*", "10.250.0.*", "other.example.org,10.250.0.2"])
+def test_revoked_host_key_is_refused(testbed, tmp_path, patterns):
+    kh = tmp_path / "kh"
+    blob = " ".join(testbed["ssh"]["host_key"].split()[:2])
+    kh.write_text(f"@revoked {patterns} {blob}\n")
+    before = kh.read_text()
+    r = make_remote(testbed, kh)
+    with pytest.raises(LabdeployError, match="revoked") as info:
+        r.connect()
+    assert not isinstance(info.value, UnknownHostKey)
+    assert r.stats["connections"] == 0
+    with pytest.raises(LabdeployError, match="revoked"):  # and it can't be trusted anew
+        r.trust_host_key(testbed["ssh"]["host_key_fingerprint"])
+    assert kh.read_text() == before
+
+
+def test_revoked_line_for_another_key_or_host_changes_nothing(testbed, tmp_path):
+    kh, _ = wrong_key_known_hosts(testbed, tmp_path)
+    fake = " ".join((tmp_path / "fake_host_key.pub").read_text().split()[:2])
+    real = " ".join(testbed["ssh"]["host_key"].split()[:2])
+    kh.write_text(f"@revoked * {fake}\n@revoked elsewhere.example.org {real}\n@revoked garbage\n")
+    r = make_remote(testbed, kh)
+    with pytest.raises(UnknownHostKey):
+        r.connect()
+    r.trust_host_key(testbed["ssh"]["host_key_fingerprint"])
+    assert r.run(["true"]).ok
+    r.close()
+
+
 # ------------------------------------------------------------------ refused logins
 
 def test_unauthorized_key_is_refused(testbed, known_hosts, home, tmp_path):

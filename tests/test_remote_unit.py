@@ -14,7 +14,7 @@ import paramiko
 import pytest
 
 from labdeploy.errors import ChangedHostKey, LabdeployError, RemoteError, ValidationError
-from labdeploy.remote import Remote, Result, fingerprint, known_hosts_name
+from labdeploy.remote import Remote, Result, fingerprint, known_hosts_name, revoked_keys
 
 
 def keygen(path: Path, kind: str = "ed25519", comment: str = "t") -> Path:
@@ -174,6 +174,27 @@ def test_stored_host_key_reads_hashed_and_ported_entries(home, tmp_path):
     stored = Remote("lab.example.org", 2222, "bob", known_hosts=kh).stored_host_key()
     assert stored is not None and fingerprint(stored) == ssh_keygen_fingerprint(key)
     assert Remote("lab.example.org", 22, "bob", known_hosts=kh).stored_host_key() is None
+
+
+def test_known_hosts_with_certificate_authority_revoked_and_broken_lines(home, tmp_path):
+    """paramiko's own loader stops at such lines; real known_hosts files have them."""
+    key, ca, old = keygen(tmp_path / "k"), keygen(tmp_path / "ca"), keygen(tmp_path / "old")
+    kh = tmp_path / "kh"
+    kh.write_text(f"@cert-authority *.example.org {pub_line(ca)}\n"
+                  f"@revoked * {pub_line(old)}\n"
+                  "broken line\n"
+                  "host.example.org ssh-ed25519 not!base64\n"
+                  "host.example.org ssh-unknown-type AAAA\n"
+                  f"lab.example.org {pub_line(key)}\n")
+    r = Remote("lab.example.org", user="bob", known_hosts=kh)
+    stored = r.stored_host_key()
+    assert stored is not None and fingerprint(stored) == ssh_keygen_fingerprint(key)
+    revoked = revoked_keys(kh)
+    assert revoked == [("*", load_key(old).asbytes())]
+    assert Remote._is_revoked(kh, "anything.example.org", load_key(old))
+    assert not Remote._is_revoked(kh, "lab.example.org", load_key(key))
+    assert r.forget_host_key() == 1
+    assert len(kh.read_text().splitlines()) == 5  # the special lines are kept
 
 
 def test_changed_key_error_explains_cause_and_fix(tmp_path, home):
