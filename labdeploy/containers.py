@@ -114,7 +114,11 @@ _INSPECT_TEMPLATE = (
     '{"id":{{json .Id}},"name":{{json .Name}},'
     '"app":{{json (index .Config.Labels "' + APP_LABEL + '")}},'
     '"service":{{json (index .Config.Labels "' + SERVICE_LABEL + '")}},'
-    '"image":{{json .Config.Image}},"st":{{json .State}},"restarts":{{.RestartCount}}}'
+    '"image":{{json .Config.Image}},"restarts":{{.RestartCount}},'
+    # Only the fields used: .State's health log holds the last probes' output (kilobytes each).
+    '"st":{"Status":{{json .State.Status}},"StartedAt":{{json .State.StartedAt}},'
+    '"ExitCode":{{json .State.ExitCode}},'
+    '"Health":{{with (index .State "Health")}}{"Status":{{json (index . "Status")}}}{{else}}null{{end}}}}'
 )
 
 
