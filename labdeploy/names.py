@@ -26,7 +26,7 @@ def app_name(name: str) -> str:
     if len(name) > APP_MAX:
         raise ValidationError(f"The app name {name!r} is {len(name)} characters long; at most {APP_MAX} are allowed.",
                               "Choose a shorter name.")
-    if not _APP_RE.match(name) or "--" in name:
+    if not _APP_RE.fullmatch(name) or "--" in name:
         raise ValidationError(
             f"The app name {name!r} can't be used.",
             "Use only lowercase letters, digits and single hyphens, start with a letter and end with a "
@@ -44,7 +44,7 @@ def host(name: str) -> str:
     except ValueError:
         pass
     labels = name.rstrip(".").split(".")
-    if len(name) > 253 or not all(_HOST_LABEL_RE.match(label) for label in labels):
+    if len(name) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
         raise ValidationError(
             f"The server address {name!r} is not a valid host name or IP address.",
             "Use a host name such as 'lab.example.org' (letters, digits, dots, hyphens) or an IP address; "
@@ -54,7 +54,7 @@ def host(name: str) -> str:
 
 def user(name: str) -> str:
     """A POSIX login name."""
-    if not isinstance(name, str) or not _USER_RE.match(name):
+    if not isinstance(name, str) or not _USER_RE.fullmatch(name):
         raise ValidationError(
             f"The user name {name!r} is not a valid login name.",
             "Use the account name you log in to the server with: lowercase letters, digits, '_', '-' or '.', "
@@ -74,7 +74,7 @@ def port(value) -> int:
 
 def service(name: str) -> str:
     """A compose service name such as web, worker, clock, redis."""
-    if not isinstance(name, str) or not _SERVICE_RE.match(name):
+    if not isinstance(name, str) or not _SERVICE_RE.fullmatch(name):
         raise ValidationError(f"The service name {name!r} is not valid.",
                               "Use one of the app's services, e.g. web, worker, clock or redis.")
     return name
@@ -82,7 +82,7 @@ def service(name: str) -> str:
 
 def server_name(name: str) -> str:
     """The local nickname of a registered server."""
-    if not isinstance(name, str) or not _SERVER_NAME_RE.match(name):
+    if not isinstance(name, str) or not _SERVER_NAME_RE.fullmatch(name):
         raise ValidationError(f"The server name {name!r} is not valid.",
                               "Use letters, digits, '.', '_' or '-', e.g. 'lab-server'.")
     return name

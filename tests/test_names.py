@@ -108,10 +108,7 @@ def test_db_identifier():
         names.db_identifier("x; DROP TABLE y")
 
 
-# `re.match(r"^...$")` lets a single trailing newline through ($ matches before a final "\n").
-# names.py is not this test file's owner's to change; the bug is reported. strict=True makes
-# this fail (XPASS) as soon as names.py is fixed, so the marker gets removed then.
-@pytest.mark.xfail(strict=True, reason="names.py: `$` accepts a trailing newline (use re.fullmatch or \\Z)")
+# `re.match(r"^...$")` would let a single trailing newline through ($ matches before a final "\n").
 @pytest.mark.parametrize("check,value", [(names.app_name, "abc\n"), (names.host, "example.org\n"),
                                          (names.user, "bob\n"), (names.service, "web\n"),
                                          (names.server_name, "lab\n")])
