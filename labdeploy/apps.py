@@ -244,4 +244,13 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
             from .transfer import build_dir
             remote.run(["rm", "-rf", "--", layout.app_dir(app), build_dir(app)])
             result.removed.append("app folder")
+            # The app's images (labelled at build) only take disk space now; `docker rmi`
+            # leaves any image a container still uses.
+            label = shlex.quote(f"label=labdeploy.app={app}")
+            fmt = shlex.quote("{{.Repository}}:{{.Tag}}")
+            res = remote.run(["sh", "-c", f"refs=$(docker images --filter {label} --format {fmt} | grep -v '<none>'); "
+                                          f"[ -z \"$refs\" ] || docker rmi $refs >/dev/null 2>&1; echo $refs"],
+                             check=False, timeout=300)
+            if res.stdout.strip():
+                result.removed.append("images")
     return result

@@ -185,7 +185,9 @@ def test_destroy_keeps_data_unless_asked(testbed, session_remote):
         assert through_caddy(testbed, DESTROY_APP).status_code == 200  # nothing happened
 
         kept = apps.destroy(DESTROY_APP, session_remote, confirm=True)
-        assert "database" in kept.kept and "redis volume" in kept.kept
+        assert "database" in kept.kept and "redis volume" in kept.kept and "images" in kept.removed
+        assert session_remote.run(["docker", "images", "-q", "--filter", f"label=labdeploy.app={DESTROY_APP}"]
+                                  ).stdout.strip() == ""
         assert not session_remote.exists(layout.app_dir(DESTROY_APP))
         assert not session_remote.exists(layout.caddy_site(DESTROY_APP))
         assert session_remote.run(["docker", "ps", "-aq", "--filter", f"label=labdeploy.app={DESTROY_APP}"]
