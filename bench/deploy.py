@@ -120,6 +120,12 @@ def main() -> None:
                 print(f"cleanup of {a}: {exc}", file=sys.stderr)
         remote.close()
         shutil.rmtree(work, ignore_errors=True)
+        # registry mode built these here; destroy removed the server's copies
+        local = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+                               capture_output=True, text=True).stdout.split()
+        mine = [r for r in local if r.startswith(f"{reg['address']}/t-dep-bench/{app}:")]
+        if mine:
+            subprocess.run(["docker", "rmi", *mine], capture_output=True)
 
     print(f"{'what':40} {'seconds':>8} {'ssh conns':>10} {'remote cmds':>12}")
     for r in rows:
