@@ -225,6 +225,9 @@ def test_servers_check_fails_with_3_for_a_server_without_docker(cli, registered,
         r = cli("servers", "check", "--server", "t-cli-nodocker")
         assert r.code == 3, str(r)
         assert "not ready" in r.err and "docker" in r.out.lower() and "Traceback" not in r.err
+        r = cli("servers", "check", "--server", "t-cli-nodocker", "--json")
+        rows = {row["check"]: row for row in r.json()}  # one JSON document, even when not ready
+        assert r.code == 3 and rows["SSH login"]["ok"] and not rows["Docker usable without sudo"]["ok"]
     finally:
         cli.ok("servers", "remove", "t-cli-nodocker", "--yes")
     assert [s["name"] for s in cli.ok("servers", "list", "--json").json()] == ["tb"]

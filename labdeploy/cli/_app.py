@@ -292,7 +292,7 @@ def main(argv: Optional[list] = None) -> int:
             traceback.print_exc()
         _ui.error(exc.message, exc.hint)
         code = _code_for(exc)
-        if STATE.json:  # scripts get the error as data too
+        if STATE.json and not STATE.emitted:  # scripts get the error as data too (one JSON document)
             _ui.emit_json({"error": {"message": exc.message, "hint": exc.hint, "type": type(exc).__name__,
                                      "exit_code": code}})
     except BrokenPipeError:

@@ -75,6 +75,7 @@ class State:
         self.debug = False
         self.quiet = False
         self.verbose = False
+        self.emitted = False  # a JSON result is on stdout already
 
 
 STATE = State()
@@ -166,6 +167,7 @@ def _jsonable(value: Any) -> Any:
 
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(_jsonable(value), indent=2, ensure_ascii=False))
+    STATE.emitted = True
 
 
 def _cell(value: Any) -> str:
