@@ -396,6 +396,19 @@ def test_restart_web_waits_until_it_is_up(cli, deployed):
     assert r.code == 2 and "Traceback" not in r.err, str(r)
 
 
+def test_a_stopped_service_makes_status_exit_3_until_restarted(cli, deployed, session_api_remote):
+    # The clock process dies (stopped behind labdeploy's back, as a crash would leave it).
+    ids = session_api_remote.run(["docker", "ps", "-q", "--filter", f"label=labdeploy.app={APP}",
+                                  "--filter", "label=labdeploy.service=clock"]).stdout.split()
+    assert len(ids) == 1
+    session_api_remote.run(["docker", "stop", "-t", "2", ids[0]], timeout=60)
+    r = cli("status", "--app", APP)
+    assert r.code == 3 and "clock" in r.err and f"labdeploy logs --app {APP} --service clock" in r.err, str(r)
+    cli.ok("restart", "--app", APP, "clock")
+    rows = cli.ok("status", "--app", APP, "--json").json()
+    assert all(row["state"] == "running" for row in rows)
+
+
 def test_connections_summary_shows_the_app_database(cli, deployed):
     import subprocess
 

@@ -10,7 +10,7 @@ import pytest
 from test_cli_support import CLI
 
 COMMANDS = [
-    ["servers"], ["servers", "add"], ["servers", "list"], ["servers", "remove"], ["servers", "check"],
+    ["servers"], ["servers", "add"], ["servers", "list"], ["servers", "remove"], ["servers", "check"], ["servers", "import"],
     ["servers", "prepare"], ["registry"], ["registry", "login"], ["deploy"], ["apps"], ["status"], ["logs"],
     ["exec"], ["restart"], ["connections"], ["export"], ["destroy"],
 ]
@@ -91,6 +91,25 @@ def test_password_stdin_needs_input(cli):
 def test_servers_list_json_is_empty_list(cli):
     assert cli.ok("servers", "list", "--json").json() == []
     assert "No servers registered" in cli.ok("servers", "list").err
+
+
+def test_servers_import_from_dallinger(cli, tmp_path):
+    import json
+
+    hosts = tmp_path / ".dallinger" / "docker-ssh" / "hosts"
+    hosts.mkdir(parents=True)
+    (hosts / "lab.example.org").write_text(json.dumps({"host": "lab.example.org", "user": "alice"}))
+    (hosts / "broken").write_text("{not json")
+    r = cli.ok("servers", "import", "--json")
+    assert r.json() == [{"name": "lab.example.org", "host": "lab.example.org", "port": 22, "user": "alice"}]
+    assert "Skipped Dallinger host file broken" in r.err
+    assert [s["name"] for s in cli.ok("servers", "list", "--json").json()] == ["lab.example.org"]
+    assert cli.ok("servers", "import", "--json").json() == []  # already there
+    # The only registered server is the default one; removing needs --yes in scripts.
+    r = cli("servers", "remove", "lab.example.org")
+    assert r.code == 4 and "--yes" in r.err, str(r)
+    cli.ok("servers", "remove", "lab.example.org", "--yes")
+    assert cli.ok("servers", "list", "--json").json() == []
 
 
 def test_version(cli):

@@ -25,6 +25,7 @@ def servers() -> None:
     \b
     Examples:
       labdeploy servers add lab --host lab.example.org --user alice
+      labdeploy servers import
       labdeploy servers list
       labdeploy servers check --server lab
       labdeploy servers prepare --server lab --domain experiments.example.org
@@ -155,6 +156,28 @@ def servers_list():
     df = servers_mod.table()
     _ui.output(df, render=lambda d: _ui.table(d, empty="No servers registered yet. Add one with "
                                                      "`labdeploy servers add NAME --host HOST --user USER`."))
+
+
+@servers.command("import", context_settings=CONTEXT_SETTINGS)
+@click.option("--from", "directory", type=click.Path(file_okay=False), default=None,
+              help="Dallinger's hosts folder (default ~/.dallinger/docker-ssh/hosts).")
+@common_options
+def servers_import(directory):
+    """Register the servers Dallinger already knows (`dallinger docker-ssh servers add`).
+
+    Each is named after its host. Host keys are confirmed on first use, as always.
+
+    \b
+    Examples:
+      labdeploy servers import
+      labdeploy servers import --from ~/.dallinger/docker-ssh/hosts --json
+    """
+    servers_mod = core("servers")
+    with _ui.reporting() as reporter:
+        added = servers_mod.import_dallinger_hosts(directory, reporter=reporter)
+    rows = [{"name": s.name, "host": s.host, "port": s.port, "user": s.user} for s in added]
+    _ui.info(f"Imported {len(rows)} server(s) from Dallinger." if rows else "No new servers to import from Dallinger.")
+    _ui.output(rows, render=lambda r: _ui.table(r, columns=["name", "host", "port", "user"], empty="") if r else None)
 
 
 @servers.command("remove", context_settings=CONTEXT_SETTINGS)
