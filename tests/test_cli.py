@@ -11,7 +11,6 @@ import json
 import time
 import uuid
 import zipfile
-from pathlib import Path
 
 import pytest
 import requests

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import sys
@@ -11,7 +10,7 @@ from typing import Optional
 
 import click
 
-from ..errors import ChangedHostKey, LabdeployError, UnknownHostKey, ValidationError
+from ..errors import LabdeployError, UnknownHostKey, ValidationError
 from . import _ui
 from ._ui import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NEEDS_CONFIRMATION, EXIT_USAGE, STATE,
                   CliError, NeedsConfirmation, UsageProblem)
@@ -114,7 +113,6 @@ def server_names() -> list:
 
 def pick_server(name: Optional[str]) -> str:
     """--server, else $LABDEPLOY_SERVER (click reads it into `name`), else the only registered one."""
-    servers = core("servers")
     known = server_names()
     if name:
         if name not in known:
@@ -136,7 +134,6 @@ def pick_server(name: Optional[str]) -> str:
                            "Register one: `labdeploy servers add NAME --host HOST --user USER`.")
     raise UsageProblem(f"Several servers are registered ({', '.join(known)}); which one?",
                        "Pass --server NAME, or set LABDEPLOY_SERVER.")
-    del servers
 
 
 def connect(remote, *, trust: Optional[str] = None, name: str = "", has_trust_option: bool = False):

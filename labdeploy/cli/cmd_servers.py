@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import click
 
@@ -11,7 +10,7 @@ from ..errors import LabdeployError, RemoteError, UnknownHostKey
 from . import _ui
 from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server,
                    server_option, yes_option)
-from ._ui import STATE, CliError, NotReady, UsageProblem
+from ._ui import CliError, NotReady, UsageProblem
 
 TRUST_HELP = ("Trust the server's host key only if its fingerprint is exactly this (SHA256:...), "
               "for scripts. Without it, a new key's fingerprint is shown and you are asked.")
