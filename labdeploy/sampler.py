@@ -186,7 +186,8 @@ class Sampler:
             _, ax = plt.subplots(figsize=(8, 3.2))
         wide = self.connections_by_app()
         if not wide.empty:
-            order = wide.max().sort_values(ascending=False).index[:top]
+            peak = wide.max()
+            order = peak[peak > 0].sort_values(ascending=False).index[:top]  # idle apps would only clutter
             for app in order:
                 ax.plot(wide.index, wide[app].astype(float), label=str(app), marker=".", linewidth=1.2)
         samples = self.samples

@@ -82,6 +82,17 @@ def test_logs_follow_and_service_filter(panel):
     panel.follow.value = False
     task.join(15)
     assert not task.is_alive()
+    # With a backlog: the last lines first, then new ones, none twice.
+    panel.log_service.value = "web"
+    panel.log_tail.value = 2
+    panel.follow.value = True
+    task = panel.last_task
+    wait_for(lambda: len([x for x in panel.log_pane.value.splitlines() if "web tick" in x]) >= 4,
+             what="backlog and new lines")
+    panel.follow.value = False
+    task.join(15)
+    ticks = [int(x.rsplit(" ", 1)[1]) for x in panel.log_pane.value.splitlines() if "web tick" in x]
+    assert ticks == sorted(set(ticks)) and ticks == list(range(ticks[0], ticks[0] + len(ticks)))
 
 
 def test_resource_use_table(panel):

@@ -52,7 +52,8 @@ def status_html(df: pd.DataFrame) -> str:
                     f"<td style='color:{color}'>{html.escape(r.state)}{health}</td>"
                     f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td>"
                     f"<td style='color:#555'>{html.escape(r.image)}</td></tr>")
-    return ("<table class='labdeploy-monitor-status' style='border-collapse:collapse;font-size:90%'>"
+    return ("<style>.labdeploy-monitor-status td,.labdeploy-monitor-status th{padding:1px 10px 1px 0}</style>"
+            "<table class='labdeploy-monitor-status' style='border-collapse:collapse;font-size:90%'>"
             "<tr><th align=left>app</th><th align=left>service</th><th align=left>state</th>"
             "<th align=left>up</th><th align=left>restarts</th><th align=left>image</th></tr>"
             + "".join(rows) + "</table>")
@@ -151,7 +152,7 @@ class MonitorPanel:
         self.stats_table = W.HTML()
 
         self.gauge = W.FloatProgress(value=0, min=0, max=100, description="Connections",
-                                     layout=W.Layout(width="60%"))
+                                     style={"description_width": "initial"}, layout=W.Layout(width="60%"))
         self.gauge_label = W.Label("")
         self.chart = W.Image(format="png", layout=W.Layout(width="100%", max_width="760px"))
         self.summary = W.HTML()
@@ -341,8 +342,20 @@ class MonitorPanel:
             service = self._service_choice()
 
             def follow():
-                monitor.logs(app, self.remote, service, tail=int(self.log_tail.value), follow=True,
-                             on_line=lambda e: self.log_pane.append(str(e)), stop=stop,
+                # The last lines first, in time order across services (a follow sends each
+                # service's backlog as a block), then new lines from that time on.
+                df = monitor.logs(app, self.remote, service, tail=int(self.log_tail.value))
+                self.log_pane.clear()
+                for svc, line in zip(df["service"], df["line"]):
+                    self.log_pane.append(f"{svc} | {line}")
+                last = df["time"].max() if not df.empty else None
+
+                def show(entry) -> None:
+                    if last is None or pd.isna(entry.time) or entry.time > last:
+                        self.log_pane.append(str(entry))
+
+                monitor.logs(app, self.remote, service, tail="all" if last is not None else 0,
+                             since=last, follow=True, on_line=show, stop=stop,
                              reporter=widget_reporter(logpane=self.log_pane))
 
             def done(_=None):
