@@ -310,6 +310,15 @@ def test_deploy_again_is_refused_and_update_works(cli, deployed, testbed):
     assert dash.status_code == 200
 
 
+def test_deploy_of_a_folder_without_dockerfile_fails_clearly(cli, registered, tmp_path):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "experiment.py").write_text("print('hi')\n")
+    r = cli("deploy", "--app", "t-cli-nodockerfile", str(tmp_path / "exp"))
+    assert r.code in (1, 2) and "Dockerfile" in r.err and "What to do" in r.err, str(r)
+    assert "Traceback" not in r.err
+    assert "t-cli-nodockerfile" not in {row["app"] for row in cli.ok("apps", "--json").json()}
+
+
 def test_apps_lists_the_app(cli, deployed):
     rows = {row["app"]: row for row in cli.ok("apps", "--json").json()}
     assert rows[APP]["state"] == "running" and rows[APP]["running"] == "4/4"

@@ -112,5 +112,16 @@ def test_servers_import_from_dallinger(cli, tmp_path):
     assert cli.ok("servers", "list", "--json").json() == []
 
 
+def test_deploy_checks_its_options_before_anything_else(cli, tmp_path):
+    r = cli("deploy", "--app", "pilot", str(tmp_path / "missing"))
+    assert r.code == 2 and "does not exist" in r.err, str(r)
+    r = cli("deploy", "--app", "pilot", str(tmp_path), "--mode", "carrier-pigeon")
+    assert r.code == 2 and "carrier-pigeon" in r.err, str(r)
+    r = cli("deploy", "--app", "pilot", str(tmp_path), "--build-arg", "NOEQUALS")
+    assert r.code == 2 and "KEY=VALUE" in r.err, str(r)
+    r = cli("deploy", "--app", "pilot", str(tmp_path), "--secret-env", "T_CLI_SURELY_UNSET")
+    assert r.code == 2 and "T_CLI_SURELY_UNSET" in r.err and "not set" in r.err, str(r)
+
+
 def test_version(cli):
     assert "labdeploy" in cli.ok("--version").out
