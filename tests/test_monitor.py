@@ -217,3 +217,17 @@ def test_restart_of_crashing_service_times_out_clearly(apps):
     with pytest.raises(monitor.RestartTimeout) as e:
         monitor.restart(CRASH, apps, ["web"], timeout=4, stop_timeout=1)
     assert "web" in e.value.message and "logs" in e.value.hint
+
+
+def test_a_user_without_docker_access_is_told_what_to_do(testbed, known_hosts):
+    from labdeploy.remote import Remote
+
+    s = testbed["ssh"]
+    with Remote(s["host"], s["port"], s["user_nodocker"], key_filename=s["key"], known_hosts=known_hosts,
+                use_agent=False) as r:
+        with pytest.raises(monitor.LabdeployError) as e:
+            monitor.status(r)
+        assert "may not use Docker" in e.value.message and "docker" in e.value.hint
+        with pytest.raises(monitor.LabdeployError) as e:
+            monitor.pg_activity(r, persistent=False)
+        assert "may not use Docker" in e.value.message
