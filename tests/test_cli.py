@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 import zipfile
+from pathlib import Path
 
 import pytest
 import requests
@@ -106,6 +107,21 @@ def test_unknown_host_key_is_never_accepted_silently(testbed, tmp_path):
     assert s["host_key_fingerprint"] in r.err and wrong in r.err
     assert not (tmp_path / ".ssh" / "known_hosts").exists()
     assert cli("servers", "list", "--json").json() == []
+
+
+def test_a_changed_host_key_is_refused(testbed, tmp_path):
+    """known_hosts holds another key for the server (as after a rebuild, or an attack)."""
+    cli = CLI(tmp_path)
+    s = testbed["ssh"]
+    other = Path(s["key"] + ".pub").read_text().split()[:2]  # a real ed25519 key, not the server's
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "known_hosts").write_text(f"{s['host']} {other[0]} {other[1]}\n")
+    r = cli("servers", "add", "tb", "--host", s["host"], "--user", s["user"], "--key", s["key"],
+            "--trust-host-key", s["host_key_fingerprint"])
+    assert r.code == 1 and "different host key" in r.err and "ssh-keygen -R" in r.err, str(r)
+    assert "Traceback" not in r.err
+    assert cli("servers", "list", "--json").json() == []
+    assert (tmp_path / ".ssh" / "known_hosts").read_text().count("\n") == 1  # untouched
 
 
 def test_at_a_terminal_the_fingerprint_is_shown_and_asked_for(testbed, tmp_path):
