@@ -111,6 +111,11 @@ class Lab:
         self.page.wait_for_selector(".jp-Notebook", timeout=60_000)
         self.wait_kernel_idle(60)
 
+    @property
+    def notebook(self):
+        """The notebook in the current (visible) tab."""
+        return self.page.locator(".jp-NotebookPanel:visible .jp-Notebook")
+
     def kernel_status(self) -> str:
         """'idle', 'busy', 'connecting', ... from the status bar ('Python 3 (ipykernel) | Idle')."""
         el = self.page.query_selector(".jp-StatusBar-TextItem:has-text('ipykernel')")
@@ -144,15 +149,145 @@ class Lab:
         self.wait_kernel_idle(timeout)
 
     def restart_and_run_all(self, timeout: float = 600) -> None:
-        self.menu("Kernel", "Restart Kernel and Run All Cells")
+        self.restart_and_run("Restart Kernel and Run All Cells", timeout)
+
+    def restart_and_run(self, item: str, timeout: float = 600) -> None:
+        """A Kernel menu "Restart Kernel and Run ..." item, confirmed in its dialog."""
+        self.menu("Kernel", item)
         self.page.wait_for_selector(".jp-Dialog", timeout=10_000)
         self.page.locator(".jp-Dialog button.jp-mod-accept").click()
-        time.sleep(2)
-        self.wait_kernel_idle(timeout)
+        self.page.locator(".jp-Dialog").wait_for(state="detached", timeout=10_000)
+        deadline = time.time() + 15  # the restart shows as a non-idle kernel first
+        while self.kernel_status() == "idle" and time.time() < deadline:
+            time.sleep(0.1)
+        self.wait_cells_done(timeout)
 
-    def save(self) -> None:
-        self.page.keyboard.press("Control+s")
-        time.sleep(1.5)
+    def wait_cells_done(self, timeout: float = 600) -> None:
+        """The kernel idle and no cell waiting or running ([*])."""
+        deadline = time.time() + timeout
+        while True:
+            self.wait_kernel_idle(max(5.0, deadline - time.time()))
+            if self.notebook.locator(".jp-InputPrompt", has_text="[*]").count() == 0:
+                return
+            if time.time() > deadline:
+                raise AssertionError(f"cells still running after {timeout:.0f} s")
+
+    def select_cell(self, index: int) -> None:
+        """Click a cell's prompt (command mode, that cell selected)."""
+        self.notebook.locator(".jp-Cell").nth(index).locator(".jp-InputPrompt").first.click()
+
+    def switch_to(self, name: str) -> None:
+        """Bring an open notebook's tab to the front."""
+        self.page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=name).first.click()
+        self.page.locator(".jp-NotebookPanel:visible").wait_for(timeout=10_000)
+
+    def save(self, path: Optional[Path] = None, timeout: float = 20) -> None:
+        """File > Save Notebook; with `path`, wait until that file on disk changed."""
+        before = path.stat().st_mtime_ns if path is not None and path.exists() else None
+        self.menu("File", "Save Notebook")
+        if path is None:
+            time.sleep(1.5)
+            return
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if path.exists() and path.stat().st_mtime_ns != before:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{path} was not saved within {timeout:.0f} s")
+
+    def run_cells(self, count: int, first: int = 0) -> None:
+        """Click cell `first` and press Shift+Enter `count` times, as a person steps through cells."""
+        cell = self.notebook.locator(".jp-Cell").nth(first)
+        cell.locator(".jp-InputPrompt").first.click()
+        for _ in range(count):
+            self.page.keyboard.press("Shift+Enter")
+            time.sleep(0.2)
+
+    def hide_sidebar(self) -> None:
+        """Close the file browser so the notebook gets the width (click its active sidebar tab)."""
+        current = self.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
+        if current.count():
+            current.first.click()
+            self.page.locator("#jp-left-stack").wait_for(state="hidden", timeout=10_000)
+
+    # --- ipywidgets panels (labdeploy's conventions: CSS classes on buttons, descriptions on fields)
+
+    def panel(self, title: str):
+        """The `.labdeploy-panel` whose heading is `title`."""
+        return self.notebook.locator(".labdeploy-panel", has=self.page.locator("h3", has_text=title)).first
+
+    def field(self, panel, description: str):
+        """The input of the text/password field whose label is `description`."""
+        row = panel.locator(".widget-inline-hbox", has=self.page.locator(
+            "label.widget-label", has_text=re.compile(f"^{re.escape(description)}$")))
+        return row.locator("input, textarea").first
+
+    def fill(self, panel, description: str, value: str) -> None:
+        box = self.field(panel, description)
+        box.click()
+        box.fill("")
+        box.press_sequentially(value, delay=5)
+        box.press("Tab")  # ipywidgets Text syncs on change/blur too
+
+    def step_state(self, panel, step: str) -> str:
+        el = panel.locator(f".labdeploy-step[data-step='{step}']").first
+        return el.get_attribute("data-state") or ""
+
+    def step_text(self, panel, step: str) -> str:
+        return panel.locator(f".labdeploy-step[data-step='{step}']").first.inner_text()
+
+    def wait_step(self, panel, step: str, states=("done",), timeout: float = 120) -> str:
+        """Poll the step's data-state until it is one of `states`; a 'failed' step (unless
+        expected) fails at once with the panel's message."""
+        deadline = time.time() + timeout
+        state = ""
+        while time.time() < deadline:
+            state = self.step_state(panel, step)
+            if state in states:
+                return state
+            if state == "failed":
+                msg = panel.locator(".labdeploy-error, .labdeploy-warning").all_inner_texts()
+                raise AssertionError(f"step {step!r} failed: {self.step_text(panel, step)}\n" + "\n".join(msg))
+            time.sleep(0.25)
+        raise AssertionError(f"step {step!r} stayed {state!r} for {timeout:.0f} s: {self.step_text(panel, step)}")
+
+    def shot(self, locator, name: str) -> Path:
+        """A screenshot of one element (a panel), whole: the viewport grows to fit it, then returns."""
+        self.shots += 1
+        path = self.artifacts / f"{self.shots:02d}-{name}.png"
+        size = self.page.viewport_size
+        box = locator.bounding_box()
+        if box and box["height"] + 240 > size["height"]:
+            self.page.set_viewport_size({"width": size["width"], "height": int(box["height"]) + 240})
+            time.sleep(0.3)
+        try:
+            locator.scroll_into_view_if_needed()
+            locator.screenshot(path=str(path))
+        finally:
+            if self.page.viewport_size != size:
+                self.page.set_viewport_size(size)
+        return path
+
+    def screenshot_of(self, page, name: str) -> Path:
+        """A screenshot of another page (a second tab)."""
+        self.shots += 1
+        path = self.artifacts / f"{self.shots:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def add_cell_at_end(self, code: str) -> None:
+        """Select the last cell, add a code cell below it (b) and type `code` into it."""
+        last = self.notebook.locator(".jp-Cell").last
+        last.locator(".jp-InputPrompt").first.click()
+        self.page.keyboard.press("Escape")
+        self.page.keyboard.press("b")
+        cell = self.notebook.locator(".jp-Cell").last
+        cell.locator(".cm-content").click()
+        for i, line in enumerate(code.split("\n")):
+            if i:
+                self.page.keyboard.press("Enter")
+                self.page.keyboard.press("Home")  # no auto-indent carried over
+            self.page.keyboard.insert_text(line)
 
     def screenshot(self, name: str) -> Path:
         self.shots += 1
@@ -161,4 +296,6 @@ class Lab:
         return path
 
     def cell_errors(self) -> list[str]:
-        return [e.inner_text() for e in self.page.query_selector_all(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] , .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")]
+        """Tracebacks and stderr shown in the current notebook's outputs."""
+        return self.notebook.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
+                                     ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").all_inner_texts()
