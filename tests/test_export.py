@@ -390,3 +390,23 @@ def test_panel_anonymous_only_and_errors_shown(app, session_remote, tmp_path, ho
     panel.destroy_button.click()  # not confirmed: refused before anything runs
     panel.last_task.join(60)
     assert "confirmation" in panel.message.value and export.database_exists(app, session_remote)
+
+
+def test_a_registered_server_name_works_and_its_connection_is_closed(app, testbed, home, monkeypatch):
+    from labdeploy import servers
+
+    s = testbed["ssh"]
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "known_hosts").write_text(s["known_hosts_line"] + "\n")
+    servers.add("tb", s["host"], s["user"], s["port"], s["key"])
+    opened = []
+    real_connect = Remote.connect
+
+    def spy(self):
+        opened.append(self)
+        return real_connect(self)
+
+    monkeypatch.setattr(Remote, "connect", spy)
+    assert export.table_counts(app, "tb").set_index("table")["rows"]["participant"] == 3
+    assert opened and not any(r.connected for r in opened)  # opened for the call, closed after it
+    assert export.last_export_time(app, "tb") is None
