@@ -149,17 +149,20 @@ class LogPane(W.Textarea):
         self._lines: deque[str] = deque(maxlen=max_lines)
         self._lock = threading.Lock()
         self.add_class("labdeploy-log")
+        self.layout.display = "none"  # an empty box is clutter: shown with its first line
 
     def append(self, line: str) -> None:
         with self._lock:
             self._lines.append(line)
             text = "\n".join(self._lines)
         self.value = text
+        self.layout.display = ""
 
     def clear(self) -> None:
         with self._lock:
             self._lines.clear()
         self.value = ""
+        self.layout.display = "none"
 
 
 class ProgressRow(W.HBox):
@@ -169,10 +172,10 @@ class ProgressRow(W.HBox):
         self.bar = W.FloatProgress(value=0, min=0, max=1, layout=W.Layout(width="50%"))
         self.label = W.Label("")
         super().__init__([self.bar, self.label], **kwargs)
-        self.layout.visibility = "hidden"
+        self.layout.display = "none"  # takes no room while idle
 
     def update(self, done: float, total: Optional[float], text: str) -> None:
-        self.layout.visibility = "visible"
+        self.layout.display = ""
         if total:
             self.bar.bar_style = ""
             self.bar.max = float(total)
@@ -184,7 +187,7 @@ class ProgressRow(W.HBox):
         self.label.value = text
 
     def hide(self) -> None:
-        self.layout.visibility = "hidden"
+        self.layout.display = "none"  # takes no room while idle
 
 
 def human_bytes(n: float) -> str:
