@@ -71,7 +71,7 @@ class DeployPanel:
         self.mode_box = W.Dropdown(options=[(f"{m}", m) for m in transfer.MODES], value=mode,
                                    description="Transfer mode", style={"description_width": "140px"},
                                    layout=W.Layout(width="480px"))
-        self.mode_help = W.HTML("")
+        self.mode_help = W.HTML("", layout=W.Layout(width="480px"))  # wraps under its field, steps stay close
         self.base_image_box = _text("Base image", base_image if base_image is not None else images.get("python", ""),
                                     "empty: the Dockerfile's default (BASE_IMAGE build argument)")
         self.redis_image_box = _text("Redis image", redis_image or images.get("redis", "redis:7"))
@@ -360,5 +360,7 @@ def _apps_html(df) -> str:
                     f"<td>{html.escape(str(r.version))}</td><td>{html.escape(r.running)}</td>"
                     f"<td><a href='{html.escape(r.url)}' target='_blank'>{html.escape(r.url)}</a></td>"
                     f"<td>{html.escape(when)}</td><td>{html.escape(str(r.who))}</td></tr>")
-    return ("<table class='labdeploy-apps'><tr><th>app</th><th>state</th><th>version</th><th>running</th>"
-            "<th>url</th><th>deployed</th><th>by</th></tr>" + "".join(rows) + "</table>")
+    # JupyterLab's table look where it applies (as a DataFrame), left-aligned rather than centred.
+    return ("<div class='jp-RenderedHTMLCommon' style='padding:0'><table class='labdeploy-apps' style='margin:4px 0'>"
+            "<tr><th>app</th><th>state</th><th>version</th><th>running</th>"
+            "<th>url</th><th>deployed</th><th>by</th></tr>" + "".join(rows) + "</table></div>")
