@@ -41,15 +41,17 @@ def summary_html(data: ExportData, anonymous: Optional[ExportData] = None) -> st
     when = f" taken {data.exported_at:%Y-%m-%d %H:%M:%S} UTC" if data.exported_at else ""
     return (f"<div>{html.escape(data.app)}{when}: {len(data)} tables, verified against the database's row "
             f"counts in one snapshot.</div>"
-            "<table class='labdeploy-export-summary' style='border-collapse:collapse;font-size:90%'>"
+            "<div class='jp-RenderedHTMLCommon' style='padding:0'>"  # JupyterLab's table look, where it applies
+            "<table class='labdeploy-export-summary' style='border-collapse:collapse;font-size:90%;margin:4px 0'>"
             "<tr><th align=left>table</th><th>rows</th><th>columns</th><th>MB in memory</th>"
-            "<th align=left>anonymised columns</th></tr>" + "".join(rows) + "</table>")
+            "<th align=left>anonymised columns</th></tr>" + "".join(rows) + "</table></div>")
 
 
 def preview_html(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
     dtypes = ", ".join(f"{html.escape(str(c))}: {html.escape(str(t))}" for c, t in frame.dtypes.items())
     body = frame.head(rows).to_html(max_cols=30, escape=True, border=0)
-    return (f"<div style='overflow-x:auto;font-size:85%'>{body}</div>"
+    body = body.replace("<table ", "<table style='margin:4px 0' ", 1)  # left-aligned, not centred by Lab
+    return (f"<div class='jp-RenderedHTMLCommon' style='overflow-x:auto;font-size:85%;padding:0'>{body}</div>"
             f"<div style='color:#666;font-size:80%'>{len(frame):,} rows. Types: {dtypes}</div>")
 
 
@@ -71,7 +73,7 @@ class ExportPanel:
     # ------------------------------------------------------------------ layout
 
     def _button(self, label: str, action: str, **kw) -> W.Button:
-        b = W.Button(description=label, **kw)
+        b = W.Button(description=label, layout=W.Layout(width="auto"), **kw)  # labels never cut
         b.add_class(f"labdeploy-export-{action}")
         return b
 
@@ -112,6 +114,8 @@ class ExportPanel:
         self.export_button.on_click(lambda _: self.run_export())
         self.confirm_destroy = W.Checkbox(value=False, description="I understand: destroy deletes the app and its data")
         self.confirm_destroy.add_class("labdeploy-export-confirm")
+        for box in (self.save, self.parquet, self.files, self.logs, self.confirm_destroy):
+            box.layout.width = "auto"  # the whole label, not "Save a zip archive (Dalling…"
         self.destroy_button = self._button("Export, then destroy", "destroy", icon="trash", button_style="danger")
         self.destroy_button.on_click(lambda _: self.run_export(destroy=True))
 
@@ -244,6 +248,11 @@ class ExportPanel:
                                  f"{where}{gone} Use panel.data['<table>'] in the notebook.")
             self._busy(False)
             if destroy:
+                # Nothing picked afterwards and the tick cleared: the next app (and its destroy) is
+                # chosen deliberately, and loading another app's tables can't hide this message.
+                self.confirm_destroy.value = False
+                self.app_picker.value = None
+                self.tables.options = []
                 self.app_picker.options = [a for a in self.app_picker.options if a != app]
 
         return self._start(work, on_done=done)
