@@ -55,6 +55,7 @@ class Sampler:
         self._samples: deque = deque(maxlen=max_samples)   # (sample row, [series rows])
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._ctl = threading.Lock()  # start/stop from different threads (a panel's buttons)
         self._thread: Optional[threading.Thread] = None
         self.last_snapshot: Optional[Snapshot] = None
         self.last_error: Optional[BaseException] = None
@@ -63,23 +64,27 @@ class Sampler:
     # ------------------------------------------------------------------ control
 
     def start(self) -> "Sampler":
-        if self.running:
-            return self
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="labdeploy-sampler")
-        self._thread.start()
+        with self._ctl:
+            if self.running:
+                return self
+            self._stop.clear()
+            thread = threading.Thread(target=self._loop, daemon=True, name="labdeploy-sampler")
+            thread.start()
+            self._thread = thread  # only a started thread is ever visible to stop()
         return self
 
     def stop(self, timeout: float = 35) -> None:
-        """Stop sampling; waits for a snapshot in flight to end."""
+        """Stop sampling; waits for a snapshot in flight to end. Safe from any thread."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        self._thread = None
+        with self._ctl:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def __enter__(self) -> "Sampler":
         return self.start()

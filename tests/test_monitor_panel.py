@@ -179,7 +179,8 @@ def test_server_picker_with_a_registered_server(app, home, testbed):
         p.server_picker.value = "tb-mon"  # reconnects through the registered name
         wait_for(lambda: p.remote is not app and p.remote is not None, what="the switch")
         assert p.remote.host == s["host"]
-        wait_for(lambda: APP in p.status_table.value and p.sampler.running, what="status via the name")
+        wait_for(lambda: APP in p.status_table.value and p.sampler is not None and p.sampler.running
+                 and p.sampler.remote is p.remote, what="status and sampling via the name")
     finally:
         p.stop()
         if p.remote is not app:

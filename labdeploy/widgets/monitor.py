@@ -97,6 +97,7 @@ class MonitorPanel:
         self.last_task: Optional[threading.Thread] = None
         self.status_df = pd.DataFrame()
         self._stop = threading.Event()
+        self._ctl = threading.Lock()  # orders connect's background start against stop()
         self._timer: Optional[threading.Thread] = None
         self._follow_stop: Optional[threading.Event] = None
         self._follow_task: Optional[threading.Thread] = None
@@ -227,21 +228,27 @@ class MonitorPanel:
     def connect(self, server=None) -> None:
         """(Re)start monitoring a server: status timer and connection sampler."""
         self._stop_work()
-        self._stop = threading.Event()
+        stop = self._stop = threading.Event()
         target = self._servers.get(self.server_picker.value) if server is None else server
 
         def work():
             from ..containers import remote_of
 
-            self.remote = remote_of(target)
+            remote = remote_of(target)
+            with self._ctl:
+                if stop.is_set():  # stopped (or switched server) while connecting
+                    return
+                self.remote = remote
             self._refresh_status()
-            self.sampler = monitor.Sampler(self.remote, interval=self.interval, container=self.container,
-                                           threshold=self.threshold, on_sample=self._on_sample,
-                                           reporter=widget_reporter(message=None))
-            self.sampler.start()
-            self._timer = threading.Thread(target=self._timer_loop, args=(self._stop,), daemon=True,
-                                           name="labdeploy-monitor-refresh")
-            self._timer.start()
+            with self._ctl:
+                if stop.is_set():
+                    return
+                self.sampler = monitor.Sampler(remote, interval=self.interval, container=self.container,
+                                               threshold=self.threshold, on_sample=self._on_sample,
+                                               reporter=widget_reporter(message=None)).start()
+                self._timer = threading.Thread(target=self._timer_loop, args=(stop,), daemon=True,
+                                               name="labdeploy-monitor-refresh")
+                self._timer.start()
 
         self.message.show_info("Connecting…")
         self._start(work)
@@ -414,17 +421,19 @@ class MonitorPanel:
     # ------------------------------------------------------------------ stopping
 
     def _stop_work(self) -> None:
-        self._stop.set()
+        with self._ctl:  # after this, a connect still in progress starts nothing more
+            self._stop.set()
+            sampler, remote, timer, follow_task = self.sampler, self.remote, self._timer, self._follow_task
         if self._follow_stop is not None:
             self._follow_stop.set()
-        if self.sampler is not None:
-            self.sampler.stop()
-        if self.remote is not None:
+        if sampler is not None:
+            sampler.stop()
+        if remote is not None:
             # The persistent psql is background work too; the next snapshot reopens it.
             from ..pgactivity import session
 
-            session(self.remote, self.container).close()
-        for t in (self._timer, self._follow_task):
+            session(remote, self.container).close()
+        for t in (timer, follow_task):
             if t is not None and t is not threading.current_thread():
                 t.join(timeout=10)
 
