@@ -337,6 +337,7 @@ class RichReporter:
                                   TextColumn("{task.fields[amount]}"), TimeElapsedColumn(),
                                   console=self.console, transient=False)
         self._tasks: dict[str, int] = {}
+        self._sub: list[int] = []  # bars of sub-steps known only from Progress events
         self._lock = threading.Lock()
         self.progress.start()
         self._download = DownloadColumn()
@@ -349,18 +350,29 @@ class RichReporter:
                 if isinstance(event, StepStarted):
                     self._tasks[event.step] = self.progress.add_task(event.step, total=None, amount="")
                 elif isinstance(event, StepFinished):
+                    # Sub-step bars end with the step that contains them.
+                    for sub in self._sub:
+                        task = self.progress.tasks[[t.id for t in self.progress.tasks].index(sub)]
+                        if not task.finished:
+                            self.progress.update(sub, total=task.total or 1, completed=task.total or 1)
+                            self.progress.stop_task(sub)
+                    self._tasks = {k: v for k, v in self._tasks.items() if v not in self._sub}
+                    self._sub = []
                     tid = self._tasks.pop(event.step, None)
                     if tid is None:
                         tid = self.progress.add_task(event.step, total=1, amount="")
                     mark = "[green]✓[/]" if event.ok else "[red]✖[/]"
                     task = self.progress.tasks[[t.id for t in self.progress.tasks].index(tid)]
+                    extra = {} if task.total else {"amount": ""}  # drop the last log line shown
                     self.progress.update(tid, description=f"{mark} {event.step}",
-                                         total=task.total or 1, completed=task.total or 1)
+                                         total=task.total or 1, completed=task.total or 1, **extra)
                     self.progress.stop_task(tid)
                 elif isinstance(event, Progress):
                     tid = self._tasks.get(event.step)
                     if tid is None:
-                        tid = self._tasks[event.step] = self.progress.add_task(event.step, total=None, amount="")
+                        tid = self._tasks[event.step] = self.progress.add_task(f"  ↳ {event.step}", total=None,
+                                                                               amount="")
+                        self._sub.append(tid)
                     amount = (f"{_human_bytes(event.done)}" + (f"/{_human_bytes(event.total)}" if event.total else "")
                               if event.unit == "bytes" else
                               f"{event.done}" + (f"/{event.total}" if event.total else "") + f" {event.unit}")
