@@ -23,6 +23,7 @@ from .common import LogPane, Message, ProgressRow, StepList, run_in_background, 
 
 REVEAL_SECONDS = 30  # a revealed password hides itself again, so a saved notebook rarely keeps it
 MASK = "••••••••"
+_LINK = "target='_blank' style='color:#1a73e8;text-decoration:underline'"  # Lab shows bare links as plain text
 
 
 def _button(label: str, action: str, style: str = "", icon: str = "") -> W.Button:
@@ -230,8 +231,8 @@ class DeployPanel:
         password = html.escape(r.dashboard_password.reveal()) if revealed else MASK
         self.result_html.value = (
             "<div style='border-left:3px solid #188038;padding:4px 8px;background:#f6fbf7'>"
-            f"<div><b>Experiment:</b> <a href='{html.escape(r.url)}' target='_blank'>{html.escape(r.url)}</a></div>"
-            f"<div><b>Dashboard:</b> <a href='{html.escape(r.dashboard_url)}' target='_blank'>"
+            f"<div><b>Experiment:</b> <a href='{html.escape(r.url)}' {_LINK}>{html.escape(r.url)}</a></div>"
+            f"<div><b>Dashboard:</b> <a href='{html.escape(r.dashboard_url)}' {_LINK}>"
             f"{html.escape(r.dashboard_url)}</a> — user <code>{html.escape(r.dashboard_user)}</code>, "
             f"password <code class='labdeploy-deploy-password'>{password}</code></div>"
             f"<div style='color:#555'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
@@ -286,7 +287,7 @@ class DeployPanel:
             self.tunnel = tunnel
             url = html.escape(tunnel.url)
             self.tunnel_html.value = (f"<div>Open <a class='labdeploy-deploy-tunnel-link' href='{url}' "
-                                      f"target='_blank'>{url}</a> in this computer's browser (works while this "
+                                      f"{_LINK}>{url}</a> in this computer's browser (works while this "
                                       "notebook runs).</div>")
             self.close_tunnel_button.layout.display = ""
             self.message.show_ok(f"Tunnel open: {tunnel.url}")
@@ -358,7 +359,7 @@ def _apps_html(df) -> str:
         when = "" if str(r.deployed_at) == "NaT" else str(r.deployed_at)[:19]
         rows.append(f"<tr><td>{html.escape(r.app)}</td><td style='color:{color}'>{html.escape(r.state)}</td>"
                     f"<td>{html.escape(str(r.version))}</td><td>{html.escape(r.running)}</td>"
-                    f"<td><a href='{html.escape(r.url)}' target='_blank'>{html.escape(r.url)}</a></td>"
+                    f"<td><a href='{html.escape(r.url)}' {_LINK}>{html.escape(r.url)}</a></td>"
                     f"<td>{html.escape(when)}</td><td>{html.escape(str(r.who))}</td></tr>")
     # JupyterLab's table look where it applies (as a DataFrame), left-aligned rather than centred.
     return ("<div class='jp-RenderedHTMLCommon' style='padding:0'><table class='labdeploy-apps' style='margin:4px 0'>"
