@@ -34,7 +34,7 @@ from typing import Mapping, Optional
 
 from . import appcompose, caddy, compose, session, dallinger, database, history, layout, names, psql, readiness, stack
 from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
-from .lock import DeployLock, _local_identity
+from .lock import DeployLock
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
 
 
@@ -52,7 +52,7 @@ logging.getLogger("paramiko.transport").addFilter(_QuietRefusals())
 STEPS = ("preflight", "lock", "image", "database", "start", "route", "launch", "record")
 UPDATE_STEPS = STEPS
 LOG_TAIL = 40  # container log lines shown with a failure
-SETTLE_SECONDS = 3.0  # processes must stay up this long after `compose up` to count as started
+SETTLE_SECONDS = 2.0  # processes must stay up this long after `compose up` to count as started
 DEFAULT_DASHBOARD_USER = "admin"
 
 
@@ -150,7 +150,9 @@ def _sub_reporter(reporter: Reporter, source: str) -> Reporter:
 # $1 = app dir. Everything preflight and the rollback need, in one round trip.
 _FACTS = ('echo @@stack; cat dallinger/stack.json 2>/dev/null; echo; echo @@state; cat "$1/deploy.json" 2>/dev/null; '
           'echo; echo @@compose; cat "$1/docker-compose.yml" 2>/dev/null; echo @@site; cat "$2" 2>/dev/null; '
-          'echo @@secrets; cat "$1/secrets.env" 2>/dev/null; echo @@end')
+          'echo @@secrets; cat "$1/secrets.env" 2>/dev/null; echo @@stackup; '
+          'docker inspect -f "{{.Name}} {{.State.Running}}" dallinger-postgresql dallinger-caddy 2>/dev/null; '
+          'echo @@end')
 
 
 def _sections(text: str) -> dict[str, str]:
@@ -172,6 +174,8 @@ class _Facts:
     compose_text: Optional[str]
     site_text: Optional[str]
     secrets: dict
+    secrets_text: Optional[str] = None  # as it was, to put back if an update rolls back
+    stack_running: bool = False
 
 
 def _gather(remote, app: str) -> _Facts:
@@ -188,7 +192,8 @@ def _gather(remote, app: str) -> _Facts:
     settings = stack.StackSettings.from_dict(st.get("settings", {})) if st else None
     return _Facts(settings=settings, state=js(s.get("state", "")),
                   compose_text=s.get("compose") or None, site_text=s.get("site") or None,
-                  secrets=appcompose.parse_env(s.get("secrets", "")))
+                  secrets=appcompose.parse_env(s.get("secrets", "")), secrets_text=s.get("secrets") or None,
+                  stack_running=s.get("stackup", "").count(" true") == 2)
 
 
 def _check_dockerfile(experiment_dir: Path, dockerfile: str) -> None:
@@ -219,6 +224,8 @@ def _preflight(remote, app: str, operation: str, settings_override, capacity: st
     if operation == "update" and not deployed:
         raise UnknownApp(f"There is no deployed app named {app!r} on {remote.host} to update.",
                          "Check the name (apps(server) lists them), or deploy() it first.")
+    if operation == "update" and facts.stack_running:
+        return facts  # the server took this app before and its shared services run: no full check
     table = readiness.check(remote, ports=(int(facts.settings.http_port), int(facts.settings.https_port)))
     for warning in judge_readiness(table, operation=operation, capacity=capacity):
         reporter(warning)
@@ -301,14 +308,15 @@ def _containers(remote, app: str) -> dict[str, dict]:
     return out
 
 
-def _web_ip(remote, app: str) -> str:
+def _web_ip(remote, app: str, *, check_forwarding: bool = True) -> str:
     """The web container's address on the shared network: health and /launch go there
     through the SSH connection, so they work before any DNS record exists."""
     web = _containers(remote, app).get("web")
     if not web or not web["ip"]:
         raise LabdeployError("The web container is not running on the shared network.",
                              "Read the logs below; `docker compose ps` in ~/dallinger/<app> shows its state.")
-    _check_forwarding(remote, web["ip"])
+    if check_forwarding:
+        _check_forwarding(remote, web["ip"])
     return web["ip"]
 
 
@@ -553,7 +561,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "launch"
         with step(reporter, "launch"):
-            with remote.forward(_web_ip(remote, app), appcompose.WEB_PORT) as port:
+            with remote.forward(_web_ip(remote, app, check_forwarding=False), appcompose.WEB_PORT) as port:
                 if launch:
                     _launch(port, host, launch_attempts, reporter)
                 _health(port, host, health_path, 30)
@@ -658,6 +666,8 @@ def _rollback(remote, app: str, facts: _Facts, reporter: Reporter) -> bool:
     except LabdeployError as exc:
         reporter(LogLine(f"caddy reload: {exc.message}", "rollback"))
     if facts.compose_text and facts.state is not None:
+        if facts.secrets_text:
+            remote.put_bytes(layout.app_secrets(app), facts.secrets_text, mode=0o600)
         remote.put_bytes(layout.app_compose(app), facts.compose_text, mode=0o644)
         _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter, timeout=300)
         return True

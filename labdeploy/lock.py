@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import threading
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone

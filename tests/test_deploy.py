@@ -4,7 +4,6 @@ failed update roll back with the data kept, list apps, destroy with and without 
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -158,14 +157,17 @@ def test_update_keeps_data_then_failed_update_rolls_back(deployed, testbed, sess
     shutil.copytree(changed, broken)
     (broken / "Procfile").write_text("web: python -c 'import sys; print(\"v3 crashes on purpose\"); sys.exit(3)'\n"
                                      "worker: python -m stroop.worker\nclock: python -m stroop.clock\n")
+    secrets_before = session_remote.get_bytes(layout.app_secrets(APP))
     with pytest.raises(deploy.DeployFailed) as info:
-        deploy.update(broken, APP, session_remote, start_timeout=60, **deploy_kwargs(testbed))
+        deploy.update(broken, APP, session_remote, start_timeout=60, secrets={"new_key": "v3-only"},
+                      **deploy_kwargs(testbed))
     err = info.value
     assert err.failed_step == "start" and err.rolled_back
     assert "v3 crashes on purpose" in err.logs and "previous version" in err.message
     assert "Colour naming study v2" in through_caddy(testbed, APP).text  # v2 serves again
     assert count(session_remote, APP, "responses") == responses
     assert redis_cli(session_remote, "get", "kept") == "yes"
+    assert session_remote.get_bytes(layout.app_secrets(APP)) == secrets_before  # v3's secret taken back
     assert lock.read_lock(session_remote, APP) is None
     h = history.history(session_remote, APP)
     assert list(h["outcome"])[-3:] == ["success", "success", "rolled back"]

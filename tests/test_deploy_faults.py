@@ -4,7 +4,6 @@ unknown app. Each against the real testbed."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import apps, deploy, history, layout, lock, psql, stack
+from labdeploy import apps, deploy, history, layout, lock, stack
 from labdeploy.errors import ConnectionLost, LabdeployError, ValidationError
 from labdeploy.progress import Collector, LogLine, StepStarted, Warning_
 from labdeploy.remote import Remote

@@ -3,7 +3,6 @@ PostgreSQL and Redis containers (the testbed's images), the way Dallinger would 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import uuid
