@@ -307,6 +307,7 @@ def test_deploy_again_is_refused_and_update_works(cli, deployed, testbed):
     r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
             "--redis-image", testbed["images"]["redis"])
     assert r.code == 1 and "already deployed" in r.err and "Traceback" not in r.err, str(r)
+    assert "add --update" in r.err and "update()" not in r.err  # the hint in CLI words
     # The update goes the seed's way: build here, push to the registry, pull on the server.
     reg = testbed["registry"]
     r = cli.ok("deploy", "--app", APP, str(EXAMPLE), "--update", "--build-arg",
@@ -482,10 +483,19 @@ def test_export_writes_a_zip_with_every_table(cli, deployed, tmp_path):
     assert len(anon["paths"]) == 1 and "anonymous" in anon["paths"][0]
 
 
-def test_destroy_needs_confirmation_then_removes_the_app(cli, deployed, testbed):
+def test_destroy_needs_confirmation_then_removes_the_app(cli, deployed, testbed, tmp_path):
     r = cli("destroy", "--app", APP)  # stdin is not a terminal: no prompt, refuse
     assert r.code == 4 and "--yes" in r.err and "Traceback" not in r.err, str(r)
     assert through_caddy(testbed, APP).status_code == 200  # nothing happened
+    # From a computer that never exported this app, deleting its data is refused.
+    other = CLI(tmp_path)
+    s = testbed["ssh"]
+    other.ok("servers", "add", "tb", "--host", s["host"], "--user", s["user"], "--key", s["key"],
+             "--trust-host-key", s["host_key_fingerprint"])
+    r = other("destroy", "--app", APP, "--remove-data", "--yes")
+    assert r.code == 1 and "no saved export" in r.err, str(r)
+    assert f"Export first (`labdeploy export --app {APP}`)" in r.err and "--no-export-check" in r.err  # CLI words
+    assert through_caddy(testbed, APP).status_code == 200  # still serving
     r = cli.ok("destroy", "--app", APP, "--yes", "--json")
     assert "containers" in r.json()["removed"] and "database" in r.json()["kept"]
     assert APP not in {row["app"] for row in cli.ok("apps", "--json").json()}

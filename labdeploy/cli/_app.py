@@ -185,6 +185,71 @@ def open_server(name: Optional[str], *, trust: Optional[str] = None):
     return connect(remote, trust=trust, name=chosen)
 
 
+# ---------------------------------------------------------------- hints in CLI words
+
+# The core's hints name Python calls (for notebooks); in a terminal the same advice is a
+# command. Keyed by exception class name; formatted with the command's context (app, service).
+_CLI_HINTS = {
+    "AppExists": "To ship new code to it, add --update; to start a separate copy, choose another --app name; "
+                 "to remove it, run `labdeploy destroy --app {app}` first.",
+    "ExportRequired": "Export first (`labdeploy export --app {app}`), then destroy; or add --no-export-check "
+                      "if the data really is not needed.",
+    "ServiceNotRunning": "Start it again (`labdeploy restart --app {app} {service}`) and read its logs "
+                         "(`labdeploy logs --app {app} --service {service}`).",
+    "RestartTimeout": "Read the logs (`labdeploy logs --app {app}`) for the error; a service that keeps "
+                      "restarting usually fails on start (configuration or database).",
+}
+_UPDATE_UNKNOWN = "Check the name (`labdeploy apps` lists them), or deploy it first (without --update)."
+
+
+def cli_hint(exc: LabdeployError, **context) -> str:
+    """The hint to print: the core's, with Python calls replaced by the matching command."""
+    name = type(exc).__name__
+    template = _CLI_HINTS.get(name)
+    if name == "UnknownApp" and "update" in exc.message and context.get("app"):
+        return _UPDATE_UNKNOWN
+    if template:
+        try:
+            return template.format(app=context.get("app") or "NAME", service=context.get("service") or "web")
+        except (KeyError, IndexError):
+            pass
+    hint = exc.hint or ""
+    if "stack.prepare(" in hint:
+        return "Prepare the server first: `labdeploy servers prepare`."
+    return hint
+
+
+class hints:
+    """`with hints(app=app): core.call(...)`: a core error leaves with its hint in CLI words
+    (same class, same exit code)."""
+
+    def __init__(self, **context) -> None:
+        self.context = context
+
+    def __enter__(self) -> "hints":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if isinstance(exc, LabdeployError) and not isinstance(exc, CliError) \
+                and not getattr(exc, "_cli_hint", False):
+            exc.hint = cli_hint(exc, **self.context)
+            exc._cli_hint = True
+        return False
+
+
+def with_hints(f):
+    """Decorator for app commands: errors get CLI hints with the command's app and service."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        services = kwargs.get("services") or ()
+        with hints(app=kwargs.get("app"), service=kwargs.get("service") or (services[0] if services else None)):
+            return f(*args, **kwargs)
+
+    return wrapper
+
+
 # ---------------------------------------------------------------- the root group
 
 ROOT_HELP = f"""Deploy and run online experiments on your own server over SSH.
@@ -287,6 +352,8 @@ def main(argv: Optional[list] = None) -> int:
     except LabdeployError as exc:
         if STATE.debug:
             traceback.print_exc()
+        if not isinstance(exc, CliError) and not getattr(exc, "_cli_hint", False):
+            exc.hint = cli_hint(exc)
         _ui.error(exc.message, exc.hint)
         code = _code_for(exc)
         if STATE.json and not STATE.emitted:  # scripts get the error as data too (one JSON document)

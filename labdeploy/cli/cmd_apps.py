@@ -12,7 +12,7 @@ import click
 from ..errors import LabdeployError
 from . import _ui
 from ._app import (CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server,
-                   server_option, service_option, yes_option, _check_service)
+                   server_option, service_option, with_hints, yes_option, _check_service)
 from ._ui import STATE, NotReady, UsageProblem
 
 TRANSFER_MODES = ("server-build", "ssh-copy", "registry")
@@ -64,6 +64,7 @@ def _pairs(values, what: str) -> dict:
               help="Print the dashboard password even when the output is not a terminal (it is masked in "
                    "pipes, logs and --json otherwise).")
 @common_options
+@with_hints
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
                dockerfile, health_path, connection_limit, launch, image_base_name, registry_user,
                registry_password_stdin, show_password):
@@ -179,6 +180,7 @@ def apps_cmd(server):
 @app_option(required=False)
 @server_option
 @common_options
+@with_hints
 def status_cmd(app, server):
     """Show the containers of every app (or one app): state, health, uptime, restarts.
 
@@ -236,6 +238,7 @@ def _duration(value) -> str:
 @click.option("--tail", "-n", default="200", show_default=True, help="Lines per service to start with, or 'all'.")
 @click.option("--since", default=None, help="Only lines since this time or duration, e.g. 10m, 2h, 2026-01-01T12:00.")
 @common_options
+@with_hints
 def logs_cmd(app, service, server, follow, tail, since):
     """Print an app's container logs (like `docker compose logs` in ~/dallinger/<app>).
 
@@ -290,6 +293,7 @@ def logs_cmd(app, service, server, follow, tail, since):
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds before the command is stopped.")
 @common_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@with_hints
 def exec_cmd(app, service, server, send_stdin, timeout, command):
     """Run a command in a service's container (like `docker compose exec web CMD`).
 
@@ -329,6 +333,7 @@ def exec_cmd(app, service, server, send_stdin, timeout, command):
 @server_option
 @click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait until they are up.")
 @common_options
+@with_hints
 def restart_cmd(app, services, server, timeout):
     """Restart an app's processes (default: web, worker and clock) and wait until they are up.
 
@@ -412,6 +417,7 @@ def connections_cmd(server, show_all, check, threshold):
 @click.option("--overwrite", is_flag=True, help="Replace the --out file if it exists.")
 @click.option("--table", "tables", multiple=True, metavar="TABLE", help="Only this table (repeatable). Default: all.")
 @common_options
+@with_hints
 def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
     """Export every table of an app's database to a Dallinger-compatible zip
     (like `psynet export ssh --app NAME`).
@@ -464,6 +470,7 @@ def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
 @click.option("--no-export-check", is_flag=True, help="With --remove-data: delete the data even without a fresh export.")
 @yes_option
 @common_options
+@with_hints
 def destroy_cmd(app, server, remove_data, no_export_check, yes):
     """Stop and remove an app: its containers, its web address and its folder
     (like `psynet destroy ssh --app NAME`). Its data is kept unless --remove-data.
