@@ -196,12 +196,22 @@ class PgSession:
 
     def __init__(self, remote, container: str = layout.POSTGRES_CONTAINER,
                  superuser: str = layout.POSTGRES_SUPERUSER) -> None:
-        self.remote, self.container, self.superuser = remote, container_name(container), names.user(superuser)
+        # Weakly: the per-connection cache must not keep a Remote alive that its owner dropped.
+        self._remote = weakref.ref(remote)
+        self.container, self.superuser = container_name(container), names.user(superuser)
         self._lock = threading.Lock()
         self._feed: Optional[_Feed] = None
         self._lines: "queue.Queue" = queue.Queue()
         self._thread: Optional[threading.Thread] = None
         self._seq = 0
+
+    @property
+    def remote(self):
+        remote = self._remote()
+        if remote is None:
+            raise LabdeployError("The connection this PostgreSQL session belonged to is gone.",
+                                 "Connect to the server again.")
+        return remote
 
     def _argv(self) -> list[str]:
         argv = psql_argv(self.container, self.superuser)
@@ -218,7 +228,8 @@ class PgSession:
                                       on_line=lambda line, stream: lines.put((stream, line)))
                 lines.put(("exit", res))
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting query
-                lines.put(("error", exc))
+                # Without its traceback, whose frames would keep the Remote alive in the queue.
+                lines.put(("error", exc.with_traceback(None)))
             finally:
                 feed.q.put(None)  # ends the stdin feeder thread too
 
