@@ -210,7 +210,15 @@ class TableStream:
     name: str
     count: int
     bytes: int = 0
-    lines: int = 0  # newlines seen: rows + 1 header, more when values hold newlines
+    sampled_bytes: int = 0  # newlines are counted in samples only (for progress estimates)
+    sampled_lines: int = 0
+
+    def rows_estimate(self) -> int:
+        """Rows received so far, estimated from the newlines in sampled chunks (values may hold
+        newlines too): for progress only; the real count is checked at the end."""
+        if not self.sampled_bytes:
+            return 0
+        return max(0, min(self.count, int(self.bytes * self.sampled_lines / self.sampled_bytes) - 1))
     ended: bool = False
 
 
@@ -268,7 +276,9 @@ class Splitter:
             return
         t = self._current
         t.bytes += len(chunk)
-        t.lines += chunk.count(b"\n")
+        if t.sampled_bytes < (1 << 20):  # the first MB is a fair sample
+            t.sampled_bytes += len(chunk)
+            t.sampled_lines += chunk.count(b"\n")
         self._sink.write(bytes(chunk))
         if self.on_data is not None:
             self.on_data(t, len(chunk))

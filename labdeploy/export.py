@@ -162,7 +162,7 @@ def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: 
         now = time.monotonic()
         if now - last[0] >= PROGRESS_EVERY:
             last[0] = now
-            rows = max(0, min(t.lines - 1, t.count))  # newlines inside values make this an estimate
+            rows = t.rows_estimate()
             reporter(Progress("Read the tables", rows, t.count, unit="rows",
                               item=f"{t.name}, {t.bytes / 1e6:.1f} MB"))
 
