@@ -262,6 +262,15 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
         participant.close()
     page.bring_to_front()
 
+    # The deploy panel's Destroy… asks first; Cancel leaves everything as it was.
+    panel.locator(".labdeploy-deploy-destroy").click()
+    panel.locator(".labdeploy-deploy-confirm-destroy").wait_for(state="visible", timeout=10_000)
+    assert f"Destroy {APP}?" in panel.inner_text()
+    lab.shot(panel, "deploy-destroy-asks")
+    panel.locator(".labdeploy-deploy-cancel-destroy").click()
+    panel.locator(".labdeploy-deploy-confirm-destroy").wait_for(state="hidden", timeout=10_000)
+    assert remote.exists(f"dallinger/{APP}/docker-compose.yml")
+
     # Export with the export panel (a cell typed at the end of the notebook), see the answer.
     exporter = _export_panel(lab, word, ink)
 
@@ -272,8 +281,8 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     destroy.click()
     exporter.locator(".labdeploy-error", has_text="needs your confirmation").wait_for(timeout=30_000)
     assert remote.exists(f"dallinger/{APP}")
+    lab.shot(exporter, "destroy-needs-confirmation")
     exporter.locator(".labdeploy-export-confirm input").check()
-    lab.shot(exporter, "destroy-confirm")
     destroy.click()
     for step in ("Stop the app", "Read the tables", "Check row counts", "Write the archive", "Destroy"):
         lab.wait_step(exporter, step, timeout=180)
