@@ -18,7 +18,7 @@ import pandas as pd
 
 from .. import export as core
 from ..archive import ExportData
-from ..errors import ValidationError
+from ..errors import LabdeployError, ValidationError
 from .common import LogPane, Message, ProgressRow, StepList, run_in_background, titled, widget_reporter
 
 STEPS = ["Stop the app", "Read the tables", "Check row counts", "Anonymise", "Write the archive", "Download files",
@@ -159,6 +159,20 @@ class ExportPanel:
     def server(self):
         return self._servers.get(self.server_picker.value)
 
+    def _show(self, data: ExportData, mode: str) -> None:
+        """Summary, previews and `panel.data` for an export (called from the worker thread:
+        widget values only)."""
+        if mode == "anonymous" and data.anonymous is not None:  # "both" was needed for destroy
+            data = data.anonymous
+        self.data = data  # what was asked for: the anonymised tables in "anonymous" mode
+        self.anonymous = data if data.anonymised else data.anonymous
+        self.paths = list(data.paths)
+        self.summary.value = summary_html(data, self.anonymous)
+        titles = list(data)
+        self.previews.children = [W.HTML(preview_html(data[t])) for t in titles]
+        for i, t in enumerate(titles):
+            self.previews.set_title(i, t)
+
     def load_apps(self) -> threading.Thread:
         """List the apps that have a database on the chosen server."""
         server = self.server
@@ -212,12 +226,20 @@ class ExportPanel:
                 if not every:
                     raise ValidationError("Only some tables are selected; destroy needs every table exported.",
                                           "Select every table, then click again.")
+            stopped = False
             if destroy:  # nothing may be written between the final export and the drop
-                core.stop_app(app, server, reporter=report)
-            # Destroy relies on a saved regular export, so one is always written then.
-            data = core.export(app, server, None if every else chosen,
-                               mode="both" if destroy and mode == "anonymous" else mode,
-                               save_to=folder if (save or destroy) else None, parquet=parquet, reporter=report)
+                stopped = core.stop_app(app, server, reporter=report)
+            try:
+                # Destroy relies on a saved regular export, so one is always written then.
+                data = core.export(app, server, None if every else chosen,
+                                   mode="both" if destroy and mode == "anonymous" else mode,
+                                   save_to=folder if (save or destroy) else None, parquet=parquet, reporter=report)
+            except LabdeployError as exc:
+                if stopped:
+                    exc.hint += (" The app's processes were stopped for the final export: restart them "
+                                 "(monitor panel) if the app should keep running.")
+                raise
+            self._show(data, mode)  # the DataFrames are there even if a later step fails
             if files:
                 core.download_files(app, server, folder / f"{app}-files", reporter=report)
             if logs:
@@ -231,28 +253,13 @@ class ExportPanel:
             return data
 
         def done(data: ExportData):
-            # panel.data is what was asked for (the anonymised tables in "anonymous" mode).
-            if mode == "anonymous" and data.anonymous is not None:  # "both" was needed for destroy
-                data = data.anonymous
-            shown = self.data = data
-            self.anonymous = data if data.anonymised else data.anonymous
-            self.paths = list(shown.paths)
-            self.summary.value = summary_html(shown, self.anonymous)
-            titles = list(shown)
-            self.previews.children = [W.HTML(preview_html(shown[t])) for t in titles]
-            for i, t in enumerate(titles):
-                self.previews.set_title(i, t)
+            shown = self.data
             where = f" Saved: {', '.join(Path(p).name for p in self.paths)}." if self.paths else ""
             gone = f" {app} was destroyed." if destroy else ""
             self.message.show_ok(f"Exported {len(shown)} tables, {sum(len(f) for f in shown.values()):,} rows."
                                  f"{where}{gone} Use panel.data['<table>'] in the notebook.")
             self._busy(False)
             if destroy:
-                # Nothing picked afterwards and the tick cleared: the next app (and its destroy) is
-                # chosen deliberately, and loading another app's tables can't hide this message.
-                self.confirm_destroy.value = False
-                self.app_picker.value = None
-                self.tables.options = []
                 self.app_picker.options = [a for a in self.app_picker.options if a != app]
 
         return self._start(work, on_done=done)
