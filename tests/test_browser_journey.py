@@ -135,6 +135,27 @@ def test_researcher_journey_in_jupyterlab(testbed, remote, tmp_path, ssh_agent):
     print(f"browser journey: {time.time() - started:.0f} s; screenshots in {ARTIFACTS}")
 
 
+# The shared testbed's free memory and disk depend on what other tests run at the same time.
+CAPACITY_CHECKS = ("Memory", "Disk space")
+
+
+def _check_readiness(lab: Lab, panel) -> dict:
+    """Click "Check readiness" and read the table: every check passes, except that the capacity
+    ones may fail while other tests fill the shared server (then the step says so)."""
+    panel.locator("button.labdeploy-setup-readiness").click()
+    state = lab.wait_step(panel, "Readiness", states=("done", "failed"), timeout=90)
+    rows = [r.split("\t") for r in panel.locator("table.labdeploy-readiness tr").all_inner_texts()[1:]]
+    table = {r[0].strip(): "✔" in r[1] for r in rows if len(r) > 1}
+    for check in ("SSH login", "Docker installed", "Docker usable without sudo", "Docker Compose"):
+        assert table.get(check) is True, rows
+    failed = [c for c, ok in table.items() if not ok]
+    assert all(c in CAPACITY_CHECKS for c in failed), rows
+    assert (state == "done") == (not failed), (state, rows)
+    if failed:
+        print(f"note: the shared testbed is short of {', '.join(failed)} right now (other tests)")
+    return table
+
+
 def _setup_journey(lab: Lab, testbed: dict, remote) -> None:
     page, ssh = lab.page, testbed["ssh"]
     lab.open_notebook("notebooks/setup_server.ipynb")
@@ -188,13 +209,7 @@ def _setup_journey(lab: Lab, testbed: dict, remote) -> None:
     panel.locator(".labdeploy-setup-register").click()
     lab.wait_step(panel, "Register", timeout=30)
     assert SERVER_NAME in lab.step_text(panel, "Register")
-    panel.locator("button.labdeploy-setup-readiness").click()
-    lab.wait_step(panel, "Readiness", timeout=90)
-    table = panel.locator("table.labdeploy-readiness")
-    rows = table.locator("tr").all_inner_texts()
-    checks = [r.split("\t")[0] for r in rows[1:]]
-    assert len(checks) >= 5 and any("Docker" in c for c in checks), rows
-    assert all("✔" in r for r in rows[1:]), rows
+    _check_readiness(lab, panel)
     lab.shot(panel, "setup-readiness")
 
     # 5. Prepare the shared services (idempotent: other tests share the server).
@@ -351,8 +366,7 @@ def _after_restart(lab: Lab, root: Path) -> None:
     panel.locator(".labdeploy-setup-check-host").click()
     lab.wait_step(panel, "Host key", timeout=30)
     assert "known" in lab.step_text(panel, "Host key")  # trusted once, remembered
-    panel.locator("button.labdeploy-setup-readiness").click()
-    lab.wait_step(panel, "Readiness", timeout=90)
+    _check_readiness(lab, panel)
     lab.shot(panel, "setup-panel-after-restart")
     lab.save(root / "notebooks" / "setup_server.ipynb")
 
