@@ -53,6 +53,7 @@ def main() -> None:
     os.environ.pop("DOCKER_CONFIG", None)
 
     from labdeploy import apps, deploy, registry, stack
+    from labdeploy.progress import StepFinished, StepStarted
     from labdeploy.remote import Remote
 
     s, reg = tb["ssh"], tb["registry"]
@@ -72,11 +73,22 @@ def main() -> None:
     shutil.copytree(EXAMPLE, exp)
     rows = []
 
+    step_times: dict = {}  # label -> step -> [seconds]
+
     def measure(label: str, fn) -> dict:
         c0, n0 = remote.stats["connections"], remote.stats["commands"]
         remote.close()  # each labdeploy call starts from no connection, as in a fresh notebook
+        began: dict = {}
+
+        def timer(event) -> None:
+            if isinstance(event, StepStarted):
+                began[event.step] = time.perf_counter()
+            elif isinstance(event, StepFinished) and event.step in began:
+                step_times.setdefault(label, {}).setdefault(event.step, []).append(
+                    time.perf_counter() - began[event.step])
+
         t0 = time.perf_counter()
-        fn()
+        fn(timer)
         row = {"what": label, "seconds": time.perf_counter() - t0,
                "connections": remote.stats["connections"] - c0, "commands": remote.stats["commands"] - n0}
         rows.append(row)
@@ -85,18 +97,19 @@ def main() -> None:
     try:
         # ---- labdeploy
         one_line_change(exp, 0)
-        measure("labdeploy first deploy (registry)", lambda: deploy.deploy(exp, app, remote, **reg_opts))
+        measure("labdeploy first deploy (registry)", lambda t: deploy.deploy(exp, app, remote, reporter=t, **reg_opts))
         ld_reg, ld_sb = [], []
         for i in range(args.repeat):
             one_line_change(exp, 10 + i)
-            ld_reg.append(measure("labdeploy update (registry)", lambda: deploy.update(exp, app, remote, **reg_opts)))
+            ld_reg.append(measure("labdeploy update (registry)", lambda t: deploy.update(exp, app, remote, reporter=t, **reg_opts)))
         # server-build keeps a copy of the build context on the server: a first build fills it
         one_line_change(exp, 20)
         deploy.update(exp, app, remote, mode="server-build", **common)
         for i in range(args.repeat):
             one_line_change(exp, 30 + i)
             ld_sb.append(measure("labdeploy update (server-build)",
-                                 lambda: deploy.update(exp, app, remote, mode="server-build", **common)))
+                                 lambda t: deploy.update(exp, app, remote, mode="server-build", reporter=t,
+                                                         **common)))
 
         # ---- plain shell: the app's files made once by labdeploy, then the seed's commands
         deploy.deploy(exp, plain_app, remote, **common)
@@ -130,6 +143,9 @@ def main() -> None:
     print(f"{'what':40} {'seconds':>8} {'ssh conns':>10} {'remote cmds':>12}")
     for r in rows:
         print(f"{r['what']:40} {r['seconds']:8.1f} {r['connections']:10d} {r['commands']:12d}")
+    print("\nmedian seconds per labdeploy step:")
+    for label, steps in step_times.items():
+        print(f"  {label:38} " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in steps.items()))
     med = lambda rs: statistics.median(r["seconds"] for r in rs)  # noqa: E731
     base = med(plain_updates)
     print(f"\nupdate time ratio vs plain shell: registry {med(ld_reg) / base:.2f}x, "
