@@ -55,3 +55,19 @@ def test_refresh_records_the_version_and_only_the_holder_releases(clean):
     assert lock.read_lock(clean, APP).token == held.info.token
     held.release()
     assert lock.read_lock(clean, APP) is None
+
+
+def test_an_expired_lock_from_another_machine_is_taken_over(clean):
+    """(Respected while fresh: tests/test_deploy_faults.py.)"""
+    import time
+
+    old = lock.DeployLock(clean, APP, version="v1", ttl=1)
+    old.info.host, old.info.who = "a-laptop-that-went-away", "ana@laptop"
+    old.acquire()
+    lock._held.discard(old.info.token)
+    time.sleep(2.2)  # the server's clock (mtime of the lock) must pass the 1 s expiry
+    warnings = []
+    new = lock.DeployLock(clean, APP, reporter=warnings.append).acquire()
+    assert new.broke is not None and new.broke.who == "ana@laptop"
+    assert "expired" in warnings[0].message
+    new.release()
