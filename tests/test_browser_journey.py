@@ -246,8 +246,10 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     assert "••••" in result.inner_text()  # the dashboard password stays masked
     lab.shot(panel, "deploy-done")
 
-    app_secrets = _secret_values(remote.get_bytes(f"dallinger/{APP}/secrets.env").decode())
-    assert app_secrets, "secrets.env holds the database password"
+    env_text = remote.get_bytes(f"dallinger/{APP}/secrets.env").decode()
+    app_secrets = _secret_values(env_text)
+    db_password = re.search(r"DATABASE_URL=\S+?://[^:/@\s]+:([^@\s]+)@", env_text)
+    assert db_password and db_password.group(1) in app_secrets, "the app's database password is among those checked"
 
     # The server has no DNS name for the app: open it through the panel's SSH tunnel.
     panel.locator(".labdeploy-deploy-tunnel").click()
