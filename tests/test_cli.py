@@ -76,7 +76,8 @@ def deployed(cli, prepared, testbed, session_api_remote):
     """ONE app for the module, deployed with `labdeploy deploy`."""
     _cleanup(session_api_remote)
     r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
-            "--redis-image", testbed["images"]["redis"], "--health-path", "/health", "--json", timeout=900)
+            "--redis-image", testbed["images"]["redis"], "--health-path", "/health", "--start-timeout", "180",
+            "--capacity", "warn", "--json", timeout=900)
     assert r.code == 0, str(r)
     yield r.json()
     _cleanup(session_api_remote)

@@ -51,6 +51,9 @@ def _pairs(values, what: str) -> dict:
 @click.option("--dockerfile", default="Dockerfile", show_default=True, help="Dockerfile in the experiment folder.")
 @click.option("--health-path", default=None, help="Path that must answer 200 after the launch (default /).")
 @click.option("--connection-limit", type=int, default=None, help="Most database connections the app may open.")
+@click.option("--capacity", type=click.Choice(("warn", "refuse", "ignore")), default=None,
+              help="When the server's memory has no room for another experiment: warn (default), refuse, ignore.")
+@click.option("--start-timeout", type=float, default=None, help="Seconds to wait for the web process (default 120).")
 @click.option("--launch/--no-launch", default=None,
               help="POST /launch after starting (default: on for a deploy, off for --update).")
 @click.option("--image-base-name", default=None, metavar="REGISTRY/PATH",
@@ -66,7 +69,8 @@ def _pairs(values, what: str) -> dict:
 @common_options
 @with_hints
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
-               dockerfile, health_path, connection_limit, launch, image_base_name, registry_user,
+               dockerfile, health_path, connection_limit, capacity, start_timeout, launch, image_base_name,
+               registry_user,
                registry_password_stdin, show_password):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
@@ -99,7 +103,8 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
               "config": _pairs(config, "--config") or None, "secrets": secrets or None,
               "dockerfile": dockerfile}
     for key, value in (("domain", domain), ("redis_image", redis_image), ("health_path", health_path),
-                       ("connection_limit", connection_limit), ("launch", launch)):
+                       ("connection_limit", connection_limit), ("launch", launch), ("capacity", capacity),
+                       ("start_timeout", start_timeout)):
         if value is not None:
             kwargs[key] = value
     if image_base_name is not None:
