@@ -88,30 +88,23 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
     key_path = Path(key).expanduser().absolute() if key else None
     candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
 
-    # 1. The host key: never trusted silently.
+    # 1. The host key: never trusted silently. A new key is shown and asked for (or checked
+    #    against --trust-host-key); a changed one is refused by the SSH layer with its explanation.
     status = keys.host_key_status(host, port)
-    if status.state == "changed":
-        raise CliError(
-            f"The server {host} (port {port}) presents a different host key than the one stored: now "
-            f"{status.fingerprint}, stored {status.expected_fingerprint}. labdeploy refuses to connect.",
-            "Usually the server was rebuilt. Ask its administrator; only then remove the old key "
-            f"deliberately (`ssh-keygen -R {host}`) and add the server again. If nobody changed the server, "
-            "do not connect: someone may be intercepting the connection.")
-    if status.state == "unknown":
+    if status.state != "known":
         probe = servers_mod.resolve(candidate)
         try:
-            # Raises UnknownHostKey before logging in; connect() asks or checks --trust-host-key.
             connect(probe, trust=trust, name=name, has_trust_option=True)
         except RemoteError as exc:
-            if isinstance(exc, UnknownHostKey):
-                raise
-            if keys.host_key_status(host, port).state != "known":
+            # Only the host key matters here: a login that fails (no key copied yet) is fine
+            # once the key is trusted.
+            if isinstance(exc, UnknownHostKey) or keys.host_key_status(host, port).state != "known":
                 raise
         finally:
             probe.close()
     elif trust and trust.strip() != status.fingerprint:
-        raise CliError(f"The server {host} presents the host key {status.fingerprint}, not the {trust.strip()} you gave.",
-                       "Check the fingerprint with the server's administrator.")
+        raise CliError(f"The server {host} presents the host key {status.fingerprint}, not the {trust.strip()} "
+                       "you gave.", "Check the fingerprint with the server's administrator.")
 
     # 2. Optionally copy the public key (the ssh-copy-id step).
     if copy_key:
