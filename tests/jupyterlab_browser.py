@@ -227,7 +227,7 @@ class Lab:
         box.click()
         box.fill("")
         box.press_sequentially(value, delay=5)
-        box.press("Tab")  # ipywidgets Text syncs on change/blur too
+        box.blur()  # done typing (ipywidgets also syncs on change/blur)
 
     def step_state(self, panel, step: str) -> str:
         el = panel.locator(f".labdeploy-step[data-step='{step}']").first
