@@ -352,7 +352,7 @@ def test_status_of_the_app(cli, deployed):
     text = cli.ok("status", "--app", APP).out
     assert "web" in text and "running" in text
     r = cli("status", "--app", "t-cli-never-deployed")
-    assert r.code != 0 and "Traceback" not in r.err and "t-cli-never-deployed" in r.err, str(r)
+    assert r.code == 2 and "Traceback" not in r.err and "t-cli-never-deployed" in r.err, str(r)
 
 
 def test_logs_of_the_web_service(cli, deployed):
@@ -430,6 +430,8 @@ def test_a_stopped_service_makes_status_exit_3_until_restarted(cli, deployed, se
     session_api_remote.run(["docker", "stop", "-t", "2", ids[0]], timeout=60)
     r = cli("status", "--app", APP)
     assert r.code == 3 and "clock" in r.err and f"labdeploy logs --app {APP} --service clock" in r.err, str(r)
+    r = cli("exec", "--app", APP, "--service", "clock", "--", "true")
+    assert r.code == 3 and f"labdeploy restart --app {APP} clock" in r.err, str(r)
     cli.ok("restart", "--app", APP, "clock")
     rows = cli.ok("status", "--app", APP, "--json").json()
     assert all(row["state"] == "running" for row in rows)

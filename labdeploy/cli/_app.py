@@ -301,7 +301,8 @@ def _code_for(exc: LabdeployError) -> int:
     if isinstance(code, int):
         return code
     name = type(exc).__name__
-    if name in ("NotReady", "ReadinessFailed", "HealthCheckFailed", "NotRunning"):
+    if name in ("NotReady", "ReadinessFailed", "HealthCheckFailed", "NotRunning", "ServiceNotRunning",
+                "RestartTimeout"):
         return _ui.EXIT_NOT_READY
     if name in ("UnknownServer", "ServerNotFound", "UnknownApp", "AppNotFound", "NoSuchApp"):
         return EXIT_USAGE
