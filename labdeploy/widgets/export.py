@@ -260,6 +260,11 @@ class ExportPanel:
                                  f"{where}{gone} Use panel.data['<table>'] in the notebook.")
             self._busy(False)
             if destroy:
+                # Nothing picked afterwards and the tick cleared: the next app (and its destroy) is
+                # chosen deliberately, and loading another app's tables can't hide this message.
+                self.confirm_destroy.value = False
+                self.app_picker.value = None
+                self.tables.options = []
                 self.app_picker.options = [a for a in self.app_picker.options if a != app]
 
         return self._start(work, on_done=done)
