@@ -172,6 +172,14 @@ class Lab:
             if time.time() > deadline:
                 raise AssertionError(f"cells still running after {timeout:.0f} s")
 
+    def cell_index(self, text: str) -> int:
+        """The index of the first cell whose source contains `text` (e.g. the panel's cell)."""
+        cells = self.notebook.locator(".jp-Cell")
+        for i in range(cells.count()):
+            if text in cells.nth(i).locator(".jp-InputArea").inner_text():
+                return i
+        raise AssertionError(f"no cell contains {text!r}")
+
     def select_cell(self, index: int) -> None:
         """Click a cell's prompt (command mode, that cell selected)."""
         self.notebook.locator(".jp-Cell").nth(index).locator(".jp-InputPrompt").first.click()

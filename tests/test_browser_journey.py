@@ -161,7 +161,7 @@ def _setup_journey(lab: Lab, testbed: dict, remote) -> None:
     lab.open_notebook("notebooks/setup_server.ipynb")
     lab.hide_sidebar()
     # Step through the introduction and the panel's cell as a person would (Shift+Enter).
-    lab.run_cells(4)
+    lab.run_cells(lab.cell_index("SetupPanel(") + 1)
     panel = lab.panel("Set up a server")
     panel.wait_for(timeout=60_000)
     lab.wait_kernel_idle(60)
@@ -226,7 +226,7 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     panel = lab.panel("Deploy an experiment")
     # The introduction, the settings cell (with LABDEPLOY_TESTBED it also registers "testbed") and
     # the panel's cell, one Shift+Enter each; the API cells after it are not for a panel user.
-    lab.run_cells(5)
+    lab.run_cells(lab.cell_index("DeployPanel(") + 1)
     panel.wait_for(timeout=60_000)
     lab.wait_kernel_idle(60)
     lab.fill(panel, "Experiment folder", "../examples/stroop")
@@ -373,7 +373,7 @@ def _after_restart(lab: Lab, root: Path) -> None:
     lab.save(root / "notebooks" / "setup_server.ipynb")
 
     lab.switch_to("deploy.ipynb")
-    lab.select_cell(4)  # the panel's cell
+    lab.select_cell(lab.cell_index("DeployPanel("))  # the panel's cell
     lab.restart_and_run("Restart Kernel and Run up to Selected Cell", timeout=300)
     assert not lab.cell_errors(), lab.cell_errors()
     panel = lab.panel("Deploy an experiment")
