@@ -67,6 +67,7 @@ SELECT coalesce(jsonb_agg(jsonb_build_object(
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
 WHERE a.attrelid = tl.oid AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attgenerated = ''  -- COPY TO leaves generated columns out
 """
 
 
