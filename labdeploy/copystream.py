@@ -52,7 +52,7 @@ def _literal(text: str) -> str:
 # The catalog: every ordinary or partitioned table outside the system schemas. Tables in
 # "public" are named bare (as Dallinger names its CSV files), others "schema.table".
 CATALOG_SQL = """
-SELECT c.oid, n.nspname, c.relname,
+SELECT c.oid, n.nspname, c.relname, c.relkind,
        CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END AS label
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -95,7 +95,12 @@ SELECT {tag} || 'snapshot ' || pg_current_snapshot()::text || ' ' || extract(epo
 SELECT {tag} || 'catalog ' || coalesce(jsonb_agg(jsonb_build_object('table', tl.label, 'columns', ({COLUMNS_SQL}))
        ORDER BY tl.label), '[]'::jsonb)::text FROM ({CATALOG_SQL}) tl {wanted};
 SELECT format('SELECT %L || count(*) FROM %I.%I', {tag} || 'count ' || tl.label || ' ', tl.nspname, tl.relname),
-       format('COPY %I.%I TO STDOUT WITH (FORMAT csv, HEADER true)', tl.nspname, tl.relname),
+       CASE WHEN tl.relkind = 'p' THEN  -- COPY can't read a partitioned table itself: its rows via SELECT
+         format('COPY (SELECT %s FROM %I.%I) TO STDOUT WITH (FORMAT csv, HEADER true)',
+                (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+                 WHERE a.attrelid = tl.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+                tl.nspname, tl.relname)
+       ELSE format('COPY %I.%I TO STDOUT WITH (FORMAT csv, HEADER true)', tl.nspname, tl.relname) END,
        format('SELECT %L', {tag} || 'end ' || tl.label)
 FROM ({CATALOG_SQL}) tl {wanted} ORDER BY tl.label
 \\gexec

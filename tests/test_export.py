@@ -42,6 +42,11 @@ CREATE TABLE responses (id serial PRIMARY KEY, participant_id int NOT NULL REFER
 CREATE TABLE empty_table (id int, note text, doubled int GENERATED ALWAYS AS (id * 2) STORED);
 CREATE TABLE big (id bigserial PRIMARY KEY, pair int NOT NULL, payload text NOT NULL);
 CREATE TABLE big_mirror (id bigserial PRIMARY KEY, pair int NOT NULL);
+CREATE TABLE events (at date NOT NULL, what text, n int GENERATED ALWAYS AS (length(what)) STORED)
+    PARTITION BY RANGE (at);
+CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+INSERT INTO events (at, what) VALUES ('2024-03-01', 'a'), ('2025-03-01', 'bb'), ('2025-04-01', NULL);
 INSERT INTO participant (worker_id, assignment_id, unique_id, ip_address, user_agent, end_time, finished, passed,
     base_pay, bonus, trials, big, status, details, raw, day, blob, tags, uid) VALUES
  ('W-ALICE', 'A1', 'W-ALICE:A1', '192.0.2.7', 'Mozilla/5.0', '2024-05-06 10:00:00.123456+02', true, true,
@@ -88,7 +93,11 @@ def exported(app, session_remote):
 
 def test_every_table_with_types_nulls_unicode_and_newlines(exported):
     data = exported
-    assert list(data) == ["big", "big_mirror", "empty_table", "participant", "responses"]  # never a fixed list
+    assert list(data) == ["big", "big_mirror", "empty_table", "events", "participant", "responses"]  # all
+    # A partitioned table comes whole (its partitions are not listed apart).
+    events = data["events"].sort_values("at")
+    assert events["what"].iloc[:2].tolist() == ["a", "bb"] and pd.isna(events["what"].iloc[2])
+    assert len(data["events"]) == 3 and list(data["events"].columns) == ["at", "what"]
     assert str(data["participant"]["id"].dtype) == "int32"
     p = data["participant"].set_index("id")
     assert p["finished"].dtype == bool and str(p["passed"].dtype) == "boolean"
@@ -183,7 +192,8 @@ def test_unknown_app(session_remote):
 
 def test_table_counts(app, session_remote):
     counts = export.table_counts(app, session_remote).set_index("table")["rows"].to_dict()
-    assert counts == {"big": BIG_ROWS, "big_mirror": BIG_ROWS, "empty_table": 0, "participant": 3, "responses": 3}
+    assert counts == {"big": BIG_ROWS, "big_mirror": BIG_ROWS, "empty_table": 0, "events": 3, "participant": 3,
+                      "responses": 3}
 
 
 def test_consistent_under_concurrent_writes(app, session_remote):
