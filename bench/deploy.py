@@ -72,6 +72,7 @@ def main() -> None:
     exp = work / "exp"
     shutil.copytree(EXAMPLE, exp)
     rows = []
+    plain = None
 
     step_times: dict = {}  # label -> step -> [seconds]
 
@@ -124,13 +125,14 @@ def main() -> None:
             r = plain.release(f"p{i + 1}", exp)
             plain_updates.append(r)
             rows.append({"what": "plain shell update", **r})
-        plain.cleanup()
     finally:
         for a in (app, plain_app):
             try:
                 apps.destroy(a, remote, confirm=True, remove_data=True, export_check=False)
             except Exception as exc:  # noqa: BLE001 - report, keep cleaning
                 print(f"cleanup of {a}: {exc}", file=sys.stderr)
+        if plain is not None:
+            plain.cleanup()  # after destroy: no container uses its images any more
         remote.close()
         shutil.rmtree(work, ignore_errors=True)
         # registry mode built these here; destroy removed the server's copies
