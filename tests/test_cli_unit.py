@@ -123,5 +123,20 @@ def test_deploy_checks_its_options_before_anything_else(cli, tmp_path):
     assert r.code == 2 and "T_CLI_SURELY_UNSET" in r.err and "not set" in r.err, str(r)
 
 
+def test_tab_completion_of_commands_and_server_names(cli, tmp_path):
+    import json
+
+    hosts = tmp_path / ".dallinger" / "docker-ssh" / "hosts"
+    hosts.mkdir(parents=True)
+    for h in ("lab-a.example.org", "lab-b.example.org", "other.example.org"):
+        (hosts / h).write_text(json.dumps({"host": h, "user": "alice"}))
+    cli.ok("servers", "import")
+    complete = {"_LABDEPLOY_COMPLETE": "bash_complete"}
+    r = cli.ok(env={**complete, "COMP_WORDS": "labdeploy apps --server lab", "COMP_CWORD": "3"})
+    assert r.out.split() == ["plain,lab-a.example.org", "plain,lab-b.example.org"], r.out
+    r = cli.ok(env={**complete, "COMP_WORDS": "labdeploy con", "COMP_CWORD": "1"})
+    assert r.out.split() == ["plain,connections"], r.out
+
+
 def test_version(cli):
     assert "labdeploy" in cli.ok("--version").out

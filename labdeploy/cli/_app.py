@@ -53,9 +53,17 @@ def common_options(f):
     return f
 
 
+def _complete_server(ctx, param, incomplete):
+    try:
+        return [n for n in server_names() if n.startswith(incomplete)]
+    except Exception:  # noqa: BLE001 - completion must never fail loudly
+        return []
+
+
 def server_option(f):
     return click.option(
         "--server", "-s", "server", metavar="NAME", envvar="LABDEPLOY_SERVER", show_envvar=True,
+        shell_complete=_complete_server,
         help="The registered server to use. Default: $LABDEPLOY_SERVER, else the only registered one.")(f)
 
 
@@ -270,6 +278,8 @@ The server is --server NAME, else $LABDEPLOY_SERVER, else the only registered on
 Every command takes --json (machine-readable result on stdout; a failure becomes
 {{"error": {{"message", "hint", "exit_code"}}}}), --debug (show the traceback of a failure),
 -q/--quiet and -v/--verbose. Progress and messages go to stderr.
+
+Tab completion (bash): eval "$(_LABDEPLOY_COMPLETE=bash_source labdeploy)"
 
 {EXIT_CODES_HELP}
 """
