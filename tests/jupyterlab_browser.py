@@ -145,8 +145,11 @@ class Lab:
 
     def run_all(self, timeout: float = 600) -> None:
         self.menu("Run", "Run All Cells")
-        time.sleep(1)
-        self.wait_kernel_idle(timeout)
+        deadline = time.time() + 10  # the run shows as a busy kernel or waiting cells first
+        while self.kernel_status() == "idle" and time.time() < deadline and \
+                self.notebook.locator(".jp-InputPrompt", has_text="[*]").count() == 0:
+            time.sleep(0.1)
+        self.wait_cells_done(timeout)
 
     def restart_and_run_all(self, timeout: float = 600) -> None:
         self.restart_and_run("Restart Kernel and Run All Cells", timeout)
