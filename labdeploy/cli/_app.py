@@ -185,12 +185,25 @@ def connect(remote, *, trust: Optional[str] = None, name: str = "", has_trust_op
         return remote
 
 
+_opened: list = []  # Remotes this command opened, closed when it ends
+
+
 def open_server(name: Optional[str], *, trust: Optional[str] = None):
-    """The chosen server as a connected Remote."""
+    """The chosen server as a connected Remote (one SSH connection for the whole command)."""
     servers = core("servers")
     chosen = pick_server(name)
     remote = servers.resolve(chosen)
+    _opened.append(remote)
     return connect(remote, trust=trust, name=chosen)
+
+
+def _close_opened() -> None:
+    while _opened:
+        remote = _opened.pop()
+        try:
+            remote.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
 
 
 # ---------------------------------------------------------------- hints in CLI words
@@ -384,4 +397,6 @@ def main(argv: Optional[list] = None) -> int:
                   "This is probably a bug in labdeploy. Run again with --debug to see the traceback, "
                   "and report it.")
         code = EXIT_FAILED
+    finally:
+        _close_opened()
     return code
