@@ -151,12 +151,13 @@ def parse_status(output: str) -> pd.DataFrame:
         rows.append({
             "app": d.get("app") or "", "service": d.get("service") or "", "container": d["name"].lstrip("/"),
             "state": d["state"], "health": d.get("health") or "",
-            "uptime": (now - started) if running and started is not pd.NaT else pd.NaT,
+            # Seconds first: a column of nothing but NaT would be taken for datetimes.
+            "uptime": (now - started).total_seconds() if running and started is not pd.NaT else None,
             "image": d.get("image") or "", "restarts": int(d.get("restarts") or 0),
             "exit_code": int(d.get("exit_code") or 0), "started_at": started, "id": d["id"][:12],
         })
     df = pd.DataFrame(rows, columns=STATUS_COLUMNS)
-    df["uptime"] = pd.to_timedelta(df["uptime"])
+    df["uptime"] = pd.to_timedelta(pd.to_numeric(df["uptime"]), unit="s")
     df["started_at"] = pd.to_datetime(df["started_at"], utc=True)
     df = df.sort_values(["app", "service", "container"], ignore_index=True)
     df.attrs["server_time"] = now

@@ -166,3 +166,18 @@ def test_redact_masks_secrets_in_output():
     assert "postgresql://app_x:***@postgresql:5432/app_x" in out
     assert "REDIS_URL=redis://redis:6379/0" in out and "HOME=/tmp" in out
     assert containers.parse_log_line("web 2026-01-01T00:00:00Z token=abc").line == "token=***"
+
+
+def test_parse_status_when_every_container_is_stopped():
+    # Every uptime is missing then; the column must still be timedeltas, not a crash.
+    import json as _json
+
+    from labdeploy.containers import parse_status
+
+    line = _json.dumps({"id": "abcdef1234567890", "name": "/x_web_1", "app": "x", "service": "web",
+                        "image": "i", "restarts": 0,
+                        "st": {"Status": "exited", "StartedAt": "2026-11-28T07:00:00.123Z", "ExitCode": 1,
+                               "Health": None}})
+    df = parse_status("1764313200.0\n" + line)
+    assert df.loc[0, "state"] == "exited" and df.loc[0, "exit_code"] == 1
+    assert str(df["uptime"].dtype).startswith("timedelta64") and df["uptime"].isna().all()
