@@ -236,6 +236,26 @@ def widget_reporter(steps: Optional[StepList] = None, logpane: Optional[LogPane]
     return report
 
 
+class Panel:
+    """What every panel shares: it shows its `.widget` when it is a cell's value, and keeps
+    the thread of its latest background action in `.last_task` (tests join it)."""
+
+    widget: W.Widget
+    last_task: Optional[threading.Thread] = None
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    @property
+    def busy(self) -> bool:
+        return self.last_task is not None and self.last_task.is_alive()
+
+
 def titled(title: str, *children: W.Widget, subtitle: str = "") -> W.VBox:
     """A panel frame with a heading."""
     head = W.HTML(f"<h3 style='margin:4px 0'>{html.escape(title)}</h3>" +

@@ -19,7 +19,7 @@ from .. import deploy as deploy_core
 from .. import demo, servers, transfer
 from ..errors import LabdeployError
 from ..progress import Collector
-from .common import LogPane, Message, ProgressRow, StepList, run_in_background, titled, widget_reporter
+from .common import LogPane, Message, Panel, ProgressRow, StepList, run_in_background, titled, widget_reporter
 
 REVEAL_SECONDS = 30  # a revealed password hides itself again, so a saved notebook rarely keeps it
 MASK = "••••••••"
@@ -37,7 +37,7 @@ def _text(description: str, value: str = "", placeholder: str = "", width: str =
                   style={"description_width": "140px"}, layout=W.Layout(width=width))
 
 
-class DeployPanel:
+class DeployPanel(Panel):
     """`DeployPanel(experiment_dir, app=..., server=...)`; server may be a registered name, a
     `Server` or a connected `Remote`. Defaults come from `labdeploy.demo.defaults()`."""
 
@@ -130,18 +130,7 @@ class DeployPanel:
 
     # ------------------------------------------------------------------ display
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
-
     # ------------------------------------------------------------------ plumbing
-
-    @property
-    def busy(self) -> bool:
-        return self.last_task is not None and self.last_task.is_alive()
 
     def _show_mode_help(self) -> None:
         self.mode_help.value = (f"<div style='color:#555;margin-left:145px;font-size:90%'>"

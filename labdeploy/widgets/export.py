@@ -19,7 +19,7 @@ import pandas as pd
 from .. import export as core
 from ..archive import ExportData
 from ..errors import LabdeployError, ValidationError
-from .common import LogPane, Message, ProgressRow, StepList, run_in_background, titled, widget_reporter
+from .common import LogPane, Message, Panel, ProgressRow, StepList, run_in_background, titled, widget_reporter
 
 STEPS = ["Stop the app", "Read the tables", "Check row counts", "Anonymise", "Write the archive", "Download files",
          "Download logs"]
@@ -55,7 +55,7 @@ def preview_html(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
             f"<div style='color:#666;font-size:80%'>{len(frame):,} rows. Types: {dtypes}</div>")
 
 
-class ExportPanel:
+class ExportPanel(Panel):
     """Export an app's data. `ExportPanel(remote)` or `ExportPanel("lab-server", app="stroop")`."""
 
     def __init__(self, server=None, *, app: Optional[str] = None, folder: str = "exports",
@@ -132,14 +132,6 @@ class ExportPanel:
             W.HBox([self.export_button, self.destroy_button, self.confirm_destroy]),
             self.message, self.steps, self.progress, self.summary, self.previews, self.log,
             subtitle="Every table of the app, streamed over SSH and checked against the database's row counts.")
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     # ------------------------------------------------------------------ actions
 

@@ -18,7 +18,7 @@ import pandas as pd
 from .. import layout, monitor
 from ..errors import LabdeployError
 from ..pgactivity import DEFAULT_THRESHOLD
-from .common import LogPane, Message, error_html, run_in_background, titled, warning_html, widget_reporter
+from .common import LogPane, Message, Panel, error_html, run_in_background, titled, warning_html, widget_reporter
 
 STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
                 "created": "#888", "paused": "#8a4b00"}
@@ -85,7 +85,7 @@ def stats_html(df: pd.DataFrame) -> str:
             + rows + "</table>")
 
 
-class MonitorPanel:
+class MonitorPanel(Panel):
     """Live monitor of one server. `MonitorPanel(remote)` or `MonitorPanel("lab-server")`."""
 
     def __init__(self, server=None, *, refresh: float = 5.0, interval: float = 5.0,
@@ -201,14 +201,6 @@ class MonitorPanel:
             section("Run a command in a container"), W.HBox([self.exec_service, self.exec_command,
                                                             self.exec_button]), self.exec_output,
             subtitle="Status, logs, database connections; refreshes by itself until you stop it.")
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     # ------------------------------------------------------------------ background work
 

@@ -14,7 +14,7 @@ import ipywidgets as W
 from .. import dallingerconfig, demo, registry, transfer
 from ..errors import ValidationError
 from ..progress import Collector, Warning_
-from .common import (LogPane, Message, StepList, ok_html, run_in_background, titled, warning_html,
+from .common import (LogPane, Message, Panel, StepList, ok_html, run_in_background, titled, warning_html,
                      widget_reporter)
 
 STEPS = ("log in here", "log in on the server", "base image name")
@@ -32,7 +32,7 @@ def _text(description: str, value: str = "", placeholder: str = "") -> W.Text:
                   layout=W.Layout(width="520px"))
 
 
-class RegistryPanel:
+class RegistryPanel(Panel):
     """Registry logins, `docker_image_base_name` and the transfer mode for the next deploys.
 
     `remote` (a connected `labdeploy.remote.Remote`) is needed for "log in on the server"; it
@@ -190,11 +190,3 @@ class RegistryPanel:
                     lambda path: f"Saved docker_image_base_name = {name} in {path}.")
 
     # ------------------------------------------------------------------ display
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)

@@ -16,7 +16,7 @@ import ipywidgets as W
 from .. import demo, keys, readiness, servers, stack
 from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
-from .common import LogPane, Message, StepList, run_in_background, titled, widget_reporter
+from .common import LogPane, Message, Panel, StepList, run_in_background, titled, widget_reporter
 
 STEPS = ("SSH key", "ssh-agent", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
 
@@ -36,7 +36,7 @@ def _password(description: str) -> W.Password:
     return W.Password(description=description, style={"description_width": "150px"}, layout=W.Layout(width="460px"))
 
 
-class SetupPanel:
+class SetupPanel(Panel):
     """Guided server setup. `SetupPanel()` fills its fields from `labdeploy.demo.defaults()`."""
 
     def __init__(self, *, server_name: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
@@ -124,18 +124,7 @@ class SetupPanel:
 
     # ------------------------------------------------------------------ display
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
-
     # ------------------------------------------------------------------ plumbing
-
-    @property
-    def busy(self) -> bool:
-        return self.last_task is not None and self.last_task.is_alive()
 
     def _take_passphrase(self) -> Optional[str]:
         """Read the passphrase box once, keep the value in memory, clear the box."""
