@@ -52,6 +52,9 @@ logging.getLogger("paramiko.transport").addFilter(_QuietRefusals())
 STEPS = ("preflight", "lock", "image", "database", "start", "route", "launch", "record")
 UPDATE_STEPS = STEPS
 LOG_TAIL = 40  # container log lines shown with a failure
+STOPPED_AT_START = "The app's processes stopped right after starting: {}."
+STOPPED_AT_START_HINT = ("Read the container logs below: usually the real error is at their end. "
+                         "Try the image locally (`docker run IMAGE`) to reproduce it.")
 SETTLE_SECONDS = 2.0  # processes must stay up this long after `compose up` to count as started
 DEFAULT_DASHBOARD_USER = "admin"
 
@@ -308,11 +311,16 @@ def _containers(remote, app: str) -> dict[str, dict]:
     return out
 
 
-def _web_ip(remote, app: str, *, check_forwarding: bool = True) -> str:
+def _web_ip(remote, app: str, *, check_forwarding: bool = True, image: Optional[str] = None) -> str:
     """The web container's address on the shared network: health and /launch go there
     through the SSH connection, so they work before any DNS record exists."""
-    web = _containers(remote, app).get("web")
+    containers = _containers(remote, app)
+    web = containers.get("web")
     if not web or not web["ip"]:
+        # A web process that died at once has no address yet: say that, not a network riddle.
+        bad = _crashed(containers, image) if image else []
+        if bad:
+            raise LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT)
         raise LabdeployError("The web container is not running on the shared network.",
                              "Read the logs below; `docker compose ps` in ~/dallinger/<app> shows its state.")
     if check_forwarding:
@@ -376,9 +384,7 @@ def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float
             checked = now
             bad = _crashed(_containers(remote, app), image)
             if bad:
-                raise LabdeployError(f"The app's processes stopped right after starting: {', '.join(bad)}.",
-                                     "Read the container logs below: usually the real error is at their end. "
-                                     "Try the image locally (`docker run IMAGE`) to reproduce it.")
+                raise LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT)
         if now > deadline:
             raise LabdeployError(f"The web process did not answer on port {appcompose.WEB_PORT} within {timeout:.0f} s.",
                                  "Check that the app listens on $HOST:$PORT (0.0.0.0:5000); see the logs below.")
@@ -549,7 +555,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
             started_at = time.monotonic()
             host = f"{app}.{settings.domain or 'localhost'}"
-            with remote.forward(_web_ip(remote, app), appcompose.WEB_PORT) as port:
+            with remote.forward(_web_ip(remote, app, image=delivered.ref), appcompose.WEB_PORT) as port:
                 _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter)
 
         current = "route"
@@ -561,7 +567,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "launch"
         with step(reporter, "launch"):
-            with remote.forward(_web_ip(remote, app, check_forwarding=False), appcompose.WEB_PORT) as port:
+            with remote.forward(_web_ip(remote, app, check_forwarding=False, image=delivered.ref), appcompose.WEB_PORT) as port:
                 if launch:
                     _launch(port, host, launch_attempts, reporter)
                 _health(port, host, health_path, 30)
