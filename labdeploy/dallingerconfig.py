@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Optional
 
 from .images import image_repository
+from .localfiles import write_atomic
 
 KEY = "docker_image_base_name"
 SECTION = "Docker"
@@ -71,19 +71,5 @@ def set_base_name(name: str, config_path: Optional[Path] = None) -> Path:
 
 
 def _atomic_write(p: Path, text: str) -> None:
-    mode = (p.stat().st_mode & 0o777) if p.exists() else 0o600
-    tmp = p.with_name(f".{p.name}.labdeploy-{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # Keep the file's mode; a new file holds no secret but is private by default.
+    write_atomic(p, text, (p.stat().st_mode & 0o777) if p.exists() else 0o600)

@@ -17,7 +17,6 @@ import shlex
 import socket
 import struct
 import subprocess
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from . import names
 from .errors import LabdeployError, ValidationError
+from .localfiles import write_atomic
 from .remote import Remote, known_hosts_name, fingerprint as _pkey_fingerprint
 
 PathLike = Union[str, os.PathLike]
@@ -147,24 +147,12 @@ def keys_table(directory: Optional[PathLike] = None) -> pd.DataFrame:
 # --------------------------------------------------------------------------- generating
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `data`, complete or not at all, and never over an existing file:
-    write a temp file, then hard-link it into place (link fails if the name exists)."""
-    tmp = path.with_name(f".{path.name}.labdeploy-{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    """Create `path` with `data`, complete or not at all, and never over an existing file."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise KeyExists(f"{path} already exists; labdeploy never overwrites a key.",
-                            "Use that key, or give the new key another file name.") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        write_atomic(path, data, mode, overwrite=False)
+    except FileExistsError:
+        raise KeyExists(f"{path} already exists; labdeploy never overwrites a key.",
+                        "Use that key, or give the new key another file name.") from None
 
 
 def generate_key(path: Optional[PathLike] = None, passphrase: Optional[str] = None,

@@ -7,7 +7,6 @@ statement makes the whole call fail.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from typing import Optional

@@ -7,7 +7,7 @@ Facts are gathered by one shell script in one round trip; the judging is pure Py
 from __future__ import annotations
 
 import re
-from typing import Optional, Union
+from typing import Optional
 
 import pandas as pd
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import fnmatch
 import hashlib
 import os
@@ -20,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
@@ -30,6 +29,7 @@ import paramiko.sftp
 from . import names
 from .errors import (AuthenticationFailed, ChangedHostKey, CommandFailed, CommandTimeout, ConnectionLost,
                      ConnectTimeout, DNSFailure, HostUnreachable, LabdeployError, RemoteError, UnknownHostKey)
+from .localfiles import write_atomic
 
 LineCallback = Callable[[str, str], None]  # (line, stream) with stream "stdout" or "stderr"
 ChunkCallback = Callable[[bytes], None]
@@ -500,11 +500,7 @@ class Remote:
             else:
                 kept.append(line)
         if removed:
-            tmp = self.known_hosts.with_name(f".{self.known_hosts.name}.{uuid.uuid4().hex}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, self.known_hosts)
+            write_atomic(self.known_hosts, "".join(kept), 0o600)
         return removed
 
     @classmethod

@@ -6,10 +6,8 @@ Dallinger's own registrations (~/.dallinger/docker-ssh/hosts/<host>) can be impo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -19,6 +17,7 @@ import platformdirs
 
 from . import names
 from .errors import LabdeployError, ValidationError
+from .localfiles import write_atomic
 from .progress import Reporter, Warning_, null_reporter
 from .remote import Remote
 
@@ -77,18 +76,8 @@ def _save(servers: dict[str, Server]) -> None:
     path = config_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"version": FILE_VERSION, "servers": [asdict(s) for s in sorted(servers.values(), key=lambda s: s.name)]}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers see the old list or the new one, never half of one
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    # Readers see the old list or the new one, never half of one.
+    write_atomic(path, json.dumps(data, indent=2) + "\n", 0o600)
 
 
 def add(name: str, host: str, user: str, port: int = 22, key: Optional[Union[str, os.PathLike]] = None, *,
