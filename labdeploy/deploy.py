@@ -337,8 +337,10 @@ def _check_forwarding(remote, ip: str) -> None:
         chan = remote._transport().open_channel("direct-tcpip", (ip, appcompose.WEB_PORT), ("127.0.0.1", 0),
                                                 timeout=remote.connect_timeout)
         chan.close()
-    except paramiko.ChannelException as exc:
-        if exc.code == 1:  # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+    except paramiko.SSHException as exc:
+        # Only a refusal by sshd's policy is an answer here; a timeout or a refused port means
+        # the process is not up (yet), which the wait for the web process judges.
+        if isinstance(exc, paramiko.ChannelException) and exc.code == 1:  # ADMINISTRATIVELY_PROHIBITED
             raise LabdeployError(
                 "The server's SSH service does not allow port forwarding, which labdeploy uses to check "
                 "and launch the app before DNS is set up.",
