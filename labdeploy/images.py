@@ -238,7 +238,8 @@ class BuildContext:
 
     def write_tar(self, fileobj, paths: Iterable[str], *, gzip: bool = True) -> None:
         """Write a (gzipped) tar of the given files, with normalised owners and times, file by file."""
-        with tarfile.open(fileobj=fileobj, mode="w:gz" if gzip else "w", compresslevel=6) as tar:
+        opts = {"mode": "w:gz", "compresslevel": 6} if gzip else {"mode": "w"}
+        with tarfile.open(fileobj=fileobj, **opts) as tar:
             for rel in sorted(paths):
                 info = self.files[rel]
                 ti = tarfile.TarInfo(rel)
