@@ -27,12 +27,13 @@ import shlex
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional
 
-from . import appcompose, caddy, compose, session, dallinger, database, history, layout, names, psql, readiness, stack
+from . import appcompose, caddy, compose, session, dallinger, database, history, layout, names, psql, readiness, settle, stack
 from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .lock import DeployLock
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
@@ -55,7 +56,6 @@ LOG_TAIL = 40  # container log lines shown with a failure
 STOPPED_AT_START = "The app's processes stopped right after starting: {}."
 STOPPED_AT_START_HINT = ("Read the container logs below: usually the real error is at their end. "
                          "Try the image locally (`docker run IMAGE`) to reproduce it.")
-SETTLE_SECONDS = 2.0  # processes must stay up this long after `compose up` to count as started
 DEFAULT_DASHBOARD_USER = "admin"
 
 
@@ -294,31 +294,18 @@ def container_logs(remote, app: str, tail: int = LOG_TAIL) -> str:
     return remote.run(["sh", "-c", script], check=False, timeout=60).stdout.strip()
 
 
-_STATE_SCRIPT = ('for c in $(docker ps -aq --filter "$1"); do docker inspect -f '
-                 '\'{{index .Config.Labels "labdeploy.service"}} {{.State.Status}} {{.RestartCount}} '
-                 '{{with index .NetworkSettings.Networks "dallinger"}}{{.IPAddress}}{{end}} {{.Config.Image}}\' "$c"; done')
-
-
-def _containers(remote, app: str) -> dict[str, dict]:
-    """service -> {state, restarts, ip, image} (one round trip)."""
-    res = remote.run(["sh", "-c", _STATE_SCRIPT, "sh", f"label=labdeploy.app={app}"], check=False, timeout=60)
-    out = {}
-    for line in res.stdout.splitlines():
-        parts = line.split(" ")
-        if len(parts) >= 5:
-            ip = parts[3] if parts[3] not in ("", "<no value>") else ""
-            out[parts[0]] = {"state": parts[1], "restarts": int(parts[2] or 0), "ip": ip, "image": parts[4]}
-    return out
-
-
-def _web_ip(remote, app: str, *, check_forwarding: bool = True, image: Optional[str] = None) -> str:
+def _web_ip(remote, app: str, *, check_forwarding: bool = True, image: Optional[str] = None,
+            seen: Optional[list] = None) -> str:
     """The web container's address on the shared network: health and /launch go there
-    through the SSH connection, so they work before any DNS record exists."""
-    containers = _containers(remote, app)
+    through the SSH connection, so they work before any DNS record exists. The snapshot it
+    read is appended to `seen` (with its time) for the wait that follows."""
+    containers = settle.snapshot(remote, app)
+    if seen is not None:
+        seen.append((containers, time.monotonic()))
     web = containers.get("web")
     if not web or not web["ip"]:
         # A web process that died at once has no address yet: say that, not a network riddle.
-        bad = _crashed(containers, image) if image else []
+        bad = settle.crashed(containers, image) if image else []
         if bad:
             raise LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT)
         raise LabdeployError("The web container is not running on the shared network.",
@@ -348,15 +335,13 @@ def _check_forwarding(remote, ip: str) -> None:
                 "and reload sshd.") from exc
 
 
-def _crashed(containers: dict[str, dict], image: str) -> list[str]:
-    bad = []
-    for svc in layout.PROCESS_SERVICES:
-        c = containers.get(svc)
-        if c is None:
-            bad.append(f"{svc} (no container)")
-        elif c["image"] == image and (c["state"] in ("exited", "dead", "restarting") or c["restarts"] > 0):
-            bad.append(f"{svc} ({c['state']}, restarted {c['restarts']}x)")
-    return bad
+def _together(*calls) -> None:
+    """Run independent remote calls at once, each on its own channel of the one connection
+    (a round trip each, overlapped); the first failure is raised once all have finished."""
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="labdeploy-deploy") as pool:
+        futures = [pool.submit(call) for call in calls]
+    for future in futures:
+        future.result()
 
 
 def _http(port: int, method: str, path: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
@@ -374,7 +359,7 @@ def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float
     """Until the web process answers HTTP at all (any status): it is up. A process that exits
     or restarts meanwhile fails at once instead of after the timeout."""
     deadline = time.monotonic() + timeout
-    checked = 0.0
+    checked = time.monotonic()  # the caller has just read the containers' state
     while True:
         try:
             _http(port, "GET", "/", host, timeout=5)
@@ -384,13 +369,13 @@ def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float
         now = time.monotonic()
         if now - checked > 2:
             checked = now
-            bad = _crashed(_containers(remote, app), image)
+            bad = settle.crashed(settle.snapshot(remote, app), image)
             if bad:
                 raise LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT)
         if now > deadline:
             raise LabdeployError(f"The web process did not answer on port {appcompose.WEB_PORT} within {timeout:.0f} s.",
                                  "Check that the app listens on $HOST:$PORT (0.0.0.0:5000); see the logs below.")
-        time.sleep(0.3)
+        time.sleep(0.1)  # a refused attempt costs one channel open: poll often
 
 
 def _launch(port: int, host: str, attempts: int, reporter: Reporter) -> dict:
@@ -526,7 +511,6 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         version = delivered.tag
         record.version, record.image, record.image_id = version, delivered.ref, delivered.image_id
         lock.info.version = version
-        lock.refresh()  # records the version, restarts the expiry clock after a long build
 
         current = "database"
         with step(reporter, "database", names.db_identifier(app)):
@@ -534,7 +518,6 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             password = password.split(":", 2)[2].split("@", 1)[0] if password.count(":") >= 2 else ""
             if not password:
                 password = database.random_password()
-            psql.run_sql(remote, database.provision_sql(app, database.scram_verifier(password), connection_limit))
             values = {
                 "DATABASE_URL": database.database_url(app, password),
                 "REDIS_URL": database.REDIS_URL,
@@ -543,8 +526,16 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             }
             values.update({k: str(v) for k, v in (secrets or {}).items()})
             text = appcompose.secrets_env(values)
-            remote.makedirs(layout.app_dir(app), 0o755)
-            remote.put_bytes(layout.app_secrets(app), text, mode=0o600)
+
+            def secrets_file() -> None:
+                remote.makedirs(layout.app_dir(app), 0o755)
+                remote.put_bytes(layout.app_secrets(app), text, mode=0o600)
+
+            _together(
+                lock.refresh,  # records the version, restarts the expiry clock after a long build
+                lambda: psql.run_sql(remote, database.provision_sql(app, database.scram_verifier(password),
+                                                                    connection_limit)),
+                secrets_file)
 
         current = "start"
         with step(reporter, "start"):
@@ -557,7 +548,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
             started_at = time.monotonic()
             host = f"{app}.{settings.domain or 'localhost'}"
-            with remote.forward(_web_ip(remote, app, image=delivered.ref), appcompose.WEB_PORT) as port:
+            seen: list = []  # container readings, for the wait in the launch step
+            with remote.forward(_web_ip(remote, app, image=delivered.ref, seen=seen), appcompose.WEB_PORT) as port:
                 _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter)
 
         current = "route"
@@ -569,27 +561,26 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "launch"
         with step(reporter, "launch"):
-            with remote.forward(_web_ip(remote, app, check_forwarding=False, image=delivered.ref), appcompose.WEB_PORT) as port:
+            web_ip = _web_ip(remote, app, check_forwarding=False, image=delivered.ref, seen=seen)
+            with remote.forward(web_ip, appcompose.WEB_PORT) as port:
                 if launch:
                     _launch(port, host, launch_attempts, reporter)
                 _health(port, host, health_path, 30)
-            # A worker or clock that dies on import needs a moment to show it (Docker restarts it
-            # and counts); without this wait such a deploy could be reported a success.
-            time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - started_at)))
-            bad = _crashed(_containers(remote, app), delivered.ref)
-            if bad:
-                raise LabdeployError(f"Processes stopped after the launch: {', '.join(bad)}.",
-                                     "Read the container logs below.")
+            # A worker or clock that dies on import needs a moment to show it; without this
+            # wait such a deploy could be reported a success.
+            settle.wait_started(
+                lambda: settle.snapshot(remote, app), delivered.ref, started_at, seen=seen,
+                on_crash=lambda bad: LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT),
+                note=lambda text: reporter(LogLine(text, "launch")))
 
         current = "record"
         with step(reporter, "record"):
             state = {"app": app, "version": version, "image": delivered.ref, "image_id": delivered.image_id,
                      "deployed_at": _now(), "who": lock.info.who, "mode": mode, "domain": settings.domain,
                      "url": caddy.app_url(app, settings), "operation": _operation}
-            history.write_state(remote, app, state)
             record.outcome, record.finished_at = "success", _now()
             record.duration_s = round(time.monotonic() - t0, 2)
-            history.append(remote, record)
+            history.record_success(remote, state, record)
     except BaseException as exc:
         _fail(remote, app, exc, current, record, facts, rollback_needed, t0, reporter)
         raise AssertionError("unreachable")  # _fail always raises

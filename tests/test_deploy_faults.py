@@ -116,6 +116,29 @@ def test_worker_that_dies_at_start_fails_the_deploy(prepared, testbed, tmp_path)
         cleanup(prepared, app)
 
 
+def test_worker_that_crashes_after_a_long_busy_start_fails_the_deploy(prepared, testbed, tmp_path):
+    # Like a heavy import (Dallinger's takes seconds) that fails at its end: busy for 3 s, then
+    # exits. A fixed 2 s wait would have called this deploy a success.
+    app = fresh_app(prepared, "t-dep-slowcrash")
+    try:
+        exp = tmp_path / "slow-crash"
+        shutil.copytree(EXAMPLE, exp)
+        spin = ("import time; t = time.time(); [0 for _ in iter(lambda: time.time() - t < 3, False)]; "
+                "raise SystemExit(\"import failed after a slow start\")")
+        (exp / "Procfile").write_text("web: gunicorn --config stroop/gunicorn_conf.py stroop.app:app\n"
+                                      f"worker: python -c '{spin}'\n"
+                                      "clock: python -m stroop.clock\n")
+        events = []
+        with pytest.raises(deploy.DeployFailed) as info:
+            deploy.deploy(exp, app, prepared, reporter=events.append, **kwargs(testbed))
+        assert info.value.failed_step == "launch" and "worker" in info.value.message
+        assert "import failed after a slow start" in info.value.logs
+        assert any("worker still busy starting" in getattr(e, "line", "") for e in events)
+        assert running_services(prepared, app) == ""
+    finally:
+        cleanup(prepared, app)
+
+
 def test_name_in_use_is_refused_and_nothing_changes(prepared, testbed):
     app = fresh_app(prepared, "t-dep-inuse")
     try:

@@ -53,14 +53,6 @@ def test_secret_is_masked_until_revealed():
     assert s.reveal() == "hunter2" and s == deploy.Secret("hunter2")
 
 
-def test_crash_detection_only_counts_the_new_image():
-    ctrs = {"web": {"state": "restarting", "restarts": 2, "ip": "", "image": "new"},
-            "worker": {"state": "running", "restarts": 0, "ip": "", "image": "new"},
-            "clock": {"state": "exited", "restarts": 0, "ip": "", "image": "old"}}
-    assert deploy._crashed(ctrs, "new") == ["web (restarting, restarted 2x)"]
-    assert deploy._crashed({}, "new") == ["web (no container)", "worker (no container)", "clock (no container)"]
-
-
 def test_facts_sections_parse():
     out = "@@stack\n{\"settings\": {\"domain\": \"lab.org\"}}\n@@state\n\n@@compose\n@@site\n@@secrets\nA=1\n@@end\n"
     s = deploy._sections(out)
