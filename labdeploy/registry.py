@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import images, names
-from .errors import CommandFailed, LabdeployError, ValidationError
+from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .images import disk_full_error, is_disk_full
 from .progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
 
@@ -318,7 +318,12 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
     ref = f"{repository}@{digest}"
     layers: dict = {}
 
+    image_id = []
+
     def on_line(line: str, _stream: str) -> None:
+        if line.startswith("@@id "):
+            image_id.append(line[5:].strip())
+            return
         reporter(LogLine(line, "pull"))
         m = _PULL_LINE.match(line.strip())
         if not m:
@@ -334,14 +339,20 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
 
     with step(reporter, "pull on the server", ref):
         try:
-            remote.run([*_docker_env(remote, docker_config), "docker", "pull", ref], timeout=7200, on_line=on_line)
-            if tag_as:
-                remote.run(["docker", "tag", ref, tag_as])
+            # Pull, tag and read the ID in one round trip.
+            remote.run([*_docker_env(remote, docker_config), "sh", "-c", _PULL_SCRIPT, "sh", ref, tag_as or ""],
+                       timeout=7200, on_line=on_line)
         except CommandFailed as exc:
             raise classify((exc.stderr or "") + (exc.stdout or ""), images.registry_of(repository) or repository,
                            "the server") from None
-        res = remote.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref])
-        return res.stdout.strip()
+        if not image_id or not image_id[-1]:
+            raise RemoteError(f"The server pulled {ref} but its engine does not show the image.",
+                              "Run `docker image ls` on the server; try the deploy again.")
+        return image_id[-1]
+
+
+_PULL_SCRIPT = ('docker pull "$1" && { [ -z "$2" ] || docker tag "$1" "$2"; } && '
+                'echo "@@id $(docker image inspect --format \'{{.Id}}\' "$1")"')
 
 
 def deliver_via_registry(remote, context, *, app: str, ref: str, tag: str, build_args, base_name: str,

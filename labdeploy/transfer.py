@@ -196,19 +196,32 @@ def docker_build_argv(ref: str, app: str, tag: str, dockerfile: str, build_args:
     return argv + ["."]
 
 
+_BUILD_SCRIPT = 'ref="$1"; shift; "$@" && echo "@@id $(docker image inspect --format \'{{.Id}}\' "$ref")"'
+
+
 def build_on_server(remote, context: images.BuildContext, *, app: str, ref: str, tag: str,
                     build_args: Optional[dict], reporter: Optional[Reporter] = None) -> str:
     """`docker build` in the server's copy of the context; returns the image ID."""
     reporter = reporter or null_reporter
     log = BuildLog(reporter)
-    argv = ["env", "BUILDKIT_PROGRESS=plain", *docker_build_argv(ref, app, tag, context.dockerfile, build_args)]
+    # Build and read the new image's ID in one round trip.
+    argv = ["env", "BUILDKIT_PROGRESS=plain", "sh", "-c", _BUILD_SCRIPT, "sh", ref,
+            *docker_build_argv(ref, app, tag, context.dockerfile, build_args)]
+    found = []
+
+    def on_line(line: str, _stream: str) -> None:
+        if line.startswith("@@id "):
+            found.append(line[5:].strip())
+        else:
+            log.line(line)
+
     with step(reporter, "build image", f"on the server: {ref}"):
         try:
-            remote.run(argv, cwd=context_dir(app), timeout=7200, on_line=lambda line, _s: log.line(line))
+            remote.run(argv, cwd=context_dir(app), timeout=7200, on_line=on_line)
         except CommandFailed as exc:
             raise log.failure((exc.stderr or "").strip().splitlines()[-1] if exc.stderr.strip() else "",
                               "server") from None
-        image_id = server_image_id(remote, ref)
+        image_id = found[-1] if found else ""
         if not image_id:
             raise log.failure("the build ended without producing an image", "server")
         return image_id
