@@ -75,9 +75,16 @@ def history(server, app: str) -> pd.DataFrame:
     return to_frame(parse_lines(res.stdout if res.exit_status == 0 else ""))
 
 
-def write_state(remote, app: str, state: dict) -> None:
-    """deploy.json: what runs now (atomic write)."""
-    remote.put_bytes(layout.app_state(app), json.dumps(state, indent=2, sort_keys=True) + "\n", mode=0o644)
+# deploy.json replaced atomically (temporary file, then rename) and the history line appended,
+# in one round trip: the state on stdin, the line (no secrets in it) as an argument.
+_RECORD = ('mkdir -p "$1" && cat > "$1/.deploy.json.tmp" && chmod 644 "$1/.deploy.json.tmp" && '
+           'mv -f "$1/.deploy.json.tmp" "$1/deploy.json" && printf %s "$2" >> "$1/history.jsonl"')
+
+
+def record_success(remote, state: dict, record: DeployRecord) -> None:
+    """Write deploy.json (what runs now) and append the attempt's history line."""
+    body = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
+    remote.run(["sh", "-c", _RECORD, "sh", layout.app_dir(record.app), record.to_line()], stdin=body)
 
 
 def read_state(remote, app: str) -> Optional[dict]:
