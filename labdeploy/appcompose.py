@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import yaml
 
@@ -90,8 +90,13 @@ _LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3
 
 def compose_document(app: str, image: str, *, version: str, commands: Optional[Mapping[str, str]] = None,
                      environment: Optional[Mapping[str, str]] = None,
-                     redis_image: str = DEFAULT_REDIS_IMAGE) -> dict:
-    """The app's compose file as a dict. Pure: same input, same document."""
+                     redis_image: str = DEFAULT_REDIS_IMAGE,
+                     processes: Sequence[str] = layout.PROCESS_SERVICES) -> dict:
+    """The app's compose file as a dict. Pure: same input, same document. `processes` may leave
+    out the clock (Dallinger runs one only with `clock_on`); web and worker are always there."""
+    if not set(processes) <= set(layout.PROCESS_SERVICES) or not {"web", "worker"} <= set(processes):
+        raise ValidationError(f"The processes {tuple(processes)!r} are not web and worker (and clock).",
+                              "Give ('web', 'worker', 'clock') or ('web', 'worker').")
     app = names.app_name(app)
     image = image_ref(image)
     redis_image = image_ref(redis_image)
@@ -126,15 +131,14 @@ def compose_document(app: str, image: str, *, version: str, commands: Optional[M
     probe = f"import socket; socket.create_connection(('127.0.0.1', {WEB_PORT}), 3)"
     web["healthcheck"] = {"test": ["CMD-SHELL", f'python3 -c "{probe}" || python -c "{probe}"'],
                           "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "30s"}
-    worker = process("worker")
-    clock = process("clock")
-    for svc in (worker, clock):
-        svc["networks"] = ["default", layout.NETWORK]  # PostgreSQL lives on the shared network
+    services = {"web": web}
+    for name in ("worker", "clock"):
+        if name in processes:
+            services[name] = process(name)
+            services[name]["networks"] = ["default", layout.NETWORK]  # PostgreSQL lives on the shared network
     return {
         "services": {
-            "web": web,
-            "worker": worker,
-            "clock": clock,
+            **services,
             "redis": {
                 "image": redis_image,
                 "command": ["redis-server", "--appendonly", "yes", "--dir", "/data", "--protected-mode", "no"],

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from . import appcompose, caddy, compose, session, dallinger, database, history, layout, names, psql, readiness, settle, stack
 from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
@@ -295,7 +295,7 @@ def container_logs(remote, app: str, tail: int = LOG_TAIL) -> str:
 
 
 def _web_ip(remote, app: str, *, check_forwarding: bool = True, image: Optional[str] = None,
-            seen: Optional[list] = None) -> str:
+            seen: Optional[list] = None, processes: Sequence[str] = layout.PROCESS_SERVICES) -> str:
     """The web container's address on the shared network: health and /launch go there
     through the SSH connection, so they work before any DNS record exists. The snapshot it
     read is appended to `seen` (with its time) for the wait that follows."""
@@ -305,7 +305,7 @@ def _web_ip(remote, app: str, *, check_forwarding: bool = True, image: Optional[
     web = containers.get("web")
     if not web or not web["ip"]:
         # A web process that died at once has no address yet: say that, not a network riddle.
-        bad = settle.crashed(containers, image) if image else []
+        bad = settle.crashed(containers, image, processes) if image else []
         if bad:
             raise LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT)
         raise LabdeployError("The web container is not running on the shared network.",
@@ -355,7 +355,8 @@ def _http(port: int, method: str, path: str, host: str, timeout: float = 10.0) -
         conn.close()
 
 
-def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float, reporter: Reporter) -> None:
+def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float, reporter: Reporter,
+              processes: Sequence[str] = layout.PROCESS_SERVICES) -> None:
     """Until the web process answers HTTP at all (any status): it is up. A process that exits
     or restarts meanwhile fails at once instead of after the timeout."""
     deadline = time.monotonic() + timeout
@@ -369,7 +370,7 @@ def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float
         now = time.monotonic()
         if now - checked > 2:
             checked = now
-            bad = settle.crashed(settle.snapshot(remote, app), image)
+            bad = settle.crashed(settle.snapshot(remote, app), image, processes)
             if bad:
                 raise LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT)
         if now > deadline:
@@ -436,16 +437,23 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
            connection_limit: int = database.DEFAULT_CONNECTION_LIMIT,
            redis_image: str = appcompose.DEFAULT_REDIS_IMAGE, capacity: str = "warn",
            health_path: str = "/", launch: bool = True, launch_attempts: int = 4, start_timeout: float = 120,
-           credentials=None, dockerfile: str = "Dockerfile", reporter: Optional[Reporter] = None,
+           credentials=None, logout_after_pull: bool = False, dockerfile: str = "Dockerfile",
+           reporter: Optional[Reporter] = None,
            _operation: str = "deploy") -> DeployResult:
     """Deploy an experiment folder as `app` on `server` (a Remote, Server or registered name).
 
     `config` becomes the containers' environment (Dallinger reads each config key from an
     environment variable of that name); `secrets` go to the 0600 secrets file instead.
-    `domain` overrides the one the server was prepared with. Returns the URL and dashboard
-    login (the password masked until `.reveal()`).
+    `domain` overrides the one the server was prepared with. In mode "registry",
+    `credentials` log the server in for the pull; with `logout_after_pull` that login lives in
+    a private folder deleted after the pull, so the server keeps no registry password.
+    Returns the URL and dashboard login (the password masked until `.reveal()`).
     """
     reporter = reporter or null_reporter
+    if logout_after_pull and credentials is None:
+        raise ValidationError("logout_after_pull needs credentials: without a login of this deploy's own "
+                              "there is nothing to log out of.",
+                              "Pass credentials=registry.Credentials(...), or leave logout_after_pull off.")
     started, t0 = _now(), time.monotonic()
     experiment_dir = Path(experiment_dir).expanduser()
     commands = None
@@ -465,11 +473,13 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             # secret keys apart) and, when it has none, a generated Dockerfile.
             spec = dallinger.spec(experiment_dir)
             commands = spec.commands
+            processes = spec.services  # no clock unless the config has clock_on
             config = {**spec.env, **(config or {})}
             secrets = {**spec.secret_env, **(secrets or {})}
         else:
             _check_dockerfile(experiment_dir, dockerfile)
             commands = appcompose.read_procfile(experiment_dir)
+            processes = layout.PROCESS_SERVICES
         for key in dict(config or {}):
             appcompose.env_key(key)
         appcompose.secrets_env(dict(secrets or {}))  # refuse unsafe values before anything changes
@@ -506,7 +516,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
                                          env={**config, **secrets}, build_args=build_args,
                                          reporter=_sub_reporter(collect, "image"))
             delivered = _deliver(remote, context, app=app, mode=mode, build_args=build_args,
-                                 base_name=base_name, credentials=credentials, dockerfile=dockerfile,
+                                 base_name=base_name, credentials=credentials,
+                                 logout_after_pull=logout_after_pull, dockerfile=dockerfile,
                                  reporter=_sub_reporter(collect, "image"))
         version = delivered.tag
         record.version, record.image, record.image_id = version, delivered.ref, delivered.image_id
@@ -540,7 +551,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         current = "start"
         with step(reporter, "start"):
             document = appcompose.compose_document(app, delivered.ref, version=version, commands=commands,
-                                                   environment=config, redis_image=redis_image)
+                                                   environment=config, redis_image=redis_image,
+                                                   processes=processes)
             new_compose = appcompose.compose_yaml(document)
             _upload_assets(remote, app, experiment_dir, reporter)
             remote.put_bytes(layout.app_compose(app), new_compose, mode=0o644)
@@ -549,8 +561,9 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             started_at = time.monotonic()
             host = f"{app}.{settings.domain or 'localhost'}"
             seen: list = []  # container readings, for the wait in the launch step
-            with remote.forward(_web_ip(remote, app, image=delivered.ref, seen=seen), appcompose.WEB_PORT) as port:
-                _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter)
+            web_ip = _web_ip(remote, app, image=delivered.ref, seen=seen, processes=processes)
+            with remote.forward(web_ip, appcompose.WEB_PORT) as port:
+                _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter, processes)
 
         current = "route"
         with step(reporter, "route", caddy.app_url(app, settings)):
@@ -561,7 +574,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "launch"
         with step(reporter, "launch"):
-            web_ip = _web_ip(remote, app, check_forwarding=False, image=delivered.ref, seen=seen)
+            web_ip = _web_ip(remote, app, check_forwarding=False, image=delivered.ref, seen=seen, processes=processes)
             with remote.forward(web_ip, appcompose.WEB_PORT) as port:
                 if launch:
                     _launch(port, host, launch_attempts, reporter)
@@ -571,7 +584,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             settle.wait_started(
                 lambda: settle.snapshot(remote, app), delivered.ref, started_at, seen=seen,
                 on_crash=lambda bad: LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT),
-                note=lambda text: reporter(LogLine(text, "launch")))
+                note=lambda text: reporter(LogLine(text, "launch")), services=processes)
 
         current = "record"
         with step(reporter, "record"):

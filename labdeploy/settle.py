@@ -76,10 +76,10 @@ def snapshot(remote, app: str) -> dict[str, dict]:
     return parse_snapshot(res.stdout)
 
 
-def crashed(containers: dict[str, dict], image: str) -> list[str]:
+def crashed(containers: dict[str, dict], image: str, services: Sequence[str] = layout.PROCESS_SERVICES) -> list[str]:
     """The processes of `image` that are missing, stopped or have been restarted."""
     bad = []
-    for svc in layout.PROCESS_SERVICES:
+    for svc in services:
         c = containers.get(svc)
         if c is None:
             bad.append(f"{svc} (no container)")
@@ -88,16 +88,17 @@ def crashed(containers: dict[str, dict], image: str) -> list[str]:
     return bad
 
 
-# The web process proves it has started by answering HTTP; the others can only go quiet.
-QUIET_SERVICES = tuple(svc for svc in layout.PROCESS_SERVICES if svc != "web")
+def quiet_services(services: Sequence[str]) -> tuple[str, ...]:
+    """The web process proves it has started by answering HTTP; the others can only go quiet."""
+    return tuple(svc for svc in services if svc != "web")
 
 
 def busy(before: dict[str, dict], after: dict[str, dict], seconds: float,
-         services: Sequence[str] = QUIET_SERVICES) -> Optional[list[str]]:
+         services: Sequence[str] = layout.PROCESS_SERVICES) -> Optional[list[str]]:
     """The processes that used more than QUIET_SHARE of a core between two snapshots, or None
     when a CPU reading is missing (the caller then falls back to the fixed window)."""
     out = []
-    for svc in services:
+    for svc in quiet_services(services):
         a, b = before.get(svc), after.get(svc)
         if not a or not b or a["cpu"] is None or b["cpu"] is None:
             return None
@@ -110,13 +111,15 @@ def busy(before: dict[str, dict], after: dict[str, dict], seconds: float,
 
 def wait_started(read: Callable[[], dict], image: str, started_at: float, *, seen: Sequence[tuple] = (),
                  on_crash: Callable[[list[str]], Exception], note: Callable[[str], None] = lambda _text: None,
+                 services: Sequence[str] = layout.PROCESS_SERVICES,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict:
     """Wait until the app's processes have started (see the module's text; call it once the web
     process has answered HTTP, which is its own proof). `read()` takes a snapshot (`snapshot`
     bound to the server and app); `started_at` is the
     monotonic time `compose up` returned; `seen` the (snapshot, time) readings taken since, oldest
     first, which count as samples. Raises on_crash(list) for a process that stopped or
-    restarted; `note(text)` hears once that the wait goes on. Returns the last snapshot."""
+    restarted; `note(text)` hears once that the wait goes on. `services`: the app's processes.
+    Returns the last snapshot."""
     prev, prev_t, noted = None, 0.0, False
     earlier = list(seen)
     while True:
@@ -124,14 +127,14 @@ def wait_started(read: Callable[[], dict], image: str, started_at: float, *, see
             snap, now = earlier.pop(0)
         else:
             snap, now = read(), clock()
-        bad = crashed(snap, image)
+        bad = crashed(snap, image, services)
         if bad:
             raise on_crash(bad)
         up = now - started_at
         if up >= MAX_WAIT:
             return snap
         if prev is not None:
-            still = busy(prev, snap, now - prev_t)
+            still = busy(prev, snap, now - prev_t, services)
             if still is None:
                 if up >= FIXED_WINDOW:
                     return snap
@@ -145,11 +148,11 @@ def wait_started(read: Callable[[], dict], image: str, started_at: float, *, see
         if earlier:
             continue
         wake = max(now + SAMPLE_INTERVAL, started_at + MIN_UP)  # from the reading's time, not now
-        if busy_unknown(snap):
+        if busy_unknown(snap, services):
             wake = max(wake, started_at + FIXED_WINDOW)
         sleep(max(0.0, wake - clock()))
 
 
-def busy_unknown(snap: dict[str, dict]) -> bool:
+def busy_unknown(snap: dict[str, dict], services: Sequence[str] = layout.PROCESS_SERVICES) -> bool:
     """True when some process has no CPU reading (only the fixed window can judge then)."""
-    return any(snap.get(svc, {}).get("cpu") is None for svc in QUIET_SERVICES)
+    return any(snap.get(svc, {}).get("cpu") is None for svc in quiet_services(services))

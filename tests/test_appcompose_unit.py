@@ -60,6 +60,15 @@ def test_compose_defaults_to_dallinger_commands():
     assert d["services"]["clock"]["command"] == ["sh", "-c", "exec dallinger_heroku_clock"]
 
 
+def test_compose_without_a_clock_when_the_app_runs_none():
+    d = doc(processes=("web", "worker"), commands={k: v for k, v in COMMANDS.items() if k != "clock"})
+    assert list(d["services"]) == ["web", "worker", "redis"]
+    assert d["services"]["worker"]["networks"] == ["default", "dallinger"]
+    for bad in (("web",), ("web", "worker", "beat"), ("worker", "clock")):
+        with pytest.raises(ValidationError, match="web and worker"):
+            doc(processes=bad)
+
+
 @pytest.mark.parametrize("bad", ["Stroop", "a b", "x;rm -rf /", "$(id)", "../etc", "a" * 41])
 def test_compose_refuses_hostile_app_names(bad):
     with pytest.raises(ValidationError):

@@ -71,8 +71,13 @@ def test_deploy_launches_the_experiment(deployed, session_remote):
 
 def test_processes_run_dallingers_commands_with_the_environment_contract(deployed, session_remote):
     compose_text = session_remote.get_bytes(layout.app_compose(APP)).decode()
-    for command in ("dallinger_heroku_web", "dallinger_heroku_worker", "dallinger_heroku_clock"):
+    for command in ("dallinger_heroku_web", "dallinger_heroku_worker"):
         assert command in compose_text
+    # The example's config says clock_on = false: like Dallinger, no clock process at all.
+    assert "dallinger_heroku_clock" not in compose_text
+    running = session_remote.run(["docker", "ps", "--filter", f"label=labdeploy.app={APP}", "--format",
+                                  '{{.Label "labdeploy.service"}}']).stdout.split()
+    assert sorted(running) == ["redis", "web", "worker"]
     for line in ("PORT: '5000'", "HOST: 0.0.0.0", "HOME: /tmp", "recruiter: hotair", "smtp_username: lab@example.org"):
         assert line in compose_text
     secrets = parse_env(session_remote.get_bytes(layout.app_secrets(APP)).decode())

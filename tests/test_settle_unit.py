@@ -122,3 +122,11 @@ def test_only_the_new_image_counts_as_crashed():
             "clock": {"state": "exited", "restarts": 0, "ip": "", "image": "old"}}
     assert settle.crashed(ctrs, "new") == ["web (restarting, restarted 2x)"]
     assert settle.crashed({}, "new") == ["web (no container)", "worker (no container)", "clock (no container)"]
+
+
+def test_an_app_without_a_clock_is_judged_on_web_and_worker():
+    snap = reading(1.0, 2.0)
+    del snap["clock"]
+    assert settle.crashed(snap, "new", ("web", "worker")) == []
+    assert settle.crashed(snap, "new") == ["clock (no container)"]
+    assert settle.busy(snap, snap, 0.25, ("web", "worker")) == []

@@ -279,6 +279,11 @@ class MonitorPanel(Panel):
         if services and list(self.exec_service.options) != services:
             self.exec_service.options = services
             self.log_service.options = [ALL, *services]
+            # An app without a clock (Dallinger's clock_on off) offers only what it runs.
+            processes = [s for s in layout.PROCESS_SERVICES if s in services]
+            if processes and list(self.restart_services.options) != processes:
+                self.restart_services.options = processes
+                self.restart_services.value = processes
 
     def _on_sample(self, sampler, snap) -> None:
         msgs = []
