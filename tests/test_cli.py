@@ -304,18 +304,24 @@ def test_deploy_puts_the_app_online(deployed, testbed, session_api_remote):
     assert page.status_code == 200 and "Colour naming study" in page.text
 
 
-def test_deploy_again_is_refused_and_update_works(cli, deployed, testbed):
+def test_deploy_again_is_refused_and_update_works(cli, deployed, testbed, session_api_remote):
     r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
             "--redis-image", testbed["images"]["redis"])
     assert r.code == 1 and "already deployed" in r.err and "Traceback" not in r.err, str(r)
     assert "add --update" in r.err and "update()" not in r.err  # the hint in CLI words
     # The update goes the seed's way: build here, push to the registry, pull on the server.
     reg = testbed["registry"]
+    # The server forgets its login first, so "logged out after the pull" can be seen.
+    session_api_remote.run(["docker", "logout", reg["address"]])
     r = cli.ok("deploy", "--app", APP, str(EXAMPLE), "--update", "--build-arg",
                f"BASE_IMAGE={testbed['images']['python']}", "--redis-image", testbed["images"]["redis"],
                "--health-path", "/health", "--show-password", "--mode", "registry",
                "--image-base-name", f"{reg['address']}/t-cli", "--registry-user", reg["user"],
-               "--registry-password-stdin", "--json", input=reg["password"] + "\n", timeout=900)
+               "--registry-password-stdin", "--logout-after-pull", "--json", input=reg["password"] + "\n",
+               timeout=900)
+    server_config = session_api_remote.run(["sh", "-c", "cat ~/.docker/config.json 2>/dev/null"],
+                                           check=False).stdout
+    assert reg["address"] not in server_config  # the pull's login was private and is gone
     result = r.json()
     assert "is live at" in r.err and result["url"] == f"http://{APP}.localhost/"
     assert "✓ image" in r.err and "✓ launch" in r.err  # the steps, as plain progress lines

@@ -121,6 +121,8 @@ def test_deploy_checks_its_options_before_anything_else(cli, tmp_path):
     assert r.code == 2 and "KEY=VALUE" in r.err, str(r)
     r = cli("deploy", "--app", "pilot", str(tmp_path), "--secret-env", "T_CLI_SURELY_UNSET")
     assert r.code == 2 and "T_CLI_SURELY_UNSET" in r.err and "not set" in r.err, str(r)
+    r = cli("deploy", "--app", "pilot", str(tmp_path), "--mode", "registry", "--logout-after-pull")
+    assert r.code == 2 and "--logout-after-pull needs --registry-user" in r.err, str(r)
 
 
 def test_tab_completion_of_commands_and_server_names(cli, tmp_path):

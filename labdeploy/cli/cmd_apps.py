@@ -63,6 +63,9 @@ def _pairs(values, what: str) -> dict:
                    "this deploy (password prompted, or --registry-password-stdin). Default: the logins "
                    "Docker already has.")
 @click.option("--registry-password-stdin", is_flag=True, help="Read the registry password from stdin.")
+@click.option("--logout-after-pull", is_flag=True,
+              help="With --registry-user: the server's login lasts for this pull only (kept in a private "
+                   "folder, deleted afterwards), so the server stores no registry password.")
 @click.option("--show-password", is_flag=True,
               help="Print the dashboard password even when the output is not a terminal (it is masked in "
                    "pipes, logs and --json otherwise).")
@@ -70,8 +73,7 @@ def _pairs(values, what: str) -> dict:
 @with_hints
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
                dockerfile, health_path, connection_limit, capacity, start_timeout, launch, image_base_name,
-               registry_user,
-               registry_password_stdin, show_password):
+               registry_user, registry_password_stdin, logout_after_pull, show_password):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -86,7 +88,8 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
       API_TOKEN=... labdeploy deploy --app stroop-pilot --secret-env API_TOKEN --json
       labdeploy deploy --app stroop-pilot --update --show-password
       printf '%s\\n' "$TOKEN" | labdeploy deploy --app stroop-pilot --mode registry \\
-          --image-base-name registry.gitlab.com/lab/images --registry-user alice --registry-password-stdin
+          --image-base-name registry.gitlab.com/lab/images --registry-user alice --registry-password-stdin \\
+          --logout-after-pull
     """
     deploy = core("deploy")
     experiment = Path(experiment)
@@ -109,12 +112,15 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
             kwargs[key] = value
     if image_base_name is not None:
         kwargs["base_name"] = image_base_name
-    name = pick_server(server)
     if (registry_user or registry_password_stdin) and mode != "registry":
         raise UsageProblem("--registry-user and --registry-password-stdin are for --mode registry.",
                            "Add --mode registry, or leave them out.")
     if registry_password_stdin and not registry_user:
         raise UsageProblem("--registry-password-stdin needs --registry-user.", "Add --registry-user USER.")
+    if logout_after_pull and not registry_user:
+        raise UsageProblem("--logout-after-pull needs --registry-user (a login of this deploy's own).",
+                           "Add --registry-user USER, or leave --logout-after-pull out.")
+    name = pick_server(server)
     creds = None
     if registry_user:
         reg, images = core("registry"), core("images")
@@ -134,6 +140,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
         finally:
             del password
         kwargs["credentials"] = creds
+        kwargs["logout_after_pull"] = logout_after_pull
     remote = open_server(name)
     fn = deploy.update if update else deploy.deploy
     with _ui.reporting() as reporter:
