@@ -283,7 +283,8 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
     if config["mode"] not in MODES:
         raise ValidationError(f"config.txt sets mode = {config['mode']!r}, which Dallinger doesn't know.",
                               "Set mode to sandbox, live or debug.")
-    clock_on = _truthy(config.get("clock_on", "false"), "clock_on")
+    # Dallinger's own default is off; PsyNet's Experiment turns it on unless config.txt says no.
+    clock_on = _truthy(config.get("clock_on", "true" if folder.kind == "psynet" else "false"), "clock_on")
 
     env: dict[str, str] = {}
     skipped: dict[str, str] = {}

@@ -237,6 +237,14 @@ def test_generated_dockerfile_installs_the_required_version(tmp_path, home):
     assert 'CMD ["dallinger_heroku_web"]' in lines
 
 
+def test_clock_defaults_off_for_dallinger_and_on_for_psynet(tmp_path, home):
+    assert dallinger.spec(make_experiment(tmp_path / "d"), home=home).services == ("web", "worker")
+    psy = make_experiment(tmp_path / "p", requirements__txt="psynet==13.3.0\n")
+    assert dallinger.spec(psy, home=home).services == ("web", "worker", "clock")
+    off = make_experiment(tmp_path / "q", "[Server]\nclock_on = false\n", requirements__txt="psynet==13.3.0\n")
+    assert dallinger.spec(off, home=home).services == ("web", "worker")
+
+
 def test_generated_dockerfile_for_psynet_and_unpinned(tmp_path, home):
     psy = make_experiment(tmp_path / "p", requirements__txt="psynet==13.3.0\n")
     assert '"psynet==13.3.0"' in dallinger.spec(psy, home=home).dockerfile
