@@ -176,8 +176,11 @@ def caddyfile(settings: StackSettings) -> str:
     if is_local_domain(settings.domain):
         # No certificate can be had for local/test names; don't let Caddy try.
         options.append("\tauto_https off")
+    # Any other name (or none deployed yet) gets a clear 404 rather than a refused
+    # connection; apps' own names are more specific and win, HTTPS redirects included.
+    fallback = 'http:// {\n\trespond "No experiment is deployed at this address on this server." 404\n}\n'
     return ("# Written by labdeploy. Sites live in caddy.d/<app>; re-run prepare() to change this file.\n"
-            "{\n" + "\n".join(options) + "\n}\n\nimport caddy.d/*\n")
+            "{\n" + "\n".join(options) + "\n}\n\nimport caddy.d/*\n\n" + fallback)
 
 
 # --------------------------------------------------------------------------- running

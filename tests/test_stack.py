@@ -60,6 +60,12 @@ def test_layout_and_modes_on_the_server(prepared):
     assert stack.read_settings(r).caddy_image == doc["services"]["caddy"]["image"]
 
 
+def test_a_name_with_no_app_gets_a_clear_404_not_a_refused_connection(prepared, testbed):
+    r = requests.get(f"http://{testbed['http']['host']}:{testbed['http']['port']}/",
+                     headers={"Host": f"t-nobody-{uuid.uuid4().hex[:6]}.localhost"}, timeout=15)
+    assert r.status_code == 404 and "No experiment is deployed at this address" in r.text
+
+
 def test_the_seed_debugging_command_works(prepared):
     # `cd ~/dallinger && docker compose exec postgresql psql -U dallinger` from the seed, with v1 or v2.
     from labdeploy import compose

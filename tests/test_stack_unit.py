@@ -34,6 +34,7 @@ def test_caddyfile_imports_sites_and_carries_email():
     assert "import caddy.d/*" in text
     assert "email lab@example.org" in text
     assert "auto_https off" not in text
+    assert text.rstrip().endswith("404\n}")  # the fallback site for names without an app
 
 
 def test_local_domain_turns_automatic_https_off():
