@@ -356,15 +356,15 @@ def _http(port: int, method: str, path: str, host: str, timeout: float = 10.0) -
 
 
 def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float, reporter: Reporter,
-              processes: Sequence[str] = layout.PROCESS_SERVICES) -> None:
-    """Until the web process answers HTTP at all (any status): it is up. A process that exits
-    or restarts meanwhile fails at once instead of after the timeout."""
+              processes: Sequence[str] = layout.PROCESS_SERVICES, path: str = "/") -> int:
+    """Until the web process answers HTTP at all (any status): it is up; returns the status
+    `path` answered. A process that exits or restarts meanwhile fails at once instead of
+    after the timeout."""
     deadline = time.monotonic() + timeout
     checked = time.monotonic()  # the caller has just read the containers' state
     while True:
         try:
-            _http(port, "GET", "/", host, timeout=5)
-            return
+            return _http(port, "GET", path, host, timeout=10)[0]
         except (OSError, http.client.HTTPException):
             pass
         now = time.monotonic()
@@ -563,7 +563,9 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             seen: list = []  # container readings, for the wait in the launch step
             web_ip = _web_ip(remote, app, image=delivered.ref, seen=seen, processes=processes)
             with remote.forward(web_ip, appcompose.WEB_PORT) as port:
-                _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter, processes)
+                # Asking the health path: an update that launches nothing is then checked already.
+                healthy = _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter, processes,
+                                    path=health_path) < 500
 
         current = "route"
         with step(reporter, "route", caddy.app_url(app, settings)):
@@ -574,11 +576,13 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "launch"
         with step(reporter, "launch"):
-            web_ip = _web_ip(remote, app, check_forwarding=False, image=delivered.ref, seen=seen, processes=processes)
-            with remote.forward(web_ip, appcompose.WEB_PORT) as port:
-                if launch:
-                    _launch(port, host, launch_attempts, reporter)
-                _health(port, host, health_path, 30)
+            if launch or not healthy:
+                web_ip = _web_ip(remote, app, check_forwarding=False, image=delivered.ref, seen=seen,
+                                 processes=processes)
+                with remote.forward(web_ip, appcompose.WEB_PORT) as port:
+                    if launch:
+                        _launch(port, host, launch_attempts, reporter)
+                    _health(port, host, health_path, 30)
             # A worker or clock that dies on import needs a moment to show it; without this
             # wait such a deploy could be reported a success.
             settle.wait_started(
