@@ -4,7 +4,8 @@ Against the testbed:
 
 * labdeploy: a first deploy of examples/stroop, then an update after a one-line change, in
   "registry" mode (the seed's route: build here, push, pull on the server) and an update in
-  "server-build" mode. SSH connections and remote commands come from Remote.stats.
+  "server-build" mode. SSH connections and remote commands come from Remote.stats. Registry
+  logins (here and on the server) are made once beforehand, as for the plain shell.
 * plain shell: the sequence a researcher types today for the same app, each `ssh` a new
   connection: docker build, docker push, ssh docker pull, ssh compose up, ssh caddy reload,
   curl POST /launch. Its "first deploy" starts from stopped containers but a compose file,
@@ -64,11 +65,14 @@ def main() -> None:
     stack.prepare(remote, stack.StackSettings.for_images(tb["images"], domain="localhost"))
     creds = registry.Credentials(reg["address"], reg["user"], reg["password"])
     registry.login_local(creds)
+    # Both sides log in once, before the clock starts (a researcher does it once per machine:
+    # the registry panel, or `labdeploy registry login`); deploys then use those logins.
+    registry.login_server(remote, creds)
     suffix = uuid.uuid4().hex[:4]
     app, plain_app = f"t-dep-bench-{suffix}", f"t-dep-bench-sh-{suffix}"
     common = {"build_args": {"BASE_IMAGE": tb["images"]["python"]}, "redis_image": tb["images"]["redis"],
               "health_path": "/health"}
-    reg_opts = {**common, "mode": "registry", "base_name": f"{reg['address']}/t-dep-bench", "credentials": creds}
+    reg_opts = {**common, "mode": "registry", "base_name": f"{reg['address']}/t-dep-bench"}
     exp = work / "exp"
     shutil.copytree(EXAMPLE, exp)
     rows = []
