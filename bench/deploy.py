@@ -100,32 +100,30 @@ def main() -> None:
         return row
 
     try:
-        # ---- labdeploy
+        # ---- first deploys (labdeploy's timed; the plain shell's files made once by labdeploy)
         one_line_change(exp, 0)
         measure("labdeploy first deploy (registry)", lambda t: deploy.deploy(exp, app, remote, reporter=t, **reg_opts))
-        ld_reg, ld_sb = [], []
-        for i in range(args.repeat):
-            one_line_change(exp, 10 + i)
-            ld_reg.append(measure("labdeploy update (registry)", lambda t: deploy.update(exp, app, remote, reporter=t, **reg_opts)))
         # server-build keeps a copy of the build context on the server: a first build fills it
-        one_line_change(exp, 20)
+        one_line_change(exp, 1)
         deploy.update(exp, app, remote, mode="server-build", **common)
-        for i in range(args.repeat):
-            one_line_change(exp, 30 + i)
-            ld_sb.append(measure("labdeploy update (server-build)",
-                                 lambda t: deploy.update(exp, app, remote, mode="server-build", reporter=t,
-                                                         **common)))
-
-        # ---- plain shell: the app's files made once by labdeploy, then the seed's commands
         deploy.deploy(exp, plain_app, remote, **common)
         from labdeploy import compose
         compose.run_compose(remote, f"dallinger/{plain_app}", ["-p", plain_app, "down"])
         plain = PlainShell(tb, work, plain_app)
         first_plain = plain.release("p0", exp)
         rows.append({"what": "plain shell first deploy", **first_plain})
-        plain_updates = []
+
+        # ---- updates, interleaved so that drift of the machine (caches, load) hits all alike
+        ld_reg, ld_sb, plain_updates = [], [], []
         for i in range(args.repeat):
-            one_line_change(exp, 40 + i)
+            one_line_change(exp, 10 + i)
+            ld_reg.append(measure("labdeploy update (registry)",
+                                  lambda t: deploy.update(exp, app, remote, reporter=t, **reg_opts)))
+            one_line_change(exp, 30 + i)
+            ld_sb.append(measure("labdeploy update (server-build)",
+                                 lambda t: deploy.update(exp, app, remote, mode="server-build", reporter=t,
+                                                         **common)))
+            one_line_change(exp, 50 + i)
             r = plain.release(f"p{i + 1}", exp)
             plain_updates.append(r)
             rows.append({"what": "plain shell update", **r})
@@ -147,7 +145,7 @@ def main() -> None:
             subprocess.run(["docker", "rmi", *mine], capture_output=True)
 
     print(f"{'what':40} {'seconds':>8} {'ssh conns':>10} {'remote cmds':>12}")
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["what"]):
         print(f"{r['what']:40} {r['seconds']:8.1f} {r['connections']:10d} {r['commands']:12d}")
     print("\nmedian seconds per labdeploy step:")
     for label, steps in step_times.items():

@@ -6,9 +6,10 @@
 2. lock       the app's deploy lock on the server (atomic mkdir; expires; breakable)
 3. image      the experiment's image onto the server (labdeploy.transfer's modes)
 4. database   the app's own role and database with a connection limit; secrets file 0600
-5. start      compose file, assets, `compose up` (v1 or v2); wait until web answers
+5. start      compose file, assets, `compose up` (v1 or v2); wait until web answers its health path
 6. route      `<app>.<domain>` in Caddy (caddy.d/<app>, reload)
-7. launch     POST /launch through the SSH connection (works before DNS), then health
+7. launch     POST /launch through the SSH connection (works before DNS), then health; then
+              wait until worker and clock have settled (labdeploy.settle) or report their crash
 8. record     deploy.json and a history line on the server
 
 A failure after the image step stops there, reports the step and the containers' last log
