@@ -133,7 +133,9 @@ def wait_started(read: Callable[[], dict], image: str, started_at: float, *, see
         up = now - started_at
         if up >= MAX_WAIT:
             return snap
-        if prev is not None:
+        # A reading too close to the last one can't tell quiet from a pause: measure from that one.
+        judge = prev is not None and now - prev_t >= SAMPLE_INTERVAL / 2
+        if judge:
             still = busy(prev, snap, now - prev_t, services)
             if still is None:
                 if up >= FIXED_WINDOW:
@@ -144,10 +146,11 @@ def wait_started(read: Callable[[], dict], image: str, started_at: float, *, see
                 noted = True
                 note(f"{', '.join(still)} still busy starting; waiting for it to settle (at most "
                      f"{MAX_WAIT:.0f} s after the start)")
-        prev, prev_t = snap, now
+        if prev is None or judge:
+            prev, prev_t = snap, now
         if earlier:
             continue
-        wake = max(now + SAMPLE_INTERVAL, started_at + MIN_UP)  # from the reading's time, not now
+        wake = max(prev_t + SAMPLE_INTERVAL, started_at + MIN_UP)  # from the reading's time, not now
         if busy_unknown(snap, services):
             wake = max(wake, started_at + FIXED_WINDOW)
         sleep(max(0.0, wake - clock()))

@@ -130,3 +130,13 @@ def test_an_app_without_a_clock_is_judged_on_web_and_worker():
     assert settle.crashed(snap, "new", ("web", "worker")) == []
     assert settle.crashed(snap, "new") == ["clock (no container)"]
     assert settle.busy(snap, snap, 0.25, ("web", "worker")) == []
+
+
+def test_a_reading_too_close_to_the_last_is_not_taken_for_quiet():
+    clock = Clock()
+    start = clock.now
+    # Two readings 0.05 s apart with no CPU used: too short to call the worker quiet.
+    seen = [(reading(1.0, 2.0), start + 0.30), (reading(1.0, 2.0), start + 0.35)]
+    clock.now = start + 0.36
+    snap, calls = run([reading(1.0, 2.0)], clock, started_at=start, seen=seen)
+    assert len(calls) == 1 and calls[0] >= start + 0.30 + settle.SAMPLE_INTERVAL
