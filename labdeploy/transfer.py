@@ -28,6 +28,7 @@ import os
 import shlex
 import tarfile
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -159,11 +160,13 @@ def plan_sync(local: images.BuildContext, remote_files: dict) -> SyncPlan:
     return plan
 
 
-def sync_context(remote, context: images.BuildContext, app: str, reporter: Optional[Reporter] = None) -> SyncPlan:
-    """Make the server's copy of the build context equal to `context`, sending only differences."""
+def sync_context(remote, context: images.BuildContext, app: str, reporter: Optional[Reporter] = None,
+                 manifest: Optional[dict] = None) -> SyncPlan:
+    """Make the server's copy of the build context equal to `context`, sending only differences.
+    `manifest`: the server copy's remote_manifest() when already read."""
     reporter = reporter or null_reporter
     with step(reporter, "compare files", f"{len(context.files)} files here"):
-        plan = plan_sync(context, remote_manifest(remote, app))
+        plan = plan_sync(context, manifest if manifest is not None else remote_manifest(remote, app))
     ctx = shlex.quote(context_dir(app))
     with step(reporter, "send changed files", f"{len(plan.send)} changed, {len(plan.delete)} removed"):
         # Deletions first, so a file that became a folder (or the reverse) does not block tar.
@@ -227,8 +230,8 @@ def build_on_server(remote, context: images.BuildContext, *, app: str, ref: str,
         return image_id
 
 
-def _deliver_server_build(remote, context, *, app, ref, tag, build_args, reporter) -> DeliveredImage:
-    sync_context(remote, context, app, reporter)
+def _deliver_server_build(remote, context, *, app, ref, tag, build_args, reporter, manifest=None) -> DeliveredImage:
+    sync_context(remote, context, app, reporter, manifest=manifest)
     image_id = build_on_server(remote, context, app=app, ref=ref, tag=tag, build_args=build_args, reporter=reporter)
     return DeliveredImage(ref, image_id, tag, "server-build")
 
@@ -366,14 +369,23 @@ def deliver(remote, experiment_dir, *, app: str, mode: str = "server-build", bui
     context = scan_context(experiment_dir, dockerfile)
     tag = content_tag(context, build_args)
     ref = image_ref(base, app, tag)
+    manifest = None
     with step(reporter, "check server image", ref):
-        existing = server_image_id(remote, ref)
+        if mode == "server-build":
+            # The server's copy of the context is listed meanwhile (both only read): one round
+            # trip of waiting instead of two when the image has to be built.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labdeploy-manifest") as pool:
+                listing = pool.submit(remote_manifest, remote, app)
+                existing = server_image_id(remote, ref)
+                manifest = None if existing else listing.result()
+        else:
+            existing = server_image_id(remote, ref)
     if existing:
         reporter(LogLine(f"the server already has {ref} (same content); nothing to send", "transfer"))
         return DeliveredImage(ref, existing, tag, mode, reused=True)
     if mode == "server-build":
         return _deliver_server_build(remote, context, app=app, ref=ref, tag=tag, build_args=build_args,
-                                     reporter=reporter)
+                                     reporter=reporter, manifest=manifest)
     if mode == "ssh-copy":
         return _deliver_ssh_copy(remote, context, app=app, ref=ref, tag=tag, build_args=build_args,
                                  base_name=base, reporter=reporter)
