@@ -560,7 +560,14 @@ class Remote:
                 feeder.start()
             else:
                 chan.shutdown_write()
-            out, err = self._pump(chan, argv, timeout, on_line, on_stdout, stop)
+            try:
+                out, err = self._pump(chan, argv, timeout, on_line, on_stdout, stop)
+            except (EOFError, OSError, paramiko.SSHException) as exc:
+                # paramiko's recv() can itself fail on a dead link (it may answer with a window
+                # adjust): that is a dropped connection, said as such.
+                if self._died(transport, 2.0):
+                    raise self._lost(argv) from exc
+                raise
             if stop is not None and stop.is_set() and not chan.exit_status_ready():
                 status = -1
             else:
@@ -579,9 +586,7 @@ class Remote:
             # No exit status: either the connection died, or a signal killed the command (the
             # server then closes the channel properly, with an EOF first).
             if self._died(transport, 0.0 if chan.eof_received else 2.0):
-                raise ConnectionLost(
-                    f"The connection to {self.host} dropped while running `{self._short(argv)}`.",
-                    "Check the network and run it again; labdeploy reconnects by itself.")
+                raise self._lost(argv)
         result = Result(list(argv), status, out, err)
         if check and status != 0 and not stopped:
             tail = "\n".join(result.stderr.strip().splitlines()[-STDERR_TAIL:]) or result.stdout.strip()[-2000:]
@@ -591,6 +596,10 @@ class Remote:
                 "Read the error above; it comes from the server.",
                 argv=list(argv), exit_status=status, stdout=result.stdout, stderr=result.stderr)
         return result
+
+    def _lost(self, argv) -> ConnectionLost:
+        return ConnectionLost(f"The connection to {self.host} dropped while running `{self._short(argv)}`.",
+                              "Check the network and run it again; labdeploy reconnects by itself.")
 
     SESSION_WAIT = 30.0  # how long a command waits for a free session slot on the server
 
