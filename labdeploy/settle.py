@@ -4,9 +4,10 @@ A worker or clock that dies on import shows it only after a moment (Docker resta
 counts). Waiting a fixed time is both slow (a quick app waits for nothing) and wrong (a heavy
 import, like Dallinger's, can take longer than any fixed wait). So the wait watches each
 container's CPU time in its cgroup: a process that has finished starting waits for work and
-uses (almost) none. The processes count as started once all of them are running, never
-restarted, and quiet for a whole sampling interval. Where the cgroup can't be read, a fixed
-window is the fallback.
+uses (almost) none and none of its threads is running. The worker and clock count as started
+once they are running, never restarted, and quiet for a whole sampling interval (the web
+process proves itself by answering HTTP). Where the cgroup can't be read, a fixed window is
+the fallback.
 """
 
 from __future__ import annotations
@@ -23,25 +24,31 @@ FIXED_WINDOW = 2.0      # without CPU readings: up this long after `compose up` 
 MAX_WAIT = 8.0          # processes busy for longer (serving traffic, a job backlog) count as started
 
 # One round trip: each container's service, state, restart count, address on the shared
-# network, image and cgroup CPU time ("n<ns>" from cgroup v1 cpuacct, "u<us>" from cgroup v2,
-# "-" when neither is readable).
+# network, image, cgroup CPU time ("n<ns>" from cgroup v1 cpuacct, "u<us>" from cgroup v2, "-"
+# when neither is readable) and how many of its threads are running or in uninterruptible
+# sleep right now ("-" when unknown): CPU time alone can't tell a process waiting for work
+# from one waiting for a CPU on a busy machine.
 SNAPSHOT_SCRIPT = r'''ids=$(docker ps -aq --filter "$1"); [ -n "$ids" ] || exit 0
 docker inspect -f '{{index .Config.Labels "labdeploy.service"}} {{.State.Status}} {{.RestartCount}} {{.State.Pid}} {{with index .NetworkSettings.Networks "dallinger"}}{{if .IPAddress}}{{.IPAddress}}{{else}}-{{end}}{{else}}-{{end}} {{.Config.Image}}' $ids |
 while read -r svc st rc pid ip img; do
-  cpu=-
+  cpu=- act=- dir=
   if [ "$pid" -gt 0 ] 2>/dev/null && [ -r "/proc/$pid/cgroup" ]; then
     cg=$(sed -n 's/^[0-9]*:[^:]*cpuacct[^:]*:\(.*\)$/\1/p' "/proc/$pid/cgroup")
     for d in /sys/fs/cgroup/cpuacct /sys/fs/cgroup/cpu,cpuacct /sys/fs/cgroup/cpuacct,cpu; do
-      [ -n "$cg" ] && [ -r "$d$cg/cpuacct.usage" ] && { cpu=n$(cat "$d$cg/cpuacct.usage"); break; }
+      [ -n "$cg" ] && [ -r "$d$cg/cpuacct.usage" ] && { dir=$d$cg; cpu=n$(cat "$dir/cpuacct.usage"); break; }
     done
-    if [ "$cpu" = - ]; then
+    if [ -z "$dir" ]; then
       cg=$(sed -n 's/^0::\(.*\)$/\1/p' "/proc/$pid/cgroup")
       for d in /sys/fs/cgroup /sys/fs/cgroup/unified; do
-        [ -n "$cg" ] && [ -r "$d$cg/cpu.stat" ] && { cpu=u$(sed -n 's/^usage_usec //p' "$d$cg/cpu.stat"); break; }
+        [ -n "$cg" ] && [ -r "$d$cg/cpu.stat" ] && { dir=$d$cg; cpu=u$(sed -n 's/^usage_usec //p' "$dir/cpu.stat"); break; }
       done
     fi
+    if [ -n "$dir" ] && [ -r "$dir/cgroup.procs" ]; then
+      act=$(for p in $(cat "$dir/cgroup.procs"); do cat /proc/$p/task/*/stat 2>/dev/null; done |
+            sed 's/.*) //' | cut -c1 | grep -c '[RD]')
+    fi
   fi
-  echo "$svc $st $rc $ip $img $cpu"
+  echo "$svc $st $rc $ip $img $cpu $act"
 done'''
 
 
@@ -58,15 +65,16 @@ def parse_cpu(text: str) -> Optional[float]:
 
 
 def parse_snapshot(stdout: str) -> dict[str, dict]:
-    """service -> {state, restarts, ip, image, cpu} from the script's output."""
+    """service -> {state, restarts, ip, image, cpu, active} from the script's output."""
     out = {}
     for line in stdout.splitlines():
         parts = line.split(" ")
-        if len(parts) != 6:
+        if len(parts) != 7:
             continue
-        svc, state, restarts, ip, image, cpu = parts
+        svc, state, restarts, ip, image, cpu, active = parts
         out[svc] = {"state": state, "restarts": int(restarts) if restarts.isdigit() else 0,
-                    "ip": "" if ip == "-" else ip, "image": image, "cpu": parse_cpu(cpu)}
+                    "ip": "" if ip == "-" else ip, "image": image, "cpu": parse_cpu(cpu),
+                    "active": int(active) if active.isdigit() else None}
     return out
 
 
@@ -95,8 +103,9 @@ def quiet_services(services: Sequence[str]) -> tuple[str, ...]:
 
 def busy(before: dict[str, dict], after: dict[str, dict], seconds: float,
          services: Sequence[str] = layout.PROCESS_SERVICES) -> Optional[list[str]]:
-    """The processes that used more than QUIET_SHARE of a core between two snapshots, or None
-    when a CPU reading is missing (the caller then falls back to the fixed window)."""
+    """The processes that used more than QUIET_SHARE of a core between two snapshots, or had
+    a thread running (or waiting for the disk) at either; None when a CPU reading is missing
+    (the caller then falls back to the fixed window)."""
     out = []
     for svc in quiet_services(services):
         a, b = before.get(svc), after.get(svc)
@@ -105,6 +114,8 @@ def busy(before: dict[str, dict], after: dict[str, dict], seconds: float,
         if b["cpu"] < a["cpu"]:  # a new container (restarted): its count began again
             out.append(svc)
         elif (b["cpu"] - a["cpu"]) > QUIET_SHARE * max(seconds, 1e-3):
+            out.append(svc)
+        elif (a.get("active") or 0) + (b.get("active") or 0) > 0:  # e.g. starting, but starved of CPU
             out.append(svc)
     return out
 
@@ -144,8 +155,8 @@ def wait_started(read: Callable[[], dict], image: str, started_at: float, *, see
                 return snap
             elif still and up >= 1.0 and not noted:
                 noted = True
-                note(f"{', '.join(still)} still busy starting; waiting for it to settle (at most "
-                     f"{MAX_WAIT:.0f} s after the start)")
+                note(f"{', '.join(still)} still busy starting; waiting for {'it' if len(still) == 1 else 'them'} "
+                     f"to settle (at most {MAX_WAIT:.0f} s after the start)")
         if prev is None or judge:
             prev, prev_t = snap, now
         if earlier:

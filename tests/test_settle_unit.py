@@ -10,11 +10,12 @@ import pytest
 from labdeploy import settle
 
 
-def reading(worker_cpu, clock_cpu, *, worker_state="running", restarts=0, image="new"):
+def reading(worker_cpu, clock_cpu, *, worker_state="running", restarts=0, image="new", worker_active=0):
     return {
-        "web": {"state": "running", "restarts": 0, "ip": "10.0.0.5", "image": image, "cpu": 9.0},
-        "worker": {"state": worker_state, "restarts": restarts, "ip": "", "image": image, "cpu": worker_cpu},
-        "clock": {"state": "running", "restarts": 0, "ip": "", "image": image, "cpu": clock_cpu},
+        "web": {"state": "running", "restarts": 0, "ip": "10.0.0.5", "image": image, "cpu": 9.0, "active": 1},
+        "worker": {"state": worker_state, "restarts": restarts, "ip": "", "image": image, "cpu": worker_cpu,
+                   "active": worker_active},
+        "clock": {"state": "running", "restarts": 0, "ip": "", "image": image, "cpu": clock_cpu, "active": 0},
     }
 
 
@@ -49,13 +50,14 @@ def run(readings, clock, *, started_at=None, seen=()):
 
 
 def test_snapshot_lines_parse_with_both_cgroup_versions_and_missing_values():
-    out = ("web running 0 10.213.1.7 labdeploy/x:1 n2500000000\n"
-           "worker restarting 3 - labdeploy/x:1 u1500000\n"
-           "clock running 0 - labdeploy/x:1 -\n"
+    out = ("web running 0 10.213.1.7 labdeploy/x:1 n2500000000 1\n"
+           "worker restarting 3 - labdeploy/x:1 u1500000 0\n"
+           "clock running 0 - labdeploy/x:1 - -\n"
            "garbage line\n")
     snap = settle.parse_snapshot(out)
     assert snap["web"] == {"state": "running", "restarts": 0, "ip": "10.213.1.7", "image": "labdeploy/x:1",
-                           "cpu": 2.5}
+                           "cpu": 2.5, "active": 1}
+    assert snap["worker"]["active"] == 0 and snap["clock"]["active"] is None
     assert snap["worker"]["cpu"] == 1.5 and snap["worker"]["ip"] == "" and snap["worker"]["restarts"] == 3
     assert snap["clock"]["cpu"] is None and "garbage" not in snap
     assert settle.parse_cpu("nxyz") is None and settle.parse_cpu("") is None
@@ -140,3 +142,9 @@ def test_a_reading_too_close_to_the_last_is_not_taken_for_quiet():
     clock.now = start + 0.36
     snap, calls = run([reading(1.0, 2.0)], clock, started_at=start, seen=seen)
     assert len(calls) == 1 and calls[0] >= start + 0.30 + settle.SAMPLE_INTERVAL
+
+
+def test_a_worker_starved_of_cpu_is_not_taken_for_quiet():
+    # No CPU time used, but a thread is runnable: it waits for a CPU, not for work.
+    assert settle.busy(reading(1.0, 2.0), reading(1.0, 2.0, worker_active=1), 0.25) == ["worker"]
+    assert settle.busy(reading(1.0, 2.0), reading(1.0, 2.0), 0.25) == []
