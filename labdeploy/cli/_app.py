@@ -79,21 +79,17 @@ def _check_app(ctx, param, value):
         return value
     from .. import names
 
-    try:
+    with _ui.usage_errors(ValidationError):
         return names.app_name(value)
-    except ValidationError as exc:
-        raise UsageProblem(exc.message, exc.hint) from None
 
 
 def _check_service(ctx, param, value):
     from .. import names
 
-    try:
+    with _ui.usage_errors(ValidationError):
         if isinstance(value, (tuple, list)):
             return tuple(names.service(v) for v in value)
         return names.service(value) if value is not None else value
-    except ValidationError as exc:
-        raise UsageProblem(exc.message, exc.hint) from None
 
 
 def service_option(default: Optional[str] = "web"):
@@ -126,10 +122,8 @@ def pick_server(name: Optional[str]) -> str:
         if name not in known:
             from .. import names as _names
 
-            try:
+            with _ui.usage_errors(ValidationError):
                 _names.server_name(name)
-            except ValidationError as exc:
-                raise UsageProblem(exc.message, exc.hint) from None
             raise UsageProblem(f"No server named {name!r} is registered."
                                + (f" Registered: {', '.join(known)}." if known else ""),
                                "Check the name (`labdeploy servers list`), or register the server with "

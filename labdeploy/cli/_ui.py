@@ -7,6 +7,7 @@ stdout carries only the result (a table, or JSON with --json).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -62,6 +63,17 @@ class NotReady(CliError):
 class UsageProblem(CliError):
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message, hint, code=EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def usage_errors(kind: type = LabdeployError):
+    """A value the core refuses is the user's input error here: same words, exit code 2."""
+    try:
+        yield
+    except CliError:
+        raise
+    except kind as exc:
+        raise UsageProblem(exc.message, exc.hint) from None
 
 
 # ---------------------------------------------------------------- state
@@ -266,6 +278,19 @@ def read_secret(what: str, *, from_stdin: bool, flag: str = "--password-stdin") 
         raise NeedsConfirmation(f"The {what} is needed, and this run cannot prompt for it.",
                                 f"Pass it on stdin with {flag}.")
     return click.prompt(what[:1].upper() + what[1:], hide_input=True, err=True)
+
+
+def read_credentials(address: str, username: str, *, from_stdin: bool, flag: str = "--password-stdin"):
+    """registry.Credentials with the password from stdin or a hidden prompt (never from argv)."""
+    from ..registry import Credentials
+
+    password = read_secret(f"password (or access token) for {username} at {address}", from_stdin=from_stdin,
+                           flag=flag)
+    try:
+        with usage_errors():
+            return Credentials(address, username, password)
+    finally:
+        del password
 
 
 # ---------------------------------------------------------------- progress

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import LabdeployError
 from . import _ui
 from ._app import (CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server,
                    server_option, service_option, with_hints, yes_option, _check_service)
@@ -131,14 +130,8 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
                                f"(now {base or 'none'!r}).",
                                "Pass --image-base-name REGISTRY/PATH, or set docker_image_base_name in "
                                "~/.dallingerconfig (`labdeploy registry login --image-base-name ...`).")
-        password = _ui.read_secret(f"password (or access token) for {registry_user} at {address}",
-                                   from_stdin=registry_password_stdin, flag="--registry-password-stdin")
-        try:
-            creds = reg.Credentials(address, registry_user, password)
-        except LabdeployError as exc:
-            raise UsageProblem(exc.message, exc.hint) from None
-        finally:
-            del password
+        creds = _ui.read_credentials(address, registry_user, from_stdin=registry_password_stdin,
+                                     flag="--registry-password-stdin")
         kwargs["credentials"] = creds
         kwargs["logout_after_pull"] = logout_after_pull
     remote = open_server(name)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import LabdeployError, RemoteError, UnknownHostKey
+from ..errors import RemoteError, UnknownHostKey
 from . import _ui
 from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server,
                    server_option, yes_option)
@@ -35,10 +35,8 @@ def servers() -> None:
 def _validated(fn, value):
     from ..errors import ValidationError
 
-    try:
+    with _ui.usage_errors(ValidationError):
         return fn(value)
-    except ValidationError as exc:
-        raise UsageProblem(exc.message, exc.hint) from None
 
 
 @servers.command("add", context_settings=CONTEXT_SETTINGS)
@@ -333,22 +331,11 @@ def registry_login(address, username, password_stdin, server, server_only, remot
                                "(docker_image_base_name).",
                                "Give the registry address, e.g. `labdeploy registry login registry.gitlab.com "
                                "-u alice`, or --image-base-name REGISTRY/PATH.")
-    try:
+    with _ui.usage_errors():
         address = reg.registry_address(address)
-    except LabdeployError as exc:
-        raise UsageProblem(exc.message, exc.hint) from None
-    if image_base_name is not None:
-        try:
+        if image_base_name is not None:
             images.image_repository(image_base_name)
-        except LabdeployError as exc:
-            raise UsageProblem(exc.message, exc.hint) from None
-    password = _ui.read_secret(f"password (or access token) for {username} at {address}", from_stdin=password_stdin)
-    try:
-        creds = reg.Credentials(address, username, password)
-    except LabdeployError as exc:
-        raise UsageProblem(exc.message, exc.hint) from None
-    finally:
-        del password
+    creds = _ui.read_credentials(address, username, from_stdin=password_stdin)
     remote = open_server(name)
     result = {"registry": address, "username": username, "server": name}
     with _ui.reporting() as reporter:
