@@ -295,18 +295,17 @@ def container_logs(remote, app: str, tail: int = LOG_TAIL) -> str:
     return remote.run(["sh", "-c", script], check=False, timeout=60).stdout.strip()
 
 
-def _web_ip(remote, app: str, *, check_forwarding: bool = True, image: Optional[str] = None,
-            seen: Optional[list] = None, processes: Sequence[str] = layout.PROCESS_SERVICES) -> str:
+def _web_ip(remote, app: str, image: str, processes: Sequence[str], seen: list, *,
+            check_forwarding: bool = True) -> str:
     """The web container's address on the shared network: health and /launch go there
     through the SSH connection, so they work before any DNS record exists. The snapshot it
     read is appended to `seen` (with its time) for the wait that follows."""
     containers = settle.snapshot(remote, app)
-    if seen is not None:
-        seen.append((containers, time.monotonic()))
+    seen.append((containers, time.monotonic()))
     web = containers.get("web")
     if not web or not web["ip"]:
         # A web process that died at once has no address yet: say that, not a network riddle.
-        bad = settle.crashed(containers, image, processes) if image else []
+        bad = settle.crashed(containers, image, processes)
         if bad:
             raise LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT)
         raise LabdeployError("The web container is not running on the shared network.",
@@ -356,8 +355,8 @@ def _http(port: int, method: str, path: str, host: str, timeout: float = 10.0) -
         conn.close()
 
 
-def _wait_web(remote, app: str, image: str, port: int, host: str, timeout: float, reporter: Reporter,
-              processes: Sequence[str] = layout.PROCESS_SERVICES, path: str = "/") -> int:
+def _wait_web(remote, app: str, image: str, processes: Sequence[str], port: int, host: str, path: str,
+              timeout: float) -> int:
     """Until the web process answers HTTP at all (any status): it is up; returns the status
     `path` answered. A process that exits or restarts meanwhile fails at once instead of
     after the timeout."""
@@ -562,11 +561,11 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             started_at = time.monotonic()
             host = f"{app}.{settings.domain or 'localhost'}"
             seen: list = []  # container readings, for the wait in the launch step
-            web_ip = _web_ip(remote, app, image=delivered.ref, seen=seen, processes=processes)
+            web_ip = _web_ip(remote, app, delivered.ref, processes, seen)
             with remote.forward(web_ip, appcompose.WEB_PORT) as port:
                 # Asking the health path: an update that launches nothing is then checked already.
-                healthy = _wait_web(remote, app, delivered.ref, port, host, start_timeout, reporter, processes,
-                                    path=health_path) < 500
+                healthy = _wait_web(remote, app, delivered.ref, processes, port, host, health_path,
+                                    start_timeout) < 500
 
         current = "route"
         with step(reporter, "route", caddy.app_url(app, settings)):
@@ -578,8 +577,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         current = "launch"
         with step(reporter, "launch"):
             if launch or not healthy:
-                web_ip = _web_ip(remote, app, check_forwarding=False, image=delivered.ref, seen=seen,
-                                 processes=processes)
+                web_ip = _web_ip(remote, app, delivered.ref, processes, seen, check_forwarding=False)
                 with remote.forward(web_ip, appcompose.WEB_PORT) as port:
                     if launch:
                         _launch(port, host, launch_attempts, reporter)

@@ -321,8 +321,9 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
     image_id = []
 
     def on_line(line: str, _stream: str) -> None:
-        if line.startswith("@@id "):
-            image_id.append(line[5:].strip())
+        found = images.image_id_in(line)
+        if found is not None:
+            image_id.append(found)
             return
         reporter(LogLine(line, "pull"))
         m = _PULL_LINE.match(line.strip())
@@ -351,8 +352,7 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
         return image_id[-1]
 
 
-_PULL_SCRIPT = ('docker pull "$1" && { [ -z "$2" ] || docker tag "$1" "$2"; } && '
-                'echo "@@id $(docker image inspect --format \'{{.Id}}\' "$1")"')
+_PULL_SCRIPT = 'docker pull "$1" && { [ -z "$2" ] || docker tag "$1" "$2"; } && ' + images.print_image_id('"$1"')
 
 
 def deliver_via_registry(remote, context, *, app: str, ref: str, tag: str, build_args, base_name: str,

@@ -199,7 +199,7 @@ def docker_build_argv(ref: str, app: str, tag: str, dockerfile: str, build_args:
     return argv + ["."]
 
 
-_BUILD_SCRIPT = 'ref="$1"; shift; "$@" && echo "@@id $(docker image inspect --format \'{{.Id}}\' "$ref")"'
+_BUILD_SCRIPT = 'ref="$1"; shift; "$@" && ' + images.print_image_id('"$ref"')
 
 
 def build_on_server(remote, context: images.BuildContext, *, app: str, ref: str, tag: str,
@@ -213,10 +213,11 @@ def build_on_server(remote, context: images.BuildContext, *, app: str, ref: str,
     found = []
 
     def on_line(line: str, _stream: str) -> None:
-        if line.startswith("@@id "):
-            found.append(line[5:].strip())
-        else:
+        image_id = images.image_id_in(line)
+        if image_id is None:
             log.line(line)
+        else:
+            found.append(image_id)
 
     with step(reporter, "build image", f"on the server: {ref}"):
         try:
