@@ -162,7 +162,7 @@ def _check_readiness(lab: Lab, panel, prepared: bool) -> dict:
 
 
 def _setup_journey(lab: Lab, testbed: dict, remote) -> None:
-    page, ssh = lab.page, testbed["ssh"]
+    ssh = testbed["ssh"]
     lab.open_notebook("notebooks/setup_server.ipynb")
     lab.hide_sidebar()
     # Step through the introduction and the panel's cell as a person would (Shift+Enter).

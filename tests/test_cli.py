@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from test_cli_support import CLI, LABDEPLOY, REPO, Terminal
+from deploy_support import destroy_if_deployed
 
 pytestmark = pytest.mark.testbed
 
@@ -62,25 +63,16 @@ def session_api_remote(testbed, tmp_path_factory):
     r.close()
 
 
-def _cleanup(remote) -> None:
-    from labdeploy import apps, deploy
-
-    try:
-        apps.destroy(APP, remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
-
-
 @pytest.fixture(scope="module")
 def deployed(cli, prepared, testbed, session_api_remote):
     """ONE app for the module, deployed with `labdeploy deploy`."""
-    _cleanup(session_api_remote)
+    destroy_if_deployed(session_api_remote, APP)
     r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
             "--redis-image", testbed["images"]["redis"], "--health-path", "/health", "--start-timeout", "180",
             "--capacity", "warn", "--json", timeout=900)
     assert r.code == 0, str(r)
     yield r.json()
-    _cleanup(session_api_remote)
+    destroy_if_deployed(session_api_remote, APP)
 
 
 def through_caddy(testbed, app: str, path: str = "/") -> requests.Response:

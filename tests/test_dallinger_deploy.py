@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, deploy, export, layout, psql, stack
+from labdeploy import deploy, export, layout, psql
 from labdeploy.appcompose import parse_env
 from labdeploy.progress import Collector, LogLine
+from deploy_support import destroy_if_deployed, prepare_local_stack
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "dallinger-hello"
@@ -32,13 +33,6 @@ def through_caddy(testbed, path: str, method: str = "GET", **kw) -> requests.Res
                             headers={"Host": f"{APP}.localhost"}, timeout=30, **kw)
 
 
-def cleanup(remote) -> None:
-    try:
-        apps.destroy(APP, remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
-
-
 @pytest.fixture(scope="module")
 def deployed(testbed, session_remote, tmp_path_factory):
     if "dallinger" not in testbed["images"]:
@@ -49,14 +43,14 @@ def deployed(testbed, session_remote, tmp_path_factory):
                                            f"smtp_password = {SMTP_SECRET}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(home))
-        stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
-        cleanup(session_remote)
+        prepare_local_stack(session_remote, testbed)
+        destroy_if_deployed(session_remote, APP)
         events = Collector()
         result = deploy.deploy(EXAMPLE, APP, session_remote, reporter=events,
                                build_args={"BASE_IMAGE": testbed["images"]["dallinger"]},
                                redis_image=testbed["images"]["redis"], start_timeout=180)
         yield {"result": result, "events": events, "home": home}
-        cleanup(session_remote)
+        destroy_if_deployed(session_remote, APP)
 
 
 def test_deploy_launches_the_experiment(deployed, session_remote):

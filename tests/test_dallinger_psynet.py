@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, dallinger, deploy, export, psql, stack
+from labdeploy import dallinger, deploy, export, psql
 from labdeploy.progress import Collector
+from deploy_support import destroy_if_deployed, prepare_local_stack
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "dallinger-psynet-hello"
@@ -25,13 +26,6 @@ PSYNET_TABLES = {"experiment", "response", "asset", "process", "module_state"}  
 def through_caddy(testbed, path: str, **kw) -> requests.Response:
     return requests.get(f"http://{testbed['http']['host']}:{testbed['http']['port']}{path}",
                         headers={"Host": f"{APP}.localhost"}, timeout=30, **kw)
-
-
-def cleanup(remote) -> None:
-    try:
-        apps.destroy(APP, remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
 
 
 def test_recognised_as_psynet_with_a_generated_dockerfile(home):
@@ -48,14 +42,14 @@ def deployed(testbed, session_remote, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(home))
-        stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
-        cleanup(session_remote)
+        prepare_local_stack(session_remote, testbed)
+        destroy_if_deployed(session_remote, APP)
         events = Collector()
         result = deploy.deploy(EXAMPLE, APP, session_remote, reporter=events,
                                build_args={"BASE_IMAGE": testbed["images"]["dallinger"]},
                                redis_image=testbed["images"]["redis"], start_timeout=240)
         yield {"result": result, "events": events, "home": home}
-        cleanup(session_remote)
+        destroy_if_deployed(session_remote, APP)
 
 
 def test_psynet_prepares_launches_and_serves_through_caddy(deployed, testbed, session_remote):

@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, deploy, history, layout, lock, psql, stack
+from labdeploy import apps, deploy, history, layout, lock, psql
 from labdeploy.appcompose import parse_env
 from labdeploy.progress import Collector
+from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 APP = "t-dep-e2e"
 DESTROY_APP = "t-dep-gone"
-
-
-def deploy_kwargs(testbed) -> dict:
-    return {"build_args": {"BASE_IMAGE": testbed["images"]["python"]}, "redis_image": testbed["images"]["redis"],
-            "health_path": "/health"}
 
 
 def through_caddy(testbed, app: str, path: str = "/", method: str = "GET", **kw) -> requests.Response:
@@ -50,18 +46,10 @@ def redis_cli(remote, *args: str) -> str:
     return compose.run_compose(remote, layout.app_dir(APP), ["exec", "-T", "redis", "redis-cli", *args]).stdout.strip()
 
 
-def cleanup(remote, app: str) -> None:
-    """Leave nothing of ours on the shared server (only apps these tests created)."""
-    try:
-        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
-
-
 @pytest.fixture(scope="module")
 def deployed(testbed, session_remote):
-    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
-    cleanup(session_remote, APP)
+    prepare_local_stack(session_remote, testbed)
+    destroy_if_deployed(session_remote, APP)
     argvs: list = []
     real_run = session_remote.run
 
@@ -76,7 +64,7 @@ def deployed(testbed, session_remote):
     finally:
         del session_remote.run
     yield {"result": result, "events": events, "argvs": argvs}
-    cleanup(session_remote, APP)
+    destroy_if_deployed(session_remote, APP)
 
 
 def test_deploy_reports_eight_steps_and_returns_url_and_masked_dashboard(deployed):
@@ -177,8 +165,8 @@ def test_update_keeps_data_then_failed_update_rolls_back(deployed, testbed, sess
 
 
 def test_destroy_keeps_data_unless_asked(testbed, session_remote):
-    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
-    cleanup(session_remote, DESTROY_APP)
+    prepare_local_stack(session_remote, testbed)
+    destroy_if_deployed(session_remote, DESTROY_APP)
     try:
         deploy.deploy(EXAMPLE, DESTROY_APP, session_remote, **deploy_kwargs(testbed))
         answer_all_trials(testbed, DESTROY_APP)
@@ -212,7 +200,7 @@ def test_destroy_keeps_data_unless_asked(testbed, session_remote):
         with pytest.raises(deploy.UnknownApp):
             apps.destroy(DESTROY_APP, session_remote, confirm=True)
     finally:
-        cleanup(session_remote, DESTROY_APP)
+        destroy_if_deployed(session_remote, DESTROY_APP)
 
 
 def test_tunnel_opens_the_app_on_localhost(deployed, session_remote):

@@ -11,34 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import apps, deploy, history, layout, lock, stack
+from labdeploy import apps, deploy, history, layout, lock
 from labdeploy.errors import ConnectionLost, LabdeployError, ValidationError
 from labdeploy.progress import Collector, LogLine, StepStarted, Warning_
 from labdeploy.remote import Remote
+from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 
 
-def kwargs(testbed) -> dict:
-    return {"build_args": {"BASE_IMAGE": testbed["images"]["python"]}, "redis_image": testbed["images"]["redis"],
-            "health_path": "/health"}
-
-
-def cleanup(remote, app: str) -> None:
-    try:
-        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
-
-
 @pytest.fixture(scope="module")
 def prepared(testbed, session_remote):
-    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
+    prepare_local_stack(session_remote, testbed)
     return session_remote
 
 
 def fresh_app(remote, name: str):
-    cleanup(remote, name)
+    destroy_if_deployed(remote, name)
     return name
 
 
@@ -73,7 +62,7 @@ def test_crash_at_start_then_launch_500_then_fixed_rerun(prepared, testbed, tmp_
         (crash / "Procfile").write_text("web: python -c 'import sys; print(\"boom at start\"); sys.exit(3)'\n"
                                         "worker: python -m stroop.worker\nclock: python -m stroop.clock\n")
         with pytest.raises(deploy.DeployFailed) as info:
-            deploy.deploy(crash, app, prepared, start_timeout=60, **kwargs(testbed))
+            deploy.deploy(crash, app, prepared, start_timeout=60, **deploy_kwargs(testbed))
         assert info.value.failed_step == "start"
         assert "boom at start" in info.value.logs and "stopped right after starting" in info.value.message
         assert running_services(prepared, app) == ""
@@ -86,17 +75,17 @@ def test_crash_at_start_then_launch_500_then_fixed_rerun(prepared, testbed, tmp_
         src.write_text(src.read_text().replace("        db.create_tables()\n",
                                                "        raise RuntimeError('launch broke on purpose')\n", 1))
         with pytest.raises(deploy.DeployFailed) as info:
-            deploy.deploy(bad_launch, app, prepared, launch_attempts=2, **kwargs(testbed))
+            deploy.deploy(bad_launch, app, prepared, launch_attempts=2, **deploy_kwargs(testbed))
         assert info.value.failed_step == "launch"
         assert "HTTP 500" in info.value.message and "launch broke on purpose" in info.value.logs
         assert running_services(prepared, app) == ""
 
-        result = deploy.deploy(EXAMPLE, app, prepared, **kwargs(testbed))
+        result = deploy.deploy(EXAMPLE, app, prepared, **deploy_kwargs(testbed))
         assert result.url.startswith(f"http://{app}.")
         outcomes = list(history.history(prepared, app)["outcome"])
         assert outcomes == ["failed", "failed", "success"]
     finally:
-        cleanup(prepared, app)
+        destroy_if_deployed(prepared, app)
 
 
 def test_worker_that_dies_at_start_fails_the_deploy(prepared, testbed, tmp_path):
@@ -108,12 +97,12 @@ def test_worker_that_dies_at_start_fails_the_deploy(prepared, testbed, tmp_path)
                                       "worker: python -c 'raise SystemExit(\"worker cannot start\")'\n"
                                       "clock: python -m stroop.clock\n")
         with pytest.raises(deploy.DeployFailed) as info:
-            deploy.deploy(exp, app, prepared, **kwargs(testbed))
+            deploy.deploy(exp, app, prepared, **deploy_kwargs(testbed))
         assert info.value.failed_step == "launch" and "worker" in info.value.message
         assert "worker cannot start" in info.value.logs
         assert running_services(prepared, app) == ""
     finally:
-        cleanup(prepared, app)
+        destroy_if_deployed(prepared, app)
 
 
 def test_worker_that_crashes_after_a_long_busy_start_fails_the_deploy(prepared, testbed, tmp_path):
@@ -130,28 +119,28 @@ def test_worker_that_crashes_after_a_long_busy_start_fails_the_deploy(prepared, 
                                       "clock: python -m stroop.clock\n")
         events = []
         with pytest.raises(deploy.DeployFailed) as info:
-            deploy.deploy(exp, app, prepared, reporter=events.append, **kwargs(testbed))
+            deploy.deploy(exp, app, prepared, reporter=events.append, **deploy_kwargs(testbed))
         assert info.value.failed_step == "launch" and "worker" in info.value.message
         assert "import failed after a slow start" in info.value.logs
         assert any("worker still busy starting" in getattr(e, "line", "") for e in events)
         assert running_services(prepared, app) == ""
     finally:
-        cleanup(prepared, app)
+        destroy_if_deployed(prepared, app)
 
 
 def test_name_in_use_is_refused_and_nothing_changes(prepared, testbed):
     app = fresh_app(prepared, "t-dep-inuse")
     try:
-        first = deploy.deploy(EXAMPLE, app, prepared, **kwargs(testbed))
+        first = deploy.deploy(EXAMPLE, app, prepared, **deploy_kwargs(testbed))
         with pytest.raises(deploy.AppExists) as info:
-            deploy.deploy(EXAMPLE, app, prepared, **kwargs(testbed))
+            deploy.deploy(EXAMPLE, app, prepared, **deploy_kwargs(testbed))
         assert "update()" in info.value.hint
         assert apps.apps(prepared).set_index("app").loc[app, "version"] == first.version
         assert lock.read_lock(prepared, app) is None
         with pytest.raises(deploy.UnknownApp):
-            deploy.update(EXAMPLE, "t-dep-never-deployed", prepared, **kwargs(testbed))
+            deploy.update(EXAMPLE, "t-dep-never-deployed", prepared, **deploy_kwargs(testbed))
     finally:
-        cleanup(prepared, app)
+        destroy_if_deployed(prepared, app)
 
 
 def test_ssh_dropped_mid_deploy_then_rerun_succeeds(prepared, testbed, known_hosts):
@@ -169,18 +158,18 @@ def test_ssh_dropped_mid_deploy_then_rerun_succeeds(prepared, testbed, known_hos
 
     try:
         with pytest.raises(deploy.DeployFailed) as info:
-            deploy.deploy(EXAMPLE, app, r, reporter=cut_when_compose_runs, **kwargs(testbed))
+            deploy.deploy(EXAMPLE, app, r, reporter=cut_when_compose_runs, **deploy_kwargs(testbed))
         assert dropped.is_set()
         assert info.value.failed_step == "start"
         assert isinstance(info.value.__cause__, ConnectionLost)
         assert "connection dropped" in info.value.hint.lower()
         assert lock.read_lock(prepared, app) is None  # released after reconnecting
-        result = deploy.deploy(EXAMPLE, app, r, **kwargs(testbed))
+        result = deploy.deploy(EXAMPLE, app, r, **deploy_kwargs(testbed))
         assert result.version
         assert lock.read_lock(prepared, app) is None
     finally:
         r.close()
-        cleanup(prepared, app)
+        destroy_if_deployed(prepared, app)
 
 
 def test_lock_left_by_a_dead_process_is_taken_over_and_others_are_respected(prepared, testbed):
@@ -193,7 +182,7 @@ def test_lock_left_by_a_dead_process_is_taken_over_and_others_are_respected(prep
         left.acquire()
         lock._held.discard(left.info.token)
         events = Collector()
-        deploy.deploy(EXAMPLE, app, prepared, reporter=events, **kwargs(testbed))
+        deploy.deploy(EXAMPLE, app, prepared, reporter=events, **deploy_kwargs(testbed))
         assert any("stale deploy lock" in w.message for w in events.of(Warning_))
 
         # A lock from another machine is respected until it expires or is broken on purpose.
@@ -202,14 +191,14 @@ def test_lock_left_by_a_dead_process_is_taken_over_and_others_are_respected(prep
         other.acquire()
         lock._held.discard(other.info.token)
         with pytest.raises(lock.DeployInProgress) as info:
-            deploy.update(EXAMPLE, app, prepared, **kwargs(testbed))
+            deploy.update(EXAMPLE, app, prepared, **deploy_kwargs(testbed))
         assert "ana@laptop" in info.value.message and "break_lock" in info.value.hint
         with pytest.raises(LabdeployError, match="confirmation"):
             lock.break_lock(prepared, app)
         assert lock.break_lock(prepared, app, confirm=True).who == "ana@laptop"
         assert lock.read_lock(prepared, app) is None
     finally:
-        cleanup(prepared, app)
+        destroy_if_deployed(prepared, app)
 
 
 def test_two_deploys_of_one_app_at_once_the_second_is_refused(prepared, testbed, known_hosts):
@@ -223,12 +212,12 @@ def test_two_deploys_of_one_app_at_once_the_second_is_refused(prepared, testbed,
         if isinstance(event, StepStarted) and event.step == "image" and "second" not in outcome:
             outcome["second"] = None
             try:
-                deploy.deploy(EXAMPLE, app, second_remote, **kwargs(testbed))
+                deploy.deploy(EXAMPLE, app, second_remote, **deploy_kwargs(testbed))
             except Exception as exc:  # noqa: BLE001 - inspected below
                 outcome["second"] = exc
 
     try:
-        first = deploy.deploy(EXAMPLE, app, prepared, reporter=start_second_while_first_builds, **kwargs(testbed))
+        first = deploy.deploy(EXAMPLE, app, prepared, reporter=start_second_while_first_builds, **deploy_kwargs(testbed))
         assert first.version
         err = outcome["second"]
         assert isinstance(err, lock.DeployInProgress), err
@@ -236,7 +225,7 @@ def test_two_deploys_of_one_app_at_once_the_second_is_refused(prepared, testbed,
         assert lock.read_lock(prepared, app) is None
     finally:
         second_remote.close()
-        cleanup(prepared, app)
+        destroy_if_deployed(prepared, app)
 
 
 def test_destroy_unknown_app_says_which_apps_exist(prepared):

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, deploy, export, stack
+from labdeploy import apps, export
 from labdeploy.widgets.deploy import MASK, DeployPanel
+from deploy_support import destroy_if_deployed, prepare_local_stack
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 APP = "t-dep-panel"
@@ -38,18 +39,12 @@ def strings(widget) -> list[str]:
 @pytest.fixture
 def panel(home, testbed, session_remote, monkeypatch):
     monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
-    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
-    try:
-        apps.destroy(APP, session_remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
+    prepare_local_stack(session_remote, testbed)
+    destroy_if_deployed(session_remote, APP)
     p = DeployPanel(str(EXAMPLE), app=APP, server=session_remote, health_path="/health")
     yield p
     p.close()
-    try:
-        apps.destroy(APP, session_remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
+    destroy_if_deployed(session_remote, APP)
 
 
 def test_panel_deploys_reveals_lists_tunnels_updates_and_destroys(panel, testbed, tmp_path):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, deploy, export, layout, stack
+from labdeploy import apps, deploy, export, layout
 from labdeploy.widgets.export import ExportPanel
+from deploy_support import destroy_if_deployed, prepare_local_stack
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 APP = "t-exp-e2e"
@@ -35,22 +36,15 @@ def take_part(testbed, worker: str) -> int:
     return len(p["trials"])
 
 
-def destroy_quietly(remote) -> None:
-    try:
-        apps.destroy(APP, remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
-
-
 @pytest.fixture(scope="module")
 def deployed(testbed, session_remote):
-    stack.prepare(session_remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
-    destroy_quietly(session_remote)
+    prepare_local_stack(session_remote, testbed)
+    destroy_if_deployed(session_remote, APP)
     deploy.deploy(EXAMPLE, APP, session_remote, build_args={"BASE_IMAGE": testbed["images"]["python"]},
                   redis_image=testbed["images"]["redis"], health_path="/health")
     answered = {"W-one": take_part(testbed, "W-one"), "W-two": take_part(testbed, "W-two")}
     yield answered
-    destroy_quietly(session_remote)
+    destroy_if_deployed(session_remote, APP)
 
 
 def wait_for(cond, timeout=60, what="condition"):

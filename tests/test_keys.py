@@ -13,7 +13,7 @@ import pytest
 
 from labdeploy import keys, names
 from labdeploy.errors import (AuthenticationFailed, ChangedHostKey, ConnectTimeout, DNSFailure, HostUnreachable,
-                              RemoteError, ValidationError)
+                              ValidationError)
 from labdeploy.remote import Remote
 
 

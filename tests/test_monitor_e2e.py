@@ -10,37 +10,31 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, deploy, monitor, names, stack
+from labdeploy import deploy, monitor, names
 from labdeploy.progress import Collector, Warning_
 from test_monitor_support import hold_connections, sql, wait_connections
+from deploy_support import destroy_if_deployed, prepare_local_stack
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 APP_A, APP_B = "t-mon-e2e-a", "t-mon-e2e-b"
 LIMIT_A = 3
 
 
-def _destroy(remote, app: str) -> None:
-    try:
-        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
-
-
 @pytest.fixture(scope="module")
 def deployed(testbed, session_remote):
     r = session_remote
-    stack.prepare(r, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
+    prepare_local_stack(r, testbed)
     kw = {"build_args": {"BASE_IMAGE": testbed["images"]["python"]}, "redis_image": testbed["images"]["redis"],
           "health_path": "/health"}
     try:
         for app, limit in ((APP_A, LIMIT_A), (APP_B, 20)):
-            _destroy(r, app)
+            destroy_if_deployed(r, app)
             deploy.deploy(EXAMPLE, app, r, connection_limit=limit, **kw)
         yield r
     finally:
         monitor.close_sessions(r)
         for app in (APP_A, APP_B):
-            _destroy(r, app)
+            destroy_if_deployed(r, app)
 
 
 def participant(testbed, app: str) -> None:

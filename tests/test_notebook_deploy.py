@@ -8,6 +8,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
+from deploy_support import destroy_if_deployed
 
 NOTEBOOK = REPO / "notebooks" / "deploy.ipynb"
 APP = "demo-stroop"
@@ -21,16 +22,11 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
-    from labdeploy import apps, deploy
-
     monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(REPO / "notebooks")}})
-    try:
-        apps.destroy(APP, session_remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
+    destroy_if_deployed(session_remote, APP)
     try:
         client.execute()
         outputs = json.dumps([c.get("outputs", []) for c in nb.cells], ensure_ascii=False)
@@ -45,7 +41,4 @@ def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path
         assert not session_remote.exists("dallinger/demo-stroop")  # destroyed: its folder is gone
         assert (home / ".config" / "labdeploy").exists()  # registered in the temporary HOME only
     finally:
-        try:
-            apps.destroy(APP, session_remote, confirm=True, remove_data=True, export_check=False)
-        except deploy.UnknownApp:
-            pass
+        destroy_if_deployed(session_remote, APP)

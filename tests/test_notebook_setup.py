@@ -1,10 +1,8 @@
 """Run notebooks/setup_server.ipynb top to bottom against the testbed, in a temporary HOME."""
 
 import json
-from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO, TESTBED_FILE

@@ -8,18 +8,10 @@ import nbformat
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
+from deploy_support import destroy_if_deployed
 
 NOTEBOOK = REPO / "notebooks" / "watch_and_export.ipynb"
 APP = "demo-watch"
-
-
-def _destroy(remote) -> None:
-    from labdeploy import apps, deploy
-
-    try:
-        apps.destroy(APP, remote, confirm=True, remove_data=True, export_check=False)
-    except deploy.UnknownApp:
-        pass
 
 
 def test_notebook_is_stored_without_outputs():
@@ -38,7 +30,7 @@ def test_watch_and_export_notebook_runs_top_to_bottom(home, testbed, monkeypatch
     (tmp_path / "examples").symlink_to(REPO / "examples")
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})
-    _destroy(session_remote)
+    destroy_if_deployed(session_remote, APP)
     try:
         client.execute()
         outputs = json.dumps([c.get("outputs", []) for c in nb.cells], ensure_ascii=False)
@@ -55,4 +47,4 @@ def test_watch_and_export_notebook_runs_top_to_bottom(home, testbed, monkeypatch
         secrets = [testbed["ssh"]["password"], testbed["registry"]["password"]]
         assert not any(s in outputs for s in secrets)
     finally:
-        _destroy(session_remote)
+        destroy_if_deployed(session_remote, APP)

@@ -1,0 +1,24 @@
+"""Helpers for the tests that deploy the example experiment to the testbed."""
+
+from __future__ import annotations
+
+from labdeploy import apps, deploy, stack
+
+
+def prepare_local_stack(remote, testbed: dict) -> None:
+    """The shared stack with the testbed's images, for local (plain HTTP) names."""
+    stack.prepare(remote, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
+
+
+def deploy_kwargs(testbed: dict) -> dict:
+    """What examples/stroop needs to build and run from the testbed's own images."""
+    return {"build_args": {"BASE_IMAGE": testbed["images"]["python"]}, "redis_image": testbed["images"]["redis"],
+            "health_path": "/health"}
+
+
+def destroy_if_deployed(remote, app: str) -> None:
+    """Remove one of the tests' own throw-away apps with its data; nothing if it isn't there."""
+    try:
+        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
+    except deploy.UnknownApp:
+        pass
