@@ -17,6 +17,20 @@ _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
+# Names the server's layout and shared stack already use (labdeploy.layout): an app of that
+# name would share a folder, a Compose project, a container or a volume with them, and its
+# deploy (`--remove-orphans`) or destroy (`rm -rf ~/dallinger/<app>`) would reach them.
+# Every name of the form `dallinger-*` is kept for the stack's own containers, now and later.
+RESERVED_APP_NAMES = frozenset({
+    "dallinger",                       # ~/dallinger, the stack's Compose project and network
+    "dallinger-data",                  # ~/dallinger-data
+    "secrets", "caddy", "caddy-d",     # ~/dallinger/secrets, caddy.d, the stack's services
+    "postgresql", "postgres", "pgbouncer", "redis",
+    "backups", "build", "locks", "stack", "shared",  # ~/dallinger-data/backups, .build, .locks
+    "labdeploy", "docker", "web", "worker", "clock",
+})
+RESERVED_PREFIX = "dallinger-"
+
 
 def app_name(name: str) -> str:
     """An app name: lowercase letters, digits and hyphens, starting with a letter."""
@@ -31,6 +45,11 @@ def app_name(name: str) -> str:
             f"The app name {name!r} can't be used.",
             "Use only lowercase letters, digits and single hyphens, start with a letter and end with a "
             "letter or digit, e.g. 'stroop-pilot-2'.")
+    if name in RESERVED_APP_NAMES or name.startswith(RESERVED_PREFIX):
+        raise ValidationError(
+            f"The app name {name!r} is reserved: the server's shared services and folders use it.",
+            f"Choose another name, e.g. '{name}-study' or 'my-experiment'. Reserved: "
+            f"{', '.join(sorted(RESERVED_APP_NAMES))} and every name starting with '{RESERVED_PREFIX}'.")
     return name
 
 

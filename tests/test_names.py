@@ -115,3 +115,20 @@ def test_db_identifier():
 def test_trailing_newline_refused(check, value):
     with pytest.raises(ValidationError):
         check(value)
+
+
+@pytest.mark.parametrize("value", ["dallinger", "secrets", "caddy", "postgresql", "backups", "dallinger-postgresql",
+                                   "dallinger-caddy", "dallinger-data", "dallinger-anything"])
+def test_app_name_refuses_names_the_shared_stack_and_layout_use(value):
+    with pytest.raises(ValidationError, match="reserved") as info:
+        names.app_name(value)
+    assert "Choose another name" in info.value.hint
+
+
+def test_every_stack_name_in_the_layout_is_reserved_for_apps():
+    from labdeploy import layout
+
+    for used in (layout.ROOT, layout.DATA_ROOT, layout.STACK_PROJECT, layout.NETWORK, layout.POSTGRES_CONTAINER,
+                 layout.CADDY_CONTAINER, layout.secrets_dir().split("/")[-1]):
+        with pytest.raises(ValidationError):
+            names.app_name(used)
