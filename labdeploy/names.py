@@ -53,22 +53,105 @@ def app_name(name: str) -> str:
     return name
 
 
+HOST_MAX = 253  # RFC 1035: a whole DNS name
+_HOST_HINT = ("Use a host name such as 'lab.example.org' (letters, digits, dots, hyphens) or an IP address "
+              "such as 203.0.113.7 or 2001:db8::7; no spaces, quotes or shell characters.")
+
+
+def _dns_name_problem(name: str) -> str:
+    """Why `name` is not an RFC 1123 host name ('' when it is one). A final dot is allowed."""
+    if len(name) > HOST_MAX:
+        return f"it is {len(name)} characters long; at most {HOST_MAX} are allowed"
+    labels = (name[:-1] if name.endswith(".") else name).split(".")
+    if not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        return "it is not a valid host name"
+    if labels[-1].isdigit():
+        # '10.0.0.300' or '1234' would be read as (broken) IPv4 addresses by ssh and browsers.
+        return "it looks like an IP address but is not a valid one"
+    return ""
+
+
+def _ip(name: str):
+    """The address if `name` is an IPv4 or IPv6 address, else None. An IPv6 scope must be a
+    number: ipaddress accepts any text after '%' (spaces, quotes, braces, shell syntax)."""
+    if ":" not in name:
+        try:
+            return ipaddress.IPv4Address(name)
+        except ValueError:
+            return None
+    address, percent, scope = name.partition("%")
+    if percent and not (scope.isascii() and scope.isdigit() and len(scope) <= 10):
+        return None
+    try:
+        return ipaddress.IPv6Address(address) if re.fullmatch(r"[0-9A-Fa-f:.]+", address) else None
+    except ValueError:
+        return None
+
+
 def host(name: str) -> str:
-    """A host name or an IP address."""
+    """An SSH target: an RFC 1123 host name, an IPv4 address, or an IPv6 address without a
+    scope or with a numeric one (fe80::1%2)."""
     if not isinstance(name, str) or not name:
         raise ValidationError("The server address is empty.", "Enter a host name such as 'lab.example.org' or an IP address.")
-    try:
-        ipaddress.ip_address(name)
+    if _ip(name) is not None:
         return name
-    except ValueError:
-        pass
-    labels = name.rstrip(".").split(".")
-    if len(name) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
-        raise ValidationError(
-            f"The server address {name!r} is not a valid host name or IP address.",
-            "Use a host name such as 'lab.example.org' (letters, digits, dots, hyphens) or an IP address; "
-            "no spaces or shell characters.")
+    problem = "it has a '%' part that is not a numeric IPv6 scope" if ":" in name and "%" in name \
+        else _dns_name_problem(name)
+    if problem:
+        raise ValidationError(f"The server address {name!r} is not a valid host name or IP address: {problem}.",
+                              _HOST_HINT)
     return name
+
+
+def domain(name: str) -> str:
+    """The domain apps are served under: `<app>.<domain>` must be a valid host name for every
+    app name, so it is a DNS name (no IP address, no final dot) short enough for the longest
+    app name."""
+    hint = ("Give a DNS name whose subdomains point at the server, such as 'experiments.example.org' (letters, "
+            "digits, dots, hyphens; no spaces, quotes or braces), or 'localhost' to reach apps through an SSH "
+            "tunnel.")
+    if not isinstance(name, str) or not name:
+        raise ValidationError("The domain is empty.", hint)
+    address = _ip(name)
+    if address is not None or (":" in name and "%" in name):
+        # `<app>.10.0.0.2` is no host name: nothing would ever resolve it.
+        example = f"'{name}.nip.io'" if address is not None and address.version == 4 else "one"
+        raise ValidationError(
+            f"The domain {name!r} is an IP address; apps are served at <app>.<domain>, which must be a name.",
+            "Give a DNS name that points at the server; for a server known only by its IP address, a wildcard "
+            f"DNS service gives you {example}; or use 'localhost' and open apps through an SSH tunnel.")
+    if name.endswith("."):
+        raise ValidationError(f"The domain {name!r} ends with a dot.", f"Leave the dot out: {name.rstrip('.')!r}.")
+    longest = HOST_MAX - APP_MAX - 1
+    if len(name) > longest:
+        raise ValidationError(
+            f"The domain {name!r} is {len(name)} characters long; at most {longest} are allowed, so that "
+            f"<app>.<domain> stays within {HOST_MAX} characters for app names of up to {APP_MAX}.",
+            "Use a shorter domain.")
+    problem = _dns_name_problem(name)
+    if problem:
+        raise ValidationError(f"The domain {name!r} can't be used: {problem}.", hint)
+    return name
+
+
+# Deliberately narrower than RFC 5322: the address goes into the Caddyfile and an ACME
+# `mailto:` URI, where quotes, spaces, '%' or braces would mean something else.
+_EMAIL_LOCAL_RE = re.compile(r"[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*")
+EMAIL_MAX = 254
+
+
+def email(address: str) -> str:
+    """A contact e-mail address (for Let's Encrypt): local@domain with a real top-level domain."""
+    hint = "Give an address such as 'you@lab.example.org' (Let's Encrypt writes there about certificates), or none."
+    if not isinstance(address, str) or not address:
+        raise ValidationError("The contact email is empty.", hint)
+    local, at, dom = address.rpartition("@")
+    ok = (at and len(address) <= EMAIL_MAX and len(local) <= 64 and _EMAIL_LOCAL_RE.fullmatch(local)
+          and "." in dom and not dom.endswith(".") and not _dns_name_problem(dom)
+          and re.fullmatch(r"[A-Za-z]{2,63}", dom.rsplit(".", 1)[-1]))
+    if not ok:
+        raise ValidationError(f"The contact email {address!r} does not look like an email address.", hint)
+    return address
 
 
 def user(name: str) -> str:

@@ -132,3 +132,77 @@ def test_every_stack_name_in_the_layout_is_reserved_for_apps():
                  layout.CADDY_CONTAINER, layout.secrets_dir().split("/")[-1]):
         with pytest.raises(ValidationError):
             names.app_name(used)
+
+
+# --------------------------------------------------------------------------- hosts, domains, e-mails (issue 14)
+
+INJECTED_SITE = '::1%x {\n\trespond "injected" 200\n}\nzzz.localhost'
+LONGEST_DOMAIN = names.HOST_MAX - names.APP_MAX - 1
+
+
+def long_name(length: int) -> str:
+    """A DNS name of exactly `length` characters: labels of 50 (the last one up to 51)."""
+    return "".join("." if i % 51 == 50 and i != length - 1 else "a" for i in range(length))
+
+
+@pytest.mark.parametrize("value", ["fe80::1%2", "fe80::1%42", "2001:db8::7", "::ffff:10.0.0.1"])
+def test_host_accepts_ipv6_with_a_numeric_scope_or_none(value):
+    assert names.host(value) == value
+
+
+# ipaddress.ip_address accepts any text after '%' as an IPv6 scope id.
+@pytest.mark.parametrize("value", ["fe80::1%$(id);", INJECTED_SITE, "fe80::1%eth0", "fe80::1% 2", "fe80::1%",
+                                   "::1%1%2", "::1%x}", "fe80::1%'a'", "::1%\n", "fe80::1%²"])
+def test_host_refuses_ipv6_scope_text(value):
+    with pytest.raises(ValidationError) as info:
+        names.host(value)
+    assert info.value.hint
+
+
+@pytest.mark.parametrize("value", ["1234", "10.0.0.300", "1.2.3", "a.123"])
+def test_host_refuses_names_that_read_as_broken_ip_addresses(value):
+    with pytest.raises(ValidationError, match="IP address"):
+        names.host(value)
+
+
+@pytest.mark.parametrize("value", ["localhost", "exp.example.org", "lab.test", "Exp.Example.ORG", "x" * 63 + ".org",
+                                   long_name(LONGEST_DOMAIN)])
+def test_domain_accepts_dns_names(value):
+    assert names.domain(value) == value
+
+
+@pytest.mark.parametrize("value", HOSTILE + [INJECTED_SITE, "fe80::1%$(id);", "a b", "a{b}.org", 'a"b.org', "a%b.org",
+                                             "exp.example.org.", "x" * 64 + ".org", "a..b", "1234", "é.org",
+                                             long_name(LONGEST_DOMAIN + 1), "a.org\n", None])
+def test_domain_refuses_what_cant_make_app_host_names(value):
+    with pytest.raises(ValidationError) as info:
+        names.domain(value)
+    assert info.value.hint
+
+
+@pytest.mark.parametrize("value", ["10.0.0.2", "::1", "fe80::1%2"])
+def test_domain_refuses_ip_addresses_with_a_way_out(value):
+    # `<app>.10.0.0.2` is no host name; the hint says what to use instead.
+    with pytest.raises(ValidationError, match="IP address") as info:
+        names.domain(value)
+    assert "localhost" in info.value.hint
+
+
+def test_every_app_name_fits_under_the_longest_domain():
+    longest = names.domain(long_name(LONGEST_DOMAIN))
+    assert names.host(f"{'b' * names.APP_MAX}.{longest}")
+
+
+@pytest.mark.parametrize("value", ["lab@example.org", "first.last+tag@psy.ac.uk", "_x@y.org", "A-1@Lab.Example.ORG"])
+def test_email_accepts_plain_addresses(value):
+    assert names.email(value) == value
+
+
+@pytest.mark.parametrize("value", HOSTILE + ["lab@example.org\n", "lab@example.org ", "lab@example.org\r", "nobody",
+                                             "a@b", "a@b.c1", "a b@x.org", "a%b@x.org", ".a@x.org", "a..b@x.org",
+                                             "a.@x.org", "a@x..org", "a@-x.org", "a@x.org.", 'a"b@x.org', "a{b}@x.org",
+                                             "a@x.org}", "a@@x.org", "a@10.0.0.1", "x" * 65 + "@x.org", None])
+def test_email_refuses_what_is_not_a_plain_address(value):
+    with pytest.raises(ValidationError) as info:
+        names.email(value)
+    assert info.value.hint
