@@ -6,7 +6,7 @@ from typing import Optional
 
 from . import layout, names
 from .appcompose import WEB_PORT
-from .stack import StackSettings, is_local_domain, site_address
+from .stack import StackSettings, caddy_token, is_local_domain, site_address
 
 
 def site_block(app: str, settings: StackSettings) -> str:
@@ -22,12 +22,15 @@ def site_block(app: str, settings: StackSettings) -> str:
     tunnel = f"http://{app}.localhost"  # what an SSH tunnel from a researcher's browser asks for
     if tunnel not in addresses:
         addresses.append(tunnel)
-    lines = [f"# Written by labdeploy for the app {app}.", f"{', '.join(addresses)} {{"]
+    # Every value is checked once more as it is written: one that slipped past validation
+    # must not be able to add a directive, a line or a second site block.
+    addresses = [caddy_token(a, "site address") for a in addresses]
+    lines = [f"# Written by labdeploy for the app {caddy_token(app, 'app name')}.", f"{', '.join(addresses)} {{"]
     if not is_local_domain(settings.domain) and settings.email:
-        lines.append(f"\ttls {settings.email}")
+        lines.append(f"\ttls {caddy_token(settings.email, 'contact email')}")
     lines += [
         "\tencode gzip",
-        f"\treverse_proxy {layout.web_alias(app)}:{WEB_PORT}",
+        f"\treverse_proxy {caddy_token(f'{layout.web_alias(app)}:{WEB_PORT}', 'upstream')}",
         "}",
     ]
     return "\n".join(lines) + "\n"
@@ -36,7 +39,7 @@ def site_block(app: str, settings: StackSettings) -> str:
 def app_url(app: str, settings: Optional[StackSettings]) -> str:
     """The address participants use."""
     settings = settings or StackSettings(domain="localhost")
-    domain = settings.domain or "localhost"
+    domain = names.domain(settings.domain) if settings.domain else "localhost"
     host = f"{names.app_name(app)}.{domain}"
     if is_local_domain(domain):
         port = int(settings.http_port)

@@ -25,8 +25,11 @@ from .errors import CommandFailed, LabdeployError, ValidationError
 from .progress import LogLine, Reporter, Warning_, null_reporter, step
 
 # Image references: registry[:port]/path[:tag][@digest]; nothing a shell could misread.
-_IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$", re.IGNORECASE)
-_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+_IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?", re.IGNORECASE)
+# What the Caddy writers put into a file, token by token (addresses, e-mail, upstream): a
+# space, quote, brace, '#', '<<', backslash or line break would end the token and start
+# another directive, line or site block.
+_CADDY_TOKEN_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:/@+-]*")
 # Domains that can never get a public certificate: serve them over plain HTTP.
 _LOCAL_SUFFIXES = (".localhost", ".local", ".test", ".internal", ".lan", ".home.arpa", ".example", ".invalid")
 
@@ -58,29 +61,10 @@ class StackSettings:
     postgres_max_connections: int = 100
 
     def validate(self) -> "StackSettings":
-        for label, image in (("PostgreSQL", self.postgres_image), ("Caddy", self.caddy_image)):
-            if not isinstance(image, str) or not _IMAGE_RE.match(image) or ".." in image:
-                raise ValidationError(f"The {label} image {image!r} is not a valid image name.",
-                                      "Use a name such as 'postgres:15' or 'registry.example.org/caddy:2'.")
-        names.port(self.http_port)
-        names.port(self.https_port)
+        for name in self.__dataclass_fields__:
+            _check_field(name, getattr(self, name))
         if int(self.http_port) == int(self.https_port):
             raise ValidationError("The HTTP and HTTPS ports are the same.", "Use 80 and 443 (the usual ports).")
-        if self.bind_address:
-            try:
-                ipaddress.ip_address(self.bind_address)
-            except ValueError:
-                raise ValidationError(f"The bind address {self.bind_address!r} is not an IP address.",
-                                      "Leave it empty to listen on every interface, or give one of the "
-                                      "server's IP addresses.") from None
-        if self.email and not _EMAIL_RE.match(self.email):
-            raise ValidationError(f"The contact email {self.email!r} does not look like an email address.",
-                                  "Give an address Let's Encrypt can write to about certificates, or leave it empty.")
-        if self.domain:
-            names.host(self.domain)
-        if not 10 <= int(self.postgres_max_connections) <= 10000:
-            raise ValidationError("postgres_max_connections must be between 10 and 10000.",
-                                  "The PostgreSQL default is 100.")
         return self
 
     @classmethod
@@ -93,6 +77,75 @@ class StackSettings:
         """Settings using an image map such as the testbed's {"postgres": ..., "caddy": ...}."""
         return cls(postgres_image=images.get("postgres", cls.postgres_image),
                    caddy_image=images.get("caddy", cls.caddy_image), **kwargs)
+
+
+def _check_image(label: str, image) -> None:
+    # fullmatch: `re.match(...$)` lets a final newline through.
+    if not isinstance(image, str) or not _IMAGE_RE.fullmatch(image) or ".." in image:
+        raise ValidationError(f"The {label} image {image!r} is not a valid image name.",
+                              "Use a name such as 'postgres:15' or 'registry.example.org/caddy:2'.")
+
+
+def _check_bind_address(address) -> None:
+    # No IPv6 scope: ipaddress accepts any text after '%', and Docker can't bind to one anyway.
+    try:
+        ok = isinstance(address, str) and "%" not in address and ipaddress.ip_address(address)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValidationError(f"The bind address {address!r} is not an IP address.",
+                              "Leave it empty to listen on every interface, or give one of the "
+                              "server's IP addresses.")
+
+
+def _check_field(name: str, value) -> None:
+    if name == "postgres_image":
+        _check_image("PostgreSQL", value)
+    elif name == "caddy_image":
+        _check_image("Caddy", value)
+    elif name in ("http_port", "https_port"):
+        names.port(value)
+    elif name == "bind_address":
+        if value:  # "" or None: every interface
+            _check_bind_address(value)
+    elif name == "email":
+        if value:  # optional
+            names.email(value)
+    elif name == "domain":
+        if value:  # "" or None: localhost
+            names.domain(value)
+    elif name == "postgres_max_connections":
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if not 10 <= number <= 10000:
+            raise ValidationError("postgres_max_connections must be between 10 and 10000.",
+                                  "The PostgreSQL default is 100.")
+    else:
+        raise ValidationError(f"{name!r} is not a setting of the shared stack.",
+                              f"Use one of: {', '.join(StackSettings.__dataclass_fields__)}.")
+
+
+def check_fields(**fields) -> None:
+    """Check the given settings one by one (None = not given), without the checks that need
+    all of them: for callers that check options before they connect to read the rest."""
+    for name, value in fields.items():
+        if value is not None:
+            _check_field(name, value)
+
+
+def caddy_token(value, what: str) -> str:
+    """The last check before a value is written into a Caddy file: one plain token, nothing
+    that could end it and add a directive, a line or a site block. Values are validated long
+    before this; this only guards against one that slipped past."""
+    if not isinstance(value, str) or not _CADDY_TOKEN_RE.fullmatch(value):
+        raise ValidationError(
+            f"Refusing to write the {what} {value!r} into the Caddy configuration: it is not one plain word "
+            "(spaces, quotes, braces, '#', '%' or line breaks would change the configuration).",
+            "Check the domain, contact email and app name you gave; use a DNS name such as "
+            "'experiments.example.org' and an address such as 'you@lab.example.org'.")
+    return value
 
 
 def is_local_domain(domain: str) -> bool:
@@ -111,7 +164,7 @@ def is_local_domain(domain: str) -> bool:
 def site_address(app: str, settings: StackSettings) -> str:
     """The Caddy site address of an app: 'http://<app>.<domain>' for local domains (no
     certificate possible), '<app>.<domain>' (automatic HTTPS) otherwise."""
-    domain = settings.domain or "localhost"
+    domain = names.domain(settings.domain) if settings.domain else "localhost"
     hostname = f"{names.app_name(app)}.{domain}"
     return f"http://{hostname}" if is_local_domain(domain) else hostname
 
@@ -172,7 +225,7 @@ def caddyfile(settings: StackSettings) -> str:
     settings.validate()
     options = ["\tadmin localhost:2019"]
     if settings.email:
-        options.append(f"\temail {settings.email}")
+        options.append(f"\temail {caddy_token(settings.email, 'contact email')}")
     if is_local_domain(settings.domain):
         # No certificate can be had for local/test names; don't let Caddy try.
         options.append("\tauto_https off")
