@@ -33,20 +33,21 @@ DALLINGER_COMMANDS = {
 # Dallinger's environment contract; the experiment's own keys are added to it.
 BASE_ENVIRONMENT = {"PORT": str(WEB_PORT), "HOST": "0.0.0.0", "HOME": "/tmp"}
 
-_IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$", re.IGNORECASE)
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Used with fullmatch: `re.match(...$)` lets a final newline through.
+_IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?", re.IGNORECASE)
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+)\s*:\s*(.+)$")
 
 
 def image_ref(ref: str) -> str:
-    if not isinstance(ref, str) or not _IMAGE_RE.match(ref) or ".." in ref:
+    if not isinstance(ref, str) or not _IMAGE_RE.fullmatch(ref) or ".." in ref:
         raise ValidationError(f"The image name {ref!r} is not valid.",
                               "Use an image reference such as 'registry.example.org/lab/stroop:abc123'.")
     return ref
 
 
 def env_key(key: str) -> str:
-    if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
+    if not isinstance(key, str) or not _ENV_KEY_RE.fullmatch(key):
         raise ValidationError(f"The configuration key {key!r} can't be used as an environment variable.",
                               "Use letters, digits and underscores, starting with a letter or underscore.")
     return key
