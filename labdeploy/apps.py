@@ -17,7 +17,7 @@ from typing import Optional
 
 import pandas as pd
 
-from . import caddy, containers, database, layout, names, psql, session, stack
+from . import appdata, caddy, containers, layout, names, session, stack
 from .deploy import UnknownApp, _check_data_saved, _compose, _connect
 from .errors import LabdeployError
 from .lock import DeployLock
@@ -166,19 +166,15 @@ class DestroyResult:
 
 
 def _app_traces(remote, app: str) -> dict:
-    script = ('[ -d "$1" ] && echo dir; [ -f "$2" ] && echo site; [ -d "$3" ] && echo data; '
-              'docker ps -aq --filter "label=labdeploy.app=$4" | head -1 | sed "s/.*/containers/"; '
-              'docker volume ls -q --filter "label=com.docker.compose.project=$4" | head -1 | sed "s/.*/volumes/"')
-    out = remote.run(["sh", "-c", script, "sh", layout.app_dir(app), layout.caddy_site(app), layout.app_data(app),
-                      app], check=False).stdout.split()
-    traces = {k: k in out for k in ("dir", "site", "data", "containers", "volumes")}
-    traces["database"] = _database_exists(remote, app)
+    """What of the app is on the server. Only its own paths and labels are looked at."""
+    script = ('[ -d "$1" ] && echo dir; [ -f "$2" ] && echo site; '
+              'docker ps -aq --filter "label=labdeploy.app=$3" | head -1 | sed "s/.*/containers/"')
+    out = remote.run(["sh", "-c", script, "sh", layout.app_dir(app), layout.caddy_site(app), app],
+                     check=False).stdout.split()
+    traces = {k: k in out for k in ("dir", "site", "containers")}
+    data = appdata.kept(remote, app)
+    traces.update(data=data.files, volumes=data.redis_volume, database=data.database)
     return traces
-
-
-def _database_exists(remote, app: str) -> bool:
-    df = psql.query_df(remote, database.exists_sql(app))
-    return bool(len(df)) and int(df.iloc[0, 0]) > 0
 
 
 @session.closes_what_it_opens
@@ -229,12 +225,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
             if remove_data:
                 if export_check:  # again, now that the app is stopped: no write slipped in
                     _check_data_saved(remote, app, reporter)
-                psql.run_sql(remote, database.drop_sql(app))
-                proj = shlex.quote(f"label=com.docker.compose.project={app}")
-                remote.run(["sh", "-c", f"v=$(docker volume ls -q --filter {proj}); [ -z \"$v\" ] || docker volume rm $v"],
-                           check=False)
-                remote.run(["rm", "-rf", "--", layout.app_data(app)])
-                result.removed += ["database and role", "redis volume", "files"]
+                result.removed += appdata.remove(remote, app)
             else:
                 result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),
                                                       ("files in ~/" + layout.app_data(app), traces["data"])) if present]

@@ -21,6 +21,7 @@ import pandas as pd
 from . import names
 from .errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError, ValidationError
 from .progress import Reporter, Warning_, null_reporter
+from .redaction import redact
 
 APP_LABEL = "labdeploy.app"
 SERVICE_LABEL = "labdeploy.service"
@@ -220,23 +221,6 @@ def _diagnose(remote, app: str, service: Optional[str], doing: str) -> Labdeploy
         return ServiceNotRunning(f"Can't {doing}: {service} of {app} is {state}, not running.",
                                  f"Start it again (restart({app!r}, server, [{service!r}])) and read its logs.")
     return UnknownApp(f"The app {app!r} has no containers.", "Deploy it first.")
-
-
-# ------------------------------------------------------------------ redaction
-
-_URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)", re.I)
-_SECRET_VAR_RE = re.compile(r"(\b[A-Za-z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|ACCESS_KEY|PRIVATE_KEY)"
-                            r"[A-Za-z0-9_]*\s*[=:]\s*)(['\"]?)([^\s'\",]+)", re.I)
-
-
-def redact(text: str) -> str:
-    """Mask passwords in URLs (postgresql://user:***@host) and values of variables whose
-    names say secret (FLASK_SECRET_KEY=***), so `env` or a log line never puts a secret into
-    a notebook's output."""
-    if not text:
-        return text
-    text = _URL_PASSWORD_RE.sub(r"\1***\3", text)
-    return _SECRET_VAR_RE.sub(r"\1\2***", text)
 
 
 # ------------------------------------------------------------------ exec

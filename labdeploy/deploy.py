@@ -34,10 +34,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from . import appcompose, caddy, compose, session, dallinger, database, history, layout, names, psql, readiness, settle, stack
+from . import appcompose, appdata, caddy, compose, session, dallinger, database, history, layout, names, psql, readiness, settle, stack
 from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .lock import DeployLock
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
+from .redaction import redact, redacting
 
 
 class _QuietRefusals(logging.Filter):
@@ -70,6 +71,19 @@ class AppExists(DeployError):
 
 class UnknownApp(DeployError):
     """No app of that name on this server."""
+
+
+class DataKept(DeployError):
+    """A first deploy found the data a destroyed app of this name left behind."""
+
+    def __init__(self, message: str, hint: str = "", *, tables=None) -> None:
+        super().__init__(message, hint)
+        self.tables = tables  # DataFrame: table, rows
+
+
+EXISTING_DATA = ("reuse", "replace")
+# Secrets deploy writes itself: a caller's value would cut the app off its database or queue.
+MANAGED_SECRETS = frozenset({"DATABASE_URL", "REDIS_URL"})
 
 
 class DeployFailed(LabdeployError):
@@ -118,10 +132,13 @@ class DeployResult:
     duration_s: float = 0.0
     warnings: list = field(default_factory=list)
     ssh: dict = field(default_factory=dict)  # connections / commands used (Remote.stats delta)
+    secret_names: list = field(default_factory=list)  # what the app's secrets.env holds (names only)
+    data: str = "new"  # the database: new, kept (update or rerun), reused or replaced (after a destroy)
 
     def summary(self) -> str:
         return (f"{self.app} ({self.version}) is live at {self.url}\n"
-                f"dashboard: {self.dashboard_url} user {self.dashboard_user}, password {self.dashboard_password}")
+                f"dashboard: {self.dashboard_url} user {self.dashboard_user}, password {self.dashboard_password}\n"
+                f"secrets: {', '.join(self.secret_names) or 'none'}")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -152,7 +169,7 @@ def _sub_reporter(reporter: Reporter, source: str) -> Reporter:
 
 
 # $1 = app dir. Everything preflight and the rollback need, in one round trip.
-_FACTS = ('echo @@stack; cat dallinger/stack.json 2>/dev/null; echo; echo @@state; cat "$1/deploy.json" 2>/dev/null; '
+_FACTS = ('[ -d "$1" ] && echo @@appdir; echo @@stack; cat dallinger/stack.json 2>/dev/null; echo; echo @@state; cat "$1/deploy.json" 2>/dev/null; '
           'echo; echo @@compose; cat "$1/docker-compose.yml" 2>/dev/null; echo @@site; cat "$2" 2>/dev/null; '
           'echo @@secrets; cat "$1/secrets.env" 2>/dev/null; echo @@stackup; '
           'docker inspect -f "{{.Name}} {{.State.Running}}" dallinger-postgresql dallinger-caddy 2>/dev/null; '
@@ -180,6 +197,7 @@ class _Facts:
     secrets: dict
     secrets_text: Optional[str] = None  # as it was, to put back if an update rolls back
     stack_running: bool = False
+    app_dir: bool = False  # ~/dallinger/<app> exists: deployed, or a first deploy that stopped half-way
 
 
 def _gather(remote, app: str) -> _Facts:
@@ -197,7 +215,7 @@ def _gather(remote, app: str) -> _Facts:
     return _Facts(settings=settings, state=js(s.get("state", "")),
                   compose_text=s.get("compose") or None, site_text=s.get("site") or None,
                   secrets=appcompose.parse_env(s.get("secrets", "")), secrets_text=s.get("secrets") or None,
-                  stack_running=s.get("stackup", "").count(" true") == 2)
+                  stack_running=s.get("stackup", "").count(" true") == 2, app_dir="appdir" in s)
 
 
 def _check_dockerfile(experiment_dir: Path, dockerfile: str) -> None:
@@ -210,7 +228,8 @@ def _check_dockerfile(experiment_dir: Path, dockerfile: str) -> None:
                               "Dockerfile (see examples/stroop/Dockerfile).")
 
 
-def _preflight(remote, app: str, operation: str, settings_override, capacity: str, reporter: Reporter) -> _Facts:
+def _preflight(remote, app: str, operation: str, settings_override, capacity: str, reporter: Reporter,
+               existing_data: Optional[str] = None) -> _Facts:
     facts = _gather(remote, app)
     if facts.settings is None:
         raise DeployError(f"The server {remote.host} has not been prepared for experiments yet "
@@ -233,7 +252,58 @@ def _preflight(remote, app: str, operation: str, settings_override, capacity: st
     table = readiness.check(remote, ports=(int(facts.settings.http_port), int(facts.settings.https_port)))
     for warning in judge_readiness(table, operation=operation, capacity=capacity):
         reporter(warning)
+    if operation == "deploy" and not facts.app_dir:
+        _check_kept_data(remote, app, existing_data, reporter)  # needs the shared PostgreSQL, checked above
     return facts
+
+
+def _check_kept_data(remote, app: str, choice: Optional[str], reporter: Reporter) -> None:
+    """A first deploy under a name whose destroyed app left data behind: the researcher must
+    choose. Reusing silently would mix a new study with old participants (who are then
+    refused as having taken part); replacing needs the same fresh export as destroy."""
+    kept = appdata.kept(remote, app)
+    if not kept.worth_asking:
+        return
+    if choice is None:
+        raise DataKept(
+            f"The server still holds data of an earlier app named {app!r}: {kept.describe()}. "
+            "Nothing was changed.",
+            "Deploy again choosing what happens to it: existing_data='reuse' (CLI --reuse-data) continues "
+            "with that data, so its participants count as having taken part; existing_data='replace' "
+            "(CLI --replace-data) deletes it first and needs a fresh export of it (export it first). "
+            "Or deploy under another name.", tables=kept.tables)
+    if choice == "replace":
+        from .export import check_destroy  # the same rule as destroy --remove-data
+
+        check_destroy(app, remote, reporter=reporter)
+    reporter(Warning_(f"{'Reusing' if choice == 'reuse' else 'Replacing'} the data an earlier {app!r} left: "
+                      f"{kept.describe()}.", ""))
+
+
+def split_config(config: Optional[Mapping[str, str]], secrets: Optional[Mapping[str, str]]
+                 ) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret): one rule for every source of configuration (config.txt,
+    ~/.dallingerconfig, `--config`, the panel, the API). A key whose name says secret goes to
+    the 0600 secrets file wherever it came from; the compose file (0644) never holds one."""
+    plain: dict[str, str] = {}
+    secret = {appcompose.env_key(k): str(v) for k, v in (secrets or {}).items()}
+    for key, value in (config or {}).items():
+        appcompose.env_key(key)
+        (secret if dallinger.is_sensitive(key) else plain)[key] = str(value)
+    managed = sorted(MANAGED_SECRETS & set(secret))
+    if managed:
+        raise ValidationError(f"{', '.join(managed)} can't be set: labdeploy writes it for the app's own "
+                              "database and Redis.", "Leave it out of the configuration.")
+    appcompose.secrets_env(secret)  # refuse values that can't be stored, before anything changes
+    return plain, secret
+
+
+def _secret_values(previous: Mapping[str, str], given: Mapping[str, str], unset: Sequence[str]) -> dict[str, str]:
+    """The app's secrets after this deploy: the ones it had (a secret stays until it is unset
+    explicitly, so an update without it does not silently drop it), then the given ones."""
+    values = {k: v for k, v in previous.items() if k not in unset}
+    values.update(given)
+    return values
 
 
 _BLOCKING = {"SSH login", "Docker installed", "Docker usable without sudo", "Docker Compose",
@@ -438,12 +508,17 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
            redis_image: str = appcompose.DEFAULT_REDIS_IMAGE, capacity: str = "warn",
            health_path: str = "/", launch: bool = True, launch_attempts: int = 4, start_timeout: float = 120,
            credentials=None, logout_after_pull: bool = False, dockerfile: str = "Dockerfile",
+           unset_secrets: Sequence[str] = (), existing_data: Optional[str] = None,
            reporter: Optional[Reporter] = None,
            _operation: str = "deploy") -> DeployResult:
     """Deploy an experiment folder as `app` on `server` (a Remote, Server or registered name).
 
     `config` becomes the containers' environment (Dallinger reads each config key from an
-    environment variable of that name); `secrets` go to the 0600 secrets file instead.
+    environment variable of that name); `secrets`, and config keys whose names say secret, go
+    to the 0600 secrets file instead. Secrets stay across updates until named in
+    `unset_secrets`. When a destroyed app of the same name left its data, a deploy stops and
+    asks: `existing_data="reuse"` continues with it, `"replace"` deletes it (after checking
+    it has a fresh export).
     `domain` overrides the one the server was prepared with. In mode "registry",
     `credentials` log the server in for the pull; with `logout_after_pull` that login lives in
     a private folder deleted after the pull, so the server keeps no registry password.
@@ -480,14 +555,22 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             _check_dockerfile(experiment_dir, dockerfile)
             commands = appcompose.read_procfile(experiment_dir)
             processes = layout.PROCESS_SERVICES
-        for key in dict(config or {}):
-            appcompose.env_key(key)
-        appcompose.secrets_env(dict(secrets or {}))  # refuse unsafe values before anything changes
-        remote = _connect(server)
-        stats0 = dict(remote.stats)
+        config, secrets = split_config(config, secrets)
+        unset = [appcompose.env_key(k) for k in unset_secrets]
+        if MANAGED_SECRETS & set(unset):
+            raise ValidationError(f"{', '.join(sorted(MANAGED_SECRETS & set(unset)))} can't be unset: the app "
+                                  "needs it to reach its database and Redis.", "Leave it out of unset_secrets.")
+        if existing_data not in (None, *EXISTING_DATA):
+            raise ValidationError(f"existing_data={existing_data!r} is not one of {', '.join(EXISTING_DATA)}.",
+                                  "Use 'reuse' to continue with the kept data or 'replace' to delete it first.")
         if domain is not None:
             names.host(domain)
-        facts = _preflight(remote, app, _operation, None, capacity, reporter)
+        # From here on every message and event masks the app's secret values, known or found.
+        reporter = redacting(reporter, secrets.values())
+        remote = _connect(server)
+        stats0 = dict(remote.stats)
+        facts = _preflight(remote, app, _operation, None, capacity, reporter, existing_data)
+        reporter = redacting(reporter, facts.secrets.values())
         if spec is not None and facts.secrets.get("FLASK_SECRET_KEY") and _operation == "update":
             secrets["FLASK_SECRET_KEY"] = facts.secrets["FLASK_SECRET_KEY"]  # keep sessions valid
         if domain is not None:
@@ -525,18 +608,26 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "database"
         with step(reporter, "database", names.db_identifier(app)):
+            if existing_data == "replace" and not facts.app_dir:
+                # Checked in preflight: a fresh export of it exists. Nothing has written since.
+                for what in appdata.remove(remote, app):
+                    reporter(LogLine(f"removed the earlier app's {what}", "database"))
             password = facts.secrets.get("DATABASE_URL", "")
             password = password.split(":", 2)[2].split("@", 1)[0] if password.count(":") >= 2 else ""
             if not password:
                 password = database.random_password()
             values = {
-                "DATABASE_URL": database.database_url(app, password),
-                "REDIS_URL": database.REDIS_URL,
                 "dashboard_user": facts.secrets.get("dashboard_user", DEFAULT_DASHBOARD_USER),
                 "dashboard_password": facts.secrets.get("dashboard_password") or database.random_password(),
+                **_secret_values(facts.secrets, secrets, unset),
+                "DATABASE_URL": database.database_url(app, password),
+                "REDIS_URL": database.REDIS_URL,
             }
-            values.update({k: str(v) for k, v in (secrets or {}).items()})
+            gone = [k for k in unset if k in facts.secrets]
+            if gone:
+                reporter(LogLine(f"secrets removed: {', '.join(gone)}", "database"))
             text = appcompose.secrets_env(values)
+            reporter = redacting(reporter, [password, values["dashboard_password"]])
 
             def secrets_file() -> None:
                 remote.makedirs(layout.app_dir(app), 0o755)
@@ -598,7 +689,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             record.duration_s = round(time.monotonic() - t0, 2)
             history.record_success(remote, state, record)
     except BaseException as exc:
-        _fail(remote, app, exc, current, record, facts, rollback_needed, t0, reporter)
+        known = [*secrets.values(), *facts.secrets.values(), *(locals().get("values") or {}).values()]
+        _fail(remote, app, exc, current, record, facts, rollback_needed, t0, redacting(reporter, known), known)
         raise AssertionError("unreachable")  # _fail always raises
     finally:
         lock.release()
@@ -608,7 +700,14 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         dashboard_url=url + "dashboard", dashboard_user=values["dashboard_user"],
         dashboard_password=Secret(values["dashboard_password"]), operation=_operation,
         duration_s=round(time.monotonic() - t0, 2), warnings=warnings,
-        ssh={k: remote.stats[k] - stats0.get(k, 0) for k in ("connections", "commands")})
+        ssh={k: remote.stats[k] - stats0.get(k, 0) for k in ("connections", "commands")},
+        secret_names=sorted(values), data=_data_label(_operation, facts, existing_data))
+
+
+def _data_label(operation: str, facts: _Facts, existing_data: Optional[str]) -> str:
+    if operation == "update" or facts.app_dir:
+        return "kept"
+    return {"reuse": "reused", "replace": "replaced"}.get(existing_data or "", "new")
 
 
 def update(experiment_dir, app: str, server, *, launch: bool = False, **kwargs) -> DeployResult:
@@ -624,7 +723,7 @@ def _deliver(remote, experiment_dir, **kwargs):
 
 
 def _fail(remote, app: str, exc: BaseException, current: str, record, facts: _Facts, rollback_needed: bool,
-          t0: float, reporter: Reporter) -> None:
+          t0: float, reporter: Reporter, known: Sequence[str] = ()) -> None:
     """Report, roll back, record and raise DeployFailed. Each part is best effort: a lost
     connection must not hide the original error."""
     logs = ""
@@ -642,7 +741,8 @@ def _fail(remote, app: str, exc: BaseException, current: str, record, facts: _Fa
     try:
         record.outcome = "rolled back" if rolled_back else "failed"
         record.failed_step, record.finished_at = current, _now()
-        record.message = str(getattr(exc, "message", exc))[:2000]
+        # The end of a message holds the real error (a build's output ends with it).
+        record.message = redact(str(getattr(exc, "message", exc)), known)[-2000:]
         record.duration_s = round(time.monotonic() - t0, 2)
         history.append(remote, record)
     except Exception:  # noqa: BLE001 - e.g. the connection is gone; the lock expiry covers it
@@ -665,7 +765,8 @@ def _fail(remote, app: str, exc: BaseException, current: str, record, facts: _Fa
         text += " " + " ".join(notes)
     if logs:
         text += "\n\nLast lines of the app's logs:\n" + logs[-4000:]
-    raise DeployFailed(text, hint, failed_step=current, logs=logs, rolled_back=rolled_back) from exc
+    raise DeployFailed(redact(text, known), redact(hint, known), failed_step=current, logs=redact(logs, known),
+                       rolled_back=rolled_back) from exc
 
 
 def _rollback(remote, app: str, facts: _Facts, reporter: Reporter) -> bool:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from .redaction import redact
+
 
 class LabdeployError(Exception):
     """Base of all labdeploy errors: a message in the researcher's words plus a hint."""
 
     def __init__(self, message: str, hint: str = "") -> None:
+        # Messages often quote what a server or an app printed: secrets are masked here, once.
+        message, hint = redact(message), redact(hint)
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -79,8 +83,8 @@ class CommandFailed(RemoteError):
         super().__init__(message, hint)
         self.argv = argv
         self.exit_status = exit_status
-        self.stdout = stdout
-        self.stderr = stderr
+        self.stdout = redact(stdout)
+        self.stderr = redact(stderr)
 
 
 class ConnectionLost(RemoteError):

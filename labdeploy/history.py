@@ -11,6 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
+from .redaction import redact_frame
 from . import layout, names, session
 
 # One command appends one line; lines are small, so O_APPEND keeps concurrent writers apart.
@@ -63,7 +64,7 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     for col in ("started_at", "finished_at"):
         df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="ISO8601")
     df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype("float64")
-    return df.reset_index(drop=True)
+    return redact_frame(df, ["message"]).reset_index(drop=True)  # lines written before redaction existed
 
 
 @session.closes_what_it_opens

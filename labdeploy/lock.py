@@ -210,8 +210,8 @@ def busy_error(app: str, other: Optional[LockInfo]) -> DeployInProgress:
     return DeployInProgress(
         f"Another {what} of the app {app!r} is in progress, so this one was not started.",
         "Wait for it to finish and try again." + expires + " If you are sure nothing is running (e.g. a "
-        "laptop closed mid-deploy), break the lock deliberately: labdeploy.lock.break_lock(server, "
-        f"{app!r}, confirm=True).", info=other)
+        "laptop closed mid-deploy), break the lock deliberately: `labdeploy unlock --app "
+        f"{app}` in a terminal, or labdeploy.lock.break_lock(server, {app!r}, confirm=True).", info=other)
 
 
 def read_lock(remote, app: str) -> Optional[LockInfo]:

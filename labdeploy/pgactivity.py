@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import layout, names
 from .containers import remote_of
+from .redaction import redact_frame
 from .errors import LabdeployError, RemoteError
 
 DEFAULT_THRESHOLD = 0.8
@@ -128,6 +129,7 @@ def parse_snapshot(text: str) -> Snapshot:
     act["query_age"] = now - act["query_start"]
     act["state_age"] = now - act["state_change"]
     act = act[ACTIVITY_COLUMNS].sort_values(["database", "backend_start"], ignore_index=True, na_position="first")
+    act = redact_frame(act, ["query"])  # e.g. an ALTER ROLE ... PASSWORD someone is running
     act.attrs["time"] = now
     roles = _csv(parts["roles"])
     roles["role_limit"] = roles["role_limit"].astype("int64")

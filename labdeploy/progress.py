@@ -10,11 +10,23 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+from .redaction import redact
+
+
+def _mask(event, *fields: str) -> None:
+    # Every event's text is masked when the event is made, so no reporter (panel, CLI,
+    # log file, test) can show a secret that a server or an app printed.
+    for name in fields:
+        object.__setattr__(event, name, redact(getattr(event, name)))
+
 
 @dataclass(frozen=True)
 class StepStarted:
     step: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        _mask(self, "detail")
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,9 @@ class StepFinished:
     step: str
     ok: bool = True
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        _mask(self, "detail")
 
 
 @dataclass(frozen=True)
@@ -38,11 +53,17 @@ class LogLine:
     line: str
     source: str = ""  # e.g. "build", "web", "remote"
 
+    def __post_init__(self) -> None:
+        _mask(self, "line")
+
 
 @dataclass(frozen=True)
 class Warning_:
     message: str
     hint: str = ""
+
+    def __post_init__(self) -> None:
+        _mask(self, "message", "hint")
 
 
 Event = Union[StepStarted, StepFinished, Progress, LogLine, Warning_]

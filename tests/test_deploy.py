@@ -185,9 +185,15 @@ def test_destroy_keeps_data_unless_asked(testbed, session_remote):
         assert "Colour naming study" not in through_caddy(testbed, DESTROY_APP).text  # Caddy: no such site
         assert count(session_remote, DESTROY_APP, "responses") == 8  # the data survived
 
-        # Deployed again under the same name, it finds its data.
-        deploy.deploy(EXAMPLE, DESTROY_APP, session_remote, **deploy_kwargs(testbed))
-        assert count(session_remote, DESTROY_APP, "responses") == 8
+        # Deployed again under the same name, it stops and says what is kept; nothing changes.
+        with pytest.raises(deploy.DataKept) as info:
+            deploy.deploy(EXAMPLE, DESTROY_APP, session_remote, **deploy_kwargs(testbed))
+        assert "responses 8" in info.value.message and "reuse" in info.value.hint
+        assert int(info.value.tables.set_index("table").loc["responses", "rows"]) == 8
+        assert not session_remote.exists(layout.app_dir(DESTROY_APP))
+        # Asked to reuse it, it finds its data.
+        again = deploy.deploy(EXAMPLE, DESTROY_APP, session_remote, existing_data="reuse", **deploy_kwargs(testbed))
+        assert again.data == "reused" and count(session_remote, DESTROY_APP, "responses") == 8
 
         # export_check=False: the export-before-destroy rule has its own tests (test_export*.py)
         gone = apps.destroy(DESTROY_APP, session_remote, confirm=True, remove_data=True, export_check=False)
@@ -201,6 +207,49 @@ def test_destroy_keeps_data_unless_asked(testbed, session_remote):
             apps.destroy(DESTROY_APP, session_remote, confirm=True)
     finally:
         destroy_if_deployed(session_remote, DESTROY_APP)
+
+
+def test_replacing_kept_data_needs_a_fresh_export_then_starts_empty(testbed, session_remote, home, tmp_path):
+    from labdeploy import export
+
+    app = "t-dep-replace"
+    prepare_local_stack(session_remote, testbed)
+    destroy_if_deployed(session_remote, app)
+    try:
+        deploy.deploy(EXAMPLE, app, session_remote, **deploy_kwargs(testbed))
+        answer_all_trials(testbed, app)
+        apps.destroy(app, session_remote, confirm=True)
+        with pytest.raises(export.ExportRequired):
+            deploy.deploy(EXAMPLE, app, session_remote, existing_data="replace", **deploy_kwargs(testbed))
+        assert count(session_remote, app, "responses") == 8 and not session_remote.exists(layout.app_dir(app))
+        export.export(app, session_remote, save_to=tmp_path / "exports")
+        fresh = deploy.deploy(EXAMPLE, app, session_remote, existing_data="replace", **deploy_kwargs(testbed))
+        assert fresh.data == "replaced"
+        assert count(session_remote, app, "responses") == 0
+    finally:
+        destroy_if_deployed(session_remote, app)
+
+
+def test_secrets_persist_across_updates_until_unset(deployed, testbed, session_remote, monkeypatch):
+    deploy.update(EXAMPLE, APP, session_remote, secrets={"HX_API_TOKEN": "tok-persist-1234"},
+                  **deploy_kwargs(testbed))
+    # An update that does not name it keeps it; the result lists the names, never values.
+    kept = deploy.update(EXAMPLE, APP, session_remote, **deploy_kwargs(testbed))
+    assert "HX_API_TOKEN" in kept.secret_names and "DATABASE_URL" in kept.secret_names
+    assert "tok-persist-1234" not in repr(kept)
+    assert parse_env(session_remote.get_bytes(layout.app_secrets(APP)).decode())["HX_API_TOKEN"] == "tok-persist-1234"
+    # A config key whose name says secret goes to the 0600 file, never the 0644 compose file.
+    deploy.update(EXAMPLE, APP, session_remote, config={"smtp_password": "cfg-secret-5678", "plain_key": "shown"},
+                  **deploy_kwargs(testbed))
+    compose_text = session_remote.get_bytes(layout.app_compose(APP)).decode()
+    assert "cfg-secret-5678" not in compose_text and "plain_key: shown" in compose_text
+    secrets = parse_env(session_remote.get_bytes(layout.app_secrets(APP)).decode())
+    assert secrets["smtp_password"] == "cfg-secret-5678"
+    gone = deploy.update(EXAMPLE, APP, session_remote, unset_secrets=["HX_API_TOKEN", "smtp_password"],
+                         **deploy_kwargs(testbed))
+    assert "HX_API_TOKEN" not in gone.secret_names
+    secrets = parse_env(session_remote.get_bytes(layout.app_secrets(APP)).decode())
+    assert "HX_API_TOKEN" not in secrets and "smtp_password" not in secrets and "DATABASE_URL" in secrets
 
 
 def test_tunnel_opens_the_app_on_localhost(deployed, session_remote):

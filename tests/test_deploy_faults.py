@@ -36,7 +36,8 @@ def running_services(remote, app: str) -> str:
 
 
 @pytest.mark.parametrize("bad", ["my app", "app;reboot", "$(touch /tmp/pwned)", "../etc", "Stroop",
-                                 "a" * 41, "", "x--y", "-lead"])
+                                 "a" * 41, "", "x--y", "-lead", "a\n", "dallinger", "secrets",
+                                 "dallinger-postgresql", "caddy"])
 def test_hostile_app_names_are_refused_before_anything_runs(bad, tmp_path):
     # "nowhere" is not a registered server: a name check that came later would fail on it.
     with pytest.raises(ValidationError) as info:
@@ -44,6 +45,22 @@ def test_hostile_app_names_are_refused_before_anything_runs(bad, tmp_path):
     assert info.value.hint
     with pytest.raises(ValidationError):
         apps.destroy(bad, "nowhere", confirm=True)
+
+
+def test_the_shared_stack_survives_destroy_of_its_names_asked_for_by_hand(prepared):
+    """The stack's project, volumes and secrets are refused as app names at every entry point,
+    so neither deploy's orphan removal nor destroy's deletions can reach them."""
+    for name in ("dallinger", "secrets"):
+        with pytest.raises(ValidationError, match="reserved"):
+            apps.destroy(name, prepared, confirm=True, remove_data=True, export_check=False)
+        with pytest.raises(ValidationError, match="reserved"):
+            deploy.update(EXAMPLE, name, prepared)
+        with pytest.raises(ValidationError, match="reserved"):
+            lock.break_lock(prepared, name, confirm=True)
+    assert prepared.exists(layout.postgres_password_file())
+    up = prepared.run(["docker", "inspect", "-f", "{{.State.Running}}", layout.POSTGRES_CONTAINER,
+                       layout.CADDY_CONTAINER]).stdout.split()
+    assert up == ["true", "true"]
 
 
 def test_missing_dockerfile_is_refused_with_a_hint(prepared, tmp_path):

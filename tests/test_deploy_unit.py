@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from labdeploy import apps, deploy, readiness
+from labdeploy.errors import ValidationError
 
 GB_KB = 1024 * 1024
 
@@ -73,3 +74,24 @@ def test_apps_table_from_listing():
     assert good["state"] == "running" and good["running"] == "4/4" and bool(good["locked"])
     assert str(good["deployed_at"].tz) == "UTC"
     assert half["state"].startswith("not deployed") and half["url"] == "http://half.localhost/"
+
+
+# ---------------------------------------------------------------- configuration and secrets
+
+def test_config_keys_that_say_secret_go_to_the_secrets_file_whatever_their_source():
+    plain, secret = deploy.split_config({"smtp_password": "s1", "title": "Stroop", "HX_API_TOKEN": "t"},
+                                        {"other_secret": "x"})
+    assert plain == {"title": "Stroop"}
+    assert secret == {"other_secret": "x", "smtp_password": "s1", "HX_API_TOKEN": "t"}
+
+
+@pytest.mark.parametrize("key", ["DATABASE_URL", "REDIS_URL"])
+def test_the_app_s_own_database_and_redis_urls_cannot_be_overridden(key):
+    with pytest.raises(ValidationError, match=key):
+        deploy.split_config({}, {key: "postgresql://elsewhere"})
+
+
+def test_secrets_stay_until_unset_and_given_ones_win():
+    previous = {"A_TOKEN": "old", "B_SECRET": "b"}
+    assert deploy._secret_values(previous, {"A_TOKEN": "new"}, []) == {"A_TOKEN": "new", "B_SECRET": "b"}
+    assert deploy._secret_values(previous, {}, ["B_SECRET"]) == {"A_TOKEN": "old"}

@@ -100,6 +100,13 @@ class DeployPanel(Panel):
         self.destroy_button = _button("Destroy…", "destroy", "danger", "trash")
         self.confirm_button = _button("Yes, destroy", "confirm-destroy", "danger")
         self.cancel_button = _button("Cancel", "cancel-destroy")
+        # Asked when a deploy finds the data of an earlier, destroyed app of the same name.
+        self.data_html = W.HTML("")
+        self.reuse_button = _button("Reuse that data", "reuse-data", "warning")
+        self.replace_button = _button("Replace it (needs a fresh export)", "replace-data", "danger")
+        self.data_cancel_button = _button("Cancel", "cancel-data")
+        self.data_row = W.HBox([self.data_html, self.reuse_button, self.replace_button, self.data_cancel_button])
+        self.data_row.layout.display = "none"
         for b in (self.close_tunnel_button, self.reveal_button, self.confirm_button, self.cancel_button):
             b.layout.display = "none"
 
@@ -112,6 +119,9 @@ class DeployPanel(Panel):
         self.destroy_button.on_click(lambda _: self.ask_destroy())
         self.confirm_button.on_click(lambda _: self.confirm_destroy())
         self.cancel_button.on_click(lambda _: self.cancel_destroy())
+        self.reuse_button.on_click(lambda _: self.deploy(existing_data="reuse"))
+        self.replace_button.on_click(lambda _: self.deploy(existing_data="replace"))
+        self.data_cancel_button.on_click(lambda _: self._hide_data_choice())
         self.mode_box.observe(lambda _: self._show_mode_help(), names="value")
         self._show_mode_help()
 
@@ -122,6 +132,7 @@ class DeployPanel(Panel):
             W.HBox([self.deploy_button, self.update_button, self.apps_button, self.tunnel_button,
                     self.close_tunnel_button, self.destroy_button]),
             W.HBox([self.confirm_html, self.remove_data_box, self.confirm_button, self.cancel_button]),
+            self.data_row,
             self.progress, self.message, self.result_html, W.HBox([self.reveal_button]), self.tunnel_html,
             self.log, self.apps_html,
             subtitle="Deploy runs eight steps on the server; a failure after the image step puts the previous "
@@ -159,6 +170,10 @@ class DeployPanel(Panel):
         def on_error(exc: BaseException) -> None:
             self.progress.hide()
             self.message.show_error(exc)
+            if isinstance(exc, deploy_core.DataKept):
+                self.data_html.value = ("<b>Data of an earlier app of this name is still on the server.</b> "
+                                        "Reuse it, or replace it?")
+                self.data_row.layout.display = ""
             logs = getattr(exc, "logs", "")
             if logs:
                 for line in logs.splitlines()[-60:]:
@@ -187,15 +202,23 @@ class DeployPanel(Panel):
 
     # ------------------------------------------------------------------ deploy / update
 
-    def deploy(self) -> None:
-        self._ship(deploy_core.deploy, "Deployed")
+    def deploy(self, existing_data: Optional[str] = None) -> None:
+        """Deploy; `existing_data` ("reuse" / "replace") answers the question a deploy asks when
+        a destroyed app of the same name left its data."""
+        self._ship(deploy_core.deploy, "Deployed", existing_data=existing_data)
 
     def update(self) -> None:
         self._ship(deploy_core.update, "Updated")
 
-    def _ship(self, fn, verb: str) -> None:
+    def _hide_data_choice(self) -> None:
+        self.data_row.layout.display = "none"
+        self.data_html.value = ""
+
+    def _ship(self, fn, verb: str, **extra) -> None:
         folder, app = self.folder_box.value.strip(), self.app_box.value.strip()
-        kwargs = self._deploy_kwargs()
+        kwargs = {**self._deploy_kwargs(), **{k: v for k, v in extra.items() if v is not None}}
+        if not self.busy:
+            self._hide_data_choice()
         reporter = self._reporter()
 
         def work():
@@ -206,7 +229,8 @@ class DeployPanel(Panel):
             self.progress.hide()
             self._show_result(revealed=False)
             self.reveal_button.layout.display = ""
-            self.message.show_ok(f"{verb} {result.app} (version {result.version}) in {result.duration_s:.0f} s.")
+            self.message.show_ok(f"{verb} {result.app} (version {result.version}) in {result.duration_s:.0f} s; "
+                                 f"data {result.data}; secrets: {', '.join(result.secret_names)}.")
             for w in result.warnings:
                 self.log.append(f"WARNING: {w}")
 
