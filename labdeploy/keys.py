@@ -33,7 +33,8 @@ from .remote import Remote, known_hosts_name, fingerprint as _pkey_fingerprint
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_KEY_NAME = "id_ed25519"
-_PUBLIC_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( [^\n\r]*)?$")
+# Used with fullmatch (`re.match(...$)` lets a final newline through).
+_PUBLIC_RE = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( [^\n\r]*)?")
 
 
 class KeyError_(LabdeployError):
@@ -95,7 +96,7 @@ def public_key_line(path: PathLike) -> str:
         raise KeyError_(f"The public half of {path} ({pub}) is missing.",
                         f"Recreate it with `ssh-keygen -y -f {path} > {pub}`, or generate a new key.")
     line = pub.read_text().strip()
-    if "\n" in line or not _PUBLIC_RE.match(line):
+    if "\n" in line or not _PUBLIC_RE.fullmatch(line):
         raise KeyError_(f"{pub} does not hold one OpenSSH public key.",
                         "Pick another key file, or generate a new key.")
     return line
@@ -421,7 +422,7 @@ def install_public_key(remote: Remote, public_line: str, ssh_dir_on_server: str 
     """Append `public_line` to authorized_keys on a connected Remote unless it is there.
     Returns True when it was added."""
     public_line = public_line.strip()
-    if "\n" in public_line or not _PUBLIC_RE.match(public_line):
+    if "\n" in public_line or not _PUBLIC_RE.fullmatch(public_line):
         raise ValidationError("That is not one OpenSSH public key line.", "Use the contents of your .pub file.")
     out = remote.run(["sh", "-c", copy_script(ssh_dir_on_server)], stdin=(public_line + "\n").encode(),
                      timeout=60).stdout.strip()

@@ -45,13 +45,25 @@ class Server:
         names.host(self.host)
         names.port(self.port)
         names.user(self.user)
-        if self.key is not None and ("\n" in self.key or not self.key.strip()):
-            raise ValidationError(f"The key path {self.key!r} is not usable.", "Give the path of a private key file.")
+        if self.key is not None:
+            key_path(self.key)
         return self
 
     @property
     def label(self) -> str:
         return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}")
+
+
+def key_path(path) -> str:
+    """A private key's path as registered: one line of printable text (it is written to the
+    server list and shown in tables, terminals and ssh errors)."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    text = text if isinstance(text, str) else None  # bytes paths too are refused
+    if not text or not text.strip() or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValidationError(f"The key path {path!r} is not usable.",
+                              "Give the path of a private key file, e.g. ~/.ssh/id_ed25519 (no line breaks or "
+                              "control characters).")
+    return text
 
 
 def config_file() -> Path:
@@ -83,7 +95,9 @@ def _save(servers: dict[str, Server]) -> None:
 def add(name: str, host: str, user: str, port: int = 22, key: Optional[Union[str, os.PathLike]] = None, *,
         replace: bool = False) -> Server:
     """Register a server. A name already taken is refused unless `replace=True`."""
-    server = Server(name, host, names.port(port), user, str(Path(key).expanduser()) if key else None).validated()
+    # Absolute: a relative path would mean another file from another working directory.
+    key = str(Path(key_path(key)).expanduser().absolute()) if key else None
+    server = Server(name, host, names.port(port), user, key).validated()
     servers = _load()
     if name in servers and servers[name] != server and not replace:
         raise ServerExists(f"A server named {name!r} is registered already ({servers[name].label}).",
