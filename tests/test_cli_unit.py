@@ -12,7 +12,7 @@ from test_cli_support import CLI
 COMMANDS = [
     ["servers"], ["servers", "add"], ["servers", "list"], ["servers", "remove"], ["servers", "check"], ["servers", "import"],
     ["servers", "prepare"], ["registry"], ["registry", "login"], ["deploy"], ["apps"], ["status"], ["logs"],
-    ["exec"], ["restart"], ["connections"], ["export"], ["destroy"],
+    ["exec"], ["restart"], ["connections"], ["export"], ["destroy"], ["unlock"],
 ]
 
 
@@ -142,3 +142,103 @@ def test_tab_completion_of_commands_and_server_names(cli, tmp_path):
 
 def test_version(cli):
     assert "labdeploy" in cli.ok("--version").out
+
+
+# ------------------------------------------------------------------ issue 14: no network before validation
+
+UNREACHABLE = "192.0.2.1"  # TEST-NET-1: a connection would hang or be refused, never answer
+
+
+def _register_unreachable(cli, tmp_path, name: str = "lab") -> None:
+    """Register a server without labdeploy contacting it (Dallinger's host file, imported)."""
+    import json
+
+    hosts = tmp_path / ".dallinger" / "docker-ssh" / "hosts"
+    hosts.mkdir(parents=True, exist_ok=True)
+    (hosts / UNREACHABLE).write_text(json.dumps({"host": UNREACHABLE, "user": "alice"}))
+    cli.ok("servers", "import")
+
+
+def test_servers_add_no_verify_registers_without_any_connection(cli):
+    import time
+
+    started = time.monotonic()
+    r = cli("servers", "add", "lab", "--host", UNREACHABLE, "--user", "alice", "--no-verify", "--json", timeout=60)
+    took = time.monotonic() - started
+    assert r.code == 0, str(r)
+    assert took < 8, f"took {took:.1f} s: it tried to reach the server"
+    assert r.json()["host"] == UNREACHABLE
+    assert [(s["name"], s["host"], s["user"]) for s in cli.ok("servers", "list", "--json").json()] == \
+        [("lab", UNREACHABLE, "alice")]
+
+
+def test_servers_add_no_verify_in_process_opens_no_socket(home, monkeypatch):
+    """The same in this process, with every way to the network made to fail the test."""
+    import socket
+
+    from labdeploy import servers
+    from labdeploy.cli._app import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network used")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    key = home / "id_lab"
+    key.write_text("not read: --no-verify only registers the path\n")
+    assert main(["servers", "add", "lab", "--host", "lab.example.org", "--user", "alice", "--key", str(key),
+                 "--no-verify"]) == 0
+    assert servers.get("lab").key == str(key)
+
+
+@pytest.mark.parametrize("extra,word", [(["--copy-key"], "--copy-key"),
+                                        (["--trust-host-key", "SHA256:abc"], "--trust-host-key")])
+def test_servers_add_no_verify_refuses_options_that_need_the_server(cli, extra, word):
+    r = cli("servers", "add", "lab", "--host", UNREACHABLE, "--user", "alice", "--no-verify", *extra)
+    assert r.code == 2 and word in r.err and "--no-verify" in r.err, str(r)
+    assert cli.ok("servers", "list", "--json").json() == []
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-verify"]])
+def test_servers_add_checks_host_and_key_before_connecting(cli, tmp_path, extra):
+    import time
+
+    started = time.monotonic()
+    r = cli("servers", "add", "lab", "--host", "fe80::1%$(id);", "--user", "alice", *extra)
+    assert r.code == 2 and "not a valid host name" in r.err, str(r)
+    r = cli("servers", "add", "lab", "--host", UNREACHABLE, "--user", "alice", "--key", str(tmp_path / "nokey"),
+            *extra)
+    assert r.code == 2 and "does not exist" in r.err, str(r)
+    r = cli("servers", "add", "lab", "--host", UNREACHABLE, "--user", "alice", "--key", "/tmp/a\rb", *extra)
+    assert r.code == 2 and "not usable" in r.err, str(r)
+    assert time.monotonic() - started < 15
+    assert cli.ok("servers", "list", "--json").json() == []
+
+
+@pytest.mark.parametrize("domain", ["a b", "fe80::1%$(id);", '::1%x {\n\trespond "injected" 200\n}\nzzz.localhost',
+                                    "10.0.0.2", "exp.example.org\n"])
+def test_deploy_refuses_a_bad_domain_before_connecting(cli, tmp_path, domain):
+    import time
+
+    _register_unreachable(cli, tmp_path)
+    started = time.monotonic()
+    r = cli("deploy", "--app", "pilot", str(tmp_path), "--domain", domain, timeout=60)
+    assert r.code == 2 and "domain" in r.err.lower() and "Traceback" not in r.err, str(r)
+    assert time.monotonic() - started < 8, "it tried to reach the server first"
+
+
+@pytest.mark.parametrize("option,value,word", [
+    ("--domain", "a b", "domain"), ("--domain", "fe80::1%$(id);", "domain"), ("--domain", "10.0.0.2", "domain"),
+    ("--email", "lab@example.org\n", "email"), ("--email", "a b@x.org", "email"),
+    ("--bind-address", "fe80::1%$(id)", "bind address"), ("--caddy-image", "caddy:2\n", "image"),
+    ("--max-connections", "5", "max_connections"),
+])
+def test_servers_prepare_refuses_bad_options_before_connecting(cli, tmp_path, option, value, word):
+    import time
+
+    _register_unreachable(cli, tmp_path)
+    started = time.monotonic()
+    r = cli("servers", "prepare", option, value, timeout=60)
+    assert r.code == 2 and word in r.err and "Traceback" not in r.err, str(r)
+    assert time.monotonic() - started < 8, "it tried to reach the server first"

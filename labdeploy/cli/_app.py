@@ -83,6 +83,16 @@ def _check_app(ctx, param, value):
         return names.app_name(value)
 
 
+def _check_domain(ctx, param, value):
+    """--domain: refused at option-parse time, before any connection."""
+    if value is None:
+        return value
+    from .. import names
+
+    with _ui.usage_errors(ValidationError):
+        return names.domain(value)
+
+
 def _check_service(ctx, param, value):
     from .. import names
 

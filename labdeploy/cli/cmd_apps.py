@@ -11,7 +11,7 @@ import click
 
 from . import _ui
 from ._app import (CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server,
-                   server_option, service_option, with_hints, yes_option, _check_service)
+                   server_option, service_option, with_hints, yes_option, _check_domain, _check_service)
 from ._ui import STATE, NotReady, UsageProblem
 
 TRANSFER_MODES = ("server-build", "ssh-copy", "registry")
@@ -45,7 +45,8 @@ def _pairs(values, what: str) -> dict:
 @click.option("--secret-env", "secret_env", multiple=True, metavar="KEY",
               help="Secret config value, read from this computer's environment variable KEY (never from the "
                    "command line); stored on the server in a 0600 file.")
-@click.option("--domain", default=None, help="Serve the app under this domain instead of the server's.")
+@click.option("--domain", default=None, callback=_check_domain,
+              help="Serve the app under this domain instead of the server's.")
 @click.option("--redis-image", default=None, help="Redis image for the app (default redis:7).")
 @click.option("--dockerfile", default="Dockerfile", show_default=True, help="Dockerfile in the experiment folder.")
 @click.option("--health-path", default=None, help="Path that must answer 200 after the launch (default /).")

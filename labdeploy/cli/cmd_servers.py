@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import RemoteError, UnknownHostKey
+from ..errors import RemoteError, UnknownHostKey, ValidationError
 from . import _ui
 from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server,
                    server_option, yes_option)
@@ -33,8 +33,6 @@ def servers() -> None:
 
 
 def _validated(fn, value):
-    from ..errors import ValidationError
-
     with _ui.usage_errors(ValidationError):
         return fn(value)
 
@@ -52,7 +50,9 @@ def _validated(fn, value):
                    "ssh-copy-id); a new key is generated first if there is none.")
 @click.option("--password-stdin", is_flag=True, help="With --copy-key: read the password from stdin.")
 @click.option("--replace", is_flag=True, help="Replace a server already registered under NAME.")
-@click.option("--no-verify", is_flag=True, help="Register without logging in to check.")
+@click.option("--no-verify", is_flag=True,
+              help="Only write the registration on this computer: no connection at all (the host key is "
+                   "confirmed on first use).")
 @common_options
 def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, replace, no_verify):
     """Register a server under a short NAME (like `dallinger docker-ssh servers add`).
@@ -67,6 +67,7 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
       labdeploy servers add lab --host 203.0.113.7 --user alice --copy-key
       printf '%s\\n' "$PW" | labdeploy servers add lab --host 203.0.113.7 --user alice \\
           --copy-key --password-stdin --trust-host-key SHA256:eycBinPsUBRvdw...
+      labdeploy servers add lab --host lab.example.org --user alice --no-verify
     """
     from .. import names
 
@@ -76,15 +77,37 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
     _validated(names.host, host)
     _validated(names.user, user)
     _validated(names.port, port)
+    if key is not None:
+        _validated(servers_mod.key_path, key)
     if password_stdin and not copy_key:
         raise UsageProblem("--password-stdin only makes sense with --copy-key.",
                            "Add --copy-key to copy your public key to the server with that password.")
+    if no_verify and (copy_key or trust):
+        given = "--copy-key" if copy_key else "--trust-host-key"
+        raise UsageProblem(f"{given} needs a connection to the server, and --no-verify means none.",
+                           f"Leave out --no-verify to check the server now, or leave out {given} to only register "
+                           "it (its host key is then confirmed on first use).")
     if not replace and name in [s.name for s in servers_mod.list_servers()]:
         existing = servers_mod.get(name)
         raise UsageProblem(f"A server named {name!r} is registered already ({existing.label}).",
                            "Choose another name, or pass --replace to update it.")
     key_path = Path(key).expanduser().absolute() if key else None
+    if key_path is not None and not copy_key and not key_path.is_file():
+        # Said now, before any connection (--copy-key creates a missing key).
+        raise UsageProblem(f"The key file {key_path} does not exist.",
+                           "Give the path of your private key (e.g. ~/.ssh/id_ed25519), or add --copy-key to "
+                           "create one and copy it to the server.")
     candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
+
+    if no_verify:
+        # Only the local list changes: no host key lookup, no login, no network at all.
+        server = servers_mod.add(candidate.name, candidate.host, candidate.user, candidate.port, candidate.key,
+                                 replace=replace)
+        _ui.ok(f"Registered {server.name} ({server.label}) without contacting it; its host key is confirmed on "
+               "first use (`labdeploy servers check`).")
+        _ui.output({"name": server.name, "host": server.host, "port": server.port, "user": server.user,
+                    "key": server.key})
+        return
 
     # 1. The host key: never trusted silently. A new key is shown and asked for (or checked
     #    against --trust-host-key); a changed one is refused by the SSH layer with its explanation.
@@ -118,16 +141,15 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
         candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
 
     # 3. Check that the key login works, then register.
-    if not no_verify:
-        remote = servers_mod.resolve(candidate)
-        try:
-            connect(remote, trust=trust, name=name, has_trust_option=True)
-            remote.run(["true"], timeout=30)
-        finally:
-            remote.close()
+    remote = servers_mod.resolve(candidate)
+    try:
+        connect(remote, trust=trust, name=name, has_trust_option=True)
+        remote.run(["true"], timeout=30)
+    finally:
+        remote.close()
     server = servers_mod.add(candidate.name, candidate.host, candidate.user, candidate.port, candidate.key,
                              replace=replace)
-    _ui.ok(f"Registered {server.name} ({server.label})" + ("" if no_verify else "; key login works."))
+    _ui.ok(f"Registered {server.name} ({server.label}); key login works.")
     _ui.output({"name": server.name, "host": server.host, "port": server.port, "user": server.user,
                 "key": server.key})
 
@@ -262,11 +284,13 @@ def servers_prepare(server, domain, email, postgres_image, caddy_image, http_por
     """
     stack = core("stack")
     name = pick_server(server)
-    remote = open_server(name)
-    base = stack.read_settings(remote) or stack.StackSettings()
     given = {"domain": domain, "email": email, "postgres_image": postgres_image, "caddy_image": caddy_image,
              "http_port": http_port, "https_port": https_port, "bind_address": bind_address,
              "postgres_max_connections": max_connections}
+    with _ui.usage_errors(ValidationError):
+        stack.check_fields(**given)  # before connecting; the rest comes from the server's stack.json
+    remote = open_server(name)
+    base = stack.read_settings(remote) or stack.StackSettings()
     settings = stack.StackSettings.from_dict({**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
     with _ui.reporting() as reporter:
         result = stack.prepare(remote, settings, reporter)
@@ -299,8 +323,8 @@ def registry() -> None:
 @server_option
 @click.option("--server-only", is_flag=True, help="Log in on the server only, not on this computer.")
 @click.option("--remote-docker-config", default=None, metavar="DIR",
-              help="Keep the server's login in this folder (relative to the server home) instead of the "
-                   "server user's ~/.docker.")
+              help="Keep the server's login in this folder (relative to your home on the server, without "
+                   "'..'; an absolute path must be inside that home) instead of the server user's ~/.docker.")
 @click.option("--image-base-name", default=None, metavar="REGISTRY/PATH",
               help="Also set docker_image_base_name in ~/.dallingerconfig (where images are pushed).")
 @common_options
@@ -335,8 +359,13 @@ def registry_login(address, username, password_stdin, server, server_only, remot
         address = reg.registry_address(address)
         if image_base_name is not None:
             images.image_repository(image_base_name)
+        if remote_docker_config is not None and not remote_docker_config.startswith("/"):
+            reg.remote_docker_config(remote_docker_config)  # an absolute one needs the server's home
     creds = _ui.read_credentials(address, username, from_stdin=password_stdin)
     remote = open_server(name)
+    with _ui.usage_errors():  # before either login
+        remote_docker_config = reg.remote_docker_config(
+            remote_docker_config, remote.home if remote_docker_config and remote_docker_config.startswith("/") else None)
     result = {"registry": address, "username": username, "server": name}
     with _ui.reporting() as reporter:
         if not server_only:
