@@ -72,3 +72,28 @@ def test_bad_settings_are_refused_with_a_hint(kwargs):
 def test_for_images_uses_the_testbed_map():
     s = stack.StackSettings.for_images({"postgres": "x/pg:15", "caddy": "x/caddy:2"})
     assert (s.postgres_image, s.caddy_image) == ("x/pg:15", "x/caddy:2")
+
+
+class _NoServer:
+    """A Remote stand-in that records anything prepare() tries to do."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        self.calls.append(name)
+        raise AssertionError(f"prepare touched the server ({name}) before refusing its settings")
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"email": "lab@example.org\n"},
+    {"domain": '::1%x {\n\trespond "injected" 200\n}\nzzz.localhost'},
+    {"domain": "fe80::1%$(id);"},
+    {"caddy_image": "caddy:2\n"},
+    {"bind_address": "fe80::1%x"},
+])
+def test_prepare_refuses_bad_settings_before_touching_the_server(kwargs):
+    remote = _NoServer()
+    with pytest.raises(ValidationError):
+        stack.prepare(remote, stack.StackSettings(**kwargs))
+    assert remote.calls == []
