@@ -378,17 +378,67 @@ def dockerfile_for(folder: ExperimentFolder, *, base_image: Optional[str] = None
 
 
 def write_context(experiment_spec: ExperimentSpec, dest) -> Path:
+    from . import images
+
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise LabdeployError(f"The build folder {dest} is not empty.", "Give an empty or new folder.")
-    src = experiment_spec.folder.path
-    shutil.copytree(src, dest, dirs_exist_ok=True, symlinks=False,
-                    ignore=shutil.ignore_patterns(*CONTEXT_EXCLUDES))
-    _write_filtered_config(src / CONFIG_FILE, dest / CONFIG_FILE)
+    src = images.local_folder(experiment_spec.folder.path).resolve()
+    _copy_tree(src, dest)
+    _write_filtered_config(src / CONFIG_FILE, _replaceable(dest / CONFIG_FILE))
     if experiment_spec.dockerfile is not None:
-        (dest / "Dockerfile").write_text(experiment_spec.dockerfile)
+        _replaceable(dest / "Dockerfile").write_text(experiment_spec.dockerfile)
     return dest
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    """Copy the experiment folder without following any link (shutil.copytree would copy what
+    a link points to, wherever that is). Links inside the folder are copied as links, as
+    Docker sends them; a link out of it is refused, unless .dockerignore leaves it out
+    anyway. Everything is checked before the first file is copied."""
+    from . import images
+
+    rules = images.read_ignore_rules(src)
+    excluded = shutil.ignore_patterns(*CONTEXT_EXCLUDES)
+    plan: list[tuple[str, str, Optional[str]]] = []  # (kind, rel, link target)
+    for dirpath, dirnames, filenames in os.walk(src):  # never descends into linked folders
+        rel_dir = os.path.relpath(dirpath, src)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        dropped = excluded(dirpath, dirnames + filenames)
+        dirnames[:] = sorted(d for d in dirnames if d not in dropped)
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            if name in dropped:
+                continue
+            rel = rel_dir + name
+            full = src / rel
+            if full.is_symlink():
+                # Docker would not send an ignored link; these three are always sent (config.txt:
+                # read below to write the filtered copy).
+                if rules.excluded(rel) and rel not in (".dockerignore", "Dockerfile", CONFIG_FILE):
+                    continue
+                plan.append(("link", rel, images.link_target(src, rel)))
+            elif full.is_file():
+                plan.append(("file", rel, None))
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        plan.extend(("dir", rel_dir + d, None) for d in dirnames)
+    for kind, rel, target in sorted(plan, key=lambda item: item[1]):
+        out = dest / rel
+        if kind == "dir":
+            out.mkdir(exist_ok=True)
+        elif kind == "link":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(target, out)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, out, follow_symlinks=False)
+
+
+def _replaceable(path: Path) -> Path:
+    # The copy may hold config.txt or Dockerfile as a link; a written file must not go through it.
+    if path.is_symlink():
+        path.unlink()
+    return path
 
 
 def _write_filtered_config(src: Path, dst: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import posixpath
 import re
 import stat
 import tarfile
@@ -29,15 +30,30 @@ TAG_LENGTH = 16
 # Docker's reference grammar (distribution/reference), enough to refuse what Docker refuses.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
-_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
-_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+# Used with fullmatch: `re.match(...$)` would let a trailing newline through.
+_DOMAIN_RE = re.compile(_DOMAIN)
+_PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_BUILD_ARG_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Linux (and macOS) limits: a longer name makes every file call fail with ENAMETOOLONG.
+NAME_MAX = 255    # bytes in one path component
+PATH_MAX = 4096   # bytes in a whole path, the final NUL included
 
 
 # --------------------------------------------------------------------------- errors
 
 class DockerfileMissing(ValidationError):
     """The experiment folder has no Dockerfile."""
+
+
+class LinkOutsideFolder(ValidationError):
+    """A symbolic link in the experiment folder points outside it: what it points to never travels."""
+
+    def __init__(self, message: str, hint: str = "", *, link: str = "", target: str = "") -> None:
+        super().__init__(message, hint)
+        self.link = link
+        self.target = target
 
 
 class BuildFailed(LabdeployError):
@@ -132,15 +148,42 @@ def _valid_repository(name: str) -> bool:
     # As in Docker: the first part is a registry only if it has '.' or ':' or is 'localhost'.
     first, _, rest = name.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
-        return bool(_DOMAIN_RE.match(first) and _PATH_RE.match(rest))
-    return bool(_PATH_RE.match(name))
+        return bool(_DOMAIN_RE.fullmatch(first) and _PATH_RE.fullmatch(rest))
+    return bool(_PATH_RE.fullmatch(name))
 
 
 def image_tag(tag: str) -> str:
-    if not isinstance(tag, str) or not _TAG_RE.match(tag):
+    if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
         raise ValidationError(f"{tag!r} is not a valid Docker image tag.",
                               "Use letters, digits, '_', '.' or '-' (at most 128), starting with a letter or digit.")
     return tag
+
+
+def image_reference(ref: str) -> str:
+    """A full `repository:tag` reference, both parts checked."""
+    if not isinstance(ref, str) or ":" not in ref.rpartition("/")[2]:
+        raise ValidationError(f"{ref!r} is not an image reference with a tag.",
+                              "Use the form 'repository:tag', e.g. 'labdeploy/stroop:3f2a9c0d1e2b4a5c'.")
+    repository, _, tag = ref.rpartition(":")
+    image_repository(repository)
+    image_tag(tag)
+    return ref
+
+
+def check_build_args(args: Optional[dict]) -> dict:
+    """Build arguments as Docker takes them: plain names; values on one line (they reach argv)."""
+    out: dict = {}
+    for key, value in (args or {}).items():
+        if not isinstance(key, str) or not _BUILD_ARG_RE.fullmatch(key):
+            raise ValidationError(f"The build argument name {key!r} is not valid.",
+                                  "Use ASCII letters, digits and '_' in build argument names, not starting "
+                                  "with a digit (e.g. BASE_IMAGE).")
+        text = str(value)
+        if any(c in text for c in "\0\n\r"):
+            raise ValidationError(f"The value of the build argument {key} contains a line break or NUL.",
+                                  "Give build argument values on one line.")
+        out[key] = text
+    return out
 
 
 def registry_of(repository: str) -> Optional[str]:
@@ -227,12 +270,103 @@ class IgnoreRules:
 
 # --------------------------------------------------------------------------- context
 
+def local_folder(path, what: str = "experiment folder") -> Path:
+    """A local folder the user named, refused plainly when no file call could use it.
+
+    Without this, a name over the system's limits surfaces as "OSError [Errno 36] File name
+    too long" from whichever call touches it first.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValidationError(f"The {what} must be given as a path, not {type(path).__name__}.",
+                              "Give the folder as a string or pathlib.Path.")
+    text = os.fspath(path)
+    if isinstance(text, bytes) or not text:
+        raise ValidationError(f"The {what} path is empty or not text.", "Give the folder's path as text.")
+    if "\0" in text:
+        raise ValidationError(f"The {what} path contains a NUL character.", "Check the path you gave.")
+    try:
+        p = Path(text).expanduser()
+    except RuntimeError:  # '~someone' for a user this system doesn't know
+        raise ValidationError(f"The {what} path {text!r} starts with an unknown user's home (~name).",
+                              "Give the full path of the folder.") from None
+    try:
+        encoded = os.fsencode(str(p.absolute()))
+        parts = [os.fsencode(part) for part in p.parts]
+    except UnicodeEncodeError:
+        raise ValidationError(f"The {what} path {text!r} can't be written in this system's file name encoding.",
+                              "Rename the folder using ordinary characters.") from None
+    for part in parts:
+        if len(part) > NAME_MAX:
+            shown = os.fsdecode(part)
+            raise ValidationError(
+                f"The {what} path has a name of {len(part)} bytes ({shown[:40]}…); file systems allow at most "
+                f"{NAME_MAX}.", "Rename that folder to a shorter name, or check that the path is the one you meant.")
+    if len(encoded) >= PATH_MAX:
+        raise ValidationError(f"The {what} path is {len(encoded)} bytes long; at most {PATH_MAX - 1} are allowed.",
+                              "Move the experiment to a folder with a shorter path.")
+    try:
+        is_dir = p.is_dir()
+    except OSError as exc:  # e.g. a name too long for this particular file system
+        raise ValidationError(f"The {what} {text!r} can't be used: {exc.strerror}.",
+                              "Check the path; rename or move the folder if a name in it is too long.") from None
+    if not is_dir:
+        raise ValidationError(f"The {what} {str(p)!r} does not exist.",
+                              "Give the folder that holds the experiment (its Dockerfile or experiment.py).")
+    return p
+
+
+def _relative_name(name: str, what: str) -> str:
+    """A path inside the folder ('Dockerfile', 'docker/Dockerfile.prod'), never leading out of it."""
+    if not isinstance(name, str) or not name or any(ord(c) < 32 or c == "\x7f" for c in name) or "\\" in name:
+        raise ValidationError(f"The {what} {name!r} is not a usable file name.",
+                              "Give a path inside the experiment folder, e.g. 'Dockerfile'.")
+    norm = posixpath.normpath(name.replace(os.sep, "/"))
+    if posixpath.isabs(norm) or norm == "." or norm == ".." or norm.startswith("../"):
+        raise ValidationError(f"The {what} {name!r} is not inside the experiment folder.",
+                              "Give a path relative to the experiment folder without '..', e.g. 'Dockerfile'.")
+    return norm
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def link_target(root: Path, rel: str) -> str:
+    """The target of the link `rel` (relative to `root`), if the link stays inside `root`.
+
+    Refused: absolute targets (they name another place on the server or in the image),
+    targets that climb out with '..', and links whose chain of links ends outside. Inside
+    ones travel as links, as Docker sends them.
+    """
+    full = root / rel
+    target = os.readlink(full)
+    where = f"the experiment folder {root.name!r}"
+    hint = ("A link that leaves the experiment folder is never sent (what it points to could be a key or a "
+            "password). Copy the file into the folder if the experiment needs it, or delete the link "
+            "(or list it in .dockerignore).")
+    if any(ord(c) < 32 for c in target):
+        raise LinkOutsideFolder(f"The link {rel} points to a name with control characters.",
+                                "Remove the link or point it at a plain file name.", link=rel, target=target)
+    if posixpath.isabs(target):
+        raise LinkOutsideFolder(f"The link {rel} points to the absolute path {target}, outside {where}.",
+                                hint, link=rel, target=target)
+    lexical = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    if lexical == ".." or lexical.startswith("../"):
+        raise LinkOutsideFolder(f"The link {rel} points to {target}, outside {where}.", hint, link=rel, target=target)
+    real = os.path.realpath(full)
+    if not _inside(str(root), real):
+        raise LinkOutsideFolder(f"The link {rel} points to {target}, which leads (through another link) to "
+                                f"{real}, outside {where}.", hint, link=rel, target=target)
+    return target
+
+
 @dataclass(frozen=True)
 class ContextFile:
     path: str        # relative, with '/' separators
     sha256: str
     size: int
     executable: bool
+    link: Optional[str] = None  # a symbolic link (inside the folder): its target, sent as a link
 
 
 @dataclass
@@ -241,35 +375,59 @@ class BuildContext:
 
     root: Path
     dockerfile: str
-    files: dict  # path -> ContextFile
+    files: dict  # path -> ContextFile (links included)
 
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files.values())
 
     def manifest(self) -> dict:
-        """path -> (sha256, executable): what decides whether the server's copy is current."""
-        return {p: (f.sha256, f.executable) for p, f in self.files.items()}
+        """path -> (sha256, executable) for files, ("link", target) for links: what decides
+        whether the server's copy is current."""
+        return {p: (("link", f.link) if f.link is not None else (f.sha256, f.executable))
+                for p, f in self.files.items()}
 
     def write_tar(self, fileobj, paths: Iterable[str], *, gzip: bool = True) -> None:
-        """Write a (gzipped) tar of the given files, with normalised owners and times, file by file."""
+        """Write a (gzipped) tar of the given files, with normalised owners and times, file by file.
+
+        Links go in as links. A file is opened without following a link, so one swapped for
+        a link after the scan can't carry another file's bytes.
+        """
         opts = {"mode": "w:gz", "compresslevel": 6} if gzip else {"mode": "w"}
         with tarfile.open(fileobj=fileobj, **opts) as tar:
             for rel in sorted(paths):
                 info = self.files[rel]
                 ti = tarfile.TarInfo(rel)
-                ti.size = (self.root / rel).stat().st_size
-                ti.mode = 0o755 if info.executable else 0o644
                 ti.mtime = 0
                 ti.uid = ti.gid = 0
                 ti.uname = ti.gname = ""
-                with open(self.root / rel, "rb") as f:
+                if info.link is not None:
+                    if os.readlink(self.root / rel) != info.link:
+                        raise _changed(rel)
+                    ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, info.link, 0o777
+                    tar.addfile(ti)
+                    continue
+                try:
+                    fd = os.open(self.root / rel, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                except OSError:
+                    raise _changed(rel) from None
+                with os.fdopen(fd, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if not stat.S_ISREG(st.st_mode):
+                        raise _changed(rel)
+                    ti.size = st.st_size
+                    ti.mode = 0o755 if info.executable else 0o644
                     tar.addfile(ti, f)
 
     def tar_bytes(self, paths: Iterable[str], *, gzip: bool = True) -> bytes:
         buf = io.BytesIO()
         self.write_tar(buf, paths, gzip=gzip)
         return buf.getvalue()
+
+
+def _changed(rel: str) -> ValidationError:
+    return ValidationError(f"{rel} changed (or became a link) while the experiment was being sent.",
+                           "Let the files settle (an editor or a sync tool may be writing them), then try again.")
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
@@ -282,59 +440,92 @@ def _hash_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def _check_name(rel: str) -> None:
+    # The server's copy is listed by `find`/`sha256sum` text output: names must read back the same.
+    if any(ord(c) < 32 or c == "\x7f" for c in rel) or "\\" in rel:
+        raise ValidationError(f"The file name {rel!r} contains a control character (e.g. a newline) or backslash.",
+                              "Rename the file; such names break builds on the server.")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"The file name {rel.encode('utf-8', 'replace').decode()!r} is not valid UTF-8.",
+                              "Rename the file using ordinary characters.") from None
+
+
 def scan_context(experiment_dir, dockerfile: str = "Dockerfile") -> BuildContext:
-    """Walk the experiment folder as Docker would (respecting .dockerignore) and hash every file."""
-    root = Path(experiment_dir).expanduser()
-    if not root.is_dir():
-        raise ValidationError(f"The experiment folder {str(root)!r} does not exist.",
-                              "Give the folder that holds the experiment's Dockerfile.")
-    root = root.resolve()
-    dockerfile = dockerfile.replace(os.sep, "/")
+    """Walk the experiment folder as Docker would (respecting .dockerignore) and hash every file.
+
+    Nothing is followed through a link: links inside the folder are recorded as links (their
+    target text is part of the tag), links leading out of it are refused (LinkOutsideFolder).
+    """
+    root = local_folder(experiment_dir).resolve()
+    dockerfile = _relative_name(dockerfile, "Dockerfile name")
     if not (root / dockerfile).is_file():
         raise DockerfileMissing(
             f"The experiment folder {root.name!r} has no {dockerfile}.",
             "Every experiment needs a Dockerfile at the top of its folder describing its image "
             "(e.g. `FROM python:3.11` then `COPY . /experiment`). Add one, or choose the right folder.")
-    ignore_file = root / ".dockerignore"
-    rules = IgnoreRules.parse(ignore_file.read_text(errors="replace")) if ignore_file.exists() else IgnoreRules()
+    rules = read_ignore_rules(root)
     always = {dockerfile, ".dockerignore"}  # Docker sends these even when ignored
     files: dict = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def add(rel: str) -> None:
+        _check_name(rel)
+        full = root / rel
+        st = full.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            target = link_target(root, rel)
+            digest = hashlib.sha256(b"link\0" + target.encode()).hexdigest()
+            files[rel] = ContextFile(rel, digest, 0, False, link=target)
+        elif stat.S_ISREG(st.st_mode):
+            digest, size = _hash_file(full)
+            files[rel] = ContextFile(rel, digest, size, bool(st.st_mode & stat.S_IXUSR))
+        # sockets, fifos, devices: not build material; skipped
+
+    has_negation = any(neg for _, neg in rules.rules)
+    for dirpath, dirnames, filenames in os.walk(root):  # never descends into linked folders
         rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        # A link to a folder is listed among the folders: it travels as a link, never walked.
+        linked = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = [d for d in dirnames if d not in linked]
         # Prune ignored folders unless a '!' rule could bring something inside back.
-        has_negation = any(neg for _, neg in rules.rules)
         if not has_negation:
             dirnames[:] = [d for d in dirnames if not rules.excluded(rel_dir + d)]
         dirnames.sort()
-        for name in sorted(filenames):
+        for name in sorted(filenames + linked):
             rel = rel_dir + name
-            full = Path(dirpath) / name
             if rel not in always and rules.excluded(rel):
                 continue
-            if "\n" in rel or "\\" in rel:
-                raise ValidationError(f"The file name {rel!r} contains a newline or backslash.",
-                                      "Rename the file; such names break builds on the server.")
-            try:
-                st = full.stat()
-            except FileNotFoundError:  # a dangling symlink: Docker would fail too
-                raise ValidationError(f"{rel} is a link to a file that does not exist.",
-                                      "Remove the link or add it to .dockerignore.") from None
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            digest, size = _hash_file(full)
-            files[rel] = ContextFile(rel, digest, size, bool(st.st_mode & stat.S_IXUSR))
+            add(rel)
+    if dockerfile not in files:  # e.g. in a folder .dockerignore leaves out: Docker sends it anyway
+        parent = root / posixpath.dirname(dockerfile)
+        if os.path.realpath(parent) != str(parent):
+            raise LinkOutsideFolder(f"The Dockerfile {dockerfile} is reached through a linked folder.",
+                                    "Put the Dockerfile in a real folder of the experiment (not behind a link).",
+                                    link=posixpath.dirname(dockerfile))
+        add(dockerfile)
     return BuildContext(root, dockerfile, files)
 
 
+def read_ignore_rules(root: Path) -> "IgnoreRules":
+    ignore_file = root / ".dockerignore"
+    if ignore_file.is_symlink():
+        link_target(root, ".dockerignore")  # never read rules through a link that leaves the folder
+    return IgnoreRules.parse(ignore_file.read_text(errors="replace")) if ignore_file.exists() else IgnoreRules()
+
+
 def content_tag(context: BuildContext, build_args: Optional[dict] = None) -> str:
-    """Same files (names, bytes, executable bits), Dockerfile and build args -> same tag."""
+    """Same files (names, bytes, executable bits, link targets), Dockerfile and build args -> same tag."""
     h = hashlib.sha256()
     h.update(b"labdeploy-content-v1\0")
     h.update(context.dockerfile.encode() + b"\0")
     for rel in sorted(context.files):
         f = context.files[rel]
-        h.update(f"{rel}\0{f.sha256}\0{int(f.executable)}\n".encode())
+        if f.link is not None:
+            h.update(f"{rel}\0link\0{f.link}\n".encode())
+        else:
+            h.update(f"{rel}\0{f.sha256}\0{int(f.executable)}\n".encode())
     for key in sorted(build_args or {}):
         h.update(f"arg\0{key}\0{(build_args or {})[key]}\n".encode())
     return h.hexdigest()[:TAG_LENGTH]
@@ -417,6 +608,7 @@ def build_local(experiment_dir, *, app: str, base_name: str = DEFAULT_BASE_NAME,
     reporter = reporter or null_reporter
     names.app_name(app)
     image_repository(base_name)
+    build_args = check_build_args(build_args)
     context = context or scan_context(experiment_dir, dockerfile)
     tag = content_tag(context, build_args)
     ref = image_ref(base_name, app, tag)

@@ -115,13 +115,21 @@ def _remote_failure(exc: CommandFailed, what: str) -> LabdeployError:
 
 # --------------------------------------------------------------------------- server-build
 
+_LINKS_MARK = "--links--"
+
+
 def remote_manifest(remote, app: str) -> dict:
-    """path -> (sha256, executable) of the server's copy of the build context."""
+    """path -> (sha256, executable) for files, ("link", target) for links, of the server's copy
+    of the build context. Nothing is followed through a link."""
     ctx = shlex.quote(context_dir(app))
     script = (f"mkdir -p {ctx} && cd {ctx} && find . -type f -exec sha256sum {{}} + && echo '--executable--' "
-              f"&& find . -type f -perm -u=x -print")
+              f"&& find . -type f -perm -u=x -print && echo {_LINKS_MARK} "
+              # NUL-separated name and target pairs (readlink: coreutils and busybox alike).
+              "&& find . -type l -exec sh -c 'for l; do printf \"%s\\0%s\\0\" \"$l\" \"$(readlink \"$l\")\"; done' "
+              "sh {} +")
     out = remote.run(["sh", "-c", script], timeout=600).stdout
-    hashes_part, _, exec_part = out.partition("--executable--\n")
+    hashes_part, _, rest = out.partition("--executable--\n")
+    exec_part, _, links_part = rest.partition(_LINKS_MARK + "\n")
     manifest: dict = {}
     for line in hashes_part.splitlines():
         if not line.strip():
@@ -132,12 +140,19 @@ def remote_manifest(remote, app: str) -> dict:
         digest, _, name = line.partition("  ")
         if escaped:
             name = name.replace("\\n", "\n").replace("\\\\", "\\")
-        manifest[name[2:] if name.startswith("./") else name] = [digest, False]
+        manifest[_strip_dot(name)] = [digest, False]
     for name in exec_part.splitlines():
-        name = name[2:] if name.startswith("./") else name
+        name = _strip_dot(name)
         if name in manifest:
             manifest[name][1] = True
+    fields = links_part.split("\0")
+    for name, target in zip(fields[0::2], fields[1::2]):
+        manifest[_strip_dot(name)] = ["link", target]
     return {k: tuple(v) for k, v in manifest.items()}
+
+
+def _strip_dot(name: str) -> str:
+    return name[2:] if name.startswith("./") else name
 
 
 @dataclass
@@ -145,18 +160,25 @@ class SyncPlan:
     send: list = field(default_factory=list)
     delete: list = field(default_factory=list)
     send_bytes: int = 0
+    # Sent paths the server has as a link, or that become one: removed before the tar is
+    # unpacked, so no tar ever writes through a link it finds on the server.
+    replace: list = field(default_factory=list)
 
 
 def plan_sync(local: images.BuildContext, remote_files: dict) -> SyncPlan:
-    """Which files to send (new or changed content / executable bit) and which to delete."""
+    """Which files to send (new or changed content / executable bit / link target) and which to delete."""
     wanted = local.manifest()
     plan = SyncPlan()
     for rel, entry in wanted.items():
-        if remote_files.get(rel) != entry:
+        have = remote_files.get(rel)
+        if have != entry:
             plan.send.append(rel)
             plan.send_bytes += local.files[rel].size
+            if have is not None and "link" in (have[0], entry[0]):
+                plan.replace.append(rel)
     plan.delete = sorted(set(remote_files) - set(wanted))
     plan.send.sort()
+    plan.replace.sort()
     return plan
 
 
@@ -170,8 +192,8 @@ def sync_context(remote, context: images.BuildContext, app: str, reporter: Optio
     ctx = shlex.quote(context_dir(app))
     with step(reporter, "send changed files", f"{len(plan.send)} changed, {len(plan.delete)} removed"):
         # Deletions first, so a file that became a folder (or the reverse) does not block tar.
-        if plan.delete:
-            listing = b"\0".join(p.encode() for p in plan.delete) + b"\0"
+        if plan.delete or plan.replace:
+            listing = b"\0".join(p.encode() for p in plan.delete + plan.replace) + b"\0"
             remote.run(["sh", "-c", f"cd {ctx} && xargs -0 rm -f -- && find . -mindepth 1 -type d -empty -delete"],
                        stdin=listing, timeout=600)
         if plan.send:
@@ -189,12 +211,10 @@ def sync_context(remote, context: images.BuildContext, app: str, reporter: Optio
 
 
 def docker_build_argv(ref: str, app: str, tag: str, dockerfile: str, build_args: Optional[dict]) -> list[str]:
-    argv = ["docker", "build", "--pull=false", "-t", ref, "-f", dockerfile,
-            "--label", f"{images.LABEL_APP}={app}", "--label", f"{images.LABEL_CONTENT}={tag}"]
-    for key, value in sorted((build_args or {}).items()):
-        if not key.replace("_", "").isalnum():
-            raise ValidationError(f"The build argument name {key!r} is not valid.",
-                                  "Use letters, digits and '_' in build argument names.")
+    argv = ["docker", "build", "--pull=false", "-t", images.image_reference(ref), "-f", dockerfile,
+            "--label", f"{images.LABEL_APP}={names.app_name(app)}", "--label",
+            f"{images.LABEL_CONTENT}={images.image_tag(tag)}"]
+    for key, value in sorted(images.check_build_args(build_args).items()):
         argv += ["--build-arg", f"{key}={value}"]
     return argv + ["."]
 
@@ -366,7 +386,9 @@ def deliver(remote, experiment_dir, *, app: str, mode: str = "server-build", bui
     if mode not in MODES:
         raise ValidationError(f"Unknown transfer mode {mode!r}.",
                               "Choose one of: " + "; ".join(f"'{m}' — {MODE_HELP[m]}" for m in MODES))
+    build_args = images.check_build_args(build_args)
     base = resolve_base_name(base_name)
+    # Every file is checked here, links that leave the folder refused, before anything is sent.
     context = scan_context(experiment_dir, dockerfile)
     tag = content_tag(context, build_args)
     ref = image_ref(base, app, tag)
@@ -444,7 +466,7 @@ def server_image_status(remote, experiment_dir, *, app: str, base_name: Optional
 
     names.app_name(app)
     context = scan_context(experiment_dir, dockerfile)
-    tag = content_tag(context, build_args)
+    tag = content_tag(context, images.check_build_args(build_args))
     expected = image_ref(resolve_base_name(base_name), app, tag)
     deployed = None
     state = layout.app_state(app)
