@@ -49,13 +49,22 @@ class Credentials:
 
     def __post_init__(self) -> None:
         registry_address(self.registry)
-        if not self.username or any(c.isspace() for c in self.username):
-            raise ValidationError("The registry user name is empty or contains spaces.",
+        # The user name reaches `docker login --username` on both machines: printable text only
+        # (no NUL, line break or other control or invisible character), no spaces.
+        user = self.username
+        if not isinstance(user, str) or not user or len(user) > USERNAME_MAX or \
+                any(c.isspace() or not c.isprintable() for c in user):
+            raise ValidationError("The registry user name is empty, too long, or contains spaces or control "
+                                  "characters.",
                                   "Enter the user name you log in to the registry with (for GitLab: your user "
                                   "name, with a personal access token as password).")
-        if not self.password:
+        if not isinstance(self.password, str) or not self.password:
             raise ValidationError("The registry password (or access token) is empty.",
                                   "Type the password or paste an access token into the password box.")
+        if any(c in self.password for c in "\0\r\n"):
+            # `docker login --password-stdin` reads the password as one line.
+            raise ValidationError("The registry password (or access token) contains a line break or NUL.",
+                                  "Type or paste only the password or token itself, on one line.")
 
 
 def ask_credentials(registry: str, username: str) -> Credentials:
@@ -66,15 +75,21 @@ def ask_credentials(registry: str, username: str) -> Credentials:
                        getpass.getpass(f"Password or access token for {username} at {registry}: "))
 
 
+USERNAME_MAX = 255
+
+
 def registry_address(address: str) -> str:
     """'host' or 'host:port' (no scheme, no path)."""
     if not isinstance(address, str) or not address:
         raise ValidationError("The registry address is empty.",
                               "Enter the registry's host name, e.g. 'registry.gitlab.com' or 'ghcr.io'.")
-    host, _, port = address.partition(":")
+    host, colon, port = address.partition(":")
     try:
         names.host(host)
-        if port:
+        if colon:
+            # int() alone would take ' 5000', '+5000' or '5_000'.
+            if not re.fullmatch(r"[0-9]{1,5}", port):
+                raise ValidationError("bad port")
             names.port(port)
     except ValidationError:
         raise ValidationError(f"{address!r} is not a registry address.",
@@ -222,21 +237,71 @@ def _api_error_text(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- server login
 
+def remote_docker_config(path: Optional[str], home: Optional[str] = None) -> Optional[str]:
+    """A server folder for a registry login kept apart from ~/.docker, as a path relative to
+    the login user's home; None stays None (the user's own ~/.docker).
+
+    Allowed: a relative path inside the home without '..' (e.g. '.docker-lab'), or an absolute
+    path under `home` (the server's home directory, needed to check it). Docker writes the
+    password into this folder, so it must never point elsewhere on the server.
+    """
+    if path is None:
+        return None
+    hint = ("Give a folder relative to your home on the server, without '..', e.g. '.docker-lab' or "
+            "'dallinger/.registry-login'.")
+    if not isinstance(path, str) or not path.strip():
+        raise ValidationError("The server's Docker config folder is empty.", hint)
+    if any(ord(c) < 32 or c == "\x7f" for c in path):
+        raise ValidationError(f"The server's Docker config folder {path!r} contains control characters.", hint)
+    if path.startswith("~"):
+        raise ValidationError(f"The server's Docker config folder {path!r} starts with '~'.",
+                              "Leave out '~/': relative folders are taken from your home on the server.")
+    if ".." in path.split("/"):
+        raise ValidationError(f"The server's Docker config folder {path!r} contains '..'.", hint)
+    rel = path
+    if posixpath.isabs(path):
+        root = (home or "").rstrip("/")
+        if not home or not posixpath.isabs(home):
+            raise ValidationError(f"The server's Docker config folder {path!r} is absolute, and the server's home "
+                                  "is not known to check it against.", hint)
+        norm = posixpath.normpath(path)
+        if not norm.startswith(root + "/"):
+            raise ValidationError(f"The server's Docker config folder {path} is outside your home {home} on the "
+                                  "server.", hint)
+        rel = norm[len(root) + 1:]
+    rel = posixpath.normpath(rel)
+    if rel in (".", ""):
+        raise ValidationError("The server's Docker config folder can't be your home folder itself.", hint)
+    return rel
+
+
 def _docker_env(remote, docker_config: Optional[str]) -> list[str]:
     """`env DOCKER_CONFIG=...` to keep a login in a private folder on the server (e.g. per deploy)."""
     if not docker_config:
         return []
-    return ["env", f"DOCKER_CONFIG={posixpath.join(remote.home, docker_config)}"]
+    return ["env", f"DOCKER_CONFIG={posixpath.join(remote.home, _checked_config(remote, docker_config))}"]
+
+
+def _checked_config(remote, docker_config: Optional[str]) -> Optional[str]:
+    # The server's home is asked for only when an absolute path has to be checked against it.
+    home = remote.home if isinstance(docker_config, str) and docker_config.startswith("/") else None
+    return remote_docker_config(docker_config, home)
 
 
 def login_server(remote, credentials: Credentials, *, docker_config: Optional[str] = None,
-                 reporter: Optional[Reporter] = None) -> None:
+                 reporter: Optional[Reporter] = None, temporary: bool = False) -> None:
     """`docker login --password-stdin` on the server: the password goes over the SSH channel's stdin.
 
-    `docker_config` (a folder relative to the home) keeps this login apart from the server
-    user's own ~/.docker; it is created with mode 0700.
+    `docker_config` (a folder relative to the home, see remote_docker_config) keeps this login
+    apart from the server user's own ~/.docker; it is created with mode 0700. `temporary`:
+    the caller deletes that folder right after use, so the password is not left stored and
+    no warning about its storage is given.
     """
     reporter = reporter or null_reporter
+    docker_config = _checked_config(remote, docker_config)  # refused before anything runs
+    if temporary and not docker_config:
+        raise ValidationError("A temporary server login needs its own docker_config folder.",
+                              "Pass docker_config= (it is deleted after use), or leave temporary off.")
     with step(reporter, "log in on the server", f"{credentials.username} at {credentials.registry}"):
         if docker_config:
             remote.makedirs(docker_config, 0o700)
@@ -247,16 +312,19 @@ def login_server(remote, credentials: Credentials, *, docker_config: Optional[st
         except CommandFailed as exc:
             raise images.server_docker_error(remote, exc.exit_status, exc.stderr) or \
                 classify(exc.stderr or exc.stdout, credentials.registry, "the server") from None
-        if "unencrypted" in res.stderr.lower():
+        # Docker says so when it wrote the password into config.json (no credential helper).
+        if "unencrypted" in (res.stderr or "").lower() and not temporary:
+            where = f"~/{docker_config}/config.json" if docker_config else "~/.docker/config.json"
             reporter(Warning_(
-                "The server's Docker stores this registry password unencrypted in its ~/.docker/config.json "
-                "(readable by that user and root).",
+                f"The server's Docker stores this registry password unencrypted in {where} "
+                f"(readable by {getattr(remote, 'user', None) or 'that user'} and root).",
                 "Use 'log out after the pull' in the deploy, or set up a credential helper on the server."))
 
 
 def logout_server(remote, registry: str, *, docker_config: Optional[str] = None) -> None:
     registry_address(registry)
-    remote.run([*_docker_env(remote, docker_config), "docker", "logout", registry], check=False, timeout=60)
+    env = _docker_env(remote, docker_config)
+    remote.run([*env, "docker", "logout", registry], check=False, timeout=60)
 
 
 # --------------------------------------------------------------------------- push / pull
@@ -271,8 +339,8 @@ def _auth_for(registry: Optional[str]) -> Optional[dict]:
 def push(ref: str, *, reporter: Optional[Reporter] = None, client=None) -> str:
     """Push `ref` from the local engine with per-layer progress; returns the manifest digest."""
     reporter = reporter or null_reporter
+    images.image_reference(ref)
     repository, _, tag = ref.rpartition(":")
-    images.image_repository(repository)
     registry = images.registry_of(repository)
     if registry is None:
         raise ValidationError(f"The image name {repository!r} names no registry, so it can't be pushed.",
@@ -315,6 +383,9 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
     images.image_repository(repository)
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest or ""):
         raise ValidationError(f"{digest!r} is not an image digest.", "Use the digest the push returned.")
+    if tag_as:
+        images.image_reference(tag_as)
+    env = _docker_env(remote, docker_config)
     ref = f"{repository}@{digest}"
     layers: dict = {}
 
@@ -341,7 +412,7 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
     with step(reporter, "pull on the server", ref):
         try:
             # Pull, tag and read the ID in one round trip.
-            remote.run([*_docker_env(remote, docker_config), "sh", "-c", _PULL_SCRIPT, "sh", ref, tag_as or ""],
+            remote.run([*env, "sh", "-c", _PULL_SCRIPT, "sh", ref, tag_as or ""],
                        timeout=7200, on_line=on_line)
         except CommandFailed as exc:
             raise classify((exc.stderr or "") + (exc.stdout or ""), images.registry_of(repository) or repository,
@@ -377,7 +448,7 @@ def deliver_via_registry(remote, context, *, app: str, ref: str, tag: str, build
     # server user's own ~/.docker never holds the password; the folder is deleted afterwards.
     private = f"{build_dir(app)}/registry-login" if credentials is not None and logout_after_pull else None
     if credentials is not None:
-        login_server(remote, credentials, docker_config=private, reporter=reporter)
+        login_server(remote, credentials, docker_config=private, reporter=reporter, temporary=bool(private))
     try:
         repository = ref.rpartition(":")[0]
         image_id = pull_on_server(remote, repository, digest, tag_as=ref, docker_config=private, reporter=reporter)

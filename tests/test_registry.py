@@ -76,9 +76,31 @@ def test_server_login_and_logout(remote, creds, private_config):
     registry.login_server(remote, creds, docker_config=private_config, reporter=events)
     config = remote.get_bytes(f"{private_config}/config.json").decode()
     assert creds.registry in config and creds.password not in config
-    assert any("unencrypted" in w.message for w in events.of(Warning_))
+    # The warning names the file the password really is in (this folder, not ~/.docker).
+    warnings = [w.message for w in events.of(Warning_) if "unencrypted" in w.message]
+    assert len(warnings) == 1 and f"~/{private_config}/config.json" in warnings[0], warnings
     registry.logout_server(remote, creds.registry, docker_config=private_config)
     assert creds.registry not in remote.get_bytes(f"{private_config}/config.json").decode()
+
+
+def test_server_login_folder_must_be_inside_the_home(remote, creds, private_config):
+    # An absolute path under the home is the same folder as its relative form.
+    absolute = f"{remote.home}/{private_config}"
+    registry.login_server(remote, creds, docker_config=absolute)
+    assert creds.registry in remote.get_bytes(f"{private_config}/config.json").decode()
+    registry.logout_server(remote, creds.registry, docker_config=absolute)
+    # Outside the home, or out of it with '..': refused, nothing made on the server.
+    outside = f"/tmp/t-img-login-{uuid.uuid4().hex[:8]}"
+    escape = f"../{remote.home.rstrip('/').rsplit('/', 1)[1]}-t-img-{uuid.uuid4().hex[:8]}"
+    try:
+        for folder in (outside, escape, f"{remote.home}/../x", "."):
+            with pytest.raises(registry.ValidationError) as info:
+                registry.login_server(remote, creds, docker_config=folder)
+            assert "home" in str(info.value)
+        assert not remote.run(["test", "-e", outside], check=False).ok
+        assert not remote.exists(escape)
+    finally:  # should a login get through, it leaves nothing behind
+        remote.run(["rm", "-rf", "--", outside, escape], check=False)
 
 
 def test_credential_helper_gets_secret_on_stdin(creds, home, tmp_path, monkeypatch):
@@ -121,8 +143,10 @@ def test_registry_mode_push_and_pull_by_digest(remote, testbed, creds, tmp_path,
         assert pushes and all(e.total and e.item for e in pushes)
         pulls = [e for e in events.of(Progress) if e.step == "pull on the server"]
         assert pulls and pulls[-1].unit == "layers" and pulls[-1].done == pulls[-1].total
-        # Logged out after the pull: the private login folder is gone.
+        # Logged out after the pull: the private login folder is gone, and as the password was
+        # never left stored, no warning says it was.
         assert not remote.exists(f"{transfer.build_dir(app)}/registry-login")
+        assert not [w for w in events.of(Warning_) if "unencrypted" in w.message], events.of(Warning_)
     finally:
         remote.run(["sh", "-c", f"docker image ls -q --filter label=labdeploy.app={app} | sort -u | "
                                 f"xargs -r docker rmi -f"], check=False)

@@ -323,8 +323,8 @@ def registry() -> None:
 @server_option
 @click.option("--server-only", is_flag=True, help="Log in on the server only, not on this computer.")
 @click.option("--remote-docker-config", default=None, metavar="DIR",
-              help="Keep the server's login in this folder (relative to the server home) instead of the "
-                   "server user's ~/.docker.")
+              help="Keep the server's login in this folder (relative to your home on the server, without "
+                   "'..'; an absolute path must be inside that home) instead of the server user's ~/.docker.")
 @click.option("--image-base-name", default=None, metavar="REGISTRY/PATH",
               help="Also set docker_image_base_name in ~/.dallingerconfig (where images are pushed).")
 @common_options
@@ -359,8 +359,13 @@ def registry_login(address, username, password_stdin, server, server_only, remot
         address = reg.registry_address(address)
         if image_base_name is not None:
             images.image_repository(image_base_name)
+        if remote_docker_config is not None and not remote_docker_config.startswith("/"):
+            reg.remote_docker_config(remote_docker_config)  # an absolute one needs the server's home
     creds = _ui.read_credentials(address, username, from_stdin=password_stdin)
     remote = open_server(name)
+    if remote_docker_config is not None:
+        with _ui.usage_errors():  # before either login
+            remote_docker_config = reg.remote_docker_config(remote_docker_config, remote.home)
     result = {"registry": address, "username": username, "server": name}
     with _ui.reporting() as reporter:
         if not server_only:
