@@ -76,7 +76,7 @@ def provision_sql(app: str, verifier: str, limit: int = DEFAULT_CONNECTION_LIMIT
 
 
 def drop_sql(app: str) -> str:
-    """psql script: end the app's sessions, drop its database and role (destroy with data)."""
+    """psql script: end the app's sessions, drop its database and roles (destroy with data)."""
     ident = names.db_identifier(app)
     return "\n".join([
         f"SELECT 'ALTER DATABASE {ident} CONNECTION LIMIT 0' WHERE EXISTS "
@@ -84,6 +84,51 @@ def drop_sql(app: str) -> str:
         f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {_literal(ident)};",
         f"DROP DATABASE IF EXISTS {ident};",
         f"DROP ROLE IF EXISTS {ident};",
+        f"DROP ROLE IF EXISTS {reader_role(app)};",  # its grants went with the database
+        "",
+    ])
+
+
+# ---------------------------------------------------------------------------- the read-only role
+
+READER_CONNECTION_LIMIT = 4  # query() opens one connection per call
+
+
+def reader_role(app: str) -> str:
+    """The role labdeploy's query() reads an app's data as: `<db>__ro`. App names never hold
+    "--", so no app's own role can have this name."""
+    return names.db_identifier(app) + "__ro"
+
+
+def reader_password(app: str, app_password: str) -> str:
+    """The read-only role's password, derived from the app's own (nothing more to store, and
+    concurrent queries agree on it). Whoever knows it knows the app's password already."""
+    mac = hmac.new(app_password.encode(), b"labdeploy read-only role " + reader_role(app).encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def reader_sql(app: str, verifier: str) -> str:
+    """psql script, run as the superuser in the app's database: make (or refresh) the app's
+    read-only role. It may connect and SELECT from every table of the app (now and, through
+    default privileges, tables the app creates later), nothing else; its sessions start
+    read-only. Idempotent: query() runs it before each query, so tables made in schemas
+    created since are covered too."""
+    ident = names.db_identifier(app)
+    ro = reader_role(app)
+    if not verifier.startswith("SCRAM-SHA-256$"):
+        raise ValidationError("Only a SCRAM verifier may be used here.", "Use database.scram_verifier(password).")
+    schemas = ("SELECT nspname FROM pg_namespace WHERE nspname <> 'information_schema' "
+               "AND nspname NOT LIKE 'pg\\_%'")
+    return "\n".join([
+        f"SELECT 'CREATE ROLE {ro}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_literal(ro)})\\gexec",
+        f"ALTER ROLE {ro} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS "
+        f"CONNECTION LIMIT {READER_CONNECTION_LIMIT} PASSWORD {_literal(verifier)};",
+        f"ALTER ROLE {ro} SET default_transaction_read_only = on;",
+        f"ALTER ROLE {ro} SET search_path = {ident}, public;",  # what the app's own role sees unqualified
+        f"GRANT CONNECT ON DATABASE {ident} TO {ro};",
+        f"SELECT format('GRANT USAGE ON SCHEMA %I TO {ro}', nspname) FROM ({schemas}) s\\gexec",
+        f"SELECT format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {ro}', nspname) FROM ({schemas}) s\\gexec",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident} GRANT SELECT ON TABLES TO {ro};",
         "",
     ])
 

@@ -6,8 +6,8 @@
   transaction covers every table, so the tables are consistent with each other and each
   table's rows are checked against `count(*)` from the same snapshot.
 * `save_archive` / `load_export`: Dallinger-compatible zip (and Parquet), see archive.py.
-* `query(app, server, sql, params)`: ad-hoc SQL in a read-only transaction as the app's own
-  role, through an SSH tunnel.
+* `query(app, server, sql, params)`: one ad-hoc SQL statement, in a read-only transaction, as
+  the app's read-only role (`<db>__ro`), through an SSH tunnel.
 * `download_files` / `download_logs`: the app's persistent files and its container logs.
 * `last_export_time` / `check_destroy`: destroy refuses to drop a database whose data has
   no fresh local export.
@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -518,42 +519,116 @@ def postgres_address(server) -> str:
     return net["IPAddress"]
 
 
+def _bind(sql: str, params: Optional[Mapping[str, Any]]) -> tuple[str, dict]:
+    """`:name` placeholders -> psycopg's %(name)s (and literal % doubled), checked before
+    anything is sent: every placeholder needs a value."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
+
+    if not isinstance(sql, str) or not sql.strip():
+        raise ValidationError("The query is empty.", "Give a SELECT statement.")
+    if "\0" in sql:
+        raise ValidationError("The query holds a NUL character.", "Remove it; PostgreSQL does not accept it.")
+    compiled = sa.text(sql).compile(dialect=pg_dialect.dialect())
+    given = dict(params or {})
+    missing = [n for n in compiled.binds if n not in given]
+    if missing:
+        raise ValidationError(f"The query uses :{', :'.join(missing)} but no value was given for it.",
+                              "Pass params={" + ", ".join(f"'{n}': ..." for n in missing) + "}.")
+    return compiled.string, {n: given[n] for n in compiled.binds}
+
+
+def _grant_reader(remote, app: str, password: str) -> str:
+    """Make (or refresh) the app's read-only role through the superuser's psql; its password."""
+    from . import database
+
+    ro_password = database.reader_password(app, password)
+    sql = database.reader_sql(app, database.scram_verifier(ro_password))
+    for attempt in (1, 2):
+        try:
+            psql.run_sql(remote, sql, names.db_identifier(app), timeout=60)
+            break
+        except psql.SQLError as exc:
+            # Two queries at once may race to create the role or grant on the same table.
+            if attempt == 2 or not ("already exists" in exc.message or "concurrently" in exc.message):
+                raise
+    return ro_password
+
+
+_ONE_STATEMENT = "cannot insert multiple commands into a prepared statement"
+
+
 @session.closes_what_it_opens
 def query(app: str, server, sql: str, params: Optional[Mapping[str, Any]] = None, *,
           timeout: float = 300) -> pd.DataFrame:
-    """Run SQL in a read-only transaction as the app's own role; rows as a DataFrame.
+    """Run one SQL statement (a SELECT) on the app's data; rows as a DataFrame.
 
-    Parameters are bound by the driver (`:name` placeholders), never pasted into the SQL.
-    The connection goes through an SSH tunnel to PostgreSQL as seen from the server.
+    It runs as the app's read-only role (`<db>__ro`: SELECT on the app's tables and nothing
+    else, made by labdeploy through the superuser), in a READ ONLY transaction that is always
+    rolled back, as one statement of PostgreSQL's extended protocol (which refuses several
+    statements, so nothing can follow a COMMIT). Parameters are bound by the server (`:name`
+    placeholders), never pasted into the SQL. The connection goes through an SSH tunnel to
+    PostgreSQL as seen from the server.
     """
-    import sqlalchemy as sa
+    import psycopg
+
+    from . import database
 
     names.app_name(app)
-    if not isinstance(sql, str) or not sql.strip():
-        raise ValidationError("The query is empty.", "Give a SELECT statement.")
+    text, values = _bind(sql, params)
     remote = _remote(server)
-    role, password, database = _app_credentials(remote, app)
+    _role, password, db = _app_credentials(remote, app)
+    ro_password = _grant_reader(remote, app, password)
     host = postgres_address(remote)
     with remote.forward(host, 5432) as port:
-        url = sa.engine.URL.create("postgresql+psycopg", username=role, password=password,
-                                   host="127.0.0.1", port=port, database=database)
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool,
-                                  connect_args={"connect_timeout": 10, "application_name": "labdeploy-query",
-                                                "options": f"-c statement_timeout={int(timeout * 1000)}"})
         try:
-            with engine.connect().execution_options(postgresql_readonly=True) as conn:
-                with conn.begin():
-                    return pd.read_sql(sa.text(sql), conn, params=dict(params or {}))
-        except (sa.exc.DBAPIError, pd.errors.DatabaseError) as exc:
-            cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ else exc
-            orig = getattr(cause, "orig", cause)
-            msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-            if "read-only transaction" in msg:
-                raise ValidationError(f"The query tried to change data: {msg}",
-                                      "query() is read-only; change data through the experiment itself.") from None
+            conn = psycopg.connect(host="127.0.0.1", port=port, dbname=db, user=database.reader_role(app),
+                                   password=ro_password, connect_timeout=10, application_name="labdeploy-query",
+                                   options=f"-c statement_timeout={int(timeout * 1000)} "
+                                           "-c default_transaction_read_only=on -c TimeZone=UTC")
+        except psycopg.Error as exc:
+            raise psql.SQLError(f"Could not connect to the app's database: {_first_line(exc)}",
+                                "Check that the shared PostgreSQL is running (monitor panel).") from None
+        try:
+            conn.read_only = True  # BEGIN READ ONLY before the statement
+            with conn.cursor() as cur:
+                # prepare=True: Parse/Bind/Execute (the extended protocol) even without parameters.
+                cur.execute(text, values, prepare=True)
+                if cur.description is None:
+                    raise ValidationError("The statement returned no rows.",
+                                          "query() is for SELECT statements (read-only).")
+                columns = [d.name for d in cur.description]
+                rows = cur.fetchall()
+        except psycopg.Error as exc:
+            msg = _first_line(exc)
+            if _ONE_STATEMENT in msg:
+                raise ValidationError("The query holds several statements; query() runs exactly one.",
+                                      "Send one SELECT per call (without ';' between statements).") from None
+            if "read-only transaction" in msg or "permission denied" in msg:
+                raise ValidationError(f"The query tried to change data or read what it may not: {msg}",
+                                      "query() is read-only (it reads as the app's read-only role); change "
+                                      "data through the experiment itself.") from None
             raise psql.SQLError(f"PostgreSQL reported an error: {msg}", "Check the SQL statement.") from None
         finally:
-            engine.dispose()
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()  # never commit: whatever the statement did is undone
+            conn.close()
+    return _frame(rows, columns)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _frame(rows: list, columns: list) -> pd.DataFrame:
+    """Rows as pandas.read_sql gives them: floats coerced, time-zone-aware columns in UTC."""
+    frame = pd.DataFrame.from_records(rows, columns=columns, coerce_float=True) if rows else \
+        pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    for name in frame.columns:
+        if isinstance(frame[name].dtype, pd.DatetimeTZDtype):
+            frame[name] = frame[name].dt.tz_convert("UTC")
+    return frame
 
 
 # ---------------------------------------------------------------------------- files and logs

@@ -3,12 +3,18 @@
 The SQL travels on stdin, never on the command line. psql runs inside the container over its
 local socket as the superuser `dallinger` (trusted there), with ON_ERROR_STOP so a failing
 statement makes the whole call fail.
+
+These are labdeploy's own tools, for SQL that labdeploy writes: `run_sql` runs a whole psql
+script (several statements, backslash commands) as the superuser, so it must never be given
+text from a user. `query_df` takes one plain SELECT and refuses anything else before sending
+it. A researcher's own SQL goes through `labdeploy.export.query` (the app's read-only role).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 from typing import Optional
 
 import pandas as pd
@@ -17,7 +23,6 @@ from . import layout
 from .errors import CommandFailed, LabdeployError, ValidationError
 
 _DB_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_SEPARATOR = "__labdeploy_rows_follow__"
 
 
 class SQLError(LabdeployError):
@@ -53,7 +58,8 @@ def _fail(exc: CommandFailed, database: str) -> SQLError:
 
 
 def run_sql(remote, sql: str, database: str = "dallinger", *, timeout: Optional[float] = 300) -> str:
-    """Run SQL (one or more statements) and return psql's plain output."""
+    """Run a psql script of labdeploy's own (one or more statements, psql's backslash commands)
+    as the superuser and return psql's plain output. Never pass text a user typed."""
     argv = psql_argv(database)
     try:
         return remote.run(argv, stdin=sql.encode(), timeout=timeout).stdout
@@ -82,23 +88,46 @@ def _convert(df: pd.DataFrame, types: dict) -> pd.DataFrame:
     return df
 
 
+def single_select(sql: str) -> str:
+    """The statement query_df may send: one statement, no psql backslash command. psql would
+    run a `\\` command itself (`\\!` starts a shell in the container) and splits statements at
+    ';', so both are refused outright (also inside quotes: these are labdeploy's own queries,
+    and a rule without exceptions can't be fooled by quoting)."""
+    if not isinstance(sql, str):
+        raise ValidationError("The query is not text.", "Give a SELECT statement as a string.")
+    query = sql.strip().rstrip(";").strip()
+    if not query:
+        raise ValidationError("The query is empty.", "Give a SELECT statement.")
+    for char, what in (("\\", "a backslash (psql would run it as a command)"),
+                       (";", "a ';' between statements"), ("\0", "a NUL character")):
+        if char in query:
+            raise ValidationError(f"The query holds {what}; query_df runs exactly one plain statement.",
+                                  "Send one SELECT without ';' or '\\' (use chr(92) for a backslash in a "
+                                  "string); for an app's data use labdeploy.export.query().")
+    return query
+
+
 def query_df(remote, sql: str, database: str = "dallinger", *, timeout: Optional[float] = 300) -> pd.DataFrame:
-    """Run one SELECT (or WITH ... SELECT) and return its rows as a DataFrame.
+    """Run one SELECT (or WITH ... SELECT) as the superuser, in a read-only transaction, and
+    return its rows as a DataFrame. Refused before anything is sent unless it is one statement
+    without backslash commands (see single_select).
 
     Rows come back as JSON (types kept, NULL kept apart from ''), column names and types from
     psql's \\gdesc, so an empty result still has its columns.
     """
-    query = sql.strip().rstrip(";").strip()
-    if not query:
-        raise ValidationError("The query is empty.", "Give a SELECT statement.")
+    query = single_select(sql)
+    separator = f"__labdeploy_rows_follow_{secrets.token_hex(8)}__"
     script = (
         "\\set QUIET on\n\\pset pager off\n\\pset format unaligned\n\\pset tuples_only on\n\\pset fieldsep '\\t'\n"
+        # Whatever the statement calls, it can't write: the transaction is read-only and rolled back.
+        "BEGIN TRANSACTION READ ONLY;\n"
         f"{query}\n\\gdesc\n"
-        f"\\echo {_SEPARATOR}\n"
+        f"\\echo {separator}\n"
         f"SELECT row_to_json(labdeploy_q) FROM (\n{query}\n) AS labdeploy_q;\n"
+        "ROLLBACK;\n"
     )
     out = run_sql(remote, script, database, timeout=timeout)
-    head, sep, body = out.partition(_SEPARATOR + "\n")
+    head, sep, body = out.partition(separator + "\n")
     if not sep:
         raise SQLError("psql's answer could not be read.", "Check that the statement is a single SELECT.")
     types: dict[str, str] = {}

@@ -306,12 +306,12 @@ def test_disk_full_locally(app, session_remote, full_disk, home):
     assert export.last_export_time(app) is None
 
 
-def test_query_read_only_as_the_app_role(app, session_remote):
+def test_query_read_only_as_the_apps_read_only_role(app, session_remote):
     df = export.query(app, session_remote, "SELECT id, worker_id, details FROM participant WHERE id <= :n ORDER BY id",
                       {"n": 2})
     assert df["worker_id"].tolist() == ["W-ALICE", "W-BOB"] and df["details"][0]["lang"] == "fr"
     who = export.query(app, session_remote, "SELECT current_user AS u, current_setting('transaction_read_only') AS ro")
-    assert who["u"][0] == database.names.db_identifier(app) and who["ro"][0] == "on"
+    assert who["u"][0] == database.reader_role(app) and who["ro"][0] == "on"  # the app's read-only role
     with pytest.raises(ValidationError) as err:
         export.query(app, session_remote, "DELETE FROM participant")
     assert "read-only" in err.value.hint
