@@ -234,7 +234,7 @@ def _pattern_regex(pattern: str) -> re.Pattern:
         else:
             out += re.escape(c)
         i += 1
-    return re.compile("^" + out + "$")
+    return re.compile(out)  # used with fullmatch: `$` would also match before a final newline
 
 
 @dataclass
@@ -263,7 +263,7 @@ class IgnoreRules:
         candidates = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
         result = False
         for regex, negated in self.rules:
-            if any(regex.match(c) for c in candidates):
+            if any(regex.fullmatch(c) for c in candidates):
                 result = not negated
         return result
 

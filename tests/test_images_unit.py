@@ -33,6 +33,7 @@ def experiment(tmp_path) -> Path:
     ("te?t.txt", "test.txt", True),
     ("[ab].txt", "c.txt", False),
     ("# comment\n\n", "x", False),
+    ("secret", "secret\n", False),          # as Docker: '$' is the end of the name, not a final newline
 ])
 def test_dockerignore_rules(patterns, path, excluded):
     assert images.IgnoreRules.parse(patterns).excluded(path) is excluded
