@@ -4,15 +4,16 @@ Pure parts: the psql script (built here, sent on stdin) and the splitter that cu
 stdout back into tables. The script opens one REPEATABLE READ READ ONLY transaction, so the
 catalog, every `count(*)` and every `COPY ... TO STDOUT` see the same snapshot. Marker lines
 that start with a random nonce separate the parts; the nonce cannot occur in the data (it is
-chosen after the data was written and is 128 random bits), so no escaping is needed.
+chosen after the data was written and is 128 random bits), so no escaping is needed. Table
+names in marker lines are JSON strings: a name may hold spaces, tabs or newlines.
 
 Stream, in order:
 
     <nonce> snapshot <pg_current_snapshot> <transaction start, epoch seconds>
     <nonce> catalog <one-line JSON: [{"table": ..., "columns": [...]}, ...]>
-    <nonce> count <table> <count(*)>
+    <nonce> count <table as a JSON string> <count(*)>
     <CSV with header, as COPY writes it>
-    <nonce> end <table>
+    <nonce> end <table as a JSON string>
     ... (count / CSV / end for each table)
     <nonce> done
 """
@@ -94,14 +95,15 @@ SET LOCAL extra_float_digits = 1;
 SELECT {tag} || 'snapshot ' || pg_current_snapshot()::text || ' ' || extract(epoch FROM now())::text;
 SELECT {tag} || 'catalog ' || coalesce(jsonb_agg(jsonb_build_object('table', tl.label, 'columns', ({COLUMNS_SQL}))
        ORDER BY tl.label), '[]'::jsonb)::text FROM ({CATALOG_SQL}) tl {wanted};
-SELECT format('SELECT %L || count(*) FROM %I.%I', {tag} || 'count ' || tl.label || ' ', tl.nspname, tl.relname),
+SELECT format('SELECT %L || count(*) FROM %I.%I', {tag} || 'count ' || to_json(tl.label)::text || ' ',
+              tl.nspname, tl.relname),
        CASE WHEN tl.relkind = 'p' THEN  -- COPY can't read a partitioned table itself: its rows via SELECT
          format('COPY (SELECT %s FROM %I.%I) TO STDOUT WITH (FORMAT csv, HEADER true)',
                 (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
                  WHERE a.attrelid = tl.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
                 tl.nspname, tl.relname)
        ELSE format('COPY %I.%I TO STDOUT WITH (FORMAT csv, HEADER true)', tl.nspname, tl.relname) END,
-       format('SELECT %L', {tag} || 'end ' || tl.label)
+       format('SELECT %L', {tag} || 'end ' || to_json(tl.label)::text)
 FROM ({CATALOG_SQL}) tl {wanted} ORDER BY tl.label
 \\gexec
 SELECT {tag} || 'done';
@@ -228,6 +230,17 @@ class TableStream:
     ended: bool = False
 
 
+def _json_name(text: str) -> str:
+    try:
+        name = json.loads(text)
+    except ValueError:
+        name = None
+    if not isinstance(name, str):
+        raise StreamError(f"psql's output named a table oddly: {text[:200]!r}",
+                          "Run the export again; if it repeats, report it with this message.")
+    return name
+
+
 @dataclass
 class Splitter:
     """Cuts psql's stdout into the parts listed in the module docstring.
@@ -309,12 +322,14 @@ class Splitter:
             if self.on_catalog is not None:
                 self.on_catalog(self.catalog)
         elif kind == "count":
-            name, _, count = rest.rpartition(" ")
+            quoted, _, count = rest.rpartition(" ")
+            name = _json_name(quoted)
             t = TableStream(name, int(count))
             self.tables[name] = t
             self._current = t
             self._sink = self.on_table_start(name, t.count)
         elif kind == "end":
+            rest = _json_name(rest)
             if rest not in self.tables or not self.tables[rest].ended:
                 raise StreamError(f"psql's output ended table {rest!r} out of order.",
                                   "Run the export again; if it repeats, report it.")

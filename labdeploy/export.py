@@ -9,6 +9,7 @@
 * `query(app, server, sql, params)`: one ad-hoc SQL statement, in a read-only transaction, as
   the app's read-only role (`<db>__ro`), through an SSH tunnel.
 * `download_files` / `download_logs`: the app's persistent files and its container logs.
+* Files written locally hold participant data: 0600, in folders made 0700 (localfiles).
 * `last_export_time` / `check_destroy`: destroy refuses to drop a database whose data has
   no fresh local export.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import pandas as pd
 
 from . import anonymise as anon
-from . import archive, copystream, layout, names, pgtypes, psql, session
+from . import archive, copystream, layout, localfiles, names, pgtypes, psql, session
 from .archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
 from .errors import CommandFailed, LabdeployError, ValidationError
 from .progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
@@ -88,8 +90,9 @@ def table_counts(app: str, server) -> pd.DataFrame:
     remote = _remote(server)
     db = names.db_identifier(app)
     sql = ("\\pset tuples_only on\n\\pset format unaligned\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
-           "SELECT format('SELECT %L || chr(9) || count(*) FROM %I.%I', tl.label, tl.nspname, tl.relname) "
-           f"FROM ({copystream.CATALOG_SQL}) tl ORDER BY tl.label\n\\gexec\nCOMMIT;\n")
+           # Names as JSON strings: a table's name may hold a tab or a newline.
+           "SELECT format('SELECT %L || chr(9) || count(*) FROM %I.%I', to_json(tl.label)::text, tl.nspname, "
+           f"tl.relname) FROM ({copystream.CATALOG_SQL}) tl ORDER BY tl.label\n\\gexec\nCOMMIT;\n")
     try:
         out = psql.run_sql(remote, sql, db)
     except psql.SQLError as exc:
@@ -97,7 +100,7 @@ def table_counts(app: str, server) -> pd.DataFrame:
             raise _unknown_app(remote, app) from exc
         raise
     rows = [line.rsplit("\t", 1) for line in out.splitlines() if "\t" in line]
-    return pd.DataFrame({"table": [r[0] for r in rows], "rows": [int(r[1]) for r in rows]},
+    return pd.DataFrame({"table": [json.loads(r[0]) for r in rows], "rows": [int(r[1]) for r in rows]},
                         columns=["table", "rows"])
 
 
@@ -336,12 +339,9 @@ def _record(data: ExportData, path: Path) -> None:
            "counts": {t: int(len(f)) for t, f in data.items()}, "path": str(path),
            "size": path.stat().st_size, "saved_at": datetime.now(timezone.utc).isoformat()}
     f = _records_file()
-    f.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(rec) + "\n").encode())
-    finally:
-        os.close(fd)
+    localfiles.make_private_dirs(f.parent)
+    with localfiles.open_private(f, exclusive=False, append=True) as out:  # 0600: names paths and counts
+        os.write(out.fileno(), (json.dumps(rec) + "\n").encode())  # one write: lines never interleave
 
 
 def exports(app: Optional[str] = None, server=None) -> list[dict]:
@@ -395,7 +395,8 @@ def changes_since(app: str, server, record: Mapping[str, Any]) -> pd.DataFrame:
         newer = f"({newer} OR xmin::text::bigint IN ({', '.join(str(x) for x in xip)}))"
     sql = ("\\pset tuples_only on\n\\pset format unaligned\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
            "SELECT format('SELECT %L || chr(9) || count(*) || chr(9) || count(*) FILTER (WHERE "
-           + newer.replace("'", "''").replace("%", "%%") + ") FROM %I.%I', tl.label, tl.nspname, tl.relname) "
+           + newer.replace("'", "''").replace("%", "%%") + ") FROM %I.%I', to_json(tl.label)::text, tl.nspname, "
+           "tl.relname) "
            f"FROM ({copystream.CATALOG_SQL}) tl ORDER BY tl.label\n\\gexec\nCOMMIT;\n")
     out = psql.run_sql(remote, sql, db)
     counts = record.get("counts", {})
@@ -403,7 +404,8 @@ def changes_since(app: str, server, record: Mapping[str, Any]) -> pd.DataFrame:
     for line in out.splitlines():
         parts = line.split("\t")
         if len(parts) == 3:
-            rows.append({"table": parts[0], "rows": int(parts[1]), "exported_rows": counts.get(parts[0]),
+            table = json.loads(parts[0])
+            rows.append({"table": table, "rows": int(parts[1]), "exported_rows": counts.get(table),
                          "written_since": int(parts[2])})
     for t, n in counts.items():
         if t not in {r["table"] for r in rows}:
@@ -638,43 +640,180 @@ def _frame(rows: list, columns: list) -> pd.DataFrame:
 def download_files(app: str, server, dest: Union[str, os.PathLike], *,
                    reporter: Optional[Reporter] = None) -> list[Path]:
     """Copy the app's persistent files (~/dallinger-data/<app>) into `dest`, with progress.
-    Each file appears under its name only when complete."""
+
+    The files travel as one tar stream (symlinks as links, not followed, so a link to anything
+    outside the app's folder is never read); only regular files are written, each under its
+    name only when complete, mode 0600, in folders made 0700, and never outside `dest`."""
     report = reporter or null_reporter
+    names.app_name(app)
     remote = _remote(server)
     root = layout.app_data(app)
-    dest = Path(dest).expanduser()
-    out = remote.run(["sh", "-c", f"cd {_q(root)} 2>/dev/null && find . -type f -printf '%s %P\\0' "
-                                  f"|| echo missing"], timeout=60).stdout
-    if out.strip() == "missing":
+    listing = remote.run(["sh", "-c", f"cd {_q(root)} 2>/dev/null || {{ echo missing; exit 0; }}; "
+                                      "find . -type f -printf '%s\\n'"], timeout=60, check=False)
+    if listing.stdout.strip() == "missing":
         raise UnknownApp(f"{app!r} has no folder {root} on {remote.host}.",
                          "Check the app name; an app without assets has no files to download.")
-    files = []
-    for entry in out.split("\0"):
-        if entry.strip():
-            size, _, rel = entry.partition(" ")
-            if rel and ".." not in rel.split("/") and not rel.startswith("/"):
-                files.append((rel, int(size)))
-    total = sum(s for _, s in files)
-    done = [0]
-    written = []
-    with step(report, "Download files", f"{len(files)} files"):
-        for rel, size in files:
-            base = done[0]
+    sizes = [int(x) for x in listing.stdout.split() if x.isdigit()]
+    total = sum(sizes)
+    dest = archive.ensure_folder(dest)
+    pipe = copystream.ChunkPipe()
+    holder: dict = {}
 
-            def progress(d: int, _t: int, base=base, rel=rel) -> None:
-                report(Progress("Download files", base + d, total, unit="bytes", item=rel))
+    def work() -> None:
+        try:
+            holder["result"] = _unpack_files(pipe, dest, report, total)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            holder["error"] = exc
+        finally:
+            pipe.reader_done()
 
-            target = dest / rel
-            try:
-                remote.get_file(f"{root}/{rel}", target, on_progress=progress)
-            except PermissionError:
-                report(Warning_(f"{rel} may not be read by {remote.user}; skipped.", ""))
-                continue
-            except OSError as exc:
-                raise archive._disk_error(exc, target) from exc
-            done[0] += size
-            written.append(target)
+    def feed(chunk: bytes) -> None:
+        if "error" in holder:
+            raise _Stop()  # stops the tar on the server too
+        pipe.write(chunk)
+
+    with step(report, "Download files", f"{len(sizes)} files"):
+        thread = threading.Thread(target=work, name="labdeploy-unpack-files", daemon=True)
+        thread.start()
+        res = None
+        try:
+            # --hard-dereference: a file linked twice comes twice, not as a link to follow here.
+            res = remote.run(["tar", "-C", root, "--hard-dereference", "-cf", "-", "."], on_stdout=feed,
+                             check=False, timeout=None)
+        except _Stop:
+            pass
+        finally:
+            pipe.close_writer(None if res is not None else ConnectionError("the download stopped"))
+            thread.join()
+        problems = _tar_problems(res.stderr if res is not None else "")
+        if "error" in holder:
+            err = holder["error"]
+            if res is not None and res.exit_status not in (0, 1) and problems["fatal"]:
+                raise LabdeployError(f"tar failed on {remote.host}: {problems['fatal'][-1]}",
+                                     "Read the error above; it comes from the server.") from err
+            if isinstance(err, LabdeployError):
+                raise err
+            if isinstance(err, OSError) and not isinstance(err, (tarfile.TarError, ConnectionError)):
+                raise archive._disk_error(err, dest) from err
+            raise LabdeployError(f"The files of {app} could not be unpacked: {err}",
+                                 "Run the download again; if it repeats, report it.") from err
+        if res.exit_status not in (0, 1, 2) or problems["fatal"]:
+            detail = "; ".join(problems["fatal"][-3:]) or f"exit status {res.exit_status}"
+            raise LabdeployError(f"Reading the files of {app} on {remote.host} failed: {detail}",
+                                 "Read the error above; it comes from the server.")
+        for rel in problems["unreadable"]:
+            report(Warning_(f"{rel} may not be read by {remote.user}; skipped.", ""))
+        for rel in problems["changed"]:
+            report(Warning_(f"{rel} changed while it was read; download again for a settled copy.", ""))
+        written, skipped = holder["result"]
+        for rel, why in skipped:
+            report(Warning_(f"{rel!r} was not downloaded: {why}.", ""))
     return written
+
+
+class _Stop(Exception):
+    """Raised from the stream callback to stop the remote command."""
+
+
+def _tar_problems(stderr: str) -> dict:
+    """GNU tar's complaints, sorted: files it could not read (skipped, exit status 2), files
+    that changed while read (exit status 1), and anything else (fatal)."""
+    out: dict = {"unreadable": [], "changed": [], "fatal": []}
+    for line in stderr.splitlines():
+        text = line.removeprefix("tar: ")
+        for suffix, kind in ((": Cannot open: Permission denied", "unreadable"),
+                             (": Cannot savedir: Permission denied", "unreadable"),
+                             (": file changed as we read it", "changed"),
+                             (": File removed before we read it", "changed")):
+            if text.endswith(suffix):
+                out[kind].append(text[:-len(suffix)].removeprefix("./"))
+                break
+        else:
+            if text.strip() and not text.startswith("Exiting with failure status due to previous errors"):
+                out["fatal"].append(text.strip())
+    return out
+
+
+def _member_parts(name: str) -> Optional[list[str]]:
+    """A tar member's path as parts inside the destination ([] for the folder itself), or None
+    when it would leave it."""
+    if not name or name.startswith("/") or "\0" in name:
+        return None
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        return None
+    return parts
+
+
+def _private_subdirs(dest: Path, parts: Sequence[str]) -> Optional[Path]:
+    """dest/parts..., each missing folder made 0700; None if one of them is a link or a file (a
+    link could lead outside dest)."""
+    folder = dest
+    for part in parts:
+        folder = folder / part
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            return None
+        if not folder.exists():
+            localfiles.make_private_dirs(folder)
+    return folder
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _unpack_files(stream, dest: Path, report: Reporter, total: int) -> tuple[list, list]:
+    """Write the regular files of a tar stream into dest (see download_files). Returns (paths
+    written, [(name, why skipped)])."""
+    dest_real = os.path.realpath(dest)
+    written: list = []
+    skipped: list = []
+    done = 0
+    with tarfile.open(fileobj=stream, mode="r|") as tf:
+        for member in tf:
+            parts = _member_parts(member.name)
+            rel = "/".join(parts) if parts else member.name
+            if parts is None:
+                skipped.append((member.name, "its name leads outside the folder"))
+                continue
+            if not parts:
+                if not member.isdir():
+                    skipped.append((member.name, "it has no name of its own"))
+                continue  # the folder itself: dest
+            if member.isdir():
+                if _private_subdirs(dest, parts) is None:
+                    skipped.append((rel, "a link or a file is in its place here"))
+                continue
+            if not member.isreg():
+                skipped.append((rel, "it is a link or a special file, not a regular file"))
+                continue
+            folder = _private_subdirs(dest, parts[:-1])
+            if folder is None or not _within(os.path.realpath(folder), dest_real):
+                skipped.append((rel, "a link or a file is in the way here"))
+                continue
+            target = folder / parts[-1]
+            if target.is_dir() and not target.is_symlink():
+                skipped.append((rel, "a folder of that name is in the way here"))
+                continue
+            src = tf.extractfile(member)
+            tmp = localfiles.temp_name(target)
+            try:
+                with localfiles.open_private(tmp) as out:  # 0600: an app's files may hold participant data
+                    got = 0
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                        got += len(chunk)
+                        report(Progress("Download files", done + got, total, unit="bytes", item=rel))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)  # replaces a link at that name, never writes through it
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            done += member.size
+            written.append(target)
+            report(Progress("Download files", done, max(total, done), unit="bytes", item=rel))
+    return written, skipped
 
 
 def _q(text: str) -> str:
@@ -697,12 +836,12 @@ def download_logs(app: str, server, dest: Union[str, os.PathLike], *, tail: Opti
                          "Check the app name and the server.")
     dest = archive.ensure_folder(dest)
     target = dest / f"{app}-logs.txt"
-    tmp = target.with_name(f".{target.name}.part")
+    tmp = localfiles.temp_name(target)
     args = [*compose.compose_argv(remote), "logs", "--no-color", "--timestamps"]
     if tail:
         args += ["--tail", str(int(tail))]
     got = [0]
-    with step(report, "Download logs"), open(tmp, "wb") as f:
+    with step(report, "Download logs"), localfiles.open_private(tmp) as f:  # 0600: logs name participants
         def chunk(data: bytes) -> None:
             f.write(data)
             got[0] += len(data)

@@ -192,7 +192,8 @@ def _stream(nonce: str, tables: dict) -> bytes:
     out = [f"{nonce} snapshot 10:12:11 1700000000.5\n",
            f"{nonce} catalog " + json.dumps([{"table": t, "columns": []} for t in tables]) + "\n"]
     for name, csv in tables.items():
-        out.append(f"{nonce} count {name} {csv.count(chr(10)) - 1}\n{csv}{nonce} end {name}\n")
+        quoted = json.dumps(name, ensure_ascii=False)  # as to_json(name) writes it
+        out.append(f"{nonce} count {quoted} {csv.count(chr(10)) - 1}\n{csv}{nonce} end {quoted}\n")
     out.append(f"{nonce} done\n")
     return "".join(out).encode()
 
@@ -200,7 +201,8 @@ def _stream(nonce: str, tables: dict) -> bytes:
 @pytest.mark.parametrize("chunk", [1, 7, 64, 100000])
 def test_splitter_cuts_tables_at_any_chunk_size(chunk):
     nonce = copystream.new_nonce()
-    tables = {"a": "id\n1\n2\n", "empty": "id\n", "t x": 'v\n"x\nlabdeploy-not-the-nonce end a"\n'}
+    tables = {"a": "id\n1\n2\n", "empty": "id\n", "t x": 'v\n"x\nlabdeploy-not-the-nonce end a"\n',
+              "new\nline\tand 9": "id\n3\n"}  # a table's name may hold a newline, a tab, a space and digits
     got, ended = {}, []
 
     class Sink(list):
@@ -216,7 +218,7 @@ def test_splitter_cuts_tables_at_any_chunk_size(chunk):
     for i in range(0, len(data), chunk):
         sp.feed(data[i:i + chunk])
     assert sp.done and sp.snapshot == "10:12:11" and sp.started_epoch == 1700000000.5
-    assert ended == ["a", "empty", "t x"]
+    assert ended == ["a", "empty", "t x", "new\nline\tand 9"]
     assert {k: b"".join(v).decode() for k, v in got.items()} == tables
     assert sp.tables["a"].count == 2
 
