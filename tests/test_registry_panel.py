@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import uuid
 
 import ipywidgets as W
@@ -114,3 +115,18 @@ def test_mode_choice_explained(testbed, home):
     for cls in ("login-here", "login-server", "save-base"):
         assert any(f"labdeploy-registry-{cls}" in b._dom_classes for b in
                    (panel.login_here_button, panel.login_server_button, panel.save_base_button))
+
+
+def test_a_server_login_folder_out_of_the_home_is_shown_as_an_error(testbed, remote, home):
+    escape = f"../t-img-panel-{uuid.uuid4().hex[:8]}"
+    panel = panel_for(testbed, remote, escape)
+    panel.password_box.value = testbed["registry"]["password"]
+    try:
+        panel.login_server_button.click()
+        finish(panel)
+        assert panel.steps.state("log in on the server") == "failed"
+        assert "contains '..'" in html.unescape(panel.message.value)
+        assert testbed["registry"]["password"] not in all_widget_states(panel.widget)
+        assert not remote.exists(escape)
+    finally:
+        remote.run(["rm", "-rf", "--", escape], check=False)
