@@ -606,7 +606,8 @@ def query(app: str, server, sql: str, params: Optional[Mapping[str, Any]] = None
             if _ONE_STATEMENT in msg:
                 raise ValidationError("The query holds several statements; query() runs exactly one.",
                                       "Send one SELECT per call (without ';' between statements).") from None
-            if "read-only transaction" in msg or "permission denied" in msg:
+            # 25006 read_only_sql_transaction, 42501 insufficient_privilege (any server language)
+            if getattr(exc, "sqlstate", None) in ("25006", "42501") or "read-only transaction" in msg:
                 raise ValidationError(f"The query tried to change data or read what it may not: {msg}",
                                       "query() is read-only (it reads as the app's read-only role); change "
                                       "data through the experiment itself.") from None
