@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import appdata, caddy, containers, layout, names, session, stack
 from .deploy import UnknownApp, _check_data_saved, _compose, _connect
-from .errors import LabdeployError
+from .errors import LabdeployError, ValidationError
 from .lock import DeployLock
 from .progress import LogLine, Reporter, null_reporter, step
 
@@ -157,6 +157,7 @@ class DestroyResult:
     app: str
     removed: list = field(default_factory=list)
     kept: list = field(default_factory=list)
+    exported: list = field(default_factory=list)  # the final export's files (destroy with final_export)
 
     def summary(self) -> str:
         text = f"{self.app}: removed " + (", ".join(self.removed) or "nothing")
@@ -179,22 +180,34 @@ def _app_traces(remote, app: str) -> dict:
 
 @session.closes_what_it_opens
 def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
-            reporter: Optional[Reporter] = None) -> DestroyResult:
+            final_export=None, reporter: Optional[Reporter] = None) -> DestroyResult:
     """Stop and remove an app's containers, its Caddy route and its folder.
 
     Its database, role, Redis volume and ~/dallinger-data/<app> are kept unless
     `remove_data=True`, which is refused unless a fresh export of the database was saved on this
     computer (labdeploy.export), or `export_check=False` says explicitly to lose the data.
-    Nothing happens without `confirm=True`.
+    `final_export=FOLDER` (with remove_data) is the safe order for apps that write by
+    themselves (PsyNet records its status every minute): stop the app, export every table
+    into FOLDER, then delete. Nothing happens without `confirm=True`; every check that can
+    refuse runs before anything is removed, and a refusal after the app was stopped for it
+    starts the app again.
     """
     reporter = reporter or null_reporter
     app = names.app_name(app)
+    if final_export is not None and not remove_data:
+        raise ValidationError("final_export is for destroying an app with its data (remove_data=True).",
+                              "Export with labdeploy.export.export(app, server, save_to=...) to keep a copy "
+                              "of a running app.")
     if not confirm:
         what = "its containers, web address and folder" + (", and ALL ITS DATA (database, files)" if remove_data else
                                                           "; its data is kept")
         raise ConfirmationRequired(f"Destroying {app!r} removes {what}. Nothing was done.",
                                    f"Call destroy({app!r}, server, confirm=True" +
                                    (", remove_data=True" if remove_data else "") + ") to go ahead.")
+    if final_export is not None:
+        from .archive import ensure_folder
+
+        final_export = ensure_folder(final_export)  # a folder that can't be written is refused first
     result = DestroyResult(app)
     with step(reporter, "check"):
         remote = _connect(server)
@@ -205,13 +218,34 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                              f"Check the name. Apps on this server: {known}.")
     with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
         reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
-        if remove_data and export_check:
-            _check_data_saved(remote, app, reporter)
+        checked = remove_data and traces["database"] and (final_export is not None or export_check)
+        if checked and final_export is None:
+            _check_data_saved(remote, app, reporter)  # refuse while the app still runs untouched
+        has_compose = traces["dir"] and remote.exists(layout.app_compose(app))
         with step(reporter, "stop"):
-            if traces["dir"] and remote.exists(layout.app_compose(app)):
+            if checked and has_compose:
+                # Stopped first, so nothing is written between the last look at the data and the drop.
+                _compose(remote, app, ["stop"], reporter, timeout=300)
+                try:
+                    if final_export is not None:
+                        from .export import export
+
+                        data = export(app, remote, save_to=final_export, reporter=reporter)
+                        result.exported = list(data.paths)
+                    else:
+                        _check_data_saved(remote, app, reporter)  # a write may have slipped in
+                except BaseException:
+                    # Refused after all: the app runs again as before, route untouched.
+                    _compose(remote, app, ["start"], reporter, timeout=300, check=False)
+                    raise
+            elif checked and final_export is not None:
+                from .export import export
+
+                result.exported = list(export(app, remote, save_to=final_export, reporter=reporter).paths)
+            if has_compose:
                 _compose(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
                          reporter, timeout=300)
-            # Containers without a compose file (a half-finished deploy), found by label.
+            # Containers without a compose file (a half-finished deploy), found by their own label.
             flt = shlex.quote(f"label=labdeploy.app={app}")
             remote.run(["sh", "-c", f"ids=$(docker ps -aq --filter {flt}); [ -z \"$ids\" ] || docker rm -f $ids"],
                        check=False)
@@ -223,8 +257,6 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                 result.removed.append("web address")
         with step(reporter, "data"):
             if remove_data:
-                if export_check:  # again, now that the app is stopped: no write slipped in
-                    _check_data_saved(remote, app, reporter)
                 result.removed += appdata.remove(remote, app)
             else:
                 result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),

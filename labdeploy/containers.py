@@ -165,11 +165,12 @@ def parse_status(output: str) -> pd.DataFrame:
     return df
 
 
-def status(server, app: Optional[str] = None) -> pd.DataFrame:
+def status(server, app: Optional[str] = None, *, jobs: bool = False) -> pd.DataFrame:
     """Every labdeploy app's containers: app, service, state, health, uptime, image, ...
 
     All apps in one round trip. With `app`, only that app's rows; an app without containers
-    raises `UnknownApp`.
+    raises `UnknownApp`. With `jobs`, the worker rows also get `jobs_queued`, `jobs_started`
+    and `jobs_failed` from the app's rq queues (one more round trip).
     """
     remote = remote_of(server)
     if app is not None:
@@ -181,6 +182,10 @@ def status(server, app: Optional[str] = None) -> pd.DataFrame:
         if other or not res.stdout.strip():
             raise docker_error(res, "list the app containers")
     df = parse_status(res.stdout)
+    if jobs:
+        from . import jobs as rq_jobs
+
+        df = rq_jobs.attach(df, rq_jobs.counts(remote, app))
     if app is None:
         return df
     return _only_app(df, app)

@@ -39,7 +39,7 @@ class StreamError(LabdeployError):
 
 
 def table_name(name: str) -> str:
-    if not isinstance(name, str) or not _TABLE_RE.match(name):
+    if not isinstance(name, str) or not _TABLE_RE.fullmatch(name):
         raise ValidationError(f"The table name {name!r} is not valid.",
                               "Give table names as they are in the database, e.g. 'participant' or "
                               "'public.participant' (letters, digits, underscores).")

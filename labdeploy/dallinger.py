@@ -50,7 +50,8 @@ SENSITIVE_KEYS = frozenset({
     "database_url", "heroku_auth_token", "prolific_api_token", "smtp_password",
 })
 # ... and Configuration.is_sensitive's substrings. Our own additions are secret too.
-SENSITIVE_WORDS = ("access_id", "access_key", "password", "secret", "token")
+SENSITIVE_WORDS = ("access_id", "access_key", "password", "secret", "token",
+                   "passwd", "api_key", "apikey", "private_key", "credential")
 EXTRA_SECRET_ENV = frozenset({"FLASK_SECRET_KEY", "DATABASE_URL", "REDIS_URL"})
 
 # Lower-case synonyms configparser can deliver (Dallinger maps them to the registered key).
@@ -238,6 +239,7 @@ class ExperimentSpec:
     skipped: dict[str, str] = field(default_factory=dict)  # key -> why it was not passed on
     port: int = PORT
     launch_path: str = "/launch"
+    uid_from_config: bool = False   # config.txt names the experiment id; else a deploy keeps the app's own
 
     @property
     def kind(self) -> str:
@@ -293,7 +295,7 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
             skipped[key] = "set by labdeploy for the server"
             continue
         name = key.upper() if key in ("aws_access_key_id", "aws_secret_access_key") else key
-        if not _ENV_NAME.match(name):
+        if not _ENV_NAME.fullmatch(name):
             # e.g. Dallinger's `chrome-path`, a local bot setting: not readable from the environment.
             skipped[key] = "not a valid environment variable name"
             continue
@@ -313,6 +315,7 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
     plain.update(BASE_ENV)
     dockerfile = None if folder.has_dockerfile else dockerfile_for(folder, base_image=base_image)
     return ExperimentSpec(folder=folder, commands=dict(COMMANDS), env=plain, secret_env=secret,
+                          uid_from_config=bool(config.get("id")),
                           dockerfile=dockerfile, mode=config["mode"], clock_on=clock_on, skipped=skipped)
 
 
@@ -331,7 +334,7 @@ def dockerfile_for(folder: ExperimentFolder, *, base_image: Optional[str] = None
     """A Dockerfile for a folder without one: a Python base with Dallinger (or PsyNet) at the
     version the requirements ask for, the requirements, the folder, Dallinger's frontend files."""
     base = base_image or DEFAULT_PYTHON_BASE
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", base):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", base):
         raise ValidationError(f"The base image {base!r} is not a valid image name.",
                               "Use an image reference such as 'python:3.11-slim'.")
     package = "psynet" if folder.kind == "psynet" else "dallinger"

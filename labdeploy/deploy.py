@@ -34,7 +34,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from . import appcompose, appdata, caddy, compose, session, dallinger, database, history, layout, names, psql, readiness, settle, stack
+import yaml
+
+from . import (appcompose, appdata, caddy, compose, dallinger, database, history, images, jobs, layout, names, psql,
+               readiness, session, settle, stack)
 from .errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .lock import DeployLock
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
@@ -133,6 +136,8 @@ class DeployResult:
     warnings: list = field(default_factory=list)
     ssh: dict = field(default_factory=dict)  # connections / commands used (Remote.stats delta)
     secret_names: list = field(default_factory=list)  # what the app's secrets.env holds (names only)
+    experiment_id: Optional[str] = None  # Dallinger's experiment uid, kept across updates
+    remembered: dict = field(default_factory=dict)  # redis_image / base_image: {"value", "from"}
     data: str = "new"  # the database: new, kept (update or rerun), reused or replaced (after a destroy)
 
     def summary(self) -> str:
@@ -257,6 +262,29 @@ def _preflight(remote, app: str, operation: str, settings_override, capacity: st
     return facts
 
 
+def _remembered(name: str, given: Optional[str], facts: _Facts, default: str) -> dict:
+    """A setting's value and where it came from: given now, the app's last deploy, the
+    server's stack settings, or labdeploy's default."""
+    if given:
+        return {"value": given, "from": "given"}
+    if facts.state and facts.state.get(name):
+        return {"value": str(facts.state[name]), "from": "app"}
+    if facts.settings is not None and getattr(facts.settings, name, ""):
+        return {"value": getattr(facts.settings, name), "from": "server"}
+    return {"value": default, "from": "default"}
+
+
+def _previous_uid(facts: _Facts) -> Optional[str]:
+    """The experiment id the app runs with now (deploy.json, else its compose file)."""
+    if facts.state and facts.state.get("experiment_id"):
+        return str(facts.state["experiment_id"])
+    try:
+        env = yaml.safe_load(facts.compose_text or "")["services"]["web"]["environment"]
+        return str(env.get("DALLINGER_UID") or "") or None
+    except (TypeError, KeyError, AttributeError, yaml.YAMLError):
+        return None
+
+
 def _check_kept_data(remote, app: str, choice: Optional[str], reporter: Reporter) -> None:
     """A first deploy under a name whose destroyed app left data behind: the researcher must
     choose. Reusing silently would mix a new study with old participants (who are then
@@ -333,6 +361,8 @@ def _upload_assets(remote, app: str, experiment_dir: Path, reporter: Reporter) -
     base = layout.app_data(app)
     remote.makedirs(base, 0o755)
     src = experiment_dir / "assets"
+    if src.is_symlink():
+        images.link_target(experiment_dir.resolve(), "assets")  # refused if it leads out of the folder
     if not src.is_dir():
         return 0
     buf = io.BytesIO()
@@ -505,7 +535,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
            base_name: Optional[str] = None, domain: Optional[str] = None,
            config: Optional[Mapping[str, str]] = None, secrets: Optional[Mapping[str, str]] = None,
            connection_limit: int = database.DEFAULT_CONNECTION_LIMIT,
-           redis_image: str = appcompose.DEFAULT_REDIS_IMAGE, capacity: str = "warn",
+           redis_image: Optional[str] = None, capacity: str = "warn",
            health_path: str = "/", launch: bool = True, launch_attempts: int = 4, start_timeout: float = 120,
            credentials=None, logout_after_pull: bool = False, dockerfile: str = "Dockerfile",
            unset_secrets: Sequence[str] = (), existing_data: Optional[str] = None,
@@ -519,7 +549,10 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
     `unset_secrets`. When a destroyed app of the same name left its data, a deploy stops and
     asks: `existing_data="reuse"` continues with it, `"replace"` deletes it (after checking
     it has a fresh export).
-    `domain` overrides the one the server was prepared with. In mode "registry",
+    `domain` overrides the one the server was prepared with. The Redis image and the base
+    image (build argument BASE_IMAGE) are remembered: when not given, the app's last choice
+    is used, else the server's (stack settings), else the default; the result's
+    `remembered` says which. In mode "registry",
     `credentials` log the server in for the pull; with `logout_after_pull` that login lives in
     a private folder deleted after the pull, so the server keeps no registry password.
     Returns the URL and dashboard login (the password masked until `.reveal()`).
@@ -530,12 +563,13 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
                               "there is nothing to log out of.",
                               "Pass credentials=registry.Credentials(...), or leave logout_after_pull off.")
     started, t0 = _now(), time.monotonic()
-    experiment_dir = Path(experiment_dir).expanduser()
     commands = None
     spec = None
     with step(reporter, "preflight"):
         # Every input is checked before anything touches the server.
         app = names.app_name(app)
+        experiment_dir = images.local_folder(experiment_dir)
+        images.check_links(experiment_dir)  # nothing a link outside the folder points to ever travels
         if capacity not in ("warn", "refuse", "ignore"):
             raise ValidationError(f"capacity={capacity!r} is not one of warn, refuse, ignore.",
                                   "Use 'warn' (default).")
@@ -564,7 +598,9 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             raise ValidationError(f"existing_data={existing_data!r} is not one of {', '.join(EXISTING_DATA)}.",
                                   "Use 'reuse' to continue with the kept data or 'replace' to delete it first.")
         if domain is not None:
-            names.host(domain)
+            names.domain(domain)
+        if redis_image is not None:
+            appcompose.image_ref(redis_image)
         # From here on every message and event masks the app's secret values, known or found.
         reporter = redacting(reporter, secrets.values())
         remote = _connect(server)
@@ -573,8 +609,17 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         reporter = redacting(reporter, facts.secrets.values())
         if spec is not None and facts.secrets.get("FLASK_SECRET_KEY") and _operation == "update":
             secrets["FLASK_SECRET_KEY"] = facts.secrets["FLASK_SECRET_KEY"]  # keep sessions valid
+        previous_uid = _previous_uid(facts)
+        if spec is not None and previous_uid and not spec.uid_from_config:
+            # The experiment keeps its identity across updates (recruiters and PsyNet know it by it).
+            config["id"] = config["DALLINGER_UID"] = previous_uid
         if domain is not None:
             facts.settings = stack.StackSettings.from_dict({**facts.settings.__dict__, "domain": domain})
+        remembered = {"redis_image": _remembered("redis_image", redis_image, facts, appcompose.DEFAULT_REDIS_IMAGE),
+                      "base_image": _remembered("base_image", (build_args or {}).get("BASE_IMAGE"), facts, "")}
+        redis_image = remembered["redis_image"]["value"]
+        if remembered["base_image"]["value"]:
+            build_args = {**(build_args or {}), "BASE_IMAGE": remembered["base_image"]["value"]}
     settings = facts.settings
     warnings: list[str] = []
 
@@ -679,10 +724,16 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
                 lambda: settle.snapshot(remote, app), delivered.ref, started_at, seen=seen,
                 on_crash=lambda bad: LabdeployError(STOPPED_AT_START.format(", ".join(bad)), STOPPED_AT_START_HINT),
                 note=lambda text: reporter(LogLine(text, "launch")), services=processes)
+            if spec is not None and "worker" in processes:
+                # Running is not working: prove the worker completes a job (rq, as Dallinger uses).
+                jobs.prove_worker(remote, app)
+                reporter(LogLine("the worker ran a test job", "launch"))
 
         current = "record"
         with step(reporter, "record"):
             state = {"app": app, "version": version, "image": delivered.ref, "image_id": delivered.image_id,
+                     "experiment_id": config.get("DALLINGER_UID"), "redis_image": redis_image,
+                     "base_image": (build_args or {}).get("BASE_IMAGE", ""),
                      "deployed_at": _now(), "who": lock.info.who, "mode": mode, "domain": settings.domain,
                      "url": caddy.app_url(app, settings), "operation": _operation}
             record.outcome, record.finished_at = "success", _now()
@@ -701,7 +752,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         dashboard_password=Secret(values["dashboard_password"]), operation=_operation,
         duration_s=round(time.monotonic() - t0, 2), warnings=warnings,
         ssh={k: remote.stats[k] - stats0.get(k, 0) for k in ("connections", "commands")},
-        secret_names=sorted(values), data=_data_label(_operation, facts, existing_data))
+        secret_names=sorted(values), data=_data_label(_operation, facts, existing_data),
+        experiment_id=config.get("DALLINGER_UID"), remembered=remembered)
 
 
 def _data_label(operation: str, facts: _Facts, existing_data: Optional[str]) -> str:

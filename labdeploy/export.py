@@ -33,6 +33,7 @@ from . import anonymise as anon
 from . import archive, copystream, layout, localfiles, names, pgtypes, psql, session
 from .archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
 from .errors import CommandFailed, LabdeployError, ValidationError
+from .redaction import redact
 from .progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
 
 MODES = ("regular", "anonymous", "both")
@@ -842,14 +843,20 @@ def download_logs(app: str, server, dest: Union[str, os.PathLike], *, tail: Opti
     if tail:
         args += ["--tail", str(int(tail))]
     got = [0]
+    partial = [b""]  # a line cut between two chunks is redacted whole
     with step(report, "Download logs"), localfiles.open_private(tmp) as f:  # 0600: logs name participants
         def chunk(data: bytes) -> None:
-            f.write(data)
+            lines = (partial[0] + data).split(b"\n")
+            partial[0] = lines.pop()
+            for line in lines:
+                f.write(redact(line.decode("utf-8", "replace")).encode() + b"\n")
             got[0] += len(data)
             report(Progress("Download logs", got[0], None, unit="bytes", item=app))
 
         try:
             remote.run(args, cwd=app_dir, on_stdout=chunk, timeout=600)
+            if partial[0]:
+                f.write(redact(partial[0].decode("utf-8", "replace")).encode())
         except BaseException:
             f.close()
             tmp.unlink(missing_ok=True)

@@ -452,6 +452,17 @@ def _check_name(rel: str) -> None:
                               "Rename the file using ordinary characters.") from None
 
 
+def check_links(experiment_dir) -> None:
+    """Refuse (LinkOutsideFolder) a link anywhere in the folder that leads out of it; cheap
+    (names only, no file read), so deploy checks it before it connects to anything."""
+    root = local_folder(experiment_dir).resolve()
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            full = Path(folder) / name
+            if full.is_symlink():
+                link_target(root, full.relative_to(root).as_posix())
+
+
 def scan_context(experiment_dir, dockerfile: str = "Dockerfile") -> BuildContext:
     """Walk the experiment folder as Docker would (respecting .dockerignore) and hash every file.
 

@@ -54,7 +54,7 @@ class PostgresUnavailable(RemoteError):
 
 
 def container_name(name: str) -> str:
-    if not isinstance(name, str) or not _CONTAINER_RE.match(name):
+    if not isinstance(name, str) or not _CONTAINER_RE.fullmatch(name):
         raise LabdeployError(f"{name!r} is not a valid container name.",
                              f"Use the PostgreSQL container's name, normally {layout.POSTGRES_CONTAINER!r}.")
     return name

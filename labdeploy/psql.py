@@ -30,7 +30,7 @@ class SQLError(LabdeployError):
 
 
 def database_name(name: str) -> str:
-    if not isinstance(name, str) or not _DB_RE.match(name):
+    if not isinstance(name, str) or not _DB_RE.fullmatch(name):
         raise ValidationError(f"The database name {name!r} is not valid.",
                               "Use 'dallinger' or an app's database (labdeploy.names.db_identifier(app)).")
     return name

@@ -59,6 +59,9 @@ class StackSettings:
     email: str = ""  # contact for Let's Encrypt; optional
     domain: str = ""  # apps become <app>.<domain>; local/test domains are served over plain HTTP
     postgres_max_connections: int = 100
+    # Remembered for the apps deployed here (an app's own choice, in its deploy.json, wins):
+    redis_image: str = ""  # "" = redis:7
+    base_image: str = ""  # the BASE_IMAGE build argument; "" = the Dockerfile's own default
 
     def validate(self) -> "StackSettings":
         for name in self.__dataclass_fields__:
@@ -76,7 +79,8 @@ class StackSettings:
     def for_images(cls, images: dict, **kwargs) -> "StackSettings":
         """Settings using an image map such as the testbed's {"postgres": ..., "caddy": ...}."""
         return cls(postgres_image=images.get("postgres", cls.postgres_image),
-                   caddy_image=images.get("caddy", cls.caddy_image), **kwargs)
+                   caddy_image=images.get("caddy", cls.caddy_image), redis_image=images.get("redis", ""),
+                   **kwargs)
 
 
 def _check_image(label: str, image) -> None:
@@ -103,6 +107,12 @@ def _check_field(name: str, value) -> None:
         _check_image("PostgreSQL", value)
     elif name == "caddy_image":
         _check_image("Caddy", value)
+    elif name == "redis_image":
+        if value:
+            _check_image("Redis", value)
+    elif name == "base_image":
+        if value:
+            _check_image("base", value)
     elif name in ("http_port", "https_port"):
         names.port(value)
     elif name == "bind_address":

@@ -505,6 +505,22 @@ def test_destroy_needs_confirmation_then_removes_the_app(cli, deployed, testbed,
     except requests.ConnectionError:  # no site left at all: Caddy listens nowhere
         page = ""
     assert "Colour naming study" not in page
+    # A new deploy under the same name stops and asks what to do with the data that was kept.
+    r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
+            "--redis-image", testbed["images"]["redis"])
+    assert r.code == 1 and "--reuse-data" in r.err and "--replace-data" in r.err, str(r)
+
+
+def test_unlock_breaks_a_left_lock_only_after_confirmation(cli, registered, session_api_remote):
+    from labdeploy import lock
+
+    lock.DeployLock(session_api_remote, "t-cli-locked").acquire()  # as a deploy cut off mid-way leaves it
+    r = cli("unlock", "--app", "t-cli-locked")
+    assert r.code == 4 and "--yes" in r.err, str(r)
+    assert lock.read_lock(session_api_remote, "t-cli-locked") is not None
+    cli.ok("unlock", "--app", "t-cli-locked", "--yes")
+    assert lock.read_lock(session_api_remote, "t-cli-locked") is None
+    assert "nothing to do" in cli.ok("unlock", "--app", "t-cli-locked").err
 
 
 # ------------------------------------------------------------------ bad input, errors

@@ -132,3 +132,24 @@ def test_export_has_every_table_and_dallinger_reads_the_zip(deployed, session_re
     assert out.returncode == 0, out.stderr[-3000:]
     participants, nodes, has_info = out.stdout.split()[-3:]
     assert (int(participants), int(nodes) >= 2, has_info) == (1, True, "True"), out.stdout
+
+
+def test_the_worker_really_runs_jobs_and_status_counts_them(deployed, session_remote):
+    lines = [e.line for e in deployed["events"].events if isinstance(e, LogLine)]
+    assert "the worker ran a test job" in lines  # deploy proved it, with the app's own rq
+    from labdeploy import jobs, monitor
+
+    jobs.prove_worker(session_remote, APP)  # and it still does
+    status = monitor.status(session_remote, APP, jobs=True).set_index("service")
+    assert status.loc["worker", "jobs_failed"] == 0 and status.loc["worker", "jobs_queued"] == 0
+
+
+def test_an_update_keeps_the_experiment_id(deployed, session_remote, testbed):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(deployed["home"]))
+        update = deploy.update(EXAMPLE, APP, session_remote, start_timeout=180)  # images remembered
+    assert update.experiment_id and update.experiment_id == deployed["result"].experiment_id
+    env = parse_env(session_remote.run(["sh", "-c", f"cd {layout.app_dir(APP)} && "
+                                        "docker compose exec -T web env 2>/dev/null || "
+                                        "docker-compose exec -T web env"]).stdout)
+    assert env["DALLINGER_UID"] == deployed["result"].experiment_id

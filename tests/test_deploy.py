@@ -230,6 +230,32 @@ def test_replacing_kept_data_needs_a_fresh_export_then_starts_empty(testbed, ses
         destroy_if_deployed(session_remote, app)
 
 
+def test_an_app_that_writes_by_itself_is_destroyed_with_a_final_export(testbed, session_remote, home, tmp_path):
+    from labdeploy import export
+    from labdeploy.archive import load_export
+
+    app = "t-dep-busy"
+    prepare_local_stack(session_remote, testbed)
+    destroy_if_deployed(session_remote, app)
+    try:  # its clock has the worker write a row every 0.3 s, as PsyNet's status rows do every minute
+        deploy.deploy(EXAMPLE, app, session_remote, config={"CLOCK_INTERVAL": "0.3"}, **deploy_kwargs(testbed))
+        export.export(app, session_remote, save_to=tmp_path / "early")
+        import time
+        time.sleep(1.5)
+        with pytest.raises(export.ExportRequired):
+            apps.destroy(app, session_remote, confirm=True, remove_data=True)
+        # Refused, and everything as it was: serving, running, routed.
+        assert through_caddy(testbed, app).status_code == 200
+        assert "running" == apps.apps(session_remote).set_index("app").loc[app, "state"]
+        gone = apps.destroy(app, session_remote, confirm=True, remove_data=True, final_export=tmp_path / "final")
+        assert "database and role" in gone.removed and len(gone.exported) == 1
+        saved = load_export(gone.exported[0])
+        assert len(saved["jobs"]) > 0  # the rows the app wrote by itself are in the final export
+        assert not session_remote.exists(layout.app_dir(app))
+    finally:
+        destroy_if_deployed(session_remote, app)
+
+
 def test_secrets_persist_across_updates_until_unset(deployed, testbed, session_remote, monkeypatch):
     deploy.update(EXAMPLE, APP, session_remote, secrets={"HX_API_TOKEN": "tok-persist-1234"},
                   **deploy_kwargs(testbed))
@@ -250,6 +276,14 @@ def test_secrets_persist_across_updates_until_unset(deployed, testbed, session_r
     assert "HX_API_TOKEN" not in gone.secret_names
     secrets = parse_env(session_remote.get_bytes(layout.app_secrets(APP)).decode())
     assert "HX_API_TOKEN" not in secrets and "smtp_password" not in secrets and "DATABASE_URL" in secrets
+
+
+def test_an_update_remembers_the_redis_and_base_images_and_the_experiment_id(deployed, testbed, session_remote):
+    first = deploy.update(EXAMPLE, APP, session_remote, **deploy_kwargs(testbed))
+    again = deploy.update(EXAMPLE, APP, session_remote, health_path="/health")  # no images given this time
+    assert again.remembered["redis_image"] == {"value": testbed["images"]["redis"], "from": "app"}
+    assert again.remembered["base_image"] == {"value": testbed["images"]["python"], "from": "app"}
+    assert again.version == first.version  # the same build arguments, so the same image
 
 
 def test_tunnel_opens_the_app_on_localhost(deployed, session_remote):

@@ -47,6 +47,24 @@ def test_hostile_app_names_are_refused_before_anything_runs(bad, tmp_path):
         apps.destroy(bad, "nowhere", confirm=True)
 
 
+def test_a_link_out_of_the_folder_or_an_overlong_path_is_refused_before_connecting(tmp_path):
+    from labdeploy.images import LinkOutsideFolder
+
+    exp = tmp_path / "exp"
+    shutil.copytree(EXAMPLE, exp)
+    (tmp_path / "secret.txt").write_text("not for the image")
+    (exp / "assets" / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(LinkOutsideFolder, match="leak.txt"):  # "nowhere": it never got as far as a server
+        deploy.deploy(exp, "t-links", "nowhere")
+    (exp / "assets" / "leak.txt").unlink()
+    shutil.move(str(exp / "assets"), str(tmp_path / "assets-elsewhere"))
+    (exp / "assets").symlink_to(tmp_path / "assets-elsewhere")  # the whole folder through one link
+    with pytest.raises(LinkOutsideFolder):
+        deploy.deploy(exp, "t-links", "nowhere")
+    with pytest.raises(ValidationError, match="at most"):
+        deploy.deploy(tmp_path / ("x" * 300), "t-links", "nowhere")
+
+
 def test_the_shared_stack_survives_destroy_of_its_names_asked_for_by_hand(prepared):
     """The stack's project, volumes and secrets are refused as app names at every entry point,
     so neither deploy's orphan removal nor destroy's deletions can reach them."""

@@ -217,8 +217,12 @@ def _close_opened() -> None:
 _CLI_HINTS = {
     "AppExists": "To ship new code to it, add --update; to start a separate copy, choose another --app name; "
                  "to remove it, run `labdeploy destroy --app {app}` first.",
-    "ExportRequired": "Export first (`labdeploy export --app {app}`), then destroy; or add --no-export-check "
+    "ExportRequired": "Export first (`labdeploy export --app {app}`), then destroy; or destroy with "
+                      "--final-export DIR (stops the app, exports, then deletes); or add --no-export-check "
                       "if the data really is not needed.",
+    "DataKept": "Run the deploy again with --reuse-data to continue with that data (its participants count as "
+                "having taken part), or with --replace-data to delete it first (export it first: `labdeploy "
+                "export --app {app}`); or choose another --app name.",
     "ServiceNotRunning": "Start it again (`labdeploy restart --app {app} {service}`) and read its logs "
                          "(`labdeploy logs --app {app} --service {service}`).",
     "RestartTimeout": "Read the logs (`labdeploy logs --app {app}`) for the error; a service that keeps "

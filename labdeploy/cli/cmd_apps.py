@@ -66,6 +66,14 @@ def _pairs(values, what: str) -> dict:
 @click.option("--logout-after-pull", is_flag=True,
               help="With --registry-user: the server's login lasts for this pull only (kept in a private "
                    "folder, deleted afterwards), so the server stores no registry password.")
+@click.option("--unset-secret", "unset_secrets", multiple=True, metavar="KEY",
+              help="Remove this secret from the app (secrets otherwise stay across updates).")
+@click.option("--reuse-data", "existing_data", flag_value="reuse", default=None,
+              help="The server holds data of an earlier app of this name (destroyed, data kept): continue with "
+                   "it (its participants count as having taken part).")
+@click.option("--replace-data", "existing_data", flag_value="replace",
+              help="The server holds data of an earlier app of this name: delete it first (needs a fresh "
+                   "export of it, as destroy --remove-data does).")
 @click.option("--show-password", is_flag=True,
               help="Print the dashboard password even when the output is not a terminal (it is masked in "
                    "pipes, logs and --json otherwise).")
@@ -73,7 +81,8 @@ def _pairs(values, what: str) -> dict:
 @with_hints
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
                dockerfile, health_path, connection_limit, capacity, start_timeout, launch, image_base_name,
-               registry_user, registry_password_stdin, logout_after_pull, show_password):
+               registry_user, registry_password_stdin, logout_after_pull, unset_secrets, existing_data,
+               show_password):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -104,7 +113,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
         secrets[key] = os.environ[key]
     kwargs = {"mode": mode, "build_args": _pairs(build_args, "--build-arg") or None,
               "config": _pairs(config, "--config") or None, "secrets": secrets or None,
-              "dockerfile": dockerfile}
+              "dockerfile": dockerfile, "unset_secrets": list(unset_secrets), "existing_data": existing_data}
     for key, value in (("domain", domain), ("redis_image", redis_image), ("health_path", health_path),
                        ("connection_limit", connection_limit), ("launch", launch), ("capacity", capacity),
                        ("start_timeout", start_timeout)):
@@ -150,11 +159,13 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
             "image": result.image, "image_id": result.image_id, "dashboard_url": result.dashboard_url,
             "dashboard_user": result.dashboard_user,
             "dashboard_password": result.dashboard_password.reveal() if reveal else str(result.dashboard_password),
-            "operation": result.operation, "duration_s": result.duration_s, "warnings": result.warnings}
+            "operation": result.operation, "duration_s": result.duration_s, "warnings": result.warnings,
+            "secret_names": result.secret_names, "data": result.data}
 
     def render(d):
         _ui.output({"app": d["app"], "url": d["url"], "version": d["version"], "dashboard": d["dashboard_url"],
                     "dashboard user": d["dashboard_user"], "dashboard password": d["dashboard_password"],
+                    "secrets": ", ".join(d["secret_names"]) or "none", "data": d["data"],
                     "took": f"{d['duration_s']:.1f} s"})
 
     _ui.output(data, render=render)
@@ -200,14 +211,19 @@ def status_cmd(app, server):
     """
     monitor = core("monitor")
     remote = open_server(server)
-    df = monitor.status(remote, app)
+    df = monitor.status(remote, app, jobs=True)
 
     def render(d):
         d = d.copy()
         if "uptime" in d:
             d["uptime"] = d["uptime"].map(_duration)
-        _ui.table(d, columns=["app", "service", "state", "health", "uptime", "restarts", "exit_code", "image"],
-                  empty="No app containers on this server.")
+        columns = ["app", "service", "state", "health", "uptime", "restarts", "exit_code", "image"]
+        if "jobs_queued" in d and d["jobs_queued"].notna().any():
+            # rq's counts for Dallinger/PsyNet workers: queued jobs waiting, failed ones kept
+            d["jobs"] = [f"{q} queued, {f} failed" if str(q) != "<NA>" else ""
+                         for q, f in zip(d["jobs_queued"], d["jobs_failed"])]
+            columns.insert(6, "jobs")
+        _ui.table(d, columns=columns, empty="No app containers on this server.")
 
     _ui.output(df, render=render)
     if app is not None:
@@ -452,7 +468,7 @@ def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
             data = export.export(app, remote, list(tables) or None, mode=mode, reporter=reporter)
             export.save_archive(data, target, parquet=parquet, overwrite=overwrite, reporter=reporter)
         else:
-            target.mkdir(parents=True, exist_ok=True)
+            # export makes the folder itself, 0700 (it will hold participant data)
             data = export.export(app, remote, list(tables) or None, mode=mode, save_to=target, parquet=parquet,
                                  reporter=reporter)
     summary = data.summary()
@@ -474,10 +490,13 @@ def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
               help="Also delete the app's database, Redis data and files (refused unless a fresh export "
                    "of its data was saved on this computer, or --no-export-check).")
 @click.option("--no-export-check", is_flag=True, help="With --remove-data: delete the data even without a fresh export.")
+@click.option("--final-export", "final_export", default=None, metavar="DIR", type=click.Path(file_okay=False),
+              help="With --remove-data: stop the app, export every table into DIR, then delete (the safe order "
+                   "for apps that write by themselves, such as PsyNet's status rows).")
 @yes_option
 @common_options
 @with_hints
-def destroy_cmd(app, server, remove_data, no_export_check, yes):
+def destroy_cmd(app, server, remove_data, no_export_check, final_export, yes):
     """Stop and remove an app: its containers, its web address and its folder
     (like `psynet destroy ssh --app NAME`). Its data is kept unless --remove-data.
 
@@ -489,7 +508,11 @@ def destroy_cmd(app, server, remove_data, no_export_check, yes):
       labdeploy destroy --app stroop-pilot
       labdeploy destroy --app stroop-pilot --yes
       labdeploy export --app stroop-pilot && labdeploy destroy --app stroop-pilot --remove-data --yes
+      labdeploy destroy --app stroop-pilot --remove-data --final-export ./final --yes
     """
+    if final_export and not remove_data:
+        raise UsageProblem("--final-export is for destroying with --remove-data.",
+                           "Add --remove-data, or export with `labdeploy export --app NAME` instead.")
     apps = core("apps")
     name = pick_server(server)
     what = "its containers, web address and folder" + (" AND ALL ITS DATA (database, Redis, files)" if remove_data
@@ -498,7 +521,43 @@ def destroy_cmd(app, server, remove_data, no_export_check, yes):
     remote = open_server(name)
     with _ui.reporting() as reporter:
         result = apps.destroy(app, remote, confirm=True, remove_data=remove_data,
-                              export_check=not no_export_check, reporter=reporter)
+                              export_check=not no_export_check, final_export=final_export, reporter=reporter)
+    for path in result.exported:
+        _ui.ok(f"Saved {path}")
     _ui.ok(result.summary())
-    _ui.output({"app": result.app, "removed": result.removed, "kept": result.kept},
+    _ui.output({"app": result.app, "removed": result.removed, "kept": result.kept, "exported": result.exported},
                render=lambda r: None)
+
+
+# ------------------------------------------------------------------ unlock
+
+
+@cli.command("unlock", context_settings=CONTEXT_SETTINGS)
+@app_option()
+@server_option
+@yes_option
+@common_options
+@with_hints
+def unlock_cmd(app, server, yes):
+    """Break an app's deploy lock, left by a deploy that was cut off (a laptop closed
+    mid-deploy, a lost connection). Only when no deploy of this app runs anywhere.
+
+    Asks for confirmation; in scripts pass --yes.
+
+    \b
+    Examples:
+      labdeploy unlock --app stroop-pilot
+    """
+    lock = core("lock")
+    name = pick_server(server)
+    remote = open_server(name)
+    info = lock.read_lock(remote, app)
+    if info is None:
+        _ui.ok(f"{app} on {name} has no deploy lock; nothing to do.")
+        _ui.output({"app": app, "unlocked": False}, render=lambda r: None)
+        return
+    _ui.confirm(f"Break the lock of {app!r} on {name} ({info.describe()})? Only if nothing is deploying it.",
+                yes=yes)
+    lock.break_lock(remote, app, confirm=True)
+    _ui.ok(f"The deploy lock of {app} on {name} was removed.")
+    _ui.output({"app": app, "unlocked": True, "was": info.describe()}, render=lambda r: None)

@@ -269,9 +269,13 @@ def servers_check(server, trust):
 @click.option("--bind-address", default=None, help="Listen only on this IP address (default: all).")
 @click.option("--max-connections", "max_connections", type=int, default=None,
               help="PostgreSQL max_connections (default 100).")
+@click.option("--redis-image", default=None,
+              help="Redis image for apps deployed here that don't choose their own (default redis:7).")
+@click.option("--base-image", default=None,
+              help="Base image (BASE_IMAGE build argument) for apps deployed here that don't choose their own.")
 @common_options
 def servers_prepare(server, domain, email, postgres_image, caddy_image, http_port, https_port, bind_address,
-                    max_connections):
+                    max_connections, redis_image, base_image):
     """Set up the shared services (PostgreSQL and Caddy in ~/dallinger) and start them.
 
     Safe to run again. Options you leave out keep the values the server was prepared with
@@ -286,7 +290,7 @@ def servers_prepare(server, domain, email, postgres_image, caddy_image, http_por
     name = pick_server(server)
     given = {"domain": domain, "email": email, "postgres_image": postgres_image, "caddy_image": caddy_image,
              "http_port": http_port, "https_port": https_port, "bind_address": bind_address,
-             "postgres_max_connections": max_connections}
+             "postgres_max_connections": max_connections, "redis_image": redis_image, "base_image": base_image}
     with _ui.usage_errors(ValidationError):
         stack.check_fields(**given)  # before connecting; the rest comes from the server's stack.json
     remote = open_server(name)

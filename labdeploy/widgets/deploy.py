@@ -75,7 +75,8 @@ class DeployPanel(Panel):
         self.mode_help = W.HTML("", layout=W.Layout(width="480px"))  # wraps under its field, steps stay close
         self.base_image_box = _text("Base image", base_image if base_image is not None else images.get("python", ""),
                                     "empty: the Dockerfile's default (BASE_IMAGE build argument)")
-        self.redis_image_box = _text("Redis image", redis_image or images.get("redis", "redis:7"))
+        self.redis_image_box = _text("Redis image", redis_image or images.get("redis", ""),
+                                     "empty: as last time (or the server's choice, else redis:7)")
         self.remove_data_box = W.Checkbox(value=False, indent=False,
                                           description="also delete its data (database, Redis, files)")
 
@@ -192,8 +193,9 @@ class DeployPanel(Panel):
 
     def _deploy_kwargs(self) -> dict:
         base = self.base_image_box.value.strip()
-        kwargs = {"mode": self.mode_box.value, "redis_image": self.redis_image_box.value.strip() or "redis:7",
-                  "health_path": self.health_path}
+        kwargs = {"mode": self.mode_box.value, "health_path": self.health_path}
+        if self.redis_image_box.value.strip():  # empty: the app's (or the server's) remembered choice
+            kwargs["redis_image"] = self.redis_image_box.value.strip()
         if base:
             kwargs["build_args"] = {"BASE_IMAGE": base}
         if self.domain_box.value.strip():

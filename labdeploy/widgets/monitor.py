@@ -46,16 +46,19 @@ def status_html(df: pd.DataFrame) -> str:
     for r in df.itertuples():
         color = STATE_COLORS.get(r.state, "#000")
         health = f" ({html.escape(r.health)})" if r.health else ""
+        queued, failed = getattr(r, "jobs_queued", None), getattr(r, "jobs_failed", None)
+        jobs = "" if queued is None or pd.isna(queued) else \
+            f"{queued} queued" + (f", <b style='color:#c5221f'>{failed} failed</b>" if failed else "")
         rows.append(f"<tr class='labdeploy-monitor-row' data-app='{html.escape(r.app)}' "
                     f"data-service='{html.escape(r.service)}' data-state='{html.escape(r.state)}'>"
                     f"<td>{html.escape(r.app)}</td><td>{html.escape(r.service)}</td>"
                     f"<td style='color:{color}'>{html.escape(r.state)}{health}</td>"
-                    f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td>"
+                    f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td><td>{jobs}</td>"
                     f"<td style='color:#555'>{html.escape(r.image)}</td></tr>")
     return ("<style>.labdeploy-monitor-status td,.labdeploy-monitor-status th{padding:1px 10px 1px 0}</style>"
             "<table class='labdeploy-monitor-status' style='border-collapse:collapse;font-size:90%'>"
             "<tr><th align=left>app</th><th align=left>service</th><th align=left>state</th>"
-            "<th align=left>up</th><th align=left>restarts</th><th align=left>image</th></tr>"
+            "<th align=left>up</th><th align=left>restarts</th><th align=left>jobs</th><th align=left>image</th></tr>"
             + "".join(rows) + "</table>")
 
 
@@ -259,7 +262,7 @@ class MonitorPanel(Panel):
                     if not self.status_df.empty else error_html(exc)
 
     def _refresh_status(self) -> None:
-        df = monitor.status(self.remote)
+        df = monitor.status(self.remote, jobs=True)
         self.status_df = df
         self.status_table.value = status_html(df)
         apps = sorted(set(df["app"]))
