@@ -565,6 +565,10 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
     from .layout import PROCESS_SERVICES
     from .progress import step
 
+    if isinstance(services, str):
+        services = [services]
+    for s in services or ():
+        names.service(s)  # checked before anything reaches the server
     app, remote = _app_first(app, server, "restart")
     df = status(remote, app)
     wanted = list(services) if services is not None else [s for s in PROCESS_SERVICES if s in set(df["service"])]

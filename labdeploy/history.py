@@ -70,8 +70,8 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
 @session.closes_what_it_opens
 def history(server, app: str) -> pd.DataFrame:
     """Every deploy, update and destroy attempt of an app, oldest first, as a DataFrame."""
+    path = f"{layout.app_dir(names.app_name(app))}/history.jsonl"  # the name is checked before connecting
     remote = session.connect(server)
-    path = f"{layout.app_dir(names.app_name(app))}/history.jsonl"
     res = remote.run(["cat", path], check=False)
     return to_frame(parse_lines(res.stdout if res.exit_status == 0 else ""))
 

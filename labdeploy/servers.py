@@ -63,6 +63,11 @@ def key_path(path) -> str:
         raise ValidationError(f"The key path {path!r} is not usable.",
                               "Give the path of a private key file, e.g. ~/.ssh/id_ed25519 (no line breaks or "
                               "control characters).")
+    try:
+        Path(text).expanduser()
+    except RuntimeError:  # '~someone' for a user this computer doesn't know
+        raise ValidationError(f"The key path {text!r} starts with an unknown user's home (~name).",
+                              "Give the key's full path, or ~/... for your own home.") from None
     return text
 
 
