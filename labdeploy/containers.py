@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import pandas as pd
 
 from . import names
-from .errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError, ValidationError
+from .errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError, UnknownApp, ValidationError
 from .progress import Reporter, Warning_, null_reporter
 from .redaction import redact
 
@@ -31,10 +31,6 @@ NOT_FOUND_EXIT = 197  # our scripts' "no such container" exit status; docker nev
 STATUS_COLUMNS = ["app", "service", "container", "state", "health", "uptime", "image", "restarts",
                   "exit_code", "started_at", "id"]
 LOG_COLUMNS = ["time", "service", "line"]
-
-
-class UnknownApp(LabdeployError):
-    """No container on the server belongs to this app."""
 
 
 class UnknownService(LabdeployError):

@@ -25,6 +25,11 @@ class ValidationError(LabdeployError, ValueError):
     """Bad input: a name, path or setting that cannot be used."""
 
 
+class UnknownApp(LabdeployError):
+    """No app of that name on this server (no containers, folder or database, as the caller
+    needs)."""
+
+
 # --- SSH / remote ---------------------------------------------------------
 
 class RemoteError(LabdeployError):

@@ -32,16 +32,12 @@ import pandas as pd
 from . import anonymise as anon
 from . import archive, copystream, layout, localfiles, names, pgtypes, psql, session
 from .archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
-from .errors import CommandFailed, LabdeployError, ValidationError
+from .errors import CommandFailed, LabdeployError, UnknownApp, ValidationError
 from .redaction import redact
 from .progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
 
 MODES = ("regular", "anonymous", "both")
 PROGRESS_EVERY = 0.2  # seconds between progress events while streaming
-
-
-class UnknownApp(LabdeployError):
-    """No database (or folder) for that app on the server."""
 
 
 class ExportVerificationError(LabdeployError):

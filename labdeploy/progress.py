@@ -70,6 +70,15 @@ Event = Union[StepStarted, StepFinished, Progress, LogLine, Warning_]
 Reporter = Callable[[Event], None]
 
 
+def human_bytes(n: float) -> str:
+    """A byte count as people read it (B, KB, MB, GB, TB; powers of 1024), for every front end."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 def null_reporter(event: Event) -> None:
     """The default: ignore everything."""
 

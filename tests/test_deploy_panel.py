@@ -77,6 +77,16 @@ def test_panel_deploys_reveals_lists_tunnels_updates_and_destroys(panel, testbed
     click(panel, panel.update_button)
     assert "Updated" in panel.message.value, panel.message.value
 
+    # Destroyed with its data kept, then deployed again: the panel asks what to do with the data.
+    click(panel, panel.destroy_button)
+    click(panel, panel.confirm_button)
+    assert APP not in set(apps.apps(panel.remote())["app"])
+    click(panel, panel.deploy_button)
+    assert panel.data_row.layout.display == "" and "still holds data" in panel.message.value, panel.message.value
+    click(panel, panel.reuse_button)
+    assert "data reused" in panel.message.value, panel.message.value
+    assert panel.data_row.layout.display == "none"
+
     click(panel, panel.destroy_button)  # first click only asks
     assert "Destroy" in panel.confirm_html.value
     assert APP in set(apps.apps(panel.remote())["app"])

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import click
 
 from ..errors import LabdeployError
+from ..progress import human_bytes
 
 # ---------------------------------------------------------------- exit codes
 
@@ -296,14 +297,6 @@ def read_credentials(address: str, username: str, *, from_stdin: bool, flag: str
 # ---------------------------------------------------------------- progress
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 class PlainReporter:
     """Progress as plain lines on stderr (logs, CI, pipes): one line per step, a few per bar."""
 
@@ -332,7 +325,7 @@ class PlainReporter:
                         key = (event.step,)
                         if self._last_pct.get(key) != pct:
                             self._last_pct[key] = pct
-                            amount = (f"{_human_bytes(event.done)} of {_human_bytes(event.total)}"
+                            amount = (f"{human_bytes(event.done)} of {human_bytes(event.total)}"
                                       if event.unit == "bytes" else f"{event.done} of {event.total} {event.unit}")
                             item = f" — {event.item[:60]}" if event.item else ""
                             click.echo(f"  {event.step}: {pct}% ({amount}){item}", err=True)
@@ -398,7 +391,7 @@ class RichReporter:
                         tid = self._tasks[event.step] = self.progress.add_task(f"  ↳ {event.step}", total=None,
                                                                                amount="")
                         self._sub.append(tid)
-                    amount = (f"{_human_bytes(event.done)}" + (f"/{_human_bytes(event.total)}" if event.total else "")
+                    amount = (f"{human_bytes(event.done)}" + (f"/{human_bytes(event.total)}" if event.total else "")
                               if event.unit == "bytes" else
                               f"{event.done}" + (f"/{event.total}" if event.total else "") + f" {event.unit}")
                     if event.item:

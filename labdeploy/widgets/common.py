@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Optional
 import ipywidgets as W
 
 from ..errors import LabdeployError
-from ..progress import Event, LogLine, Progress, StepFinished, StepStarted, Warning_
+from ..progress import Event, LogLine, Progress, StepFinished, StepStarted, Warning_, human_bytes
 
 log = logging.getLogger("labdeploy.widgets")
 
@@ -188,14 +188,6 @@ class ProgressRow(W.HBox):
 
     def hide(self) -> None:
         self.layout.display = "none"  # takes no room while idle
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def widget_reporter(steps: Optional[StepList] = None, logpane: Optional[LogPane] = None,
