@@ -38,7 +38,6 @@ import yaml
 
 from . import (appcompose, appdata, caddy, compose, dallinger, database, history, images, jobs, layout, names, psql,
                readiness, session, settle, stack)
-from . import pooler as app_pooler  # deploy()'s `pooler` is the on/off option
 from .errors import CommandFailed, LabdeployError, RemoteError, UnknownApp, ValidationError
 from .lock import DeployLock
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
@@ -536,7 +535,6 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
            health_path: str = "/", launch: bool = True, launch_attempts: int = 4, start_timeout: float = 120,
            credentials=None, logout_after_pull: bool = False, dockerfile: str = "Dockerfile",
            unset_secrets: Sequence[str] = (), existing_data: Optional[str] = None,
-           pooler: Optional[bool] = None, pgbouncer_image: Optional[str] = None,
            reporter: Optional[Reporter] = None,
            _operation: str = "deploy") -> DeployResult:
     """Deploy an experiment folder as `app` on `server` (a Remote, Server or registered name).
@@ -550,14 +548,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
     `domain` overrides the one the server was prepared with. The Redis image and the base
     image (build argument BASE_IMAGE) are remembered: when not given, the app's last choice
     is used, else the server's (stack settings), else the default; the result's
-    `remembered` says which.
-    `pooler`: the app reaches PostgreSQL through its own PgBouncer (labdeploy.pooler), which
-    keeps its connections within the role's `connection_limit` however many the app's
-    processes open (requests wait their turn instead of failing). None keeps the app's last
-    choice; a new app gets it when it is a Dallinger/PsyNet experiment, not when it brings its
-    own Procfile (psycopg 3's automatic prepared statements need PgBouncer 1.21+; pass
-    pooler=True with such an image). Its image, `pgbouncer_image`, is remembered like the
-    Redis image. In mode "registry",
+    `remembered` says which. In mode "registry",
     `credentials` log the server in for the pull; with `logout_after_pull` that login lives in
     a private folder deleted after the pull, so the server keeps no registry password.
     Returns the URL and dashboard login (the password masked until `.reveal()`).
@@ -585,17 +576,12 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         if dallinger.is_experiment_folder(experiment_dir) and not (experiment_dir / "Procfile").is_file():
             # A Dallinger/PsyNet folder: its commands, config (config.txt + ~/.dallingerconfig,
             # secret keys apart) and, when it has none, a generated Dockerfile.
-            # The image's Dallinger/PsyNet releases are chosen (PyPI, cached) before anything is built.
-            spec = dallinger.spec(experiment_dir, dockerfile=dockerfile)
+            spec = dallinger.spec(experiment_dir)
             commands = spec.commands
             processes = spec.services  # no clock unless the config has clock_on
             config = {**spec.env, **(config or {})}
             secrets = {**spec.secret_env, **(secrets or {})}
         else:
-            if dockerfile == dallinger.GENERATED:
-                raise ValidationError("dockerfile='generated' is for Dallinger/PsyNet experiments (experiment.py and "
-                                      "config.txt, no Procfile); this folder needs its own Dockerfile.",
-                                      "Give the name of the folder's Dockerfile (default 'Dockerfile').")
             _check_dockerfile(experiment_dir, dockerfile)
             commands = appcompose.read_procfile(experiment_dir)
             processes = layout.PROCESS_SERVICES
@@ -611,18 +597,11 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             names.domain(domain)
         if redis_image is not None:
             appcompose.image_ref(redis_image)
-        if pgbouncer_image is not None:
-            appcompose.image_ref(pgbouncer_image)
-        if pooler not in (None, True, False):
-            raise ValidationError(f"pooler={pooler!r} is not True, False or None.",
-                                  "Use True (through PgBouncer), False (straight to PostgreSQL) or None (as before).")
         # From here on every message and event masks the app's secret values, known or found.
         reporter = redacting(reporter, secrets.values())
         remote = _connect(server)
         stats0 = dict(remote.stats)
         facts = _preflight(remote, app, _operation, None, capacity, reporter, existing_data)
-        if spec is not None:  # git hosts in requirements.txt, checked from where the image is built
-            dallinger.check_git_sources(spec, mode=mode, remote=remote)
         reporter = redacting(reporter, facts.secrets.values())
         if spec is not None and facts.secrets.get("FLASK_SECRET_KEY") and _operation == "update":
             secrets["FLASK_SECRET_KEY"] = facts.secrets["FLASK_SECRET_KEY"]  # keep sessions valid
@@ -655,17 +634,14 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         with step(reporter, "image"), tempfile.TemporaryDirectory(prefix="labdeploy-build-") as tmp:
             # A Dallinger folder is built from a copy: generated Dockerfile, config.txt without secrets.
             context = spec.write_context(Path(tmp) / "context") if spec is not None else experiment_dir
-            for note in spec.notes if spec is not None else ():  # which Dockerfile, which releases, why
-                collect(Warning_(note.text, note.hint) if note.level == "warning" else LogLine(note.text, "image"))
             if spec is not None and spec.kind == "psynet":  # PsyNet's `psynet prepare`, locally
                 dallinger.prepare_psynet(context, app=app, server_host=remote.host, ssh_user=remote.user,
                                          postgres_image=settings.postgres_image, redis_image=redis_image,
                                          env={**config, **secrets}, build_args=build_args,
-                                         folder_name=spec.folder.path.name, dockerfile=spec.dockerfile_name,
                                          reporter=_sub_reporter(collect, "image"))
             delivered = _deliver(remote, context, app=app, mode=mode, build_args=build_args,
-                                 base_name=base_name, credentials=credentials, logout_after_pull=logout_after_pull,
-                                 dockerfile=spec.dockerfile_name if spec is not None else dockerfile,
+                                 base_name=base_name, credentials=credentials,
+                                 logout_after_pull=logout_after_pull, dockerfile=dockerfile,
                                  reporter=_sub_reporter(collect, "image"))
         version = delivered.tag
         record.version, record.image, record.image_id = version, delivered.ref, delivered.image_id
@@ -681,24 +657,11 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             password = password.split(":", 2)[2].split("@", 1)[0] if password.count(":") >= 2 else ""
             if not password:
                 password = database.random_password()
-            before = app_pooler.in_compose(facts.compose_text)
-            use_pooler, why = app_pooler.choose(pooler, before["enabled"], dallinger_app=spec is not None)
-            remembered["pooler"] = {"value": use_pooler, "from": why}
-            if use_pooler:
-                # The app's choice: deploy.json when it records one, else its compose file.
-                from dataclasses import replace
-
-                known = replace(facts, state={"pgbouncer_image": before["image"], **(facts.state or {})})
-                remembered["pgbouncer_image"] = _remembered("pgbouncer_image", pgbouncer_image, known,
-                                                            app_pooler.DEFAULT_IMAGE)
-                reporter(LogLine(f"through its own PgBouncer ({remembered['pgbouncer_image']['value']}), at most "
-                                 f"{app_pooler.pool_size(connection_limit)} of the role's {connection_limit} connections",
-                                 "database"))
             values = {
                 "dashboard_user": facts.secrets.get("dashboard_user", DEFAULT_DASHBOARD_USER),
                 "dashboard_password": facts.secrets.get("dashboard_password") or database.random_password(),
                 **_secret_values(facts.secrets, secrets, unset),
-                "DATABASE_URL": database.database_url(app, password, pooler=use_pooler),
+                "DATABASE_URL": database.database_url(app, password),
                 "REDIS_URL": database.REDIS_URL,
             }
             gone = [k for k in unset if k in facts.secrets]
@@ -710,9 +673,6 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             def secrets_file() -> None:
                 remote.makedirs(layout.app_dir(app), 0o755)
                 remote.put_bytes(layout.app_secrets(app), text, mode=0o600)
-                if use_pooler:  # its password only, in a file of its own (kept when off: a rollback may need it)
-                    remote.put_bytes(f"{layout.app_dir(app)}/{app_pooler.ENV_FILE}", app_pooler.env_file(password),
-                                     mode=0o600)
 
             _together(
                 lock.refresh,  # records the version, restarts the expiry clock after a long build
@@ -722,20 +682,14 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "start"
         with step(reporter, "start"):
-            document = appcompose.compose_document(
-                app, delivered.ref, version=version, commands=commands, environment=config, redis_image=redis_image,
-                processes=processes, connection_limit=connection_limit,
-                pooler_image=remembered["pgbouncer_image"]["value"] if use_pooler else None)
+            document = appcompose.compose_document(app, delivered.ref, version=version, commands=commands,
+                                                   environment=config, redis_image=redis_image,
+                                                   processes=processes)
             new_compose = appcompose.compose_yaml(document)
             _upload_assets(remote, app, experiment_dir, reporter)
             remote.put_bytes(layout.app_compose(app), new_compose, mode=0o644)
             rollback_needed = True
-            try:
-                _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
-            except CommandFailed as exc:
-                if use_pooler:  # an image the server can't get: say which setting to change
-                    raise app_pooler.image_failure(exc, remembered["pgbouncer_image"]) or exc
-                raise
+            _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
             started_at = time.monotonic()
             host = f"{app}.{settings.domain or 'localhost'}"
             seen: list = []  # container readings, for the wait in the launch step
