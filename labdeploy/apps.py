@@ -276,4 +276,8 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                              check=False, timeout=300)
             if res.stdout.strip():
                 result.removed.append("images")
+            # PsyNet's preparation image on this computer (kept between deploys as a build cache).
+            from .dallinger import remove_prepare_image
+            if remove_prepare_image(app):
+                result.removed.append("PsyNet preparation image on this computer")
     return result

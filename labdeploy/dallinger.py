@@ -5,6 +5,13 @@ own Dockerfile, or one generated here), the command of each process, the plain e
 and the secret environment. Deploy writes the plain part into the compose file and the
 secret part into the app's 0600 `secrets.env`; nothing here touches a server.
 
+A generated Dockerfile (for a folder without one, for PsyNet's stock template, or asked for
+with dockerfile="generated") installs the Dallinger (and PsyNet) release in use with the
+versions that Dallinger release was tested with, merged with the experiment's own
+constraints.txt (labdeploy.dallingerrelease, labdeploy.constraintsfile); that constraints file
+travels in the build context, so the build needs no network for it and the content tag
+follows it.
+
 Configuration follows Dallinger 12.4's `dallinger.config`: every section of an INI file is
 merged, keys are lower-cased by configparser, `~/.dallingerconfig` is overridden by the
 experiment's `config.txt`, and both by the environment (here: explicit `overrides`). Every
@@ -25,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from . import dallingerrelease
+from .constraintsfile import Note
 from .errors import LabdeployError, ValidationError
 
 KINDS = ("dallinger", "psynet")
@@ -233,13 +242,17 @@ class ExperimentSpec:
     commands: dict[str, str]        # service -> command line (web, worker, clock)
     env: dict[str, str]             # plain environment for the compose file
     secret_env: dict[str, str] = field(repr=False)  # for secrets.env (0600) only
-    dockerfile: Optional[str] = None  # generated text; None when the folder has its own
+    dockerfile: Optional[str] = None  # generated text; None when the folder's own is built
     mode: str = "live"
     clock_on: bool = False          # Dallinger starts a clock process only when this is set
     skipped: dict[str, str] = field(default_factory=dict)  # key -> why it was not passed on
     port: int = PORT
     launch_path: str = "/launch"
     uid_from_config: bool = False   # config.txt names the experiment id; else a deploy keeps the app's own
+    dockerfile_name: str = "Dockerfile"  # the file in the build context that Docker builds
+    build_files: dict[str, str] = field(default_factory=dict)  # context path -> text (the image's constraints)
+    release: Optional[dallingerrelease.Choice] = None  # the Dallinger/PsyNet the generated image pins
+    notes: tuple[Note, ...] = ()    # what the researcher should read (log lines and warnings)
 
     @property
     def kind(self) -> str:
@@ -255,14 +268,16 @@ class ExperimentSpec:
 
         A copy of the folder without caches and version control; config.txt without its
         secret keys (Dallinger too writes a filtered config.txt into its images: the
-        secrets reach the app through secrets.env); the generated Dockerfile if any.
+        secrets reach the app through secrets.env); the generated Dockerfile and its
+        constraints file, if any.
         """
         return write_context(self, dest)
 
 
 def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]] = None,
          mode: Optional[str] = None, base_image: Optional[str] = None,
-         flask_secret_key: Optional[str] = None, experiment_uid: Optional[str] = None) -> ExperimentSpec:
+         flask_secret_key: Optional[str] = None, experiment_uid: Optional[str] = None,
+         dockerfile: str = "Dockerfile") -> ExperimentSpec:
     """What deploy needs for this experiment folder.
 
     `overrides` play the part of Dallinger's command-line config options (highest priority).
@@ -272,8 +287,14 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
     has its own); the build argument BASE_IMAGE overrides it at build time.
     A fresh FLASK_SECRET_KEY and experiment id are made unless given (give the old key on
     update so sessions survive).
+    `dockerfile`: "Dockerfile" (default) builds the folder's own Dockerfile, except PsyNet's stock
+    template, which can't build outside PsyNet's own tooling (see `stock_template`); another
+    file name builds that file; "generated" builds labdeploy's Dockerfile even when the folder
+    has one. A generated Dockerfile installs with the constraints of the Dallinger release in
+    use (labdeploy.dallingerrelease: read from PyPI once, then cached).
     """
     folder = recognise(experiment_dir)
+    own_dockerfile, notes = choose_dockerfile(folder, dockerfile)
     config = merged_config(folder.path, home=home, overrides=overrides)
     if mode is not None:
         if mode not in MODES:
@@ -313,10 +334,17 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
     env["FLASK_SECRET_KEY"] = flask_secret_key or _secrets.token_urlsafe(24)
     plain, secret = split_env(env)
     plain.update(BASE_ENV)
-    dockerfile = None if folder.has_dockerfile else dockerfile_for(folder, base_image=base_image)
+    generated = release = None
+    build_files: dict[str, str] = {}
+    if own_dockerfile is None:
+        release, build_files, more = image_constraints(folder)
+        notes += more
+        generated = dockerfile_for(folder, release, base_image=base_image)
     return ExperimentSpec(folder=folder, commands=dict(COMMANDS), env=plain, secret_env=secret,
                           uid_from_config=bool(config.get("id")),
-                          dockerfile=dockerfile, mode=config["mode"], clock_on=clock_on, skipped=skipped)
+                          dockerfile=generated, mode=config["mode"], clock_on=clock_on, skipped=skipped,
+                          dockerfile_name=own_dockerfile or "Dockerfile", build_files=build_files,
+                          release=release, notes=tuple(notes))
 
 
 def _truthy(value: str, key: str) -> bool:
@@ -330,35 +358,175 @@ def _truthy(value: str, key: str) -> bool:
 
 # --------------------------------------------------------------------------- the image
 
-def dockerfile_for(folder: ExperimentFolder, *, base_image: Optional[str] = None) -> str:
-    """A Dockerfile for a folder without one: a Python base with Dallinger (or PsyNet) at the
-    version the requirements ask for, the requirements, the folder, Dallinger's frontend files."""
+GENERATED = "generated"  # dockerfile= value: labdeploy's Dockerfile even when the folder has one
+# Where the image's constraints travel in the build context, and where the image keeps them.
+CONSTRAINTS_IN_CONTEXT = ".labdeploy/constraints.txt"
+CONSTRAINTS_IN_IMAGE = "/opt/labdeploy/constraints.txt"
+PREPARE_SCRIPT = "prepare_docker_image.sh"  # PsyNet's hook for the experiment's own build steps
+
+# Instructions of PsyNet's stock Dockerfiles (psynet/resources/experiment_scripts/Dockerfile,
+# the demos' copies, PsyNet 10 to 13), compared with runs of whitespace made single spaces.
+_STOCK_INSTRUCTIONS = tuple(re.compile(p, re.IGNORECASE) for p in (
+    r"FROM registry\.gitlab\.com/psynetdev/psynet[:@]\S+",
+    r"FROM python:3\.\d+(?:\.\d+)?(?:-\S+)?",
+    r"RUN mkdir (?:-p )?/experiment",
+    r"WORKDIR /(?:experiment)?",
+    r"COPY requirements\.txt (?:\./)?requirements\.txt",
+    r"COPY \*constraints\.txt (?:\./)?constraints\.txt",
+    r"COPY \*prepare_docker_image\.sh (?:\./)?prepare_docker_image\.sh",
+    r"COPY \. /experiment/?",
+    r'ENV (?:SKIP_DEPENDENCY_CHECK=""|DALLINGER_NO_EGG_BUILD=1|PORT=5000)',
+    r"ARG (?:PSYNET_DEVELOPER_MODE|REMOTE_DEBUGGER_PORT)",
+    r"EXPOSE \$REMOTE_DEBUGGER_PORT",
+    r'CMD (?:dallinger_heroku_web|\["dallinger_heroku_web"\])',
+    r"RUN (?:SKIP_CHECK_PSYNET_VERSION_REQUIREMENT=1 )?psynet check-constraints",
+    r"RUN (?:python3? -m )?pip uninstall -y (?:psynet|dallinger)",
+    r"RUN (?:python3? -m )?pip install (?:uv|pydevd-pycharm\S*)",
+    r"RUN (?:python3? -m pip|uv pip) install -r (?:constraints|requirements)\.txt(?: --system)?",
+    r"RUN if \[ -f constraints\.txt \]; then .* fi",
+    r"RUN if test -f prepare_docker_image\.sh ?; then bash prepare_docker_image\.sh ?; fi",
+    r'RUN if \[\[ "\$PSYNET_DEVELOPER_MODE" = 1 \]\] ?; then .* fi',
+    r"RUN apt-get update && apt-get install -y nodejs npm",
+    r"RUN curl https://cli-assets\.heroku\.com/install\.sh \| sh",
+))
+_PSYNET_IMAGE = re.compile(r"FROM registry\.gitlab\.com/psynetdev/psynet[:@]\S+", re.IGNORECASE)
+# Lines only PsyNet's template has: a plain `FROM python` Dockerfile is not taken for it.
+_PSYNET_MARKS = ("prepare_docker_image.sh", "DALLINGER_NO_EGG_BUILD", "psynet check-constraints")
+
+
+@dataclass(frozen=True)
+class StockTemplate:
+    """A Dockerfile recognised as PsyNet's stock template."""
+
+    base: str                   # its FROM image
+    own_steps: tuple[str, ...]  # instructions that are not the template's (not carried over)
+
+
+def dockerfile_instructions(text: str) -> list[str]:
+    """The instructions of a Dockerfile: continuations joined, comments and directives dropped."""
+    out, buf = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        out.append(re.sub(r"\s+", " ", (buf + line)).strip())
+        buf = ""
+    if buf.strip():
+        out.append(re.sub(r"\s+", " ", buf).strip())
+    return out
+
+
+def stock_template(text: str) -> Optional[StockTemplate]:
+    """PsyNet's stock Dockerfile, or None for any other.
+
+    Two generations: up to PsyNet 13.0 `FROM registry.gitlab.com/psynetdev/psynet:<tag>` (an
+    image that can't be pulled from most places, and that PsyNet 13.1+ itself refuses), always
+    recognised, own steps listed; from 13.1 `FROM python:3.13-bookworm` with uv and the Heroku
+    CLI, recognised only when it has nothing of the author's own. Neither adds Dallinger's
+    frontend files, which PsyNet's own deploy bundles before building, so neither makes a
+    working image from the folder alone.
+    """
+    steps = dockerfile_instructions(text)
+    froms = [i for i in steps if i.upper().startswith("FROM ")]
+    if not froms:
+        return None
+    own = tuple(i for i in steps if not any(p.fullmatch(i) for p in _STOCK_INSTRUCTIONS))
+    base = froms[0].split()[1]
+    if _PSYNET_IMAGE.fullmatch(froms[0]):
+        return StockTemplate(base, own)
+    if not own and len(froms) == 1 and any(mark in text for mark in _PSYNET_MARKS):
+        return StockTemplate(base, ())
+    return None
+
+
+def choose_dockerfile(folder: ExperimentFolder, dockerfile: str = "Dockerfile") -> tuple[Optional[str], list[Note]]:
+    """(the folder's Dockerfile to build, or None for a generated one; notes saying why)."""
+    from .images import DockerfileMissing, _relative_name
+
+    if dockerfile == GENERATED:
+        why = "labdeploy's generated Dockerfile is used, as asked"
+        return None, [Note("info", why + (" (the folder's own Dockerfile is not used)." if folder.has_dockerfile
+                                          else "."))]
+    name = _relative_name(dockerfile, "Dockerfile name")
+    path = folder.path / name
+    if not path.is_file():
+        if name == "Dockerfile":
+            return None, [Note("info", "The folder has no Dockerfile: labdeploy's generated Dockerfile is used.")]
+        raise DockerfileMissing(f"There is no {name} in {folder.path}.",
+                                "Give the name of a Dockerfile in the experiment folder, or 'generated' for "
+                                "labdeploy's own.")
+    stock = stock_template(path.read_text(errors="replace"))
+    if stock is None:
+        return name, [Note("info", f"The folder's own {name} is used.")]
+    notes = [Note("info", f"{name} is PsyNet's stock template (FROM {stock.base}): labdeploy's generated "
+                          "Dockerfile is used instead (same packages, with the tested versions of the "
+                          "Dallinger release; runs prepare_docker_image.sh too).")]
+    if stock.own_steps:
+        notes.append(Note("warning", f"{name} has steps of its own that the generated Dockerfile does not run: "
+                                     + "; ".join(stock.own_steps),
+                          f"Move them into {PREPARE_SCRIPT} (the generated Dockerfile runs it, as PsyNet's does), "
+                          f"or give the folder a Dockerfile of your own that builds here."))
+    return None, notes
+
+
+def image_constraints(folder: ExperimentFolder) -> tuple[dallingerrelease.Choice, dict[str, str], list[Note]]:
+    """The Dallinger/PsyNet release of a generated image and its one constraints file (as
+    build context files): the release's published constraints, the experiment's own
+    sanitised, requirements.txt winning over both."""
+    from . import constraintsfile
+
+    own_path = folder.path / "constraints.txt"
+    own = own_path.read_text(errors="replace") if own_path.is_file() else None
+    choice = dallingerrelease.choose(folder.kind, folder.requirements, own)
+    published = dallingerrelease.release_constraints(choice.dallinger)
+    notes = list(choice.notes)
+    if published.text is None:
+        notes.append(Note("warning", f"Dallinger {choice.dallinger} publishes no constraints.txt ({published.source}); "
+                                     "the image pins only what the experiment's files pin.",
+                          "Pin a newer Dallinger release in requirements.txt for a tested set of packages."))
+    merged = constraintsfile.merge(pinned=choice.pins, release_label=published.label, release_text=published.text,
+                                   release_source=published.source, experiment_text=own,
+                                   requirement_lines=folder.requirements)
+    notes += merged.notes
+    if published.python:
+        notes.append(Note("info", f"Dallinger {choice.dallinger}'s tested versions were compiled for Python "
+                                  f"{published.python}; the base image's Python should match."))
+    return choice, {CONSTRAINTS_IN_CONTEXT: merged.text}, notes
+
+
+def dockerfile_for(folder: ExperimentFolder, release: dallingerrelease.Choice, *,
+                   base_image: Optional[str] = None) -> str:
+    """labdeploy's Dockerfile for a Dallinger/PsyNet folder: a Python base, the Dallinger (and
+    PsyNet) release in `release` with the tested versions of everything else (the constraints
+    file in the context), the requirements, PsyNet's prepare_docker_image.sh if any, the folder,
+    Dallinger's frontend files."""
     base = base_image or DEFAULT_PYTHON_BASE
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", base):
         raise ValidationError(f"The base image {base!r} is not a valid image name.",
                               "Use an image reference such as 'python:3.11-slim'.")
-    package = "psynet" if folder.kind == "psynet" else "dallinger"
-    requirement = (folder.psynet_requirement if package == "psynet" else folder.dallinger_requirement) or package
-    version = _pinned(requirement)
-    check = (f"import importlib.metadata as m, sys; sys.exit(m.version({package!r}) != {version!r})"
-             if version else f"import importlib.util as u, sys; sys.exit(u.find_spec({package!r}) is None)")
-    constrain = " -c /tmp/constraints.txt" if folder.has_constraints else ""
+    pins = release.pins
+    wanted = " ".join(f'"{name}=={version}"' for name, version in pins.items())
+    installed = " and ".join(f"m.version({name!r}) == {version!r}" for name, version in pins.items()) or "False"
+    check = f"import importlib.metadata as m, sys; sys.exit(not ({installed}))"
+    constrain = f"-c {CONSTRAINTS_IN_IMAGE}"
     lines = [
-        f"# Generated by labdeploy for the {folder.kind} experiment {folder.path.name!r} (it has no Dockerfile).",
+        f"# Generated by labdeploy for the {folder.kind} experiment {folder.path.name!r}.",
         "# The base can be changed without editing this file: --build-arg BASE_IMAGE=...",
         f"ARG BASE_IMAGE={base}",
         "FROM ${BASE_IMAGE}",
         "ENV PORT=5000 HOME=/tmp PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=noninteractive",
-    ]
-    if folder.has_constraints:
-        lines.append("COPY constraints.txt /tmp/constraints.txt")
-    lines += [
-        f"# Install {requirement} unless the base already has it; pip builds psycopg2 from source,",
-        "# which needs the PostgreSQL headers and a compiler.",
-        f"RUN if python3 -c \"{check}\" 2>/dev/null; then echo '{requirement}: already in the base image'; \\",
-        "    else apt-get update && apt-get install -y --no-install-recommends libpq-dev gcc python3-dev \\",
-        "      && rm -rf /var/lib/apt/lists/* \\",
-        f"      && python3 -m pip install --no-cache-dir \"{requirement}\"{constrain}; fi",
+        f"# Dallinger {release.dallinger} ({release.why}) with the versions that release was tested with;",
+        "# the experiment's own constraints.txt adds the rest (labdeploy.constraintsfile).",
+        f"COPY {CONSTRAINTS_IN_CONTEXT} {CONSTRAINTS_IN_IMAGE}",
+        "# pip builds psycopg2 from source, which needs the PostgreSQL headers and a compiler, unless",
+        "# the base already has these releases. pip then only aligns what differs from the constraints.",
+        f"RUN if ! python3 -c \"{check}\" 2>/dev/null; then \\",
+        "      apt-get update && apt-get install -y --no-install-recommends libpq-dev gcc python3-dev \\",
+        "      && rm -rf /var/lib/apt/lists/*; fi" + (f" \\\n && python3 -m pip install --no-cache-dir {constrain} {wanted}"
+                                                      if wanted else ""),
         "WORKDIR /experiment",
     ]
     if any("git+" in line for line in folder.requirements):
@@ -367,7 +535,10 @@ def dockerfile_for(folder: ExperimentFolder, *, base_image: Optional[str] = None
                      "&& rm -rf /var/lib/apt/lists/*")
     if folder.requirements:
         lines += ["COPY requirements.txt /experiment/requirements.txt",
-                  f"RUN python3 -m pip install --no-cache-dir -r requirements.txt{constrain}"]
+                  f"RUN python3 -m pip install --no-cache-dir {constrain} -r requirements.txt"]
+    if (folder.path / PREPARE_SCRIPT).is_file():
+        # PsyNet's stock Dockerfile runs this hook for the experiment's own build steps.
+        lines += [f"COPY {PREPARE_SCRIPT} /experiment/{PREPARE_SCRIPT}", f"RUN bash {PREPARE_SCRIPT}"]
     lines += [
         "COPY . /experiment",
         "# Dallinger serves templates and static files from the working directory; add its",
@@ -392,7 +563,26 @@ def write_context(experiment_spec: ExperimentSpec, dest) -> Path:
     _write_filtered_config(src / CONFIG_FILE, _replaceable(dest / CONFIG_FILE))
     if experiment_spec.dockerfile is not None:
         _replaceable(dest / "Dockerfile").write_text(experiment_spec.dockerfile)
+    for rel, text in sorted(experiment_spec.build_files.items()):
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _replaceable(out).write_text(text)
+    _keep_in_context(dest, sorted(experiment_spec.build_files))
     return dest
+
+
+def _keep_in_context(dest: Path, rels: list[str]) -> None:
+    """The files labdeploy adds must reach Docker even when the folder's .dockerignore leaves
+    out what they match (`.*`, say): an exception for each goes at the end of the copy's rules."""
+    from . import images
+
+    rules = images.read_ignore_rules(dest)
+    missing = [rel for rel in rels if rules.excluded(rel)]
+    if missing:
+        ignore = _replaceable(dest / ".dockerignore")
+        text = ignore.read_text() if ignore.exists() else ""
+        ignore.write_text(text + ("" if text.endswith("\n") or not text else "\n")
+                          + "".join(f"!{rel}\n" for rel in missing))
 
 
 def _copy_tree(src: Path, dest: Path) -> None:
@@ -458,129 +648,37 @@ def _write_filtered_config(src: Path, dst: Path) -> None:
 
 # --------------------------------------------------------------------------- PsyNet's preparation
 
-# What `psynet deploy ssh` does on the researcher's computer before Dallinger builds the
-# image (psynet.command_line._pre_launch / _prepare, PsyNet 13): record the deployment
-# (.deploy/deployment_info.json; PsyNet's git lookup is skipped, images have no git), then
-# prepare, which fills a throwaway database and saves it as .deploy/database_template.zip,
-# then bundle PsyNet's extra files.
-# `_prepare` is PsyNet's internal function: there is no public API for this step.
-PSYNET_PREPARE_SCRIPT = r"""
-import os, uuid
-from psynet import deployment_info
-deployment_info.write_all(dict(
-    redeploying_from_archive=False, mode=os.environ.get("mode", "live"), is_local_deployment=False,
-    is_ssh_deployment=True, server=os.environ["LABDEPLOY_SERVER"], app=os.environ["LABDEPLOY_APP"],
-    folder_name=os.path.basename(os.getcwd()), secret=uuid.uuid4(), origin=None,
-    ssh_host=os.environ["LABDEPLOY_SERVER"], ssh_user=os.environ.get("LABDEPLOY_SSH_USER", ""),
-    locale=os.environ.get("locale", "en")))
-from psynet.experiment import get_experiment
-get_experiment().update_deployment_id()
-from psynet.command_line import _prepare
-_prepare()
-# Then the files PsyNet asks Dallinger to bundle (Experiment.extra_files: its templates,
-# scripts, .deploy, ...), as Dallinger's assembly does: the experiment's own files win,
-# PsyNet's win over Dallinger's frontend files (already copied in by the Dockerfile).
-import filecmp, shutil, dallinger
-from dallinger.utils import ExplicitFileSource
-root, front = os.getcwd(), os.path.join(os.path.dirname(dallinger.__file__), "frontend")
-for src, dst in ExplicitFileSource(root).map_locations_to(root):
-    if os.path.abspath(src) == os.path.abspath(dst):
-        continue
-    stock = os.path.join(front, os.path.relpath(dst, root))
-    if os.path.exists(dst) and not (os.path.isfile(stock) and filecmp.cmp(stock, dst, shallow=False)):
-        continue
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    shutil.copyfile(src, dst)
-print("labdeploy: PsyNet preparation done")
-"""
-
-
 def prepare_psynet(context_dir, *, app: str, server_host: str, postgres_image: str, redis_image: str,
                    env: Optional[Mapping[str, str]] = None, build_args: Optional[Mapping[str, str]] = None,
-                   ssh_user: str = "", reporter=None) -> list[str]:
-    """Run PsyNet's preparation for the build context in `context_dir` and add its results
-    (.deploy/, source_code.zip, ...) to it. Needs Docker on this computer: the context's image
-    is built here and run once next to a throwaway PostgreSQL and Redis, all removed after.
-    Returns the names added to the context."""
-    import subprocess
-    import tempfile
-    import time
+                   ssh_user: str = "", folder_name: Optional[str] = None, dockerfile: str = "Dockerfile",
+                   reporter=None) -> list[str]:
+    """PsyNet's `psynet prepare` for the build context, run locally in throwaway containers
+    (labdeploy.psynetprepare); returns the names it added to the context."""
+    from . import psynetprepare
 
-    from . import names
-    from .progress import LogLine, null_reporter
+    return psynetprepare.prepare(context_dir, app=app, server_host=server_host, postgres_image=postgres_image,
+                                 redis_image=redis_image, env=env, build_args=build_args, ssh_user=ssh_user,
+                                 folder_name=folder_name, dockerfile=dockerfile, reporter=reporter)
 
-    report = reporter or null_reporter
-    from .appcompose import image_ref
 
-    names.app_name(app)
-    names.host(server_host)
-    image_ref(postgres_image)
-    image_ref(redis_image)
-    ctx = Path(context_dir)
-    # The image keeps a stable name per app so Docker's layer cache spares the next run
-    # PsyNet's installation; the containers and network are per run and removed after.
-    image = f"labdeploy-psynet-prepare/{app}:latest"
-    tag = f"labdeploy-psynet-prepare-{app}-{_secrets.token_hex(3)}"
-    net, pg, redis, prep = (f"{tag}-net", f"{tag}-pg", f"{tag}-redis", f"{tag}-run")
+def remove_prepare_image(app: str) -> bool:
+    """Remove the app's PsyNet preparation image from this computer (destroy calls this);
+    True when there was one."""
+    from . import psynetprepare
 
-    def docker(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-        try:
-            res = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-        except FileNotFoundError:
-            raise LabdeployError("PsyNet's preparation needs Docker on this computer, and there is none.",
-                                 "Install Docker here (or deploy from a computer that has it).") from None
-        if check and res.returncode != 0:
-            raise LabdeployError(f"PsyNet's preparation failed at `docker {args[0]}`:\n"
-                                 + (res.stderr or res.stdout)[-3000:],
-                                 "Read the output above; run `psynet prepare` in the experiment folder to "
-                                 "reproduce it with a local database.")
-        return res
+    return psynetprepare.remove_image(app)
 
-    password = _secrets.token_urlsafe(16)
-    with tempfile.TemporaryDirectory(prefix="labdeploy-psynet-") as tmp:
-        env_file = Path(tmp) / "env"  # secrets go to the containers through a 0600 file, not argv
-        values = {**(env or {}), "POSTGRES_USER": "dallinger", "POSTGRES_DB": "dallinger",
-                  "POSTGRES_PASSWORD": password,
-                  "DATABASE_URL": f"postgresql://dallinger:{password}@{pg}:5432/dallinger",
-                  "REDIS_URL": f"redis://{redis}:6379/0", "LABDEPLOY_APP": app,
-                  "LABDEPLOY_SERVER": server_host, "LABDEPLOY_SSH_USER": ssh_user}
-        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(f"{k}={v}\n" for k, v in values.items()))
-        try:
-            report(LogLine("building the image locally for PsyNet's preparation", "psynet"))
-            docker("build", "-q", "-t", image, *[a for k, v in (build_args or {}).items()
-                                               for a in ("--build-arg", f"{k}={v}")], str(ctx))
-            docker("network", "create", net)
-            docker("run", "-d", "--name", pg, "--network", net, "--env-file", str(env_file), postgres_image)
-            docker("run", "-d", "--name", redis, "--network", net, redis_image,
-                   "redis-server", "--protected-mode", "no")
-            for _ in range(600):  # PostgreSQL's first start (initdb) takes a few seconds
-                if docker("exec", pg, "pg_isready", "-U", "dallinger", check=False).returncode == 0:
-                    break
-                time.sleep(0.5)
-            report(LogLine("running PsyNet's preparation", "psynet"))
-            res = docker("run", "--name", prep, "--network", net, "--env-file", str(env_file),
-                         "-w", "/experiment", image, "python3", "-P", "-c", PSYNET_PREPARE_SCRIPT, check=False)
-            for line in (res.stdout + res.stderr).splitlines()[-40:]:
-                report(LogLine(line, "psynet"))
-            if res.returncode != 0:
-                raise LabdeployError("PsyNet's preparation failed:\n" + (res.stderr or res.stdout)[-3000:],
-                                     "Read the traceback above: it comes from the experiment's code or "
-                                     "PsyNet. `psynet prepare` in the experiment folder reproduces it.")
-            added = sorted({line.split(" ", 1)[1].split("/")[2] for line in docker("diff", prep).stdout.splitlines()
-                            if line[:1] in "AC" and line.split(" ", 1)[1].startswith("/experiment/")}
-                           - {"__pycache__"})
-            for entry in added:
-                target = ctx / entry
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)  # else docker cp would nest the new folder inside the old
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-                docker("cp", f"{prep}:/experiment/{entry}", str(ctx / entry))
-            report(LogLine(f"PsyNet prepared: {', '.join(added)}", "psynet"))
-            return added
-        finally:
-            for c in (prep, pg, redis):
-                docker("rm", "-f", "-v", c, check=False)
-            docker("network", "rm", net, check=False)
+
+def check_git_sources(experiment_spec: ExperimentSpec, *, mode: str, remote=None) -> None:
+    """Before building: refuse when requirements.txt installs from a git host that the machine
+    building the image can't reach. The generated Dockerfile installs requirements.txt, so its
+    git lines are checked from this computer (ssh-copy, registry, and PsyNet's preparation,
+    which builds here) and from the server (server-build, over `remote`)."""
+    from . import gitsources
+
+    if experiment_spec.dockerfile is None:
+        return  # the folder's own Dockerfile: whether it installs requirements.txt is its business
+    here = mode != "server-build" or experiment_spec.kind == "psynet"
+    on_server = remote if mode == "server-build" else None
+    gitsources.check(experiment_spec.folder.requirements, here=here, remote=on_server,
+                     server_label=getattr(remote, "label", None) or "the server")

@@ -576,12 +576,17 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         if dallinger.is_experiment_folder(experiment_dir) and not (experiment_dir / "Procfile").is_file():
             # A Dallinger/PsyNet folder: its commands, config (config.txt + ~/.dallingerconfig,
             # secret keys apart) and, when it has none, a generated Dockerfile.
-            spec = dallinger.spec(experiment_dir)
+            # The image's Dallinger/PsyNet releases are chosen (PyPI, cached) before anything is built.
+            spec = dallinger.spec(experiment_dir, dockerfile=dockerfile)
             commands = spec.commands
             processes = spec.services  # no clock unless the config has clock_on
             config = {**spec.env, **(config or {})}
             secrets = {**spec.secret_env, **(secrets or {})}
         else:
+            if dockerfile == dallinger.GENERATED:
+                raise ValidationError("dockerfile='generated' is for Dallinger/PsyNet experiments (experiment.py and "
+                                      "config.txt, no Procfile); this folder needs its own Dockerfile.",
+                                      "Give the name of the folder's Dockerfile (default 'Dockerfile').")
             _check_dockerfile(experiment_dir, dockerfile)
             commands = appcompose.read_procfile(experiment_dir)
             processes = layout.PROCESS_SERVICES
@@ -602,6 +607,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         remote = _connect(server)
         stats0 = dict(remote.stats)
         facts = _preflight(remote, app, _operation, None, capacity, reporter, existing_data)
+        if spec is not None:  # git hosts in requirements.txt, checked from where the image is built
+            dallinger.check_git_sources(spec, mode=mode, remote=remote)
         reporter = redacting(reporter, facts.secrets.values())
         if spec is not None and facts.secrets.get("FLASK_SECRET_KEY") and _operation == "update":
             secrets["FLASK_SECRET_KEY"] = facts.secrets["FLASK_SECRET_KEY"]  # keep sessions valid
@@ -634,14 +641,17 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         with step(reporter, "image"), tempfile.TemporaryDirectory(prefix="labdeploy-build-") as tmp:
             # A Dallinger folder is built from a copy: generated Dockerfile, config.txt without secrets.
             context = spec.write_context(Path(tmp) / "context") if spec is not None else experiment_dir
+            for note in spec.notes if spec is not None else ():  # which Dockerfile, which releases, why
+                collect(Warning_(note.text, note.hint) if note.level == "warning" else LogLine(note.text, "image"))
             if spec is not None and spec.kind == "psynet":  # PsyNet's `psynet prepare`, locally
                 dallinger.prepare_psynet(context, app=app, server_host=remote.host, ssh_user=remote.user,
                                          postgres_image=settings.postgres_image, redis_image=redis_image,
                                          env={**config, **secrets}, build_args=build_args,
+                                         folder_name=spec.folder.path.name, dockerfile=spec.dockerfile_name,
                                          reporter=_sub_reporter(collect, "image"))
             delivered = _deliver(remote, context, app=app, mode=mode, build_args=build_args,
-                                 base_name=base_name, credentials=credentials,
-                                 logout_after_pull=logout_after_pull, dockerfile=dockerfile,
+                                 base_name=base_name, credentials=credentials, logout_after_pull=logout_after_pull,
+                                 dockerfile=spec.dockerfile_name if spec is not None else dockerfile,
                                  reporter=_sub_reporter(collect, "image"))
         version = delivered.tag
         record.version, record.image, record.image_id = version, delivered.ref, delivered.image_id

@@ -65,7 +65,10 @@ def built(base_image, tmp_path_factory):
     """Our example's image, built from the generated Dockerfile (Docker's cache makes reruns quick)."""
     home = tmp_path_factory.mktemp("home")
     (home / ".dallingerconfig").write_text("[Email]\nsmtp_password = hunter2-not-real\n")
-    spec = dallinger.spec(EXAMPLE, home=home, base_image=base_image)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))  # the release cache (platformdirs) too
+        mp.delenv("XDG_CACHE_HOME", raising=False)
+        spec = dallinger.spec(EXAMPLE, home=home, base_image=base_image)
     ctx = spec.write_context(tmp_path_factory.mktemp("ctx") / "context")
     tag = f"t-dal-hello:{secrets.token_hex(4)}"
     r = docker("build", "-q", "-t", tag, str(ctx), check=False)
@@ -80,6 +83,10 @@ def test_generated_image_has_dallinger_and_frontend(built):
                  "pip show dallinger | grep ^Version; ls static/scripts/dallinger2.js templates/exp.html; "
                  "grep -c smtp_password config.txt || true").stdout
     assert "Version: 12.4.0" in out
+    # The versions Dallinger 12.4.0 was tested with (its published constraints), not pip's newest:
+    # rq 3 would fail every worker job.
+    rq = docker("run", "--rm", tag, "python3", "-c", "import importlib.metadata as m; print(m.version('rq'))")
+    assert rq.stdout.strip() == "2.12.0" and "rq==2.12.0" in spec.build_files[".labdeploy/constraints.txt"]
     assert "static/scripts/dallinger2.js" in out and "templates/exp.html" in out
     # The secret from ~/.dallingerconfig is not baked into the image's config.txt.
     assert "hunter2" not in docker("run", "--rm", tag, "cat", "config.txt").stdout

@@ -14,6 +14,18 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "dallinger-hello"
 
 
+@pytest.fixture(scope="module")
+def release_cache(tmp_path_factory) -> Path:
+    """One cache of what Dallinger/PsyNet releases published (read from PyPI once per module)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def shared_release_cache(release_cache, monkeypatch):
+    # Every test gets a fresh HOME; the release cache (platformdirs' user cache) is shared.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(release_cache))
+
+
 def make_experiment(root: Path, config: str = "[Experiment]\nmode = sandbox\n", **files: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "experiment.py").write_text(files.pop("experiment_py", "from dallinger.experiment import Experiment\n"))
@@ -223,18 +235,24 @@ def test_each_spec_gets_fresh_secrets_unless_given(tmp_path, home):
 # --------------------------------------------------------------------------- the image
 
 def test_generated_dockerfile_installs_the_required_version(tmp_path, home):
-    exp = make_experiment(tmp_path / "e", requirements__txt="dallinger==12.3.1\nnumpy\n",
+    exp = make_experiment(tmp_path / "e", requirements__txt="dallinger==12.3.0\nnumpy\n",
                           constraints__txt="numpy==2.0.0\n")
-    text = dallinger.spec(exp, home=home, base_image="python:3.12-slim").dockerfile
+    s = dallinger.spec(exp, home=home, base_image="python:3.12-slim")
+    text = s.dockerfile
     lines = text.splitlines()
     assert "ARG BASE_IMAGE=python:3.12-slim" in lines and "FROM ${BASE_IMAGE}" in lines
-    assert "m.version('dallinger') != '12.3.1'" in text
-    assert 'pip install --no-cache-dir "dallinger==12.3.1" -c /tmp/constraints.txt' in text
+    assert "m.version('dallinger') == '12.3.0'" in text
+    assert 'pip install --no-cache-dir -c /opt/labdeploy/constraints.txt "dallinger==12.3.0"' in text
     assert "libpq-dev gcc python3-dev" in text
-    assert "COPY constraints.txt /tmp/constraints.txt" in lines
-    assert "RUN python3 -m pip install --no-cache-dir -r requirements.txt -c /tmp/constraints.txt" in lines
+    assert "COPY .labdeploy/constraints.txt /opt/labdeploy/constraints.txt" in lines
+    assert "RUN python3 -m pip install --no-cache-dir -c /opt/labdeploy/constraints.txt -r requirements.txt" in lines
     assert lines.index("COPY . /experiment") > lines.index("COPY requirements.txt /experiment/requirements.txt")
     assert 'CMD ["dallinger_heroku_web"]' in lines
+    # The image's one constraints file: Dallinger 12.3.0's published versions; the folder's numpy pin
+    # gives way to Dallinger's where Dallinger pins numpy, else it is kept.
+    constraints = s.build_files[".labdeploy/constraints.txt"]
+    assert "dallinger==12.3.0" in constraints.splitlines() and "rq==" in constraints
+    assert s.release.dallinger == "12.3.0" and s.release.why == "named in requirements.txt"
 
 
 def test_clock_defaults_off_for_dallinger_and_on_for_psynet(tmp_path, home):
@@ -247,12 +265,14 @@ def test_clock_defaults_off_for_dallinger_and_on_for_psynet(tmp_path, home):
 
 def test_generated_dockerfile_for_psynet_and_unpinned(tmp_path, home):
     psy = make_experiment(tmp_path / "p", requirements__txt="psynet==13.3.0\n")
-    assert '"psynet==13.3.0"' in dallinger.spec(psy, home=home).dockerfile
+    text = dallinger.spec(psy, home=home).dockerfile
+    assert '"dallinger==12.4.0" "psynet==13.3.0"' in text  # the newest Dallinger PsyNet 13.3.0 allows
     loose = make_experiment(tmp_path / "l")
-    text = dallinger.spec(loose, home=home).dockerfile
-    assert "ARG BASE_IMAGE=" + dallinger.DEFAULT_PYTHON_BASE in text and "find_spec('dallinger')" in text
-    assert "requirements.txt" not in text  # the folder has none
-    assert "install -y --no-install-recommends git" not in text
+    s = dallinger.spec(loose, home=home)
+    assert "ARG BASE_IMAGE=" + dallinger.DEFAULT_PYTHON_BASE in s.dockerfile
+    assert f'"dallinger=={s.release.dallinger}"' in s.dockerfile and "newest release" in s.release.why
+    assert "COPY requirements.txt" not in s.dockerfile  # the folder has none
+    assert "install -y --no-install-recommends git" not in s.dockerfile
     from_git = make_experiment(tmp_path / "g", requirements__txt="dallinger==12.4.0\n"
                                                                  "git+https://github.com/lab/tools@v1#egg=tools\n")
     assert "install -y --no-install-recommends git" in dallinger.spec(from_git, home=home).dockerfile

@@ -48,7 +48,10 @@ def _pairs(values, what: str) -> dict:
 @click.option("--domain", default=None, callback=_check_domain,
               help="Serve the app under this domain instead of the server's.")
 @click.option("--redis-image", default=None, help="Redis image for the app (default redis:7).")
-@click.option("--dockerfile", default="Dockerfile", show_default=True, help="Dockerfile in the experiment folder.")
+@click.option("--dockerfile", default="Dockerfile", show_default=True, metavar="NAME|generated",
+              help="Dockerfile in the experiment folder. 'generated': labdeploy's own Dockerfile for a "
+                   "Dallinger/PsyNet experiment, even when the folder has one (PsyNet's stock template is "
+                   "replaced by it anyway; other Dockerfiles are used as they are).")
 @click.option("--health-path", default=None, help="Path that must answer 200 after the launch (default /).")
 @click.option("--connection-limit", type=int, default=None, help="Most database connections the app may open.")
 @click.option("--capacity", type=click.Choice(("warn", "refuse", "ignore")), default=None,
