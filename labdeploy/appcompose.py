@@ -1,8 +1,8 @@
 """An app's compose file (~/dallinger/<app>/docker-compose.yml) built as data, and the
 commands its processes run.
 
-Services are named as in the seed (web, worker, clock, redis) so `docker compose restart web`
-keeps working. No secret is ever in this document: they reach the containers through
+Services are named as in the seed (web, worker, clock, redis; and pgbouncer, the app's own
+connection pooler) so `docker compose restart web` keeps working. No secret is ever in this document: they reach the containers through
 `env_file: secrets.env` (mode 0600 on the server).
 """
 
@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import yaml
 
-from . import layout, names
+from . import layout, names, pooler
 from .errors import ValidationError
 
 SECRETS_FILE = "secrets.env"
@@ -76,10 +76,12 @@ def read_procfile(experiment_dir) -> dict[str, str]:
     return commands
 
 
-def _command(line: str) -> list[str]:
+def _command(line: str, *, pooled: bool = False) -> list[str]:
     # Procfile lines are shell lines; `exec` makes the process PID 1's child-free replacement
     # so it receives Docker's stop signal. `$$` stops Compose from interpolating on the server.
-    return ["sh", "-c", "exec " + line.replace("$", "$$")]
+    # With the pooler, psycopg2 must wait cooperatively under gevent (labdeploy.pooler).
+    script = pooler.process_command(line) if pooled else "exec " + line
+    return ["sh", "-c", script.replace("$", "$$")]
 
 
 def _labels(app: str, service: str, version: str) -> dict[str, str]:
@@ -92,9 +94,13 @@ _LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3
 def compose_document(app: str, image: str, *, version: str, commands: Optional[Mapping[str, str]] = None,
                      environment: Optional[Mapping[str, str]] = None,
                      redis_image: str = DEFAULT_REDIS_IMAGE,
-                     processes: Sequence[str] = layout.PROCESS_SERVICES) -> dict:
+                     processes: Sequence[str] = layout.PROCESS_SERVICES,
+                     pooler_image: Optional[str] = None, connection_limit: Optional[int] = None) -> dict:
     """The app's compose file as a dict. Pure: same input, same document. `processes` may leave
-    out the clock (Dallinger runs one only with `clock_on`); web and worker are always there."""
+    out the clock (Dallinger runs one only with `clock_on`); web and worker are always there.
+    With `pooler_image`, the app gets its own PgBouncer (labdeploy.pooler), sized from the
+    role's `connection_limit`, and its processes start after it; DATABASE_URL must then name
+    the pooler (database.database_url(..., pooler=True))."""
     if not set(processes) <= set(layout.PROCESS_SERVICES) or not {"web", "worker"} <= set(processes):
         raise ValidationError(f"The processes {tuple(processes)!r} are not web and worker (and clock).",
                               "Give ('web', 'worker', 'clock') or ('web', 'worker').")
@@ -108,6 +114,10 @@ def compose_document(app: str, image: str, *, version: str, commands: Optional[M
     env["LABDEPLOY_APP"] = app
     env["LABDEPLOY_VERSION"] = str(version).replace("$", "$$")
     data_volume = f"../../{layout.DATA_ROOT}/{app}:{DATA_MOUNT}"  # relative to ~/dallinger/<app>
+    depends_on = {"redis": {"condition": "service_healthy"}}
+    if pooler_image is not None:
+        # Started is enough: PgBouncer listens within milliseconds and connects lazily.
+        depends_on[pooler.SERVICE] = {"condition": "service_started"}
 
     def process(service: str) -> dict:
         if service not in commands:
@@ -115,19 +125,21 @@ def compose_document(app: str, image: str, *, version: str, commands: Optional[M
                                   "Give web, worker and clock commands (a Procfile), or none for Dallinger's.")
         return {
             "image": image,
-            "command": _command(commands[service]),
+            "command": _command(commands[service], pooled=pooler_image is not None),
             "init": True,  # a tiny init forwards Docker's stop signal, so updates don't wait 10 s
             "restart": "unless-stopped",
             "env_file": [SECRETS_FILE],
             "environment": {**env, "LABDEPLOY_PROCESS": service},
-            "volumes": [data_volume],
-            "depends_on": {"redis": {"condition": "service_healthy"}},
+            "volumes": [data_volume] + ([pooler.python_volume()] if pooler_image is not None else []),
+            "depends_on": dict(depends_on),
             "labels": _labels(app, service, version),
             "logging": _LOGGING,
         }
 
     web = process("web")
     web["networks"] = {"default": {}, layout.NETWORK: {"aliases": [layout.web_alias(app)]}}
+    # The app's choice, so an update without the option keeps it (labdeploy.pooler.in_compose).
+    web["labels"][pooler.LABEL] = "on" if pooler_image is not None else "off"
     # Only needs the port to be open: works for any image that has a Python (Dallinger's do).
     probe = f"import socket; socket.create_connection(('127.0.0.1', {WEB_PORT}), 3)"
     web["healthcheck"] = {"test": ["CMD-SHELL", f'python3 -c "{probe}" || python -c "{probe}"'],
@@ -137,6 +149,11 @@ def compose_document(app: str, image: str, *, version: str, commands: Optional[M
         if name in processes:
             services[name] = process(name)
             services[name]["networks"] = ["default", layout.NETWORK]  # PostgreSQL lives on the shared network
+    if pooler_image is not None:
+        from .database import DEFAULT_CONNECTION_LIMIT
+
+        limit = DEFAULT_CONNECTION_LIMIT if connection_limit is None else connection_limit
+        services[pooler.SERVICE] = pooler.service(app, pooler_image, limit, logging=_LOGGING)
     return {
         "services": {
             **services,
@@ -158,11 +175,27 @@ def compose_document(app: str, image: str, *, version: str, commands: Optional[M
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Readable for a person who opens the file: no anchors, scripts as literal blocks."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, data: str):
+    if "\n" in data:  # PyYAML falls back to quoting when a block can't hold it exactly
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+    return dumper.represent_str(data)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def compose_yaml(document: dict) -> str:
     header = ("# Written by labdeploy for this app. Secrets are in secrets.env (mode 0600).\n"
               "# Debug as usual: docker compose logs | docker compose exec web /bin/bash | "
               "docker compose restart web\n")
-    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+    return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def secrets_env(values: Mapping[str, str]) -> str:

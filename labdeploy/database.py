@@ -139,9 +139,15 @@ def exists_sql(app: str) -> str:
     return f"SELECT count(*) FROM pg_database WHERE datname = {_literal(ident)};"
 
 
-def database_url(app: str, password: str) -> str:
-    """How the app's containers reach their database over the shared `dallinger` network."""
+def database_url(app: str, password: str, *, pooler: bool = False) -> str:
+    """How the app's containers reach their database: over the shared `dallinger` network,
+    or, with `pooler`, through the app's own PgBouncer (labdeploy.pooler), which holds the
+    connections to PostgreSQL. Same role, password and database either way."""
+    from . import pooler as _pooler  # it imports this module
+
     ident = names.db_identifier(app)
+    if pooler:
+        return f"postgresql://{ident}:{password}@{_pooler.alias(app)}:{_pooler.PORT}/{ident}"
     return f"postgresql://{ident}:{password}@{POSTGRES_HOST}:5432/{ident}"
 
 

@@ -62,6 +62,7 @@ class StackSettings:
     # Remembered for the apps deployed here (an app's own choice, in its deploy.json, wins):
     redis_image: str = ""  # "" = redis:7
     base_image: str = ""  # the BASE_IMAGE build argument; "" = the Dockerfile's own default
+    pgbouncer_image: str = ""  # each app's connection pooler; "" = labdeploy.pooler.DEFAULT_IMAGE
 
     def validate(self) -> "StackSettings":
         for name in self.__dataclass_fields__:
@@ -80,7 +81,7 @@ class StackSettings:
         """Settings using an image map such as the testbed's {"postgres": ..., "caddy": ...}."""
         return cls(postgres_image=images.get("postgres", cls.postgres_image),
                    caddy_image=images.get("caddy", cls.caddy_image), redis_image=images.get("redis", ""),
-                   **kwargs)
+                   pgbouncer_image=images.get("pgbouncer", ""), **kwargs)
 
 
 def _check_image(label: str, image) -> None:
@@ -113,6 +114,9 @@ def _check_field(name: str, value) -> None:
     elif name == "base_image":
         if value:
             _check_image("base", value)
+    elif name == "pgbouncer_image":
+        if value:
+            _check_image("PgBouncer", value)
     elif name in ("http_port", "https_port"):
         names.port(value)
     elif name == "bind_address":
