@@ -1,6 +1,11 @@
 """PostgreSQL connections: a `pg_stat_activity` snapshot, a per-database summary against the
 connection limits, and warnings before the server runs out of connections.
 
+An app with its own pooler (labdeploy.pooler) reaches PostgreSQL only through it: its
+connections are the pooler's (application_name "pgbouncer", column `via_pooler`), never
+more than the pool size, and a busy app makes its requests wait for one instead of being
+refused. Its warning says so rather than asking for a restart.
+
 One snapshot is one round trip: the SQL goes on stdin to `docker exec -i <container> psql`
 (local socket, no password), which answers CSV sections for activity, settings, roles and
 databases. The container is a parameter so tests can use a PostgreSQL of their own.
@@ -19,7 +24,7 @@ from typing import Optional
 
 import pandas as pd
 
-from . import layout, names
+from . import layout, names, pooler
 from .containers import remote_of
 from .redaction import redact_frame
 from .errors import LabdeployError, RemoteError
@@ -31,7 +36,7 @@ _MARK = "labdeploy-section:"
 ACTIVITY_COLUMNS = ["pid", "user", "database", "client_address", "application_name", "backend_start", "state",
                     "state_change", "query_age", "state_age", "wait_event_type", "query"]
 SUMMARY_COLUMNS = ["database", "app", "connections", "active", "idle", "idle_in_transaction", "other",
-                   "role_limit", "pct_of_role_limit", "pct_of_max"]
+                   "via_pooler", "role_limit", "pct_of_role_limit", "pct_of_max"]
 
 SNAPSHOT_SQL = f"""\\echo {_MARK}activity
 select pid, usename as "user", datname as database, client_addr as client_address, application_name,
@@ -369,6 +374,7 @@ def summarize(snap: Snapshot) -> pd.DataFrame:
             "active": int((states == "active").sum()), "idle": int((states == "idle").sum()),
             "idle_in_transaction": int(states.str.startswith("idle in transaction").sum()),
             "other": int((~states.isin(["active", "idle"]) & ~states.str.startswith("idle in transaction")).sum()),
+            "via_pooler": int((mine["application_name"] == pooler.APPLICATION_NAME).sum()),
             "role_limit": limit if limit >= 0 else pd.NA,
             "pct_of_role_limit": round(100.0 * n / limit, 1) if limit > 0 else float("nan"),
             "pct_of_max": round(100.0 * n / snap.max_connections, 1),
@@ -407,6 +413,18 @@ def _who(row) -> str:
     return row["app"] or row["database"]
 
 
+def _restart_hint(who: str) -> str:
+    """How to restart an app's processes, for the CLI and for Python (warnings reach both)."""
+    return f"`labdeploy restart --app {who}` (or monitor.restart({who!r}, server) in Python)"
+
+
+def _pool_size(limit) -> Optional[int]:
+    try:
+        return pooler.pool_size(int(limit))
+    except (LabdeployError, TypeError, ValueError):
+        return None
+
+
 def connection_warnings(snap: Snapshot, threshold: float = DEFAULT_THRESHOLD) -> list[ConnectionWarning]:
     """Warnings when connections pass `threshold` of max_connections (naming the apps that
     hold most) or of an app role's own connection limit."""
@@ -423,9 +441,10 @@ def connection_warnings(snap: Snapshot, threshold: float = DEFAULT_THRESHOLD) ->
             "server",
             f"PostgreSQL has {total} of {limit} connections in use ({100 * total / limit:.0f}%). "
             + ("Most are held by " + ", ".join(holders) + "." if holders else ""),
-            (f"Restart the web, worker and clock of {first} (monitor.restart({first!r}, server)) to free its "
-             "connections; if it fills up again, lower its database pool size." if first else
-             "Find the clients in pg_activity() and close them."),
+            (f"Restart the web, worker and clock of {first}: {_restart_hint(first)} frees its connections. If "
+             f"it fills up again, give it its own pooler (`labdeploy deploy --app {first} --update --pooler`), "
+             "or lower its connection limit." if first else
+             "Find the clients in pg_activity() (`labdeploy connections --all`) and close them."),
             total, limit, tuple(_who(r) for _, r in top.iterrows())))
     for _, r in summ.iterrows():
         lim = r["role_limit"]
@@ -433,11 +452,25 @@ def connection_warnings(snap: Snapshot, threshold: float = DEFAULT_THRESHOLD) ->
             continue
         who = _who(r)
         full = r["connections"] >= lim
+        pool = _pool_size(lim)
+        if pool is not None and r["via_pooler"] == r["connections"] and r["connections"] <= pool:
+            # Its pooler at work: at most `pool` connections, the app's requests queue for them.
+            out.append(ConnectionWarning(
+                "app",
+                f"{who} uses {r['connections']} of its {lim} database connections, all through its pooler "
+                f"(at most {pool} at a time)"
+                + (": it is busy, so requests wait their turn for one (none is refused)."
+                   if r["connections"] >= pool else "."),
+                f"Nothing needs restarting. If {who}'s pages get slow under load, give it more connections: "
+                f"`labdeploy deploy --app {who} --update --connection-limit N` (or update(..., "
+                "connection_limit=N)), keeping the sum over all apps below the server's max_connections.",
+                int(r["connections"]), int(lim), (who,)))
+            continue
         out.append(ConnectionWarning(
             "app",
             f"{who} uses {r['connections']} of its {lim} database connections"
             + (" — it is at its limit: new connections of this app are refused." if full else "."),
-            f"Restart its web, worker and clock (monitor.restart({who!r}, server)); if that recurs, lower its "
-            "pool size or raise its connection limit.",
+            f"Restart its web, worker and clock: {_restart_hint(who)}. If that recurs, give it its own pooler "
+            f"(`labdeploy deploy --app {who} --update --pooler`) or raise its connection limit.",
             int(r["connections"]), int(lim), (who,)))
     return out
