@@ -168,14 +168,17 @@ class Merged:
 
 
 def merge(*, pinned: Mapping[str, str], release_label: str, release_text: Optional[str],
-          release_source: str, experiment_text: Optional[str], requirement_lines: Sequence[str]) -> Merged:
+          release_source: str, experiment_text: Optional[str], requirement_lines: Sequence[str],
+          already_said: Iterable[str] = ()) -> Merged:
     """The one constraints file of an image.
 
     `pinned`: name -> version labdeploy pins itself (dallinger, psynet). `release_text`: the
     Dallinger release's published constraints (None when it publishes none).
     `experiment_text`: the experiment's own constraints.txt (None when it has none).
+    `already_said`: packages whose conflicting pin in it was reported already.
     """
     wanted = requirements(requirement_lines)
+    said = {canonicalize_name(n) for n in already_said}
     notes: list[Note] = []
     ours = {canonicalize_name(k): v for k, v in pinned.items()}
     lines = ["# Written by labdeploy for this image (made again on every deploy; edits are lost).",
@@ -205,7 +208,7 @@ def merge(*, pinned: Mapping[str, str], release_label: str, release_text: Option
         kept, differ = [], []
         for pin in own.pins:
             if pin.name in ours:
-                if not pin.spec.contains(ours[pin.name], prereleases=True):
+                if not pin.spec.contains(ours[pin.name], prereleases=True) and pin.name not in said:
                     notes.append(Note("warning", f"constraints.txt pins {pin.line}, but {pin.name} "
                                                  f"{ours[pin.name]} is used; that pin was left out.",
                                       "constraints.txt was made for other versions: regenerate it for the "

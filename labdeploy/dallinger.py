@@ -489,7 +489,7 @@ def image_constraints(folder: ExperimentFolder) -> tuple[dallingerrelease.Choice
                           "Pin a newer Dallinger release in requirements.txt for a tested set of packages."))
     merged = constraintsfile.merge(pinned=choice.pins, release_label=published.label, release_text=published.text,
                                    release_source=published.source, experiment_text=own,
-                                   requirement_lines=folder.requirements)
+                                   requirement_lines=folder.requirements, already_said=choice.reported)
     notes += merged.notes
     if published.python:
         notes.append(Note("info", f"Dallinger {choice.dallinger}'s tested versions were compiled for Python "

@@ -221,6 +221,7 @@ class Choice:
     psynet_pinned: bool = False     # the image pins psynet==X
     why: str = ""
     notes: tuple[Note, ...] = ()
+    reported: frozenset = frozenset()  # packages whose pin in constraints.txt a note already refused
 
     @property
     def pins(self) -> dict[str, str]:
@@ -281,6 +282,7 @@ def choose(kind: str, requirement_lines: Sequence[str], experiment_constraints: 
     wanted = requirements(requirement_lines)
     own = {p.name: p for p in sanitise(experiment_constraints or "").pins}
     notes: list[Note] = []
+    reported: frozenset = frozenset()
     w_dal, w_psy = wanted.get("dallinger"), wanted.get("psynet")
 
     psynet: Optional[str] = None
@@ -338,10 +340,11 @@ def choose(kind: str, requirement_lines: Sequence[str], experiment_constraints: 
             why = "pinned in the experiment's constraints.txt"
             return Choice(pin.version, psynet, dallinger_pinned=not from_url, psynet_pinned=psynet_pinned, why=why,
                           notes=(*notes, Note("info", f"Dallinger {pin.version}: {why}.")))
-        notes.append(Note("warning", f"constraints.txt pins {pin.line}, but {needs_text or 'requirements.txt asks dallinger' + str(spec)}: "
-                                     "that pin is left out.",
+        against = needs_text or f"requirements.txt asks dallinger{spec}"
+        notes.append(Note("warning", f"constraints.txt pins {pin.line}, but {against}: that pin is left out.",
                           "constraints.txt was made for another PsyNet/Dallinger: regenerate it (`psynet setup` or "
                           "`dallinger generate-constraints`), or delete it."))
+        reported = frozenset({"dallinger"})
     best, offline = _newest("dallinger", spec, need_sdist=True)
     if best is None:
         raise ValidationError(f"No Dallinger release fits {needs_text or 'requirements.txt'} ({spec}).",
@@ -353,4 +356,4 @@ def choose(kind: str, requirement_lines: Sequence[str], experiment_constraints: 
     notes.append(Note("info", f"Dallinger {best}: {why} (pin dallinger==VERSION in requirements.txt to choose "
                               "another)."))
     return Choice(best, psynet, dallinger_pinned=not from_url, psynet_pinned=psynet_pinned, why=why,
-                  notes=tuple(notes))
+                  notes=tuple(notes), reported=reported)

@@ -217,11 +217,16 @@ def prepare(context_dir, *, app: str, server_host: str, postgres_image: str, red
         try:
             report(LogLine("building the image locally for PsyNet's preparation", "psynet"))
             t0 = time.monotonic()
-            docker("build", "-t", image, "-f", str(ctx / dockerfile),
-                   "--label", f"{LABEL_APP}={app}", "--label", f"{LABEL_PURPOSE}={PURPOSE}",
-                   *[a for k, v in (build_args or {}).items() for a in ("--build-arg", f"{k}={v}")],
-                   str(ctx), stage="build")
+            before = docker("image", "inspect", "-f", "{{.Id}}", image, check=False).stdout.strip()
+            _build(["docker", "build", "-t", image, "-f", str(ctx / dockerfile),
+                    "--label", f"{LABEL_APP}={app}", "--label", f"{LABEL_PURPOSE}={PURPOSE}",
+                    *[a for k, v in (build_args or {}).items() for a in ("--build-arg", f"{k}={v}")], str(ctx)],
+                   report, image=image, postgres_image=postgres_image, redis_image=redis_image)
             report(LogLine(f"built {image} in {time.monotonic() - t0:.0f} s", "psynet"))
+            after = docker("image", "inspect", "-f", "{{.Id}}", image, check=False).stdout.strip()
+            if before and before != after:
+                # The last deploy's image lost its name to this one: one image per app, not one per deploy.
+                docker("image", "rm", before, check=False)
             docker("network", "create", net, stage="services")
             docker("run", "-d", "--name", pg, "--network", net, "--env-file", str(env_file), postgres_image,
                    stage="services")
@@ -258,21 +263,52 @@ def prepare(context_dir, *, app: str, server_host: str, postgres_image: str, red
             docker("network", "rm", net, check=False)
 
 
-def remove_image(app: str) -> bool:
-    """Remove this app's preparation image from this computer (about 1.4 GB with its base);
-    True when one was removed. Only the app's own image, by its exact name, and only if its
-    labels (when it has any) name this app. No Docker here: nothing to remove."""
-    image = image_name(app)
+def _build(argv: list[str], report, **names_for_hints: str) -> None:
+    """`docker build`, its steps shown as they start (a first build takes minutes); a failure
+    raises PrepareFailed with the output's tail and a hint matched to it."""
+    tail: list[str] = []
     try:
-        res = subprocess.run(["docker", "image", "inspect", "--format",
-                              "{{ index .Config.Labels \"" + LABEL_APP + "\" }}", image],
-                             capture_output=True, text=True, timeout=60)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
+    except FileNotFoundError:
+        raise PrepareFailed("PsyNet's preparation needs Docker on this computer, and there is none.",
+                            "Install Docker here (or deploy from a computer that has it).", stage="build") from None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail = (tail + [line])[-200:]
+        if line.startswith("Step ") or line.startswith("#") and "] " in line:
+            report(LogLine(line[:200], "psynet"))
+    if proc.wait() != 0:
+        output = "\n".join(tail)
+        message, hint = explain("build", output, **names_for_hints)
+        raise PrepareFailed(message, hint, stage="build", output=output)
+
+
+def remove_image(app: str) -> bool:
+    """Remove this app's preparation images from this computer (about 1.4 GB each with their
+    base, the unique part 0.2 to 1 GB); True when one was removed. Only images labelled as this
+    app's preparation, and the app's own image name (older labdeploy did not label it). No
+    Docker here: nothing to remove."""
+    image = image_name(app)
+
+    def docker(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
+
+    try:
+        ids = docker("image", "ls", "-q", "--no-trunc", "--filter", f"label={LABEL_APP}={app}",
+                     "--filter", f"label={LABEL_PURPOSE}={PURPOSE}").stdout.split()
+        named = docker("image", "inspect", "--format",
+                       "{{.Id}} {{ index .Config.Labels \"" + LABEL_APP + "\" }}", image)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return False
-    if res.returncode != 0:
-        return False  # none here
-    label = res.stdout.strip()
-    if label not in ("", "<no value>", app):
-        return False  # not this app's (never remove what another app's label claims)
-    res = subprocess.run(["docker", "image", "rm", image], capture_output=True, text=True, timeout=300)
-    return res.returncode == 0
+    if named.returncode == 0:
+        image_id, _, label = named.stdout.strip().partition(" ")
+        if label in ("", "<no value>", app) and image_id not in ids:
+            ids.append(image_id)  # unlabelled: made by an older labdeploy under this app's name
+    removed = False
+    for image_id in dict.fromkeys(ids):
+        removed |= docker("image", "rm", image_id).returncode == 0
+    if named.returncode == 0:
+        docker("image", "rm", image)  # the name too, if the id was shared with another name
+    return removed

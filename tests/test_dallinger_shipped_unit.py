@@ -257,3 +257,11 @@ def test_preparation_refuses_a_folder_name_it_could_not_record(tmp_path):
     with pytest.raises(ValidationError, match="folder name"):
         dallinger.prepare_psynet(tmp_path, app="t-shipped-unit", server_host="lab.example.org",
                                  postgres_image="postgres:15", redis_image="redis:7", folder_name="a\nb")
+
+
+def test_cli_documents_dockerfile_generated(tmp_path):
+    from test_cli_support import CLI
+
+    (tmp_path / "home").mkdir()
+    out = " ".join(CLI(tmp_path / "home").ok("deploy", "--help").out.split())
+    assert "--dockerfile NAME|generated" in out and "'generated': labdeploy's own Dockerfile" in out

@@ -143,3 +143,18 @@ def test_requirements_from_an_unreachable_git_host_are_refused_before_building(t
     assert not local_image_exists(psynetprepare.image_name("t-psy-shipped-git"))
     assert not session_remote.exists("dallinger/t-psy-shipped-git")
     assert not any(isinstance(e, Warning_) for e in events.events)
+
+
+def test_a_base_image_that_cannot_be_pulled_gets_a_hint_about_pulling(testbed, session_remote, tmp_path, home):
+    """A folder's own Dockerfile (not PsyNet's template) whose base is out of reach: PsyNet's
+    preparation fails building here, and the hint is about the image, not `psynet prepare`."""
+    exp = shipped_copy(tmp_path)
+    (exp / "Dockerfile").write_text("FROM registry.invalid/lab/psynet-base:13\nCOPY . /experiment\n")
+    with pytest.raises(deploy.DeployFailed) as err:
+        deploy.deploy(exp, "t-psy-shipped-pull", session_remote, redis_image=testbed["images"]["redis"])
+    assert err.value.failed_step == "image"
+    assert "registry.invalid/lab/psynet-base:13 could not be pulled here" in err.value.message
+    assert "docker pull registry.invalid/lab/psynet-base:13" in err.value.hint
+    assert "would not help" in err.value.hint
+    assert not session_remote.exists("dallinger/t-psy-shipped-pull/docker-compose.yml")
+    destroy_if_deployed(session_remote, "t-psy-shipped-pull")
