@@ -4,10 +4,10 @@ feedback), deployed to the testbed as its folder stands, on the testbed's Dallin
 
 One participant is driven through every page over plain HTTP through Caddy, as a browser
 does it (tests/psynet_browser.py); the export must hold that participant, the trials with
-their answers (the repeats included) and the responses. Then the experiment id across an
-update, and the destroy sequence for an app that writes by itself: PsyNet records an
-experiment_status row every minute, so a plain destroy after an older export is refused
-while the app keeps serving, and destroy with a final export stops, exports, then deletes.
+their answers (the repeats included) and the responses. Then the destroy sequence for an app
+that writes by itself: PsyNet records an experiment_status row every minute, so a plain
+destroy after an older export is refused while the app keeps serving; the experiment id
+across an update; and destroy with a final export stops, exports, then deletes.
 
 The tests run in file order and share one deploy (module scope).
 """
@@ -22,7 +22,7 @@ import pytest
 
 from labdeploy import apps, dallinger, deploy, export, layout, psql
 from labdeploy.archive import load_export
-from labdeploy.progress import Collector
+from labdeploy.progress import Collector, StepStarted
 from deploy_support import destroy_if_deployed, prepare_local_stack
 from psynet_browser import Browser, Page, wait_for
 
@@ -41,6 +41,13 @@ def web_container_env(remote, name: str) -> str:
     return remote.run(["sh", "-c", script]).stdout.strip()
 
 
+def container_states(remote) -> dict:
+    """service -> state of every container of the app (by its labels)."""
+    fmt = '{{.Label "labdeploy.service"}} {{.State}}'
+    out = remote.run(["docker", "ps", "-a", "--filter", f"label=labdeploy.app={APP}", "--format", fmt]).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
 def value(stored):
     """PsyNet stores Python objects (answers, definitions) as JSON text."""
     return json.loads(stored) if isinstance(stored, str) else stored
@@ -49,6 +56,11 @@ def value(stored):
 def shape_trials(info):
     """The experiment's trials in the info table (PsyNet types rows by the class's import path)."""
     return info[info["type"].str.rsplit(".", n=1).str[-1] == "ShapeTrial"]
+
+
+def folder_state() -> dict:
+    """Every file of the example folder and its content: a deploy must leave it as it was."""
+    return {p.relative_to(EXAMPLE).as_posix(): p.read_bytes() for p in sorted(EXAMPLE.rglob("*")) if p.is_file()}
 
 
 def status_rows(remote) -> int:
@@ -69,6 +81,7 @@ def deployed(testbed, session_remote, tmp_path_factory):
         prepare_local_stack(session_remote, testbed)
         destroy_if_deployed(session_remote, APP)
         events = Collector()
+        before = folder_state()
         t0 = time.monotonic()
         result = deploy.deploy(EXAMPLE, APP, session_remote, reporter=events,
                                build_args={"BASE_IMAGE": testbed["images"]["dallinger"]},
@@ -76,18 +89,31 @@ def deployed(testbed, session_remote, tmp_path_factory):
         print(f"\ndeploy of {APP}: {time.monotonic() - t0:.0f} s")
         http = testbed["http"]
         yield {"result": result, "events": events, "home": home, "exports": home / "exports",
+               "folder_unchanged": folder_state() == before,
                "browser": lambda: Browser(f"http://{http['host']}:{http['port']}", f"{APP}.localhost")}
         destroy_if_deployed(session_remote, APP)
 
 
-def test_the_folder_is_recognised_as_psynet(home):
+def test_the_folder_as_shipped_gets_labdeploys_dockerfile_and_sanitised_constraints(home):
     s = dallinger.spec(EXAMPLE, home=home)
     assert s.kind == "psynet" and s.folder.psynet_version == "13.3.0"
     assert s.commands["worker"] == "dallinger_heroku_worker" and "clock" in s.services  # PsyNet's scheduler
+    # PsyNet 13.3's stock Dockerfile (python:3.13-bookworm, uv, the Heroku CLI) can't build
+    # here; it is recognised and labdeploy's generated one is built instead.
+    assert s.dockerfile is not None and any("PsyNet's stock template" in n.text for n in s.notes), s.notes
+    assert (s.release.dallinger, s.release.psynet) == ("12.4.0", "13.3.0")
+    # The generated constraints keep the versions but drop what pip refuses in a constraints
+    # file: the extras (dallinger[docker]) and the `psynet @ git+...` line.
+    (constraints,) = s.build_files.values()
+    pins = [line for line in constraints.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert "dallinger==12.4.0" in pins and "psynet==13.3.0" in pins and "rq==2.12.0" in pins
+    assert not [line for line in pins if "[" in line or "@" in line or "git+" in line]
 
 
 def test_deploy_launches_psynet_and_proves_its_worker(deployed):
+    assert deployed["folder_unchanged"]  # deployed as it stands: nothing written into the folder
     lines = deployed["events"].lines()
+    assert any("PsyNet's stock template" in line for line in lines), lines[:40]
     assert any(line.startswith('/launch: {"status": "success"') for line in lines), lines[-40:]
     assert "the worker ran a test job" in lines
     assert deployed["result"].experiment_id
@@ -167,6 +193,20 @@ def test_the_export_has_the_participant_the_trials_and_the_responses(deployed, s
     assert len(data["experiment_status"]) >= 1  # PsyNet's own rows, written by itself
 
 
+def test_destroy_with_data_after_an_older_export_is_refused_and_the_app_keeps_serving(deployed, session_remote):
+    exported = len(deployed["early_export"]["experiment_status"])
+    # PsyNet's clock writes a status row every minute: wait for one newer than the export.
+    wait_for(lambda: status_rows(session_remote) > exported, 150, "PsyNet's next experiment_status row", 3)
+    with pytest.raises(export.ExportRequired) as refused:
+        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+    assert "experiment_status" in refused.value.message
+    # Nothing was stopped for the refusal: every container of the app still runs.
+    states = container_states(session_remote)
+    assert {"web", "worker", "clock", "redis"} <= set(states) and set(states.values()) == {"running"}, states
+    # Still routed and serving: a new participant can enter.
+    deployed["browser"]().enter()
+
+
 def test_the_experiment_id_survives_an_update(deployed, testbed, session_remote):
     first = deployed["result"].experiment_id
     assert web_container_env(session_remote, "DALLINGER_UID") == first
@@ -179,22 +219,13 @@ def test_the_experiment_id_survives_an_update(deployed, testbed, session_remote)
     browser.request("GET", f"/recruiter-exit?participant_id={deployed['visit'].participant_id}")
 
 
-def test_destroy_with_data_after_an_older_export_is_refused_and_the_app_keeps_serving(deployed, session_remote):
-    exported = len(deployed["early_export"]["experiment_status"])
-    # PsyNet's clock writes a status row every minute: wait for one newer than the export.
-    wait_for(lambda: status_rows(session_remote) > exported, 150, "PsyNet's next experiment_status row", 3)
-    with pytest.raises(export.ExportRequired) as refused:
-        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
-    assert "experiment_status" in refused.value.message
-    listed = apps.apps(session_remote).set_index("app")
-    assert listed.loc[APP, "state"] == "running"
-    # Still routed and serving: a new participant can enter.
-    deployed["browser"]().enter()
-
-
 def test_destroy_with_a_final_export_stops_exports_then_deletes(deployed, session_remote):
     final = deployed["home"] / "final"
-    gone = apps.destroy(APP, session_remote, confirm=True, remove_data=True, final_export=final)
+    events = Collector()
+    gone = apps.destroy(APP, session_remote, confirm=True, remove_data=True, final_export=final, reporter=events)
+    # The documented order: stop the app, export every table, then delete its data.
+    started = [e.step for e in events.of(StepStarted)]
+    assert started.index("stop") < started.index("Read the tables") < started.index("data"), started
     assert len(gone.exported) == 1 and Path(gone.exported[0]).parent == final
     saved = load_export(gone.exported[0])
     visit = deployed["visit"]
