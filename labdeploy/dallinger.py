@@ -444,13 +444,13 @@ def stock_template(text: str) -> Optional[StockTemplate]:
 
 def choose_dockerfile(folder: ExperimentFolder, dockerfile: str = "Dockerfile") -> tuple[Optional[str], list[Note]]:
     """(the folder's Dockerfile to build, or None for a generated one; notes saying why)."""
-    from .images import DockerfileMissing, _relative_name
+    from .images import DockerfileMissing, relative_name
 
     if dockerfile == GENERATED:
         why = "labdeploy's generated Dockerfile is used, as asked"
         return None, [Note("info", why + (" (the folder's own Dockerfile is not used)." if folder.has_dockerfile
                                           else "."))]
-    name = _relative_name(dockerfile, "Dockerfile name")
+    name = relative_name(dockerfile, "Dockerfile name")
     path = folder.path / name
     if not path.is_file():
         if name == "Dockerfile":
@@ -462,8 +462,8 @@ def choose_dockerfile(folder: ExperimentFolder, dockerfile: str = "Dockerfile") 
     if stock is None:
         return name, [Note("info", f"The folder's own {name} is used.")]
     notes = [Note("info", f"{name} is PsyNet's stock template (FROM {stock.base}): labdeploy's generated "
-                          "Dockerfile is used instead (same packages, with the tested versions of the "
-                          "Dallinger release; runs prepare_docker_image.sh too).")]
+                          "Dockerfile is used instead (the same packages, at the versions the Dallinger release "
+                          f"was tested with; it runs the folder's {PREPARE_SCRIPT}, if any, as PsyNet's does).")]
     if stock.own_steps:
         notes.append(Note("warning", f"{name} has steps of its own that the generated Dockerfile does not run: "
                                      + "; ".join(stock.own_steps),

@@ -315,7 +315,7 @@ def local_folder(path, what: str = "experiment folder") -> Path:
     return p
 
 
-def _relative_name(name: str, what: str) -> str:
+def relative_name(name: str, what: str) -> str:
     """A path inside the folder ('Dockerfile', 'docker/Dockerfile.prod'), never leading out of it."""
     if not isinstance(name, str) or not name or any(ord(c) < 32 or c == "\x7f" for c in name) or "\\" in name:
         raise ValidationError(f"The {what} {name!r} is not a usable file name.",
@@ -470,7 +470,7 @@ def scan_context(experiment_dir, dockerfile: str = "Dockerfile") -> BuildContext
     target text is part of the tag), links leading out of it are refused (LinkOutsideFolder).
     """
     root = local_folder(experiment_dir).resolve()
-    dockerfile = _relative_name(dockerfile, "Dockerfile name")
+    dockerfile = relative_name(dockerfile, "Dockerfile name")
     if not (root / dockerfile).is_file():
         raise DockerfileMissing(
             f"The experiment folder {root.name!r} has no {dockerfile}.",

@@ -171,14 +171,14 @@ def prepare(context_dir, *, app: str, server_host: str, postgres_image: str, red
     experiment folder's real name (PsyNet's default label). Returns the names added."""
     from . import names
     from .appcompose import image_ref
-    from .images import _relative_name
+    from .images import relative_name
 
     report = reporter or null_reporter
     names.app_name(app)
     names.host(server_host)
     image_ref(postgres_image)
     image_ref(redis_image)
-    dockerfile = _relative_name(dockerfile, "Dockerfile name")
+    dockerfile = relative_name(dockerfile, "Dockerfile name")
     if folder_name is not None and (not folder_name or any(ord(c) < 32 or c == "\x7f" for c in folder_name)):
         raise ValidationError(f"The experiment folder name {folder_name!r} can't be recorded for PsyNet.",
                               "Rename the folder without line breaks or control characters.")
