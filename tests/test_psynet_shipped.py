@@ -158,3 +158,13 @@ def test_a_base_image_that_cannot_be_pulled_gets_a_hint_about_pulling(testbed, s
     assert "would not help" in err.value.hint
     assert not session_remote.exists("dallinger/t-psy-shipped-pull/docker-compose.yml")
     destroy_if_deployed(session_remote, "t-psy-shipped-pull")
+
+
+def test_git_hosts_are_checked_on_the_server(testbed, session_remote):
+    """The server's own view (server-build clones there): a name it can't resolve, a port
+    nothing listens on, and a host and port it reaches (the testbed's registry)."""
+    registry_host, registry_port = testbed["registry"]["address"].rsplit(":", 1)
+    sources = gitsources.git_sources(["a @ git+https://gitlab.invalid/a@v1", "b @ git+https://127.0.0.1:9/b@v1",
+                                      f"c @ git+https://{registry_host}:{registry_port}/c@v1"])
+    assert gitsources.unreachable_on(session_remote, sources) == {
+        "gitlab.invalid:443": "its name does not resolve", "127.0.0.1:9": "no connection"}
