@@ -79,11 +79,11 @@ def unreachable_here(sources: Sequence[GitSource]) -> dict[str, str]:
 # $@ = host port host port ...; one line per host: "ok|dns|tcp host port". `getent ahosts`
 # resolves as getaddrinfo does (an IP address stands for itself; `getent hosts` would look
 # for its reverse name).
-# bash's /dev/tcp makes the connection (no nc or python needed); without bash or timeout, the
-# name lookup alone is checked.
+# bash's /dev/tcp makes the connection (no nc or python needed); a tool that is missing
+# (getent, bash, timeout) skips its part of the check rather than refuse.
 _SERVER_SCRIPT = (
     'while [ "$#" -ge 2 ]; do h=$1; p=$2; shift 2; '
-    'if ! getent ahosts "$h" >/dev/null 2>&1; then echo "dns $h $p"; '
+    'if command -v getent >/dev/null 2>&1 && ! getent ahosts "$h" >/dev/null 2>&1; then echo "dns $h $p"; '
     'elif command -v bash >/dev/null 2>&1 && command -v timeout >/dev/null 2>&1; then '
     f'if timeout {CONNECT_TIMEOUT} bash -c \'exec 3<>"/dev/tcp/$0/$1"\' "$h" "$p" 2>/dev/null; '
     'then echo "ok $h $p"; else echo "tcp $h $p"; fi; '
