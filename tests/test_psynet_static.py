@@ -149,6 +149,9 @@ def test_one_participant_takes_every_page_over_http(deployed):
     assert all("Repeated word" in t for t in texts[6:8]) and not any("Repeated word" in t for t in texts[2:6])
     assert "same answer to the repeated words 50%" in texts[8], texts[8]
     assert "end of the experiment" in texts[9] and visit.pages[9][2] == "Finish"
+    routes = {(method, path) for method, path, _ in visit.requests}
+    assert {("GET", "/ad"), ("GET", "/consent"), ("GET", "/start"), ("POST", "/participant"), ("GET", "/timeline"),
+            ("POST", "/response"), ("POST", "/worker_complete"), ("GET", "/recruiter-exit")} <= routes, routes
     # The front end's own files came with the image (PsyNet's, through its preparation, and Dallinger's).
     for path in ("/static/scripts/psynet.js", "/static/scripts/dallinger2.js"):
         browser.request("GET", path)
