@@ -15,6 +15,7 @@ The tests run in file order and share one deploy (module scope).
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -249,5 +250,9 @@ def test_destroy_with_a_final_export_stops_exports_then_deletes(deployed, sessio
         assert session_remote.run(what).stdout.strip() == "", what
     for path in (layout.app_dir(APP), layout.caddy_site(APP), layout.app_data(APP)):
         assert not session_remote.exists(path), path
+    # Nor on this computer: PsyNet's preparation image (a build cache kept between deploys).
+    assert "PsyNet preparation image on this computer" in gone.removed
+    assert subprocess.run(["docker", "images", "-q", f"labdeploy-psynet-prepare/{APP}"], capture_output=True,
+                          text=True, check=True).stdout.strip() == ""
     with pytest.raises(deploy.UnknownApp):
         apps.destroy(APP, session_remote, confirm=True)
