@@ -76,7 +76,9 @@ def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
         n_run = sum(1 for c in ctrs if c["state"] == "running")
         if not state:
             label = "not deployed (failed or unfinished)"
-        elif n_run == len(layout.APP_SERVICES) and not any(c["restarts"] for c in ctrs if c["state"] != "running"):
+        # Against the app's own containers: a Dallinger app runs no clock without clock_on, a
+        # pooled one has a pgbouncer too.
+        elif ctrs and n_run == len(ctrs):
             label = "running"
         elif n_run == 0:
             label = "stopped"
@@ -86,7 +88,7 @@ def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
             "app": app, "state": label, "version": (state or {}).get("version", ""),
             "url": (state or {}).get("url") or (caddy.app_url(app, settings) if settings else ""),
             "deployed_at": (state or {}).get("deployed_at"), "who": (state or {}).get("who", ""),
-            "running": f"{n_run}/{len(layout.APP_SERVICES)}", "image": (state or {}).get("image", ""),
+            "running": f"{n_run}/{len(ctrs)}", "image": (state or {}).get("image", ""),
             "locked": app in locks,
         })
     df = pd.DataFrame(rows, columns=COLUMNS)

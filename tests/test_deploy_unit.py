@@ -76,6 +76,16 @@ def test_apps_table_from_listing():
     assert half["state"].startswith("not deployed") and half["url"] == "http://half.localhost/"
 
 
+@pytest.mark.parametrize("services", [("web", "worker", "redis"), ("web", "worker", "clock", "redis", "pgbouncer")])
+def test_an_app_running_all_its_own_containers_is_running_whatever_their_number(services):
+    listing = "@@stack\n{}\n@@app demo\n{\"version\": \"v1\"}\n@@locks\n@@end\n"
+    status = pd.DataFrame([{"app": "demo", "service": s, "state": "running", "restarts": 0} for s in services])
+    row = apps.parse_listing(listing, status).iloc[0]
+    assert row["state"] == "running" and row["running"] == f"{len(services)}/{len(services)}"
+    status.loc[0, "state"] = "exited"
+    assert apps.parse_listing(listing, status).iloc[0]["state"] == "degraded"
+
+
 # ---------------------------------------------------------------- configuration and secrets
 
 def test_config_keys_that_say_secret_go_to_the_secrets_file_whatever_their_source():
