@@ -38,6 +38,7 @@ import yaml
 
 from . import (appcompose, appdata, caddy, compose, dallinger, database, history, images, jobs, layout, names, psql,
                readiness, session, settle, stack)
+from . import pooler as app_pooler  # deploy()'s `pooler` is the on/off option
 from .errors import CommandFailed, LabdeployError, RemoteError, UnknownApp, ValidationError
 from .lock import DeployLock
 from .progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
@@ -535,6 +536,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
            health_path: str = "/", launch: bool = True, launch_attempts: int = 4, start_timeout: float = 120,
            credentials=None, logout_after_pull: bool = False, dockerfile: str = "Dockerfile",
            unset_secrets: Sequence[str] = (), existing_data: Optional[str] = None,
+           pooler: Optional[bool] = None, pgbouncer_image: Optional[str] = None,
            reporter: Optional[Reporter] = None,
            _operation: str = "deploy") -> DeployResult:
     """Deploy an experiment folder as `app` on `server` (a Remote, Server or registered name).
@@ -548,7 +550,14 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
     `domain` overrides the one the server was prepared with. The Redis image and the base
     image (build argument BASE_IMAGE) are remembered: when not given, the app's last choice
     is used, else the server's (stack settings), else the default; the result's
-    `remembered` says which. In mode "registry",
+    `remembered` says which.
+    `pooler`: the app reaches PostgreSQL through its own PgBouncer (labdeploy.pooler), which
+    keeps its connections within the role's `connection_limit` however many the app's
+    processes open (requests wait their turn instead of failing). None keeps the app's last
+    choice; a new app gets it when it is a Dallinger/PsyNet experiment, not when it brings its
+    own Procfile (psycopg 3's automatic prepared statements need PgBouncer 1.21+; pass
+    pooler=True with such an image). Its image, `pgbouncer_image`, is remembered like the
+    Redis image. In mode "registry",
     `credentials` log the server in for the pull; with `logout_after_pull` that login lives in
     a private folder deleted after the pull, so the server keeps no registry password.
     Returns the URL and dashboard login (the password masked until `.reveal()`).
@@ -602,6 +611,11 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             names.domain(domain)
         if redis_image is not None:
             appcompose.image_ref(redis_image)
+        if pgbouncer_image is not None:
+            appcompose.image_ref(pgbouncer_image)
+        if pooler not in (None, True, False):
+            raise ValidationError(f"pooler={pooler!r} is not True, False or None.",
+                                  "Use True (through PgBouncer), False (straight to PostgreSQL) or None (as before).")
         # From here on every message and event masks the app's secret values, known or found.
         reporter = redacting(reporter, secrets.values())
         remote = _connect(server)
@@ -667,11 +681,24 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             password = password.split(":", 2)[2].split("@", 1)[0] if password.count(":") >= 2 else ""
             if not password:
                 password = database.random_password()
+            before = app_pooler.in_compose(facts.compose_text)
+            use_pooler, why = app_pooler.choose(pooler, before["enabled"], dallinger_app=spec is not None)
+            remembered["pooler"] = {"value": use_pooler, "from": why}
+            if use_pooler:
+                # The app's choice: deploy.json when it records one, else its compose file.
+                from dataclasses import replace
+
+                known = replace(facts, state={"pgbouncer_image": before["image"], **(facts.state or {})})
+                remembered["pgbouncer_image"] = _remembered("pgbouncer_image", pgbouncer_image, known,
+                                                            app_pooler.DEFAULT_IMAGE)
+                reporter(LogLine(f"through its own PgBouncer ({remembered['pgbouncer_image']['value']}), at most "
+                                 f"{app_pooler.pool_size(connection_limit)} of the role's {connection_limit} connections",
+                                 "database"))
             values = {
                 "dashboard_user": facts.secrets.get("dashboard_user", DEFAULT_DASHBOARD_USER),
                 "dashboard_password": facts.secrets.get("dashboard_password") or database.random_password(),
                 **_secret_values(facts.secrets, secrets, unset),
-                "DATABASE_URL": database.database_url(app, password),
+                "DATABASE_URL": database.database_url(app, password, pooler=use_pooler),
                 "REDIS_URL": database.REDIS_URL,
             }
             gone = [k for k in unset if k in facts.secrets]
@@ -683,6 +710,9 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             def secrets_file() -> None:
                 remote.makedirs(layout.app_dir(app), 0o755)
                 remote.put_bytes(layout.app_secrets(app), text, mode=0o600)
+                if use_pooler:  # its password only, in a file of its own (kept when off: a rollback may need it)
+                    remote.put_bytes(f"{layout.app_dir(app)}/{app_pooler.ENV_FILE}", app_pooler.env_file(password),
+                                     mode=0o600)
 
             _together(
                 lock.refresh,  # records the version, restarts the expiry clock after a long build
@@ -692,14 +722,31 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "start"
         with step(reporter, "start"):
-            document = appcompose.compose_document(app, delivered.ref, version=version, commands=commands,
-                                                   environment=config, redis_image=redis_image,
-                                                   processes=processes)
+            document = appcompose.compose_document(
+                app, delivered.ref, version=version, commands=commands, environment=config, redis_image=redis_image,
+                processes=processes, connection_limit=connection_limit,
+                pooler_image=remembered["pgbouncer_image"]["value"] if use_pooler else None)
             new_compose = appcompose.compose_yaml(document)
             _upload_assets(remote, app, experiment_dir, reporter)
+            if use_pooler:  # mounted read-only into the processes (labdeploy.pooler)
+                remote.makedirs(f"{layout.app_dir(app)}/{app_pooler.PYTHON_DIR}", 0o755)
+                remote.put_bytes(f"{layout.app_dir(app)}/{app_pooler.PYTHON_DIR}/sitecustomize.py",
+                                 app_pooler.SITECUSTOMIZE, mode=0o644)
             remote.put_bytes(layout.app_compose(app), new_compose, mode=0o644)
             rollback_needed = True
-            _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
+            try:
+                _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
+            except CommandFailed as exc:
+                if use_pooler:  # an image the server can't get: say which setting to change
+                    raise app_pooler.image_failure(exc, remembered["pgbouncer_image"]) or exc
+                raise
+            if use_pooler:
+                # A pooler replaced under running processes (its settings changed, not their code)
+                # leaves them holding dead connections: restart them now, not at a participant's request.
+                stale = app_pooler.stale_processes(remote.run(app_pooler.started_argv(app), check=False).stdout,
+                                                   processes)
+                if stale:
+                    _compose(remote, app, ["restart", *stale], reporter, timeout=300)
             started_at = time.monotonic()
             host = f"{app}.{settings.domain or 'localhost'}"
             seen: list = []  # container readings, for the wait in the launch step

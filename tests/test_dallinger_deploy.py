@@ -71,7 +71,7 @@ def test_processes_run_dallingers_commands_with_the_environment_contract(deploye
     assert "dallinger_heroku_clock" not in compose_text
     running = session_remote.run(["docker", "ps", "--filter", f"label=labdeploy.app={APP}", "--format",
                                   '{{.Label "labdeploy.service"}}']).stdout.split()
-    assert sorted(running) == ["redis", "web", "worker"]
+    assert sorted(running) == ["pgbouncer", "redis", "web", "worker"]  # its own connection pooler too
     for line in ("PORT: '5000'", "HOST: 0.0.0.0", "HOME: /tmp", "recruiter: hotair", "smtp_username: lab@example.org"):
         assert line in compose_text
     secrets = parse_env(session_remote.get_bytes(layout.app_secrets(APP)).decode())

@@ -74,3 +74,22 @@ def test_export_has_every_psynet_table(deployed, session_remote):
                                database="app_t_dal_psynet")["tablename"])
     assert set(data) == tables and len(tables) > len(DALLINGER_TABLES) + 10
     assert len(data["experiment"]) == 1  # PsyNet's launch wrote its experiment row
+
+
+def test_200_participants_at_once_through_caddy_with_0_errors(deployed, session_remote, testbed):
+    """The connection budget holds (issue 15.3): PsyNet through its own pooler, 200 new
+    participants at once, each entering like a browser; none refused, the app within its pool."""
+    from labdeploy import monitor, pooler
+    from load_support import drive, psynet_visit
+
+    assert deployed["result"].remembered["pooler"] == {"value": True, "from": "default"}
+    result = drive(testbed, session_remote, APP, psynet_visit, n=200)
+    print(f"\n{EXAMPLE.name} through its pooler: {result.describe()}")
+    assert result.errors == [], result.errors[:5]
+    assert result.statuses[("GET /ad", 302)] == 200 and len(result.answers) == 200 * 5
+    assert {status for (_, status) in result.statuses} <= {200, 302}, result.statuses
+    assert result.pooled_only and result.samples >= 3
+    assert 1 <= result.peak_app <= pooler.pool_size(result.role_limit) < result.role_limit
+    assert result.peak_total < result.max_connections
+    logs = monitor.logs(APP, session_remote, "web", tail="all")
+    assert not logs["line"].str.contains("too many connections", case=False).any()

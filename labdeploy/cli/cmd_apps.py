@@ -54,6 +54,13 @@ def _pairs(values, what: str) -> dict:
                    "replaced by it anyway; other Dockerfiles are used as they are).")
 @click.option("--health-path", default=None, help="Path that must answer 200 after the launch (default /).")
 @click.option("--connection-limit", type=int, default=None, help="Most database connections the app may open.")
+@click.option("--pooler/--no-pooler", default=None,
+              help="Reach PostgreSQL through the app's own PgBouncer, which keeps the app within its connection "
+                   "limit under load (default: as before; a new Dallinger/PsyNet app gets it, an app with its "
+                   "own Procfile does not).")
+@click.option("--pgbouncer-image", default=None,
+              help="PgBouncer image for the app's pooler (default: the server's setting, else "
+                   "ghcr.io/cloudnative-pg/pgbouncer).")
 @click.option("--capacity", type=click.Choice(("warn", "refuse", "ignore")), default=None,
               help="When the server's memory has no room for another experiment: warn (default), refuse, ignore.")
 @click.option("--start-timeout", type=float, default=None, help="Seconds to wait for the web process (default 120).")
@@ -85,7 +92,7 @@ def _pairs(values, what: str) -> dict:
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
                dockerfile, health_path, connection_limit, capacity, start_timeout, launch, image_base_name,
                registry_user, registry_password_stdin, logout_after_pull, unset_secrets, existing_data,
-               show_password):
+               show_password, pooler, pgbouncer_image):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -119,7 +126,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
               "dockerfile": dockerfile, "unset_secrets": list(unset_secrets), "existing_data": existing_data}
     for key, value in (("domain", domain), ("redis_image", redis_image), ("health_path", health_path),
                        ("connection_limit", connection_limit), ("launch", launch), ("capacity", capacity),
-                       ("start_timeout", start_timeout)):
+                       ("start_timeout", start_timeout), ("pooler", pooler), ("pgbouncer_image", pgbouncer_image)):
         if value is not None:
             kwargs[key] = value
     if image_base_name is not None:
