@@ -26,7 +26,7 @@ def test_info_file_has_what_tests_need(testbed):
         assert reg.get(key), key
     assert os.path.exists(reg["ca_cert"])
     assert testbed["http"]["host"] and testbed["http"]["port"]
-    assert set(testbed["images"]) >= {"base", "python", "postgres", "redis", "caddy"}
+    assert set(testbed["images"]) >= {"base", "python", "postgres", "redis", "caddy", "pgbouncer"}
     assert testbed["docker"]["server"].startswith("unix://")
     # It holds passwords: only its owner reads it.
     assert stat.S_IMODE(TESTBED_FILE.stat().st_mode) == 0o600
@@ -44,6 +44,17 @@ def test_status_exits_zero():
     res = subprocess.run([str(TESTBED), "status"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "DOWN" not in res.stdout
+
+
+def test_the_pgbouncer_image_runs_as_a_user_with_pgbouncer_on_its_path(testbed):
+    # What labdeploy.pooler expects of any PgBouncer image, in both engines.
+    for engine in (testbed["docker"]["local"], testbed["docker"]["server"]):
+        res = subprocess.run(["docker", "-H", engine, "run", "--rm", "--entrypoint", "sh", testbed["images"]["pgbouncer"],
+                              "-c", "id -u; command -v pgbouncer >/dev/null && pgbouncer --version"],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        uid, version = res.stdout.splitlines()[:2]
+        assert uid != "0" and version.startswith("PgBouncer 1."), res.stdout
 
 
 def test_second_up_only_checks(testbed):
