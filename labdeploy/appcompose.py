@@ -2,8 +2,8 @@
 commands its processes run.
 
 Services are named as in the seed (web, worker, clock, redis; and pgbouncer, the app's own
-connection pooler) so `docker compose restart web` keeps working. No secret is ever in this document: they reach the containers through
-`env_file: secrets.env` (mode 0600 on the server).
+connection pooler) so `docker compose restart web` keeps working. No secret is ever in this
+document: they reach the containers through `env_file: secrets.env` (mode 0600 on the server).
 """
 
 from __future__ import annotations

@@ -692,8 +692,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
                 remembered["pgbouncer_image"] = _remembered("pgbouncer_image", pgbouncer_image, known,
                                                             app_pooler.DEFAULT_IMAGE)
                 reporter(LogLine(f"through its own PgBouncer ({remembered['pgbouncer_image']['value']}), at most "
-                                 f"{app_pooler.pool_size(connection_limit)} of the role's {connection_limit} connections",
-                                 "database"))
+                                 f"{app_pooler.pool_size(connection_limit)} of the role's {connection_limit} "
+                                 "connections", "database"))
             values = {
                 "dashboard_user": facts.secrets.get("dashboard_user", DEFAULT_DASHBOARD_USER),
                 "dashboard_password": facts.secrets.get("dashboard_password") or database.random_password(),

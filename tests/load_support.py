@@ -127,15 +127,17 @@ def drive(testbed: dict, remote, app: str, visit: Callable[[Visit, int], None], 
 
     def sample() -> None:
         while not stop.is_set():
-            snap = monitor.snapshot(remote)
-            mine = snap.activity[snap.activity["user"] == role]
+            # What a researcher sees: monitor.pg_summary's row for the app (one snapshot).
+            summary = monitor.pg_summary(monitor.snapshot(remote)).set_index("database")
             result.samples += 1
-            result.peak_app = max(result.peak_app, len(mine))
-            result.peak_total = max(result.peak_total, snap.total)
-            result.max_connections = snap.max_connections
-            limits = dict(zip(snap.roles["role"], snap.roles["role_limit"]))
-            result.role_limit = int(limits.get(role, -1))
-            if (mine["application_name"] != "pgbouncer").any():
+            result.peak_total = max(result.peak_total, int(summary.attrs["total"]))
+            result.max_connections = int(summary.attrs["max_connections"])
+            if role not in summary.index:
+                continue
+            row = summary.loc[role]
+            result.peak_app = max(result.peak_app, int(row["connections"]))
+            result.role_limit = int(row["role_limit"])
+            if row["via_pooler"] != row["connections"]:
                 result.pooled_only = False
 
     visits = [Visit(testbed, app) for _ in range(n)]

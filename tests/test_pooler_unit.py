@@ -96,7 +96,8 @@ def test_compose_document_with_the_pooler():
     pgb = s["pgbouncer"]
     assert pgb["image"] == "ghcr.io/cloudnative-pg/pgbouncer:1.25.2"
     assert pgb["env_file"] == [pooler.ENV_FILE] and "environment" not in pgb
-    assert pgb["networks"] == {"default": {"aliases": ["hello-pgbouncer"]}, "dallinger": {"aliases": ["hello-pgbouncer"]}}
+    aliases = {"aliases": ["hello-pgbouncer"]}
+    assert pgb["networks"] == {"default": aliases, "dallinger": aliases}
     assert pgb["labels"] == {"labdeploy.app": "hello", "labdeploy.service": "pgbouncer"}  # no version: updates keep it
     assert pgb["read_only"] is True and pgb["tmpfs"] == [f"{pooler.CONFIG_DIR}:mode=1777,size=1m"]
     assert pgb["stop_signal"] == "SIGINT"
@@ -184,11 +185,12 @@ def test_the_sitecustomize_compiles():
     compile(pooler.SITECUSTOMIZE, "sitecustomize.py", "exec")
 
 
+T0, T1 = "2026-11-28 07:00:00+00", "2026-11-28 07:00:01+00"
 SNAP = f"""labdeploy-section:activity
 pid,user,database,client_address,application_name,backend_start,state,state_change,query_start,wait_event_type,query
-{chr(10).join(f"{10 + i},app_pooled,app_pooled,10.213.0.9,pgbouncer,2026-11-28 07:00:00+00,idle,2026-11-28 07:00:01+00,2026-11-28 07:00:01+00,,COMMIT" for i in range(16))}
-40,app_direct,app_direct,10.213.0.7,,2026-11-28 07:00:00+00,active,2026-11-28 07:00:01+00,2026-11-28 07:00:01+00,,select 1
-41,app_direct,app_direct,10.213.0.7,,2026-11-28 07:00:00+00,idle,2026-11-28 07:00:01+00,2026-11-28 07:00:01+00,,select 1
+{chr(10).join(f"{10 + i},app_pooled,app_pooled,10.213.0.9,pgbouncer,{T0},idle,{T1},{T1},,COMMIT" for i in range(16))}
+40,app_direct,app_direct,10.213.0.7,,{T0},active,{T1},{T1},,select 1
+41,app_direct,app_direct,10.213.0.7,,{T0},idle,{T1},{T1},,select 1
 labdeploy-section:settings
 now,max_connections,reserved
 2026-11-28 07:00:10+00,100,3

@@ -49,8 +49,9 @@ def test_status_exits_zero():
 def test_the_pgbouncer_image_runs_as_a_user_with_pgbouncer_on_its_path(testbed):
     # What labdeploy.pooler expects of any PgBouncer image, in both engines.
     for engine in (testbed["docker"]["local"], testbed["docker"]["server"]):
-        res = subprocess.run(["docker", "-H", engine, "run", "--rm", "--entrypoint", "sh", testbed["images"]["pgbouncer"],
-                              "-c", "id -u; command -v pgbouncer >/dev/null && pgbouncer --version"],
+        res = subprocess.run(["docker", "-H", engine, "run", "--rm", "--entrypoint", "sh",
+                              testbed["images"]["pgbouncer"], "-c",
+                              "id -u; command -v pgbouncer >/dev/null && pgbouncer --version"],
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
         uid, version = res.stdout.splitlines()[:2]
