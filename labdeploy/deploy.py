@@ -786,7 +786,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
         with step(reporter, "record"):
             state = {"app": app, "version": version, "image": delivered.ref, "image_id": delivered.image_id,
                      "experiment_id": config.get("DALLINGER_UID"), "redis_image": redis_image,
-                     "base_image": (build_args or {}).get("BASE_IMAGE", ""),
+                     "base_image": (build_args or {}).get("BASE_IMAGE", ""), "pooler": use_pooler,
+                     "pgbouncer_image": remembered["pgbouncer_image"]["value"] if use_pooler else "",
                      "deployed_at": _now(), "who": lock.info.who, "mode": mode, "domain": settings.domain,
                      "url": caddy.app_url(app, settings), "operation": _operation}
             record.outcome, record.finished_at = "success", _now()

@@ -273,9 +273,11 @@ def servers_check(server, trust):
               help="Redis image for apps deployed here that don't choose their own (default redis:7).")
 @click.option("--base-image", default=None,
               help="Base image (BASE_IMAGE build argument) for apps deployed here that don't choose their own.")
+@click.option("--pgbouncer-image", default=None,
+              help="PgBouncer image for the apps' connection poolers (default: labdeploy's choice).")
 @common_options
 def servers_prepare(server, domain, email, postgres_image, caddy_image, http_port, https_port, bind_address,
-                    max_connections, redis_image, base_image):
+                    max_connections, redis_image, base_image, pgbouncer_image):
     """Set up the shared services (PostgreSQL and Caddy in ~/dallinger) and start them.
 
     Safe to run again. Options you leave out keep the values the server was prepared with
@@ -290,7 +292,8 @@ def servers_prepare(server, domain, email, postgres_image, caddy_image, http_por
     name = pick_server(server)
     given = {"domain": domain, "email": email, "postgres_image": postgres_image, "caddy_image": caddy_image,
              "http_port": http_port, "https_port": https_port, "bind_address": bind_address,
-             "postgres_max_connections": max_connections, "redis_image": redis_image, "base_image": base_image}
+             "postgres_max_connections": max_connections, "redis_image": redis_image, "base_image": base_image,
+             "pgbouncer_image": pgbouncer_image}
     with _ui.usage_errors(ValidationError):
         stack.check_fields(**given)  # before connecting; the rest comes from the server's stack.json
     remote = open_server(name)
