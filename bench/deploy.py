@@ -53,7 +53,9 @@ def main() -> None:
     (work / "home").mkdir()
     os.environ.pop("DOCKER_CONFIG", None)
 
-    from labdeploy import apps, deploy, registry, stack
+    from labdeploy.app import apps, deploy
+    from labdeploy.images import registry
+    from labdeploy.server import stack
     from labdeploy.progress import StepFinished, StepStarted
     from labdeploy.remote import Remote
 
@@ -107,7 +109,7 @@ def main() -> None:
         one_line_change(exp, 1)
         deploy.update(exp, app, remote, mode="server-build", **common)
         deploy.deploy(exp, plain_app, remote, **common)
-        from labdeploy import compose
+        from labdeploy.server import compose
         compose.run_compose(remote, f"dallinger/{plain_app}", ["-p", plain_app, "down"])
         plain = PlainShell(tb, work, plain_app)
         first_plain = plain.release("p0", exp)

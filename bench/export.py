@@ -160,7 +160,9 @@ def main() -> None:
     if args.child:
         return child(*args.child)
 
-    from labdeploy import appcompose, database, layout, names, psql
+    from labdeploy.app import appcompose
+    from labdeploy.server import database, layout, psql
+    from labdeploy import names
 
     tb = testbed()
     kh = tempfile.NamedTemporaryFile("w", suffix="-known_hosts", delete=False)

@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from labdeploy import monitor  # noqa: E402
+from labdeploy.watch import monitor  # noqa: E402
 from labdeploy.remote import Remote  # noqa: E402
 
 TESTBED = os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")

@@ -33,7 +33,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labdeploy import images, registry, transfer  # noqa: E402
+from labdeploy.images import context as images, registry, transfer  # noqa: E402
 from labdeploy.remote import Remote  # noqa: E402
 
 TESTBED = Path(os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json"))

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from labdeploy import psql, readiness, stack
+from labdeploy.server import psql, readiness, stack
 from labdeploy.remote import Remote
 
 TESTBED = os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")

@@ -29,9 +29,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 
-from . import anonymise as anon
-from . import archive, copystream, layout, localfiles, names, pgtypes, psql, session
-from .archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
+from .data import anonymise as anon
+from .data import archive, copystream, pgtypes
+from .server import layout, psql
+from . import localfiles, names
+from .ssh import pool as session
+from .data.archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
 from .errors import CommandFailed, LabdeployError, UnknownApp, ValidationError
 from .redaction import redact
 from .progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
@@ -270,7 +273,7 @@ def export(app: str, server, tables: Optional[Sequence[str]] = None, *, mode: st
             anonymous = data.derive(anon_frames, anonymised=True, anonymised_columns=changed)
             if not changed:
                 report(Warning_("No identifying columns were found to anonymise.",
-                                "Pass rules=labdeploy.anonymise.rules(columns=[...], tables=(...)) naming "
+                                "Pass rules=labdeploy.data.anonymise.rules(columns=[...], tables=(...)) naming "
                                 "the participant table and its identifying columns."))
     if save_to is not None:
         save_archives(data if mode != "anonymous" else None, anonymous, save_to, parquet=parquet,
@@ -348,7 +351,7 @@ def exports(app: Optional[str] = None, server=None) -> list[dict]:
         return []
     key = None
     if server is not None:  # host and port only: no connection needed
-        from .servers import resolve
+        from .ssh.servers import resolve
 
         key = _server_key(resolve(server))
     out = []
@@ -414,7 +417,7 @@ def changes_since(app: str, server, record: Mapping[str, Any]) -> pd.DataFrame:
 
 @session.closes_what_it_opens
 def database_exists(app: str, server) -> bool:
-    from . import database
+    from .server import database
 
     out = psql.run_sql(_remote(server), "\\pset tuples_only on\n" + database.exists_sql(app))
     return out.strip() not in ("", "0")
@@ -459,7 +462,7 @@ def check_destroy(app: str, server, *, override: bool = False,
 def stop_app(app: str, server, *, reporter: Optional[Reporter] = None) -> bool:
     """Stop the app's processes (containers kept) so nothing writes while a final export is
     taken before destroy. Returns False when the app has no compose project (data only)."""
-    from . import compose
+    from .server import compose
 
     report = reporter or null_reporter
     remote = _remote(server)
@@ -509,12 +512,12 @@ def postgres_address(server) -> str:
         out = remote.run(["docker", "inspect", "-f", fmt, layout.POSTGRES_CONTAINER], timeout=30).stdout
     except CommandFailed as exc:
         raise psql.SQLError("The shared PostgreSQL container is not running on the server.",
-                            "Prepare the server (setup panel, or labdeploy.stack.prepare()).") from exc
+                            "Prepare the server (setup panel, or labdeploy.server.stack.prepare()).") from exc
     networks = json.loads(out)
     net = networks.get(layout.NETWORK) or next(iter(networks.values()), {})
     if not net.get("IPAddress"):
         raise psql.SQLError("The shared PostgreSQL container has no address on the dallinger network.",
-                            "Restart the shared stack (labdeploy.stack.prepare()).")
+                            "Restart the shared stack (labdeploy.server.stack.prepare()).")
     return net["IPAddress"]
 
 
@@ -539,7 +542,7 @@ def _bind(sql: str, params: Optional[Mapping[str, Any]]) -> tuple[str, dict]:
 
 def _grant_reader(remote, app: str, password: str) -> str:
     """Make (or refresh) the app's read-only role through the superuser's psql; its password."""
-    from . import database
+    from .server import database
 
     ro_password = database.reader_password(app, password)
     sql = database.reader_sql(app, database.scram_verifier(ro_password))
@@ -571,7 +574,7 @@ def query(app: str, server, sql: str, params: Optional[Mapping[str, Any]] = None
     """
     import psycopg
 
-    from . import database
+    from .server import database
 
     names.app_name(app)
     text, values = _bind(sql, params)
@@ -824,7 +827,7 @@ def _q(text: str) -> str:
 def download_logs(app: str, server, dest: Union[str, os.PathLike], *, tail: Optional[int] = None,
                   reporter: Optional[Reporter] = None) -> Path:
     """Save the app's container logs (all services, with timestamps) as `dest/<app>-logs.txt`."""
-    from . import compose
+    from .server import compose
 
     report = reporter or null_reporter
     remote = _remote(server)

@@ -193,3 +193,55 @@ def server_name(name: str) -> str:
 def db_identifier(app: str) -> str:
     """The PostgreSQL database and role name of an app (hyphens become underscores)."""
     return "app_" + app_name(app).replace("-", "_")
+
+
+# --------------------------------------------------------------------------- image names
+# Docker's reference grammar (distribution/reference), enough to refuse what Docker refuses;
+# used with fullmatch (`re.match(...$)` would let a trailing newline through).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_RE = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                        r"(?::[0-9]+)?")
+_PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _valid_repository(name: str) -> bool:
+    # As in Docker: the first part is a registry only if it has '.' or ':' or is 'localhost'.
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return bool(_DOMAIN_RE.fullmatch(first) and _PATH_RE.fullmatch(rest))
+    return bool(_PATH_RE.fullmatch(name))
+
+
+def image_repository(name: str) -> str:
+    """A Docker repository name such as 'registry.example.org/lab/images' (no tag)."""
+    if not isinstance(name, str) or not name or len(name) > 255 or not _valid_repository(name):
+        raise ValidationError(
+            f"{name!r} is not a valid Docker image name.",
+            "Use lowercase letters, digits, '.', '_', '-' and '/' (a registry host may come first, e.g. "
+            "'registry.gitlab.com/my-group/experiment-images'); no spaces, capitals or tags.")
+    return name
+
+
+def image_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
+        raise ValidationError(f"{tag!r} is not a valid Docker image tag.",
+                              "Use letters, digits, '_', '.' or '-' (at most 128), starting with a letter or digit.")
+    return tag
+
+
+def image(ref: str, what: str = "image") -> str:
+    """An image reference as Compose and `docker run` take it: repository[:tag][@sha256:digest],
+    e.g. 'redis:7', 'ghcr.io/cloudnative-pg/pgbouncer:1.25.2'."""
+    ok = isinstance(ref, str) and 0 < len(ref) <= 512
+    if ok:
+        rest, _, digest = ref.partition("@")
+        last = rest.rpartition("/")[2]
+        repository, tag = (rest.rpartition(":")[0], rest.rpartition(":")[2]) if ":" in last else (rest, "")
+        ok = (_valid_repository(repository) and (not tag or bool(_TAG_RE.fullmatch(tag)))
+              and (not digest or bool(_DIGEST_RE.fullmatch(digest))) and ("@" not in ref or bool(digest)))
+    if not ok:
+        raise ValidationError(f"The {what} {ref!r} is not a valid image name.",
+                              "Use an image reference such as 'postgres:15' or 'registry.example.org/lab/caddy:2'.")
+    return ref

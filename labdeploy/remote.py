@@ -27,8 +27,7 @@ import paramiko
 import paramiko.sftp
 
 from . import names
-from .errors import (AuthenticationFailed, ChangedHostKey, CommandFailed, CommandTimeout, ConnectionLost,
-                     ConnectTimeout, DNSFailure, HostUnreachable, LabdeployError, RemoteError, UnknownHostKey)
+from .errors import (AuthenticationFailed, ChangedHostKey, CommandFailed, CommandTimeout, ConnectionLost, ConnectTimeout, DNSFailure, HostUnreachable, LabdeployError, RemoteError, UnknownHostKey)
 from .localfiles import write_atomic
 
 LineCallback = Callable[[str, str], None]  # (line, stream) with stream "stdout" or "stderr"

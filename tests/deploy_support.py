@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from labdeploy import apps, deploy, stack
+from labdeploy.app import apps, deploy
+from labdeploy.server import stack
 
 
 def prepare_local_stack(remote, testbed: dict) -> None:

@@ -18,7 +18,8 @@ from typing import Callable
 
 import requests
 
-from labdeploy import monitor, names
+from labdeploy.watch import monitor
+from labdeploy import names
 
 TIMEOUT = 300  # seconds per request: on a busy 2-core testbed a queued request is slow, not failed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from labdeploy import anonymise
+from labdeploy.data import anonymise
 from labdeploy.errors import ValidationError
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from labdeploy import appcompose
+from labdeploy import names
+from labdeploy.app import appcompose
 from labdeploy.errors import ValidationError
 
 
@@ -12,13 +13,13 @@ from labdeploy.errors import ValidationError
                                  "redis@sha256:" + "a" * 64 + "\n"])
 def test_image_ref_refuses_a_trailing_newline_or_space(ref):
     with pytest.raises(ValidationError):
-        appcompose.image_ref(ref)
+        names.image(ref)
 
 
 @pytest.mark.parametrize("ref", ["redis:7", "reg.example.org:5000/lab/stroop:abc123",
                                  "redis@sha256:" + "a" * 64])
 def test_image_ref_accepts_references(ref):
-    assert appcompose.image_ref(ref) == ref
+    assert names.image(ref) == ref
 
 
 @pytest.mark.parametrize("key", ["SECRET\n", "A_B\n", "X\r", "X "])

@@ -9,9 +9,10 @@ import hmac
 import pytest
 import yaml
 
-from labdeploy import appcompose, caddy, database, history, lock
+from labdeploy.app import appcompose, history
+from labdeploy.server import caddy, database, locks as lock
 from labdeploy.errors import ValidationError
-from labdeploy.stack import StackSettings
+from labdeploy.server.stack import StackSettings
 
 COMMANDS = {"web": "gunicorn -b 0.0.0.0:$PORT app:app", "worker": "python -m w", "clock": "python -m c"}
 

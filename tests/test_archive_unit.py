@@ -14,10 +14,10 @@ import zipfile
 import pandas as pd
 import pytest
 
-from labdeploy import archive, copystream, pgtypes
-from labdeploy.archive import ExportData, load_export, write_archive, write_parquet
+from labdeploy.data import archive, copystream, pgtypes
+from labdeploy.data.archive import ExportData, load_export, write_archive, write_parquet
 from labdeploy.errors import LabdeployError, ValidationError
-from labdeploy.pgtypes import Column
+from labdeploy.data.pgtypes import Column
 
 COLUMNS = [
     Column("id", "integer", "int4", True, "N"),
@@ -160,7 +160,7 @@ def test_parquet_folder_round_trip(tmp_path):
 DISK_FULL_CHILD = textwrap.dedent("""
     import resource, signal, sys
     import pandas as pd
-    from labdeploy.archive import ExportData, write_archive, DiskFull
+    from labdeploy.data.archive import ExportData, write_archive, DiskFull
     frame = pd.DataFrame({"id": range(200000), "s": ["some text that takes room %d" % i for i in range(200000)]})
     # The file-size limit stands in for a full disk: writes past it fail with EFBIG, as with ENOSPC.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -71,7 +71,7 @@ def _remove_authorized_key(remote, pub: Path) -> None:
 
 def _destroy_leftovers(remote) -> None:
     """Take away what an earlier or half-finished journey deployed (only our own app)."""
-    from labdeploy import apps
+    from labdeploy.app import apps
     from labdeploy import export as export_core
     from labdeploy.errors import LabdeployError
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from labdeploy import caddy, names, stack
+from labdeploy.server import caddy, stack
+from labdeploy import names
 from labdeploy.errors import ValidationError
-from labdeploy.stack import StackSettings
+from labdeploy.server.stack import StackSettings
 
 # The report's example: as a domain it wrote a second site block into caddy.d/<app>.
 INJECTED_DOMAIN = '::1%x {\n\trespond "injected" 200\n}\nzzz.localhost'
@@ -74,7 +75,7 @@ def test_email_final_check_holds_without_validation(unvalidated, email):
 
 
 def test_upstream_and_app_name_final_check_holds_without_validation(monkeypatch):
-    from labdeploy import layout
+    from labdeploy.server import layout
 
     monkeypatch.setattr(layout, "web_alias", lambda app: "x-web:1 {\n}\nevil")
     with pytest.raises(ValidationError, match="upstream"):

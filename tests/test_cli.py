@@ -284,8 +284,8 @@ def test_registry_login_with_password_stdin(cli, registered, testbed, session_ap
 
 
 def test_deploy_puts_the_app_online(deployed, testbed, session_api_remote):
-    from labdeploy import layout
-    from labdeploy.appcompose import parse_env
+    from labdeploy.server import layout
+    from labdeploy.app.appcompose import parse_env
 
     assert deployed["app"] == APP and deployed["url"] == f"http://{APP}.localhost/"
     # Output that is not a terminal (logs, CI) never carries the dashboard password.
@@ -512,7 +512,7 @@ def test_destroy_needs_confirmation_then_removes_the_app(cli, deployed, testbed,
 
 
 def test_unlock_breaks_a_left_lock_only_after_confirmation(cli, registered, session_api_remote):
-    from labdeploy import lock
+    from labdeploy.server import locks as lock
 
     lock.DeployLock(session_api_remote, "t-cli-locked").acquire()  # as a deploy cut off mid-way leaves it
     r = cli("unlock", "--app", "t-cli-locked")

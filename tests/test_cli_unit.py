@@ -176,7 +176,7 @@ def test_servers_add_no_verify_in_process_opens_no_socket(home, monkeypatch):
     """The same in this process, with every way to the network made to fail the test."""
     import socket
 
-    from labdeploy import servers
+    from labdeploy.ssh import servers
     from labdeploy.cli._app import main
 
     def refuse(*args, **kwargs):

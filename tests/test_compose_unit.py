@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from labdeploy import compose
+from labdeploy.server import compose
 from labdeploy.errors import CommandFailed, LabdeployError
 from labdeploy.remote import Remote
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from labdeploy import constraintsfile as cf
+from labdeploy.experiment import constraintsfile as cf
 
 # The shape `psynet setup` / pip-compile give an experiment's constraints.txt (PsyNet's demos,
 # made for Dallinger 11.4): extras on dallinger, PsyNet from git, hashes, `# via` comments.

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import dallinger, images, transfer
+from labdeploy.experiment import dallinger
+from labdeploy.images import context as images, transfer
 from labdeploy.errors import ValidationError
 
 DATA = Path(__file__).parent / "data"

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import deploy, export, layout, psql
-from labdeploy.appcompose import parse_env
+from labdeploy.app import deploy
+from labdeploy import export
+from labdeploy.server import layout, psql
+from labdeploy.app.appcompose import parse_env
 from labdeploy.progress import Collector, LogLine
 from deploy_support import destroy_if_deployed, prepare_local_stack
 
@@ -137,7 +139,7 @@ def test_export_has_every_table_and_dallinger_reads_the_zip(deployed, session_re
 def test_the_worker_really_runs_jobs_and_status_counts_them(deployed, session_remote):
     lines = [e.line for e in deployed["events"].events if isinstance(e, LogLine)]
     assert "the worker ran a test job" in lines  # deploy proved it, with the app's own rq
-    from labdeploy import jobs, monitor
+    from labdeploy.watch import jobs, monitor
 
     jobs.prove_worker(session_remote, APP)  # and it still does
     status = monitor.status(session_remote, APP, jobs=True).set_index("service")

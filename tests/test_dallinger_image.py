@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import dallinger
+from labdeploy.experiment import dallinger
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "dallinger-hello"

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import dallinger, deploy, export, psql
+from labdeploy.experiment import dallinger
+from labdeploy.app import deploy
+from labdeploy import export
+from labdeploy.server import psql
 from labdeploy.progress import Collector
 from deploy_support import destroy_if_deployed, prepare_local_stack
 
@@ -79,7 +82,8 @@ def test_export_has_every_psynet_table(deployed, session_remote):
 def test_200_participants_at_once_through_caddy_with_0_errors(deployed, session_remote, testbed):
     """The connection budget holds (issue 15.3): PsyNet through its own pooler, 200 new
     participants at once, each entering like a browser; none refused, the app within its pool."""
-    from labdeploy import monitor, pooler
+    from labdeploy.watch import monitor
+    from labdeploy.server import pooler
     from load_support import drive, psynet_visit
 
     assert deployed["result"].remembered["pooler"] == {"value": True, "from": "default"}

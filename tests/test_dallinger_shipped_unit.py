@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import dallinger, deploy, gitsources, images, psynetprepare, pypi
+from labdeploy.experiment import dallinger, gitsources, psynetprepare, pypi
+from labdeploy.app import deploy
+from labdeploy.images import context as images
 from labdeploy.errors import ValidationError
 
 # PsyNet's stock Dockerfile up to PsyNet 13.0 (the demos' copy): PsyNet's own base image.

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import appcompose, dallinger
+from labdeploy.app import appcompose
+from labdeploy.experiment import dallinger
 from labdeploy.errors import ValidationError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from labdeploy import dallingerconfig
+from labdeploy.experiment import dallingerconfig
 from labdeploy.errors import ValidationError
 
 EXISTING = """[Parameters]

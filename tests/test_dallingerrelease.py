@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import dallinger, dallingerrelease as dr, pypi
+from labdeploy.experiment import dallinger, dallingerrelease as dr, pypi
 from labdeploy.errors import ValidationError
 
 CLOSED = "http://127.0.0.1:9/simple/"  # the discard port: nothing listens, the connection is refused

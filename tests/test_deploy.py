@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, deploy, history, layout, lock, psql
-from labdeploy.appcompose import parse_env
+from labdeploy.app import apps, deploy, history
+from labdeploy.server import layout, locks as lock, psql
+from labdeploy.app.appcompose import parse_env
 from labdeploy.progress import Collector
 from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
 
@@ -41,7 +42,7 @@ def count(remote, app: str, table: str) -> int:
 
 
 def redis_cli(remote, *args: str) -> str:
-    from labdeploy import compose
+    from labdeploy.server import compose
 
     return compose.run_compose(remote, layout.app_dir(APP), ["exec", "-T", "redis", "redis-cli", *args]).stdout.strip()
 
@@ -110,7 +111,7 @@ def test_app_has_its_own_role_with_a_connection_limit(deployed, session_remote):
 
 
 def test_seed_debugging_commands_still_work(deployed, session_remote):
-    from labdeploy import compose
+    from labdeploy.server import compose
 
     out = compose.run_compose(session_remote, layout.app_dir(APP), ["ps"]).stdout
     for svc in ("web", "worker", "clock", "redis"):
@@ -232,7 +233,7 @@ def test_replacing_kept_data_needs_a_fresh_export_then_starts_empty(testbed, ses
 
 def test_an_app_that_writes_by_itself_is_destroyed_with_a_final_export(testbed, session_remote, home, tmp_path):
     from labdeploy import export
-    from labdeploy.archive import load_export
+    from labdeploy.data.archive import load_export
 
     app = "t-dep-busy"
     prepare_local_stack(session_remote, testbed)

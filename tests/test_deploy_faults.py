@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import apps, deploy, history, layout, lock
+from labdeploy.app import apps, deploy, history
+from labdeploy.server import layout, locks as lock
 from labdeploy.errors import ConnectionLost, LabdeployError, ValidationError
 from labdeploy.progress import Collector, LogLine, StepStarted, Warning_
 from labdeploy.remote import Remote

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, export
+from labdeploy.app import apps
+from labdeploy import export
 from labdeploy.widgets.deploy import MASK, DeployPanel
 from deploy_support import destroy_if_deployed, prepare_local_stack
 

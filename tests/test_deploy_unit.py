@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from labdeploy import apps, deploy, readiness
+from labdeploy.app import apps, deploy
+from labdeploy.server import readiness
 from labdeploy.errors import ValidationError
 
 GB_KB = 1024 * 1024

@@ -19,7 +19,10 @@ import zipfile
 import pandas as pd
 import pytest
 
-from labdeploy import appcompose, archive, database, export, layout, psql
+from labdeploy.app import appcompose
+from labdeploy.data import archive
+from labdeploy.server import database, layout, psql
+from labdeploy import export
 from labdeploy.errors import RemoteError, ValidationError
 from labdeploy.progress import Collector, Progress
 from labdeploy.remote import Remote
@@ -405,7 +408,7 @@ def test_panel_anonymous_only_and_errors_shown(app, session_remote, tmp_path, ho
 
 
 def test_a_registered_server_name_works_and_its_connection_is_closed(app, testbed, home, monkeypatch):
-    from labdeploy import servers
+    from labdeploy.ssh import servers
 
     s = testbed["ssh"]
     (home / ".ssh").mkdir(mode=0o700)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import apps, deploy, export, layout
+from labdeploy.app import apps, deploy
+from labdeploy import export
+from labdeploy.server import layout
 from labdeploy.widgets.export import ExportPanel
 from deploy_support import destroy_if_deployed, prepare_local_stack
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labdeploy import appcompose, database, export, layout, psql, stack
+from labdeploy.app import appcompose
+from labdeploy.server import database, layout, psql, stack
+from labdeploy import export
 from labdeploy.errors import ValidationError
 from labdeploy.progress import Collector, StepStarted, Warning_
 

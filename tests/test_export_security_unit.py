@@ -16,8 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labdeploy import archive, export, psql
-from labdeploy.archive import ExportData, load_export
+from labdeploy.data import archive
+from labdeploy import export
+from labdeploy.server import psql
+from labdeploy.data.archive import ExportData, load_export
 from labdeploy.errors import ValidationError
 from labdeploy.progress import Collector, Progress
 

@@ -7,8 +7,9 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from labdeploy import copystream, export
-from labdeploy.archive import ExportData
+from labdeploy.data import copystream
+from labdeploy import export
+from labdeploy.data.archive import ExportData
 
 
 def _splitter(counts: dict, done: bool = True) -> copystream.Splitter:

@@ -19,7 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labdeploy import apps, deploy, export, history, jobs, lock, monitor, servers, stack
+from labdeploy.app import apps, deploy, history
+from labdeploy import export
+from labdeploy.watch import jobs, monitor
+from labdeploy.server import locks as lock, stack
+from labdeploy.ssh import servers
 from labdeploy.errors import HostUnreachable, LabdeployError
 from labdeploy.remote import Remote, Result
 
@@ -179,7 +183,7 @@ def test_registering_a_server_refuses_hostile_values_and_writes_only_its_own_fil
 @given(st.lists(hostile.filter(lambda t: 0 < len(t) <= 200 and "\x00" not in t), min_size=1, max_size=4,
                 unique_by=lambda t: t))
 def test_table_names_from_a_server_never_leave_the_export_folder(blocked, names_):
-    from labdeploy.archive import ExportData, load_export
+    from labdeploy.data.archive import ExportData, load_export
 
     folder = blocked / "exports" / "one"
     data = ExportData({n: pd.DataFrame({"id": [1, 2]}) for n in names_}, app="exp")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import images
+from labdeploy.images import context as images
+from labdeploy import names
 from labdeploy.errors import ValidationError
 from labdeploy.progress import Collector, Progress
 
@@ -76,14 +77,14 @@ def test_missing_dockerfile_and_folder(tmp_path):
 @pytest.mark.parametrize("name", ["labdeploy", "registry.gitlab.com/group/experiment-images",
                                   "10.0.0.5:5000/lab/images", "localhost/x", "a__b/c.d-e"])
 def test_valid_image_names(name):
-    assert images.image_repository(name) == name
+    assert names.image_repository(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "Upper/case", "has space", "x:tag", "-lead", "a/b/", "x;rm -rf /",
                                   "https://registry/x", "a//b"])
 def test_invalid_image_names(name):
     with pytest.raises(ValidationError) as info:
-        images.image_repository(name)
+        names.image_repository(name)
     assert info.value.hint
 
 
@@ -95,7 +96,7 @@ def test_image_ref_and_registry_of():
     with pytest.raises(ValidationError):
         images.image_ref("lab", "Bad App", "abc")
     with pytest.raises(ValidationError):
-        images.image_tag("-bad")
+        names.image_tag("-bad")
 
 
 def test_chain_ids():

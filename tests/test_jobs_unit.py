@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from labdeploy import jobs
+from labdeploy.watch import jobs
 
 
 def test_a_finished_test_job_passes():

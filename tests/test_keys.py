@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 
-from labdeploy import keys, names
-from labdeploy.errors import (AuthenticationFailed, ChangedHostKey, ConnectTimeout, DNSFailure, HostUnreachable,
-                              ValidationError)
+from labdeploy.ssh import keys
+from labdeploy import names
+from labdeploy.errors import (AuthenticationFailed, ChangedHostKey, ConnectTimeout, DNSFailure, HostUnreachable, ValidationError)
 from labdeploy.remote import Remote
 
 

@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from labdeploy import keys
+from labdeploy.ssh import keys
 from labdeploy.errors import ValidationError
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from labdeploy import lock
+from labdeploy.server import locks as lock
 
 APP = "t-dep-lock"
 

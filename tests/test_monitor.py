@@ -10,8 +10,8 @@ import time
 import pandas as pd
 import pytest
 
-from labdeploy import monitor
-from labdeploy.containers import CommandNotFound, ServiceNotRunning, UnknownApp, UnknownService
+from labdeploy.watch import monitor
+from labdeploy.watch.containers import CommandNotFound, ServiceNotRunning, UnknownApp, UnknownService
 from labdeploy.progress import Collector, Warning_
 from test_monitor_support import make_app, remove_app, wait_up
 

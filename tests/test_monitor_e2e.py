@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy import deploy, monitor, names
+from labdeploy.app import deploy
+from labdeploy.watch import monitor
+from labdeploy import names
 from labdeploy.progress import Collector, Warning_
 from test_monitor_support import hold_connections, sql, wait_connections
 from deploy_support import destroy_if_deployed, prepare_local_stack

@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from labdeploy import monitor
+from labdeploy.watch import monitor
 from labdeploy.widgets.monitor import MonitorPanel, status_html
 from test_monitor_support import drop_app_db, hold_connections, make_app, make_app_db, remove_app, wait_connections, wait_up
 
@@ -166,7 +166,7 @@ def test_status_html_shows_a_restarting_container():
 
 
 def test_server_picker_with_a_registered_server(app, home, testbed):
-    from labdeploy import servers
+    from labdeploy.ssh import servers
 
     s = testbed["ssh"]
     (home / ".ssh").mkdir(mode=0o700)

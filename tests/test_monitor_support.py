@@ -12,7 +12,8 @@ import json
 import shlex
 import time
 
-from labdeploy import compose, layout, names
+from labdeploy.server import compose, layout
+from labdeploy import names
 
 APP_PREFIX = "t-mon-"
 
@@ -59,7 +60,7 @@ def remove_app(remote, app: str) -> None:
 
 
 def wait_up(remote, app: str, services=("web", "worker", "clock", "redis"), timeout: float = 60) -> None:
-    from labdeploy.containers import status
+    from labdeploy.watch.containers import status
 
     deadline = time.monotonic() + timeout
     while True:

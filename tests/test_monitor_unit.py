@@ -9,7 +9,7 @@ import shlex
 import pandas as pd
 import pytest
 
-from labdeploy import containers, pgactivity
+from labdeploy.watch import containers, pgactivity
 from labdeploy.errors import LabdeployError, ValidationError
 
 
@@ -172,7 +172,7 @@ def test_parse_status_when_every_container_is_stopped():
     # Every uptime is missing then; the column must still be timedeltas, not a crash.
     import json as _json
 
-    from labdeploy.containers import parse_status
+    from labdeploy.watch.containers import parse_status
 
     line = _json.dumps({"id": "abcdef1234567890", "name": "/x_web_1", "app": "x", "service": "web",
                         "image": "i", "restarts": 0,

@@ -126,7 +126,7 @@ def test_app_name_refuses_names_the_shared_stack_and_layout_use(value):
 
 
 def test_every_stack_name_in_the_layout_is_reserved_for_apps():
-    from labdeploy import layout
+    from labdeploy.server import layout
 
     for used in (layout.ROOT, layout.DATA_ROOT, layout.STACK_PROJECT, layout.NETWORK, layout.POSTGRES_CONTAINER,
                  layout.CADDY_CONTAINER, layout.secrets_dir().split("/")[-1]):

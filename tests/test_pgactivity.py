@@ -13,8 +13,8 @@ import pandas as pd
 import psycopg
 import pytest
 
-from labdeploy import monitor
-from labdeploy.pgactivity import PostgresUnavailable
+from labdeploy.watch import monitor
+from labdeploy.watch.pgactivity import PostgresUnavailable
 from test_monitor_support import (count_connections, drop_app_db, hold_connections, make_app_db, sql,
                                   start_postgres, wait_connections, wait_postgres)
 

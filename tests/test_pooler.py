@@ -17,8 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labdeploy import deploy, layout, monitor, names, pooler, psql
-from labdeploy.appcompose import parse_env
+from labdeploy.app import deploy
+from labdeploy.server import pooler
+from labdeploy.server import layout, psql
+from labdeploy.watch import monitor
+from labdeploy import names
+from labdeploy.app.appcompose import parse_env
 from deploy_support import destroy_if_deployed, prepare_local_stack
 from load_support import Visit, dallinger_visit, drive
 

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labdeploy import appcompose, database, pgactivity, pooler, stack
+from labdeploy.app import appcompose
+from labdeploy.server import pooler
+from labdeploy.server import database, stack
+from labdeploy.watch import pgactivity
 from labdeploy.errors import CommandFailed, ValidationError
 
 PASSWORD = "Zx9-abc_DEF012345678901234567890"  # database.random_password()'s alphabet

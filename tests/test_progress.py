@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from labdeploy.progress import (Collector, LogLine, Progress, StepFinished, StepStarted, Warning_,
-                                null_reporter, step)
+from labdeploy.progress import Collector, LogLine, Progress, StepFinished, StepStarted, Warning_, null_reporter, step
 
 
 def test_collector_keeps_events_in_order_and_filters_by_kind():

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from labdeploy import psql, stack
+from labdeploy.server import psql, stack
 from labdeploy.errors import ValidationError
 
 

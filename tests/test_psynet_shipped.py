@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import apps, deploy, gitsources, psynetprepare
+from labdeploy.app import apps, deploy
+from labdeploy.experiment import gitsources, psynetprepare
 from labdeploy.progress import Collector, StepStarted, Warning_
 from deploy_support import destroy_if_deployed, prepare_local_stack
 from test_dallinger_shipped_unit import STOCK_OLD

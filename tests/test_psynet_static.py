@@ -21,8 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import apps, dallinger, deploy, export, layout, psql
-from labdeploy.archive import load_export
+from labdeploy.app import apps, deploy
+from labdeploy.experiment import dallinger
+from labdeploy import export
+from labdeploy.server import layout, psql
+from labdeploy.data.archive import load_export
 from labdeploy.progress import Collector, StepStarted
 from deploy_support import destroy_if_deployed, prepare_local_stack
 from psynet_browser import Browser, Page, wait_for

@@ -2,7 +2,7 @@
 
 import pytest
 
-from labdeploy import layout, readiness, stack
+from labdeploy.server import layout, readiness, stack
 from labdeploy.remote import Remote
 
 
@@ -83,7 +83,7 @@ def test_unknown_host_key_row_shows_the_fingerprint(testbed, home):
 
 
 def test_readiness_by_registered_name(home, testbed, known_hosts):
-    from labdeploy import servers
+    from labdeploy.ssh import servers
     s = testbed["ssh"]
     servers.add("t-setup-ready", s["host"], s["user"], port=s["port"], key=s["key"])
     df = readiness.check("t-setup-ready", known_hosts=known_hosts)

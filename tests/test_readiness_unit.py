@@ -1,6 +1,6 @@
 """Judging readiness facts (pure)."""
 
-from labdeploy import readiness
+from labdeploy.server import readiness
 
 GOOD = {
     "docker_path": ["/usr/bin/docker"],

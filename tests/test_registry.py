@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import registry, transfer
+from labdeploy.images import registry, transfer
 from labdeploy.progress import Collector, Progress, Warning_
-from labdeploy.registry import Credentials
+from labdeploy.images.registry import Credentials
 
 DATA = Path(__file__).parent / "data" / "img_experiment"
 

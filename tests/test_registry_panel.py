@@ -8,7 +8,8 @@ import uuid
 import ipywidgets as W
 import pytest
 
-from labdeploy import dallingerconfig, registry
+from labdeploy.experiment import dallingerconfig
+from labdeploy.images import registry
 from labdeploy.widgets.registry import RegistryPanel
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from labdeploy import images, registry
+from labdeploy import names
+from labdeploy.images import context as images, registry
 from labdeploy.errors import ValidationError
-from labdeploy.registry import Credentials
+from labdeploy.images.registry import Credentials
 
 
 @pytest.mark.parametrize("user", ["alice\0", "al\0ice", "alice\n", "al\rice", "alice\x1b[31m", "ali\u200bce",
@@ -40,13 +41,13 @@ def test_bad_registry_addresses_are_refused(address):
 @pytest.mark.parametrize("name", ["lab\n", "reg.example.org/lab\n", "reg.example.org\n/lab"])
 def test_a_trailing_newline_does_not_slip_through_image_names(name):
     with pytest.raises(ValidationError):
-        images.image_repository(name)
+        names.image_repository(name)
 
 
 @pytest.mark.parametrize("tag", ["abc\n", "é", "a" * 129])
 def test_bad_tags_are_refused(tag):
     with pytest.raises(ValidationError):
-        images.image_tag(tag)
+        names.image_tag(tag)
 
 
 def test_image_references():

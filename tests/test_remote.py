@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy.errors import (AuthenticationFailed, ChangedHostKey, CommandFailed, CommandTimeout, ConnectionLost,
-                              DNSFailure, HostUnreachable, LabdeployError, UnknownHostKey)
+from labdeploy.errors import (AuthenticationFailed, ChangedHostKey, CommandFailed, CommandTimeout, ConnectionLost, DNSFailure, HostUnreachable, LabdeployError, UnknownHostKey)
 from labdeploy.remote import Remote
 
 # The sshd process that serves *this* session: walk up from the shell to the nearest `sshd`.

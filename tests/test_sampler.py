@@ -11,7 +11,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from labdeploy import monitor  # noqa: E402
+from labdeploy.watch import monitor  # noqa: E402
 from labdeploy.progress import Collector, Warning_  # noqa: E402
 from test_monitor_support import (drop_app_db, hold_connections, make_app_db, start_postgres,  # noqa: E402
                                   wait_connections, wait_postgres)

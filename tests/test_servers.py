@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from labdeploy import servers
+from labdeploy.ssh import servers
 from labdeploy.errors import LabdeployError, ValidationError
 from labdeploy.progress import Collector, Warning_
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from labdeploy import servers
+from labdeploy.ssh import servers
 from labdeploy.errors import ValidationError
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from labdeploy import settle
+from labdeploy.app import settle
 
 
 def reading(worker_cpu, clock_cpu, *, worker_state="running", restarts=0, image="new", worker_active=0):

@@ -7,7 +7,7 @@ import time
 import ipywidgets as W
 import pytest
 
-from labdeploy import servers
+from labdeploy.ssh import servers
 from tests.conftest import TESTBED_FILE
 from labdeploy.widgets.setup import SetupPanel
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 import yaml
 
-from labdeploy import layout, stack
+from labdeploy.server import layout, stack
 from labdeploy.progress import Collector
 
 
@@ -68,7 +68,7 @@ def test_a_name_with_no_app_gets_a_clear_404_not_a_refused_connection(prepared, 
 
 def test_the_seed_debugging_command_works(prepared):
     # `cd ~/dallinger && docker compose exec postgresql psql -U dallinger` from the seed, with v1 or v2.
-    from labdeploy import compose
+    from labdeploy.server import compose
     out = compose.run_compose(prepared, layout.ROOT, ["exec", "-T", "postgresql", "psql", "-U", "dallinger",
                                                       "-tAc", "select current_user"]).stdout
     assert out.strip() == "dallinger"

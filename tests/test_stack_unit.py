@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from labdeploy import stack
+from labdeploy.server import stack
 from labdeploy.errors import ValidationError
 
 

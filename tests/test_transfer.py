@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import images, transfer
+from labdeploy.images import context as images, transfer
 from labdeploy.progress import Collector, LogLine, Progress
 
 DATA = Path(__file__).parent / "data" / "img_experiment"

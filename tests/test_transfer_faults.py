@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import images, transfer
+from labdeploy.images import context as images, transfer
 from labdeploy.errors import LabdeployError, ValidationError
 from labdeploy.progress import Collector, LogLine, Progress
 
@@ -105,7 +105,7 @@ def test_disk_full_mapping():
     mapped = transfer._remote_failure(CommandFailed("x", stderr="Error processing tar file(exit status 1): "
                                                                  "write /a: no space left on device"), "load")
     assert isinstance(mapped, images.DiskFull)
-    from labdeploy import registry
+    from labdeploy.images import registry
     assert isinstance(registry.classify("failed to register layer: ENOSPC", "r:5000", "the server"),
                       images.DiskFull)
 

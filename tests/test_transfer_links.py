@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy import images, transfer
+from labdeploy.images import context as images, transfer
 from labdeploy.errors import ValidationError
 from labdeploy.progress import Collector, LogLine
 

@@ -12,8 +12,7 @@ import click
 
 from ..errors import LabdeployError, UnknownHostKey, ValidationError
 from . import _ui
-from ._ui import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NEEDS_CONFIRMATION, EXIT_USAGE, STATE,
-                  CliError, NeedsConfirmation, UsageProblem)
+from ._ui import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NEEDS_CONFIRMATION, EXIT_USAGE, STATE, CliError, NeedsConfirmation, UsageProblem)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -21,10 +20,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 def core(name: str):
     """Import a core module (lazily: keeps `labdeploy --help` fast), with a clear error if it
     is missing from this installation."""
+    import labdeploy
+
     try:
-        return importlib.import_module(f"labdeploy.{name}")
+        return getattr(labdeploy, name)  # the package's public names (labdeploy.PUBLIC_MODULES)
     except ModuleNotFoundError as exc:
-        if exc.name == f"labdeploy.{name}":
+        if exc.name and exc.name.startswith("labdeploy."):
             raise CliError(f"This labdeploy installation has no `labdeploy.{name}` module, which this "
                            f"command needs.", "Update labdeploy (`pip install -U labdeploy`).") from exc
         raise

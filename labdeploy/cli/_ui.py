@@ -283,7 +283,7 @@ def read_secret(what: str, *, from_stdin: bool, flag: str = "--password-stdin") 
 
 def read_credentials(address: str, username: str, *, from_stdin: bool, flag: str = "--password-stdin"):
     """registry.Credentials with the password from stdin or a hidden prompt (never from argv)."""
-    from ..registry import Credentials
+    from ..images.registry import Credentials
 
     password = read_secret(f"password (or access token) for {username} at {address}", from_stdin=from_stdin,
                            flag=flag)

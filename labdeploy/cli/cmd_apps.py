@@ -10,8 +10,7 @@ from pathlib import Path
 import click
 
 from . import _ui
-from ._app import (CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server,
-                   server_option, service_option, with_hints, yes_option, _check_domain, _check_service)
+from ._app import (CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server, server_option, service_option, with_hints, yes_option, _check_domain, _check_service)
 from ._ui import STATE, NotReady, UsageProblem
 
 TRANSFER_MODES = ("server-build", "ssh-copy", "registry")

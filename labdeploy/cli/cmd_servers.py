@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
+from .. import names
 from ..errors import RemoteError, UnknownHostKey, ValidationError
 from . import _ui
-from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server,
-                   server_option, yes_option)
+from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server, server_option, yes_option)
 from ._ui import CliError, NotReady, UsageProblem
 
 TRUST_HELP = ("Trust the server's host key only if its fingerprint is exactly this (SHA256:...), "
@@ -69,7 +69,7 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
           --copy-key --password-stdin --trust-host-key SHA256:eycBinPsUBRvdw...
       labdeploy servers add lab --host lab.example.org --user alice --no-verify
     """
-    from .. import names
+
 
     servers_mod = core("servers")
     keys = core("keys")
@@ -365,7 +365,7 @@ def registry_login(address, username, password_stdin, server, server_only, remot
     with _ui.usage_errors():
         address = reg.registry_address(address)
         if image_base_name is not None:
-            images.image_repository(image_base_name)
+            names.image_repository(image_base_name)
         if remote_docker_config is not None and not remote_docker_config.startswith("/"):
             reg.remote_docker_config(remote_docker_config)  # an absolute one needs the server's home
     creds = _ui.read_credentials(address, username, from_stdin=password_stdin)

@@ -3,7 +3,7 @@ the log; get the URL and dashboard login (password masked until revealed); list 
 apps; open one through an SSH tunnel; destroy one after a confirmation step.
 
 All work runs in background threads (widgets.common.run_in_background); this module only
-lays out controls and calls labdeploy.deploy / labdeploy.apps.
+lays out controls and calls labdeploy.deploy / labdeploy.app.apps.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from typing import Optional
 
 import ipywidgets as W
 
-from .. import apps as apps_core
-from .. import deploy as deploy_core
-from .. import demo, servers, transfer
+from ..app import apps as apps_core
+from ..app import deploy as deploy_core
+from .. import demo
+from ..ssh import servers
+from ..images import transfer
 from ..errors import LabdeployError
 from ..progress import Collector
 from .common import LogPane, Message, Panel, ProgressRow, StepList, run_in_background, titled, widget_reporter

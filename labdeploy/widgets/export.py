@@ -17,7 +17,7 @@ import ipywidgets as W
 import pandas as pd
 
 from .. import export as core
-from ..archive import ExportData
+from ..data.archive import ExportData
 from ..errors import LabdeployError, ValidationError
 from .common import LogPane, Message, Panel, ProgressRow, StepList, run_in_background, titled, widget_reporter
 
@@ -84,7 +84,7 @@ class ExportPanel(Panel):
             self._servers[label] = server
             options.append(label)
         try:
-            from .. import servers as _servers
+            from ..ssh import servers as _servers
 
             for s in _servers.list_servers():
                 if s.name not in self._servers:
@@ -237,7 +237,7 @@ class ExportPanel(Panel):
             if logs:
                 core.download_logs(app, server, folder, reporter=report)
             if destroy:
-                from .. import apps
+                from ..app import apps
                 from ..progress import step
 
                 with step(report, "Destroy"):

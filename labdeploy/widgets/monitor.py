@@ -15,9 +15,10 @@ from typing import Optional
 import ipywidgets as W
 import pandas as pd
 
-from .. import layout, monitor
+from ..server import layout
+from ..watch import monitor
 from ..errors import LabdeployError
-from ..pgactivity import DEFAULT_THRESHOLD
+from ..watch.pgactivity import DEFAULT_THRESHOLD
 from .common import LogPane, Message, Panel, error_html, run_in_background, titled, warning_html, widget_reporter
 
 STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
@@ -123,7 +124,7 @@ class MonitorPanel(Panel):
             self._servers[label] = server
             options.append(label)
         try:
-            from .. import servers as _servers
+            from ..ssh import servers as _servers
 
             for s in _servers.list_servers():
                 self._servers.setdefault(s.name, s.name)
@@ -227,7 +228,7 @@ class MonitorPanel(Panel):
         target = self._servers.get(self.server_picker.value) if server is None else server
 
         def work():
-            from ..containers import remote_of
+            from ..watch.containers import remote_of
 
             remote = remote_of(target)
             with self._ctl:
@@ -430,7 +431,7 @@ class MonitorPanel(Panel):
             sampler.stop()
         if remote is not None:
             # The persistent psql is background work too; the next snapshot reopens it.
-            from ..pgactivity import session
+            from ..watch.pgactivity import session
 
             session(remote, self.container).close()
         for t in (timer, follow_task):

@@ -11,11 +11,12 @@ from typing import Optional
 
 import ipywidgets as W
 
-from .. import dallingerconfig, demo, registry, transfer
+from ..experiment import dallingerconfig
+from .. import demo
+from ..images import registry, transfer
 from ..errors import ValidationError
 from ..progress import Collector, Warning_
-from .common import (LogPane, Message, Panel, StepList, ok_html, run_in_background, titled, warning_html,
-                     widget_reporter)
+from .common import (LogPane, Message, Panel, StepList, ok_html, run_in_background, titled, warning_html, widget_reporter)
 
 STEPS = ("log in here", "log in on the server", "base image name")
 STYLE = {"description_width": "150px"}

@@ -13,7 +13,9 @@ from typing import Callable, Optional
 
 import ipywidgets as W
 
-from .. import demo, keys, readiness, servers, stack
+from .. import demo
+from ..ssh import keys, servers
+from ..server import readiness, stack
 from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
 from .common import LogPane, Message, Panel, StepList, run_in_background, titled, widget_reporter

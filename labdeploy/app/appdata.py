@@ -1,0 +1,95 @@
+"""An app's data on the server: its database and role, its Redis volume, its files.
+
+`destroy` keeps these unless asked, so a later deploy under the same name can find them.
+`kept(remote, app)` says what is there (tables, rows, when the database was made) in two
+round trips; `remove(remote, app)` deletes exactly this app's data: the database and role
+named after it, the one volume Compose made for its Redis (checked by its project label,
+never chosen by a pattern) and ~/dallinger-data/<app>.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pandas as pd
+
+from ..server import database, layout, psql
+from .. import names
+from .appcompose import REDIS_VOLUME
+
+# $1 = volume, $2 = app (the Compose project), $3 = data folder. Prints what exists.
+_TRACES = ('p=$(docker volume inspect -f \'{{index .Labels "com.docker.compose.project"}}\' "$1" 2>/dev/null) '
+           '&& [ "$p" = "$2" ] && echo volume; [ -d "$3" ] && echo files; exit 0')
+# Removes the volume only when Compose made it for this very project.
+_REMOVE_VOLUME = ('p=$(docker volume inspect -f \'{{index .Labels "com.docker.compose.project"}}\' "$1" '
+                  '2>/dev/null) || exit 0; [ "$p" = "$2" ] || exit 0; docker volume rm "$1" >/dev/null')
+
+
+def redis_volume(app: str) -> str:
+    """The name Compose (v1 and v2) gives the app's Redis volume: <project>_<volume>."""
+    return f"{names.app_name(app)}_{REDIS_VOLUME}"
+
+
+@dataclass
+class KeptData:
+    app: str
+    database: bool = False
+    tables: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["table", "rows"]))
+    created_at: Optional[pd.Timestamp] = None
+    redis_volume: bool = False
+    files: bool = False
+
+    @property
+    def rows(self) -> int:
+        return int(self.tables["rows"].sum()) if len(self.tables) else 0
+
+    @property
+    def any(self) -> bool:
+        return self.database or self.redis_volume or self.files
+
+    @property
+    def worth_asking(self) -> bool:
+        """Something a researcher collected: rows in the database, or stored files."""
+        return self.rows > 0 or self.files
+
+    def describe(self) -> str:
+        parts = []
+        if self.database:
+            when = f", made {self.created_at:%Y-%m-%d %H:%M} UTC" if self.created_at is not None else ""
+            busiest = self.tables.sort_values("rows", ascending=False).head(5)
+            detail = ", ".join(f"{r.table} {r.rows}" for r in busiest.itertuples() if r.rows)
+            parts.append(f"database {names.db_identifier(self.app)} ({len(self.tables)} tables, {self.rows} rows"
+                         f"{when}{': ' + detail if detail else ''})")
+        if self.redis_volume:
+            parts.append(f"Redis volume {redis_volume(self.app)}")
+        if self.files:
+            parts.append(f"files in ~/{layout.app_data(self.app)}")
+        return "; ".join(parts) or "nothing"
+
+
+def kept(remote, app: str) -> KeptData:
+    """What data of `app` the server holds (whether or not the app itself is deployed)."""
+    app = names.app_name(app)
+    out = remote.run(["sh", "-c", _TRACES, "sh", redis_volume(app), app, layout.app_data(app)],
+                     check=False).stdout.split()
+    result = KeptData(app, redis_volume="volume" in out, files="files" in out)
+    ident = names.db_identifier(app)
+    found = psql.query_df(remote, "SELECT (pg_stat_file('base/' || oid || '/PG_VERSION')).modification AS made "
+                                  f"FROM pg_database WHERE datname = '{ident}'")
+    if len(found):
+        from ..export import table_counts  # export builds on psql too; only needed here
+
+        result.database = True
+        result.created_at = pd.Timestamp(found.iloc[0, 0])
+        result.tables = table_counts(app, remote)
+    return result
+
+
+def remove(remote, app: str) -> list[str]:
+    """Delete the app's database and role, its Redis volume and its files. Returns what went."""
+    app = names.app_name(app)
+    psql.run_sql(remote, database.drop_sql(app))
+    remote.run(["sh", "-c", _REMOVE_VOLUME, "sh", redis_volume(app), app])
+    remote.run(["rm", "-rf", "--", layout.app_data(app)])
+    return ["database and role", "redis volume", "files"]

@@ -1,0 +1,289 @@
+"""The apps on a server: list them, open one through an SSH tunnel, destroy one.
+
+`apps(server)` is one DataFrame (app, state, version, url, ...). `open_tunnel(server, app)`
+forwards a local port to the server's Caddy, giving `http://<app>.localhost:<port>/`
+(browsers resolve *.localhost to this computer; Caddy routes by the host name), so an app
+can be tried before its DNS record exists. `destroy` needs `confirm=True` and keeps the data
+unless `remove_data=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pandas as pd
+
+from . import appdata
+from ..server import caddy, layout, stack
+from ..watch import containers
+from .. import names
+from ..ssh import pool as session
+from .deploy import UnknownApp, _check_data_saved, _compose, _connect
+from ..errors import LabdeployError, ValidationError
+from ..server.locks import DeployLock
+from ..progress import LogLine, Reporter, null_reporter, step
+
+COLUMNS = ["app", "state", "version", "url", "deployed_at", "who", "running", "image", "locked"]
+DESTROY_STEPS = ("check", "lock", "stop", "route", "data", "files")
+
+# Every app folder with its deploy.json, the stack settings and the locks, in one round trip.
+_LIST = ('cd dallinger 2>/dev/null || exit 0; echo @@stack; cat stack.json 2>/dev/null; echo; '
+         'for d in */; do d=${d%/}; [ -f "$d/docker-compose.yml" ] || [ -f "$d/deploy.json" ] || continue; '
+         'echo "@@app $d"; cat "$d/deploy.json" 2>/dev/null; echo; done; '
+         'echo @@locks; ls .locks 2>/dev/null; echo @@end')
+
+
+class ConfirmationRequired(LabdeployError):
+    """A destructive action was asked for without confirm=True."""
+
+
+def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
+    """Build the apps table from the listing script's output and containers.status (pure)."""
+    settings, states, locks, current, buf = None, {}, set(), None, []
+
+    def flush() -> None:
+        nonlocal settings
+        body = "".join(buf).strip()
+        if current == "stack" and body:
+            with contextlib.suppress(ValueError):
+                settings = stack.StackSettings.from_dict(json.loads(body).get("settings", {}))
+        elif current and current.startswith("app "):
+            try:
+                states[current[4:]] = json.loads(body) if body else {}
+            except ValueError:
+                states[current[4:]] = {}
+        elif current == "locks":
+            locks.update(x for x in body.split() if x)
+
+    for line in text.splitlines(keepends=True):
+        if line.startswith("@@"):
+            flush()
+            current, buf = line.strip()[2:], []
+        else:
+            buf.append(line)
+    flush()
+    running_by_app: dict[str, list] = {}
+    for _, row in status.iterrows():
+        running_by_app.setdefault(row["app"], []).append(row)
+    rows = []
+    for app in sorted(set(states) | set(running_by_app)):
+        try:
+            names.app_name(app)
+        except LabdeployError:
+            continue  # a folder labdeploy did not make (e.g. '.build')
+        state = states.get(app)
+        ctrs = running_by_app.get(app, [])
+        n_run = sum(1 for c in ctrs if c["state"] == "running")
+        if not state:
+            label = "not deployed (failed or unfinished)"
+        # Against the app's own containers: a Dallinger app runs no clock without clock_on, a
+        # pooled one has a pgbouncer too.
+        elif ctrs and n_run == len(ctrs):
+            label = "running"
+        elif n_run == 0:
+            label = "stopped"
+        else:
+            label = "degraded"
+        rows.append({
+            "app": app, "state": label, "version": (state or {}).get("version", ""),
+            "url": (state or {}).get("url") or (caddy.app_url(app, settings) if settings else ""),
+            "deployed_at": (state or {}).get("deployed_at"), "who": (state or {}).get("who", ""),
+            "running": f"{n_run}/{len(ctrs)}", "image": (state or {}).get("image", ""),
+            "locked": app in locks,
+        })
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["deployed_at"] = pd.to_datetime(df["deployed_at"], utc=True, errors="coerce", format="ISO8601")
+    df["locked"] = df["locked"].astype(bool)
+    return df
+
+
+@session.closes_what_it_opens
+def apps(server) -> pd.DataFrame:
+    """The server's apps: app, state, version, url, deployed_at, who, running (n/4), image, locked."""
+    remote = _connect(server)
+    listing = remote.run(["sh", "-c", _LIST], check=False, timeout=60).stdout
+    return parse_listing(listing, containers.status(remote))
+
+
+# --------------------------------------------------------------------------- tunnel
+
+class AppTunnel:
+    """A local port forwarded to the server's Caddy over the SSH connection. `url` opens the
+    app in a browser on this computer; `close()` ends it."""
+
+    def __init__(self, remote, app: str, caddy_port: int = 80, local_port: int = 0, *,
+                 owns_remote: bool = False) -> None:
+        self.app = names.app_name(app)
+        self._remote = remote
+        self._owns_remote = owns_remote  # opened for this tunnel: closed with it
+        self._cm = remote.forward("127.0.0.1", int(caddy_port), local_port)
+        self.local_port = self._cm.__enter__()
+        self.url = f"http://{self.app}.localhost:{self.local_port}/"
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._cm.__exit__(None, None, None)
+            if self._owns_remote:
+                self._remote.close()
+
+    def __enter__(self) -> "AppTunnel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AppTunnel({self.url}{' closed' if self.closed else ''})"
+
+
+def open_tunnel(server, app: str, local_port: int = 0) -> AppTunnel:
+    """Open `http://<app>.localhost:<port>/` here, reaching the app through the server's Caddy."""
+    names.app_name(app)
+    remote = _connect(server)
+    try:
+        settings = stack.read_settings(remote)
+        return AppTunnel(remote, app, int(settings.http_port) if settings else 80, local_port,
+                         owns_remote=remote is not server)
+    except BaseException:
+        if remote is not server:
+            remote.close()
+        raise
+
+
+# --------------------------------------------------------------------------- destroy
+
+@dataclass
+class DestroyResult:
+    app: str
+    removed: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
+    exported: list = field(default_factory=list)  # the final export's files (destroy with final_export)
+
+    def summary(self) -> str:
+        text = f"{self.app}: removed " + (", ".join(self.removed) or "nothing")
+        if self.kept:
+            text += "; kept " + ", ".join(self.kept) + " (destroy with remove_data=True to delete them)"
+        return text
+
+
+def _app_traces(remote, app: str) -> dict:
+    """What of the app is on the server. Only its own paths and labels are looked at."""
+    script = ('[ -d "$1" ] && echo dir; [ -f "$2" ] && echo site; '
+              'docker ps -aq --filter "label=labdeploy.app=$3" | head -1 | sed "s/.*/containers/"')
+    out = remote.run(["sh", "-c", script, "sh", layout.app_dir(app), layout.caddy_site(app), app],
+                     check=False).stdout.split()
+    traces = {k: k in out for k in ("dir", "site", "containers")}
+    data = appdata.kept(remote, app)
+    traces.update(data=data.files, volumes=data.redis_volume, database=data.database)
+    return traces
+
+
+@session.closes_what_it_opens
+def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
+            final_export=None, reporter: Optional[Reporter] = None) -> DestroyResult:
+    """Stop and remove an app's containers, its Caddy route and its folder.
+
+    Its database, role, Redis volume and ~/dallinger-data/<app> are kept unless
+    `remove_data=True`, which is refused unless a fresh export of the database was saved on this
+    computer (labdeploy.export), or `export_check=False` says explicitly to lose the data.
+    `final_export=FOLDER` (with remove_data) is the safe order for apps that write by
+    themselves (PsyNet records its status every minute): stop the app, export every table
+    into FOLDER, then delete. Nothing happens without `confirm=True`; every check that can
+    refuse runs before anything is removed, and a refusal after the app was stopped for it
+    starts the app again.
+    """
+    reporter = reporter or null_reporter
+    app = names.app_name(app)
+    if final_export is not None and not remove_data:
+        raise ValidationError("final_export is for destroying an app with its data (remove_data=True).",
+                              "Export with labdeploy.export.export(app, server, save_to=...) to keep a copy "
+                              "of a running app.")
+    if not confirm:
+        what = "its containers, web address and folder" + (", and ALL ITS DATA (database, files)" if remove_data else
+                                                          "; its data is kept")
+        raise ConfirmationRequired(f"Destroying {app!r} removes {what}. Nothing was done.",
+                                   f"Call destroy({app!r}, server, confirm=True" +
+                                   (", remove_data=True" if remove_data else "") + ") to go ahead.")
+    if final_export is not None:
+        from ..data.archive import ensure_folder
+
+        final_export = ensure_folder(final_export)  # a folder that can't be written is refused first
+    result = DestroyResult(app)
+    with step(reporter, "check"):
+        remote = _connect(server)
+        traces = _app_traces(remote, app)
+        if not any(traces.values()):
+            known = ", ".join(apps(remote)["app"]) or "none"
+            raise UnknownApp(f"There is no app named {app!r} on {remote.host}.",
+                             f"Check the name. Apps on this server: {known}.")
+    with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
+        reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
+        checked = remove_data and traces["database"] and (final_export is not None or export_check)
+        if checked and final_export is None:
+            _check_data_saved(remote, app, reporter)  # refuse while the app still runs untouched
+        has_compose = traces["dir"] and remote.exists(layout.app_compose(app))
+        with step(reporter, "stop"):
+            if checked and has_compose:
+                # Stopped first, so nothing is written between the last look at the data and the drop.
+                _compose(remote, app, ["stop"], reporter, timeout=300)
+                try:
+                    if final_export is not None:
+                        from ..export import export
+
+                        data = export(app, remote, save_to=final_export, reporter=reporter)
+                        result.exported = list(data.paths)
+                    else:
+                        _check_data_saved(remote, app, reporter)  # a write may have slipped in
+                except BaseException:
+                    # Refused after all: the app runs again as before, route untouched.
+                    _compose(remote, app, ["start"], reporter, timeout=300, check=False)
+                    raise
+            elif checked and final_export is not None:
+                from ..export import export
+
+                result.exported = list(export(app, remote, save_to=final_export, reporter=reporter).paths)
+            if has_compose:
+                _compose(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
+                         reporter, timeout=300)
+            # Containers without a compose file (a half-finished deploy), found by their own label.
+            flt = shlex.quote(f"label=labdeploy.app={app}")
+            remote.run(["sh", "-c", f"ids=$(docker ps -aq --filter {flt}); [ -z \"$ids\" ] || docker rm -f $ids"],
+                       check=False)
+            result.removed.append("containers")
+        with step(reporter, "route"):
+            if traces["site"]:
+                remote.remove(layout.caddy_site(app))
+                stack.reload_caddy(remote)
+                result.removed.append("web address")
+        with step(reporter, "data"):
+            if remove_data:
+                result.removed += appdata.remove(remote, app)
+            else:
+                result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),
+                                                      ("files in ~/" + layout.app_data(app), traces["data"])) if present]
+                if result.kept:
+                    reporter(LogLine("kept: " + ", ".join(result.kept), "destroy"))
+        with step(reporter, "files"):
+            from ..images.transfer import build_dir
+            remote.run(["rm", "-rf", "--", layout.app_dir(app), build_dir(app)])
+            result.removed.append("app folder")
+            # The app's images (labelled at build) only take disk space now; `docker rmi`
+            # leaves any image a container still uses.
+            label = shlex.quote(f"label=labdeploy.app={app}")
+            fmt = shlex.quote("{{.Repository}}:{{.Tag}}")
+            res = remote.run(["sh", "-c", f"refs=$(docker images --filter {label} --format {fmt} | grep -v '<none>'); "
+                                          f"[ -z \"$refs\" ] || docker rmi $refs >/dev/null 2>&1; echo $refs"],
+                             check=False, timeout=300)
+            if res.stdout.strip():
+                result.removed.append("images")
+            # PsyNet's preparation image on this computer (kept between deploys as a build cache).
+            from ..experiment.dallinger import remove_prepare_image
+            if remove_prepare_image(app):
+                result.removed.append("PsyNet preparation image on this computer")
+    return result

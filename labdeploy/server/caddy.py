@@ -1,0 +1,48 @@
+"""An app's Caddy site block (~/dallinger/caddy.d/<app>), built as text from data."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from . import layout
+from .. import names
+from .stack import StackSettings, caddy_token, is_local_domain, site_address
+
+
+def site_block(app: str, settings: StackSettings) -> str:
+    """`<app>.<domain>` proxied to the app's web container on the shared network.
+
+    `http://<app>.localhost` is always an address too, so a tunnel (apps.open_tunnel) opens
+    the app before DNS is set up. Real domains get automatic HTTPS from Let's Encrypt (with the contact email when one is
+    set); local and test domains are plain HTTP, since no certificate can be had for them.
+    """
+    settings.validate()
+    app = names.app_name(app)
+    addresses = [site_address(app, settings)]
+    tunnel = f"http://{app}.localhost"  # what an SSH tunnel from a researcher's browser asks for
+    if tunnel not in addresses:
+        addresses.append(tunnel)
+    # Every value is checked once more as it is written: one that slipped past validation
+    # must not be able to add a directive, a line or a second site block.
+    addresses = [caddy_token(a, "site address") for a in addresses]
+    lines = [f"# Written by labdeploy for the app {caddy_token(app, 'app name')}.", f"{', '.join(addresses)} {{"]
+    if not is_local_domain(settings.domain) and settings.email:
+        lines.append(f"\ttls {caddy_token(settings.email, 'contact email')}")
+    lines += [
+        "\tencode gzip",
+        f"\treverse_proxy {caddy_token(f'{layout.web_alias(app)}:{layout.WEB_PORT}', 'upstream')}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def app_url(app: str, settings: Optional[StackSettings]) -> str:
+    """The address participants use."""
+    settings = settings or StackSettings(domain="localhost")
+    domain = names.domain(settings.domain) if settings.domain else "localhost"
+    host = f"{names.app_name(app)}.{domain}"
+    if is_local_domain(domain):
+        port = int(settings.http_port)
+        return f"http://{host}" + ("" if port == 80 else f":{port}") + "/"
+    port = int(settings.https_port)
+    return f"https://{host}" + ("" if port == 443 else f":{port}") + "/"

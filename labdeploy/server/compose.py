@@ -1,0 +1,44 @@
+"""Run Docker Compose on the server, whichever version it has.
+
+Real servers mostly have the v2 plugin (`docker compose`); Debian ships v1 (`docker-compose`).
+Both must work everywhere labdeploy runs compose, so the choice is made once per connection.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Optional, Sequence
+
+from ..errors import LabdeployError
+
+_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+NO_COMPOSE_HINT = ("Install Docker Compose on the server: the 'docker-compose-plugin' package from Docker's "
+                   "repository (gives `docker compose`), or Debian/Ubuntu's 'docker-compose' package.")
+
+
+def detect(remote) -> Optional[list[str]]:
+    """The compose command the server has, or None. One round trip, cached per Remote."""
+    if remote in _cache:
+        return _cache[remote]
+    script = ("if docker compose version >/dev/null 2>&1; then echo v2; "
+              "elif command -v docker-compose >/dev/null 2>&1; then echo v1; else echo none; fi")
+    out = remote.run(["sh", "-c", script], check=False).stdout.strip()
+    argv = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}.get(out)
+    _cache[remote] = argv
+    return argv
+
+
+def compose_argv(remote) -> list[str]:
+    argv = detect(remote)
+    if argv is None:
+        raise LabdeployError("Docker Compose is not available on the server.", NO_COMPOSE_HINT)
+    return list(argv)
+
+
+def run_compose(remote, project_dir: str, args: Sequence[str], *, stdin: Optional[bytes] = None,
+                timeout: Optional[float] = None, on_line: Optional[Callable[[str, str], None]] = None,
+                check: bool = True):
+    """Run `<compose> args...` inside `project_dir` (relative to the remote home)."""
+    return remote.run([*compose_argv(remote), *args], cwd=project_dir, stdin=stdin, timeout=timeout,
+                      on_line=on_line, check=check)

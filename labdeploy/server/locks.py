@@ -1,0 +1,246 @@
+"""The deploy lock: one deploy / update / destroy of an app at a time, across machines.
+
+`mkdir` on the server is atomic, so whoever creates ~/dallinger/.locks/<app>/ holds the lock;
+its info.json says who, from where, when and which version. A lock expires (its holder may
+have lost the connection for good), a lock left by a process of this machine that no longer
+runs is stale at once, and a lock can be broken deliberately (`break_lock(..., confirm=True)`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+from . import layout
+from .. import names
+from ..errors import LabdeployError
+
+DEFAULT_TTL = 30 * 60  # seconds; longer than a slow image build, short enough not to block a day
+
+_held: set[str] = set()  # tokens this process holds right now
+_held_lock = threading.Lock()
+
+# $1 = locks dir, $2 = lock dir. Takes the lock and stores info.json from stdin, or prints
+# the holder (server clock: lock age) and exits 3. One round trip either way.
+_ACQUIRE = ('mkdir -p "$1" && if mkdir "$2" 2>/dev/null; then cat > "$2/info.json"; echo acquired; '
+            'else cat >/dev/null; echo "$(( $(date +%s) - $(stat -c %Y "$2" 2>/dev/null || date +%s) ))"; '
+            'cat "$2/info.json" 2>/dev/null; exit 3; fi')
+# $1 = lock dir, $2 = token: replace info.json (stdin) atomically and touch the lock, if still ours.
+_REFRESH = ('grep -qF "$2" "$1/info.json" 2>/dev/null || { cat >/dev/null; exit 4; }; '
+            'cat > "$1/.info.json.tmp" && mv "$1/.info.json.tmp" "$1/info.json" && touch "$1"')
+# $1 = lock dir, $2 = token: remove the lock only if it is still the one named by the token.
+_RELEASE = 'grep -qF "$2" "$1/info.json" 2>/dev/null && rm -rf "$1" || true'
+# $1 = lock dir, $2 = token (or "" for any): rename away atomically, then remove.
+_BREAK = ('[ -d "$1" ] || exit 0; if [ -n "$2" ]; then grep -qF "$2" "$1/info.json" 2>/dev/null || exit 4; fi; '
+          't="$1.broken.$$"; mv "$1" "$t" && rm -rf "$t"')
+
+
+class DeployInProgress(LabdeployError):
+    """Someone else is deploying, updating or destroying this app right now."""
+
+    def __init__(self, message: str, hint: str = "", *, info: Optional["LockInfo"] = None) -> None:
+        super().__init__(message, hint)
+        self.info = info
+
+
+@dataclass
+class LockInfo:
+    app: str
+    token: str
+    operation: str = "deploy"
+    version: str = ""
+    who: str = ""  # local user@machine
+    host: str = ""  # local machine name
+    pid: int = 0
+    acquired_at: str = ""  # ISO time, local clock (for people)
+    ttl: int = DEFAULT_TTL
+    age: Optional[float] = field(default=None, compare=False)  # seconds, by the server's clock
+
+    @classmethod
+    def from_json(cls, text: str, age: Optional[float] = None) -> Optional["LockInfo"]:
+        try:
+            data = json.loads(text)
+            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "age"}
+            return cls(**known, age=age)
+        except (ValueError, TypeError):
+            return None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("age")
+        return json.dumps(data, sort_keys=True)
+
+    def describe(self) -> str:
+        when = f" {int(self.age // 60)} min ago" if self.age is not None else ""
+        ver = f" (version {self.version})" if self.version else ""
+        return f"{self.operation}{ver} by {self.who or 'someone'}{when}"
+
+
+def _local_identity() -> tuple[str, str]:
+    host = socket.gethostname()
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = str(os.getuid())
+    return f"{user}@{host}", host
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_reason(info: Optional[LockInfo], age: Optional[float], *, local_host: str, my_pid: int,
+                 held: set[str], pid_alive=_pid_alive) -> Optional[str]:
+    """Why a found lock may be taken over, or None if it must be respected. Pure (given
+    `pid_alive`), so the rules are unit-tested."""
+    if info is None:
+        # mkdir happened but info.json is missing or half-written: only stale when old.
+        if age is not None and age > 120:
+            return "it has no owner information and is older than two minutes"
+        return None
+    if age is not None and age > info.ttl:
+        return f"it expired ({int(age // 60)} min old, limit {info.ttl // 60} min)"
+    if info.host and info.host == local_host:
+        if info.pid == my_pid and info.token not in held:
+            return "it was left by an earlier attempt in this session that lost its connection"
+        if info.pid != my_pid and info.pid and not pid_alive(info.pid):
+            return f"the program that took it (process {info.pid} on this machine) no longer runs"
+    return None
+
+
+class DeployLock:
+    """`with DeployLock(remote, app, version=...):` — held for the block, released after."""
+
+    def __init__(self, remote, app: str, *, operation: str = "deploy", version: str = "",
+                 ttl: int = DEFAULT_TTL, reporter=None) -> None:
+        self.remote = remote
+        self.app = names.app_name(app)
+        self.path = layout.app_lock(self.app)
+        who, host = _local_identity()
+        self.info = LockInfo(app=self.app, token=uuid.uuid4().hex, operation=operation, version=version,
+                             who=who, host=host, pid=os.getpid(),
+                             acquired_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), ttl=int(ttl))
+        self.reporter = reporter
+        self.held = False
+        self.broke: Optional[LockInfo] = None  # the stale lock taken over, if any
+
+    def acquire(self) -> "DeployLock":
+        # Counted as held before the mkdir: another thread of this process that sees the new
+        # lock must not take it for one left behind by a lost connection.
+        with _held_lock:
+            _held.add(self.info.token)
+        try:
+            return self._acquire()
+        except BaseException:
+            with _held_lock:
+                _held.discard(self.info.token)
+            raise
+
+    def _acquire(self) -> "DeployLock":
+        for _ in range(3):
+            res = self.remote.run(["sh", "-c", _ACQUIRE, "sh", layout.locks_dir(), self.path],
+                                  stdin=self.info.to_json().encode(), check=False)
+            if res.exit_status == 0 and res.stdout.strip() == "acquired":
+                self.held = True
+                return self
+            if res.exit_status != 3:
+                raise LabdeployError(f"Could not take the deploy lock on the server: {res.stderr.strip()}",
+                                     "Check that the login user can write to ~/dallinger on the server.")
+            first, _, rest = res.stdout.partition("\n")
+            age = float(first) if first.strip().lstrip("-").isdigit() else None
+            other = LockInfo.from_json(rest, age)
+            with _held_lock:
+                held = set(_held)
+            reason = stale_reason(other, age, local_host=self.info.host, my_pid=self.info.pid, held=held)
+            if reason is None:
+                raise busy_error(self.app, other)
+            self._break(other)
+            self.broke = other
+            if self.reporter is not None:
+                from ..progress import Warning_
+                self.reporter(Warning_(f"Took over a stale deploy lock of {self.app}: {reason}."))
+        raise busy_error(self.app, None)
+
+    def _break(self, other: Optional[LockInfo]) -> None:
+        token = other.token if other else ""
+        self.remote.run(["sh", "-c", _BREAK, "sh", self.path, token], check=False)
+
+    def refresh(self) -> None:
+        """Rewrite info.json (e.g. with the version, known once the image is built) and restart
+        the expiry clock, so a slow build doesn't expire the lock. Only while still ours."""
+        if self.held:
+            self.remote.run(["sh", "-c", _REFRESH, "sh", self.path, self.info.token],
+                            stdin=self.info.to_json().encode(), check=False)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        try:
+            self.remote.run(["sh", "-c", _RELEASE, "sh", self.path, self.info.token], check=False)
+        finally:
+            self.held = False
+            with _held_lock:
+                _held.discard(self.info.token)
+
+    def __enter__(self) -> "DeployLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def busy_error(app: str, other: Optional[LockInfo]) -> DeployInProgress:
+    what = other.describe() if other else "another operation"
+    expires = ""
+    if other is not None and other.age is not None:
+        left = max(0, other.ttl - other.age)
+        expires = f" The lock expires by itself in about {int(left // 60) + 1} min."
+    return DeployInProgress(
+        f"Another {what} of the app {app!r} is in progress, so this one was not started.",
+        "Wait for it to finish and try again." + expires + " If you are sure nothing is running (e.g. a "
+        "laptop closed mid-deploy), break the lock deliberately: `labdeploy unlock --app "
+        f"{app}` in a terminal, or labdeploy.server.locks.break_lock(server, {app!r}, confirm=True).", info=other)
+
+
+def read_lock(remote, app: str) -> Optional[LockInfo]:
+    """The current lock of an app, or None."""
+    path = layout.app_lock(app)
+    res = remote.run(["sh", "-c", '[ -d "$1" ] || exit 5; echo "$(( $(date +%s) - $(stat -c %Y "$1") ))"; '
+                                  'cat "$1/info.json" 2>/dev/null', "sh", path], check=False)
+    if res.exit_status == 5:
+        return None
+    first, _, rest = res.stdout.partition("\n")
+    age = float(first) if first.strip().isdigit() else None
+    return LockInfo.from_json(rest, age) or LockInfo(app=app, token="", age=age)
+
+
+def break_lock(remote, app: str, *, confirm: bool = False) -> Optional[LockInfo]:
+    """Remove an app's deploy lock on purpose. Returns what it was, or None if there was none."""
+    app = names.app_name(app)
+    if not confirm:
+        raise LabdeployError(f"Breaking the deploy lock of {app!r} needs confirmation.",
+                             "Only do this when no deploy of this app is running anywhere; then pass confirm=True.")
+    from ..ssh import pool as session
+
+    @session.closes_what_it_opens
+    def work(server):
+        r = session.connect(server)  # a registered name, a Server or a Remote
+        info = read_lock(r, app)
+        if info is not None:
+            r.run(["sh", "-c", _BREAK, "sh", layout.app_lock(app), ""], check=False)
+        return info
+
+    return work(remote)

@@ -1,0 +1,467 @@
+"""The server's shared stack: PostgreSQL and Caddy in ~/dallinger, started with Compose.
+
+`prepare(remote, settings)` writes ~/dallinger/docker-compose.yml, ~/dallinger/Caddyfile
+(which imports caddy.d/*), a random PostgreSQL superuser password (generated once, kept only
+on the server in a 0600 file) and stack.json, then starts the stack. It is idempotent: files
+whose content is already right are not rewritten and Compose leaves running containers alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import secrets
+import shlex
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import yaml
+
+from . import compose, layout
+from .. import names
+from ..errors import CommandFailed, LabdeployError, ValidationError
+from ..progress import LogLine, Reporter, Warning_, null_reporter, step
+
+# Image references: registry[:port]/path[:tag][@digest]; nothing a shell could misread.
+# What the Caddy writers put into a file, token by token (addresses, e-mail, upstream): a
+# space, quote, brace, '#', '<<', backslash or line break would end the token and start
+# another directive, line or site block.
+_CADDY_TOKEN_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:/@+-]*")
+# Domains that can never get a public certificate: serve them over plain HTTP.
+_LOCAL_SUFFIXES = (".localhost", ".local", ".test", ".internal", ".lan", ".home.arpa", ".example", ".invalid")
+
+PG_DATA_VOLUME = "postgres_data"
+CADDY_DATA_VOLUME = "caddy_data"
+CADDY_CONFIG_VOLUME = "caddy_config"
+PASSWORD_IN_CONTAINER = "/run/secrets/postgres_password"
+OWN_MARK = b"Written by labdeploy"  # first line of the compose file and Caddyfile prepare() writes
+LOCK_WAIT = 180.0  # seconds to wait for another prepare of the same server
+LOCK_STALE = 600.0  # a lock older than this was left by a crashed run
+
+
+class StackError(LabdeployError):
+    """The shared stack could not be prepared or is not running."""
+
+
+@dataclass
+class StackSettings:
+    """How the shared stack is set up. Images are settings so a server without Docker Hub
+    access (or the testbed) can use its own."""
+
+    postgres_image: str = "postgres:15"
+    caddy_image: str = "caddy:2"
+    http_port: int = 80
+    https_port: int = 443
+    bind_address: str = ""  # "" = all interfaces
+    email: str = ""  # contact for Let's Encrypt; optional
+    domain: str = ""  # apps become <app>.<domain>; local/test domains are served over plain HTTP
+    postgres_max_connections: int = 100
+    # Remembered for the apps deployed here (an app's own choice, in its deploy.json, wins):
+    redis_image: str = ""  # "" = redis:7
+    base_image: str = ""  # the BASE_IMAGE build argument; "" = the Dockerfile's own default
+    pgbouncer_image: str = ""  # each app's connection pooler; "" = labdeploy.server.pooler.DEFAULT_IMAGE
+
+    def validate(self) -> "StackSettings":
+        for name in self.__dataclass_fields__:
+            _check_field(name, getattr(self, name))
+        if int(self.http_port) == int(self.https_port):
+            raise ValidationError("The HTTP and HTTPS ports are the same.", "Use 80 and 443 (the usual ports).")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StackSettings":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @classmethod
+    def for_images(cls, images: dict, **kwargs) -> "StackSettings":
+        """Settings using an image map such as the testbed's {"postgres": ..., "caddy": ...}."""
+        return cls(postgres_image=images.get("postgres", cls.postgres_image),
+                   caddy_image=images.get("caddy", cls.caddy_image), redis_image=images.get("redis", ""),
+                   pgbouncer_image=images.get("pgbouncer", ""), **kwargs)
+
+
+def _check_image(label: str, image) -> None:
+    names.image(image, f"{label} image")
+
+
+def _check_bind_address(address) -> None:
+    # No IPv6 scope: ipaddress accepts any text after '%', and Docker can't bind to one anyway.
+    try:
+        ok = isinstance(address, str) and "%" not in address and ipaddress.ip_address(address)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValidationError(f"The bind address {address!r} is not an IP address.",
+                              "Leave it empty to listen on every interface, or give one of the "
+                              "server's IP addresses.")
+
+
+def _check_field(name: str, value) -> None:
+    if name == "postgres_image":
+        _check_image("PostgreSQL", value)
+    elif name == "caddy_image":
+        _check_image("Caddy", value)
+    elif name == "redis_image":
+        if value:
+            _check_image("Redis", value)
+    elif name == "base_image":
+        if value:
+            _check_image("base", value)
+    elif name == "pgbouncer_image":
+        if value:
+            _check_image("PgBouncer", value)
+    elif name in ("http_port", "https_port"):
+        names.port(value)
+    elif name == "bind_address":
+        if value:  # "" or None: every interface
+            _check_bind_address(value)
+    elif name == "email":
+        if value:  # optional
+            names.email(value)
+    elif name == "domain":
+        if value:  # "" or None: localhost
+            names.domain(value)
+    elif name == "postgres_max_connections":
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if not 10 <= number <= 10000:
+            raise ValidationError("postgres_max_connections must be between 10 and 10000.",
+                                  "The PostgreSQL default is 100.")
+    else:
+        raise ValidationError(f"{name!r} is not a setting of the shared stack.",
+                              f"Use one of: {', '.join(StackSettings.__dataclass_fields__)}.")
+
+
+def check_fields(**fields) -> None:
+    """Check the given settings one by one (None = not given), without the checks that need
+    all of them: for callers that check options before they connect to read the rest."""
+    for name, value in fields.items():
+        if value is not None:
+            _check_field(name, value)
+
+
+def caddy_token(value, what: str) -> str:
+    """The last check before a value is written into a Caddy file: one plain token, nothing
+    that could end it and add a directive, a line or a site block. Values are validated long
+    before this; this only guards against one that slipped past."""
+    if not isinstance(value, str) or not _CADDY_TOKEN_RE.fullmatch(value):
+        raise ValidationError(
+            f"Refusing to write the {what} {value!r} into the Caddy configuration: it is not one plain word "
+            "(spaces, quotes, braces, '#', '%' or line breaks would change the configuration).",
+            "Check the domain, contact email and app name you gave; use a DNS name such as "
+            "'experiments.example.org' and an address such as 'you@lab.example.org'.")
+    return value
+
+
+def is_local_domain(domain: str) -> bool:
+    """True for names no public CA will certify (localhost, *.test, IPs, ...): plain HTTP."""
+    if not domain:
+        return True
+    d = domain.rstrip(".").lower()
+    try:
+        ipaddress.ip_address(d)
+        return True
+    except ValueError:
+        pass
+    return d == "localhost" or "." not in d or d.endswith(_LOCAL_SUFFIXES)
+
+
+def site_address(app: str, settings: StackSettings) -> str:
+    """The Caddy site address of an app: 'http://<app>.<domain>' for local domains (no
+    certificate possible), '<app>.<domain>' (automatic HTTPS) otherwise."""
+    domain = names.domain(settings.domain) if settings.domain else "localhost"
+    hostname = f"{names.app_name(app)}.{domain}"
+    return f"http://{hostname}" if is_local_domain(domain) else hostname
+
+
+# --------------------------------------------------------------------------- rendering (pure)
+
+def compose_document(settings: StackSettings) -> dict:
+    """The shared stack's compose file as data. No secret in it: the password is a mounted file."""
+    settings.validate()
+    bind = f"{settings.bind_address}:" if settings.bind_address else ""
+    return {
+        "services": {
+            "postgresql": {
+                "image": settings.postgres_image,
+                "container_name": layout.POSTGRES_CONTAINER,
+                "restart": "unless-stopped",
+                "command": ["postgres", "-c", f"max_connections={int(settings.postgres_max_connections)}"],
+                "environment": {
+                    "POSTGRES_USER": layout.POSTGRES_SUPERUSER,
+                    "POSTGRES_DB": layout.POSTGRES_SUPERUSER,
+                    "POSTGRES_PASSWORD_FILE": PASSWORD_IN_CONTAINER,
+                },
+                "volumes": [
+                    f"{PG_DATA_VOLUME}:/var/lib/postgresql/data",
+                    f"./secrets/postgres_password:{PASSWORD_IN_CONTAINER}:ro",
+                ],
+                "networks": [layout.NETWORK],
+                "labels": {"labdeploy.server.stack": "postgresql"},
+            },
+            "caddy": {
+                "image": settings.caddy_image,
+                "container_name": layout.CADDY_CONTAINER,
+                "restart": "unless-stopped",
+                "ports": [f"{bind}{int(settings.http_port)}:80", f"{bind}{int(settings.https_port)}:443"],
+                # caddy.d is a directory mount so sites written later (atomic renames) are seen.
+                "volumes": [
+                    "./Caddyfile:/etc/caddy/Caddyfile:ro",
+                    "./caddy.d:/etc/caddy/caddy.d:ro",
+                    f"{CADDY_DATA_VOLUME}:/data",
+                    f"{CADDY_CONFIG_VOLUME}:/config",
+                ],
+                "networks": [layout.NETWORK],
+                "labels": {"labdeploy.server.stack": "caddy"},
+            },
+        },
+        "networks": {layout.NETWORK: {"name": layout.NETWORK}},
+        "volumes": {PG_DATA_VOLUME: {}, CADDY_DATA_VOLUME: {}, CADDY_CONFIG_VOLUME: {}},
+    }
+
+
+def compose_yaml(settings: StackSettings) -> str:
+    header = "# Written by labdeploy (shared stack). Re-run prepare() rather than editing by hand.\n"
+    return header + yaml.safe_dump(compose_document(settings), sort_keys=False, default_flow_style=False)
+
+
+def caddyfile(settings: StackSettings) -> str:
+    """Global options plus `import caddy.d/*` (one file per app, written by deploy)."""
+    settings.validate()
+    options = ["\tadmin localhost:2019"]
+    if settings.email:
+        options.append(f"\temail {caddy_token(settings.email, 'contact email')}")
+    if is_local_domain(settings.domain):
+        # No certificate can be had for local/test names; don't let Caddy try.
+        options.append("\tauto_https off")
+    # Any other name (or none deployed yet) gets a clear 404 rather than a refused
+    # connection; apps' own names are more specific and win, HTTPS redirects included.
+    fallback = 'http:// {\n\trespond "No experiment is deployed at this address on this server." 404\n}\n'
+    return ("# Written by labdeploy. Sites live in caddy.d/<app>; re-run prepare() to change this file.\n"
+            "{\n" + "\n".join(options) + "\n}\n\nimport caddy.d/*\n\n" + fallback)
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass
+class PrepareResult:
+    written: list = field(default_factory=list)  # files (re)written this time
+    unchanged: list = field(default_factory=list)
+    password_created: bool = False
+    backups: list = field(default_factory=list)  # other tools' files kept before replacing them
+    compose_output: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.written) or self.password_created
+
+
+def _lock_path() -> str:
+    # App names start with a letter, so "_stack" can never be an app's deploy lock.
+    return f"{layout.locks_dir()}/_stack"
+
+
+def _acquire_lock(remote, reporter: Reporter) -> str:
+    """mkdir is atomic: one prepare per server at a time (others' tests share it too)."""
+    token = uuid.uuid4().hex
+    path = _lock_path()
+    script = (f"mkdir -p {shlex.quote(layout.locks_dir())} && mkdir {shlex.quote(path)} 2>/dev/null && "
+              f"echo {token} > {shlex.quote(path)}/owner")
+    deadline = time.monotonic() + LOCK_WAIT
+    told = False
+    while True:
+        if remote.run(["sh", "-c", script], check=False).exit_status == 0:
+            return token
+        age = remote.run(["sh", "-c", f"echo $(( $(date +%s) - $(stat -c %Y {shlex.quote(path)} 2>/dev/null "
+                                      f"|| date +%s) ))"], check=False).stdout.strip()
+        if age.isdigit() and int(age) > LOCK_STALE:
+            remote.run(["rm", "-rf", path], check=False)
+            continue
+        if not told:
+            reporter(LogLine("another prepare of this server is running; waiting", "stack"))
+            told = True
+        if time.monotonic() > deadline:
+            raise StackError("Another setup of this server's shared services is still running.",
+                             f"Wait a minute and try again. If nothing else runs, remove ~/{path} on the server.")
+        time.sleep(1.0)
+
+
+def _release_lock(remote, token: str) -> None:
+    path = _lock_path()
+    remote.run(["sh", "-c", f"[ \"$(cat {shlex.quote(path)}/owner 2>/dev/null)\" = {token} ] && "
+                            f"rm -rf {shlex.quote(path)}"], check=False)
+
+
+def check_docker(remote) -> None:
+    """Raise a clear error when the login user cannot use Docker."""
+    res = remote.run(["sh", "-c", "command -v docker >/dev/null 2>&1 || exit 127; docker info --format '{{.ServerVersion}}'"],
+                     check=False, timeout=60)
+    if res.exit_status == 127:
+        raise StackError(f"Docker is not installed on {remote.host} (no `docker` command for {remote.user}).",
+                         "Install Docker Engine on the server (https://docs.docker.com/engine/install/), "
+                         "then run the readiness check again.")
+    if res.exit_status != 0:
+        err = res.stderr.strip()
+        if "permission denied" in err.lower():
+            raise StackError(f"{remote.user} may not use Docker on {remote.host} (permission denied on the Docker socket).",
+                             f"On the server, run `sudo usermod -aG docker {remote.user}`, then log out and in again.")
+        raise StackError(f"Docker on {remote.host} does not answer: {err.splitlines()[-1] if err else 'no output'}",
+                         "Start the Docker service on the server (`sudo systemctl start docker`).")
+
+
+def _write_if_changed(remote, path: str, content: str, mode: int, result: PrepareResult,
+                      reporter: Reporter, keep_foreign: bool = True) -> bool:
+    data = content.encode()
+    try:
+        current = remote.get_bytes(path) if remote.exists(path) else None
+    except OSError:
+        current = None
+    if current == data:
+        result.unchanged.append(path)
+        return False
+    if keep_foreign and current is not None and OWN_MARK not in current[:200]:
+        # Someone else's file (e.g. an older Dallinger setup): keep a copy, never just replace it.
+        backup = f"{path}.before-labdeploy-{time.strftime('%Y%m%d-%H%M%S')}"
+        remote.put_bytes(backup, current, mode=0o600)
+        result.backups.append(backup)
+        reporter(Warning_(f"~/{path} was not written by labdeploy; the old one is kept as ~/{backup}.",
+                          "Compare the two if you had changed it by hand."))
+    remote.put_bytes(path, data, mode=mode)
+    result.written.append(path)
+    reporter(LogLine(f"wrote ~/{path}", "stack"))
+    return True
+
+
+def _ensure_password(remote, result: PrepareResult) -> None:
+    path = layout.postgres_password_file()
+    if remote.exists(path):
+        remote.chmod(path, 0o600)
+        return
+    # Generated here, sent over SFTP (never a command line), never kept locally.
+    remote.put_bytes(path, secrets.token_urlsafe(32).encode(), mode=0o600)
+    result.password_created = True
+
+
+def _running_images(remote) -> dict[str, str]:
+    """{container name: image} of the stack's running containers, in one round trip."""
+    res = remote.run(["docker", "inspect", "-f", "{{.Name}} {{.State.Running}} {{.Config.Image}}",
+                      layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER], check=False)
+    out = {}
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "true":
+            out[parts[0].lstrip("/")] = parts[2]
+    return out
+
+
+def _container_running(remote, name: str) -> bool:
+    res = remote.run(["docker", "inspect", "-f", "{{.State.Running}}", name], check=False)
+    return res.exit_status == 0 and res.stdout.strip() == "true"
+
+
+def wait_postgres(remote, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        # TCP, not only the socket: during first-start init a temporary server answers on the
+        # socket alone; apps come over TCP. Then a real query.
+        q = remote.run(["docker", "exec", layout.POSTGRES_CONTAINER, "sh", "-c",
+                        "pg_isready -q -h 127.0.0.1 -U dallinger && psql -U dallinger -X -tAc 'select 1'"],
+                       check=False)
+        if q.exit_status == 0 and q.stdout.strip() == "1":
+            return
+        if time.monotonic() > deadline:
+            logs = remote.run(["docker", "logs", "--tail", "20", layout.POSTGRES_CONTAINER], check=False)
+            raise StackError(f"PostgreSQL did not become ready within {timeout:.0f} s.\n{logs.stderr or logs.stdout}",
+                             "Look at `cd ~/dallinger && docker compose logs postgresql` on the server.")
+        time.sleep(1.0)
+
+
+def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional[Reporter] = None) -> PrepareResult:
+    """Write the shared stack's files and start PostgreSQL and Caddy. Safe to run again."""
+    settings = (settings or StackSettings()).validate()
+    reporter = reporter or null_reporter
+    result = PrepareResult()
+    with step(reporter, "check docker"):
+        remote.connect()
+        check_docker(remote)
+        compose.compose_argv(remote)
+    token = _acquire_lock(remote, reporter)
+    try:
+        running = _running_images(remote)
+        caddy_was_running = layout.CADDY_CONTAINER in running
+        with step(reporter, "write files"):
+            remote.makedirs(layout.ROOT, 0o755)
+            remote.makedirs(layout.caddy_dir(), 0o755)
+            remote.makedirs(layout.secrets_dir(), 0o700)
+            remote.chmod(layout.secrets_dir(), 0o700)
+            _ensure_password(remote, result)
+            _write_if_changed(remote, layout.stack_compose(), compose_yaml(settings), 0o644, result, reporter)
+            caddy_changed = _write_if_changed(remote, layout.caddyfile(), caddyfile(settings), 0o644, result,
+                                              reporter)
+        with step(reporter, "start services"):
+            lines: list[str] = []
+
+            def on_line(line: str, stream: str) -> None:
+                lines.append(line)
+                reporter(LogLine(line, "compose"))
+
+            wanted = {layout.POSTGRES_CONTAINER: settings.postgres_image, layout.CADDY_CONTAINER: settings.caddy_image}
+            # Same files, both containers up on the right images: Compose would do nothing.
+            skip_compose = not result.changed and running == wanted
+            if skip_compose:
+                reporter(LogLine("PostgreSQL and Caddy already run with these settings", "stack"))
+            try:
+                if not skip_compose:
+                    compose.run_compose(remote, layout.ROOT, ["-p", layout.STACK_PROJECT, "up", "-d"],
+                                        timeout=600, on_line=on_line)
+            except CommandFailed as exc:
+                raise StackError(f"Starting the shared services failed:\n{exc.stderr.strip()[-1500:]}",
+                                 "Check that the images exist on the server (or can be pulled) and that "
+                                 f"ports {settings.http_port}/{settings.https_port} are free.") from exc
+            result.compose_output = "\n".join(lines)
+            if caddy_changed and caddy_was_running:
+                # A file bind mount keeps the old inode after our atomic rename: recreate, don't reload.
+                compose.run_compose(remote, layout.ROOT, ["-p", layout.STACK_PROJECT, "up", "-d",
+                                                          "--force-recreate", "caddy"], timeout=300, on_line=on_line)
+        with step(reporter, "wait for postgresql"):
+            wait_postgres(remote)
+        with step(reporter, "record settings"):
+            state = json.dumps({"settings": asdict(settings)}, indent=2, sort_keys=True) + "\n"
+            _write_if_changed(remote, layout.stack_state(), state, 0o644, result, reporter, keep_foreign=False)
+    finally:
+        _release_lock(remote, token)
+    return result
+
+
+def read_settings(remote) -> Optional[StackSettings]:
+    """The settings the stack was last prepared with (from ~/dallinger/stack.json), or None."""
+    if not remote.exists(layout.stack_state()):
+        return None
+    data = json.loads(remote.get_bytes(layout.stack_state()))
+    return StackSettings.from_dict(data.get("settings", {}))
+
+
+def is_running(remote) -> bool:
+    return set(_running_images(remote)) == {layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER}
+
+
+def reload_caddy(remote) -> None:
+    """Make Caddy read the Caddyfile and caddy.d/* again (after a site was added or removed).
+
+    A bad site file is rejected by Caddy and the old config stays live; the error says which.
+    """
+    if not _container_running(remote, layout.CADDY_CONTAINER):
+        raise StackError("The web proxy (Caddy) is not running on the server.",
+                         "Prepare the server first (setup panel, or labdeploy.server.stack.prepare()).")
+    res = remote.run(["docker", "exec", layout.CADDY_CONTAINER, "caddy", "reload", "--config",
+                      "/etc/caddy/Caddyfile", "--adapter", "caddyfile"], check=False, timeout=60)
+    if res.exit_status != 0:
+        err = (res.stderr or res.stdout).strip()
+        raise StackError(f"Caddy refused the new configuration:\n{err[-1500:]}",
+                         "Fix or remove the site file it names in ~/dallinger/caddy.d/, then reload again.")
