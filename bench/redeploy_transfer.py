@@ -33,7 +33,8 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labdeploy.images import context as images, registry, transfer  # noqa: E402
+from labdeploy.images import registry, transfer  # noqa: E402
+from labdeploy.experiment import folder
 from labdeploy.remote import Remote  # noqa: E402
 
 TESTBED = Path(os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json"))
@@ -64,7 +65,7 @@ def base_build_args(experiment: Path, tb: dict) -> dict:
 
 
 def code_file(experiment: Path) -> Path:
-    ctx = images.scan_context(experiment)
+    ctx = folder.scan_context(experiment)
     candidates = [p for p in ctx.files if p.endswith(".py")]
     preferred = [p for p in candidates if p.endswith(("app.py", "experiment.py"))]
     return experiment / sorted(preferred or candidates)[0]
@@ -190,7 +191,7 @@ def main() -> int:
         os.environ["HOME"] = str(tmp)  # no real ~/.dallingerconfig or ~/.docker involved
         creds = registry.Credentials(tb["registry"]["address"], tb["registry"]["user"], tb["registry"]["password"])
         registry.login_local(creds)
-        print(f"experiment: {src} ({human(images.scan_context(src).total_size)} of build context)")
+        print(f"experiment: {src} ({human(folder.scan_context(src).total_size)} of build context)")
         results = []
         try:
             for mode in transfer.MODES:

@@ -94,3 +94,17 @@ class CommandFailed(RemoteError):
 
 class ConnectionLost(RemoteError):
     """The SSH connection dropped while something was running."""
+
+
+class DiskFull(LabdeployError, OSError):
+    """A disk (or a quota) ran out: on this computer while writing a file, or on the server
+    while storing an image or data."""
+
+
+DISK_FULL_PATTERNS = ("no space left on device", "disk quota exceeded", "enospc")
+
+
+def is_disk_full(text: str) -> bool:
+    """Whether an error text (Docker's, a shell's, Python's) says a disk is full."""
+    low = (text or "").lower()
+    return any(p in low for p in DISK_FULL_PATTERNS)

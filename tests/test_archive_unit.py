@@ -14,6 +14,7 @@ import zipfile
 import pandas as pd
 import pytest
 
+from labdeploy import errors
 from labdeploy.data import archive, copystream, pgtypes
 from labdeploy.data.archive import ExportData, load_export, write_archive, write_parquet
 from labdeploy.errors import LabdeployError, ValidationError
@@ -160,7 +161,8 @@ def test_parquet_folder_round_trip(tmp_path):
 DISK_FULL_CHILD = textwrap.dedent("""
     import resource, signal, sys
     import pandas as pd
-    from labdeploy.data.archive import ExportData, write_archive, DiskFull
+    from labdeploy.data.archive import ExportData, write_archive
+    from labdeploy.errors import DiskFull
     frame = pd.DataFrame({"id": range(200000), "s": ["some text that takes room %d" % i for i in range(200000)]})
     # The file-size limit stands in for a full disk: writes past it fail with EFBIG, as with ENOSPC.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -264,7 +266,7 @@ def test_script_names_tables_safely():
 
 
 def test_errors_have_hints():
-    assert isinstance(archive.DiskFull("m", "h"), LabdeployError)
+    assert isinstance(errors.DiskFull("m", "h"), LabdeployError)
 
 
 def test_chunk_pipe_holds_back_the_writer_and_never_deadlocks():

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from labdeploy.experiment import dallinger
-from labdeploy.images import context as images, transfer
+from labdeploy.images import transfer
+from labdeploy.experiment import folder
 from labdeploy.errors import ValidationError
 
 DATA = Path(__file__).parent / "data"
@@ -35,7 +36,7 @@ def experiment(tmp_path) -> Path:
     return dst
 
 
-def tar_members(context: images.BuildContext) -> dict:
+def tar_members(context: folder.BuildContext) -> dict:
     with tarfile.open(fileobj=io.BytesIO(context.tar_bytes(context.files))) as tar:
         return {m.name: (m, tar.extractfile(m).read() if m.isfile() else None) for m in tar}
 
@@ -47,7 +48,7 @@ def test_inside_links_travel_as_links(experiment):
     os.symlink("static", experiment / "static-link")          # a linked folder: not walked
     os.symlink("../run.sh", experiment / "static" / "run-link")  # '..' that stays inside
     os.symlink("missing.txt", experiment / "dangling")         # Docker sends these too
-    context = images.scan_context(experiment)
+    context = folder.scan_context(experiment)
     assert context.files["dangling"].link == "missing.txt"
     assert context.files["config-link.txt"].link == "experiment.py"
     assert context.files["static-link"].link == "static"
@@ -63,22 +64,22 @@ def test_inside_links_travel_as_links(experiment):
 
 
 def test_tag_of_an_inside_link_follows_the_link_not_the_bytes_behind_it(experiment, tmp_path):
-    plain = images.content_tag(images.scan_context(experiment))
+    plain = folder.content_tag(folder.scan_context(experiment))
     os.symlink("experiment.py", experiment / "config-link.txt")
-    linked = images.content_tag(images.scan_context(experiment))
+    linked = folder.content_tag(folder.scan_context(experiment))
     assert linked != plain
     # A regular file with the same bytes is not the same content as a link.
     os.unlink(experiment / "config-link.txt")
     shutil.copyfile(experiment / "experiment.py", experiment / "config-link.txt")
-    assert images.content_tag(images.scan_context(experiment)) not in (plain, linked)
+    assert folder.content_tag(folder.scan_context(experiment)) not in (plain, linked)
     # Pointing the link elsewhere changes the tag; the same link in a copy keeps it.
     os.unlink(experiment / "config-link.txt")
     os.symlink("run.sh", experiment / "config-link.txt")
-    elsewhere = images.content_tag(images.scan_context(experiment))
+    elsewhere = folder.content_tag(folder.scan_context(experiment))
     assert elsewhere != linked
     copy = tmp_path / "copy"
     shutil.copytree(experiment, copy, symlinks=True)
-    assert images.content_tag(images.scan_context(copy)) == elsewhere
+    assert folder.content_tag(folder.scan_context(copy)) == elsewhere
 
 
 # --------------------------------------------------------------------------- links that leave
@@ -97,9 +98,9 @@ def test_a_link_that_leaves_the_folder_is_refused_by_name(experiment, outside, i
     name, target = escaping_links(experiment, outside)[index]
     os.symlink(target, experiment / name)
     with pytest.raises(ValidationError) as info:
-        images.scan_context(experiment)
+        folder.scan_context(experiment)
     err = info.value
-    assert isinstance(err, images.LinkOutsideFolder) and err.link == name and name in err.message and target in err.message
+    assert isinstance(err, folder.LinkOutsideFolder) and err.link == name and name in err.message and target in err.message
     assert "outside" in err.message and err.hint
     assert SECRET.decode() not in str(err)
 
@@ -109,30 +110,30 @@ def test_a_chain_of_links_that_ends_outside_is_refused(experiment, outside):
     os.symlink(".", experiment / "here")
     os.symlink("here/..", experiment / "up")
     with pytest.raises(ValidationError) as info:
-        images.scan_context(experiment)
+        folder.scan_context(experiment)
     assert info.value.link == "up"
     os.unlink(experiment / "up")
     # An inside-looking link through a linked folder that leaves.
     os.symlink(str(outside), experiment / "notes" / "out")  # notes/ is .dockerignore'd: never sent itself
     os.symlink("notes/out/secret.txt", experiment / "innocent.txt")
     with pytest.raises(ValidationError) as info:
-        images.scan_context(experiment)
+        folder.scan_context(experiment)
     assert info.value.link == "innocent.txt" and "through another link" in info.value.message
 
 
 def test_an_ignored_escaping_link_is_not_sent_and_not_refused(experiment, outside):
-    tag = images.content_tag(images.scan_context(experiment))
+    tag = folder.content_tag(folder.scan_context(experiment))
     os.symlink(str(outside / "secret.txt"), experiment / "notes" / "key")  # notes/ is in .dockerignore
-    context = images.scan_context(experiment)
+    context = folder.scan_context(experiment)
     assert "notes/key" not in context.files
-    assert images.content_tag(context) == tag
+    assert folder.content_tag(context) == tag
 
 
 def test_the_tag_never_reads_through_a_link(experiment, outside):
     """Today's bug: the scan followed links, so the outside file's bytes decided the tag."""
     os.symlink("../../outside/secret.txt", experiment / "x")
     with pytest.raises(ValidationError):
-        images.content_tag(images.scan_context(experiment))
+        folder.content_tag(folder.scan_context(experiment))
 
 
 @pytest.mark.parametrize("mode", transfer.MODES)
@@ -145,7 +146,7 @@ def test_deliver_refuses_an_escaping_link_before_touching_the_server(experiment,
 
 
 def test_a_file_swapped_for_a_link_after_the_scan_is_not_read_through(experiment, outside):
-    context = images.scan_context(experiment)
+    context = folder.scan_context(experiment)
     target = experiment / "requirements.txt"
     target.unlink()
     os.symlink(str(outside / "secret.txt"), target)
@@ -159,13 +160,13 @@ def test_a_dockerfile_behind_a_linked_folder_is_refused(experiment, outside):
     (outside / "docker" / "Dockerfile").write_text("FROM scratch\n")
     os.symlink(str(outside / "docker"), experiment / "notes" / "docker")  # ignored folder, so not refused itself
     with pytest.raises(ValidationError):
-        images.scan_context(experiment, dockerfile="notes/docker/Dockerfile")
+        folder.scan_context(experiment, dockerfile="notes/docker/Dockerfile")
 
 
 @pytest.mark.parametrize("dockerfile", ["../Dockerfile", "/etc/passwd", "a/../../Dockerfile", "Docker\nfile", ""])
 def test_a_dockerfile_name_outside_the_folder_is_refused(experiment, dockerfile):
     with pytest.raises(ValidationError) as info:
-        images.scan_context(experiment, dockerfile=dockerfile)
+        folder.scan_context(experiment, dockerfile=dockerfile)
     assert info.value.hint
 
 
@@ -173,7 +174,7 @@ def test_a_dockerfile_name_outside_the_folder_is_refused(experiment, dockerfile)
 
 def test_plan_removes_links_before_a_tar_could_write_through_them(experiment):
     os.symlink("experiment.py", experiment / "l")
-    context = images.scan_context(experiment)
+    context = folder.scan_context(experiment)
     server = dict(context.manifest())
     server["requirements.txt"] = ("link", "experiment.py")  # a link there, a file here
     server["l"] = ("0" * 64, False)                         # a file there, a link here
@@ -195,7 +196,7 @@ def test_plan_removes_links_before_a_tar_could_write_through_them(experiment):
 def test_a_path_no_file_system_takes_is_a_validation_error(tmp_path, make):
     path = make(tmp_path)
     with pytest.raises(ValidationError) as info:
-        images.scan_context(path)
+        folder.scan_context(path)
     assert "OSError" not in str(info.value) and "Errno" not in str(info.value) and info.value.hint
     with pytest.raises(ValidationError):
         transfer.deliver(None, path, app="t-links")
@@ -205,9 +206,9 @@ def test_a_path_no_file_system_takes_is_a_validation_error(tmp_path, make):
 
 def test_a_long_name_says_which_limit(tmp_path):
     with pytest.raises(ValidationError) as info:
-        images.local_folder(tmp_path / ("x" * 300))
+        folder.local_folder(tmp_path / ("x" * 300))
     assert "300 bytes" in info.value.message and "255" in info.value.message
-    assert images.local_folder(tmp_path) == tmp_path
+    assert folder.local_folder(tmp_path) == tmp_path
 
 
 # --------------------------------------------------------------------------- Dallinger's copy
@@ -232,7 +233,7 @@ def test_write_context_copies_inside_links_as_links(tmp_path):
     assert os.readlink(out / "assets") == "static"
     assert (out / "static" / "a.css").read_text() == "body {}\n"
     assert "hunter2" not in (out / "config.txt").read_text()
-    context = images.scan_context(out)
+    context = folder.scan_context(out)
     assert context.files["config-link.txt"].link == "static/a.css"
 
 

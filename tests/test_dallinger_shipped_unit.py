@@ -15,7 +15,7 @@ import pytest
 
 from labdeploy.experiment import dallinger, gitsources, psynetprepare, pypi
 from labdeploy.app import deploy
-from labdeploy.images import context as images
+from labdeploy.experiment import folder
 from labdeploy.errors import ValidationError
 
 # PsyNet's stock Dockerfile up to PsyNet 13.0 (the demos' copy): PsyNet's own base image.
@@ -137,7 +137,7 @@ def test_dockerfile_choice(tmp_path, home):
     assert (generated.write_context(tmp_path / "ctx") / "Dockerfile").read_text() == generated.dockerfile
     prod = dallinger.spec(exp, home=home, dockerfile="Dockerfile.prod")
     assert prod.dockerfile is None and prod.dockerfile_name == "Dockerfile.prod"
-    with pytest.raises(images.DockerfileMissing, match="no Dockerfile.dev"):
+    with pytest.raises(folder.DockerfileMissing, match="no Dockerfile.dev"):
         dallinger.spec(exp, home=home, dockerfile="Dockerfile.dev")
     with pytest.raises(ValidationError, match="not inside the experiment folder"):
         dallinger.spec(exp, home=home, dockerfile="../Dockerfile")
@@ -177,10 +177,10 @@ def test_constraints_travel_in_the_context_and_the_tag_is_deterministic(tmp_path
     tags = []
     for n, s in enumerate((first, second)):
         ctx = s.write_context(tmp_path / f"ctx{n}")
-        scanned = images.scan_context(ctx)
+        scanned = folder.scan_context(ctx)
         assert ".labdeploy/constraints.txt" in scanned.files  # Docker will send it despite `.*`
         assert (ctx / ".dockerignore").read_text().endswith("!.labdeploy/constraints.txt\n")
-        tags.append(images.content_tag(scanned))
+        tags.append(folder.content_tag(scanned))
         text = (ctx / ".labdeploy" / "constraints.txt").read_text()
         assert "rq==2.12.0" in text.splitlines() and "rq==2.4.1" not in text
         assert "[docker]" not in text and "git+" not in text

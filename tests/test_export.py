@@ -19,8 +19,8 @@ import zipfile
 import pandas as pd
 import pytest
 
+from labdeploy import errors
 from labdeploy.app import appcompose
-from labdeploy.data import archive
 from labdeploy.server import database, layout, psql
 from labdeploy import export
 from labdeploy.errors import RemoteError, ValidationError
@@ -302,7 +302,7 @@ def full_disk(tmp_path):
 
 
 def test_disk_full_locally(app, session_remote, full_disk, home):
-    with pytest.raises(archive.DiskFull) as err:
+    with pytest.raises(errors.DiskFull) as err:
         export.export(app, session_remote, tables=["big"], save_to=full_disk)
     assert "disk is full" in err.value.message and "Free some space" in err.value.hint
     assert list(full_disk.iterdir()) == []  # nothing half-written, not even the temp file

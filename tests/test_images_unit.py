@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy.images import context as images
+from labdeploy.images import build as images
+from labdeploy.experiment import folder
 from labdeploy import names
 from labdeploy.errors import ValidationError
 from labdeploy.progress import Collector, Progress
@@ -37,41 +38,41 @@ def experiment(tmp_path) -> Path:
     ("secret", "secret\n", False),          # as Docker: '$' is the end of the name, not a final newline
 ])
 def test_dockerignore_rules(patterns, path, excluded):
-    assert images.IgnoreRules.parse(patterns).excluded(path) is excluded
+    assert folder.IgnoreRules.parse(patterns).excluded(path) is excluded
 
 
 def test_scan_respects_dockerignore_and_keeps_dockerfile(experiment):
     (experiment / ".dockerignore").write_text((experiment / ".dockerignore").read_text() + "Dockerfile\n")
     (experiment / "x.pyc").write_bytes(b"\0")
-    ctx = images.scan_context(experiment)
+    ctx = folder.scan_context(experiment)
     assert "notes/todo.txt" not in ctx.files and "x.pyc" not in ctx.files
     assert {"Dockerfile", ".dockerignore", "experiment.py", "run.sh", "static/style.css"} <= set(ctx.files)
     assert ctx.files["run.sh"].executable and not ctx.files["experiment.py"].executable
 
 
 def test_content_tag_follows_content_only(experiment, tmp_path):
-    tag = images.content_tag(images.scan_context(experiment))
+    tag = folder.content_tag(folder.scan_context(experiment))
     # A copy elsewhere, with new mtimes and an ignored file changed: same tag.
     other = tmp_path / "copy"
     shutil.copytree(experiment, other)
     (other / "notes" / "todo.txt").write_text("changed but ignored\n")
-    assert images.content_tag(images.scan_context(other)) == tag
+    assert folder.content_tag(folder.scan_context(other)) == tag
     # Content, executable bit, build args: each changes it.
     (other / "experiment.py").write_text("print('x')\n")
-    changed = images.content_tag(images.scan_context(other))
+    changed = folder.content_tag(folder.scan_context(other))
     assert changed != tag
     (other / "run.sh").chmod(0o644)
-    assert images.content_tag(images.scan_context(other)) != changed
-    assert images.content_tag(images.scan_context(experiment), {"BASE": "x"}) != tag
-    assert len(tag) == images.TAG_LENGTH and tag.isalnum()
+    assert folder.content_tag(folder.scan_context(other)) != changed
+    assert folder.content_tag(folder.scan_context(experiment), {"BASE": "x"}) != tag
+    assert len(tag) == folder.TAG_LENGTH and tag.isalnum()
 
 
 def test_missing_dockerfile_and_folder(tmp_path):
-    with pytest.raises(images.DockerfileMissing) as info:
-        images.scan_context(tmp_path)
+    with pytest.raises(folder.DockerfileMissing) as info:
+        folder.scan_context(tmp_path)
     assert info.value.hint
     with pytest.raises(ValidationError):
-        images.scan_context(tmp_path / "absent")
+        folder.scan_context(tmp_path / "absent")
 
 
 @pytest.mark.parametrize("name", ["labdeploy", "registry.gitlab.com/group/experiment-images",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from labdeploy import names
-from labdeploy.images import context as images, registry
+from labdeploy.images import build as images, registry
+from labdeploy.experiment import folder
 from labdeploy.errors import ValidationError
 from labdeploy.images.registry import Credentials
 
@@ -60,8 +61,8 @@ def test_image_references():
 @pytest.mark.parametrize("args", [{"BAD-NAME": "x"}, {"1ST": "x"}, {"É": "x"}, {"A": "one\ntwo"}, {"A": "a\0"}])
 def test_bad_build_arguments_are_refused(args):
     with pytest.raises(ValidationError):
-        images.check_build_args(args)
-    assert images.check_build_args({"BASE_IMAGE": "python:3.11", "N": 3}) == {"BASE_IMAGE": "python:3.11", "N": "3"}
+        folder.check_build_args(args)
+    assert folder.check_build_args({"BASE_IMAGE": "python:3.11", "N": 3}) == {"BASE_IMAGE": "python:3.11", "N": "3"}
 
 
 # --------------------------------------------------------------------------- the server's login folder

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy.images import context as images, transfer
+from labdeploy.images import transfer
+from labdeploy.experiment import folder
 from labdeploy.progress import Collector, LogLine, Progress
 
 DATA = Path(__file__).parent / "data" / "img_experiment"
@@ -145,4 +146,4 @@ def test_file_becomes_folder_and_back(remote, testbed, experiment, app, home):
     (experiment / "extra").write_text("a file again\n")
     got = transfer.deliver(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed))
     assert server_file(remote, got.ref, "/experiment/extra") == "a file again\n"
-    assert transfer.remote_manifest(remote, app).keys() == set(images.scan_context(experiment).files)
+    assert transfer.remote_manifest(remote, app).keys() == set(folder.scan_context(experiment).files)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy.images import context as images, transfer
+from labdeploy import errors
+from labdeploy.images import build as images, transfer
+from labdeploy.experiment import folder
 from labdeploy.errors import LabdeployError, ValidationError
 from labdeploy.progress import Collector, LogLine, Progress
 
@@ -45,7 +47,7 @@ def args(testbed):
 
 def test_missing_dockerfile(remote, experiment, app, home):
     (experiment / "Dockerfile").unlink()
-    with pytest.raises(images.DockerfileMissing) as info:
+    with pytest.raises(folder.DockerfileMissing) as info:
         transfer.deliver(remote, experiment, app=app, base_name=BASE)
     assert "Dockerfile" in info.value.message and info.value.hint
 
@@ -90,7 +92,7 @@ def test_build_out_of_space_is_explained(remote, testbed, experiment, app, home)
     # here: it shares the machine's disk with everyone's work.)
     dockerfile = experiment / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "RUN dd if=/dev/zero of=/dev/shm/fill bs=1M count=100\n")
-    with pytest.raises(images.DiskFull) as info:
+    with pytest.raises(errors.DiskFull) as info:
         transfer.deliver(remote, experiment, app=app, base_name=BASE, build_args=args(testbed))
     assert "run out of disk space" in info.value.message
     assert "docker image prune" in info.value.hint
@@ -98,16 +100,16 @@ def test_build_out_of_space_is_explained(remote, testbed, experiment, app, home)
 
 def test_disk_full_mapping():
     text = ("write /var/lib/docker/tmp/docker-import-123/layer.tar: no space left on device")
-    assert images.is_disk_full(text) and not images.is_disk_full("permission denied")
+    assert errors.is_disk_full(text) and not errors.is_disk_full("permission denied")
     err = images.BuildLog(lambda e: None).failure(text, "server")
-    assert isinstance(err, images.DiskFull) and "server" in err.message
+    assert isinstance(err, errors.DiskFull) and "server" in err.message
     from labdeploy.errors import CommandFailed
     mapped = transfer._remote_failure(CommandFailed("x", stderr="Error processing tar file(exit status 1): "
                                                                  "write /a: no space left on device"), "load")
-    assert isinstance(mapped, images.DiskFull)
+    assert isinstance(mapped, errors.DiskFull)
     from labdeploy.images import registry
     assert isinstance(registry.classify("failed to register layer: ENOSPC", "r:5000", "the server"),
-                      images.DiskFull)
+                      errors.DiskFull)
 
 
 def _big_experiment(experiment: Path) -> None:
@@ -144,7 +146,7 @@ def test_interrupted_server_build_resumes(remote, testbed, experiment, app, home
     assert "sent a-small.bin" not in sent and "sent Dockerfile" not in sent
     digest = remote.run(["docker", "run", "--rm", "--network=none", got.ref, "sha256sum",
                          "/experiment/b-large.bin"]).stdout.split()[0]
-    assert digest == images.scan_context(experiment).files["b-large.bin"].sha256
+    assert digest == folder.scan_context(experiment).files["b-large.bin"].sha256
 
 
 def test_interrupted_ssh_copy_restarts_cleanly(remote, testbed, experiment, app, home):
@@ -154,7 +156,7 @@ def test_interrupted_ssh_copy_restarts_cleanly(remote, testbed, experiment, app,
         transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE, build_args=args(testbed),
                          reporter=reporter)
     assert fired.is_set()
-    ref = images.image_ref(BASE, app, images.content_tag(images.scan_context(experiment), args(testbed)))
+    ref = images.image_ref(BASE, app, folder.content_tag(folder.scan_context(experiment), args(testbed)))
     assert transfer.server_image_id(remote, ref) is None  # nothing half-loaded under the name
     got = transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE, build_args=args(testbed))
     assert got.ref == ref and transfer.server_image_id(remote, ref) == got.image_id
@@ -190,7 +192,7 @@ def test_ssh_copy_rechecks_when_partial_image_refused(remote, testbed, tmp_path,
         calls.append(1)
         if len(calls) > 1:
             return real(r)
-        ref = images.image_ref(BASE, app, images.content_tag(images.scan_context(exp)))
+        ref = images.image_ref(BASE, app, folder.content_tag(folder.scan_context(exp)))
         return set(images.chain_ids(images.local_layers(docker.from_env(), ref)))
     monkeypatch.setattr(transfer, "server_chain_ids", lying_once)
     events = Collector()

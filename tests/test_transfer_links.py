@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy.images import context as images, transfer
+from labdeploy.images import transfer
+from labdeploy.experiment import folder
 from labdeploy.errors import ValidationError
 from labdeploy.progress import Collector, LogLine
 
@@ -70,7 +71,7 @@ def test_an_escaping_link_is_refused_and_nothing_is_sent(remote, testbed, experi
     with pytest.raises(ValidationError) as info:
         transfer.deliver(remote, experiment, app=app, mode=mode, base_name=f"{testbed['registry']['address']}/t-img",
                          build_args=build_args(testbed))
-    assert isinstance(info.value, images.LinkOutsideFolder)
+    assert isinstance(info.value, folder.LinkOutsideFolder)
     assert "config-link.txt" in info.value.message and info.value.hint
     # Not one command and not one byte went to the server; no build folder was made there.
     assert remote.stats["commands"] == before["commands"]
@@ -94,7 +95,7 @@ def test_inside_links_arrive_as_links(remote, testbed, experiment, app, home):
     out = in_image(remote, got.ref, "readlink /experiment/config-link.txt; readlink /experiment/static-link; "
                                     "cat /experiment/static-link/style.css")
     assert out.splitlines()[:2] == ["experiment.py", "static"] and "body" in out
-    assert transfer.remote_manifest(remote, app) == images.scan_context(experiment).manifest()
+    assert transfer.remote_manifest(remote, app) == folder.scan_context(experiment).manifest()
 
     # Same links: nothing to send. A link pointed elsewhere: only it travels.
     assert transfer.deliver(remote, experiment, app=app, base_name=BASE, build_args=build_args(testbed)).reused
@@ -118,7 +119,7 @@ def test_inside_links_arrive_as_links(remote, testbed, experiment, app, home):
     assert remote.get_bytes(f"{ctx}/config-link.txt") == b"now a file\n"
     assert remote.get_bytes(f"{ctx}/run.sh") == run_sh
     assert remote.run(["readlink", f"{ctx}/requirements.txt"]).stdout.strip() == "experiment.py"
-    assert transfer.remote_manifest(remote, app) == images.scan_context(experiment).manifest()
+    assert transfer.remote_manifest(remote, app) == folder.scan_context(experiment).manifest()
 
 
 def test_a_local_build_keeps_inside_links_as_links(remote, testbed, experiment, app, local_cleanup, home):
@@ -127,5 +128,5 @@ def test_a_local_build_keeps_inside_links_as_links(remote, testbed, experiment, 
     os.symlink("experiment.py", experiment / "config-link.txt")
     got = transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE,
                            build_args=build_args(testbed))
-    assert got.tag == images.content_tag(images.scan_context(experiment), build_args(testbed))
+    assert got.tag == folder.content_tag(folder.scan_context(experiment), build_args(testbed))
     assert in_image(remote, got.ref, "readlink /experiment/config-link.txt").strip() == "experiment.py"

@@ -39,7 +39,7 @@ import yaml
 from . import appcompose, appdata, history, settle
 from ..server import caddy, compose, database, layout, psql, readiness, stack
 from ..experiment import dallinger
-from ..images import context as images
+from ..experiment import folder
 from ..watch import jobs
 from .. import names
 from ..ssh import pool as session
@@ -364,7 +364,7 @@ def _upload_assets(remote, app: str, experiment_dir: Path, reporter: Reporter) -
     remote.makedirs(base, 0o755)
     src = experiment_dir / "assets"
     if src.is_symlink():
-        images.link_target(experiment_dir.resolve(), "assets")  # refused if it leads out of the folder
+        folder.link_target(experiment_dir.resolve(), "assets")  # refused if it leads out of the folder
     if not src.is_dir():
         return 0
     buf = io.BytesIO()
@@ -578,8 +578,8 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
     with step(reporter, "preflight"):
         # Every input is checked before anything touches the server.
         app = names.app_name(app)
-        experiment_dir = images.local_folder(experiment_dir)
-        images.check_links(experiment_dir)  # nothing a link outside the folder points to ever travels
+        experiment_dir = folder.local_folder(experiment_dir)
+        folder.check_links(experiment_dir)  # nothing a link outside the folder points to ever travels
         if capacity not in ("warn", "refuse", "ignore"):
             raise ValidationError(f"capacity={capacity!r} is not one of warn, refuse, ignore.",
                                   "Use 'warn' (default).")

@@ -31,7 +31,7 @@ from typing import Mapping, Optional, Sequence, Union
 import pandas as pd
 
 from . import pgtypes
-from ..errors import LabdeployError, ValidationError
+from ..errors import DiskFull, LabdeployError, ValidationError
 from ..localfiles import PRIVATE_DIR, make_private_dirs, open_private
 from .pgtypes import Column
 from ..progress import Progress, Reporter, null_reporter
@@ -40,10 +40,6 @@ META_NAME = "labdeploy.json"
 ID_NAME = "experiment_id.md"
 FORMAT_VERSION = 2  # 2: labdeploy.json maps each table to its file name ("files")
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-
-class DiskFull(LabdeployError, OSError):
-    """The local disk (or quota) ran out while writing an export."""
 
 
 class ArchiveError(LabdeployError):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from . import folder
 from . import dallingerrelease
 from .constraintsfile import Note
 from ..errors import LabdeployError, ValidationError
@@ -444,7 +445,7 @@ def stock_template(text: str) -> Optional[StockTemplate]:
 
 def choose_dockerfile(folder: ExperimentFolder, dockerfile: str = "Dockerfile") -> tuple[Optional[str], list[Note]]:
     """(the folder's Dockerfile to build, or None for a generated one; notes saying why)."""
-    from ..images.context import DockerfileMissing, relative_name
+    from .folder import DockerfileMissing, relative_name
 
     if dockerfile == GENERATED:
         why = "labdeploy's generated Dockerfile is used, as asked"
@@ -552,13 +553,12 @@ def dockerfile_for(folder: ExperimentFolder, release: dallingerrelease.Choice, *
 
 
 def write_context(experiment_spec: ExperimentSpec, dest) -> Path:
-    from ..images import context as images
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise LabdeployError(f"The build folder {dest} is not empty.", "Give an empty or new folder.")
-    src = images.local_folder(experiment_spec.folder.path).resolve()
+    src = folder.local_folder(experiment_spec.folder.path).resolve()
     _copy_tree(src, dest)
     _write_filtered_config(src / CONFIG_FILE, _replaceable(dest / CONFIG_FILE))
     if experiment_spec.dockerfile is not None:
@@ -574,9 +574,8 @@ def write_context(experiment_spec: ExperimentSpec, dest) -> Path:
 def _keep_in_context(dest: Path, rels: list[str]) -> None:
     """The files labdeploy adds must reach Docker even when the folder's .dockerignore leaves
     out what they match (`.*`, say): an exception for each goes at the end of the copy's rules."""
-    from ..images import context as images
 
-    rules = images.read_ignore_rules(dest)
+    rules = folder.read_ignore_rules(dest)
     missing = [rel for rel in rels if rules.excluded(rel)]
     if missing:
         ignore = _replaceable(dest / ".dockerignore")
@@ -590,9 +589,8 @@ def _copy_tree(src: Path, dest: Path) -> None:
     a link points to, wherever that is). Links inside the folder are copied as links, as
     Docker sends them; a link out of it is refused, unless .dockerignore leaves it out
     anyway. Everything is checked before the first file is copied."""
-    from ..images import context as images
 
-    rules = images.read_ignore_rules(src)
+    rules = folder.read_ignore_rules(src)
     excluded = shutil.ignore_patterns(*CONTEXT_EXCLUDES)
     plan: list[tuple[str, str, Optional[str]]] = []  # (kind, rel, link target)
     for dirpath, dirnames, filenames in os.walk(src):  # never descends into linked folders
@@ -610,7 +608,7 @@ def _copy_tree(src: Path, dest: Path) -> None:
                 # read below to write the filtered copy).
                 if rules.excluded(rel) and rel not in (".dockerignore", "Dockerfile", CONFIG_FILE):
                     continue
-                plan.append(("link", rel, images.link_target(src, rel)))
+                plan.append(("link", rel, folder.link_target(src, rel)))
             elif full.is_file():
                 plan.append(("file", rel, None))
         dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]

@@ -105,7 +105,7 @@ def explain(stage: str, output: str, *, image: str = "", postgres_image: str = "
             redis_image: str = "") -> tuple[str, str]:
     """(message, hint) for a failure at `stage`, matched to what the output says went wrong:
     a pull failure is not fixed by running `psynet prepare` locally."""
-    from ..images.context import is_disk_full
+    from ..errors import is_disk_full
 
     tail = output.strip()[-3000:]
     if _NO_DAEMON.search(output):
@@ -170,7 +170,7 @@ def prepare(context_dir, *, app: str, server_host: str, postgres_image: str, red
     (.deploy/, source_code.zip, ...) to it. Needs Docker on this computer. `folder_name` is the
     experiment folder's real name (PsyNet's default label). Returns the names added."""
     from .. import names
-    from ..images.context import relative_name
+    from .folder import relative_name
 
     report = reporter or null_reporter
     names.app_name(app)

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import context as images
+from . import build as images
 from .. import names
 from ..errors import CommandFailed, LabdeployError, RemoteError, ValidationError
-from .context import disk_full_error, is_disk_full
+from .build import disk_full_error
+from ..errors import is_disk_full
 from ..progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
 
 

@@ -32,12 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..experiment import folder
 from ..experiment import dallingerconfig
-from . import context as images
+from . import build as images
 from ..server import layout
 from .. import names
 from ..errors import CommandFailed, LabdeployError, ValidationError
-from .context import BuildLog, content_tag, disk_full_error, image_ref, is_disk_full, scan_context
+from .build import BuildLog, disk_full_error, image_ref
+from ..errors import is_disk_full
+from ..experiment.folder import content_tag, scan_context
 from ..progress import LogLine, Progress, Reporter, null_reporter, step
 
 MODES = ("server-build", "ssh-copy", "registry")
@@ -168,7 +171,7 @@ class SyncPlan:
     replace: list = field(default_factory=list)
 
 
-def plan_sync(local: images.BuildContext, remote_files: dict) -> SyncPlan:
+def plan_sync(local: folder.BuildContext, remote_files: dict) -> SyncPlan:
     """Which files to send (new or changed content / executable bit / link target) and which to delete."""
     wanted = local.manifest()
     plan = SyncPlan()
@@ -185,7 +188,7 @@ def plan_sync(local: images.BuildContext, remote_files: dict) -> SyncPlan:
     return plan
 
 
-def sync_context(remote, context: images.BuildContext, app: str, reporter: Optional[Reporter] = None,
+def sync_context(remote, context: folder.BuildContext, app: str, reporter: Optional[Reporter] = None,
                  manifest: Optional[dict] = None) -> SyncPlan:
     """Make the server's copy of the build context equal to `context`, sending only differences.
     `manifest`: the server copy's remote_manifest() when already read."""
@@ -217,7 +220,7 @@ def docker_build_argv(ref: str, app: str, tag: str, dockerfile: str, build_args:
     argv = ["docker", "build", "--pull=false", "-t", images.image_reference(ref), "-f", dockerfile,
             "--label", f"{images.LABEL_APP}={names.app_name(app)}", "--label",
             f"{images.LABEL_CONTENT}={names.image_tag(tag)}"]
-    for key, value in sorted(images.check_build_args(build_args).items()):
+    for key, value in sorted(folder.check_build_args(build_args).items()):
         argv += ["--build-arg", f"{key}={value}"]
     return argv + ["."]
 
@@ -225,7 +228,7 @@ def docker_build_argv(ref: str, app: str, tag: str, dockerfile: str, build_args:
 _BUILD_SCRIPT = 'ref="$1"; shift; "$@" && ' + images.print_image_id('"$ref"')
 
 
-def build_on_server(remote, context: images.BuildContext, *, app: str, ref: str, tag: str,
+def build_on_server(remote, context: folder.BuildContext, *, app: str, ref: str, tag: str,
                     build_args: Optional[dict], reporter: Optional[Reporter] = None) -> str:
     """`docker build` in the server's copy of the context; returns the image ID."""
     reporter = reporter or null_reporter
@@ -389,7 +392,7 @@ def deliver(remote, experiment_dir, *, app: str, mode: str = "server-build", bui
     if mode not in MODES:
         raise ValidationError(f"Unknown transfer mode {mode!r}.",
                               "Choose one of: " + "; ".join(f"'{m}' — {MODE_HELP[m]}" for m in MODES))
-    build_args = images.check_build_args(build_args)
+    build_args = folder.check_build_args(build_args)
     base = resolve_base_name(base_name)
     # Every file is checked here, links that leave the folder refused, before anything is sent.
     context = scan_context(experiment_dir, dockerfile)
@@ -469,7 +472,7 @@ def server_image_status(remote, experiment_dir, *, app: str, base_name: Optional
 
     names.app_name(app)
     context = scan_context(experiment_dir, dockerfile)
-    tag = content_tag(context, images.check_build_args(build_args))
+    tag = content_tag(context, folder.check_build_args(build_args))
     expected = image_ref(resolve_base_name(base_name), app, tag)
     deployed = None
     state = layout.app_state(app)
