@@ -18,11 +18,11 @@ from typing import Optional
 import pandas as pd
 
 from . import appdata
-from ..server import caddy, layout, stack
+from ..server import compose, caddy, layout, stack
 from ..watch import containers
 from .. import names
 from ..ssh import pool as session
-from .deploy import UnknownApp, _check_data_saved, _compose, _connect
+from ..errors import UnknownApp
 from ..errors import LabdeployError, ValidationError
 from ..server.locks import DeployLock
 from ..progress import LogLine, Reporter, null_reporter, step
@@ -104,7 +104,7 @@ def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
 @session.closes_what_it_opens
 def apps(server) -> pd.DataFrame:
     """The server's apps: app, state, version, url, deployed_at, who, running (n/4), image, locked."""
-    remote = _connect(server)
+    remote = session.connect(server)
     listing = remote.run(["sh", "-c", _LIST], check=False, timeout=60).stdout
     return parse_listing(listing, containers.status(remote))
 
@@ -145,7 +145,7 @@ class AppTunnel:
 def open_tunnel(server, app: str, local_port: int = 0) -> AppTunnel:
     """Open `http://<app>.localhost:<port>/` here, reaching the app through the server's Caddy."""
     names.app_name(app)
-    remote = _connect(server)
+    remote = session.connect(server)
     try:
         settings = stack.read_settings(remote)
         return AppTunnel(remote, app, int(settings.http_port) if settings else 80, local_port,
@@ -183,6 +183,14 @@ def _app_traces(remote, app: str) -> dict:
     traces.update(data=data.files, volumes=data.redis_volume, database=data.database)
     return traces
 
+def _check_data_saved(remote, app: str, reporter: Optional[Reporter] = None) -> None:
+    """Hook: destroy(remove_data=True) calls this before dropping anything. It raises
+    export.ExportRequired unless a saved local export holds every row the app's database holds
+    now (nothing written since); destroy's `export_check=False` is the explicit override."""
+    from ..export import check_destroy  # data out sits above the app's lifecycle only in this check
+
+    check_destroy(app, remote, reporter=reporter)
+
 
 @session.closes_what_it_opens
 def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
@@ -216,7 +224,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
         final_export = ensure_folder(final_export)  # a folder that can't be written is refused first
     result = DestroyResult(app)
     with step(reporter, "check"):
-        remote = _connect(server)
+        remote = session.connect(server)
         traces = _app_traces(remote, app)
         if not any(traces.values()):
             known = ", ".join(apps(remote)["app"]) or "none"
@@ -231,7 +239,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
         with step(reporter, "stop"):
             if checked and has_compose:
                 # Stopped first, so nothing is written between the last look at the data and the drop.
-                _compose(remote, app, ["stop"], reporter, timeout=300)
+                compose.run_app(remote, app, ["stop"], reporter=reporter, timeout=300)
                 try:
                     if final_export is not None:
                         from ..export import export
@@ -242,15 +250,15 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                         _check_data_saved(remote, app, reporter)  # a write may have slipped in
                 except BaseException:
                     # Refused after all: the app runs again as before, route untouched.
-                    _compose(remote, app, ["start"], reporter, timeout=300, check=False)
+                    compose.run_app(remote, app, ["start"], reporter=reporter, timeout=300, check=False)
                     raise
             elif checked and final_export is not None:
                 from ..export import export
 
                 result.exported = list(export(app, remote, save_to=final_export, reporter=reporter).paths)
             if has_compose:
-                _compose(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
-                         reporter, timeout=300)
+                compose.run_app(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
+                                reporter=reporter, timeout=300)
             # Containers without a compose file (a half-finished deploy), found by their own label.
             flt = shlex.quote(f"label=labdeploy.app={app}")
             remote.run(["sh", "-c", f"ids=$(docker ps -aq --filter {flt}); [ -z \"$ids\" ] || docker rm -f $ids"],
@@ -270,8 +278,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                 if result.kept:
                     reporter(LogLine("kept: " + ", ".join(result.kept), "destroy"))
         with step(reporter, "files"):
-            from ..images.transfer import build_dir
-            remote.run(["rm", "-rf", "--", layout.app_dir(app), build_dir(app)])
+            remote.run(["rm", "-rf", "--", layout.app_dir(app), layout.build_dir(app)])
             result.removed.append("app folder")
             # The app's images (labelled at build) only take disk space now; `docker rmi`
             # leaves any image a container still uses.

@@ -154,10 +154,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _connect(server):
-    return session.connect(server)
-
-
 def _sub_reporter(reporter: Reporter, source: str) -> Reporter:
     """A sub-operation's own steps become log lines, so the panel keeps the eight steps."""
 
@@ -383,11 +379,6 @@ def _upload_assets(remote, app: str, experiment_dir: Path, reporter: Reporter) -
     return count
 
 
-def _compose(remote, app: str, args: list[str], reporter: Reporter, *, timeout: float = 600, check: bool = True):
-    return compose.run_compose(remote, layout.app_dir(app), ["-p", app, *args], timeout=timeout, check=check,
-                               on_line=lambda line, stream: reporter(LogLine(line, "compose")))
-
-
 def container_logs(remote, app: str, tail: int = LOG_TAIL) -> str:
     """The last lines of each process's log, for a failure message."""
     flt = shlex.quote(f"label=labdeploy.app={names.app_name(app)}")
@@ -521,14 +512,6 @@ def _health(port: int, host: str, path: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _check_data_saved(remote, app: str, reporter: Optional[Reporter] = None) -> None:
-    """Hook: destroy(remove_data=True) calls this before dropping anything. It raises
-    export.ExportRequired unless a saved local export holds every row the app's database holds
-    now (nothing written since); destroy's `export_check=False` is the explicit override."""
-    from ..export import check_destroy
-
-    check_destroy(app, remote, reporter=reporter)
-
 
 # --------------------------------------------------------------------------- deploy / update
 
@@ -623,7 +606,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
                                   "Use True (through PgBouncer), False (straight to PostgreSQL) or None (as before).")
         # From here on every message and event masks the app's secret values, known or found.
         reporter = redacting(reporter, secrets.values())
-        remote = _connect(server)
+        remote = session.connect(server)
         stats0 = dict(remote.stats)
         facts = _preflight(remote, app, _operation, None, capacity, reporter, existing_data)
         if spec is not None:  # git hosts in requirements.txt, checked from where the image is built
@@ -740,7 +723,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             remote.put_bytes(layout.app_compose(app), new_compose, mode=0o644)
             rollback_needed = True
             try:
-                _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter)
+                compose.run_app(remote, app, ["up", "-d", "--remove-orphans"], reporter=reporter)
             except CommandFailed as exc:
                 if use_pooler:  # an image the server can't get: say which setting to change
                     raise app_pooler.image_failure(exc, remembered["pgbouncer_image"]) or exc
@@ -751,7 +734,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
                 stale = app_pooler.stale_processes(remote.run(app_pooler.started_argv(app), check=False).stdout,
                                                    processes)
                 if stale:
-                    _compose(remote, app, ["restart", *stale], reporter, timeout=300)
+                    compose.run_app(remote, app, ["restart", *stale], reporter=reporter, timeout=300)
             started_at = time.monotonic()
             host = f"{app}.{settings.domain or 'localhost'}"
             seen: list = []  # container readings, for the wait in the launch step
@@ -896,18 +879,10 @@ def _rollback(remote, app: str, facts: _Facts, reporter: Reporter) -> bool:
         if facts.secrets_text:
             remote.put_bytes(layout.app_secrets(app), facts.secrets_text, mode=0o600)
         remote.put_bytes(layout.app_compose(app), facts.compose_text, mode=0o644)
-        _compose(remote, app, ["up", "-d", "--remove-orphans"], reporter, timeout=300)
+        compose.run_app(remote, app, ["up", "-d", "--remove-orphans"], reporter=reporter, timeout=300)
         return True
-    _compose(remote, app, ["down", "--remove-orphans"], reporter, timeout=300, check=False)
+    compose.run_app(remote, app, ["down", "--remove-orphans"], reporter=reporter, timeout=300, check=False)
     remote.remove(layout.app_compose(app))
     return False
 
 
-def __getattr__(name: str):
-    """`deploy.destroy`, `deploy.apps`, `deploy.open_tunnel` (as docs/internals.md lists them)
-    live in labdeploy.apps, which imports this module; resolved lazily to avoid the cycle."""
-    if name in ("destroy", "apps", "open_tunnel"):
-        from . import apps as _apps
-
-        return getattr(_apps, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -426,37 +426,3 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
 
 
 _PULL_SCRIPT = 'docker pull "$1" && { [ -z "$2" ] || docker tag "$1" "$2"; } && ' + images.print_image_id('"$1"')
-
-
-def deliver_via_registry(remote, context, *, app: str, ref: str, tag: str, build_args, base_name: str,
-                         reporter: Optional[Reporter] = None, credentials: Optional[Credentials] = None,
-                         logout_after_pull: bool = False):
-    """The seed's route, done properly: build here, push, server pulls by digest."""
-    from .transfer import DeliveredImage, build_dir
-
-    reporter = reporter or null_reporter
-    registry = images.registry_of(base_name)
-    if registry is None:
-        raise ValidationError(
-            f"The base image name {base_name!r} does not start with a registry, so the 'registry' mode can't "
-            f"be used with it.",
-            "Set docker_image_base_name to e.g. 'registry.gitlab.com/my-group/experiment-images', or choose the "
-            "'server-build' or 'ssh-copy' mode, which need no registry.")
-    client = images.docker_client()
-    images.build_local(context.root, app=app, base_name=base_name, build_args=build_args, reporter=reporter,
-                       client=client, context=context)
-    digest = push(ref, reporter=reporter, client=client)
-    # "Log out after the pull": the login lives in a private folder for this pull only, so the
-    # server user's own ~/.docker never holds the password; the folder is deleted afterwards.
-    private = f"{build_dir(app)}/registry-login" if credentials is not None and logout_after_pull else None
-    if credentials is not None:
-        login_server(remote, credentials, docker_config=private, reporter=reporter, temporary=bool(private))
-    try:
-        repository = ref.rpartition(":")[0]
-        image_id = pull_on_server(remote, repository, digest, tag_as=ref, docker_config=private, reporter=reporter)
-    finally:
-        if private:
-            logout_server(remote, credentials.registry, docker_config=private)
-            remote.run(["rm", "-rf", "--", private], check=False)
-    return DeliveredImage(ref, image_id, tag, "registry", digest=digest)
-

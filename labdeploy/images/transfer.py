@@ -35,6 +35,7 @@ from typing import Optional
 from ..experiment import folder
 from ..experiment import dallingerconfig
 from . import build as images
+from . import registry
 from ..server import layout
 from .. import names
 from ..errors import CommandFailed, LabdeployError, ValidationError
@@ -63,9 +64,7 @@ class DeliveredImage:
     reused: bool = False          # True when the server already had it
 
 
-def build_dir(app: str) -> str:
-    """Where the server keeps the app's build context (relative to the login home)."""
-    return f"{layout.ROOT}/.build/{names.app_name(app)}"
+build_dir = layout.build_dir  # kept importable here: transfer is where build contexts are made
 
 
 def context_dir(app: str) -> str:
@@ -418,11 +417,9 @@ def deliver(remote, experiment_dir, *, app: str, mode: str = "server-build", bui
     if mode == "ssh-copy":
         return _deliver_ssh_copy(remote, context, app=app, ref=ref, tag=tag, build_args=build_args,
                                  base_name=base, reporter=reporter)
-    from . import registry  # only this mode needs it
-
-    return registry.deliver_via_registry(remote, context, app=app, ref=ref, tag=tag, build_args=build_args,
-                                         base_name=base, reporter=reporter, credentials=credentials,
-                                         logout_after_pull=logout_after_pull)
+    return deliver_via_registry(remote, context, app=app, ref=ref, tag=tag, build_args=build_args,
+                                base_name=base, reporter=reporter, credentials=credentials,
+                                logout_after_pull=logout_after_pull)
 
 
 def forget_build_context(remote, app: str, *, confirm: bool = False) -> bool:
@@ -495,3 +492,33 @@ def server_image_status(remote, experiment_dir, *, app: str, base_name: Optional
     frame = pd.DataFrame(rows, columns=["ref", "tag", "image_id", "created", "size", "current", "deployed"])
     present = bool(server_image_id(remote, expected))
     return ServerImageStatus(app, expected, present, deployed, frame)
+
+
+def deliver_via_registry(remote, context, *, app: str, ref: str, tag: str, build_args, base_name: str,
+                         reporter: Optional[Reporter] = None, credentials: Optional["registry.Credentials"] = None,
+                         logout_after_pull: bool = False):
+    """The seed's route, done properly: build here, push, server pulls by digest."""
+    reporter = reporter or null_reporter
+    if images.registry_of(base_name) is None:
+        raise ValidationError(
+            f"The base image name {base_name!r} does not start with a registry, so the 'registry' mode can't "
+            f"be used with it.",
+            "Set docker_image_base_name to e.g. 'registry.gitlab.com/my-group/experiment-images', or choose the "
+            "'server-build' or 'ssh-copy' mode, which need no registry.")
+    client = images.docker_client()
+    images.build_local(context.root, app=app, base_name=base_name, build_args=build_args, reporter=reporter,
+                       client=client, context=context)
+    digest = registry.push(ref, reporter=reporter, client=client)
+    # "Log out after the pull": the login lives in a private folder for this pull only, so the
+    # server user's own ~/.docker never holds the password; the folder is deleted afterwards.
+    private = f"{build_dir(app)}/registry-login" if credentials is not None and logout_after_pull else None
+    if credentials is not None:
+        registry.login_server(remote, credentials, docker_config=private, reporter=reporter, temporary=bool(private))
+    try:
+        repository = ref.rpartition(":")[0]
+        image_id = registry.pull_on_server(remote, repository, digest, tag_as=ref, docker_config=private, reporter=reporter)
+    finally:
+        if private:
+            registry.logout_server(remote, credentials.registry, docker_config=private)
+            remote.run(["rm", "-rf", "--", private], check=False)
+    return DeliveredImage(ref, image_id, tag, "registry", digest=digest)

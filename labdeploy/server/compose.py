@@ -9,6 +9,8 @@ from __future__ import annotations
 import weakref
 from typing import Callable, Optional, Sequence
 
+from . import layout
+from .. import names
 from ..errors import LabdeployError
 
 _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -42,3 +44,13 @@ def run_compose(remote, project_dir: str, args: Sequence[str], *, stdin: Optiona
     """Run `<compose> args...` inside `project_dir` (relative to the remote home)."""
     return remote.run([*compose_argv(remote), *args], cwd=project_dir, stdin=stdin, timeout=timeout,
                       on_line=on_line, check=check)
+
+
+def run_app(remote, app: str, args: Sequence[str], *, reporter=None, timeout: Optional[float] = 600,
+            check: bool = True):
+    """`<compose> -p <app> args...` in ~/dallinger/<app>, output lines to `reporter` as log lines."""
+    from ..progress import LogLine
+
+    on_line = (lambda line, stream: reporter(LogLine(line, "compose"))) if reporter is not None else None
+    return run_compose(remote, layout.app_dir(app), ["-p", names.app_name(app), *args], timeout=timeout,
+                       check=check, on_line=on_line)

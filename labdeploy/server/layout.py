@@ -70,6 +70,11 @@ def app_history(app: str) -> str:
     return f"{app_dir(app)}/history.jsonl"
 
 
+def build_dir(app: str) -> str:
+    """Where the server keeps the app's build context and a pull's private registry login."""
+    return f"{ROOT}/.build/{names.app_name(app)}"
+
+
 def locks_dir() -> str:
     return f"{ROOT}/.locks"
 
