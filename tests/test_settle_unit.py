@@ -148,3 +148,21 @@ def test_a_worker_starved_of_cpu_is_not_taken_for_quiet():
     # No CPU time used, but a thread is runnable: it waits for a CPU, not for work.
     assert settle.busy(reading(1.0, 2.0), reading(1.0, 2.0, worker_active=1), 0.25) == ["worker"]
     assert settle.busy(reading(1.0, 2.0), reading(1.0, 2.0), 0.25) == []
+
+
+def test_a_worker_that_exits_while_it_is_read_is_read_again_not_taken_for_started():
+    # Inspected as running, gone before its cgroup was read: no CPU figure for a process that
+    # had one a moment ago. That is no reason for the fixed window to call it started.
+    clock = Clock()
+    busy = [reading(0.25 * i, 2.0) for i in range(1, 12)]  # busy for ~2.5 s
+    vanishing = reading(None, 2.0)
+    crashed = reading(0.0, 2.0, worker_state="restarting", restarts=1)
+    it = iter(busy + [vanishing, crashed])
+
+    def read():
+        clock.now += 0.04
+        return next(it)
+
+    with pytest.raises(RuntimeError, match="worker"):
+        settle.wait_started(read, "new", clock.now, on_crash=lambda bad: RuntimeError("; ".join(bad)),
+                            clock=clock, sleep=clock.sleep)

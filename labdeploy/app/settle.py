@@ -132,6 +132,7 @@ def wait_started(read: Callable[[], dict], image: str, started_at: float, *, see
     restarted; `note(text)` hears once that the wait goes on. `services`: the app's processes.
     Returns the last snapshot."""
     prev, prev_t, noted = None, 0.0, False
+    read_cpu: set = set()  # processes whose CPU time has been read at least once
     earlier = list(seen)
     while True:
         if earlier:
@@ -144,9 +145,13 @@ def wait_started(read: Callable[[], dict], image: str, started_at: float, *, see
         up = now - started_at
         if up >= MAX_WAIT:
             return snap
+        read_cpu |= {svc for svc, c in snap.items() if c.get("cpu") is not None}
         # A reading too close to the last one can't tell quiet from a pause: measure from that one.
         judge = prev is not None and now - prev_t >= SAMPLE_INTERVAL / 2
-        if judge:
+        # A process read before that has no reading now may be exiting this very moment
+        # (inspected running, gone before its cgroup was read): no judgement, read again.
+        lost = _lost_reading(snap, read_cpu, services)
+        if judge and not lost:
             still = busy(prev, snap, now - prev_t, services)
             if still is None:
                 if up >= FIXED_WINDOW:
@@ -157,14 +162,20 @@ def wait_started(read: Callable[[], dict], image: str, started_at: float, *, see
                 noted = True
                 note(f"{', '.join(still)} still busy starting; waiting for {'it' if len(still) == 1 else 'them'} "
                      f"to settle (at most {MAX_WAIT:.0f} s after the start)")
-        if prev is None or judge:
+        if (prev is None or judge) and not lost:
             prev, prev_t = snap, now
         if earlier:
             continue
         wake = max(prev_t + SAMPLE_INTERVAL, started_at + MIN_UP)  # from the reading's time, not now
-        if busy_unknown(snap, services):
+        if lost:
+            wake = clock() + SAMPLE_INTERVAL / 2
+        elif busy_unknown(snap, services):
             wake = max(wake, started_at + FIXED_WINDOW)
         sleep(max(0.0, wake - clock()))
+
+
+def _lost_reading(snap: dict[str, dict], read_cpu: set, services: Sequence[str]) -> bool:
+    return any(snap.get(svc, {}).get("cpu") is None and svc in read_cpu for svc in quiet_services(services))
 
 
 def busy_unknown(snap: dict[str, dict], services: Sequence[str] = layout.PROCESS_SERVICES) -> bool:
