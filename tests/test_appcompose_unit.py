@@ -20,7 +20,7 @@ COMMANDS = {"web": "gunicorn -b 0.0.0.0:$PORT app:app", "worker": "python -m w",
 def doc(**kw):
     args = dict(version="v1", commands=COMMANDS)
     args.update(kw)
-    return appcompose.compose_document("stroop", "labdeploy/stroop:abc", **args)
+    return appcompose.app_compose_document("stroop", "labdeploy/stroop:abc", **args)
 
 
 def test_compose_has_the_seed_services_labels_and_network_alias():
@@ -46,18 +46,18 @@ def test_compose_environment_contract_and_no_secrets():
     assert env["PORT"] == "5000" and env["HOST"] == "0.0.0.0" and env["HOME"] == "/tmp"
     assert env["experiment_title"] == "Stroop" and env["LABDEPLOY_VERSION"] == "v1"
     assert d["services"]["web"]["env_file"] == ["secrets.env"]
-    text = appcompose.compose_yaml(d)
+    text = appcompose.app_compose_yaml(d)
     assert "DATABASE_URL" not in text and "PASSWORD" not in text.upper().replace("DASHBOARD", "")
 
 
 def test_compose_escapes_dollar_so_compose_does_not_interpolate():
     cmd = doc()["services"]["web"]["command"]
     assert cmd == ["sh", "-c", "exec gunicorn -b 0.0.0.0:$$PORT app:app"]
-    assert yaml.safe_load(appcompose.compose_yaml(doc()))["services"]["web"]["command"] == cmd
+    assert yaml.safe_load(appcompose.app_compose_yaml(doc()))["services"]["web"]["command"] == cmd
 
 
 def test_compose_defaults_to_dallinger_commands():
-    d = appcompose.compose_document("stroop", "x/stroop:1", version="1")
+    d = appcompose.app_compose_document("stroop", "x/stroop:1", version="1")
     assert d["services"]["clock"]["command"] == ["sh", "-c", "exec dallinger_heroku_clock"]
 
 
@@ -73,15 +73,15 @@ def test_compose_without_a_clock_when_the_app_runs_none():
 @pytest.mark.parametrize("bad", ["Stroop", "a b", "x;rm -rf /", "$(id)", "../etc", "a" * 41])
 def test_compose_refuses_hostile_app_names(bad):
     with pytest.raises(ValidationError):
-        appcompose.compose_document(bad, "x/y:1", version="1")
+        appcompose.app_compose_document(bad, "x/y:1", version="1")
 
 
 @pytest.mark.parametrize("bad", ["x y", "x;id", "$(id)", "../../x"])
 def test_compose_refuses_bad_images_and_keys(bad):
     with pytest.raises(ValidationError):
-        appcompose.compose_document("ok", bad, version="1")
+        appcompose.app_compose_document("ok", bad, version="1")
     with pytest.raises(ValidationError):
-        appcompose.compose_document("ok", "x/y:1", version="1", environment={bad: "1"})
+        appcompose.app_compose_document("ok", "x/y:1", version="1", environment={bad: "1"})
 
 
 def test_procfile(tmp_path):

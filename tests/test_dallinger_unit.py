@@ -193,9 +193,9 @@ def test_spec_env_makes_a_compose_file_without_any_secret(secret_experiment, hom
     """The compose file built from the spec's plain env holds none of the secret values;
     the secrets file built from secret_env holds them all."""
     s = dallinger.spec(secret_experiment, home=home)
-    doc = appcompose.compose_document("t-dal-unit", "labdeploy/t-dal-unit:abc", version="1",
+    doc = appcompose.app_compose_document("t-dal-unit", "labdeploy/t-dal-unit:abc", version="1",
                                       commands=s.commands, environment=s.env)
-    text = appcompose.compose_yaml(doc)
+    text = appcompose.app_compose_yaml(doc)
     assert "dallinger_heroku_worker" in text and "recruiter: hotair" in text
     assert not any(v in text for v in SECRET_VALUES + (s.secret_env["FLASK_SECRET_KEY"],))
     secrets_text = appcompose.secrets_env(s.secret_env)

@@ -22,7 +22,7 @@ PASSWORD = "Zx9-abc_DEF012345678901234567890"  # database.random_password()'s al
 
 def doc(**kw):
     kw.setdefault("processes", ("web", "worker", "clock"))
-    return appcompose.compose_document("hello", "reg.example.org/lab/hello:abc", version="v1", **kw)
+    return appcompose.app_compose_document("hello", "reg.example.org/lab/hello:abc", version="v1", **kw)
 
 
 def test_pool_size_leaves_headroom_within_the_role_limit():
@@ -93,7 +93,7 @@ def test_env_file_holds_only_the_password_and_refuses_what_it_cant_hold():
 
 def test_compose_document_with_the_pooler():
     d = doc(pooler_image="ghcr.io/cloudnative-pg/pgbouncer:1.25.2", connection_limit=20)
-    text = appcompose.compose_yaml(d)
+    text = appcompose.app_compose_yaml(d)
     assert yaml.safe_load(text) == d
     s = d["services"]
     pgb = s["pgbouncer"]
@@ -127,11 +127,11 @@ def test_compose_document_without_the_pooler_is_as_before_and_records_the_choice
     assert d["services"]["web"]["command"] == ["sh", "-c", "exec dallinger_heroku_web"]
     assert all(len(d["services"][n]["volumes"]) == 1 for n in ("web", "worker", "clock"))
     assert "pgbouncer" not in d["services"]["web"]["depends_on"]
-    assert pooler.in_compose(appcompose.compose_yaml(d)) == {"enabled": False, "image": None}
+    assert pooler.in_compose(appcompose.app_compose_yaml(d)) == {"enabled": False, "image": None}
 
 
 def test_every_app_reaches_its_own_pooler_by_a_name_of_its_own():
-    a, b = doc(pooler_image="x/pgb:1"), appcompose.compose_document("other", "x/o:1", version="v",
+    a, b = doc(pooler_image="x/pgb:1"), appcompose.app_compose_document("other", "x/o:1", version="v",
                                                                     pooler_image="x/pgb:1")
     alias_a = a["services"]["pgbouncer"]["networks"]["dallinger"]["aliases"]
     alias_b = b["services"]["pgbouncer"]["networks"]["dallinger"]["aliases"]

@@ -9,7 +9,7 @@ from labdeploy.errors import ValidationError
 
 def test_compose_document_has_the_contract_names_and_no_secret():
     s = stack.StackSettings(postgres_image="reg.example.org/pg:15", caddy_image="caddy:2")
-    text = stack.compose_yaml(s)
+    text = stack.stack_compose_yaml(s)
     doc = yaml.safe_load(text)
     pg, caddy = doc["services"]["postgresql"], doc["services"]["caddy"]
     assert pg["container_name"] == "dallinger-postgresql"
@@ -25,7 +25,7 @@ def test_compose_document_has_the_contract_names_and_no_secret():
 
 def test_bind_address_and_ports_reach_the_published_ports():
     s = stack.StackSettings(http_port=8080, https_port=8443, bind_address="10.0.0.5")
-    caddy = stack.compose_document(s)["services"]["caddy"]
+    caddy = stack.stack_compose_document(s)["services"]["caddy"]
     assert caddy["ports"] == ["10.0.0.5:8080:80", "10.0.0.5:8443:443"]
 
 

@@ -85,7 +85,7 @@ def _labels(app: str, service: str, version: str) -> dict[str, str]:
 _LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
 
 
-def compose_document(app: str, image: str, *, version: str, commands: Optional[Mapping[str, str]] = None,
+def app_compose_document(app: str, image: str, *, version: str, commands: Optional[Mapping[str, str]] = None,
                      environment: Optional[Mapping[str, str]] = None,
                      redis_image: str = DEFAULT_REDIS_IMAGE,
                      processes: Sequence[str] = layout.PROCESS_SERVICES,
@@ -185,7 +185,7 @@ def _str(dumper: yaml.SafeDumper, data: str):
 _Dumper.add_representer(str, _str)
 
 
-def compose_yaml(document: dict) -> str:
+def app_compose_yaml(document: dict) -> str:
     header = ("# Written by labdeploy for this app. Secrets are in secrets.env (mode 0600).\n"
               "# Debug as usual: docker compose logs | docker compose exec web /bin/bash | "
               "docker compose restart web\n")

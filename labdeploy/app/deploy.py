@@ -710,11 +710,11 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
 
         current = "start"
         with step(reporter, "start"):
-            document = appcompose.compose_document(
+            document = appcompose.app_compose_document(
                 app, delivered.ref, version=version, commands=commands, environment=config, redis_image=redis_image,
                 processes=processes, connection_limit=connection_limit,
                 pooler_image=remembered["pgbouncer_image"]["value"] if use_pooler else None)
-            new_compose = appcompose.compose_yaml(document)
+            new_compose = appcompose.app_compose_yaml(document)
             _upload_assets(remote, app, experiment_dir, reporter)
             if use_pooler:  # mounted read-only into the processes (labdeploy.pooler)
                 remote.makedirs(f"{layout.app_dir(app)}/{app_pooler.PYTHON_DIR}", 0o755)

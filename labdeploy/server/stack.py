@@ -182,7 +182,7 @@ def site_address(app: str, settings: StackSettings) -> str:
 
 # --------------------------------------------------------------------------- rendering (pure)
 
-def compose_document(settings: StackSettings) -> dict:
+def stack_compose_document(settings: StackSettings) -> dict:
     """The shared stack's compose file as data. No secret in it: the password is a mounted file."""
     settings.validate()
     bind = f"{settings.bind_address}:" if settings.bind_address else ""
@@ -226,9 +226,9 @@ def compose_document(settings: StackSettings) -> dict:
     }
 
 
-def compose_yaml(settings: StackSettings) -> str:
+def stack_compose_yaml(settings: StackSettings) -> str:
     header = "# Written by labdeploy (shared stack). Re-run prepare() rather than editing by hand.\n"
-    return header + yaml.safe_dump(compose_document(settings), sort_keys=False, default_flow_style=False)
+    return header + yaml.safe_dump(stack_compose_document(settings), sort_keys=False, default_flow_style=False)
 
 
 def caddyfile(settings: StackSettings) -> str:
@@ -401,7 +401,7 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
             remote.makedirs(layout.secrets_dir(), 0o700)
             remote.chmod(layout.secrets_dir(), 0o700)
             _ensure_password(remote, result)
-            _write_if_changed(remote, layout.stack_compose(), compose_yaml(settings), 0o644, result, reporter)
+            _write_if_changed(remote, layout.stack_compose(), stack_compose_yaml(settings), 0o644, result, reporter)
             caddy_changed = _write_if_changed(remote, layout.caddyfile(), caddyfile(settings), 0o644, result,
                                               reporter)
         with step(reporter, "start services"):
