@@ -37,7 +37,7 @@ from .ssh import pool as session
 from .data.archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
 from .errors import CommandFailed, LabdeployError, UnknownApp, ValidationError
 from .redaction import redact
-from .progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
+from .progress import LogLine, Progress, Reporter, WarningEvent, null_reporter, step
 
 MODES = ("regular", "anonymous", "both")
 PROGRESS_EVERY = 0.2  # seconds between progress events while streaming
@@ -272,7 +272,7 @@ def export(app: str, server, tables: Optional[Sequence[str]] = None, *, mode: st
             anon_frames, changed = anon.anonymise(data, rules)
             anonymous = data.derive(anon_frames, anonymised=True, anonymised_columns=changed)
             if not changed:
-                report(Warning_("No identifying columns were found to anonymise.",
+                report(WarningEvent("No identifying columns were found to anonymise.",
                                 "Pass rules=labdeploy.data.anonymise.rules(columns=[...], tables=(...)) naming "
                                 "the participant table and its identifying columns."))
     if save_to is not None:
@@ -432,7 +432,7 @@ def check_destroy(app: str, server, *, override: bool = False,
     report = reporter or null_reporter
     names.app_name(app)
     if override:
-        report(Warning_(f"Destroying {app} without checking for a fresh export (explicit override).", ""))
+        report(WarningEvent(f"Destroying {app} without checking for a fresh export (explicit override).", ""))
         return None
     remote = _remote(server)
     if not database_exists(app, remote):
@@ -703,12 +703,12 @@ def download_files(app: str, server, dest: Union[str, os.PathLike], *,
             raise LabdeployError(f"Reading the files of {app} on {remote.host} failed: {detail}",
                                  "Read the error above; it comes from the server.")
         for rel in problems["unreadable"]:
-            report(Warning_(f"{rel} may not be read by {remote.user}; skipped.", ""))
+            report(WarningEvent(f"{rel} may not be read by {remote.user}; skipped.", ""))
         for rel in problems["changed"]:
-            report(Warning_(f"{rel} changed while it was read; download again for a settled copy.", ""))
+            report(WarningEvent(f"{rel} changed while it was read; download again for a settled copy.", ""))
         written, skipped = holder["result"]
         for rel, why in skipped:
-            report(Warning_(f"{rel!r} was not downloaded: {why}.", ""))
+            report(WarningEvent(f"{rel!r} was not downloaded: {why}.", ""))
     return written
 
 

@@ -58,7 +58,7 @@ class LogLine:
 
 
 @dataclass(frozen=True)
-class Warning_:
+class WarningEvent:
     message: str
     hint: str = ""
 
@@ -66,7 +66,7 @@ class Warning_:
         _mask(self, "message", "hint")
 
 
-Event = Union[StepStarted, StepFinished, Progress, LogLine, Warning_]
+Event = Union[StepStarted, StepFinished, Progress, LogLine, WarningEvent]
 Reporter = Callable[[Event], None]
 
 

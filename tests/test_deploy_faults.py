@@ -14,7 +14,7 @@ import pytest
 from labdeploy.app import apps, deploy, history
 from labdeploy.server import layout, locks as lock
 from labdeploy.errors import ConnectionLost, LabdeployError, ValidationError
-from labdeploy.progress import Collector, LogLine, StepStarted, Warning_
+from labdeploy.progress import Collector, LogLine, StepStarted, WarningEvent
 from labdeploy.remote import Remote
 from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
 
@@ -220,7 +220,7 @@ def test_lock_left_by_a_dead_process_is_taken_over_and_others_are_respected(prep
         lock._held.discard(left.info.token)
         events = Collector()
         deploy.deploy(EXAMPLE, app, prepared, reporter=events, **deploy_kwargs(testbed))
-        assert any("stale deploy lock" in w.message for w in events.of(Warning_))
+        assert any("stale deploy lock" in w.message for w in events.of(WarningEvent))
 
         # A lock from another machine is respected until it expires or is broken on purpose.
         other = lock.DeployLock(prepared, app, operation="update", version="v9")

@@ -19,7 +19,7 @@ from labdeploy.app import appcompose
 from labdeploy.server import database, layout, psql, stack
 from labdeploy import export
 from labdeploy.errors import ValidationError
-from labdeploy.progress import Collector, StepStarted, Warning_
+from labdeploy.progress import Collector, StepStarted, WarningEvent
 
 APP = f"t-sec-{secrets.token_hex(3)}"
 IDENT = database.names.db_identifier(APP)
@@ -291,7 +291,7 @@ def test_download_files_never_follows_links_or_leaves_dest(app, session_remote, 
         written = export.download_files(APP, session_remote, dest, reporter=report)
     finally:
         os.umask(old)
-    warned = sorted(w.message.split("'")[1] for w in events.of(Warning_))
+    warned = sorted(w.message.split("'")[1] for w in events.of(WarningEvent))
     assert warned == ["assets/dir-link", "assets/passwd-link", "assets/secret-link", "assets/up", "z"]
     got = sorted(p.relative_to(dest).as_posix() for p in written)
     assert got == ["assets/..dots", "assets/a..b", "assets/logo.txt", "assets/new\nline", "assets/sub/inner.txt"]

@@ -12,7 +12,7 @@ import pytest
 
 from labdeploy.watch import monitor
 from labdeploy.watch.containers import CommandNotFound, ServiceNotRunning, UnknownApp, UnknownService
-from labdeploy.progress import Collector, Warning_
+from labdeploy.progress import Collector, WarningEvent
 from test_monitor_support import make_app, remove_app, wait_up
 
 APP = "t-mon-core"
@@ -162,7 +162,7 @@ def test_follow_survives_dropped_connection(remote, apps):
     stop.set()
     t.join(15)
     assert not t.is_alive()
-    assert any("dropped" in w.message for w in events.of(Warning_))
+    assert any("dropped" in w.message for w in events.of(WarningEvent))
     ticks = [e.line for e in got if e.line.startswith("web tick")]
     assert len(ticks) == len(set(ticks))  # no repeats after resuming
 

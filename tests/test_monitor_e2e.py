@@ -13,7 +13,7 @@ import requests
 from labdeploy.app import deploy
 from labdeploy.watch import monitor
 from labdeploy import names
-from labdeploy.progress import Collector, Warning_
+from labdeploy.progress import Collector, WarningEvent
 from test_monitor_support import hold_connections, sql, wait_connections
 from deploy_support import destroy_if_deployed, prepare_local_stack
 
@@ -88,7 +88,7 @@ def test_connections_warning_sampler_and_restart(deployed, testbed):
     frame = s.frame
     assert (frame[frame["app"] == APP_A]["connections"] >= LIMIT_A).all()
     assert set(frame["app"]) >= {APP_A, APP_B}
-    assert any(APP_A in e.message for e in events.of(Warning_))
+    assert any(APP_A in e.message for e in events.of(WarningEvent))
 
     # Free the slots we held (only our own sessions), so the app can connect after the restart.
     sql(r, "dallinger-postgresql", "select pg_terminate_backend(pid) from pg_stat_activity "

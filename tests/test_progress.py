@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from labdeploy.progress import Collector, LogLine, Progress, StepFinished, StepStarted, Warning_, null_reporter, step
+from labdeploy.progress import Collector, LogLine, Progress, StepFinished, StepStarted, WarningEvent, null_reporter, step
 
 
 def test_collector_keeps_events_in_order_and_filters_by_kind():
@@ -16,8 +16,8 @@ def test_collector_keeps_events_in_order_and_filters_by_kind():
     c(Progress("upload", 10, 100))
     c(LogLine("world"))
     c(StepFinished("build"))
-    c(Warning_("careful", "do this"))
-    assert [type(e) for e in c.events] == [StepStarted, LogLine, Progress, LogLine, StepFinished, Warning_]
+    c(WarningEvent("careful", "do this"))
+    assert [type(e) for e in c.events] == [StepStarted, LogLine, Progress, LogLine, StepFinished, WarningEvent]
     assert c.lines() == ["hello", "world"]
     assert c.steps() == ["build"]
     assert c.of(Progress) == [Progress("upload", 10, 100)]

@@ -21,7 +21,7 @@ import pytest
 
 from labdeploy.app import apps, deploy
 from labdeploy.experiment import gitsources, psynetprepare
-from labdeploy.progress import Collector, StepStarted, Warning_
+from labdeploy.progress import Collector, StepStarted, WarningEvent
 from deploy_support import destroy_if_deployed, prepare_local_stack
 from test_dallinger_shipped_unit import STOCK_OLD
 
@@ -143,7 +143,7 @@ def test_requirements_from_an_unreachable_git_host_are_refused_before_building(t
     assert [e.step for e in events.of(StepStarted)] == ["preflight"]
     assert not local_image_exists(psynetprepare.image_name("t-psy-shipped-git"))
     assert not session_remote.exists("dallinger/t-psy-shipped-git")
-    assert not any(isinstance(e, Warning_) for e in events.events)
+    assert not any(isinstance(e, WarningEvent) for e in events.events)
 
 
 def test_a_base_image_that_cannot_be_pulled_gets_a_hint_about_pulling(testbed, session_remote, tmp_path, home):

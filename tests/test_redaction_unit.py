@@ -41,7 +41,7 @@ def test_known_values_are_masked_wherever_they_appear():
 def test_events_and_errors_mask_secrets_when_made():
     line = progress.LogLine("DATABASE_URL=postgresql://app_x:pw123456@postgresql/app_x")
     assert "pw123456" not in line.line
-    assert "pw123456" not in progress.Warning_("boom postgresql://u:pw123456@h/db").message
+    assert "pw123456" not in progress.WarningEvent("boom postgresql://u:pw123456@h/db").message
     assert "pw123456" not in progress.StepFinished("start", False, "postgresql://u:pw123456@h/db").detail
     exc = errors.CommandFailed("failed: postgresql://u:pw123456@h/db", stderr="SECRET_KEY=pw123456")
     assert "pw123456" not in str(exc) and "pw123456" not in exc.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labdeploy.images import registry, transfer
-from labdeploy.progress import Collector, Progress, Warning_
+from labdeploy.progress import Collector, Progress, WarningEvent
 from labdeploy.images.registry import Credentials
 
 DATA = Path(__file__).parent / "data" / "img_experiment"
@@ -42,7 +42,7 @@ def test_local_login_checks_password_and_warns_without_helper(creds, home):
     events = Collector()
     result = registry.login_local(creds, reporter=events)
     assert result.stored == "memory (this session only)"
-    warnings = events.of(Warning_)
+    warnings = events.of(WarningEvent)
     assert warnings and "unencrypted" in warnings[0].message and "credsStore" in warnings[0].hint
     assert registry.session_credentials(creds.registry) == creds
     assert not (home / ".docker" / "config.json").exists()  # nothing written in plain text
@@ -77,7 +77,7 @@ def test_server_login_and_logout(remote, creds, private_config):
     config = remote.get_bytes(f"{private_config}/config.json").decode()
     assert creds.registry in config and creds.password not in config
     # The warning names the file the password really is in (this folder, not ~/.docker).
-    warnings = [w.message for w in events.of(Warning_) if "unencrypted" in w.message]
+    warnings = [w.message for w in events.of(WarningEvent) if "unencrypted" in w.message]
     assert len(warnings) == 1 and f"~/{private_config}/config.json" in warnings[0], warnings
     registry.logout_server(remote, creds.registry, docker_config=private_config)
     assert creds.registry not in remote.get_bytes(f"{private_config}/config.json").decode()
@@ -119,7 +119,7 @@ def test_credential_helper_gets_secret_on_stdin(creds, home, tmp_path, monkeypat
     events = Collector()
     result = registry.login_local(creds, reporter=events)
     assert result.stored == "credential helper labtest"
-    assert not events.of(Warning_)
+    assert not events.of(WarningEvent)
     assert (tmp_path / "argv").read_text().strip() == "store"
     assert creds.password in (tmp_path / "stdin").read_text()
 
@@ -146,7 +146,7 @@ def test_registry_mode_push_and_pull_by_digest(remote, testbed, creds, tmp_path,
         # Logged out after the pull: the private login folder is gone, and as the password was
         # never left stored, no warning says it was.
         assert not remote.exists(f"{transfer.build_dir(app)}/registry-login")
-        assert not [w for w in events.of(Warning_) if "unencrypted" in w.message], events.of(Warning_)
+        assert not [w for w in events.of(WarningEvent) if "unencrypted" in w.message], events.of(WarningEvent)
     finally:
         remote.run(["sh", "-c", f"docker image ls -q --filter label=labdeploy.app={app} | sort -u | "
                                 f"xargs -r docker rmi -f"], check=False)

@@ -12,7 +12,7 @@ import pytest
 matplotlib.use("Agg")
 
 from labdeploy.watch import monitor  # noqa: E402
-from labdeploy.progress import Collector, Warning_  # noqa: E402
+from labdeploy.progress import Collector, WarningEvent  # noqa: E402
 from test_monitor_support import (drop_app_db, hold_connections, make_app_db, start_postgres,  # noqa: E402
                                   wait_connections, wait_postgres)
 
@@ -57,7 +57,7 @@ def test_time_series_warnings_and_bounded_memory(pg):
         mine = frame[frame["app"] == "t-mon-samp"]
         assert len(mine) == 5 and (mine["connections"] == 2).all() and (mine["role_limit"] == 2).all()
         # The app is at its limit: warned once (not once per sample), naming it.
-        warnings = events.of(Warning_)
+        warnings = events.of(WarningEvent)
         assert len(warnings) == 1 and "t-mon-samp uses 2 of its 2" in warnings[0].message
         assert [w.apps for w in s.warnings] == [("t-mon-samp",)]
         ax = s.plot()

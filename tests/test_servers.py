@@ -8,7 +8,7 @@ import pytest
 
 from labdeploy.ssh import servers
 from labdeploy.errors import LabdeployError, ValidationError
-from labdeploy.progress import Collector, Warning_
+from labdeploy.progress import Collector, WarningEvent
 
 
 def test_add_list_get_remove_persist_in_the_config_folder(home):
@@ -81,7 +81,7 @@ def test_import_dallinger_hosts(home):
     c = Collector()
     added = servers.import_dallinger_hosts(reporter=c)
     assert [(s.name, s.host, s.user) for s in added] == [("lab.example.org", "lab.example.org", "alice")]
-    assert len(c.of(Warning_)) == 2
+    assert len(c.of(WarningEvent)) == 2
     assert servers.import_dallinger_hosts() == []  # a second import adds nothing
     assert sorted(s.name for s in servers.list_servers()) == ["lab.example.org", "mine"]
 

@@ -46,7 +46,7 @@ from ..ssh import pool as session
 from ..server import pooler as app_pooler  # deploy()'s `pooler` is the on/off option
 from ..errors import CommandFailed, LabdeployError, RemoteError, UnknownApp, ValidationError
 from ..server.locks import DeployLock
-from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, Warning_, null_reporter, step
+from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, WarningEvent, null_reporter, step
 from ..redaction import redact, redacting
 
 
@@ -302,7 +302,7 @@ def _check_kept_data(remote, app: str, choice: Optional[str], reporter: Reporter
         from ..export import check_destroy  # the same rule as destroy --remove-data
 
         check_destroy(app, remote, reporter=reporter)
-    reporter(Warning_(f"{'Reusing' if choice == 'reuse' else 'Replacing'} the data an earlier {app!r} left: "
+    reporter(WarningEvent(f"{'Reusing' if choice == 'reuse' else 'Replacing'} the data an earlier {app!r} left: "
                       f"{kept.describe()}.", ""))
 
 
@@ -348,9 +348,9 @@ def judge_readiness(table, *, operation: str = "deploy", capacity: str = "warn")
             msg = f"Not enough memory for another experiment: {row['detail']}."
             if capacity == "refuse":
                 raise DeployError(msg, row["hint"] + " (or deploy with capacity='warn' to go ahead anyway)")
-            warnings.append(Warning_(msg, row["hint"]))
+            warnings.append(WarningEvent(msg, row["hint"]))
         if row["check"] == "Disk space" and not row["ok"]:
-            warnings.append(Warning_(f"Low disk space: {row['detail']}.", row["hint"]))
+            warnings.append(WarningEvent(f"Low disk space: {row['detail']}.", row["hint"]))
     return warnings
 
 
@@ -629,7 +629,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
     warnings: list[str] = []
 
     def collect(event) -> None:
-        if isinstance(event, Warning_):
+        if isinstance(event, WarningEvent):
             warnings.append(event.message)
         reporter(event)
 
@@ -644,7 +644,7 @@ def deploy(experiment_dir, app: str, server, *, mode: str = "server-build", buil
             # A Dallinger folder is built from a copy: generated Dockerfile, config.txt without secrets.
             context = spec.write_context(Path(tmp) / "context") if spec is not None else experiment_dir
             for note in spec.notes if spec is not None else ():  # which Dockerfile, which releases, why
-                collect(Warning_(note.text, note.hint) if note.level == "warning" else LogLine(note.text, "image"))
+                collect(WarningEvent(note.text, note.hint) if note.level == "warning" else LogLine(note.text, "image"))
             if spec is not None and spec.kind == "psynet":  # PsyNet's `psynet prepare`, locally
                 dallinger.prepare_psynet(context, app=app, server_host=remote.host, ssh_user=remote.user,
                                          postgres_image=settings.postgres_image, redis_image=redis_image,

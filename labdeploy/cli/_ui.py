@@ -307,7 +307,7 @@ class PlainReporter:
         self._last_pct: dict[tuple, int] = {}
 
     def __call__(self, event) -> None:
-        from ..progress import LogLine, Progress, StepFinished, StepStarted, Warning_
+        from ..progress import LogLine, Progress, StepFinished, StepStarted, WarningEvent
 
         try:
             with self._lock:
@@ -333,7 +333,7 @@ class PlainReporter:
                     if self.verbose:
                         src = f"[{event.source}] " if event.source else ""
                         click.echo(f"  {src}{event.line}", err=True)
-                elif isinstance(event, Warning_):
+                elif isinstance(event, WarningEvent):
                     warn(event.message, event.hint)
         except Exception:  # noqa: BLE001 - a reporter must never raise into the core
             pass
@@ -361,7 +361,7 @@ class RichReporter:
         self._download = DownloadColumn()
 
     def __call__(self, event) -> None:
-        from ..progress import LogLine, Progress, StepFinished, StepStarted, Warning_
+        from ..progress import LogLine, Progress, StepFinished, StepStarted, WarningEvent
 
         try:
             with self._lock:
@@ -407,7 +407,7 @@ class RichReporter:
                         if running:
                             name, tid = running[-1]
                             self.progress.update(tid, amount=event.line.strip()[:50])
-                elif isinstance(event, Warning_):
+                elif isinstance(event, WarningEvent):
                     self.progress.console.print(f"[yellow]! {event.message}[/]" +
                                                 (f"\n  What to do: {event.hint}" if event.hint else ""))
         except Exception:  # noqa: BLE001 - a reporter must never raise into the core
@@ -442,9 +442,9 @@ class _QuietReporter:
     """With --quiet: only warnings, to stderr."""
 
     def __call__(self, event) -> None:
-        from ..progress import Warning_
+        from ..progress import WarningEvent
 
-        if isinstance(event, Warning_):
+        if isinstance(event, WarningEvent):
             try:
                 warn(event.message, event.hint)
             except Exception:  # noqa: BLE001
@@ -455,12 +455,12 @@ class _QuietReporter:
 
 
 def without_warnings(reporter):
-    """A reporter that drops Warning_ events (e.g. a warning written for notebooks that does not
+    """A reporter that drops WarningEvent events (e.g. a warning written for notebooks that does not
     apply to a one-shot command) and passes the rest on."""
-    from ..progress import Warning_
+    from ..progress import WarningEvent
 
     def report(event) -> None:
-        if not isinstance(event, Warning_):
+        if not isinstance(event, WarningEvent):
             reporter(event)
 
     return report

@@ -24,7 +24,7 @@ from .. import names
 from ..errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .build import disk_full_error
 from ..errors import is_disk_full
-from ..progress import LogLine, Progress, Reporter, Warning_, null_reporter, step
+from ..progress import LogLine, Progress, Reporter, WarningEvent, null_reporter, step
 
 
 class RegistryError(LabdeployError):
@@ -191,7 +191,7 @@ def login_local(credentials: Credentials, *, reporter: Optional[Reporter] = None
             _helper_store(helper, credentials)
             stored = f"credential helper {helper}"
         else:
-            reporter(Warning_(
+            reporter(WarningEvent(
                 "Your Docker configuration has no credential helper, so `docker login` would store this "
                 "password unencrypted in ~/.docker/config.json. labdeploy keeps it in memory for this "
                 "session only.", PLAINTEXT_HINT))
@@ -317,7 +317,7 @@ def login_server(remote, credentials: Credentials, *, docker_config: Optional[st
         # Docker says so when it wrote the password into config.json (no credential helper).
         if "unencrypted" in (res.stderr or "").lower() and not temporary:
             where = f"~/{docker_config}/config.json" if docker_config else "~/.docker/config.json"
-            reporter(Warning_(
+            reporter(WarningEvent(
                 f"The server's Docker stores this registry password unencrypted in {where} "
                 f"(readable by {getattr(remote, 'user', None) or 'that user'} and root).",
                 "Use 'log out after the pull' in the deploy, or set up a credential helper on the server."))

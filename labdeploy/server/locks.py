@@ -170,8 +170,8 @@ class DeployLock:
             self._break(other)
             self.broke = other
             if self.reporter is not None:
-                from ..progress import Warning_
-                self.reporter(Warning_(f"Took over a stale deploy lock of {self.app}: {reason}."))
+                from ..progress import WarningEvent
+                self.reporter(WarningEvent(f"Took over a stale deploy lock of {self.app}: {reason}."))
         raise busy_error(self.app, None)
 
     def _break(self, other: Optional[LockInfo]) -> None:

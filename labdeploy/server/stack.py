@@ -23,7 +23,7 @@ import yaml
 from . import compose, layout
 from .. import names
 from ..errors import CommandFailed, LabdeployError, ValidationError
-from ..progress import LogLine, Reporter, Warning_, null_reporter, step
+from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
 
 # Image references: registry[:port]/path[:tag][@digest]; nothing a shell could misread.
 # What the Caddy writers put into a file, token by token (addresses, e-mail, upstream): a
@@ -330,7 +330,7 @@ def _write_if_changed(remote, path: str, content: str, mode: int, result: Prepar
         backup = f"{path}.before-labdeploy-{time.strftime('%Y%m%d-%H%M%S')}"
         remote.put_bytes(backup, current, mode=0o600)
         result.backups.append(backup)
-        reporter(Warning_(f"~/{path} was not written by labdeploy; the old one is kept as ~/{backup}.",
+        reporter(WarningEvent(f"~/{path} was not written by labdeploy; the old one is kept as ~/{backup}.",
                           "Compare the two if you had changed it by hand."))
     remote.put_bytes(path, data, mode=mode)
     result.written.append(path)

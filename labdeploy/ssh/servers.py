@@ -18,7 +18,7 @@ import platformdirs
 from .. import names
 from ..errors import LabdeployError, ValidationError
 from ..localfiles import write_atomic
-from ..progress import Reporter, Warning_, null_reporter
+from ..progress import Reporter, WarningEvent, null_reporter
 from ..remote import Remote
 
 FILE_VERSION = 1
@@ -171,7 +171,7 @@ def import_dallinger_hosts(directory: Optional[Union[str, os.PathLike]] = None,
             name = names.server_name(host)
         except (ValueError, KeyError, TypeError, OSError) as exc:
             message = getattr(exc, "message", None) or str(exc)
-            reporter(Warning_(f"Skipped Dallinger host file {path.name}: {message}",
+            reporter(WarningEvent(f"Skipped Dallinger host file {path.name}: {message}",
                               "Fix or remove that file, or register the server by hand."))
             continue
         if (host, user, port) in taken or name in servers:

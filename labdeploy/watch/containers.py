@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import names
 from ..errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError, UnknownApp, ValidationError
-from ..progress import Reporter, Warning_, null_reporter
+from ..progress import Reporter, WarningEvent, null_reporter
 from ..redaction import redact
 
 APP_LABEL = "labdeploy.app"
@@ -431,7 +431,7 @@ def logs(app: str, server, service: Optional[str] = None, *, tail: Union[int, st
         except (ConnectionLost, RemoteError) as exc:
             if not (follow and reconnect) or stop.is_set() or not _is_connection_problem(exc):
                 raise
-            reporter(Warning_(f"The connection to the server dropped while following the logs of {app}; "
+            reporter(WarningEvent(f"The connection to the server dropped while following the logs of {app}; "
                               "reconnecting…", str(getattr(exc, "hint", ""))))
             if stop.wait(delay):
                 break

@@ -406,9 +406,9 @@ class ConnectionWarning:
     apps: tuple = ()  # the apps holding most, most first
 
     def event(self):
-        from ..progress import Warning_
+        from ..progress import WarningEvent
 
-        return Warning_(self.message, self.hint)
+        return WarningEvent(self.message, self.hint)
 
 
 def _who(row) -> str:

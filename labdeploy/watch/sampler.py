@@ -33,7 +33,7 @@ class Sampler:
     `frame` holds one row per database per sample, `samples` one row per sample (gaps
     included, with the error); both keep at most `max_samples` samples. `on_sample(sampler,
     snapshot_or_None)` is called after each sample (from the sampler's thread), `reporter`
-    gets each new warning as a `Warning_` event.
+    gets each new warning as a `WarningEvent` event.
     """
 
     def __init__(self, server, interval: float = 5.0, *, container: str = layout.POSTGRES_CONTAINER,

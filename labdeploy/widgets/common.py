@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Optional
 import ipywidgets as W
 
 from ..errors import LabdeployError
-from ..progress import Event, LogLine, Progress, StepFinished, StepStarted, Warning_, human_bytes
+from ..progress import Event, LogLine, Progress, StepFinished, StepStarted, WarningEvent, human_bytes
 
 log = logging.getLogger("labdeploy.widgets")
 
@@ -217,7 +217,7 @@ def widget_reporter(steps: Optional[StepList] = None, logpane: Optional[LogPane]
             elif isinstance(event, LogLine):
                 if logpane is not None:
                     logpane.append(f"[{event.source}] {event.line}" if event.source else event.line)
-            elif isinstance(event, Warning_):
+            elif isinstance(event, WarningEvent):
                 if message is not None:
                     message.show_warning(event.message, event.hint)
                 if logpane is not None:

@@ -15,7 +15,7 @@ from ..experiment import dallingerconfig
 from .. import demo
 from ..images import registry, transfer
 from ..errors import ValidationError
-from ..progress import Collector, Warning_
+from ..progress import Collector, WarningEvent
 from .common import (LogPane, Message, Panel, StepList, ok_html, run_in_background, titled, warning_html, widget_reporter)
 
 STEPS = ("log in here", "log in on the server", "base image name")
@@ -132,7 +132,7 @@ class RegistryPanel(Panel):
             if self.steps.state(step_name) == "running":
                 self.steps.set(step_name, "done")
             # Success, plus any warning the action raised (e.g. "stored unencrypted") below it.
-            warnings = [e for e in self.events.events[first_event:] if isinstance(e, Warning_)]
+            warnings = [e for e in self.events.events[first_event:] if isinstance(e, WarningEvent)]
             self.message.value = ok_html(done_text(result)) + "".join(
                 warning_html(w.message, w.hint) for w in warnings)
 
