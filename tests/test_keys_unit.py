@@ -60,6 +60,6 @@ def test_public_line_of_a_pem_key_without_pub_file(home):
     enc = home / "enc"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret-pass", "-f", str(enc)], check=True)
     enc.with_name("enc.pub").unlink()
-    with pytest.raises(keys.KeyError_) as info:
+    with pytest.raises(keys.SSHKeyError) as info:
         keys.public_key_line(enc)
     assert "ssh-keygen -y" in info.value.hint

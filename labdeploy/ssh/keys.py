@@ -37,19 +37,19 @@ DEFAULT_KEY_NAME = "id_ed25519"
 _PUBLIC_RE = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( [^\n\r]*)?")
 
 
-class KeyError_(LabdeployError):
+class SSHKeyError(LabdeployError):
     """Something is wrong with a local SSH key."""
 
 
-class KeyExists(KeyError_):
+class KeyExists(SSHKeyError):
     """A new key would overwrite an existing file."""
 
 
-class BadPassphrase(KeyError_):
+class BadPassphrase(SSHKeyError):
     """The passphrase does not open the key."""
 
 
-class NoAgent(KeyError_):
+class NoAgent(SSHKeyError):
     """No ssh-agent is reachable."""
 
 
@@ -93,11 +93,11 @@ def public_key_line(path: PathLike) -> str:
             if key is not None:
                 return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                      serialization.PublicFormat.OpenSSH).decode()
-        raise KeyError_(f"The public half of {path} ({pub}) is missing.",
+        raise SSHKeyError(f"The public half of {path} ({pub}) is missing.",
                         f"Recreate it with `ssh-keygen -y -f {path} > {pub}`, or generate a new key.")
     line = pub.read_text().strip()
     if "\n" in line or not _PUBLIC_RE.fullmatch(line):
-        raise KeyError_(f"{pub} does not hold one OpenSSH public key.",
+        raise SSHKeyError(f"{pub} does not hold one OpenSSH public key.",
                         "Pick another key file, or generate a new key.")
     return line
 
@@ -203,7 +203,7 @@ def load_private_key(path: PathLike, passphrase: Optional[str] = None):
     """The private key as a `cryptography` object; BadPassphrase when it can't be opened."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise KeyError_(f"The key file {path} does not exist.", "Pick an existing key or generate one.")
+        raise SSHKeyError(f"The key file {path} does not exist.", "Pick an existing key or generate one.")
     data = path.read_bytes()
     pw = passphrase.encode() if passphrase else None
     try:
@@ -220,7 +220,7 @@ def load_private_key(path: PathLike, passphrase: Optional[str] = None):
         if pw is not None and _is_encrypted(path):
             raise BadPassphrase(f"The passphrase does not open {path}.",
                                 "Check the passphrase (it is case-sensitive).") from None
-        raise KeyError_(f"{path} is not a private key labdeploy can read ({exc}).",
+        raise SSHKeyError(f"{path} is not a private key labdeploy can read ({exc}).",
                         "Pick another key, or generate a new Ed25519 key.") from None
 
 
@@ -261,7 +261,7 @@ def _agent_identity(key, comment: str) -> bytes:
         q = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         return (_string(f"ecdsa-sha2-{curve}".encode()) + _string(curve.encode()) + _string(q)
                 + _mpint(key.private_numbers().private_value) + _string(comment.encode()))
-    raise KeyError_("This kind of key can't be added to the agent by labdeploy.",
+    raise SSHKeyError("This kind of key can't be added to the agent by labdeploy.",
                     "Use an Ed25519, RSA or ECDSA key, or run `ssh-add KEY` in a terminal.")
 
 
@@ -340,7 +340,7 @@ def add_to_agent(path: Optional[PathLike] = None, passphrase: Optional[str] = No
                    + struct.pack(">I", int(lifetime)))
     reply = _agent_call(message)
     if reply[:1] != bytes([_AGENT_SUCCESS]):
-        raise KeyError_("The ssh-agent refused the key.", "Try `ssh-add` in a terminal to see why.")
+        raise SSHKeyError("The ssh-agent refused the key.", "Try `ssh-add` in a terminal to see why.")
     pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return _public_fingerprint(pub.decode())[1]
 
@@ -455,7 +455,7 @@ def verify_key_login(host: str, user: str, key_path: Optional[PathLike] = None, 
     """Log in with the key alone (no password) and run a command; returns the connected Remote."""
     path = Path(key_path).expanduser() if key_path else default_key_path()
     if not path.exists():
-        raise KeyError_(f"The key file {path} does not exist.", "Pick an existing key or generate one.")
+        raise SSHKeyError(f"The key file {path} does not exist.", "Pick an existing key or generate one.")
     if not use_agent:
         load_private_key(path, passphrase)  # a wrong passphrase says so, not "login refused"
     r = Remote(names.host(host), names.port(port), names.user(user), key_filename=None if use_agent else path,
