@@ -4,7 +4,7 @@ On the testbed server, with 1 and then 10 apps (4 labelled containers each: web,
 clock, redis) running:
 
   snapshot   labdeploy  monitor.pg_activity(remote): SQL to a psql kept open on the one SSH
-                        connection (PgSession); also the one-shot form (persistent=False:
+                        connection (PersistentPsql); also the one-shot form (persistent=False:
                         one `docker exec -i dallinger-postgresql psql --csv` per call)
              manual     the seed: `ssh server 'cd ~/dallinger && docker compose exec -T postgresql
                         psql -U dallinger -c "select ... from pg_stat_activity"'`, a new ssh
@@ -140,7 +140,7 @@ def main() -> None:
     finally:
         if not args.keep:
             remove_apps(remote)
-        monitor.close_sessions(remote)
+        monitor.close_persistent_psql(remote)
         remote.close()
 
     med = {k: statistics.median(v) for k, v in results.items()}

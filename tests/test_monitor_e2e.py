@@ -34,7 +34,7 @@ def deployed(testbed, session_remote):
             deploy.deploy(EXAMPLE, app, r, connection_limit=limit, **kw)
         yield r
     finally:
-        monitor.close_sessions(r)
+        monitor.close_persistent_psql(r)
         for app in (APP_A, APP_B):
             destroy_if_deployed(r, app)
 

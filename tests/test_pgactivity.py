@@ -28,7 +28,7 @@ def pg(session_remote, testbed):
     try:
         yield r
     finally:
-        monitor.close_sessions(r)
+        monitor.close_persistent_psql(r)
         r.run(["docker", "rm", "-f", PG], check=False)
 
 

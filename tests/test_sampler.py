@@ -25,7 +25,7 @@ def pg(session_remote, testbed):
     try:
         yield session_remote
     finally:
-        monitor.close_sessions(session_remote)
+        monitor.close_persistent_psql(session_remote)
         session_remote.run(["docker", "rm", "-f", PG], check=False)
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from .containers import (CommandNotFound, ExecResult, LogEntry, RestartTimeout, ServiceNotRunning, UnknownApp, UnknownService, exec_, logs, restart, stats, status)
 from ..errors import CommandFailed, ConnectionLost, LabdeployError, ValidationError
-from .pgactivity import (DEFAULT_THRESHOLD, ConnectionWarning, PgSession, PostgresUnavailable, Snapshot, close_sessions, connection_warnings, pg_activity, pg_summary, snapshot)
+from .pgactivity import (DEFAULT_THRESHOLD, ConnectionWarning, PersistentPsql, PostgresUnavailable, Snapshot, close_persistent_psql, connection_warnings, pg_activity, pg_summary, snapshot)
 from .sampler import Sampler
 
 __all__ = [
     "status", "logs", "exec_", "stats", "restart",
-    "pg_activity", "pg_summary", "snapshot", "connection_warnings", "Sampler", "close_sessions",
-    "ExecResult", "LogEntry", "Snapshot", "ConnectionWarning", "PgSession", "DEFAULT_THRESHOLD",
+    "pg_activity", "pg_summary", "snapshot", "connection_warnings", "Sampler", "close_persistent_psql",
+    "ExecResult", "LogEntry", "Snapshot", "ConnectionWarning", "PersistentPsql", "DEFAULT_THRESHOLD",
     "LabdeployError", "ValidationError", "CommandFailed", "ConnectionLost", "UnknownApp", "UnknownService",
     "ServiceNotRunning", "CommandNotFound", "RestartTimeout", "PostgresUnavailable",
 ]

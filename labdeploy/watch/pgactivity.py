@@ -194,7 +194,7 @@ class _Feed:
         return self.q.get() or b""
 
 
-class PgSession:
+class PersistentPsql:
     """A psql kept running in the PostgreSQL container, on one channel of the SSH connection.
 
     Each query is then a write and a read on an open channel (a few ms) instead of a new
@@ -309,25 +309,25 @@ class PgSession:
             self._close_locked()
 
 
-_sessions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_sessions_lock = threading.Lock()
+_psqls: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_psqls_lock = threading.Lock()
 
 
-def session(remote, container: str = layout.POSTGRES_CONTAINER,
-            superuser: str = layout.POSTGRES_SUPERUSER) -> PgSession:
-    """The persistent psql session for this connection and container (made on first use)."""
-    with _sessions_lock:
-        per = _sessions.setdefault(remote, {})
+def persistent_psql(remote, container: str = layout.POSTGRES_CONTAINER,
+                    superuser: str = layout.POSTGRES_SUPERUSER) -> PersistentPsql:
+    """The persistent psql for this connection and container (made on first use)."""
+    with _psqls_lock:
+        per = _psqls.setdefault(remote, {})
         key = (container_name(container), superuser)
         if key not in per:
-            per[key] = PgSession(remote, container, superuser)
+            per[key] = PersistentPsql(remote, container, superuser)
         return per[key]
 
 
-def close_sessions(remote) -> None:
-    """End the persistent psql sessions of a connection (frees their PostgreSQL connections)."""
-    with _sessions_lock:
-        per = _sessions.pop(remote, {})
+def close_persistent_psql(remote) -> None:
+    """End every persistent psql of a connection (frees their PostgreSQL connections)."""
+    with _psqls_lock:
+        per = _psqls.pop(remote, {})
     for s in per.values():
         s.close()
 
@@ -337,11 +337,11 @@ def snapshot(server, container: str = layout.POSTGRES_CONTAINER, *, superuser: s
     """One `pg_stat_activity` snapshot with settings and limits, in one round trip.
 
     With `persistent` (the default) the SQL goes to a psql kept open on the connection
-    (`PgSession`); otherwise each call runs `docker exec -i <container> psql` afresh.
+    (`PersistentPsql`); otherwise each call runs `docker exec -i <container> psql` afresh.
     """
     remote = remote_of(server)
     if persistent:
-        return parse_snapshot(session(remote, container, superuser).query(SNAPSHOT_SQL, timeout))
+        return parse_snapshot(persistent_psql(remote, container, superuser).query(SNAPSHOT_SQL, timeout))
     res = remote.run(psql_argv(container, superuser), stdin=SNAPSHOT_SQL.encode(), timeout=timeout, check=False)
     if res.exit_status != 0:
         raise _failed(res, container)

@@ -431,9 +431,9 @@ class MonitorPanel(Panel):
             sampler.stop()
         if remote is not None:
             # The persistent psql is background work too; the next snapshot reopens it.
-            from ..watch.pgactivity import session
+            from ..watch.pgactivity import persistent_psql
 
-            session(remote, self.container).close()
+            persistent_psql(remote, self.container).close()
         for t in (timer, follow_task):
             if t is not None and t is not threading.current_thread():
                 t.join(timeout=10)
