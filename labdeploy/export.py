@@ -33,7 +33,7 @@ from .data import anonymise as anon
 from .data import archive, copystream, pgtypes
 from .server import layout, psql
 from . import localfiles, names
-from .ssh import pool as session
+from .ssh import pool
 from .data.archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
 from .errors import CommandFailed, LabdeployError, UnknownApp, ValidationError
 from .redaction import redact
@@ -54,7 +54,7 @@ class ExportRequired(LabdeployError):
 def _remote(server):
     """A connected Remote for a Remote, a Server or a registered server's name (a connection
     opened here is closed when the public function that asked for it returns)."""
-    return session.connect(server)
+    return pool.connect(server)
 
 
 def _server_key(remote) -> str:
@@ -64,7 +64,7 @@ def _server_key(remote) -> str:
 # ---------------------------------------------------------------------------- apps and tables
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def list_app_databases(server) -> list[str]:
     """App names that have a database on the server (from `app_<name>` databases)."""
     remote = _remote(server)
@@ -84,7 +84,7 @@ def _unknown_app(remote, app: str) -> UnknownApp:
                       "Check the app name (and the server); an app that was destroyed has no data left.")
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def table_counts(app: str, server) -> pd.DataFrame:
     """Every table of the app with its exact row count (one consistent snapshot)."""
     remote = _remote(server)
@@ -228,7 +228,7 @@ def _mode(mode: str) -> str:
     return mode
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def export(app: str, server, tables: Optional[Sequence[str]] = None, *, mode: str = "regular",
            save_to: Union[str, os.PathLike, None] = None, parquet: bool = False,
            rules: Optional[anon.Rules] = None, reporter: Optional[Reporter] = None,
@@ -382,7 +382,7 @@ def _snapshot_parts(snapshot: str) -> tuple[int, list[int]]:
     return int(xmax) % 2**32, [int(x) % 2**32 for x in xip.split(",") if x]
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def changes_since(app: str, server, record: Mapping[str, Any]) -> pd.DataFrame:
     """Per table: rows now, rows in the export, rows written (inserted/updated) since the export's
     snapshot. Exact: a row version whose xmin the export's snapshot could not see is a write."""
@@ -415,7 +415,7 @@ def changes_since(app: str, server, record: Mapping[str, Any]) -> pd.DataFrame:
     return frame
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def database_exists(app: str, server) -> bool:
     from .server import database
 
@@ -423,7 +423,7 @@ def database_exists(app: str, server) -> bool:
     return out.strip() not in ("", "0")
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def check_destroy(app: str, server, *, override: bool = False,
                   reporter: Optional[Reporter] = None) -> Optional[dict]:
     """Raise ExportRequired unless the app's database is safe to drop: it does not exist, or a
@@ -458,7 +458,7 @@ def check_destroy(app: str, server, *, override: bool = False,
     return newest
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def stop_app(app: str, server, *, reporter: Optional[Reporter] = None) -> bool:
     """Stop the app's processes (containers kept) so nothing writes while a final export is
     taken before destroy. Returns False when the app has no compose project (data only)."""
@@ -503,7 +503,7 @@ def _app_credentials(remote, app: str) -> tuple[str, str, str]:
     return unquote(parts.username), unquote(parts.password), parts.path.lstrip("/") or names.db_identifier(app)
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def postgres_address(server) -> str:
     """The shared PostgreSQL's IP address on the `dallinger` network, as the server sees it."""
     remote = _remote(server)
@@ -560,7 +560,7 @@ def _grant_reader(remote, app: str, password: str) -> str:
 _ONE_STATEMENT = "cannot insert multiple commands into a prepared statement"
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def query(app: str, server, sql: str, params: Optional[Mapping[str, Any]] = None, *,
           timeout: float = 300) -> pd.DataFrame:
     """Run one SQL statement (a SELECT) on the app's data; rows as a DataFrame.
@@ -637,7 +637,7 @@ def _frame(rows: list, columns: list) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- files and logs
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def download_files(app: str, server, dest: Union[str, os.PathLike], *,
                    reporter: Optional[Reporter] = None) -> list[Path]:
     """Copy the app's persistent files (~/dallinger-data/<app>) into `dest`, with progress.
@@ -823,7 +823,7 @@ def _q(text: str) -> str:
     return shlex.quote(text)
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def download_logs(app: str, server, dest: Union[str, os.PathLike], *, tail: Optional[int] = None,
                   reporter: Optional[Reporter] = None) -> Path:
     """Save the app's container logs (all services, with timestamps) as `dest/<app>-logs.txt`."""

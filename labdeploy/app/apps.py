@@ -21,7 +21,7 @@ from . import appdata
 from ..server import compose, caddy, layout, stack
 from ..watch import containers
 from .. import names
-from ..ssh import pool as session
+from ..ssh import pool
 from ..errors import UnknownApp
 from ..errors import LabdeployError, ValidationError
 from ..server.locks import DeployLock
@@ -101,10 +101,10 @@ def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def apps(server) -> pd.DataFrame:
     """The server's apps: app, state, version, url, deployed_at, who, running (n/4), image, locked."""
-    remote = session.connect(server)
+    remote = pool.connect(server)
     listing = remote.run(["sh", "-c", _LIST], check=False, timeout=60).stdout
     return parse_listing(listing, containers.status(remote))
 
@@ -145,7 +145,7 @@ class AppTunnel:
 def open_tunnel(server, app: str, local_port: int = 0) -> AppTunnel:
     """Open `http://<app>.localhost:<port>/` here, reaching the app through the server's Caddy."""
     names.app_name(app)
-    remote = session.connect(server)
+    remote = pool.connect(server)
     try:
         settings = stack.read_settings(remote)
         return AppTunnel(remote, app, int(settings.http_port) if settings else 80, local_port,
@@ -192,7 +192,7 @@ def _check_data_saved(remote, app: str, reporter: Optional[Reporter] = None) -> 
     check_destroy(app, remote, reporter=reporter)
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
             final_export=None, reporter: Optional[Reporter] = None) -> DestroyResult:
     """Stop and remove an app's containers, its Caddy route and its folder.
@@ -224,7 +224,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
         final_export = ensure_folder(final_export)  # a folder that can't be written is refused first
     result = DestroyResult(app)
     with step(reporter, "check"):
-        remote = session.connect(server)
+        remote = pool.connect(server)
         traces = _app_traces(remote, app)
         if not any(traces.values()):
             known = ", ".join(apps(remote)["app"]) or "none"

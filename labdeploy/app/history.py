@@ -14,7 +14,7 @@ import pandas as pd
 from ..redaction import redact_frame
 from ..server import layout
 from .. import names
-from ..ssh import pool as session
+from ..ssh import pool
 
 # One command appends one line; lines are small, so O_APPEND keeps concurrent writers apart.
 _APPEND = 'mkdir -p "$1" && cat >> "$1/history.jsonl"'
@@ -69,11 +69,11 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     return redact_frame(df, ["message"]).reset_index(drop=True)  # lines written before redaction existed
 
 
-@session.closes_what_it_opens
+@pool.closes_what_it_opens
 def history(server, app: str) -> pd.DataFrame:
     """Every deploy, update and destroy attempt of an app, oldest first, as a DataFrame."""
     path = f"{layout.app_dir(names.app_name(app))}/history.jsonl"  # the name is checked before connecting
-    remote = session.connect(server)
+    remote = pool.connect(server)
     res = remote.run(["cat", path], check=False)
     return to_frame(parse_lines(res.stdout if res.exit_status == 0 else ""))
 

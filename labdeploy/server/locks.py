@@ -233,11 +233,11 @@ def break_lock(remote, app: str, *, confirm: bool = False) -> Optional[LockInfo]
     if not confirm:
         raise LabdeployError(f"Breaking the deploy lock of {app!r} needs confirmation.",
                              "Only do this when no deploy of this app is running anywhere; then pass confirm=True.")
-    from ..ssh import pool as session
+    from ..ssh import pool
 
-    @session.closes_what_it_opens
+    @pool.closes_what_it_opens
     def work(server):
-        r = session.connect(server)  # a registered name, a Server or a Remote
+        r = pool.connect(server)  # a registered name, a Server or a Remote
         info = read_lock(r, app)
         if info is not None:
             r.run(["sh", "-c", _BREAK, "sh", layout.app_lock(app), ""], check=False)
