@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labdeploy.images import build as images
+from labdeploy.images import build
 from labdeploy.experiment import folder
 from labdeploy import names
 from labdeploy.errors import ValidationError
@@ -90,19 +90,19 @@ def test_invalid_image_names(name):
 
 
 def test_image_ref_and_registry_of():
-    assert images.image_ref("reg.example.org:5000/lab", "stroop", "abc123") == "reg.example.org:5000/lab/stroop:abc123"
-    assert images.registry_of("reg.example.org:5000/lab") == "reg.example.org:5000"
-    assert images.registry_of("lab/images") is None
-    assert images.registry_of("labdeploy") is None
+    assert build.image_ref("reg.example.org:5000/lab", "stroop", "abc123") == "reg.example.org:5000/lab/stroop:abc123"
+    assert build.registry_of("reg.example.org:5000/lab") == "reg.example.org:5000"
+    assert build.registry_of("lab/images") is None
+    assert build.registry_of("labdeploy") is None
     with pytest.raises(ValidationError):
-        images.image_ref("lab", "Bad App", "abc")
+        build.image_ref("lab", "Bad App", "abc")
     with pytest.raises(ValidationError):
         names.image_tag("-bad")
 
 
 def test_chain_ids():
     diffs = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
-    chains = images.chain_ids(diffs)
+    chains = build.chain_ids(diffs)
     import hashlib
     assert chains[0] == diffs[0]
     assert chains[1] == "sha256:" + hashlib.sha256(f"{diffs[0]} {diffs[1]}".encode()).hexdigest()
@@ -110,16 +110,16 @@ def test_chain_ids():
 
 def test_build_log_steps_and_failure():
     events = Collector()
-    log = images.BuildLog(events)
+    log = build.BuildLog(events)
     for line in ["Step 1/3 : FROM base", " ---> abc", "Step 2/3 : RUN make", "compiling", "error: boom"]:
         log.line(line)
     steps = [e for e in events.of(Progress)]
     assert [(e.done, e.total) for e in steps] == [(1, 3), (2, 3)]
     err = log.failure("The command '/bin/sh -c make' returned a non-zero code: 2")
-    assert isinstance(err, images.BuildFailed)
+    assert isinstance(err, build.BuildFailed)
     assert err.failed_step == "Step 2/3 : RUN make" and "error: boom" in err.output
     assert "returned a non-zero code" in err.message
     # BuildKit's plain output is understood too.
-    bk = images.BuildLog(events)
+    bk = build.BuildLog(events)
     bk.line("#6 [2/3] RUN make")
     assert bk.current_step == "Step 2/3 : RUN make"

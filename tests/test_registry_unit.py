@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from labdeploy import names
-from labdeploy.images import build as images, registry
+from labdeploy.images import build, registry
 from labdeploy.experiment import folder
 from labdeploy.errors import ValidationError
 from labdeploy.images.registry import Credentials
@@ -52,10 +52,10 @@ def test_bad_tags_are_refused(tag):
 
 
 def test_image_references():
-    assert images.image_reference("reg.example.org:5000/lab/app:abc") == "reg.example.org:5000/lab/app:abc"
+    assert build.image_reference("reg.example.org:5000/lab/app:abc") == "reg.example.org:5000/lab/app:abc"
     for bad in ["reg.example.org:5000/lab/app", "lab/app:bad tag", "lab/app:abc\n", "Lab/app:x"]:
         with pytest.raises(ValidationError):
-            images.image_reference(bad)
+            build.image_reference(bad)
 
 
 @pytest.mark.parametrize("args", [{"BAD-NAME": "x"}, {"1ST": "x"}, {"É": "x"}, {"A": "one\ntwo"}, {"A": "a\0"}])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labdeploy import errors
-from labdeploy.images import build as images, transfer
+from labdeploy.images import build, transfer
 from labdeploy.experiment import folder
 from labdeploy.errors import LabdeployError, ValidationError
 from labdeploy.progress import Collector, LogLine, Progress
@@ -76,7 +76,7 @@ def test_failing_build_shows_step_and_output(remote, testbed, experiment, app, m
     dockerfile = experiment / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + FAILING + "\n")
     events = Collector()
-    with pytest.raises(images.BuildFailed) as info:
+    with pytest.raises(build.BuildFailed) as info:
         transfer.deliver(remote, experiment, app=app, mode=mode, base_name=BASE, build_args=args(testbed),
                          reporter=events)
     err = info.value
@@ -101,7 +101,7 @@ def test_build_out_of_space_is_explained(remote, testbed, experiment, app, home)
 def test_disk_full_mapping():
     text = ("write /var/lib/docker/tmp/docker-import-123/layer.tar: no space left on device")
     assert errors.is_disk_full(text) and not errors.is_disk_full("permission denied")
-    err = images.BuildLog(lambda e: None).failure(text, "server")
+    err = build.BuildLog(lambda e: None).failure(text, "server")
     assert isinstance(err, errors.DiskFull) and "server" in err.message
     from labdeploy.errors import CommandFailed
     mapped = transfer._remote_failure(CommandFailed("x", stderr="Error processing tar file(exit status 1): "
@@ -156,7 +156,7 @@ def test_interrupted_ssh_copy_restarts_cleanly(remote, testbed, experiment, app,
         transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE, build_args=args(testbed),
                          reporter=reporter)
     assert fired.is_set()
-    ref = images.image_ref(BASE, app, folder.content_tag(folder.scan_context(experiment), args(testbed)))
+    ref = build.image_ref(BASE, app, folder.content_tag(folder.scan_context(experiment), args(testbed)))
     assert transfer.server_image_id(remote, ref) is None  # nothing half-loaded under the name
     got = transfer.deliver(remote, experiment, app=app, mode="ssh-copy", base_name=BASE, build_args=args(testbed))
     assert got.ref == ref and transfer.server_image_id(remote, ref) == got.image_id
@@ -169,7 +169,7 @@ def test_server_without_usable_docker(testbed, known_hosts, experiment, which, e
     s = testbed["ssh"]
     other = Remote(s["host"], s["port"], s[which], key_filename=s["key"], known_hosts=known_hosts, use_agent=False)
     with other:
-        with pytest.raises(images.ServerDockerUnavailable) as info:
+        with pytest.raises(build.ServerDockerUnavailable) as info:
             transfer.deliver(other, experiment, app="t-img-nodocker", base_name=BASE)
     assert expected in (info.value.message + info.value.hint)
 
@@ -192,8 +192,8 @@ def test_ssh_copy_rechecks_when_partial_image_refused(remote, testbed, tmp_path,
         calls.append(1)
         if len(calls) > 1:
             return real(r)
-        ref = images.image_ref(BASE, app, folder.content_tag(folder.scan_context(exp)))
-        return set(images.chain_ids(images.local_layers(docker.from_env(), ref)))
+        ref = build.image_ref(BASE, app, folder.content_tag(folder.scan_context(exp)))
+        return set(build.chain_ids(build.local_layers(docker.from_env(), ref)))
     monkeypatch.setattr(transfer, "server_chain_ids", lying_once)
     events = Collector()
     before = remote.stats["bytes_sent"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import build as images
+from . import build
 from .. import names
 from ..errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .build import disk_full_error
@@ -179,7 +179,7 @@ def login_local(credentials: Credentials, *, reporter: Optional[Reporter] = None
     no helper, kept in memory for this session only, with a warning that says how to set one up.
     """
     reporter = reporter or null_reporter
-    client = client or images.docker_client()
+    client = client or build.docker_client()
     with step(reporter, "log in here", f"{credentials.username} at {credentials.registry}"):
         try:
             client.login(username=credentials.username, password=credentials.password,
@@ -312,7 +312,7 @@ def login_server(remote, credentials: Credentials, *, docker_config: Optional[st
         try:
             res = remote.run(argv, stdin=credentials.password.encode() + b"\n", timeout=120)
         except CommandFailed as exc:
-            raise images.server_docker_error(remote, exc.exit_status, exc.stderr) or \
+            raise build.server_docker_error(remote, exc.exit_status, exc.stderr) or \
                 classify(exc.stderr or exc.stdout, credentials.registry, "the server") from None
         # Docker says so when it wrote the password into config.json (no credential helper).
         if "unencrypted" in (res.stderr or "").lower() and not temporary:
@@ -341,14 +341,14 @@ def _auth_for(registry: Optional[str]) -> Optional[dict]:
 def push(ref: str, *, reporter: Optional[Reporter] = None, client=None) -> str:
     """Push `ref` from the local engine with per-layer progress; returns the manifest digest."""
     reporter = reporter or null_reporter
-    images.image_reference(ref)
+    build.image_reference(ref)
     repository, _, tag = ref.rpartition(":")
-    registry = images.registry_of(repository)
+    registry = build.registry_of(repository)
     if registry is None:
         raise ValidationError(f"The image name {repository!r} names no registry, so it can't be pushed.",
                               "Set the base image name to include your registry, e.g. "
                               "'registry.gitlab.com/my-group/experiment-images'.")
-    client = client or images.docker_client()
+    client = client or build.docker_client()
     digest = None
     with step(reporter, "push image", ref):
         try:
@@ -386,7 +386,7 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest or ""):
         raise ValidationError(f"{digest!r} is not an image digest.", "Use the digest the push returned.")
     if tag_as:
-        images.image_reference(tag_as)
+        build.image_reference(tag_as)
     env = _docker_env(remote, docker_config)
     ref = f"{repository}@{digest}"
     layers: dict = {}
@@ -394,7 +394,7 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
     image_id = []
 
     def on_line(line: str, _stream: str) -> None:
-        found = images.image_id_in(line)
+        found = build.image_id_in(line)
         if found is not None:
             image_id.append(found)
             return
@@ -417,7 +417,7 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
             remote.run([*env, "sh", "-c", _PULL_SCRIPT, "sh", ref, tag_as or ""],
                        timeout=7200, on_line=on_line)
         except CommandFailed as exc:
-            raise classify((exc.stderr or "") + (exc.stdout or ""), images.registry_of(repository) or repository,
+            raise classify((exc.stderr or "") + (exc.stdout or ""), build.registry_of(repository) or repository,
                            "the server") from None
         if not image_id or not image_id[-1]:
             raise RemoteError(f"The server pulled {ref} but its engine does not show the image.",
@@ -425,4 +425,4 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
         return image_id[-1]
 
 
-_PULL_SCRIPT = 'docker pull "$1" && { [ -z "$2" ] || docker tag "$1" "$2"; } && ' + images.print_image_id('"$1"')
+_PULL_SCRIPT = 'docker pull "$1" && { [ -z "$2" ] || docker tag "$1" "$2"; } && ' + build.print_image_id('"$1"')

@@ -34,7 +34,7 @@ from typing import Optional
 
 from ..experiment import folder
 from ..experiment import dallingerconfig
-from . import build as images
+from . import build
 from . import registry
 from ..server import layout
 from .. import names
@@ -73,7 +73,7 @@ def context_dir(app: str) -> str:
 
 def resolve_base_name(base_name: Optional[str]) -> str:
     """The explicit name, else ~/.dallingerconfig's docker_image_base_name, else 'labdeploy'."""
-    name = base_name or dallingerconfig.get_base_name() or images.DEFAULT_BASE_NAME
+    name = base_name or dallingerconfig.get_base_name() or build.DEFAULT_BASE_NAME
     return names.image_repository(name)
 
 
@@ -105,7 +105,7 @@ def server_image_id(remote, ref: str) -> Optional[str]:
     res = remote.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], check=False)
     if res.ok and res.stdout.strip():
         return res.stdout.strip()
-    problem = images.server_docker_error(remote, res.exit_status, res.stderr)
+    problem = build.server_docker_error(remote, res.exit_status, res.stderr)
     if problem is not None:
         raise problem
     return None
@@ -216,15 +216,15 @@ def sync_context(remote, context: folder.BuildContext, app: str, reporter: Optio
 
 
 def docker_build_argv(ref: str, app: str, tag: str, dockerfile: str, build_args: Optional[dict]) -> list[str]:
-    argv = ["docker", "build", "--pull=false", "-t", images.image_reference(ref), "-f", dockerfile,
-            "--label", f"{images.LABEL_APP}={names.app_name(app)}", "--label",
-            f"{images.LABEL_CONTENT}={names.image_tag(tag)}"]
+    argv = ["docker", "build", "--pull=false", "-t", build.image_reference(ref), "-f", dockerfile,
+            "--label", f"{build.LABEL_APP}={names.app_name(app)}", "--label",
+            f"{build.LABEL_CONTENT}={names.image_tag(tag)}"]
     for key, value in sorted(folder.check_build_args(build_args).items()):
         argv += ["--build-arg", f"{key}={value}"]
     return argv + ["."]
 
 
-_BUILD_SCRIPT = 'ref="$1"; shift; "$@" && ' + images.print_image_id('"$ref"')
+_BUILD_SCRIPT = 'ref="$1"; shift; "$@" && ' + build.print_image_id('"$ref"')
 
 
 def build_on_server(remote, context: folder.BuildContext, *, app: str, ref: str, tag: str,
@@ -238,7 +238,7 @@ def build_on_server(remote, context: folder.BuildContext, *, app: str, ref: str,
     found = []
 
     def on_line(line: str, _stream: str) -> None:
-        image_id = images.image_id_in(line)
+        image_id = build.image_id_in(line)
         if image_id is None:
             log.line(line)
         else:
@@ -273,7 +273,7 @@ def server_chain_ids(remote) -> set:
     for line in out.splitlines():
         line = line.strip()
         if line.startswith("["):
-            have.update(images.chain_ids(json.loads(line)))
+            have.update(build.chain_ids(json.loads(line)))
     return have
 
 
@@ -305,7 +305,7 @@ def _filtered_save(client, ref: str, have: set, out_path: str, reporter: Reporte
             entry = manifest[0]
             config = json.load(src.extractfile(entry["Config"]))
             diffs = config["rootfs"]["diff_ids"]
-            chains = images.chain_ids(diffs)
+            chains = build.chain_ids(diffs)
             skip = {path for path, chain in zip(entry["Layers"], chains) if chain in have}
             entry["RepoTags"] = [ref]
             with gzip.open(out_path, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w") as dst:
@@ -336,8 +336,8 @@ def _load_on_server(remote, path: str, reporter: Reporter, item: str) -> None:
 
 
 def _deliver_ssh_copy(remote, context, *, app, ref, tag, build_args, base_name, reporter) -> DeliveredImage:
-    client = images.docker_client()
-    built = images.build_local(context.root, app=app, base_name=base_name, build_args=build_args,
+    client = build.docker_client()
+    built = build.build_local(context.root, app=app, base_name=base_name, build_args=build_args,
                                reporter=reporter, client=client, context=context)
     existing = server_image_id(remote, ref)
     if existing == built.image_id:
@@ -478,7 +478,7 @@ def server_image_status(remote, experiment_dir, *, app: str, base_name: Optional
             deployed = json.loads(remote.get_bytes(state)).get("image")
         except ValueError:
             deployed = None
-    out = remote.run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={images.LABEL_APP}={app}",
+    out = remote.run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={build.LABEL_APP}={app}",
                       "--format", "{{json .}}"]).stdout
     rows = []
     for line in out.splitlines():
@@ -499,14 +499,14 @@ def deliver_via_registry(remote, context, *, app: str, ref: str, tag: str, build
                          logout_after_pull: bool = False):
     """The seed's route, done properly: build here, push, server pulls by digest."""
     reporter = reporter or null_reporter
-    if images.registry_of(base_name) is None:
+    if build.registry_of(base_name) is None:
         raise ValidationError(
             f"The base image name {base_name!r} does not start with a registry, so the 'registry' mode can't "
             f"be used with it.",
             "Set docker_image_base_name to e.g. 'registry.gitlab.com/my-group/experiment-images', or choose the "
             "'server-build' or 'ssh-copy' mode, which need no registry.")
-    client = images.docker_client()
-    images.build_local(context.root, app=app, base_name=base_name, build_args=build_args, reporter=reporter,
+    client = build.docker_client()
+    build.build_local(context.root, app=app, base_name=base_name, build_args=build_args, reporter=reporter,
                        client=client, context=context)
     digest = registry.push(ref, reporter=reporter, client=client)
     # "Log out after the pull": the login lives in a private folder for this pull only, so the
