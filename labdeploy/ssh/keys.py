@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from .. import names
 from ..errors import LabdeployError, ValidationError
 from ..localfiles import write_atomic
-from ..remote import Remote, known_hosts_name, fingerprint as _pkey_fingerprint
+from ..remote import Remote
+from .hostkeys import HostKeyStatus, fingerprint as _pkey_fingerprint
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_KEY_NAME = "id_ed25519"
@@ -358,29 +359,12 @@ def start_agent() -> dict:
 
 # --------------------------------------------------------------------------- server side
 
-@dataclass(frozen=True)
-class HostKeyStatus:
-    state: str  # "known", "unknown" or "changed"
-    key_type: str
-    fingerprint: str
-    expected_fingerprint: str = ""
-
-
 def host_key_status(host: str, port: int = 22, known_hosts: Optional[PathLike] = None,
                     connect_timeout: float = 10.0) -> HostKeyStatus:
     """What the server presents versus what known_hosts has: the first-contact question."""
     r = Remote(names.host(host), names.port(port), "nobody", known_hosts=known_hosts, use_agent=False,
                connect_timeout=connect_timeout)
-    key = r._fetch_key_object()
-    fp = _pkey_fingerprint(key)
-    stored = r._host_keys().lookup(known_hosts_name(r.host, r.port))
-    if not stored:
-        return HostKeyStatus("unknown", key.get_name(), fp)
-    same = stored.get(key.get_name())
-    if same is not None and same.asbytes() == key.asbytes():
-        return HostKeyStatus("known", key.get_name(), fp, fp)
-    other = same if same is not None else next(iter(stored.values()))
-    return HostKeyStatus("changed", key.get_name(), fp, _pkey_fingerprint(other))
+    return r.host_key_status()
 
 
 def trust_host_key(host: str, port: int, fingerprint: str, known_hosts: Optional[PathLike] = None) -> None:
