@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from labdeploy.app import appcompose, history
-from labdeploy.server import caddy, database, locks as lock
+from labdeploy.server import caddy, database, locks
 from labdeploy.errors import ValidationError
 from labdeploy.server.stack import StackSettings
 
@@ -144,27 +144,27 @@ def test_provision_sql_has_limit_and_no_clear_password():
 
 
 def test_lock_stale_rules():
-    info = lock.LockInfo(app="a", token="t1", host="me", pid=100, ttl=600)
+    info = locks.LockInfo(app="a", token="t1", host="me", pid=100, ttl=600)
     common = dict(local_host="me", my_pid=200, held=set(), pid_alive=lambda pid: True)
-    assert lock.stale_reason(info, 10, **common) is None
-    assert "expired" in lock.stale_reason(info, 601, **common)
-    assert "no longer runs" in lock.stale_reason(info, 10, **{**common, "pid_alive": lambda pid: False})
+    assert locks.stale_reason(info, 10, **common) is None
+    assert "expired" in locks.stale_reason(info, 601, **common)
+    assert "no longer runs" in locks.stale_reason(info, 10, **{**common, "pid_alive": lambda pid: False})
     # Same process, a token it no longer holds: an earlier attempt that lost its connection.
-    assert "earlier attempt" in lock.stale_reason(info, 10, **{**common, "my_pid": 100})
-    assert lock.stale_reason(info, 10, **{**common, "my_pid": 100, "held": {"t1"}}) is None
-    other_machine = lock.LockInfo(app="a", token="t", host="laptop", pid=1, ttl=600)
-    assert lock.stale_reason(other_machine, 10, **{**common, "pid_alive": lambda pid: False}) is None
-    assert lock.stale_reason(None, 30, **common) is None
-    assert lock.stale_reason(None, 300, **common) is not None
+    assert "earlier attempt" in locks.stale_reason(info, 10, **{**common, "my_pid": 100})
+    assert locks.stale_reason(info, 10, **{**common, "my_pid": 100, "held": {"t1"}}) is None
+    other_machine = locks.LockInfo(app="a", token="t", host="laptop", pid=1, ttl=600)
+    assert locks.stale_reason(other_machine, 10, **{**common, "pid_alive": lambda pid: False}) is None
+    assert locks.stale_reason(None, 30, **common) is None
+    assert locks.stale_reason(None, 300, **common) is not None
 
 
 def test_lock_info_json_roundtrip_and_message():
-    info = lock.LockInfo(app="a", token="t", version="v2", who="ana@laptop", operation="update")
-    back = lock.LockInfo.from_json(info.to_json(), age=120)
+    info = locks.LockInfo(app="a", token="t", version="v2", who="ana@laptop", operation="update")
+    back = locks.LockInfo.from_json(info.to_json(), age=120)
     assert back.who == "ana@laptop" and back.age == 120
-    err = lock.busy_error("a", back)
+    err = locks.busy_error("a", back)
     assert "update (version v2) by ana@laptop 2 min ago" in err.message and "break_lock" in err.hint
-    assert lock.LockInfo.from_json("{half") is None
+    assert locks.LockInfo.from_json("{half") is None
 
 
 def test_history_frame_keeps_order_and_types():

@@ -512,14 +512,14 @@ def test_destroy_needs_confirmation_then_removes_the_app(cli, deployed, testbed,
 
 
 def test_unlock_breaks_a_left_lock_only_after_confirmation(cli, registered, session_api_remote):
-    from labdeploy.server import locks as lock
+    from labdeploy.server import locks
 
-    lock.DeployLock(session_api_remote, "t-cli-locked").acquire()  # as a deploy cut off mid-way leaves it
+    locks.DeployLock(session_api_remote, "t-cli-locked").acquire()  # as a deploy cut off mid-way leaves it
     r = cli("unlock", "--app", "t-cli-locked")
     assert r.code == 4 and "--yes" in r.err, str(r)
-    assert lock.read_lock(session_api_remote, "t-cli-locked") is not None
+    assert locks.read_lock(session_api_remote, "t-cli-locked") is not None
     cli.ok("unlock", "--app", "t-cli-locked", "--yes")
-    assert lock.read_lock(session_api_remote, "t-cli-locked") is None
+    assert locks.read_lock(session_api_remote, "t-cli-locked") is None
     assert "nothing to do" in cli.ok("unlock", "--app", "t-cli-locked").err
 
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from labdeploy.app import apps, deploy, history
-from labdeploy.server import layout, locks as lock, psql
+from labdeploy.server import layout, locks, psql
 from labdeploy.app.appcompose import parse_env
 from labdeploy.progress import Collector
 from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
@@ -157,7 +157,7 @@ def test_update_keeps_data_then_failed_update_rolls_back(deployed, testbed, sess
     assert count(session_remote, APP, "responses") == responses
     assert redis_cli(session_remote, "get", "kept") == "yes"
     assert session_remote.get_bytes(layout.app_secrets(APP)) == secrets_before  # v3's secret taken back
-    assert lock.read_lock(session_remote, APP) is None
+    assert locks.read_lock(session_remote, APP) is None
     h = history.history(session_remote, APP)
     assert list(h["outcome"])[-3:] == ["success", "success", "rolled back"]
     assert list(h["operation"])[-2:] == ["update", "update"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labdeploy.app import apps, deploy, history
-from labdeploy.server import layout, locks as lock
+from labdeploy.server import layout, locks
 from labdeploy.errors import ConnectionLost, LabdeployError, ValidationError
 from labdeploy.progress import Collector, LogLine, StepStarted, WarningEvent
 from labdeploy.remote import Remote
@@ -75,7 +75,7 @@ def test_the_shared_stack_survives_destroy_of_its_names_asked_for_by_hand(prepar
         with pytest.raises(ValidationError, match="reserved"):
             deploy.update(EXAMPLE, name, prepared)
         with pytest.raises(ValidationError, match="reserved"):
-            lock.break_lock(prepared, name, confirm=True)
+            locks.break_lock(prepared, name, confirm=True)
     assert prepared.exists(layout.postgres_password_file())
     up = prepared.run(["docker", "inspect", "-f", "{{.State.Running}}", layout.POSTGRES_CONTAINER,
                        layout.CADDY_CONTAINER]).stdout.split()
@@ -102,7 +102,7 @@ def test_crash_at_start_then_launch_500_then_fixed_rerun(prepared, testbed, tmp_
         assert info.value.failed_step == "start"
         assert "boom at start" in info.value.logs and "stopped right after starting" in info.value.message
         assert running_services(prepared, app) == ""
-        assert lock.read_lock(prepared, app) is None
+        assert locks.read_lock(prepared, app) is None
         assert not prepared.exists(layout.caddy_site(app))
 
         bad_launch = tmp_path / "bad-launch"
@@ -173,7 +173,7 @@ def test_name_in_use_is_refused_and_nothing_changes(prepared, testbed):
             deploy.deploy(EXAMPLE, app, prepared, **deploy_kwargs(testbed))
         assert "update()" in info.value.hint
         assert apps.apps(prepared).set_index("app").loc[app, "version"] == first.version
-        assert lock.read_lock(prepared, app) is None
+        assert locks.read_lock(prepared, app) is None
         with pytest.raises(deploy.UnknownApp):
             deploy.update(EXAMPLE, "t-dep-never-deployed", prepared, **deploy_kwargs(testbed))
     finally:
@@ -200,10 +200,10 @@ def test_ssh_dropped_mid_deploy_then_rerun_succeeds(prepared, testbed, known_hos
         assert info.value.failed_step == "start"
         assert isinstance(info.value.__cause__, ConnectionLost)
         assert "connection dropped" in info.value.hint.lower()
-        assert lock.read_lock(prepared, app) is None  # released after reconnecting
+        assert locks.read_lock(prepared, app) is None  # released after reconnecting
         result = deploy.deploy(EXAMPLE, app, r, **deploy_kwargs(testbed))
         assert result.version
-        assert lock.read_lock(prepared, app) is None
+        assert locks.read_lock(prepared, app) is None
     finally:
         r.close()
         destroy_if_deployed(prepared, app)
@@ -214,26 +214,26 @@ def test_lock_left_by_a_dead_process_is_taken_over_and_others_are_respected(prep
     try:
         dead = subprocess.Popen(["true"])
         dead.wait()
-        left = lock.DeployLock(prepared, app, version="old")
+        left = locks.DeployLock(prepared, app, version="old")
         left.info.pid = dead.pid  # as if that process had crashed holding the lock
         left.acquire()
-        lock._held.discard(left.info.token)
+        locks._held.discard(left.info.token)
         events = Collector()
         deploy.deploy(EXAMPLE, app, prepared, reporter=events, **deploy_kwargs(testbed))
         assert any("stale deploy lock" in w.message for w in events.of(WarningEvent))
 
         # A lock from another machine is respected until it expires or is broken on purpose.
-        other = lock.DeployLock(prepared, app, operation="update", version="v9")
+        other = locks.DeployLock(prepared, app, operation="update", version="v9")
         other.info.host, other.info.who = "someone-elses-laptop", "ana@laptop"
         other.acquire()
-        lock._held.discard(other.info.token)
-        with pytest.raises(lock.DeployInProgress) as info:
+        locks._held.discard(other.info.token)
+        with pytest.raises(locks.DeployInProgress) as info:
             deploy.update(EXAMPLE, app, prepared, **deploy_kwargs(testbed))
         assert "ana@laptop" in info.value.message and "break_lock" in info.value.hint
         with pytest.raises(LabdeployError, match="confirmation"):
-            lock.break_lock(prepared, app)
-        assert lock.break_lock(prepared, app, confirm=True).who == "ana@laptop"
-        assert lock.read_lock(prepared, app) is None
+            locks.break_lock(prepared, app)
+        assert locks.break_lock(prepared, app, confirm=True).who == "ana@laptop"
+        assert locks.read_lock(prepared, app) is None
     finally:
         destroy_if_deployed(prepared, app)
 
@@ -257,9 +257,9 @@ def test_two_deploys_of_one_app_at_once_the_second_is_refused(prepared, testbed,
         first = deploy.deploy(EXAMPLE, app, prepared, reporter=start_second_while_first_builds, **deploy_kwargs(testbed))
         assert first.version
         err = outcome["second"]
-        assert isinstance(err, lock.DeployInProgress), err
+        assert isinstance(err, locks.DeployInProgress), err
         assert "in progress" in err.message and err.info.operation == "deploy"
-        assert lock.read_lock(prepared, app) is None
+        assert locks.read_lock(prepared, app) is None
     finally:
         second_remote.close()
         destroy_if_deployed(prepared, app)

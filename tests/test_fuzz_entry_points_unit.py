@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from labdeploy.app import apps, deploy, history
 from labdeploy import export
 from labdeploy.watch import jobs, monitor
-from labdeploy.server import locks as lock, stack
+from labdeploy.server import locks, stack
 from labdeploy.ssh import servers
 from labdeploy.errors import HostUnreachable, LabdeployError
 from labdeploy.remote import Remote, Result
@@ -137,7 +137,7 @@ API_CALLS = {
     "restart service": lambda r, v: monitor.restart("exp", r, [v]),
     "export": lambda r, v: export.export(v, r),
     "query": lambda r, v: export.query(v, r, "select 1"),
-    "unlock": lambda r, v: lock.break_lock(r, v, confirm=True),
+    "unlock": lambda r, v: locks.break_lock(r, v, confirm=True),
     "history": lambda r, v: history.history(r, v),
     "job counts": lambda r, v: jobs.counts(r, v),
     "tunnel": lambda r, v: apps.open_tunnel(r, v),

@@ -7,16 +7,16 @@ import threading
 
 import pytest
 
-from labdeploy.server import locks as lock
+from labdeploy.server import locks
 
 APP = "t-dep-lock"
 
 
 @pytest.fixture
 def clean(session_remote):
-    lock.break_lock(session_remote, APP, confirm=True)
+    locks.break_lock(session_remote, APP, confirm=True)
     yield session_remote
-    lock.break_lock(session_remote, APP, confirm=True)
+    locks.break_lock(session_remote, APP, confirm=True)
 
 
 def test_only_one_of_many_simultaneous_takers_wins(clean):
@@ -26,8 +26,8 @@ def test_only_one_of_many_simultaneous_takers_wins(clean):
     def take() -> None:
         barrier.wait()
         try:
-            results.append(lock.DeployLock(clean, APP, version="x").acquire())
-        except lock.DeployInProgress as exc:
+            results.append(locks.DeployLock(clean, APP, version="x").acquire())
+        except locks.DeployInProgress as exc:
             results.append(exc)
 
     threads = [threading.Thread(target=take) for _ in range(6)]
@@ -35,39 +35,39 @@ def test_only_one_of_many_simultaneous_takers_wins(clean):
         t.start()
     for t in threads:
         t.join(60)
-    winners = [r for r in results if isinstance(r, lock.DeployLock)]
+    winners = [r for r in results if isinstance(r, locks.DeployLock)]
     assert len(results) == 6 and len(winners) == 1
     winners[0].release()
-    assert lock.read_lock(clean, APP) is None
+    assert locks.read_lock(clean, APP) is None
 
 
 def test_refresh_records_the_version_and_only_the_holder_releases(clean):
-    held = lock.DeployLock(clean, APP, operation="update").acquire()
+    held = locks.DeployLock(clean, APP, operation="update").acquire()
     held.info.version = "abc123"
     held.refresh()
-    info = lock.read_lock(clean, APP)
+    info = locks.read_lock(clean, APP)
     assert info.version == "abc123" and info.operation == "update" and info.token == held.info.token
     assert info.age is not None and info.age < 60
 
-    stranger = lock.DeployLock(clean, APP)
+    stranger = locks.DeployLock(clean, APP)
     stranger.held = True  # pretend: its release must not remove a lock that isn't its own
     stranger.release()
-    assert lock.read_lock(clean, APP).token == held.info.token
+    assert locks.read_lock(clean, APP).token == held.info.token
     held.release()
-    assert lock.read_lock(clean, APP) is None
+    assert locks.read_lock(clean, APP) is None
 
 
 def test_an_expired_lock_from_another_machine_is_taken_over(clean):
     """(Respected while fresh: tests/test_deploy_faults.py.)"""
     import time
 
-    old = lock.DeployLock(clean, APP, version="v1", ttl=1)
+    old = locks.DeployLock(clean, APP, version="v1", ttl=1)
     old.info.host, old.info.who = "a-laptop-that-went-away", "ana@laptop"
     old.acquire()
-    lock._held.discard(old.info.token)
+    locks._held.discard(old.info.token)
     time.sleep(2.2)  # the server's clock (mtime of the lock) must pass the 1 s expiry
     warnings = []
-    new = lock.DeployLock(clean, APP, reporter=warnings.append).acquire()
+    new = locks.DeployLock(clean, APP, reporter=warnings.append).acquire()
     assert new.broke is not None and new.broke.who == "ana@laptop"
     assert "expired" in warnings[0].message
     new.release()
