@@ -509,6 +509,15 @@ def test_destroy_needs_confirmation_then_removes_the_app(cli, deployed, testbed,
     r = cli("deploy", "--app", APP, str(EXAMPLE), "--build-arg", f"BASE_IMAGE={testbed['images']['python']}",
             "--redis-image", testbed["images"]["redis"])
     assert r.code == 1 and "--reuse-data" in r.err and "--replace-data" in r.err, str(r)
+    # The data that was kept goes too, after a final export of both versions and the app's files
+    # (its containers are gone already, so there are no logs to save).
+    final = tmp_path / "final"
+    r = cli.ok("destroy", "--app", APP, "--remove-data", "--final-export", final, "--export-mode", "both",
+               "--files", "--logs", "--yes", "--json", timeout=600)
+    done = r.json()
+    assert "database and role" in done["removed"], done
+    assert sorted(Path(p).name.endswith("-anonymous-data.zip") for p in done["exported"][:2]) == [False, True]
+    assert (final / f"{APP}-files").is_dir() and not (final / f"{APP}-logs.txt").exists()
 
 
 def test_unlock_breaks_a_left_lock_only_after_confirmation(cli, registered, session_api_remote):

@@ -242,3 +242,9 @@ def test_servers_prepare_refuses_bad_options_before_connecting(cli, tmp_path, op
     r = cli("servers", "prepare", option, value, timeout=60)
     assert r.code == 2 and word in r.err and "Traceback" not in r.err, str(r)
     assert time.monotonic() - started < 8, "it tried to reach the server first"
+
+
+@pytest.mark.parametrize("extra", [["--files"], ["--logs"], ["--parquet"], ["--export-mode", "both"]])
+def test_destroy_final_export_options_need_final_export(cli, extra):
+    r = cli("destroy", "--app", "stroop", "--remove-data", *extra, "--yes")
+    assert r.code == 2 and "--final-export DIR" in r.err and "Traceback" not in r.err, str(r)

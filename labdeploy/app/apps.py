@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import pandas as pd
 
-from . import appdata
+from . import appdata, finalexport
+from .finalexport import FinalExport
 from ..server import compose, caddy, layout, stack
 from ..watch import containers
 from .. import names
 from ..ssh import pool
+from ..data.archive import ExportData
 from ..errors import UnknownApp
 from ..errors import LabdeployError, ValidationError
 from ..server.locks import DeployLock
@@ -164,12 +167,18 @@ class DestroyResult:
     removed: list = field(default_factory=list)
     kept: list = field(default_factory=list)
     exported: list = field(default_factory=list)  # the final export's files (destroy with final_export)
+    data: Optional[ExportData] = field(default=None, repr=False)  # the final export's tables
 
     def summary(self) -> str:
         text = f"{self.app}: removed " + (", ".join(self.removed) or "nothing")
         if self.kept:
             text += "; kept " + ", ".join(self.kept) + " (destroy with remove_data=True to delete them)"
         return text
+
+
+def destroy_steps(final_export: Optional[FinalExport] = None) -> list[str]:
+    """The progress steps of a destroy, in order (a final export's own steps run within "stop")."""
+    return [*DESTROY_STEPS[:3], *(final_export.steps() if final_export is not None else []), *DESTROY_STEPS[3:]]
 
 
 def _app_traces(remote, app: str) -> dict:
@@ -192,22 +201,8 @@ def _check_data_saved(remote, app: str, reporter: Optional[Reporter] = None) -> 
     check_destroy(app, remote, reporter=reporter)
 
 
-@pool.closes_what_it_opens
-def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
-            final_export=None, reporter: Optional[Reporter] = None) -> DestroyResult:
-    """Stop and remove an app's containers, its Caddy route and its folder.
-
-    Its database, role, Redis volume and ~/dallinger-data/<app> are kept unless
-    `remove_data=True`, which is refused unless a fresh export of the database was saved on this
-    computer (labdeploy.export), or `export_check=False` says explicitly to lose the data.
-    `final_export=FOLDER` (with remove_data) is the safe order for apps that write by
-    themselves (PsyNet records its status every minute): stop the app, export every table
-    into FOLDER, then delete. Nothing happens without `confirm=True`; every check that can
-    refuse runs before anything is removed, and a refusal after the app was stopped for it
-    starts the app again.
-    """
-    reporter = reporter or null_reporter
-    app = names.app_name(app)
+def _refuse_unconfirmed(app: str, confirm: bool, remove_data: bool, final_export) -> Optional[FinalExport]:
+    """Every refusal that needs no server; returns the final export's checked options."""
     if final_export is not None and not remove_data:
         raise ValidationError("final_export is for destroying an app with its data (remove_data=True).",
                               "Export with labdeploy.export.export(app, server, save_to=...) to keep a copy "
@@ -218,10 +213,89 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
         raise ConfirmationRequired(f"Destroying {app!r} removes {what}. Nothing was done.",
                                    f"Call destroy({app!r}, server, confirm=True" +
                                    (", remove_data=True" if remove_data else "") + ") to go ahead.")
-    if final_export is not None:
-        from ..data.archive import ensure_folder
+    # A folder that can't be written is refused before anything stops.
+    return FinalExport.of(final_export) if final_export is not None else None
 
-        final_export = ensure_folder(final_export)  # a folder that can't be written is refused first
+
+def _stop_then_save(remote, app: str, final: Optional[FinalExport], has_compose: bool, result: DestroyResult,
+                    reporter: Reporter) -> None:
+    """Stop the app, then take the final export (or check the saved one again): nothing is
+    written between the last look at the data and the drop. A refusal or a failed export
+    starts the app again, route untouched."""
+    if not has_compose and final is None:
+        return  # no processes to stop; the saved export was checked already
+    if has_compose:
+        compose.run_app(remote, app, ["stop"], reporter=reporter, timeout=300)
+    try:
+        if final is not None:
+            saved = finalexport.take(app, remote, final, has_containers=has_compose, reporter=reporter)
+            result.exported, result.data = saved.paths, saved.data
+        else:
+            _check_data_saved(remote, app, reporter)  # a write may have slipped in
+    except BaseException:
+        if has_compose:
+            compose.run_app(remote, app, ["start"], reporter=reporter, timeout=300, check=False)
+        raise
+
+
+def _remove_containers(remote, app: str, has_compose: bool, remove_data: bool, reporter: Reporter) -> None:
+    if has_compose:
+        compose.run_app(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
+                        reporter=reporter, timeout=300)
+    # Containers without a compose file (a half-finished deploy), found by their own label.
+    flt = shlex.quote(f"label=labdeploy.app={app}")
+    remote.run(["sh", "-c", f"ids=$(docker ps -aq --filter {flt}); [ -z \"$ids\" ] || docker rm -f $ids"],
+               check=False)
+
+
+def _keep_or_remove_data(remote, app: str, traces: dict, remove_data: bool, result: DestroyResult,
+                         reporter: Reporter) -> None:
+    if remove_data:
+        result.removed += appdata.remove(remote, app)
+        return
+    result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),
+                                          ("files in ~/" + layout.app_data(app), traces["data"])) if present]
+    if result.kept:
+        reporter(LogLine("kept: " + ", ".join(result.kept), "destroy"))
+
+
+def _remove_files(remote, app: str, result: DestroyResult) -> None:
+    remote.run(["rm", "-rf", "--", layout.app_dir(app), layout.build_dir(app)])
+    result.removed.append("app folder")
+    # The app's images (labelled at build) only take disk space now; `docker rmi`
+    # leaves any image a container still uses.
+    label = shlex.quote(f"label=labdeploy.app={app}")
+    fmt = shlex.quote("{{.Repository}}:{{.Tag}}")
+    res = remote.run(["sh", "-c", f"refs=$(docker images --filter {label} --format {fmt} | grep -v '<none>'); "
+                                  f"[ -z \"$refs\" ] || docker rmi $refs >/dev/null 2>&1; echo $refs"],
+                     check=False, timeout=300)
+    if res.stdout.strip():
+        result.removed.append("images")
+    # PsyNet's preparation image on this computer (kept between deploys as a build cache).
+    from ..experiment.dallinger import remove_prepare_image
+    if remove_prepare_image(app):
+        result.removed.append("PsyNet preparation image on this computer")
+
+
+@pool.closes_what_it_opens
+def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
+            final_export: Union[FinalExport, str, os.PathLike, None] = None,
+            reporter: Optional[Reporter] = None) -> DestroyResult:
+    """Stop and remove an app's containers, its Caddy route and its folder.
+
+    Its database, role, Redis volume and ~/dallinger-data/<app> are kept unless
+    `remove_data=True`, which is refused unless a fresh export of the database was saved on this
+    computer (labdeploy.export), or `export_check=False` says explicitly to lose the data.
+    `final_export=FOLDER` (with remove_data) is the safe order for apps that write by
+    themselves (PsyNet records its status every minute): stop the app, export every table
+    into FOLDER, then delete; `final_export=FinalExport(FOLDER, mode=..., parquet=..., files=...,
+    logs=...)` also saves the anonymised version, Parquet, the app's files and its logs there.
+    Nothing happens without `confirm=True`; every check that can refuse runs before anything
+    is removed, and a refusal after the app was stopped for it starts the app again.
+    """
+    reporter = reporter or null_reporter
+    app = names.app_name(app)
+    final = _refuse_unconfirmed(app, confirm, remove_data, final_export)
     result = DestroyResult(app)
     with step(reporter, "check"):
         remote = pool.connect(server)
@@ -232,37 +306,14 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                              f"Check the name. Apps on this server: {known}.")
     with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
         reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
-        checked = remove_data and traces["database"] and (final_export is not None or export_check)
-        if checked and final_export is None:
+        checked = remove_data and traces["database"] and (final is not None or export_check)
+        if checked and final is None:
             _check_data_saved(remote, app, reporter)  # refuse while the app still runs untouched
         has_compose = traces["dir"] and remote.exists(layout.app_compose(app))
         with step(reporter, "stop"):
-            if checked and has_compose:
-                # Stopped first, so nothing is written between the last look at the data and the drop.
-                compose.run_app(remote, app, ["stop"], reporter=reporter, timeout=300)
-                try:
-                    if final_export is not None:
-                        from ..export import export
-
-                        data = export(app, remote, save_to=final_export, reporter=reporter)
-                        result.exported = list(data.paths)
-                    else:
-                        _check_data_saved(remote, app, reporter)  # a write may have slipped in
-                except BaseException:
-                    # Refused after all: the app runs again as before, route untouched.
-                    compose.run_app(remote, app, ["start"], reporter=reporter, timeout=300, check=False)
-                    raise
-            elif checked and final_export is not None:
-                from ..export import export
-
-                result.exported = list(export(app, remote, save_to=final_export, reporter=reporter).paths)
-            if has_compose:
-                compose.run_app(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
-                                reporter=reporter, timeout=300)
-            # Containers without a compose file (a half-finished deploy), found by their own label.
-            flt = shlex.quote(f"label=labdeploy.app={app}")
-            remote.run(["sh", "-c", f"ids=$(docker ps -aq --filter {flt}); [ -z \"$ids\" ] || docker rm -f $ids"],
-                       check=False)
+            if checked:
+                _stop_then_save(remote, app, final, has_compose, result, reporter)
+            _remove_containers(remote, app, has_compose, remove_data, reporter)
             result.removed.append("containers")
         with step(reporter, "route"):
             if traces["site"]:
@@ -270,27 +321,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                 stack.reload_caddy(remote)
                 result.removed.append("web address")
         with step(reporter, "data"):
-            if remove_data:
-                result.removed += appdata.remove(remote, app)
-            else:
-                result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),
-                                                      ("files in ~/" + layout.app_data(app), traces["data"])) if present]
-                if result.kept:
-                    reporter(LogLine("kept: " + ", ".join(result.kept), "destroy"))
+            _keep_or_remove_data(remote, app, traces, remove_data, result, reporter)
         with step(reporter, "files"):
-            remote.run(["rm", "-rf", "--", layout.app_dir(app), layout.build_dir(app)])
-            result.removed.append("app folder")
-            # The app's images (labelled at build) only take disk space now; `docker rmi`
-            # leaves any image a container still uses.
-            label = shlex.quote(f"label=labdeploy.app={app}")
-            fmt = shlex.quote("{{.Repository}}:{{.Tag}}")
-            res = remote.run(["sh", "-c", f"refs=$(docker images --filter {label} --format {fmt} | grep -v '<none>'); "
-                                          f"[ -z \"$refs\" ] || docker rmi $refs >/dev/null 2>&1; echo $refs"],
-                             check=False, timeout=300)
-            if res.stdout.strip():
-                result.removed.append("images")
-            # PsyNet's preparation image on this computer (kept between deploys as a build cache).
-            from ..experiment.dallinger import remove_prepare_image
-            if remove_prepare_image(app):
-                result.removed.append("PsyNet preparation image on this computer")
+            _remove_files(remote, app, result)
     return result

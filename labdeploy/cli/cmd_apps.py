@@ -502,10 +502,16 @@ def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
 @click.option("--final-export", "final_export", default=None, metavar="DIR", type=click.Path(file_okay=False),
               help="With --remove-data: stop the app, export every table into DIR, then delete (the safe order "
                    "for apps that write by themselves, such as PsyNet's status rows).")
+@click.option("--export-mode", type=click.Choice(("regular", "anonymous", "both")), default="regular",
+              show_default=True, help="With --final-export: also save the anonymised version (the regular one is "
+                                      "always saved: it is the copy of the data that is kept).")
+@click.option("--parquet", is_flag=True, help="With --final-export: also write Parquet files next to the zip.")
+@click.option("--files", is_flag=True, help="With --final-export: also download the app's files (DIR/APP-files).")
+@click.option("--logs", is_flag=True, help="With --final-export: also save its container logs (DIR/APP-logs.txt).")
 @yes_option
 @common_options
 @with_hints
-def destroy_cmd(app, server, remove_data, no_export_check, final_export, yes):
+def destroy_cmd(app, server, remove_data, no_export_check, final_export, export_mode, parquet, files, logs, yes):
     """Stop and remove an app: its containers, its web address and its folder
     (like `psynet destroy ssh --app NAME`). Its data is kept unless --remove-data.
 
@@ -518,10 +524,15 @@ def destroy_cmd(app, server, remove_data, no_export_check, final_export, yes):
       labdeploy destroy --app stroop-pilot --yes
       labdeploy export --app stroop-pilot && labdeploy destroy --app stroop-pilot --remove-data --yes
       labdeploy destroy --app stroop-pilot --remove-data --final-export ./final --yes
+      labdeploy destroy --app stroop-pilot --remove-data --final-export ./final --export-mode both --files --logs
     """
     if final_export and not remove_data:
         raise UsageProblem("--final-export is for destroying with --remove-data.",
                            "Add --remove-data, or export with `labdeploy export --app NAME` instead.")
+    extras = [flag for flag, given in (("--export-mode", export_mode != "regular"), ("--parquet", parquet),
+                                       ("--files", files), ("--logs", logs)) if given]
+    if extras and not final_export:
+        raise UsageProblem(f"{', '.join(extras)} go with --final-export DIR.", "Add --final-export DIR.")
     apps = core("apps")
     name = pick_server(server)
     what = "its containers, web address and folder" + (" AND ALL ITS DATA (database, Redis, files)" if remove_data
@@ -529,8 +540,10 @@ def destroy_cmd(app, server, remove_data, no_export_check, final_export, yes):
     _ui.confirm(f"Destroy {app!r} on {name}: remove {what}?", yes=yes)
     remote = open_server(name)
     with _ui.reporting() as reporter:
+        final = apps.FinalExport(final_export, mode=export_mode, parquet=parquet, files=files,
+                                 logs=logs) if final_export else None
         result = apps.destroy(app, remote, confirm=True, remove_data=remove_data,
-                              export_check=not no_export_check, final_export=final_export, reporter=reporter)
+                              export_check=not no_export_check, final_export=final, reporter=reporter)
     for path in result.exported:
         _ui.ok(f"Saved {path}")
     _ui.ok(result.summary())
