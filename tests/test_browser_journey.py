@@ -308,7 +308,7 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     lab.shot(exporter, "destroy-needs-confirmation")
     exporter.locator(".labdeploy-export-confirm input").check()
     destroy.click()
-    for step in ("Stop the app", "Read the tables", "Check row counts", "Write the archive", "Destroy"):
+    for step in ("stop", "Read the tables", "Check row counts", "Write the archive", "data", "files"):
         lab.wait_step(exporter, step, timeout=180)
     exporter.locator(".labdeploy-ok", has_text="was destroyed").wait_for(timeout=30_000)
     lab.shot(exporter, "destroyed")

@@ -229,11 +229,20 @@ def widget_reporter(steps: Optional[StepList] = None, logpane: Optional[LogPane]
 
 
 class Panel:
-    """What every panel shares: it shows its `.widget` when it is a cell's value, and keeps
-    the thread of its latest background action in `.last_task` (tests join it)."""
+    """What every panel shares: it shows its `.widget` when it is a cell's value, and runs its
+    actions in the background with `in_background` (the thread of the latest one is
+    `.last_task`; tests join it).
+
+    Panels that have them name their parts `message` (every panel), `steps`, `progress` and `log`.
+    """
 
     widget: W.Widget
+    message: Message
+    steps: Optional[StepList] = None
+    progress: Optional[ProgressRow] = None
+    log: Optional[LogPane] = None
     last_task: Optional[threading.Thread] = None
+    _action_running: bool = False
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -245,7 +254,74 @@ class Panel:
 
     @property
     def busy(self) -> bool:
-        return self.last_task is not None and self.last_task.is_alive()
+        """An action (an `exclusive` background task) is running."""
+        return self._action_running
+
+    def in_background(self, work: Callable[[], object], on_done: Optional[Callable[[object], object]] = None, *,
+                      step: Optional[str] = None, on_error: Optional[Callable[[BaseException], None]] = None,
+                      exclusive: bool = True, status: str = "", reset: Optional[Iterable[str]] = None,
+                      disable: Iterable[W.Widget] = (), name: str = "action") -> Optional[threading.Thread]:
+        """Run `work()` in a background thread (the notebook stays responsive); returns the thread.
+
+        * `exclusive` (actions): refused with a warning while another action of the panel runs,
+          and started with a clean message (or `status`, shown as info). Background refreshes
+          pass False and leave the message alone.
+        * `reset`: a new run of a multi-step operation: the step list shows these steps, the log is cleared.
+        * `step`: that row of the step list is running, then done (with the detail `on_done`
+          returns, or its (state, detail)), or failed with the error.
+        * `disable`: these widgets are disabled while it runs.
+        * `on_done(result)` runs in the thread and only sets widget values. An exception is always
+          shown in the panel's message with its hint, never swallowed; `on_error(exc)` adds what
+          else the panel shows then.
+        """
+        if exclusive:
+            with _ACTIONS:
+                if self._action_running:
+                    self.message.show_warning("Another action is still running.", "Wait for it to finish.")
+                    return None
+                self._action_running = True
+            if status:
+                self.message.show_info(status)
+            else:
+                self.message.clear()
+        if reset is not None:
+            self.steps.reset(reset)
+            if self.log is not None:
+                self.log.clear()
+        if step is not None:
+            self.steps.set(step, "running")
+        disable = list(disable)
+        for w in disable:
+            w.disabled = True
+
+        def ended() -> None:
+            for w in disable:
+                w.disabled = False
+            if exclusive:
+                self._action_running = False  # before on_done: what it starts is not refused
+
+        def done(result) -> None:
+            ended()
+            outcome = on_done(result) if on_done is not None else None
+            if step is not None and (outcome is not None or self.steps.state(step) == "running"):
+                state, detail = outcome if isinstance(outcome, tuple) else ("done", outcome or "")
+                self.steps.set(step, state, detail)
+
+        def failed(exc: BaseException) -> None:
+            ended()
+            if self.progress is not None:
+                self.progress.hide()
+            if step is not None:
+                self.steps.set(step, "failed", exc.message if isinstance(exc, LabdeployError) else str(exc))
+            self.message.show_error(exc)
+            if on_error is not None:
+                on_error(exc)
+
+        self.last_task = run_in_background(work, on_done=done, on_error=failed, name=f"labdeploy-{name}")
+        return self.last_task
+
+
+_ACTIONS = threading.Lock()  # orders the check-and-set of a panel's running action
 
 
 def titled(title: str, *children: W.Widget, subtitle: str = "") -> W.VBox:

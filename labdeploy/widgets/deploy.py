@@ -2,7 +2,7 @@
 the log; get the URL and dashboard login (password masked until revealed); list the server's
 apps; open one through an SSH tunnel; destroy one after a confirmation step.
 
-All work runs in background threads (widgets.common.run_in_background); this module only
+All work runs in background threads (Panel.in_background); this module only
 lays out controls and calls labdeploy.deploy / labdeploy.app.apps.
 """
 
@@ -21,7 +21,7 @@ from ..ssh import servers
 from ..images import transfer
 from ..errors import LabdeployError
 from ..progress import Collector
-from .common import LogPane, Message, Panel, ProgressRow, StepList, run_in_background, titled, widget_reporter
+from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, widget_reporter
 
 REVEAL_SECONDS = 30  # a revealed password hides itself again, so a saved notebook rarely keeps it
 MASK = "••••••••"
@@ -59,6 +59,27 @@ class DeployPanel(Panel):
         self._hide_timer: Optional[threading.Timer] = None
         self._pending_destroy: Optional[tuple[str, bool]] = None
 
+        self._build_fields(experiment_dir, app, server, domain, mode, base_image, redis_image, images)
+        self.steps = StepList(deploy_core.STEPS)
+        self.progress = ProgressRow()
+        self.message = Message()
+        self.log = LogPane(max_lines=500)
+        self.result_html = W.HTML("")
+        self.result_html.add_class("labdeploy-deploy-result")
+        self.apps_html = W.HTML("")
+        self.apps_html.add_class("labdeploy-deploy-apps")
+        self.tunnel_html = W.HTML("")
+        self.tunnel_html.add_class("labdeploy-deploy-tunnel-url")
+        self.confirm_html = W.HTML("")
+
+        self._build_buttons()
+        self._wire()
+        self.widget = self._lay_out()
+
+    # ------------------------------------------------------------------ display
+
+    def _build_fields(self, experiment_dir, app: str, server, domain: str, mode: str,
+                      base_image: Optional[str], redis_image: Optional[str], images: dict) -> None:
         self.folder_box = _text("Experiment folder", str(experiment_dir), "path/to/experiment (with a Dockerfile)")
         self.app_box = _text("App name", app, "e.g. stroop-pilot (lowercase, digits, hyphens)")
         options = [(s.name, s.name) for s in servers.list_servers()]
@@ -82,18 +103,7 @@ class DeployPanel(Panel):
         self.remove_data_box = W.Checkbox(value=False, indent=False,
                                           description="also delete its data (database, Redis, files)")
 
-        self.steps = StepList(deploy_core.STEPS)
-        self.progress = ProgressRow()
-        self.message = Message()
-        self.log = LogPane(max_lines=500)
-        self.result_html = W.HTML("")
-        self.result_html.add_class("labdeploy-deploy-result")
-        self.apps_html = W.HTML("")
-        self.apps_html.add_class("labdeploy-deploy-apps")
-        self.tunnel_html = W.HTML("")
-        self.tunnel_html.add_class("labdeploy-deploy-tunnel-url")
-        self.confirm_html = W.HTML("")
-
+    def _build_buttons(self) -> None:
         self.deploy_button = _button("Deploy", "deploy", "success", "rocket")
         self.update_button = _button("Update", "update", "primary", "refresh")
         self.apps_button = _button("List apps", "apps", "", "list")
@@ -110,9 +120,11 @@ class DeployPanel(Panel):
         self.data_cancel_button = _button("Cancel", "cancel-data")
         self.data_row = W.HBox([self.data_html, self.reuse_button, self.replace_button, self.data_cancel_button])
         self.data_row.layout.display = "none"
-        for b in (self.close_tunnel_button, self.reveal_button, self.confirm_button, self.cancel_button):
+        for b in (self.close_tunnel_button, self.reveal_button, self.confirm_button, self.cancel_button,
+                  self.remove_data_box):
             b.layout.display = "none"
 
+    def _wire(self) -> None:
         self.deploy_button.on_click(lambda _: self.deploy())
         self.update_button.on_click(lambda _: self.update())
         self.apps_button.on_click(lambda _: self.list_apps())
@@ -128,7 +140,8 @@ class DeployPanel(Panel):
         self.mode_box.observe(lambda _: self._show_mode_help(), names="value")
         self._show_mode_help()
 
-        self.widget = titled(
+    def _lay_out(self) -> W.VBox:
+        return titled(
             "Deploy an experiment",
             W.HBox([W.VBox([self.folder_box, self.app_box, self.server_box, self.domain_box, self.mode_box,
                             self.mode_help, self.base_image_box, self.redis_image_box]), self.steps]),
@@ -140,9 +153,6 @@ class DeployPanel(Panel):
             self.log, self.apps_html,
             subtitle="Deploy runs eight steps on the server; a failure after the image step puts the previous "
                      "version back.")
-        self.remove_data_box.layout.display = "none"
-
-    # ------------------------------------------------------------------ display
 
     # ------------------------------------------------------------------ plumbing
 
@@ -161,28 +171,16 @@ class DeployPanel(Panel):
             self._remotes[key] = servers.resolve(choice)
         return self._remotes[key]
 
-    def _run(self, work, on_done, *, reset_steps=None) -> None:
-        if self.busy:
-            self.message.show_warning("Another action is still running.", "Wait for it to finish.")
-            return
-        self.message.clear()
-        if reset_steps is not None:
-            self.steps.reset(reset_steps)
-            self.log.clear()
-
-        def on_error(exc: BaseException) -> None:
-            self.progress.hide()
-            self.message.show_error(exc)
-            if isinstance(exc, deploy_core.DataKept):
-                self.data_html.value = ("<b>Data of an earlier app of this name is still on the server.</b> "
-                                        "Reuse it, or replace it?")
-                self.data_row.layout.display = ""
-            logs = getattr(exc, "logs", "")
-            if logs:
-                for line in logs.splitlines()[-60:]:
-                    self.log.append(f"[logs] {line}")
-
-        self.last_task = run_in_background(work, on_done=on_done, on_error=on_error, name="labdeploy-deploy")
+    def _show_failure(self, exc: BaseException) -> None:
+        """Besides the error: the data question a deploy asks, and the container logs of a failure."""
+        if isinstance(exc, deploy_core.DataKept):
+            self.data_html.value = ("<b>Data of an earlier app of this name is still on the server.</b> "
+                                    "Reuse it, or replace it?")
+            self.data_row.layout.display = ""
+        logs = getattr(exc, "logs", "")
+        if logs:
+            for line in logs.splitlines()[-60:]:
+                self.log.append(f"[logs] {line}")
 
     def _reporter(self):
         render = widget_reporter(steps=self.steps, logpane=self.log, progress=self.progress, message=self.message)
@@ -238,7 +236,7 @@ class DeployPanel(Panel):
             for w in result.warnings:
                 self.log.append(f"WARNING: {w}")
 
-        self._run(work, done, reset_steps=deploy_core.STEPS)
+        self.in_background(work, done, on_error=self._show_failure, reset=deploy_core.STEPS, name="deploy")
 
     def _show_result(self, revealed: bool) -> None:
         r = self.result
@@ -289,7 +287,7 @@ class DeployPanel(Panel):
             self.apps_html.value = _apps_html(df)
             self.message.show_ok(f"{len(df)} app(s) on this server.")
 
-        self._run(work, done)
+        self.in_background(work, done, on_error=self._show_failure, name="deploy")
 
     def open_tunnel(self) -> None:
         app = self.app_box.value.strip()
@@ -309,7 +307,7 @@ class DeployPanel(Panel):
             self.close_tunnel_button.layout.display = ""
             self.message.show_ok(f"Tunnel open: {tunnel.url}")
 
-        self._run(work, done)
+        self.in_background(work, done, on_error=self._show_failure, name="deploy")
 
     def close_tunnel(self) -> None:
         if self.tunnel is not None:
@@ -354,7 +352,8 @@ class DeployPanel(Panel):
                 self.reveal_button.layout.display = "none"
             self.message.show_ok(result.summary())
 
-        self._run(work, done, reset_steps=apps_core.DESTROY_STEPS)
+        self.in_background(work, done, on_error=self._show_failure, reset=apps_core.DESTROY_STEPS,
+                           name="deploy-destroy")
 
     def close(self) -> None:
         """Close the tunnel and the connections this panel opened."""

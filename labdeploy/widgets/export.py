@@ -1,9 +1,9 @@
 """The export panel: pick a server and an app, see its tables with row counts, export them
 (regular, anonymous or both) into DataFrames and onto disk, optionally then destroy the app.
 
-Thin over `labdeploy.export`: every button runs its core call in a background thread. The
-DataFrames end up in `panel.data` (`panel.data["responses"]`), the anonymised ones in
-`panel.anonymous`.
+Thin over `labdeploy.export` (and `labdeploy.app.apps.destroy` with a final export for "Export,
+then destroy"): every button runs its core call in a background thread. The DataFrames end up
+in `panel.data` (`panel.data["responses"]`), the anonymised ones in `panel.anonymous`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Optional
 import ipywidgets as W
 import pandas as pd
 
-from .. import export as core
+from .. import export as export_core
+from ..app import apps as apps_core
 from ..data.archive import ExportData
 from ..errors import LabdeployError, ValidationError
-from .common import LogPane, Message, Panel, ProgressRow, StepList, run_in_background, titled, widget_reporter
+from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, widget_reporter
 
-STEPS = ["Stop the app", "Read the tables", "Check row counts", "Anonymise", "Write the archive", "Download files",
-         "Download logs"]
+STEPS = ["Read the tables", "Check row counts", "Anonymise", "Write the archive", "Download files", "Download logs"]
 MODES = [("Regular", "regular"), ("Anonymous", "anonymous"), ("Both", "both")]
 PREVIEW_ROWS = 5
 
@@ -135,17 +135,10 @@ class ExportPanel(Panel):
 
     # ------------------------------------------------------------------ actions
 
-    def _start(self, fn, **kw) -> threading.Thread:
-        self.last_task = run_in_background(fn, on_error=self._show_error, **kw)
-        return self.last_task
-
-    def _show_error(self, exc: BaseException) -> None:
-        self.message.show_error(exc)
-        self._busy(False)
-
-    def _busy(self, busy: bool) -> None:
-        for w in (self.export_button, self.destroy_button, self.reload_button):
-            w.disabled = busy
+    @property
+    def _actions(self) -> tuple:
+        """The buttons that start an export, disabled while one runs."""
+        return self.export_button, self.destroy_button, self.reload_button
 
     @property
     def server(self):
@@ -172,7 +165,7 @@ class ExportPanel(Panel):
         def work():
             if server is None:
                 raise ValidationError("No server chosen.", "Register a server first (setup panel).")
-            return core.list_app_databases(server)
+            return export_core.list_app_databases(server)
 
         def done(apps):
             self.app_picker.options = apps
@@ -182,7 +175,7 @@ class ExportPanel(Panel):
                 self.message.show_info("No app on this server has data yet.")
                 self.tables.options = []
 
-        return self._start(work, on_done=done)
+        return self.in_background(work, done, exclusive=False, name="export-apps")
 
     def load_tables(self) -> threading.Thread:
         """Every table of the chosen app with its row count, all selected."""
@@ -193,70 +186,70 @@ class ExportPanel(Panel):
             self.tables.value = tuple(counts["table"])
             self.message.show_info(f"{app}: {len(counts)} tables, {int(counts['rows'].sum()):,} rows.")
 
-        return self._start(lambda: core.table_counts(app, server), on_done=done)
+        return self.in_background(lambda: export_core.table_counts(app, server), done, exclusive=False,
+                                  name="export-tables")
 
-    def run_export(self, destroy: bool = False) -> threading.Thread:
-        server, app = self.server, self.app_picker.value
+    def run_export(self, destroy: bool = False) -> Optional[threading.Thread]:
+        """Export the chosen tables (the Export button); with destroy=True "Export, then destroy":
+        the core's destroy with a final export (stop the app, export every table, then delete)."""
+        start = self._export_then_destroy if destroy else self._export
+        return start(self.server, self.app_picker.value, Path(self.folder.value).expanduser(),
+                     widget_reporter(self.steps, self.log, self.progress, self.message))
+
+    def _export(self, server, app: Optional[str], folder: Path, report) -> Optional[threading.Thread]:
         chosen = list(self.tables.value)
         every = set(chosen) == {v for _, v in self.tables.options}
-        mode = self.mode.value
-        folder = Path(self.folder.value).expanduser()
-        save, parquet, files, logs = self.save.value, self.parquet.value, self.files.value, self.logs.value
-        confirmed = self.confirm_destroy.value
-        report = widget_reporter(self.steps, self.log, self.progress, self.message)
-        self.steps.reset(STEPS + (["Destroy"] if destroy else []))
-        self.message.show_info("Exporting…")
-        self._busy(True)
+        mode, save, parquet = self.mode.value, self.save.value, self.parquet.value
+        files, logs = self.files.value, self.logs.value
 
         def work():
-            if not app:
-                raise ValidationError("No app chosen.", "Pick an app (Reload lists them).")
-            if destroy:
-                if not confirmed:
-                    raise ValidationError("Destroying needs your confirmation.",
-                                          "Tick 'I understand: destroy deletes the app and its data', then click again.")
-                if not every:
-                    raise ValidationError("Only some tables are selected; destroy needs every table exported.",
-                                          "Select every table, then click again.")
-            stopped = False
-            if destroy:  # nothing may be written between the final export and the drop
-                stopped = core.stop_app(app, server, reporter=report)
-            try:
-                # Destroy relies on a saved regular export, so one is always written then.
-                data = core.export(app, server, None if every else chosen,
-                                   mode="both" if destroy and mode == "anonymous" else mode,
-                                   save_to=folder if (save or destroy) else None, parquet=parquet, reporter=report)
-            except LabdeployError as exc:
-                if stopped:
-                    exc.hint += (" The app's processes were stopped for the final export: restart them "
-                                 "(monitor panel) if the app should keep running.")
-                raise
+            _need_app(app)
+            data = export_core.export(app, server, None if every else chosen, mode=mode,
+                                      save_to=folder if save else None, parquet=parquet, reporter=report)
             self._show(data, mode)  # the DataFrames are there even if a later step fails
             if files:
-                core.download_files(app, server, folder / f"{app}-files", reporter=report)
+                export_core.download_files(app, server, folder / f"{app}-files", reporter=report)
             if logs:
-                core.download_logs(app, server, folder, reporter=report)
-            if destroy:
-                from ..app import apps
-                from ..progress import step
-
-                with step(report, "Destroy"):
-                    apps.destroy(app, server, confirm=True, remove_data=True, reporter=report)
+                export_core.download_logs(app, server, folder, reporter=report)
             return data
 
-        def done(data: ExportData):
-            shown = self.data
-            where = f" Saved: {', '.join(Path(p).name for p in self.paths)}." if self.paths else ""
-            gone = f" {app} was destroyed." if destroy else ""
-            self.message.show_ok(f"Exported {len(shown)} tables, {sum(len(f) for f in shown.values()):,} rows."
-                                 f"{where}{gone} Use panel.data['<table>'] in the notebook.")
-            self._busy(False)
-            if destroy:
-                # Nothing picked afterwards and the tick cleared: the next app (and its destroy) is
-                # chosen deliberately, and loading another app's tables can't hide this message.
-                self.confirm_destroy.value = False
-                self.app_picker.value = None
-                self.tables.options = []
-                self.app_picker.options = [a for a in self.app_picker.options if a != app]
+        return self.in_background(work, lambda data: self._exported(app), status="Exporting…", reset=STEPS,
+                                  disable=self._actions, name="export")
 
-        return self._start(work, on_done=done)
+    def _export_then_destroy(self, server, app: Optional[str], folder: Path, report) -> Optional[threading.Thread]:
+        every = set(self.tables.value) == {v for _, v in self.tables.options}
+        confirmed, mode = self.confirm_destroy.value, self.mode.value
+        final = apps_core.FinalExport(folder, mode=mode, parquet=self.parquet.value, files=self.files.value,
+                                      logs=self.logs.value, on_exported=lambda data: self._show(data, mode))
+
+        def work():
+            _need_app(app)
+            if not confirmed:
+                raise ValidationError("Destroying needs your confirmation.",
+                                      "Tick 'I understand: destroy deletes the app and its data', then click again.")
+            if not every:
+                raise ValidationError("Only some tables are selected; destroy needs every table exported.",
+                                      "Select every table, then click again.")
+            return apps_core.destroy(app, server, confirm=True, remove_data=True, final_export=final, reporter=report)
+
+        return self.in_background(work, lambda result: self._exported(app, destroyed=True), status="Exporting…",
+                                  reset=apps_core.destroy_steps(final), disable=self._actions, name="export-destroy")
+
+    def _exported(self, app: str, destroyed: bool = False) -> None:
+        shown = self.data
+        where = f" Saved: {', '.join(Path(p).name for p in self.paths)}." if self.paths else ""
+        gone = f" {app} was destroyed." if destroyed else ""
+        self.message.show_ok(f"Exported {len(shown)} tables, {sum(len(f) for f in shown.values()):,} rows."
+                             f"{where}{gone} Use panel.data['<table>'] in the notebook.")
+        if destroyed:
+            # Nothing picked afterwards and the tick cleared: the next app (and its destroy) is
+            # chosen deliberately, and loading another app's tables can't hide this message.
+            self.confirm_destroy.value = False
+            self.app_picker.value = None
+            self.tables.options = []
+            self.app_picker.options = [a for a in self.app_picker.options if a != app]
+
+
+def _need_app(app: Optional[str]) -> None:
+    if not app:
+        raise ValidationError("No app chosen.", "Pick an app (Reload lists them).")

@@ -19,7 +19,7 @@ from ..server import layout
 from ..watch import monitor
 from ..errors import LabdeployError
 from ..watch.pgactivity import DEFAULT_THRESHOLD
-from .common import LogPane, Message, Panel, error_html, run_in_background, titled, warning_html, widget_reporter
+from .common import LogPane, Message, Panel, error_html, titled, warning_html, widget_reporter
 
 STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
                 "created": "#888", "paused": "#8a4b00"}
@@ -118,6 +118,26 @@ class MonitorPanel(Panel):
         return b
 
     def _build(self, server) -> None:
+        options = self._server_options(server)
+        self.server_picker = W.Dropdown(options=options, value=options[0] if options else None,
+                                        description="Server")
+        self.server_picker.observe(self._on_server, names="value")
+        self.app_picker = W.Dropdown(options=[], description="App")
+        self.app_picker.observe(lambda _: self._update_services(), names="value")
+        self.stop_button = self._button("Stop monitoring", "stop", icon="stop")
+        self.stop_button.on_click(lambda _: self.stop())
+        self.start_button = self._button("Start monitoring", "start", icon="play")
+        self.start_button.on_click(lambda _: self.connect())
+        self.warnings = W.HTML()
+        self.warnings.add_class("labdeploy-monitor-warnings")
+        self.message = Message()
+        self._build_status()
+        self._build_logs()
+        self._build_restart()
+        self._build_exec()
+        self.widget = self._lay_out()
+
+    def _server_options(self, server) -> list:
         options = []
         if server is not None and not isinstance(server, str):
             label = getattr(server, "label", None) or getattr(server, "name", None) or str(server)
@@ -134,26 +154,16 @@ class MonitorPanel(Panel):
         if isinstance(server, str):
             self._servers.setdefault(server, server)
             options.append(server) if server not in options else None
-        self.server_picker = W.Dropdown(options=options, value=options[0] if options else None,
-                                        description="Server")
-        self.server_picker.observe(self._on_server, names="value")
-        self.app_picker = W.Dropdown(options=[], description="App")
-        self.app_picker.observe(lambda _: self._update_services(), names="value")
-        self.stop_button = self._button("Stop monitoring", "stop", icon="stop")
-        self.stop_button.on_click(lambda _: self.stop())
-        self.start_button = self._button("Start monitoring", "start", icon="play")
-        self.start_button.on_click(lambda _: self.connect())
-        self.warnings = W.HTML()
-        self.warnings.add_class("labdeploy-monitor-warnings")
-        self.message = Message()
+        return options
 
+    def _build_status(self) -> None:
         self.status_table = W.HTML("<i>Loading…</i>")
         self.refresh_button = self._button("Refresh", "refresh", icon="refresh")
-        self.refresh_button.on_click(lambda _: self._start(self._refresh_status))
+        self.refresh_button.on_click(lambda _: self.in_background(self._refresh_status, exclusive=False))
         self.updated = W.Label("")
 
         self.stats_button = self._button("Resource use", "stats", icon="tachometer")
-        self.stats_button.on_click(lambda _: self._start(self._show_stats))
+        self.stats_button.on_click(lambda _: self.in_background(self._show_stats, exclusive=False))
         self.stats_table = W.HTML()
 
         self.gauge = W.FloatProgress(value=0, min=0, max=100, description="Connections",
@@ -162,15 +172,17 @@ class MonitorPanel(Panel):
         self.chart = W.Image(format="png", layout=W.Layout(width="100%", max_width="760px"))
         self.summary = W.HTML()
 
+    def _build_logs(self) -> None:
         self.log_service = W.Dropdown(options=[ALL], value=ALL, description="Service")
         self.log_tail = W.BoundedIntText(value=200, min=0, max=100000, description="Last lines")
         self.logs_button = self._button("Show logs", "logs", icon="file-text")
-        self.logs_button.on_click(lambda _: self._start(self._show_logs))
+        self.logs_button.on_click(lambda _: self.in_background(self._show_logs, exclusive=False))
         self.follow = W.ToggleButton(value=False, description="Follow", icon="play")
         self.follow.add_class("labdeploy-monitor-follow")
         self.follow.observe(self._on_follow, names="value")
         self.log_pane = LogPane(max_lines=2000, layout=W.Layout(width="100%", height="240px"))
 
+    def _build_restart(self) -> None:
         self.restart_services = W.SelectMultiple(options=list(layout.PROCESS_SERVICES),
                                                  value=list(layout.PROCESS_SERVICES), description="Services",
                                                  rows=3)
@@ -179,22 +191,25 @@ class MonitorPanel(Panel):
         self.confirm_text = W.HTML()
         self.confirm_yes = self._button("Yes, restart", "restart-confirm", button_style="danger")
         self.confirm_no = self._button("Cancel", "restart-cancel")
-        self.confirm_yes.on_click(lambda _: self._start(self._do_restart))
+        self.confirm_yes.on_click(lambda _: self.in_background(self._do_restart, exclusive=False))
         self.confirm_no.on_click(lambda _: self._hide_confirm())
         self.confirm_row = W.HBox([self.confirm_text, self.confirm_yes, self.confirm_no])
         self.confirm_row.layout.display = "none"
 
+    def _build_exec(self) -> None:
         self.exec_service = W.Dropdown(options=list(layout.PROCESS_SERVICES), description="In service")
         self.exec_command = W.Text(placeholder="e.g. ls -la /tmp", description="Command",
                                    layout=W.Layout(width="60%"))
         self.exec_button = self._button("Run", "exec", icon="terminal")
-        self.exec_button.on_click(lambda _: self._start(self._run_exec))
+        self.exec_button.on_click(lambda _: self.in_background(self._run_exec, exclusive=False))
         self.exec_output = W.Textarea(disabled=True, layout=W.Layout(width="100%", height="120px"))
         self.exec_output.add_class("labdeploy-monitor-exec-output")
 
+    def _lay_out(self) -> W.VBox:
         section = lambda t: W.HTML(f"<b>{html.escape(t)}</b>")  # noqa: E731
-        self.widget = titled(
-            "Monitor", W.HBox([self.server_picker, self.app_picker, self.start_button, self.stop_button]), self.warnings, self.message,
+        return titled(
+            "Monitor", W.HBox([self.server_picker, self.app_picker, self.start_button, self.stop_button]),
+            self.warnings, self.message,
             section("Containers"), W.HBox([self.refresh_button, self.stats_button, self.updated]), self.status_table,
             self.stats_table,
             section("Database connections"), W.HBox([self.gauge, self.gauge_label]), self.chart, self.summary,
@@ -207,13 +222,6 @@ class MonitorPanel(Panel):
             subtitle="Status, logs, database connections; refreshes by itself until you stop it.")
 
     # ------------------------------------------------------------------ background work
-
-    def _start(self, fn, **kw) -> threading.Thread:
-        self.last_task = run_in_background(fn, on_error=self._show_error, **kw)
-        return self.last_task
-
-    def _show_error(self, exc: BaseException) -> None:
-        self.message.show_error(exc)
 
     def _need_app(self) -> str:
         app = self.app_picker.value
@@ -247,7 +255,7 @@ class MonitorPanel(Panel):
                 self._timer.start()
 
         self.message.show_info("Connecting…")
-        self._start(work)
+        self.in_background(work, exclusive=False, name="monitor-connect")
 
     def _on_server(self, change) -> None:
         if change["new"]:
@@ -343,7 +351,7 @@ class MonitorPanel(Panel):
             try:
                 app = self._need_app()
             except LabdeployError as exc:
-                self._show_error(exc)
+                self.message.show_error(exc)
                 self.follow.value = False
                 return
             stop = self._follow_stop = threading.Event()
@@ -369,8 +377,8 @@ class MonitorPanel(Panel):
             def done(_=None):
                 self.follow.value = False
 
-            self._follow_task = self.last_task = run_in_background(
-                follow, on_done=done, on_error=lambda exc: (self._show_error(exc), done()))
+            self._follow_task = self.in_background(follow, done, on_error=lambda exc: done(), exclusive=False,
+                                                   name="monitor-follow")
         else:
             self.follow.icon = "play"
             if self._follow_stop is not None:
@@ -382,7 +390,7 @@ class MonitorPanel(Panel):
         try:
             app = self._need_app()
         except LabdeployError as exc:
-            self._show_error(exc)
+            self.message.show_error(exc)
             return
         services = list(self.restart_services.value)
         if not services:

@@ -16,7 +16,7 @@ from .. import demo
 from ..images import registry, transfer
 from ..errors import ValidationError
 from ..progress import Collector, WarningEvent
-from .common import (LogPane, Message, Panel, StepList, ok_html, run_in_background, titled, warning_html, widget_reporter)
+from .common import LogPane, Message, Panel, StepList, ok_html, titled, warning_html, widget_reporter
 
 STEPS = ("log in here", "log in on the server", "base image name")
 STYLE = {"description_width": "150px"}
@@ -123,24 +123,16 @@ class RegistryPanel(Panel):
     # ------------------------------------------------------------------ actions
 
     def _start(self, step_name: str, fn, done_text) -> None:
-        self.message.show_info(f"{step_name} …")
-        self.steps.set(step_name, "running")
-
+        """A step in the background; its success message lists any warning it gave (e.g.
+        "stored unencrypted") below it."""
         first_event = len(self.events.events)
 
-        def on_done(result) -> None:
-            if self.steps.state(step_name) == "running":
-                self.steps.set(step_name, "done")
-            # Success, plus any warning the action raised (e.g. "stored unencrypted") below it.
+        def done(result) -> None:
             warnings = [e for e in self.events.events[first_event:] if isinstance(e, WarningEvent)]
             self.message.value = ok_html(done_text(result)) + "".join(
                 warning_html(w.message, w.hint) for w in warnings)
 
-        def on_error(exc: BaseException) -> None:
-            self.steps.set(step_name, "failed")
-            self.message.show_error(exc)
-
-        self.last_task = run_in_background(fn, on_done=on_done, on_error=on_error, name=f"labdeploy-{step_name}")
+        self.in_background(fn, done, step=step_name, status=f"{step_name} …", name=step_name)
 
     def _report(self, event) -> None:
         self.events(event)
@@ -153,7 +145,6 @@ class RegistryPanel(Panel):
             self.steps.set("log in here", "failed")
             self.message.show_error(exc)
             return
-        self.message.clear()
 
         def work():
             result = registry.login_local(creds, reporter=self._report)
@@ -173,7 +164,6 @@ class RegistryPanel(Panel):
             self.steps.set("log in on the server", "failed")
             self.message.show_error(exc)
             return
-        self.message.clear()
         remote = self.remote
 
         def work():
@@ -186,7 +176,6 @@ class RegistryPanel(Panel):
 
     def save_base_name(self) -> None:
         name = self.base_box.value.strip()
-        self.message.clear()
         self._start("base image name", lambda: dallingerconfig.set_base_name(name),
                     lambda path: f"Saved docker_image_base_name = {name} in {path}.")
 

@@ -18,7 +18,7 @@ from ..ssh import keys, servers
 from ..server import readiness, stack
 from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
-from .common import LogPane, Message, Panel, StepList, run_in_background, titled, widget_reporter
+from .common import LogPane, Message, Panel, StepList, titled, widget_reporter
 
 STEPS = ("SSH key", "ssh-agent", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
 
@@ -90,6 +90,12 @@ class SetupPanel(Panel):
         self.readiness_button = _button("Check readiness", "readiness")
         self.prepare_button = _button("Prepare server", "prepare", "success")
 
+        self._wire()
+        self.widget = self._lay_out()
+
+    # ------------------------------------------------------------------ display
+
+    def _wire(self) -> None:
         for box in (self.host_box, self.port_box, self.user_box, self.key_box):
             box.observe(lambda _: self._forget_connection(), names="value")
 
@@ -104,11 +110,12 @@ class SetupPanel(Panel):
         self.readiness_button.on_click(lambda _: self.check_readiness())
         self.prepare_button.on_click(lambda _: self.prepare())
 
+    def _lay_out(self) -> W.VBox:
         def section(title: str, *children: W.Widget) -> W.VBox:
             return W.VBox([W.HTML(f"<b>{html.escape(title)}</b>"), *children],
                           layout=W.Layout(margin="6px 0 0 0"))
 
-        self.widget = titled(
+        return titled(
             "Set up a server",
             W.HBox([W.VBox([self.name_box, self.host_box, self.port_box, self.user_box]), self.steps]),
             section("1. Your SSH key", self.key_box, self.passphrase_box,
@@ -124,8 +131,6 @@ class SetupPanel(Panel):
             self.message, self.log,
             subtitle="Each step runs in the background; a failed step says what to do next.")
 
-    # ------------------------------------------------------------------ display
-
     # ------------------------------------------------------------------ plumbing
 
     def _take_passphrase(self) -> Optional[str]:
@@ -136,25 +141,16 @@ class SetupPanel(Panel):
         return self._passphrase or None
 
     def _start(self, step: str, work: Callable[[], object], done: Callable[[object], str]) -> None:
-        if self.busy:
-            self.message.show_warning("Another step is still running.", "Wait for it to finish.")
-            return
-        self.message.clear()
-        self.steps.set(step, "running")
+        """A setup step in the background. done() returns the step's detail (also the success
+        message), or (state, detail) when the step is not simply done."""
 
-        def on_done(result):
+        def finished(result):
             outcome = done(result)
-            # done() returns a detail, or (state, detail) when the step is not simply done.
-            state, detail = outcome if isinstance(outcome, tuple) else ("done", outcome)
-            self.steps.set(step, state, detail)
-            if state == "done":
-                self.message.show_ok(f"{step}: {detail}")
+            if not isinstance(outcome, tuple):
+                self.message.show_ok(f"{step}: {outcome}")
+            return outcome
 
-        def on_error(exc: BaseException):
-            self.steps.set(step, "failed", exc.message if isinstance(exc, LabdeployError) else str(exc))
-            self.message.show_error(exc)
-
-        self.last_task = run_in_background(work, on_done=on_done, on_error=on_error, name=f"labdeploy-setup-{step}")
+        self.in_background(work, finished, step=step, name=f"setup-{step}")
 
     def _forget_connection(self) -> None:
         """Another server, user or key was typed: the verified connection no longer applies."""

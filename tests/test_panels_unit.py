@@ -1,0 +1,125 @@
+"""What every panel shares, without a server: one background-run helper (busy state, errors shown
+in the panel, steps, `last_task`), and the export panel's "Export, then destroy" handing the whole
+sequence to the core."""
+
+from __future__ import annotations
+
+import threading
+
+import ipywidgets
+import pytest
+
+from labdeploy.data.archive import ExportData
+from labdeploy.errors import LabdeployError
+from labdeploy.widgets.common import LogPane, Message, Panel, StepList
+
+
+class Little(Panel):
+    def __init__(self) -> None:
+        self.message, self.steps, self.log = Message(), StepList(["one", "two"]), LogPane()
+        self.widget = self.message
+
+
+def test_an_action_runs_in_the_background_and_its_step_follows(home):
+    panel, gate = Little(), threading.Event()
+    panel.message.show_ok("earlier")
+    task = panel.in_background(lambda: gate.wait(10) and 42, lambda n: f"got {n}", step="one")
+    assert task is panel.last_task and panel.busy and panel.steps.state("one") == "running"
+    assert panel.message.value == ""  # an action starts with a clean message
+    assert panel.in_background(lambda: 0) is None and "still running" in panel.message.value  # one at a time
+    gate.set()
+    task.join(10)
+    assert not panel.busy and panel.steps.states == {"one": "done", "two": "pending"}
+    assert "got 42" in panel.steps.value
+
+
+def test_an_error_is_shown_with_its_hint_and_the_step_failed(home):
+    panel, extras, gate = Little(), [], threading.Event()
+
+    def work():
+        gate.wait(10)
+        raise LabdeployError("The server said no.", "Ask it nicely.")
+
+    button = ipywidgets.Button()
+    panel.in_background(work, step="two", on_error=extras.append, disable=[button])
+    assert button.disabled
+    gate.set()
+    panel.last_task.join(10)
+    assert "The server said no." in panel.message.value and "Ask it nicely." in panel.message.value
+    assert panel.steps.state("two") == "failed" and len(extras) == 1 and not button.disabled and not panel.busy
+
+
+def test_what_an_action_starts_when_it_ends_is_not_refused(home):
+    panel, started = Little(), []
+    panel.in_background(lambda: None, lambda _: started.append(panel.in_background(lambda: None)))
+    panel.last_task.join(10)
+    assert started[0] is not None
+    started[0].join(10)
+
+
+def test_background_refreshes_run_side_by_side_and_leave_the_message(home):
+    panel, gate = Little(), threading.Event()
+    panel.message.show_ok("kept")
+    a = panel.in_background(lambda: gate.wait(10), exclusive=False)
+    b = panel.in_background(lambda: gate.wait(10), exclusive=False)
+    assert a is not None and b is not None and not panel.busy and "kept" in panel.message.value
+    gate.set()
+    a.join(10), b.join(10)
+
+
+def test_a_reset_shows_the_new_steps_and_clears_the_log(home):
+    panel = Little()
+    panel.log.append("old line")
+    panel.in_background(lambda: None, reset=["a", "b"])
+    panel.last_task.join(10)
+    assert list(panel.steps.states) == ["a", "b"] and panel.log.value == ""
+
+
+def test_export_then_destroy_is_the_cores_destroy_with_a_final_export(home, monkeypatch, tmp_path):
+    from labdeploy.app import apps
+    from labdeploy.widgets import export as panel_module
+
+    calls = []
+
+    def destroy(app, server, **kw):
+        calls.append((app, server, kw))
+        kw["final_export"].on_exported(ExportData({}, app=app))  # shown before the rest of the destroy
+        return apps.DestroyResult(app, removed=["containers"])
+
+    monkeypatch.setattr(panel_module.apps_core, "destroy", destroy)
+    panel = panel_module.ExportPanel("lab", app="stroop", folder=str(tmp_path / "out"), autoload=False)
+    panel.app_picker.options = ["stroop"]
+    panel.app_picker.value = "stroop"
+    panel.tables.options = [("participant (3 rows)", "participant")]
+    panel.tables.value = ("participant",)
+    panel.mode.value, panel.files.value, panel.logs.value = "anonymous", True, True
+    panel.destroy_button.click()  # not confirmed: refused in the panel, the core is not called
+    panel.last_task.join(10)
+    assert "confirmation" in panel.message.value and not calls
+    panel.confirm_destroy.value = True
+    panel.destroy_button.click()
+    panel.last_task.join(10)
+    assert "labdeploy-error" not in panel.message.value, panel.message.value
+    (app, server, kw), = calls
+    final = kw["final_export"]
+    assert (app, kw["confirm"], kw["remove_data"]) == ("stroop", True, True)
+    assert (final.mode, final.files, final.logs, str(final.folder)) == ("anonymous", True, True, str(tmp_path / "out"))
+    assert "stroop was destroyed" in panel.message.value and panel.app_picker.value is None
+    assert not panel.confirm_destroy.value and not panel.destroy_button.disabled
+    assert list(panel.steps.states) == apps.destroy_steps(final)
+
+
+@pytest.mark.parametrize("picked", [(), ("participant",)])
+def test_export_then_destroy_needs_every_table(home, monkeypatch, tmp_path, picked):
+    from labdeploy.widgets import export as panel_module
+
+    monkeypatch.setattr(panel_module.apps_core, "destroy", lambda *a, **k: pytest.fail("the core was called"))
+    panel = panel_module.ExportPanel("lab", app="stroop", folder=str(tmp_path / "out"), autoload=False)
+    panel.app_picker.options = ["stroop"]
+    panel.app_picker.value = "stroop"
+    panel.tables.options = [("participant", "participant"), ("info", "info")]
+    panel.tables.value = picked
+    panel.confirm_destroy.value = True
+    panel.destroy_button.click()
+    panel.last_task.join(10)
+    assert "every table" in panel.message.value
