@@ -100,3 +100,42 @@ def fail_on_widget_callback_errors():
         msgs = "\n".join(r.getMessage() + ("\n" + "".join(__import__("traceback").format_exception(*r.exc_info))
                                            if r.exc_info else "") for r in handler.records)
         pytest.fail(f"a widget callback raised:\n{msgs}")
+
+
+# ---------------------------------------------------------------- one naming rule for test files
+
+def naming_problems(modules: dict) -> list[str]:
+    """The rule, on {file name: (tests that use the testbed, needs the network)}: `_unit` in a
+    test file's name means none of its tests uses the testbed; a file without it uses the
+    testbed (or is marked `network`: it needs a real outside service such as PyPI)."""
+    problems = []
+    for name, (uses, network) in sorted(modules.items()):
+        if name.endswith("_unit.py") and uses:
+            problems.append(f"{name} is named _unit, but {', '.join(sorted(uses)[:3])} use(s) the testbed: "
+                            f"move those to a file without _unit")
+        elif not name.endswith("_unit.py") and not uses and not network:
+            problems.append(f"{name} needs no testbed: name it {name[:-3]}_unit.py")
+    return problems
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k / -m deselect: every collected test of a file is seen
+def pytest_collection_modifyitems(config, items):
+    """Keeps the naming rule true (a run stops with a usage error when a file breaks it), and marks
+    every test of a file that uses the testbed `testbed`, every test of a `_unit` file `unit`:
+    `pytest -m unit` needs nothing but this computer."""
+    modules: dict = {}
+    for item in items:
+        uses, network = modules.setdefault(item.path.name, (set(), False))
+        if "testbed" in item.fixturenames:  # requested directly or through remote, session_remote, ...
+            uses.add(item.originalname)
+        modules[item.path.name] = (uses, network or item.get_closest_marker("network") is not None)
+    for item in items:
+        uses, _ = modules[item.path.name]
+        if item.path.name.endswith("_unit.py"):
+            item.add_marker(pytest.mark.unit)
+        elif uses:
+            item.add_marker(pytest.mark.testbed)
+    partial = any("::" in str(arg) for arg in config.args) or config.getoption("lf", False)
+    problems = [p for p in naming_problems(modules) if not (partial and "needs no testbed" in p)]
+    if problems:
+        raise pytest.UsageError("Test file names break the rule (tests/conftest.py):\n  " + "\n  ".join(problems))

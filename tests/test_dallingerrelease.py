@@ -13,6 +13,8 @@ import pytest
 from labdeploy.experiment import dallinger, dallingerrelease as dr, pypi
 from labdeploy.errors import ValidationError
 
+pytestmark = pytest.mark.network  # the real PyPI, not the testbed
+
 CLOSED = "http://127.0.0.1:9/simple/"  # the discard port: nothing listens, the connection is refused
 SHIPPED_CONSTRAINTS = "dallinger[docker]==11.4.0\nrq==2.4.1\npsynet @ git+https://gitlab.com/PsyNetDev/PsyNet@master\n"
 
