@@ -208,6 +208,23 @@ def test_changed_key_error_explains_cause_and_fix(tmp_path, home):
     assert "intercept" in text
 
 
+def test_known_hosts_status_tells_known_unknown_and_changed(home, tmp_path):
+    """The one first-contact judgement (keys.host_key_status and the setup panel use it)."""
+    from labdeploy.ssh.hostkeys import KnownHosts
+
+    key, other = load_key(keygen(tmp_path / "k")), load_key(keygen(tmp_path / "o"))
+    kh = KnownHosts(tmp_path / "known_hosts")
+    assert kh.status("lab.example.org", 2222, key).state == "unknown"
+    kh.add("lab.example.org", 2222, key)
+    assert (tmp_path / "known_hosts").stat().st_mode & 0o777 == 0o600
+    known = kh.status("lab.example.org", 2222, key)
+    assert known.state == "known" and known.fingerprint == known.expected_fingerprint == fingerprint(key)
+    changed = kh.status("lab.example.org", 2222, other)
+    assert changed.state == "changed" and changed.expected_fingerprint == fingerprint(key)
+    assert kh.status("lab.example.org", 22, key).state == "unknown"  # another port is another server
+    assert kh.forget("lab.example.org", 2222) == 1 and kh.stored("lab.example.org", 2222) == {}
+
+
 # ------------------------------------------------------------------ construction, ssh config
 
 def test_defaults_come_from_home(home, monkeypatch):
@@ -282,3 +299,42 @@ def test_result_properties():
     r = Result(["x"], 0, "héllo\n".encode(), b"\xff oops")
     assert r.ok and r.stdout == "héllo\n" and r.stderr == "\ufffd oops"
     assert not Result(["x"], 2, b"", b"").ok
+
+
+class _ReadyChannel:
+    """A channel with its output already waiting (what `_Output.drain` reads)."""
+
+    def __init__(self, out: list, err: list) -> None:
+        self.out, self.err = list(out), list(err)
+
+    def recv_ready(self):
+        return bool(self.out)
+
+    def recv(self, n):
+        return self.out.pop(0)
+
+    def recv_stderr_ready(self):
+        return bool(self.err)
+
+    def recv_stderr(self, n):
+        return self.err.pop(0)
+
+
+def test_command_output_is_kept_and_cut_into_lines_across_chunks():
+    from labdeploy.ssh.connection import _Output
+
+    lines = []
+    out = _Output(lambda line, stream: lines.append((stream, line)), None)
+    assert out.drain(_ReadyChannel([b"one\ntw", b"o\r\nthr"], [b"warn"]))
+    assert not out.drain(_ReadyChannel([], []))
+    assert out.finish() == (b"one\ntwo\r\nthr", b"warn")
+    assert lines == [("stdout", "one"), ("stdout", "two"), ("stdout", "thr"), ("stderr", "warn")]
+
+
+def test_stdout_chunks_go_to_on_stdout_instead_of_being_kept():
+    from labdeploy.ssh.connection import _Output
+
+    chunks, lines = [], []
+    out = _Output(lambda line, stream: lines.append((stream, line)), chunks.append)
+    out.drain(_ReadyChannel([b"a\nb"], [b"e\n"]))
+    assert out.finish() == (b"", b"e\n") and chunks == [b"a\nb"] and lines == [("stderr", "e")]

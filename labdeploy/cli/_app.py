@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -10,6 +11,7 @@ from typing import Optional
 import click
 
 from ..errors import LabdeployError, UnknownHostKey, ValidationError
+from ..ssh import pool as ssh_pool  # light: paramiko and pandas load with the first server
 from . import _ui
 from ._ui import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NEEDS_CONFIRMATION, EXIT_USAGE, STATE, CliError, NeedsConfirmation, UsageProblem)
 
@@ -189,25 +191,16 @@ def connect(remote, *, trust: Optional[str] = None, name: str = "", has_trust_op
         return remote
 
 
-_opened: list = []  # Remotes this command opened, closed when it ends
+def run_pool():
+    """This command's connections: one per server for the whole run; main() makes the pool and
+    closes it when the command ends. (A command invoked without main() uses the process's.)"""
+    return ssh_pool.current() or ssh_pool.kernel()
 
 
 def open_server(name: Optional[str], *, trust: Optional[str] = None):
     """The chosen server as a connected Remote (one SSH connection for the whole command)."""
-    servers = core("servers")
     chosen = pick_server(name)
-    remote = servers.resolve(chosen)
-    _opened.append(remote)
-    return connect(remote, trust=trust, name=chosen)
-
-
-def _close_opened() -> None:
-    while _opened:
-        remote = _opened.pop()
-        try:
-            remote.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+    return connect(run_pool().get(chosen), trust=trust, name=chosen)
 
 
 # ---------------------------------------------------------------- hints in CLI words
@@ -362,6 +355,8 @@ def main(argv: Optional[list] = None) -> int:
         STATE.debug = True
     _quiet_library_logging(debug)
     code = 0
+    run = contextlib.ExitStack()  # this run's SSH connections: one per server, closed when it ends
+    run.enter_context(ssh_pool.using(run.enter_context(ssh_pool.Pool())))
     try:
         try:
             rv = cli.main(args=argv, prog_name="labdeploy", standalone_mode=False)
@@ -406,5 +401,5 @@ def main(argv: Optional[list] = None) -> int:
                   "and report it.")
         code = EXIT_FAILED
     finally:
-        _close_opened()
+        run.close()
     return code

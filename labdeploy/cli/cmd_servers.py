@@ -9,7 +9,7 @@ import click
 from .. import names
 from ..errors import RemoteError, UnknownHostKey, ValidationError
 from . import _ui
-from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server, server_option, yes_option)
+from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server, run_pool, server_option, yes_option)
 from ._ui import CliError, NotReady, UsageProblem
 
 TRUST_HELP = ("Trust the server's host key only if its fingerprint is exactly this (SHA256:...), "
@@ -113,7 +113,7 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
     #    against --trust-host-key); a changed one is refused by the SSH layer with its explanation.
     status = keys.host_key_status(host, port)
     if status.state != "known":
-        probe = servers_mod.resolve(candidate)
+        probe = run_pool().get(candidate)
         try:
             connect(probe, trust=trust, name=name, has_trust_option=True)
         except RemoteError as exc:
@@ -121,8 +121,6 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
             # once the key is trusted.
             if isinstance(exc, UnknownHostKey) or keys.host_key_status(host, port).state != "known":
                 raise
-        finally:
-            probe.close()
     elif trust and trust.strip() != status.fingerprint:
         raise CliError(f"The server {host} presents the host key {status.fingerprint}, not the {trust.strip()} "
                        "you gave.", "Check the fingerprint with the server's administrator.")
@@ -141,12 +139,9 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
         candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
 
     # 3. Check that the key login works, then register.
-    remote = servers_mod.resolve(candidate)
-    try:
-        connect(remote, trust=trust, name=name, has_trust_option=True)
-        remote.run(["true"], timeout=30)
-    finally:
-        remote.close()
+    remote = run_pool().get(candidate)
+    connect(remote, trust=trust, name=name, has_trust_option=True)
+    remote.run(["true"], timeout=30)
     server = servers_mod.add(candidate.name, candidate.host, candidate.user, candidate.port, candidate.key,
                              replace=replace)
     _ui.ok(f"Registered {server.name} ({server.label}); key login works.")
@@ -227,10 +222,9 @@ def servers_check(server, trust):
       labdeploy servers check
       labdeploy servers check --server lab --json
     """
-    servers_mod = core("servers")
     readiness = core("readiness")
     name = pick_server(server)
-    remote = servers_mod.resolve(name)
+    remote = run_pool().get(name)
     try:
         connect(remote, trust=trust, name=name, has_trust_option=True)
     except UnknownHostKey:

@@ -22,6 +22,7 @@ from .. import names
 from ..errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError, UnknownApp, ValidationError
 from ..progress import Reporter, WarningEvent, null_reporter
 from ..redaction import redact
+from ..ssh import pool
 
 APP_LABEL = "labdeploy.app"
 SERVICE_LABEL = "labdeploy.service"
@@ -47,31 +48,6 @@ class CommandNotFound(LabdeployError):
 
 class RestartTimeout(LabdeployError):
     """Restarted services did not come back up in time."""
-
-
-_remotes: dict = {}
-_remotes_lock = threading.Lock()
-
-
-def remote_of(server):
-    """The `Remote` for a Remote, a registered Server or a server name.
-
-    Names and Servers map to one Remote per process, so repeated calls (a panel's timer, a
-    sampler) reuse one SSH connection instead of opening one each time.
-    """
-    if hasattr(server, "run"):
-        return server
-    from ..ssh import servers
-
-    import os
-
-    spec = servers.get(server) if isinstance(server, str) else server
-    # The registration's values and HOME (where known_hosts is) decide which Remote fits.
-    key = (spec, os.path.expanduser("~")) if isinstance(spec, servers.Server) else spec
-    with _remotes_lock:
-        if key not in _remotes:
-            _remotes[key] = servers.resolve(spec)
-        return _remotes[key]
 
 
 def docker_error(res, doing: str) -> LabdeployError:
@@ -102,7 +78,7 @@ def _app_first(app, server, fn: str):
     if not isinstance(app, str):
         raise ValidationError(f"{fn}() needs an app name, got {type(app).__name__}.",
                               f"Call {fn}('my-app', server, ...).")
-    return names.app_name(app), remote_of(server)
+    return names.app_name(app), pool.remote(server)
 
 
 # ------------------------------------------------------------------ status
@@ -161,6 +137,7 @@ def parse_status(output: str) -> pd.DataFrame:
     return df
 
 
+@pool.closes_what_it_opens
 def status(server, app: Optional[str] = None, *, jobs: bool = False) -> pd.DataFrame:
     """Every labdeploy app's containers: app, service, state, health, uptime, image, ...
 
@@ -168,7 +145,7 @@ def status(server, app: Optional[str] = None, *, jobs: bool = False) -> pd.DataF
     raises `UnknownApp`. With `jobs`, the worker rows also get `jobs_queued`, `jobs_started`
     and `jobs_failed` from the app's rq queues (one more round trip).
     """
-    remote = remote_of(server)
+    remote = pool.remote(server)
     if app is not None:
         names.app_name(app)
     res = remote.run(["sh", "-c", status_script()], timeout=60, check=False)
@@ -255,6 +232,7 @@ def exec_script(app: str, service: str, command: Sequence[str], interactive: boo
 _NOT_FOUND_RE = re.compile(r"executable file not found|no such file or directory|permission denied", re.I)
 
 
+@pool.closes_what_it_opens
 def exec_(app: str, server, service: str, command: Union[str, Sequence[str]], *,
           stdin: Union[bytes, str, None] = None, timeout: Optional[float] = 300,
           check: bool = False, redact_secrets: bool = True) -> ExecResult:
@@ -382,6 +360,7 @@ class _UntilStopped:
         return b""
 
 
+@pool.closes_what_it_opens
 def logs(app: str, server, service: Optional[str] = None, *, tail: Union[int, str] = 200, since=None,
          follow: bool = False, on_line: Optional[Callable[[LogEntry], None]] = None,
          stop: Optional[threading.Event] = None, as_frame: bool = True, max_lines: int = 100_000,
@@ -527,10 +506,11 @@ def parse_stats(output: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=STATS_COLUMNS).sort_values(["app", "service", "container"], ignore_index=True)
 
 
+@pool.closes_what_it_opens
 def stats(server, app: Optional[str] = None) -> pd.DataFrame:
     """CPU, memory, network and block I/O of every running container (shared stack included:
     its `app` is empty). One round trip (`docker stats --no-stream` samples for ~1-2 s)."""
-    remote = remote_of(server)
+    remote = pool.remote(server)
     if app is not None:
         names.app_name(app)
     res = remote.run(["sh", "-c", stats_script()], timeout=120, check=False)
@@ -553,6 +533,7 @@ def _is_up(row, settle: float = 0.0) -> bool:
             and row["uptime"] is not pd.NaT and row["uptime"] >= pd.Timedelta(seconds=settle))
 
 
+@pool.closes_what_it_opens
 def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeout: float = 120,
             stop_timeout: int = 10, settle: float = 2.0, reporter: Optional[Reporter] = None) -> pd.DataFrame:
     """Restart an app's web / worker / clock (the seed's remedy), then wait until they are up:

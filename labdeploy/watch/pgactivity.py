@@ -27,7 +27,7 @@ import pandas as pd
 from ..server import layout
 from .. import names
 from ..server import pooler
-from .containers import remote_of
+from ..ssh import pool as ssh_pool  # here "pool" alone is PgBouncer's
 from ..redaction import redact_frame
 from ..errors import LabdeployError, RemoteError
 
@@ -332,6 +332,7 @@ def close_persistent_psql(remote) -> None:
         s.close()
 
 
+@ssh_pool.closes_what_it_opens
 def snapshot(server, container: str = layout.POSTGRES_CONTAINER, *, superuser: str = layout.POSTGRES_SUPERUSER,
              persistent: bool = True, timeout: float = 30) -> Snapshot:
     """One `pg_stat_activity` snapshot with settings and limits, in one round trip.
@@ -339,7 +340,7 @@ def snapshot(server, container: str = layout.POSTGRES_CONTAINER, *, superuser: s
     With `persistent` (the default) the SQL goes to a psql kept open on the connection
     (`PersistentPsql`); otherwise each call runs `docker exec -i <container> psql` afresh.
     """
-    remote = remote_of(server)
+    remote = ssh_pool.remote(server)
     if persistent:
         return parse_snapshot(persistent_psql(remote, container, superuser).query(SNAPSHOT_SQL, timeout))
     res = remote.run(psql_argv(container, superuser), stdin=SNAPSHOT_SQL.encode(), timeout=timeout, check=False)

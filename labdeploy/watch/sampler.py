@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import pandas as pd
 
 from ..server import layout
-from .containers import remote_of
+from ..ssh import pool as ssh_pool
 from ..errors import LabdeployError
 from .pgactivity import DEFAULT_THRESHOLD, ConnectionWarning, Snapshot, container_name, snapshot, summarize
 from ..progress import Reporter, null_reporter
@@ -46,7 +46,10 @@ class Sampler:
                                  "Use e.g. interval=5.")
         if max_samples < 2:
             raise LabdeployError("max_samples must be at least 2.", "Use e.g. max_samples=2000.")
-        self.remote = remote_of(server)
+        # A sampler outlives the call that made it: a connection it opens for a server name is
+        # its own, closed by stop() (a Remote handed in stays the caller's).
+        self._pool = ssh_pool.Pool()
+        self.remote = self._pool.get(server)
         self.interval = float(interval)
         self.container, self.superuser, self.persistent = container_name(container), superuser, persistent
         self.threshold = threshold
@@ -80,6 +83,7 @@ class Sampler:
             thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        self._pool.close()
 
     @property
     def running(self) -> bool:

@@ -17,7 +17,7 @@ import ipywidgets as W
 from ..app import apps as apps_core
 from ..app import deploy as deploy_core
 from .. import demo
-from ..ssh import servers
+from ..ssh import pool as ssh_pool, servers
 from ..images import transfer
 from ..errors import LabdeployError
 from ..progress import Collector
@@ -55,7 +55,7 @@ class DeployPanel(Panel):
         self.last_task: Optional[threading.Thread] = None
         self.events = Collector()
         self.health_path = health_path
-        self._remotes: dict = {}
+        self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
         self._hide_timer: Optional[threading.Timer] = None
         self._pending_destroy: Optional[tuple[str, bool]] = None
 
@@ -161,15 +161,13 @@ class DeployPanel(Panel):
                                 f"{html.escape(transfer.MODE_HELP[self.mode_box.value])}</div>")
 
     def remote(self):
-        """The connection for the chosen server, opened once and reused by every action."""
+        """The connection for the chosen server: the notebook's, opened once and shared by every
+        action and panel (a Remote handed in is used as it is)."""
         choice = self.server_box.value
         if choice is None:
             raise LabdeployError("No server is chosen.",
                                  "Register one first (notebooks/setup_server.ipynb), then pick it here.")
-        key = id(choice) if not isinstance(choice, str) else choice
-        if key not in self._remotes:
-            self._remotes[key] = servers.resolve(choice)
-        return self._remotes[key]
+        return self._connections.pool.get(choice)
 
     def _show_failure(self, exc: BaseException) -> None:
         """Besides the error: the data question a deploy asks, and the container logs of a failure."""
@@ -360,10 +358,8 @@ class DeployPanel(Panel):
         self.close_tunnel()
         if self._hide_timer is not None:
             self._hide_timer.cancel()
-        for key, remote in list(self._remotes.items()):
-            if isinstance(key, str):  # a Remote handed in by the caller stays theirs to close
-                remote.close()
-        self._remotes.clear()
+        # The last panel closed closes the notebook's connections (never a Remote handed in).
+        self._connections.release()
 
 
 def _apps_html(df) -> str:

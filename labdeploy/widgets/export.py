@@ -20,6 +20,7 @@ from .. import export as export_core
 from ..app import apps as apps_core
 from ..data.archive import ExportData
 from ..errors import LabdeployError, ValidationError
+from ..ssh import pool as ssh_pool
 from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, widget_reporter
 
 STEPS = ["Read the tables", "Check row counts", "Anonymise", "Write the archive", "Download files", "Download logs"]
@@ -64,6 +65,7 @@ class ExportPanel(Panel):
         self.anonymous: Optional[ExportData] = None
         self.last_task: Optional[threading.Thread] = None
         self.paths: list = []
+        self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
         self._servers: dict = {}
         self._wanted_app = app
         self._build(server, folder)
@@ -142,7 +144,19 @@ class ExportPanel(Panel):
 
     @property
     def server(self):
-        return self._servers.get(self.server_picker.value)
+        """The chosen server: for a registered name the notebook's shared connection, else what
+        was handed in."""
+        choice = self._servers.get(self.server_picker.value)
+        if isinstance(choice, str):
+            try:
+                return self._connections.pool.get(choice)
+            except LabdeployError:  # e.g. no longer registered: the action given the name says so
+                return choice
+        return choice
+
+    def close(self) -> None:
+        """Let go of the notebook's connections (the last panel closed closes them)."""
+        self._connections.release()
 
     def _show(self, data: ExportData, mode: str) -> None:
         """Summary, previews and `panel.data` for an export (called from the worker thread:

@@ -18,6 +18,7 @@ import pandas as pd
 from ..server import layout
 from ..watch import monitor
 from ..errors import LabdeployError
+from ..ssh import pool as ssh_pool
 from ..watch.pgactivity import DEFAULT_THRESHOLD
 from .common import LogPane, Message, Panel, error_html, titled, warning_html, widget_reporter
 
@@ -97,6 +98,7 @@ class MonitorPanel(Panel):
                  autostart: bool = True) -> None:
         self.refresh, self.interval, self.container, self.threshold = refresh, interval, container, threshold
         self.remote = None
+        self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
         self.sampler: Optional[monitor.Sampler] = None
         self.last_task: Optional[threading.Thread] = None
         self.status_df = pd.DataFrame()
@@ -236,9 +238,7 @@ class MonitorPanel(Panel):
         target = self._servers.get(self.server_picker.value) if server is None else server
 
         def work():
-            from ..watch.containers import remote_of
-
-            remote = remote_of(target)
+            remote = self._connections.pool.get(target)
             with self._ctl:
                 if stop.is_set():  # stopped (or switched server) while connecting
                     return
@@ -451,6 +451,11 @@ class MonitorPanel(Panel):
         self._stop_work()
         self.follow.value = False
         self.message.show_info("Monitoring stopped. Click Start monitoring to go on.")
+
+    def close(self) -> None:
+        """Stop, and let go of the notebook's connections (the last panel closed closes them)."""
+        self._stop_work()
+        self._connections.release()
 
     @property
     def running(self) -> bool:

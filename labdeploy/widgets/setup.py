@@ -152,6 +152,11 @@ class SetupPanel(Panel):
 
         self.in_background(work, finished, step=step, name=f"setup-{step}")
 
+    def close(self) -> None:
+        """Close the connection this panel verified (its own: it may hold a passphrase, so it is
+        never shared with other panels)."""
+        self._forget_connection()
+
     def _forget_connection(self) -> None:
         """Another server, user or key was typed: the verified connection no longer applies."""
         if self.remote is not None:
