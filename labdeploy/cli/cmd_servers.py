@@ -69,10 +69,49 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
           --copy-key --password-stdin --trust-host-key SHA256:eycBinPsUBRvdw...
       labdeploy servers add lab --host lab.example.org --user alice --no-verify
     """
-
-
     servers_mod = core("servers")
     keys = core("keys")
+    key_path = _add_options_checked(servers_mod, name, host, user, port, key, trust, copy_key, password_stdin,
+                                    replace, no_verify)
+    candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
+
+    if no_verify:
+        # Only the local list changes: no host key lookup, no login, no network at all.
+        _register(servers_mod, candidate, replace, " without contacting it; its host key is confirmed on first "
+                                                   "use (`labdeploy servers check`)")
+        return
+
+    # 1. The host key: never trusted silently. A new key is shown and asked for (or checked
+    #    against --trust-host-key); a changed one is refused by the SSH layer with its explanation.
+    status = keys.host_key_status(host, port)
+    if status.state != "known":
+        probe = run_pool().get(candidate)
+        try:
+            connect(probe, trust=trust, name=name, has_trust_option=True)
+        except RemoteError as exc:
+            # Only the host key matters here: a login that fails (no key copied yet) is fine
+            # once the key is trusted.
+            if isinstance(exc, UnknownHostKey) or keys.host_key_status(host, port).state != "known":
+                raise
+    elif trust and trust.strip() != status.fingerprint:
+        raise CliError(f"The server {host} presents the host key {status.fingerprint}, not the {trust.strip()} "
+                       "you gave.", "Check the fingerprint with the server's administrator.")
+
+    # 2. Optionally copy the public key (the ssh-copy-id step).
+    if copy_key:
+        key_path = _copy_key(keys, key_path, host, port, user, password_stdin)
+        candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
+
+    # 3. Check that the key login works, then register.
+    remote = run_pool().get(candidate)
+    connect(remote, trust=trust, name=name, has_trust_option=True)
+    remote.run(["true"], timeout=30)
+    _register(servers_mod, candidate, replace, "; key login works")
+
+
+def _add_options_checked(servers_mod, name, host, user, port, key, trust, copy_key, password_stdin, replace,
+                         no_verify):
+    """Every check of `servers add` that needs no connection; returns the key's absolute path."""
     _validated(names.server_name, name)
     _validated(names.host, host)
     _validated(names.user, user)
@@ -97,54 +136,28 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
         raise UsageProblem(f"The key file {key_path} does not exist.",
                            "Give the path of your private key (e.g. ~/.ssh/id_ed25519), or add --copy-key to "
                            "create one and copy it to the server.")
-    candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
+    return key_path
 
-    if no_verify:
-        # Only the local list changes: no host key lookup, no login, no network at all.
-        server = servers_mod.add(candidate.name, candidate.host, candidate.user, candidate.port, candidate.key,
-                                 replace=replace)
-        _ui.ok(f"Registered {server.name} ({server.label}) without contacting it; its host key is confirmed on "
-               "first use (`labdeploy servers check`).")
-        _ui.output({"name": server.name, "host": server.host, "port": server.port, "user": server.user,
-                    "key": server.key})
-        return
 
-    # 1. The host key: never trusted silently. A new key is shown and asked for (or checked
-    #    against --trust-host-key); a changed one is refused by the SSH layer with its explanation.
-    status = keys.host_key_status(host, port)
-    if status.state != "known":
-        probe = run_pool().get(candidate)
-        try:
-            connect(probe, trust=trust, name=name, has_trust_option=True)
-        except RemoteError as exc:
-            # Only the host key matters here: a login that fails (no key copied yet) is fine
-            # once the key is trusted.
-            if isinstance(exc, UnknownHostKey) or keys.host_key_status(host, port).state != "known":
-                raise
-    elif trust and trust.strip() != status.fingerprint:
-        raise CliError(f"The server {host} presents the host key {status.fingerprint}, not the {trust.strip()} "
-                       "you gave.", "Check the fingerprint with the server's administrator.")
+def _copy_key(keys, key_path, host, port, user, password_stdin):
+    """The ssh-copy-id step (a key is made first if there is none); returns the key used."""
+    path = key_path or keys.default_key_path()
+    if not path.exists():
+        new = keys.generate_key(path)
+        _ui.info(f"Generated a new key {new.path} ({new.fingerprint}).")
+        key_path = path
+    password = _ui.read_secret(f"password of {user} on {host}", from_stdin=password_stdin)
+    added = keys.copy_key(host, user, password, path, port=port)
+    del password
+    _ui.info(f"{'Added' if added else 'Found'} your public key {path}.pub on the server.")
+    return key_path
 
-    # 2. Optionally copy the public key (the ssh-copy-id step).
-    if copy_key:
-        path = key_path or keys.default_key_path()
-        if not path.exists():
-            new = keys.generate_key(path)
-            _ui.info(f"Generated a new key {new.path} ({new.fingerprint}).")
-            key_path = path
-        password = _ui.read_secret(f"password of {user} on {host}", from_stdin=password_stdin)
-        added = keys.copy_key(host, user, password, path, port=port)
-        del password
-        _ui.info(f"{'Added' if added else 'Found'} your public key {path}.pub on the server.")
-        candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
 
-    # 3. Check that the key login works, then register.
-    remote = run_pool().get(candidate)
-    connect(remote, trust=trust, name=name, has_trust_option=True)
-    remote.run(["true"], timeout=30)
+def _register(servers_mod, candidate, replace: bool, said: str) -> None:
+    """Save the server in the list; `said` ends the sentence that says so."""
     server = servers_mod.add(candidate.name, candidate.host, candidate.user, candidate.port, candidate.key,
                              replace=replace)
-    _ui.ok(f"Registered {server.name} ({server.label}); key login works.")
+    _ui.ok(f"Registered {server.name} ({server.label}){said}.")
     _ui.output({"name": server.name, "host": server.host, "port": server.port, "user": server.user,
                 "key": server.key})
 
