@@ -114,12 +114,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
     if not experiment.is_dir():
         raise UsageProblem(f"The experiment folder {experiment} does not exist.",
                            "Give the folder that holds the experiment's Dockerfile.")
-    secrets = {}
-    for key in secret_env:
-        if key not in os.environ:
-            raise UsageProblem(f"--secret-env {key}: the environment variable {key} is not set.",
-                               f"Set it first, e.g. `read -s {key}; export {key}`.")
-        secrets[key] = os.environ[key]
+    secrets = _secrets_from_environment(secret_env)
     kwargs = {"mode": mode, "build_args": _pairs(build_args, "--build-arg") or None,
               "config": _pairs(config, "--config") or None, "secrets": secrets or None,
               "dockerfile": dockerfile, "unset_secrets": list(unset_secrets), "existing_data": existing_data}
@@ -141,24 +136,44 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
     name = pick_server(server)
     creds = None
     if registry_user:
-        reg, images = core("registry"), core("images")
-        base = image_base_name or core("dallingerconfig").get_base_name() or ""
-        address = images.registry_of(base) if base else None
-        if not address:
-            raise UsageProblem("The registry mode needs an image name that starts with a registry "
-                               f"(now {base or 'none'!r}).",
-                               "Pass --image-base-name REGISTRY/PATH, or set docker_image_base_name in "
-                               "~/.dallingerconfig (`labdeploy registry login --image-base-name ...`).")
-        creds = _ui.read_credentials(address, registry_user, from_stdin=registry_password_stdin,
-                                     flag="--registry-password-stdin")
+        creds = _registry_credentials(image_base_name, registry_user, registry_password_stdin)
         kwargs["credentials"] = creds
         kwargs["logout_after_pull"] = logout_after_pull
     remote = open_server(name)
     fn = deploy.update if update else deploy.deploy
     with _ui.reporting() as reporter:
         if creds is not None:
-            reg.login_local(creds, reporter=_ui.without_warnings(reporter))  # for the push, this process only
+            # for the push, this process only
+            core("registry").login_local(creds, reporter=_ui.without_warnings(reporter))
         result = fn(experiment, app, remote, reporter=reporter, **kwargs)
+    _show_deployed(result, name, show_password)
+
+
+def _secrets_from_environment(keys) -> dict:
+    """--secret-env KEY: the value from this process's environment (never a command-line argument)."""
+    secrets = {}
+    for key in keys:
+        if key not in os.environ:
+            raise UsageProblem(f"--secret-env {key}: the environment variable {key} is not set.",
+                               f"Set it first, e.g. `read -s {key}; export {key}`.")
+        secrets[key] = os.environ[key]
+    return secrets
+
+
+def _registry_credentials(image_base_name, registry_user: str, from_stdin: bool):
+    """The registry login of this deploy (--registry-user): the registry from the image name."""
+    images = core("images")
+    base = image_base_name or core("dallingerconfig").get_base_name() or ""
+    address = images.registry_of(base) if base else None
+    if not address:
+        raise UsageProblem("The registry mode needs an image name that starts with a registry "
+                           f"(now {base or 'none'!r}).",
+                           "Pass --image-base-name REGISTRY/PATH, or set docker_image_base_name in "
+                           "~/.dallingerconfig (`labdeploy registry login --image-base-name ...`).")
+    return _ui.read_credentials(address, registry_user, from_stdin=from_stdin, flag="--registry-password-stdin")
+
+
+def _show_deployed(result, name: str, show_password: bool) -> None:
     _ui.ok(f"{result.app} ({result.version}) is live at {result.url}")
     # Shown to a person at a terminal; masked in logs and pipes unless asked for.
     reveal = show_password or (sys.stdout.isatty() and not STATE.json)
