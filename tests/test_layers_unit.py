@@ -1,9 +1,9 @@
 """The package's shape, read from its own imports: layers from the ground up, no import that
 runs back up, no import circle, no widget code in the core.
 
-The layers (docs/internals.md): ground (errors, progress, names, ...) < ssh < server <
-experiment < images < watch < data < app < the front ends (cli, widgets). A module may
-import from its own layer and the ones below it.
+The layers (docs/internals.md): ground (errors, progress, names, the server's layout, ...) <
+commands (remote commands as data) < ssh < server < experiment < images < watch < data < app <
+the front ends (cli, widgets). A module may import from its own layer and the ones below it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "labdeploy"
 
 LAYERS = [
     ("ground", ["labdeploy", "labdeploy.errors", "labdeploy.redaction", "labdeploy.localfiles",
-                "labdeploy.progress", "labdeploy.names", "labdeploy.demo"]),
+                "labdeploy.progress", "labdeploy.names", "labdeploy.demo",
+                "labdeploy.server.layout"]),  # names and paths only: the command builders use it
+    ("commands", ["labdeploy.commands"]),  # builders and parsers; they run nothing
     ("ssh", ["labdeploy.remote", "labdeploy.ssh"]),
     ("server", ["labdeploy.server"]),
     ("experiment", ["labdeploy.experiment"]),
