@@ -1,5 +1,6 @@
 """Judging readiness facts (pure)."""
 
+from labdeploy.commands import hostfacts
 from labdeploy.server import readiness
 
 GOOD = {
@@ -59,6 +60,6 @@ def test_no_docker():
     assert not got["Docker Compose"]["ok"]
 
 
-def test_sections_parser():
+def test_the_facts_are_read_section_by_section():
     text = "@@a\nx\n\n@@b\n@@c\ny\nz\n"
-    assert readiness._sections(text) == {"a": ["x"], "b": [], "c": ["y", "z"]}
+    assert hostfacts.read_facts(text) == {"a": ["x"], "b": [], "c": ["y", "z"]}

@@ -17,6 +17,7 @@ import yaml
 from ..server import layout
 from .. import names
 from ..server import pooler
+from ..commands import entrypoints
 from ..errors import ValidationError
 
 SECRETS_FILE = "secrets.env"
@@ -74,8 +75,7 @@ def _command(line: str, *, pooled: bool = False) -> list[str]:
     # Procfile lines are shell lines; `exec` makes the process PID 1's child-free replacement
     # so it receives Docker's stop signal. `$$` stops Compose from interpolating on the server.
     # With the pooler, psycopg2 must wait cooperatively under gevent (labdeploy.pooler).
-    script = pooler.process_command(line) if pooled else "exec " + line
-    return ["sh", "-c", script.replace("$", "$$")]
+    return entrypoints.compose_escaped(entrypoints.process(line, pooled=pooled))
 
 
 def _labels(app: str, service: str, version: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ import weakref
 from typing import Callable, Optional, Sequence
 
 from . import layout
+from ..commands import compose as compose_commands
 from .. import names
 from ..errors import LabdeployError
 
@@ -23,10 +24,7 @@ def detect(remote) -> Optional[list[str]]:
     """The compose command the server has, or None. One round trip, cached per Remote."""
     if remote in _cache:
         return _cache[remote]
-    script = ("if docker compose version >/dev/null 2>&1; then echo v2; "
-              "elif command -v docker-compose >/dev/null 2>&1; then echo v1; else echo none; fi")
-    out = remote.run(["sh", "-c", script], check=False).stdout.strip()
-    argv = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}.get(out)
+    argv = compose_commands.read_detect(remote.run(compose_commands.detect(), check=False).stdout)
     _cache[remote] = argv
     return argv
 

@@ -1,9 +1,12 @@
-"""The deploy lock: one deploy / update / destroy of an app at a time, across machines.
+"""Locks on the server: one deploy / update / destroy of an app at a time (`DeployLock`), one
+prepare of the shared stack at a time (the stack's lock), across machines.
 
-`mkdir` on the server is atomic, so whoever creates ~/dallinger/.locks/<app>/ holds the lock;
-its info.json says who, from where, when and which version. A lock expires (its holder may
-have lost the connection for good), a lock left by a process of this machine that no longer
-runs is stale at once, and a lock can be broken deliberately (`break_lock(..., confirm=True)`).
+Both are a `ServerLock`: `mkdir` on the server is atomic, so whoever creates
+~/dallinger/.locks/<name>/ holds the lock; its info.json names the owner by a random token and
+says who, from where, when and which version. A lock expires (its holder may have lost the
+connection for good), a lock left by a process of this machine that no longer runs is stale
+at once, and a lock can be broken deliberately (`break_lock(..., confirm=True)`). The commands
+are labdeploy.commands.locks.
 """
 
 from __future__ import annotations
@@ -13,34 +16,21 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Callable, Optional
 
 from . import layout
 from .. import names
+from ..commands import locks as lock_commands
 from ..errors import LabdeployError
 
 DEFAULT_TTL = 30 * 60  # seconds; longer than a slow image build, short enough not to block a day
 
 _held: set[str] = set()  # tokens this process holds right now
 _held_lock = threading.Lock()
-
-# $1 = locks dir, $2 = lock dir. Takes the lock and stores info.json from stdin, or prints
-# the holder (server clock: lock age) and exits 3. One round trip either way.
-_ACQUIRE = ('mkdir -p "$1" && if mkdir "$2" 2>/dev/null; then cat > "$2/info.json"; echo acquired; '
-            'else cat >/dev/null; echo "$(( $(date +%s) - $(stat -c %Y "$2" 2>/dev/null || date +%s) ))"; '
-            'cat "$2/info.json" 2>/dev/null; exit 3; fi')
-# $1 = lock dir, $2 = token: replace info.json (stdin) atomically and touch the lock, if still ours.
-_REFRESH = ('grep -qF "$2" "$1/info.json" 2>/dev/null || { cat >/dev/null; exit 4; }; '
-            'cat > "$1/.info.json.tmp" && mv "$1/.info.json.tmp" "$1/info.json" && touch "$1"')
-# $1 = lock dir, $2 = token: remove the lock only if it is still the one named by the token.
-_RELEASE = 'grep -qF "$2" "$1/info.json" 2>/dev/null && rm -rf "$1" || true'
-# $1 = lock dir, $2 = token (or "" for any): rename away atomically, then remove.
-_BREAK = ('[ -d "$1" ] || exit 0; if [ -n "$2" ]; then grep -qF "$2" "$1/info.json" 2>/dev/null || exit 4; fi; '
-          't="$1.broken.$$"; mv "$1" "$t" && rm -rf "$t"')
-
 
 class DeployInProgress(LabdeployError):
     """Someone else is deploying, updating or destroying this app right now."""
@@ -121,23 +111,38 @@ def stale_reason(info: Optional[LockInfo], age: Optional[float], *, local_host: 
     return None
 
 
-class DeployLock:
-    """`with DeployLock(remote, app, version=...):` — held for the block, released after."""
+class ServerLock:
+    """`with ServerLock(remote, path, subject=..., operation=...):` — held for the block,
+    released after. `wait` seconds: how long to wait for a lock that must be respected
+    (`on_wait` is called once when the waiting starts); then `busy(holder)` is raised."""
 
-    def __init__(self, remote, app: str, *, operation: str = "deploy", version: str = "",
-                 ttl: int = DEFAULT_TTL, reporter=None) -> None:
+    kind = "server"  # what the lock is called in messages ("deploy lock", "prepare lock")
+
+    def __init__(self, remote, path: str, *, subject: str, operation: str, version: str = "",
+                 ttl: int = DEFAULT_TTL, reporter=None, wait: float = 0.0,
+                 on_wait: Optional[Callable[[], None]] = None,
+                 busy: Optional[Callable[[Optional["LockInfo"]], LabdeployError]] = None) -> None:
         self.remote = remote
-        self.app = names.app_name(app)
-        self.path = layout.app_lock(self.app)
+        self.path = path
         who, host = _local_identity()
-        self.info = LockInfo(app=self.app, token=uuid.uuid4().hex, operation=operation, version=version,
+        self.info = LockInfo(app=subject, token=uuid.uuid4().hex, operation=operation, version=version,
                              who=who, host=host, pid=os.getpid(),
                              acquired_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), ttl=int(ttl))
         self.reporter = reporter
+        self.wait = float(wait)
+        self._on_wait = on_wait
+        self._busy = busy
         self.held = False
         self.broke: Optional[LockInfo] = None  # the stale lock taken over, if any
 
-    def acquire(self) -> "DeployLock":
+    def busy(self, other: Optional["LockInfo"]) -> LabdeployError:
+        if self._busy is not None:
+            return self._busy(other)
+        what = other.describe() if other else "another operation"
+        return LabdeployError(f"The {self.kind} lock {self.path} is held ({what}).",
+                              "Wait for the other operation to finish and try again.")
+
+    def acquire(self) -> "ServerLock":
         # Counted as held before the mkdir: another thread of this process that sees the new
         # lock must not take it for one left behind by a lost connection.
         with _held_lock:
@@ -149,57 +154,79 @@ class DeployLock:
                 _held.discard(self.info.token)
             raise
 
-    def _acquire(self) -> "DeployLock":
-        for _ in range(3):
-            res = self.remote.run(["sh", "-c", _ACQUIRE, "sh", layout.locks_dir(), self.path],
+    def _acquire(self) -> "ServerLock":
+        deadline = time.monotonic() + self.wait
+        breaks = 0
+        waiting = False
+        while True:
+            res = self.remote.run(lock_commands.acquire(layout.locks_dir(), self.path),
                                   stdin=self.info.to_json().encode(), check=False)
-            if res.exit_status == 0 and res.stdout.strip() == "acquired":
+            if res.exit_status == 0 and res.stdout.strip() == lock_commands.ACQUIRED:
                 self.held = True
                 return self
-            if res.exit_status != 3:
-                raise LabdeployError(f"Could not take the deploy lock on the server: {res.stderr.strip()}",
+            if res.exit_status != lock_commands.BUSY:
+                raise LabdeployError(f"Could not take the {self.kind} lock on the server: {res.stderr.strip()}",
                                      "Check that the login user can write to ~/dallinger on the server.")
-            first, _, rest = res.stdout.partition("\n")
-            age = float(first) if first.strip().lstrip("-").isdigit() else None
-            other = LockInfo.from_json(rest, age)
+            age, text = lock_commands.parse_holder(res.stdout)
+            other = LockInfo.from_json(text, age)
             with _held_lock:
                 held = set(_held)
             reason = stale_reason(other, age, local_host=self.info.host, my_pid=self.info.pid, held=held)
             if reason is None:
-                raise busy_error(self.app, other)
+                if time.monotonic() >= deadline:
+                    raise self.busy(other)
+                if not waiting and self._on_wait is not None:
+                    self._on_wait()
+                waiting = True
+                time.sleep(1.0)
+                continue
             self._break(other)
             self.broke = other
             if self.reporter is not None:
                 from ..progress import WarningEvent
-                self.reporter(WarningEvent(f"Took over a stale deploy lock of {self.app}: {reason}."))
-        raise busy_error(self.app, None)
+                self.reporter(WarningEvent(f"Took over a stale {self.kind} lock of {self.info.app}: {reason}."))
+            breaks += 1
+            if breaks >= 3:
+                raise self.busy(None)
 
     def _break(self, other: Optional[LockInfo]) -> None:
-        token = other.token if other else ""
-        self.remote.run(["sh", "-c", _BREAK, "sh", self.path, token], check=False)
+        self.remote.run(lock_commands.break_(self.path, other.token if other else ""), check=False)
 
     def refresh(self) -> None:
         """Rewrite info.json (e.g. with the version, known once the image is built) and restart
         the expiry clock, so a slow build doesn't expire the lock. Only while still ours."""
         if self.held:
-            self.remote.run(["sh", "-c", _REFRESH, "sh", self.path, self.info.token],
+            self.remote.run(lock_commands.refresh(self.path, self.info.token),
                             stdin=self.info.to_json().encode(), check=False)
 
     def release(self) -> None:
         if not self.held:
             return
         try:
-            self.remote.run(["sh", "-c", _RELEASE, "sh", self.path, self.info.token], check=False)
+            self.remote.run(lock_commands.release(self.path, self.info.token), check=False)
         finally:
             self.held = False
             with _held_lock:
                 _held.discard(self.info.token)
 
-    def __enter__(self) -> "DeployLock":
+    def __enter__(self) -> "ServerLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class DeployLock(ServerLock):
+    """`with DeployLock(remote, app, version=...):` — one deploy / update / destroy of the app
+    at a time; held for the block, released after."""
+
+    kind = "deploy"
+
+    def __init__(self, remote, app: str, *, operation: str = "deploy", version: str = "",
+                 ttl: int = DEFAULT_TTL, reporter=None) -> None:
+        self.app = names.app_name(app)
+        super().__init__(remote, layout.app_lock(self.app), subject=self.app, operation=operation,
+                         version=version, ttl=ttl, reporter=reporter, busy=lambda other: busy_error(self.app, other))
 
 
 def busy_error(app: str, other: Optional[LockInfo]) -> DeployInProgress:
@@ -217,14 +244,11 @@ def busy_error(app: str, other: Optional[LockInfo]) -> DeployInProgress:
 
 def read_lock(remote, app: str) -> Optional[LockInfo]:
     """The current lock of an app, or None."""
-    path = layout.app_lock(app)
-    res = remote.run(["sh", "-c", '[ -d "$1" ] || exit 5; echo "$(( $(date +%s) - $(stat -c %Y "$1") ))"; '
-                                  'cat "$1/info.json" 2>/dev/null', "sh", path], check=False)
-    if res.exit_status == 5:
+    res = remote.run(lock_commands.read(layout.app_lock(app)), check=False)
+    if res.exit_status == lock_commands.NO_LOCK:
         return None
-    first, _, rest = res.stdout.partition("\n")
-    age = float(first) if first.strip().isdigit() else None
-    return LockInfo.from_json(rest, age) or LockInfo(app=app, token="", age=age)
+    age, text = lock_commands.parse_holder(res.stdout)
+    return LockInfo.from_json(text, age) or LockInfo(app=app, token="", age=age)
 
 
 def break_lock(remote, app: str, *, confirm: bool = False) -> Optional[LockInfo]:
@@ -240,7 +264,7 @@ def break_lock(remote, app: str, *, confirm: bool = False) -> Optional[LockInfo]
         r = pool.connect(server)  # a registered name, a Server or a Remote
         info = read_lock(r, app)
         if info is not None:
-            r.run(["sh", "-c", _BREAK, "sh", layout.app_lock(app), ""], check=False)
+            r.run(lock_commands.break_(layout.app_lock(app)), check=False)
         return info
 
     return work(remote)

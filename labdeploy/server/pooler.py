@@ -43,6 +43,7 @@ import yaml
 
 from . import database, layout
 from .. import names
+from ..commands import containers, entrypoints
 from ..errors import LabdeployError, ValidationError
 
 SERVICE = layout.POOLER_SERVICE
@@ -52,9 +53,9 @@ PORT = layout.POOLER_PORT
 # is on ghcr.io (no Docker Hub pull limits). PgBouncer 1.21+ also pools psycopg 3's prepared
 # statements. A server without access to it sets its own (stack setting pgbouncer_image).
 DEFAULT_IMAGE = "ghcr.io/cloudnative-pg/pgbouncer:1.25.2"
-ENV_FILE = "pooler.env"  # in ~/dallinger/<app>, mode 0600: only the pooler's password
-PASSWORD_VAR = "LABDEPLOY_POOLER_PASSWORD"
-CONFIG_DIR = "/run/labdeploy-pooler"  # a tmpfs inside the container
+ENV_FILE = entrypoints.POOLER_ENV_FILE  # in ~/dallinger/<app>, mode 0600: only the pooler's password
+PASSWORD_VAR = entrypoints.POOLER_PASSWORD_VAR
+CONFIG_DIR = entrypoints.POOLER_CONFIG_DIR  # a tmpfs inside the container
 MAX_CLIENT_CONN = 4000  # the app's side: Dallinger's pools may open many; they cost PgBouncer little
 NOFILE = 8192  # open files: clients + server connections + a margin
 # What PostgreSQL's pg_stat_activity shows for the pooler's connections (a client that sets
@@ -62,7 +63,7 @@ NOFILE = 8192  # open files: clients + server connections + a margin
 APPLICATION_NAME = "pgbouncer"
 LABEL = "labdeploy.server.pooler"  # on the web service: "on" / "off", the app's choice for the next update
 PYTHON_DIR = "psycopg-gevent"  # in ~/dallinger/<app>: sitecustomize.py, mounted into the processes
-PYTHON_MOUNT = "/opt/labdeploy/psycopg-gevent"
+PYTHON_MOUNT = entrypoints.PYTHON_MOUNT
 
 SITECUSTOMIZE = '''\
 """Written by labdeploy (see labdeploy.pooler): in a process that gevent monkey-patches,
@@ -223,36 +224,14 @@ def ini(app: str, limit: int) -> str:
 
 def start_script(app: str, limit: int) -> str:
     """The container's command (sh): write the configuration and the user list into the
-    tmpfs (umask 077, so only the container's user may read them), drop the password from
-    the environment, exec pgbouncer. printf is a shell builtin: the password is on no
-    command line."""
-    role = names.db_identifier(app)
-    config = ini(app, limit)  # validated names and numbers only: nothing ends the here-document
-    return "\n".join([
-        "set -eu",
-        "umask 077",
-        f"dir={CONFIG_DIR}",
-        f'pw="${{{PASSWORD_VAR}:-}}"',
-        f"unset {PASSWORD_VAR}",
-        'case "$pw" in',
-        "  ''|*[!A-Za-z0-9_-]*)",
-        f'    echo "labdeploy: {PASSWORD_VAR} is missing or not URL-safe in {ENV_FILE}; redeploy the app." >&2',
-        "    exit 78;;",
-        "esac",
-        f"printf '\"%s\" \"%s\"\\n' {role} \"$pw\" > \"$dir/userlist.txt\"",
-        "pw=",
-        "cat > \"$dir/pgbouncer.ini\" <<'LABDEPLOY_INI'",
-        config.rstrip("\n"),
-        "LABDEPLOY_INI",
-        'exec pgbouncer "$dir/pgbouncer.ini"',
-        "",
-    ])
+    tmpfs, drop the password from the environment, exec pgbouncer (commands.entrypoints)."""
+    return entrypoints.pooler_script(names.db_identifier(app), ini(app, limit))
 
 
 def process_command(line: str) -> str:
     """A process's shell line with the sitecustomize on its PYTHONPATH (the image's own
     PYTHONPATH kept after it). Not yet escaped for Compose."""
-    return f"PYTHONPATH={PYTHON_MOUNT}${{PYTHONPATH:+:$PYTHONPATH}} exec {line}"
+    return entrypoints.process_line(line, pooled=True)
 
 
 def python_volume() -> str:
@@ -278,7 +257,8 @@ def service(app: str, image: str, limit: int, *, logging: Optional[dict] = None)
         # entrypoint, not command: an image's own entrypoint (some build a configuration from
         # DATABASE_URL-like variables) must not run first.
         # `$$`: Compose must not interpolate the script's variables on the server.
-        "entrypoint": ["sh", "-c", start_script(app, limit).replace("$", "$$"), "labdeploy-pooler"],
+        "entrypoint": entrypoints.compose_escaped(entrypoints.pooler_start(names.db_identifier(app),
+                                                                          ini(app, limit))),
         "restart": "unless-stopped",
         "env_file": [ENV_FILE],
         "tmpfs": [f"{CONFIG_DIR}:mode=1777,size=1m"],
@@ -323,36 +303,15 @@ def image_failure(exc: Exception, image: dict) -> Optional[PoolerImageUnavailabl
         "limited only by its role, and a busy app may see refused connections.")
 
 
-# One round trip: "<service> <State.StartedAt>" per container of the app.
-STARTED_SCRIPT = ('ids=$(docker ps -q --filter "$1"); [ -n "$ids" ] || exit 0; '
-                  'docker inspect -f \'{{index .Config.Labels "labdeploy.service"}} {{.State.StartedAt}}\' $ids')
-
-
 def started_argv(app: str) -> list[str]:
-    return ["sh", "-c", STARTED_SCRIPT, "sh", f"label=labdeploy.app={names.app_name(app)}"]
-
-
-def _instant(text: str):
-    """Docker's RFC 3339 time with nanoseconds -> a comparable (seconds, nanoseconds) pair."""
-    from datetime import datetime
-
-    head, _, rest = text.strip().partition(".")
-    frac = "".join(c for c in rest if c.isdigit())
-    zone = rest[len(frac):] or "Z"
-    when = datetime.fromisoformat(head + (zone if zone != "Z" else "+00:00"))
-    return int(when.timestamp()), int((frac + "000000000")[:9])
+    """When each running container of the app started (one round trip)."""
+    return containers.started(app)
 
 
 def stale_processes(output: str, processes) -> list[str]:
     """The processes (from `started_argv`'s output) that started before the pooler: they hold
     connections to a pooler that has since been replaced, which fail at their next use."""
-    started = {}
-    for line in output.splitlines():
-        service, _, when = line.strip().partition(" ")
-        try:
-            started[service] = _instant(when)
-        except ValueError:
-            continue
+    started = containers.read_started(output)
     if SERVICE not in started:
         return []
     return [p for p in processes if p in started and started[p] < started[SERVICE]]

@@ -19,7 +19,7 @@ from typing import Optional
 
 import pandas as pd
 
-from . import layout
+from ..commands import postgres
 from ..errors import CommandFailed, LabdeployError, ValidationError
 
 _DB_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -38,8 +38,7 @@ def database_name(name: str) -> str:
 
 def psql_argv(database: str = "dallinger", *extra: str) -> list[str]:
     """The command that runs psql inside the PostgreSQL container, reading SQL from stdin."""
-    return ["docker", "exec", "-i", layout.POSTGRES_CONTAINER, "psql", "-U", layout.POSTGRES_SUPERUSER,
-            "-X", "-v", "ON_ERROR_STOP=1", "-d", database_name(database), *extra]
+    return postgres.psql(database_name(database), *extra)
 
 
 def _fail(exc: CommandFailed, database: str) -> SQLError:

@@ -1,7 +1,7 @@
 """Can this server host experiments? One table of checks (check, ok, detail, hint).
 
-Facts are gathered by one shell script in one round trip; the judging is pure Python
-(`judge(facts, ...)`) so it is unit-testable.
+Facts are gathered by one shell script in one round trip (labdeploy.commands.hostfacts); the
+judging is pure Python (`judge(facts, ...)`) so it is unit-testable.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Optional
 import pandas as pd
 
 from . import layout
+from ..commands import hostfacts
 from ..errors import LabdeployError
 from ..progress import Reporter, null_reporter, step
 
@@ -19,35 +20,6 @@ GB = 1024 ** 3
 RAM_PER_EXPERIMENT_GB = 5  # the seed's rule of thumb
 MIN_DISK_GB = 10  # room for a few experiment images and their data
 COLUMNS = ["check", "ok", "detail", "hint"]
-
-# Each section starts with a marker line; every command tolerates failure so one missing tool
-# does not hide the other facts.
-_SCRIPT = r"""
-echo '@@docker_path'; command -v docker 2>/dev/null || true
-echo '@@docker_info'; if command -v docker >/dev/null 2>&1; then docker info --format '{{.ServerVersion}}' 2>&1; echo "rc=$?"; fi
-echo '@@compose'
-if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then echo "v2 $(docker compose version --short 2>/dev/null)";
-elif command -v docker-compose >/dev/null 2>&1; then echo "v1 $(docker-compose version --short 2>/dev/null)"; else echo none; fi
-echo '@@meminfo'; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo 2>/dev/null || true
-echo '@@disk'; df -Pk "$HOME" 2>/dev/null | tail -n 1
-echo '@@listen'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == "0A" {print $2}'
-echo '@@proxy'; if command -v docker >/dev/null 2>&1; then docker ps --filter name=^/dallinger-caddy$ --format '{{.Names}} {{.Ports}}' 2>/dev/null; fi
-echo '@@projects'; if command -v docker >/dev/null 2>&1; then docker ps --format '{{.Label "com.docker.compose.project"}} {{.Label "labdeploy.app"}}' 2>/dev/null; fi
-echo '@@stack'; if command -v docker >/dev/null 2>&1; then docker ps --filter name=^/dallinger- --format '{{.Names}}' 2>/dev/null; fi
-echo '@@end'
-"""
-
-
-def _sections(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("@@"):
-            current = line[2:].strip()
-            out[current] = []
-        elif current is not None and line.strip():
-            out[current].append(line.rstrip())
-    return out
 
 
 def _listening_ports(lines: list[str]) -> set[int]:
@@ -175,8 +147,8 @@ def check(server, reporter: Optional[Reporter] = None, *, known_hosts=None, port
                 rows.append(_row("SSH login", False, exc.message, exc.hint))
                 return pd.DataFrame(rows, columns=COLUMNS)
             rows.append(_row("SSH login", True, f"logged in as {remote.label}"))
-            out = remote.run(["sh", "-c", _SCRIPT], check=False, timeout=120).stdout
-            rows.extend(judge(_sections(out), user=remote.user, ports=ports))
+            out = remote.run(hostfacts.facts(), check=False, timeout=120).stdout
+            rows.extend(judge(hostfacts.read_facts(out), user=remote.user, ports=ports))
         finally:
             if owned:
                 remote.close()

@@ -12,15 +12,14 @@ import ipaddress
 import json
 import re
 import secrets
-import shlex
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import yaml
 
-from . import compose, layout
+from . import compose, layout, locks
+from ..commands import caddy as caddy_commands, docker, postgres
 from .. import names
 from ..errors import CommandFailed, LabdeployError, ValidationError
 from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
@@ -267,35 +266,19 @@ def _lock_path() -> str:
     return f"{layout.locks_dir()}/_stack"
 
 
-def _acquire_lock(remote, reporter: Reporter) -> str:
-    """mkdir is atomic: one prepare per server at a time (others' tests share it too)."""
-    token = uuid.uuid4().hex
+def _prepare_lock(remote, reporter: Reporter) -> locks.ServerLock:
+    """One prepare per server at a time (others' tests share it too): the same lock as an
+    app's deploy lock, under ~/dallinger/.locks/_stack, waiting up to LOCK_WAIT for another."""
     path = _lock_path()
-    script = (f"mkdir -p {shlex.quote(layout.locks_dir())} && mkdir {shlex.quote(path)} 2>/dev/null && "
-              f"echo {token} > {shlex.quote(path)}/owner")
-    deadline = time.monotonic() + LOCK_WAIT
-    told = False
-    while True:
-        if remote.run(["sh", "-c", script], check=False).exit_status == 0:
-            return token
-        age = remote.run(["sh", "-c", f"echo $(( $(date +%s) - $(stat -c %Y {shlex.quote(path)} 2>/dev/null "
-                                      f"|| date +%s) ))"], check=False).stdout.strip()
-        if age.isdigit() and int(age) > LOCK_STALE:
-            remote.run(["rm", "-rf", path], check=False)
-            continue
-        if not told:
-            reporter(LogLine("another prepare of this server is running; waiting", "stack"))
-            told = True
-        if time.monotonic() > deadline:
-            raise StackError("Another setup of this server's shared services is still running.",
-                             f"Wait a minute and try again. If nothing else runs, remove ~/{path} on the server.")
-        time.sleep(1.0)
 
+    def busy(other) -> StackError:
+        return StackError("Another setup of this server's shared services is still running.",
+                          f"Wait a minute and try again. If nothing else runs, remove ~/{path} on the server.")
 
-def _release_lock(remote, token: str) -> None:
-    path = _lock_path()
-    remote.run(["sh", "-c", f"[ \"$(cat {shlex.quote(path)}/owner 2>/dev/null)\" = {token} ] && "
-                            f"rm -rf {shlex.quote(path)}"], check=False)
+    return locks.ServerLock(remote, path, subject="_stack", operation="prepare", ttl=int(LOCK_STALE),
+                            reporter=reporter, wait=LOCK_WAIT, busy=busy,
+                            on_wait=lambda: reporter(LogLine("another prepare of this server is running; waiting",
+                                                             "stack")))
 
 
 def check_docker(remote) -> None:
@@ -350,33 +333,23 @@ def _ensure_password(remote, result: PrepareResult) -> None:
 
 def _running_images(remote) -> dict[str, str]:
     """{container name: image} of the stack's running containers, in one round trip."""
-    res = remote.run(["docker", "inspect", "-f", "{{.Name}} {{.State.Running}} {{.Config.Image}}",
-                      layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER], check=False)
-    out = {}
-    for line in res.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] == "true":
-            out[parts[0].lstrip("/")] = parts[2]
-    return out
+    res = remote.run(docker.running_images(layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER), check=False)
+    return docker.parse_running_images(res.stdout)
 
 
 def _container_running(remote, name: str) -> bool:
-    res = remote.run(["docker", "inspect", "-f", "{{.State.Running}}", name], check=False)
-    return res.exit_status == 0 and res.stdout.strip() == "true"
+    res = remote.run(docker.is_running(name), check=False)
+    return docker.parse_is_running(res.exit_status, res.stdout)
 
 
 def wait_postgres(remote, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        # TCP, not only the socket: during first-start init a temporary server answers on the
-        # socket alone; apps come over TCP. Then a real query.
-        q = remote.run(["docker", "exec", layout.POSTGRES_CONTAINER, "sh", "-c",
-                        "pg_isready -q -h 127.0.0.1 -U dallinger && psql -U dallinger -X -tAc 'select 1'"],
-                       check=False)
-        if q.exit_status == 0 and q.stdout.strip() == "1":
+        q = remote.run(postgres.ready(layout.POSTGRES_CONTAINER), check=False)
+        if postgres.is_ready(q.exit_status, q.stdout):
             return
         if time.monotonic() > deadline:
-            logs = remote.run(["docker", "logs", "--tail", "20", layout.POSTGRES_CONTAINER], check=False)
+            logs = remote.run(docker.logs_tail(layout.POSTGRES_CONTAINER, 20), check=False)
             raise StackError(f"PostgreSQL did not become ready within {timeout:.0f} s.\n{logs.stderr or logs.stdout}",
                              "Look at `cd ~/dallinger && docker compose logs postgresql` on the server.")
         time.sleep(1.0)
@@ -391,7 +364,7 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
         remote.connect()
         check_docker(remote)
         compose.compose_argv(remote)
-    token = _acquire_lock(remote, reporter)
+    lock = _prepare_lock(remote, reporter).acquire()
     try:
         running = _running_images(remote)
         caddy_was_running = layout.CADDY_CONTAINER in running
@@ -435,7 +408,7 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
             state = json.dumps({"settings": asdict(settings)}, indent=2, sort_keys=True) + "\n"
             _write_if_changed(remote, layout.stack_state(), state, 0o644, result, reporter, keep_foreign=False)
     finally:
-        _release_lock(remote, token)
+        lock.release()
     return result
 
 
@@ -459,8 +432,7 @@ def reload_caddy(remote) -> None:
     if not _container_running(remote, layout.CADDY_CONTAINER):
         raise StackError("The web proxy (Caddy) is not running on the server.",
                          "Prepare the server first (setup panel, or labdeploy.server.stack.prepare()).")
-    res = remote.run(["docker", "exec", layout.CADDY_CONTAINER, "caddy", "reload", "--config",
-                      "/etc/caddy/Caddyfile", "--adapter", "caddyfile"], check=False, timeout=60)
+    res = remote.run(caddy_commands.reload(layout.CADDY_CONTAINER), check=False, timeout=60)
     if res.exit_status != 0:
         err = (res.stderr or res.stdout).strip()
         raise StackError(f"Caddy refused the new configuration:\n{err[-1500:]}",
