@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 
+from labdeploy.commands import jobs as commands
 from labdeploy.watch import jobs
 
 
@@ -42,13 +43,14 @@ def test_no_rq_apps_give_an_empty_table_with_its_columns():
     assert list(df.columns) == jobs.COUNT_COLUMNS and df.empty
 
 
-def test_the_probe_script_finds_the_worker_by_its_labels_and_sends_no_secret():
-    script = jobs.probe_script("exp-a", 12)
-    argv = shlex.split(script)
-    assert "label=labdeploy.app=exp-a" in argv and "label=labdeploy.service=worker" in argv
-    assert "REDIS_URL" in script and "redis://" in script  # read inside the container, never passed in
+def test_the_probe_finds_the_worker_by_its_labels_and_sends_no_secret():
+    argv = commands.probe("exp-a", 12)
+    assert argv[:3] == ["sh", "-c", commands.RUN_PROBE] and shlex.split(shlex.join(argv)) == argv
+    assert argv[4:] == ["label=labdeploy.app=exp-a", commands.PROBE, "high", "12"]
+    assert "label=labdeploy.service=worker" in commands.RUN_PROBE
+    assert "REDIS_URL" in commands.PROBE and "redis://" in commands.PROBE  # read inside the container
     with pytest.raises(Exception):
-        jobs.probe_script("exp;rm -rf ~")
+        commands.probe("exp;rm -rf ~", 12)
 
 
 def test_job_counts_sit_on_each_app_s_worker_row():

@@ -9,6 +9,7 @@ import shlex
 import pandas as pd
 import pytest
 
+from labdeploy.commands import containers as commands
 from labdeploy.watch import containers, pgactivity
 from labdeploy.errors import LabdeployError, ValidationError
 
@@ -36,17 +37,18 @@ def test_parse_status_empty_server():
     assert df.empty and list(df.columns) == containers.STATUS_COLUMNS
 
 
-def test_scripts_quote_and_validate_names():
-    script = containers.exec_script("my-app", "web", ["sh", "-c", "echo 'hi'; rm x"], interactive=False)
-    assert "label=labdeploy.app=my-app" in script
-    assert shlex.join(["sh", "-c", "echo 'hi'; rm x"]) in script
+def test_commands_carry_names_as_values_and_validate_them():
+    argv = commands.exec_in("my-app", "web", ["sh", "-c", "echo 'hi'; rm x"], interactive=False)
+    assert argv[:3] == ["sh", "-c", commands.EXEC] and "label=labdeploy.app=my-app" in argv
+    assert argv[-3:] == ["sh", "-c", "echo 'hi'; rm x"]  # the command's own argv, untouched
+    assert shlex.split(shlex.join(argv)) == argv
     for bad in ("My_App", "a;b", "$(x)"):
         with pytest.raises(ValidationError):
-            containers.logs_script(bad, None, 10, None, False)
+            commands.logs(bad, None, 10, None, False)
     with pytest.raises(ValidationError):
-        containers.exec_script("ok", "web;reboot", ["true"], False)
-    assert "kill 0" in containers.logs_script("ok", "web", 10, None, True)
-    assert "kill 0" not in containers.logs_script("ok", "web", 10, None, False)
+        commands.exec_in("ok", "web;reboot", ["true"], False)
+    assert "kill 0" in commands.logs("ok", "web", 10, None, True)[2]
+    assert "kill 0" not in commands.logs("ok", "web", 10, None, False)[2]
 
 
 def test_since_arg():
@@ -83,7 +85,7 @@ def test_parse_size_and_stats():
     assert pd.isna(containers.parse_size("--"))
     out = (json.dumps({"BlockIO": "4.1MB / 0B", "CPUPerc": "12.50%", "ID": "384e643fa306", "MemPerc": "0.10%",
                        "MemUsage": "24MiB / 1GiB", "Name": "x_web_1", "NetIO": "1kB / 2kB", "PIDs": "3"})
-           + f"\n{containers.STATS_MARK}\n384e643fa3066298c000\tx_web_1\tx\tweb\tweb\n")
+           + f"\n{commands.STATS_MARK}\n384e643fa3066298c000\tx_web_1\tx\tweb\tweb\n")
     row = containers.parse_stats(out).iloc[0]
     assert (row["app"], row["service"], row["cpu_percent"], row["pids"]) == ("x", "web", 12.5, 3)
     assert row["mem_bytes"] == 24 * 1024 ** 2 and row["mem_limit_bytes"] == 1024 ** 3

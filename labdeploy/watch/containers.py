@@ -8,7 +8,6 @@ folder needed (containers are found by label, whichever Compose version named th
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 import shlex
 import threading
@@ -19,15 +18,16 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import pandas as pd
 
 from .. import names
+from ..commands import containers as commands, docker
 from ..errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError, UnknownApp, ValidationError
 from ..progress import Reporter, WarningEvent, null_reporter
 from ..redaction import redact
 from ..ssh import pool
 
-APP_LABEL = "labdeploy.app"
-SERVICE_LABEL = "labdeploy.service"
-COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
-NOT_FOUND_EXIT = 197  # our scripts' "no such container" exit status; docker never uses it
+APP_LABEL = docker.APP_LABEL
+SERVICE_LABEL = docker.SERVICE_LABEL
+COMPOSE_SERVICE_LABEL = docker.COMPOSE_SERVICE_LABEL
+NOT_FOUND_EXIT = commands.NOT_FOUND  # the scripts' "no such container" exit status; docker never uses it
 
 STATUS_COLUMNS = ["app", "service", "container", "state", "health", "uptime", "image", "restarts",
                   "exit_code", "started_at", "id"]
@@ -83,25 +83,6 @@ def _app_first(app, server, fn: str):
 
 # ------------------------------------------------------------------ status
 
-_INSPECT_TEMPLATE = (
-    '{"id":{{json .Id}},"name":{{json .Name}},'
-    '"app":{{json (index .Config.Labels "' + APP_LABEL + '")}},'
-    '"service":{{json (index .Config.Labels "' + SERVICE_LABEL + '")}},'
-    '"image":{{json .Config.Image}},"restarts":{{.RestartCount}},'
-    # Only the fields used: .State's health log holds the last probes' output (kilobytes each).
-    '"st":{"Status":{{json .State.Status}},"StartedAt":{{json .State.StartedAt}},'
-    '"ExitCode":{{json .State.ExitCode}},'
-    '"Health":{{with (index .State "Health")}}{"Status":{{json (index . "Status")}}}{{else}}null{{end}}}}'
-)
-
-
-def status_script(app: Optional[str] = None) -> str:
-    """One shell script: the server's clock, then one JSON line per labdeploy container."""
-    flt = f"label={APP_LABEL}" + (f"={names.app_name(app)}" if app else "")
-    return (f"date -u +%s.%N; ids=$(docker ps -aq --filter {shlex.quote(flt)}) || exit $?; "
-            f'[ -z "$ids" ] || docker inspect --format {shlex.quote(_INSPECT_TEMPLATE)} $ids')
-
-
 def _docker_time(text: str):
     if not text or text.startswith("0001-01-01"):
         return pd.NaT
@@ -110,12 +91,11 @@ def _docker_time(text: str):
 
 
 def parse_status(output: str) -> pd.DataFrame:
-    """Parse `status_script` output into the status DataFrame (pure; unit-tested)."""
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    now = pd.Timestamp(float(lines[0]), unit="s", tz="UTC") if lines else pd.Timestamp.now(tz="UTC")
+    """The status DataFrame from `commands.containers.status`'s output (pure; unit-tested)."""
+    clock, found = commands.read_status(output)
+    now = pd.Timestamp(clock, unit="s", tz="UTC") if clock is not None else pd.Timestamp.now(tz="UTC")
     rows = []
-    for line in lines[1:]:
-        d = json.loads(line)
+    for d in found:
         st = d.get("st") or {}
         d["state"], d["exit_code"] = st.get("Status", ""), st.get("ExitCode", 0)
         d["health"] = (st.get("Health") or {}).get("Status", "")
@@ -148,7 +128,7 @@ def status(server, app: Optional[str] = None, *, jobs: bool = False) -> pd.DataF
     remote = pool.remote(server)
     if app is not None:
         names.app_name(app)
-    res = remote.run(["sh", "-c", status_script()], timeout=60, check=False)
+    res = remote.run(commands.status(), timeout=60, check=False)
     if res.exit_status != 0:
         # A container removed between `docker ps` and `docker inspect` is no error.
         other = [ln for ln in res.stderr.splitlines() if ln.strip() and "No such object" not in ln]
@@ -220,15 +200,6 @@ class ExecResult:
         return self.stdout + (self.stderr if self.stderr else "")
 
 
-def exec_script(app: str, service: str, command: Sequence[str], interactive: bool) -> str:
-    """Find the running container by label and `docker exec` the command in it (no TTY)."""
-    filters = (f"--filter {shlex.quote(f'label={APP_LABEL}={names.app_name(app)}')} "
-               f"--filter {shlex.quote(f'label={SERVICE_LABEL}={names.service(service)}')}")
-    return (f"c=$(docker ps -q {filters} --filter status=running | head -n 1); "
-            f'[ -n "$c" ] || exit {NOT_FOUND_EXIT}; '
-            f"exec docker exec {'-i ' if interactive else ''}\"$c\" {shlex.join(command)}")
-
-
 _NOT_FOUND_RE = re.compile(r"executable file not found|no such file or directory|permission denied", re.I)
 
 
@@ -245,10 +216,10 @@ def exec_(app: str, server, service: str, command: Union[str, Sequence[str]], *,
     """
     app, remote = _app_first(app, server, "exec_")
     names.service(service)
-    argv = ["sh", "-c", command] if isinstance(command, str) else [str(c) for c in command]
+    argv = commands.in_shell(command) if isinstance(command, str) else [str(c) for c in command]
     if not argv or not argv[-1 if isinstance(command, str) else 0]:
         raise LabdeployError("The command is empty.", "Type a command to run, e.g. 'ls -la' or 'env'.")
-    res = remote.run(["sh", "-c", exec_script(app, service, argv, stdin is not None)], stdin=stdin,
+    res = remote.run(commands.exec_in(app, service, argv, stdin is not None), stdin=stdin,
                      timeout=timeout, check=False)
     if res.exit_status == NOT_FOUND_EXIT:
         raise _diagnose(remote, app, service, "run a command")
@@ -299,34 +270,6 @@ def since_arg(since) -> Optional[str]:
         return since.strip()
     raise LabdeployError(f"Can't read {since!r} as a start time for logs.",
                          "Use e.g. '10m', '2h', '2026-01-31T12:00:00Z', a datetime or a timedelta.")
-
-
-def logs_script(app: str, service: Optional[str], tail, since: Optional[str], follow: bool) -> str:
-    """Logs of all (or one) service of an app, each line prefixed by its service name.
-
-    In follow mode a watcher ends everything when our stdin closes (the caller stopped or
-    the connection dropped), so no `docker logs -f` lingers on the server.
-    """
-    flt = f"--filter {shlex.quote(f'label={APP_LABEL}={names.app_name(app)}')}"
-    if service:
-        flt += f" --filter {shlex.quote(f'label={SERVICE_LABEL}={names.service(service)}')}"
-    opts = ["-t", "--tail", str(tail)]
-    if since:
-        opts += ["--since", since]
-    if follow:
-        opts.append("-f")
-    fmt = "{{.ID}} {{.Label " + json.dumps(SERVICE_LABEL) + "}}"
-    watcher = "exec 3<&0; { read -r _ <&3; kill 0; } & " if follow else ""
-    # `sed -u` passes each line on at once (GNU sed; mawk would hold followed lines back for
-    # minutes); a sed without -u (busybox) still works, only with delayed lines when following.
-    return (f"{watcher}list=$(docker ps -a {flt} --format {shlex.quote(fmt)}) || exit $?; "
-            f'[ -n "$list" ] || exit {NOT_FOUND_EXIT}; '
-            f"u=-u; sed -u q </dev/null >/dev/null 2>&1 || u=; "
-            f'echo "$list" | {{ while read -r id svc; do '
-            # The label goes into a sed expression: keep only name characters.
-            f'case "$svc" in ""|*[!A-Za-z0-9._-]*) svc=unknown;; esac; '
-            f"docker logs {shlex.join(opts)} \"$id\" </dev/null 2>&1 | sed $u \"s/^/$svc /\" & "
-            f"done; wait; }}")
 
 
 def parse_log_line(raw: str) -> LogEntry:
@@ -403,10 +346,10 @@ def logs(app: str, server, service: Optional[str] = None, *, tail: Union[int, st
 
     delay = 1.0
     while True:
-        script = logs_script(app, service, tail, since_s, follow)
         try:
-            res = remote.run(["sh", "-c", script], on_line=handle, check=False, stop=stop if follow else None,
-                             stdin=_UntilStopped(stop) if follow else None, timeout=None if follow else 120)
+            res = remote.run(commands.logs(app, service, tail, since_s, follow), on_line=handle, check=False,
+                             stop=stop if follow else None, stdin=_UntilStopped(stop) if follow else None,
+                             timeout=None if follow else 120)
         except (ConnectionLost, RemoteError) as exc:
             if not (follow and reconnect) or stop.is_set() or not _is_connection_problem(exc):
                 raise
@@ -468,28 +411,11 @@ def _percent(text: str) -> float:
         return float("nan")
 
 
-STATS_MARK = "#labdeploy-labels"
-
-
-def stats_script() -> str:
-    fmt = "{{.ID}}\t{{.Names}}\t{{.Label \"%s\"}}\t{{.Label \"%s\"}}\t{{.Label \"%s\"}}" % (
-        APP_LABEL, SERVICE_LABEL, COMPOSE_SERVICE_LABEL)
-    return (f"docker stats --no-stream --format '{{{{json .}}}}' || exit $?; echo {shlex.quote(STATS_MARK)}; "
-            f"docker ps --no-trunc --format {shlex.quote(fmt)}")
-
-
 def parse_stats(output: str) -> pd.DataFrame:
-    stats_part, _, labels_part = output.partition(STATS_MARK)
-    labels = {}
-    for line in labels_part.splitlines():
-        if line.strip():
-            cid, name, app, svc, compose_svc = (line.split("\t") + [""] * 5)[:5]
-            labels[cid[:12]] = (app, svc or compose_svc)
+    """The stats DataFrame from `commands.containers.stats`'s output (pure; unit-tested)."""
+    found, labels = commands.read_stats(output)
     rows = []
-    for line in stats_part.splitlines():
-        if not line.strip().startswith("{"):
-            continue
-        d = json.loads(line)
+    for d in found:
         cid = (d.get("ID") or d.get("Container") or "")[:12]
         app, svc = labels.get(cid, ("", ""))
         mem, mem_limit = _pair(d.get("MemUsage", ""))
@@ -513,7 +439,7 @@ def stats(server, app: Optional[str] = None) -> pd.DataFrame:
     remote = pool.remote(server)
     if app is not None:
         names.app_name(app)
-    res = remote.run(["sh", "-c", stats_script()], timeout=120, check=False)
+    res = remote.run(commands.stats(), timeout=120, check=False)
     if res.exit_status != 0:
         raise docker_error(res, "read the containers' resource use")
     df = parse_stats(res.stdout)
@@ -556,7 +482,7 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
     ids = list(rows["id"])
     before = df.attrs["server_time"]
     with step(reporter, f"restart {', '.join(wanted)} of {app}"):
-        remote.run(["docker", "restart", "-t", str(int(stop_timeout)), *ids], timeout=timeout)
+        remote.run(docker.restart(ids, stop_timeout), timeout=timeout)
     deadline = time.monotonic() + timeout
     with step(reporter, "wait until up"):
         while True:

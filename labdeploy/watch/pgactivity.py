@@ -27,6 +27,7 @@ import pandas as pd
 from ..server import layout
 from .. import names
 from ..server import pooler
+from ..commands import postgres, sections
 from ..ssh import pool as ssh_pool  # here "pool" alone is PgBouncer's
 from ..redaction import redact_frame
 from ..errors import LabdeployError, RemoteError
@@ -68,8 +69,8 @@ def container_name(name: str) -> str:
 
 
 def psql_argv(container: str = layout.POSTGRES_CONTAINER, superuser: str = layout.POSTGRES_SUPERUSER) -> list[str]:
-    return ["docker", "exec", "-i", container_name(container), "psql", "-U", names.user(superuser), "-X", "-q",
-            "--csv", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]
+    return postgres.psql("postgres", "-q", "--csv", container=container_name(container),
+                         superuser=names.user(superuser))
 
 
 def app_of_database(database) -> str:
@@ -101,27 +102,13 @@ class Snapshot:
         return connection_warnings(self, threshold)
 
 
-def _sections(text: str) -> dict[str, str]:
-    out, name, buf = {}, None, []
-    for line in text.splitlines(keepends=True):
-        if line.startswith(_MARK):
-            if name:
-                out[name] = "".join(buf)
-            name, buf = line[len(_MARK):].strip(), []
-        else:
-            buf.append(line)
-    if name:
-        out[name] = "".join(buf)
-    return out
-
-
 def _csv(text: str) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype=str)
 
 
 def parse_snapshot(text: str) -> Snapshot:
     """Parse the CSV sections psql printed for SNAPSHOT_SQL (pure; unit-tested)."""
-    parts = _sections(text)
+    parts = sections.parse(text, mark=_MARK)
     missing = {"activity", "settings", "roles", "databases"} - set(parts)
     if missing:
         raise LabdeployError("PostgreSQL's answer was incomplete (missing " + ", ".join(sorted(missing)) + ").",
@@ -223,10 +210,9 @@ class PersistentPsql:
         return remote
 
     def _argv(self) -> list[str]:
-        argv = psql_argv(self.container, self.superuser)
-        argv.remove("ON_ERROR_STOP=1")  # one failing statement must not end the session
-        argv.remove("-v")
-        return argv[:3] + ["-e", "PGAPPNAME=labdeploy-monitor"] + argv[3:]
+        # stop_on_error off: one failing statement must not end the session
+        return postgres.psql("postgres", "-q", "--csv", container=self.container, superuser=self.superuser,
+                             stop_on_error=False, app_name="labdeploy-monitor")
 
     def _start(self) -> None:
         feed, lines = _Feed(), queue.Queue()
