@@ -42,21 +42,6 @@ class ServerDockerUnavailable(LabdeployError):
     """The server's `docker` command is missing, not allowed, or its engine is down."""
 
 
-# A server command that ends with `&& <print_image_id("$1")>` reports the image's ID on one
-# marked line of its output, saving a round trip for `docker image inspect`.
-_ID_MARK = "@@id "
-
-
-def print_image_id(ref_expr: str) -> str:
-    """Shell text that prints the marked ID line for the image `ref_expr` (a quoted shell word)."""
-    return f'echo "{_ID_MARK}$(docker image inspect --format \'{{{{.Id}}}}\' {ref_expr})"'
-
-
-def image_id_in(line: str) -> Optional[str]:
-    """The ID from a line print_image_id() wrote, or None for any other line."""
-    return line[len(_ID_MARK):].strip() if line.startswith(_ID_MARK) else None
-
-
 def server_docker_error(remote, exit_status: int, stderr: str) -> Optional[ServerDockerUnavailable]:
     """Why a `docker ...` command failed on the server, if the reason is Docker itself."""
     text = (stderr or "").lower()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import build
+from ..commands import images as image_commands, registry as registry_commands
 from .. import names
 from ..errors import CommandFailed, LabdeployError, RemoteError, ValidationError
 from .build import disk_full_error
@@ -277,11 +278,11 @@ def remote_docker_config(path: Optional[str], home: Optional[str] = None) -> Opt
     return rel
 
 
-def _docker_env(remote, docker_config: Optional[str]) -> list[str]:
-    """`env DOCKER_CONFIG=...` to keep a login in a private folder on the server (e.g. per deploy)."""
+def _config_dir(remote, docker_config: Optional[str]) -> Optional[str]:
+    """The absolute DOCKER_CONFIG folder that keeps a login private on the server (e.g. per deploy)."""
     if not docker_config:
-        return []
-    return ["env", f"DOCKER_CONFIG={posixpath.join(remote.home, _checked_config(remote, docker_config))}"]
+        return None
+    return posixpath.join(remote.home, _checked_config(remote, docker_config))
 
 
 def _checked_config(remote, docker_config: Optional[str]) -> Optional[str]:
@@ -307,8 +308,8 @@ def login_server(remote, credentials: Credentials, *, docker_config: Optional[st
     with step(reporter, "log in on the server", f"{credentials.username} at {credentials.registry}"):
         if docker_config:
             remote.makedirs(docker_config, 0o700)
-        argv = [*_docker_env(remote, docker_config), "docker", "login", "--username", credentials.username,
-                "--password-stdin", credentials.registry]
+        argv = registry_commands.login(credentials.registry, credentials.username,
+                                       config_dir=_config_dir(remote, docker_config))
         try:
             res = remote.run(argv, stdin=credentials.password.encode() + b"\n", timeout=120)
         except CommandFailed as exc:
@@ -325,8 +326,8 @@ def login_server(remote, credentials: Credentials, *, docker_config: Optional[st
 
 def logout_server(remote, registry: str, *, docker_config: Optional[str] = None) -> None:
     registry_address(registry)
-    env = _docker_env(remote, docker_config)
-    remote.run([*env, "docker", "logout", registry], check=False, timeout=60)
+    argv = registry_commands.logout(registry, config_dir=_config_dir(remote, docker_config))  # checked first
+    remote.run(argv, check=False, timeout=60)
 
 
 # --------------------------------------------------------------------------- push / pull
@@ -387,14 +388,14 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
         raise ValidationError(f"{digest!r} is not an image digest.", "Use the digest the push returned.")
     if tag_as:
         build.image_reference(tag_as)
-    env = _docker_env(remote, docker_config)
+    config_dir = _config_dir(remote, docker_config)
     ref = f"{repository}@{digest}"
     layers: dict = {}
 
     image_id = []
 
     def on_line(line: str, _stream: str) -> None:
-        found = build.image_id_in(line)
+        found = image_commands.image_id_in(line)
         if found is not None:
             image_id.append(found)
             return
@@ -414,7 +415,7 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
     with step(reporter, "pull on the server", ref):
         try:
             # Pull, tag and read the ID in one round trip.
-            remote.run([*env, "sh", "-c", _PULL_SCRIPT, "sh", ref, tag_as or ""],
+            remote.run(image_commands.pull(ref, tag_as or "", config_dir=config_dir),
                        timeout=7200, on_line=on_line)
         except CommandFailed as exc:
             raise classify((exc.stderr or "") + (exc.stdout or ""), build.registry_of(repository) or repository,
@@ -423,6 +424,3 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
             raise RemoteError(f"The server pulled {ref} but its engine does not show the image.",
                               "Run `docker image ls` on the server; try the deploy again.")
         return image_id[-1]
-
-
-_PULL_SCRIPT = 'docker pull "$1" && { [ -z "$2" ] || docker tag "$1" "$2"; } && ' + build.print_image_id('"$1"')

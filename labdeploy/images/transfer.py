@@ -25,7 +25,6 @@ import gzip
 import io
 import json
 import os
-import shlex
 import tarfile
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from ..experiment import dallingerconfig
 from . import build
 from . import registry
 from ..server import layout
+from ..commands import files, images as image_commands
 from .. import names
 from ..errors import CommandFailed, LabdeployError, ValidationError
 from .build import BuildLog, disk_full_error, image_ref
@@ -102,7 +102,7 @@ class _ProgressReader(io.RawIOBase):
 
 def server_image_id(remote, ref: str) -> Optional[str]:
     """The server engine's ID of `ref`, or None when it lacks it. Docker itself missing raises."""
-    res = remote.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], check=False)
+    res = remote.run(image_commands.image_id(ref), check=False)
     if res.ok and res.stdout.strip():
         return res.stdout.strip()
     problem = build.server_docker_error(remote, res.exit_status, res.stderr)
@@ -120,44 +120,10 @@ def _remote_failure(exc: CommandFailed, what: str) -> LabdeployError:
 
 # --------------------------------------------------------------------------- server-build
 
-_LINKS_MARK = "--links--"
-
-
 def remote_manifest(remote, app: str) -> dict:
     """path -> (sha256, executable) for files, ("link", target) for links, of the server's copy
     of the build context. Nothing is followed through a link."""
-    ctx = shlex.quote(context_dir(app))
-    script = (f"mkdir -p {ctx} && cd {ctx} && find . -type f -exec sha256sum {{}} + && echo '--executable--' "
-              f"&& find . -type f -perm -u=x -print && echo {_LINKS_MARK} "
-              # NUL-separated name and target pairs (readlink: coreutils and busybox alike).
-              "&& find . -type l -exec sh -c 'for l; do printf \"%s\\0%s\\0\" \"$l\" \"$(readlink \"$l\")\"; done' "
-              "sh {} +")
-    out = remote.run(["sh", "-c", script], timeout=600).stdout
-    hashes_part, _, rest = out.partition("--executable--\n")
-    exec_part, _, links_part = rest.partition(_LINKS_MARK + "\n")
-    manifest: dict = {}
-    for line in hashes_part.splitlines():
-        if not line.strip():
-            continue
-        escaped = line.startswith("\\")  # sha256sum escapes names with '\' or newline
-        if escaped:
-            line = line[1:]
-        digest, _, name = line.partition("  ")
-        if escaped:
-            name = name.replace("\\n", "\n").replace("\\\\", "\\")
-        manifest[_strip_dot(name)] = [digest, False]
-    for name in exec_part.splitlines():
-        name = _strip_dot(name)
-        if name in manifest:
-            manifest[name][1] = True
-    fields = links_part.split("\0")
-    for name, target in zip(fields[0::2], fields[1::2]):
-        manifest[_strip_dot(name)] = ["link", target]
-    return {k: tuple(v) for k, v in manifest.items()}
-
-
-def _strip_dot(name: str) -> str:
-    return name[2:] if name.startswith("./") else name
+    return files.read_manifest(remote.run(files.manifest(context_dir(app)), timeout=600).stdout)
 
 
 @dataclass
@@ -194,13 +160,12 @@ def sync_context(remote, context: folder.BuildContext, app: str, reporter: Optio
     reporter = reporter or null_reporter
     with step(reporter, "compare files", f"{len(context.files)} files here"):
         plan = plan_sync(context, manifest if manifest is not None else remote_manifest(remote, app))
-    ctx = shlex.quote(context_dir(app))
+    ctx = context_dir(app)
     with step(reporter, "send changed files", f"{len(plan.send)} changed, {len(plan.delete)} removed"):
         # Deletions first, so a file that became a folder (or the reverse) does not block tar.
         if plan.delete or plan.replace:
             listing = b"\0".join(p.encode() for p in plan.delete + plan.replace) + b"\0"
-            remote.run(["sh", "-c", f"cd {ctx} && xargs -0 rm -f -- && find . -mindepth 1 -type d -empty -delete"],
-                       stdin=listing, timeout=600)
+            remote.run(files.delete_listed(ctx), stdin=listing, timeout=600)
         if plan.send:
             # Spooled to a temporary file, not memory: a first sync may carry large assets.
             with tempfile.TemporaryFile(prefix="labdeploy-context-") as spool:
@@ -209,7 +174,7 @@ def sync_context(remote, context: folder.BuildContext, app: str, reporter: Optio
                 spool.seek(0)
                 reader = _ProgressReader(spool, size, reporter, "send changed files")
                 # --no-same-owner/-p: the files get the login user as owner and our modes.
-                remote.run(["sh", "-c", f"cd {ctx} && tar -xzpf - --no-same-owner"], stdin=reader, timeout=3600)
+                remote.run(files.unpack(ctx), stdin=reader, timeout=3600)
         for rel in plan.send:
             reporter(LogLine(f"sent {rel}", "transfer"))
     return plan
@@ -224,21 +189,17 @@ def docker_build_argv(ref: str, app: str, tag: str, dockerfile: str, build_args:
     return argv + ["."]
 
 
-_BUILD_SCRIPT = 'ref="$1"; shift; "$@" && ' + build.print_image_id('"$ref"')
-
-
 def build_on_server(remote, context: folder.BuildContext, *, app: str, ref: str, tag: str,
                     build_args: Optional[dict], reporter: Optional[Reporter] = None) -> str:
     """`docker build` in the server's copy of the context; returns the image ID."""
     reporter = reporter or null_reporter
     log = BuildLog(reporter)
     # Build and read the new image's ID in one round trip.
-    argv = ["env", "BUILDKIT_PROGRESS=plain", "sh", "-c", _BUILD_SCRIPT, "sh", ref,
-            *docker_build_argv(ref, app, tag, context.dockerfile, build_args)]
+    argv = image_commands.build(ref, docker_build_argv(ref, app, tag, context.dockerfile, build_args))
     found = []
 
     def on_line(line: str, _stream: str) -> None:
-        image_id = build.image_id_in(line)
+        image_id = image_commands.image_id_in(line)
         if image_id is None:
             log.line(line)
         else:
@@ -266,14 +227,9 @@ def _deliver_server_build(remote, context, *, app, ref, tag, build_args, reporte
 
 def server_chain_ids(remote) -> set:
     """Chain IDs of every layer stack the server's images use (so we know what it already has)."""
-    script = ("docker image ls -q --no-trunc | sort -u | "
-              "xargs -r docker image inspect --format '{{json .RootFS.Layers}}'")
-    out = remote.run(["sh", "-c", script], timeout=300).stdout
     have: set = set()
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            have.update(build.chain_ids(json.loads(line)))
+    for layers in image_commands.read_layers(remote.run(image_commands.layers(), timeout=300).stdout):
+        have.update(build.chain_ids(layers))
     return have
 
 
@@ -329,7 +285,7 @@ def _load_on_server(remote, path: str, reporter: Reporter, item: str) -> None:
     with open(path, "rb") as f:
         reader = _ProgressReader(f, size, reporter, "copy image", item)
         try:
-            remote.run(["docker", "load"], stdin=reader, timeout=7200,
+            remote.run(image_commands.load(), stdin=reader, timeout=7200,
                        on_line=lambda line, _s: reporter(LogLine(line, "load")))
         except CommandFailed as exc:
             raise _remote_failure(exc, "docker load") from None
@@ -427,7 +383,7 @@ def forget_build_context(remote, app: str, *, confirm: bool = False) -> bool:
     if not confirm:
         raise ValidationError(f"Deleting the server's build files of {app!r} needs confirmation.",
                               "Call again with confirm=True.")
-    remote.run(["rm", "-rf", "--", build_dir(app)])
+    remote.run(files.remove(build_dir(app)))
     return True
 
 
@@ -478,13 +434,8 @@ def server_image_status(remote, experiment_dir, *, app: str, base_name: Optional
             deployed = json.loads(remote.get_bytes(state)).get("image")
         except ValueError:
             deployed = None
-    out = remote.run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={build.LABEL_APP}={app}",
-                      "--format", "{{json .}}"]).stdout
     rows = []
-    for line in out.splitlines():
-        if not line.strip():
-            continue
-        item = json.loads(line)
+    for item in image_commands.read_app_images(remote.run(image_commands.app_images(app)).stdout):
         ref = f"{item.get('Repository')}:{item.get('Tag')}"
         rows.append({"ref": ref, "tag": item.get("Tag"), "image_id": item.get("ID"),
                      "created": item.get("CreatedAt"), "size": item.get("Size"),
@@ -520,5 +471,5 @@ def deliver_via_registry(remote, context, *, app: str, ref: str, tag: str, build
     finally:
         if private:
             registry.logout_server(remote, credentials.registry, docker_config=private)
-            remote.run(["rm", "-rf", "--", private], check=False)
+            remote.run(files.remove(private), check=False)
     return DeliveredImage(ref, image_id, tag, "registry", digest=digest)
