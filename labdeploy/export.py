@@ -31,6 +31,7 @@ import pandas as pd
 
 from .data import anonymise as anon
 from .data import archive, copystream, pgtypes
+from .commands import files, postgres
 from .server import layout, psql
 from . import localfiles, names
 from .ssh import pool
@@ -507,18 +508,16 @@ def _app_credentials(remote, app: str) -> tuple[str, str, str]:
 def postgres_address(server) -> str:
     """The shared PostgreSQL's IP address on the `dallinger` network, as the server sees it."""
     remote = _remote(server)
-    fmt = "{{json .NetworkSettings.Networks}}"
     try:
-        out = remote.run(["docker", "inspect", "-f", fmt, layout.POSTGRES_CONTAINER], timeout=30).stdout
+        out = remote.run(postgres.networks(layout.POSTGRES_CONTAINER), timeout=30).stdout
     except CommandFailed as exc:
         raise psql.SQLError("The shared PostgreSQL container is not running on the server.",
                             "Prepare the server (setup panel, or labdeploy.server.stack.prepare()).") from exc
-    networks = json.loads(out)
-    net = networks.get(layout.NETWORK) or next(iter(networks.values()), {})
-    if not net.get("IPAddress"):
+    address = postgres.address_on(out, layout.NETWORK)
+    if not address:
         raise psql.SQLError("The shared PostgreSQL container has no address on the dallinger network.",
                             "Restart the shared stack (labdeploy.server.stack.prepare()).")
-    return net["IPAddress"]
+    return address
 
 
 def _bind(sql: str, params: Optional[Mapping[str, Any]]) -> tuple[str, dict]:
@@ -649,12 +648,10 @@ def download_files(app: str, server, dest: Union[str, os.PathLike], *,
     names.app_name(app)
     remote = _remote(server)
     root = layout.app_data(app)
-    listing = remote.run(["sh", "-c", f"cd {_q(root)} 2>/dev/null || {{ echo missing; exit 0; }}; "
-                                      "find . -type f -printf '%s\\n'"], timeout=60, check=False)
-    if listing.stdout.strip() == "missing":
+    sizes = files.read_sizes(remote.run(files.sizes(root), timeout=60, check=False).stdout)
+    if sizes is None:
         raise UnknownApp(f"{app!r} has no folder {root} on {remote.host}.",
                          "Check the app name; an app without assets has no files to download.")
-    sizes = [int(x) for x in listing.stdout.split() if x.isdigit()]
     total = sum(sizes)
     dest = archive.ensure_folder(dest)
     pipe = copystream.ChunkPipe()
@@ -679,7 +676,7 @@ def download_files(app: str, server, dest: Union[str, os.PathLike], *,
         res = None
         try:
             # --hard-dereference: a file linked twice comes twice, not as a link to follow here.
-            res = remote.run(["tar", "-C", root, "--hard-dereference", "-cf", "-", "."], on_stdout=feed,
+            res = remote.run(files.tar(root), on_stdout=feed,
                              check=False, timeout=None)
         except _Stop:
             pass
@@ -815,12 +812,6 @@ def _unpack_files(stream, dest: Path, report: Reporter, total: int) -> tuple[lis
             written.append(target)
             report(Progress("Download files", done, max(total, done), unit="bytes", item=rel))
     return written, skipped
-
-
-def _q(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 @pool.closes_what_it_opens

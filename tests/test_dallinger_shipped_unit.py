@@ -212,7 +212,7 @@ def test_a_git_host_that_is_not_a_host_name_is_refused_before_any_shell():
 def test_server_check_command_and_its_answer():
     sources = gitsources.git_sources(["git+https://gitlab.com/a/b@v1#egg=b"])
     argv = gitsources.server_check_argv(sources)
-    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "gitlab.com", "443"]
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", str(gitsources.CONNECT_TIMEOUT), "gitlab.com", "443"]
     assert gitsources.parse_server_check("dns gitlab.com 443\nok pypi.org 443\n") == {
         "gitlab.com:443": "its name does not resolve"}
 

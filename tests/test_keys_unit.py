@@ -7,15 +7,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from labdeploy.commands import sshkeys
 from labdeploy.ssh import keys
 from labdeploy.errors import ValidationError
 
 
-def test_copy_script_quotes_the_folder_and_never_contains_the_key():
-    script = keys.copy_script("odd dir/$(x)/.ssh")
-    assert "d=" + shlex.quote("odd dir/$(x)/.ssh") in script
-    assert "ssh-ed25519" not in script  # the key comes on stdin
-    assert "set -euf" in script and "umask 077" in script
+def test_the_copy_command_carries_the_folder_as_a_value_and_never_the_key(tmp_path):
+    argv = sshkeys.install_key("odd dir/$(x)/.ssh")
+    assert argv == ["sh", "-c", sshkeys.INSTALL_KEY, "sh", "odd dir/$(x)/.ssh"]
+    assert shlex.split(shlex.join(argv)) == argv
+    assert "ssh-ed25519" not in " ".join(argv)  # the key comes on stdin
+    assert "set -euf" in sshkeys.INSTALL_KEY and "umask 077" in sshkeys.INSTALL_KEY
 
 
 def test_agent_encoding_of_ed25519():

@@ -16,15 +16,8 @@ import pandas as pd
 
 from ..server import database, layout, psql
 from .. import names
+from ..commands import apps as app_commands, docker, files
 from .appcompose import REDIS_VOLUME
-
-# $1 = volume, $2 = app (the Compose project), $3 = data folder. Prints what exists.
-_TRACES = ('p=$(docker volume inspect -f \'{{index .Labels "com.docker.compose.project"}}\' "$1" 2>/dev/null) '
-           '&& [ "$p" = "$2" ] && echo volume; [ -d "$3" ] && echo files; exit 0')
-# Removes the volume only when Compose made it for this very project.
-_REMOVE_VOLUME = ('p=$(docker volume inspect -f \'{{index .Labels "com.docker.compose.project"}}\' "$1" '
-                  '2>/dev/null) || exit 0; [ "$p" = "$2" ] || exit 0; docker volume rm "$1" >/dev/null')
-
 
 def redis_volume(app: str) -> str:
     """The name Compose (v1 and v2) gives the app's Redis volume: <project>_<volume>."""
@@ -71,9 +64,9 @@ class KeptData:
 def kept(remote, app: str) -> KeptData:
     """What data of `app` the server holds (whether or not the app itself is deployed)."""
     app = names.app_name(app)
-    out = remote.run(["sh", "-c", _TRACES, "sh", redis_volume(app), app, layout.app_data(app)],
-                     check=False).stdout.split()
-    result = KeptData(app, redis_volume="volume" in out, files="files" in out)
+    found = app_commands.read_data_traces(
+        remote.run(app_commands.data_traces(redis_volume(app), app, layout.app_data(app)), check=False).stdout)
+    result = KeptData(app, redis_volume=found["volume"], files=found["files"])
     ident = names.db_identifier(app)
     found = psql.query_df(remote, "SELECT (pg_stat_file('base/' || oid || '/PG_VERSION')).modification AS made "
                                   f"FROM pg_database WHERE datname = '{ident}'")
@@ -90,6 +83,6 @@ def remove(remote, app: str) -> list[str]:
     """Delete the app's database and role, its Redis volume and its files. Returns what went."""
     app = names.app_name(app)
     psql.run_sql(remote, database.drop_sql(app))
-    remote.run(["sh", "-c", _REMOVE_VOLUME, "sh", redis_volume(app), app])
-    remote.run(["rm", "-rf", "--", layout.app_data(app)])
+    remote.run(docker.remove_project_volume(redis_volume(app), app))
+    remote.run(files.remove(layout.app_data(app)))
     return ["database and role", "redis volume", "files"]

@@ -10,9 +10,7 @@ unless `remove_data=True`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shlex
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -21,6 +19,7 @@ import pandas as pd
 from . import appdata, finalexport
 from .finalexport import FinalExport
 from ..server import compose, caddy, layout, stack
+from ..commands import apps as app_commands, docker, files
 from ..watch import containers
 from .. import names
 from ..ssh import pool
@@ -33,42 +32,17 @@ from ..progress import LogLine, Reporter, null_reporter, step
 COLUMNS = ["app", "state", "version", "url", "deployed_at", "who", "running", "image", "locked"]
 DESTROY_STEPS = ("check", "lock", "stop", "route", "data", "files")
 
-# Every app folder with its deploy.json, the stack settings and the locks, in one round trip.
-_LIST = ('cd dallinger 2>/dev/null || exit 0; echo @@stack; cat stack.json 2>/dev/null; echo; '
-         'for d in */; do d=${d%/}; [ -f "$d/docker-compose.yml" ] || [ -f "$d/deploy.json" ] || continue; '
-         'echo "@@app $d"; cat "$d/deploy.json" 2>/dev/null; echo; done; '
-         'echo @@locks; ls .locks 2>/dev/null; echo @@end')
-
-
 class ConfirmationRequired(LabdeployError):
     """A destructive action was asked for without confirm=True."""
 
 
 def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
-    """Build the apps table from the listing script's output and containers.status (pure)."""
-    settings, states, locks, current, buf = None, {}, set(), None, []
-
-    def flush() -> None:
-        nonlocal settings
-        body = "".join(buf).strip()
-        if current == "stack" and body:
-            with contextlib.suppress(ValueError):
-                settings = stack.StackSettings.from_dict(json.loads(body).get("settings", {}))
-        elif current and current.startswith("app "):
-            try:
-                states[current[4:]] = json.loads(body) if body else {}
-            except ValueError:
-                states[current[4:]] = {}
-        elif current == "locks":
-            locks.update(x for x in body.split() if x)
-
-    for line in text.splitlines(keepends=True):
-        if line.startswith("@@"):
-            flush()
-            current, buf = line.strip()[2:], []
-        else:
-            buf.append(line)
-    flush()
+    """Build the apps table from `commands.apps.listing`'s output and containers.status (pure)."""
+    stack_state, states, locks = app_commands.read_listing(text)
+    settings = None
+    if stack_state is not None:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            settings = stack.StackSettings.from_dict(stack_state.get("settings", {}))
     running_by_app: dict[str, list] = {}
     for _, row in status.iterrows():
         running_by_app.setdefault(row["app"], []).append(row)
@@ -108,7 +82,7 @@ def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
 def apps(server) -> pd.DataFrame:
     """The server's apps: app, state, version, url, deployed_at, who, running (n/4), image, locked."""
     remote = pool.connect(server)
-    listing = remote.run(["sh", "-c", _LIST], check=False, timeout=60).stdout
+    listing = remote.run(app_commands.listing(), check=False, timeout=60).stdout
     return parse_listing(listing, containers.status(remote))
 
 
@@ -183,11 +157,8 @@ def destroy_steps(final_export: Optional[FinalExport] = None) -> list[str]:
 
 def _app_traces(remote, app: str) -> dict:
     """What of the app is on the server. Only its own paths and labels are looked at."""
-    script = ('[ -d "$1" ] && echo dir; [ -f "$2" ] && echo site; '
-              'docker ps -aq --filter "label=labdeploy.app=$3" | head -1 | sed "s/.*/containers/"')
-    out = remote.run(["sh", "-c", script, "sh", layout.app_dir(app), layout.caddy_site(app), app],
-                     check=False).stdout.split()
-    traces = {k: k in out for k in ("dir", "site", "containers")}
+    traces = app_commands.read_traces(
+        remote.run(app_commands.traces(app, layout.app_dir(app), layout.caddy_site(app)), check=False).stdout)
     data = appdata.kept(remote, app)
     traces.update(data=data.files, volumes=data.redis_volume, database=data.database)
     return traces
@@ -243,9 +214,7 @@ def _remove_containers(remote, app: str, has_compose: bool, remove_data: bool, r
         compose.run_app(remote, app, ["down", "--remove-orphans", *(["--volumes"] if remove_data else [])],
                         reporter=reporter, timeout=300)
     # Containers without a compose file (a half-finished deploy), found by their own label.
-    flt = shlex.quote(f"label=labdeploy.app={app}")
-    remote.run(["sh", "-c", f"ids=$(docker ps -aq --filter {flt}); [ -z \"$ids\" ] || docker rm -f $ids"],
-               check=False)
+    remote.run(docker.remove_app_containers(app), check=False)
 
 
 def _keep_or_remove_data(remote, app: str, traces: dict, remove_data: bool, result: DestroyResult,
@@ -260,15 +229,11 @@ def _keep_or_remove_data(remote, app: str, traces: dict, remove_data: bool, resu
 
 
 def _remove_files(remote, app: str, result: DestroyResult) -> None:
-    remote.run(["rm", "-rf", "--", layout.app_dir(app), layout.build_dir(app)])
+    remote.run(files.remove(layout.app_dir(app), layout.build_dir(app)))
     result.removed.append("app folder")
     # The app's images (labelled at build) only take disk space now; `docker rmi`
     # leaves any image a container still uses.
-    label = shlex.quote(f"label=labdeploy.app={app}")
-    fmt = shlex.quote("{{.Repository}}:{{.Tag}}")
-    res = remote.run(["sh", "-c", f"refs=$(docker images --filter {label} --format {fmt} | grep -v '<none>'); "
-                                  f"[ -z \"$refs\" ] || docker rmi $refs >/dev/null 2>&1; echo $refs"],
-                     check=False, timeout=300)
+    res = remote.run(docker.remove_app_images(app), check=False, timeout=300)
     if res.stdout.strip():
         result.removed.append("images")
     # PsyNet's preparation image on this computer (kept between deploys as a build cache).

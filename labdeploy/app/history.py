@@ -12,12 +12,17 @@ from typing import Optional
 import pandas as pd
 
 from ..redaction import redact_frame
+from ..commands import files
 from ..server import layout
 from .. import names
 from ..ssh import pool
 
-# One command appends one line; lines are small, so O_APPEND keeps concurrent writers apart.
-_APPEND = 'mkdir -p "$1" && cat >> "$1/history.jsonl"'
+# In ~/dallinger/<app>. One command appends one history line; lines are small, so O_APPEND
+# keeps concurrent writers apart. deploy.json is replaced atomically (temporary file, then
+# rename) with the history line appended, in one round trip: the state on stdin, the line (no
+# secrets in it) as an argument.
+HISTORY_FILE = "history.jsonl"
+STATE_FILE = "deploy.json"
 
 COLUMNS = ["started_at", "finished_at", "operation", "version", "outcome", "failed_step", "message",
            "image", "image_id", "who", "duration_s"]
@@ -44,7 +49,7 @@ class DeployRecord:
 
 
 def append(remote, record: DeployRecord) -> None:
-    remote.run(["sh", "-c", _APPEND, "sh", layout.app_dir(record.app)], stdin=record.to_line().encode())
+    remote.run(files.append(layout.app_dir(record.app), HISTORY_FILE), stdin=record.to_line().encode())
 
 
 def parse_lines(text: str) -> list[dict]:
@@ -74,20 +79,15 @@ def history(server, app: str) -> pd.DataFrame:
     """Every deploy, update and destroy attempt of an app, oldest first, as a DataFrame."""
     path = f"{layout.app_dir(names.app_name(app))}/history.jsonl"  # the name is checked before connecting
     remote = pool.connect(server)
-    res = remote.run(["cat", path], check=False)
+    res = remote.run(files.read(path), check=False)
     return to_frame(parse_lines(res.stdout if res.exit_status == 0 else ""))
-
-
-# deploy.json replaced atomically (temporary file, then rename) and the history line appended,
-# in one round trip: the state on stdin, the line (no secrets in it) as an argument.
-_RECORD = ('mkdir -p "$1" && cat > "$1/.deploy.json.tmp" && chmod 644 "$1/.deploy.json.tmp" && '
-           'mv -f "$1/.deploy.json.tmp" "$1/deploy.json" && printf %s "$2" >> "$1/history.jsonl"')
 
 
 def record_success(remote, state: dict, record: DeployRecord) -> None:
     """Write deploy.json (what runs now) and append the attempt's history line."""
     body = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
-    remote.run(["sh", "-c", _RECORD, "sh", layout.app_dir(record.app), record.to_line()], stdin=body)
+    remote.run(files.replace_and_append(layout.app_dir(record.app), STATE_FILE, HISTORY_FILE, record.to_line()),
+               stdin=body)
 
 
 def read_state(remote, app: str) -> Optional[dict]:

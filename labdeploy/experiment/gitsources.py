@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .. import names
+from ..commands import network
 from ..errors import ValidationError
 
 DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
@@ -76,33 +77,13 @@ def unreachable_here(sources: Sequence[GitSource]) -> dict[str, str]:
     return bad
 
 
-# $@ = host port host port ...; one line per host: "ok|dns|tcp host port". `getent ahosts`
-# resolves as getaddrinfo does (an IP address stands for itself; `getent hosts` would look
-# for its reverse name).
-# bash's /dev/tcp makes the connection (no nc or python needed); a tool that is missing
-# (getent, bash, timeout) skips its part of the check rather than refuse.
-_SERVER_SCRIPT = (
-    'while [ "$#" -ge 2 ]; do h=$1; p=$2; shift 2; '
-    'if command -v getent >/dev/null 2>&1 && ! getent ahosts "$h" >/dev/null 2>&1; then echo "dns $h $p"; '
-    'elif command -v bash >/dev/null 2>&1 && command -v timeout >/dev/null 2>&1; then '
-    f'if timeout {CONNECT_TIMEOUT} bash -c \'exec 3<>"/dev/tcp/$0/$1"\' "$h" "$p" 2>/dev/null; '
-    'then echo "ok $h $p"; else echo "tcp $h $p"; fi; '
-    'else echo "ok $h $p"; fi; done')
-
-
 def server_check_argv(sources: Sequence[GitSource]) -> list[str]:
-    args = [a for s in sources for a in (names.host(s.host), str(int(s.port)))]
-    return ["sh", "-c", _SERVER_SCRIPT, "sh", *args]
+    return network.reach([(names.host(s.host), s.port) for s in sources], CONNECT_TIMEOUT)
 
 
 def parse_server_check(stdout: str) -> dict[str, str]:
     why = {"dns": "its name does not resolve", "tcp": "no connection"}
-    bad: dict[str, str] = {}
-    for line in stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] in why:
-            bad[f"{parts[1]}:{parts[2]}"] = why[parts[0]]
-    return bad
+    return {address: why[problem] for address, problem in network.read_reach(stdout).items()}
 
 
 def unreachable_on(remote, sources: Sequence[GitSource]) -> dict[str, str]:

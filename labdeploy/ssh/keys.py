@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shlex
 import socket
 import struct
 import subprocess
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .. import names
+from ..commands import sshkeys
 from ..errors import LabdeployError, ValidationError
 from ..localfiles import write_atomic
 from ..remote import Remote
@@ -373,44 +373,15 @@ def trust_host_key(host: str, port: int, fingerprint: str, known_hosts: Optional
            use_agent=False).trust_host_key(fingerprint)
 
 
-# The ssh-copy-id step as one script: the key arrives on stdin. `set -f` stops a comment with
-# '*' from globbing; the key counts as present when its type and body match, whatever the
-# comment or options; the file is created 0600 in a 0700 folder.
-_COPY_SCRIPT = r"""
-set -euf
-umask 077
-d={dir}
-f="$d/authorized_keys"
-key=$(cat)
-set -- $key
-want="$1 $2"
-mkdir -p "$d"
-chmod 700 "$d"
-if [ -f "$f" ] && awk -v w="$want" '{{ for (i = 1; i < NF; i++) if ($i " " $(i+1) == w) found = 1 }} END {{ exit !found }}' "$f"; then
-  chmod 600 "$f"
-  echo present
-  exit 0
-fi
-if [ -s "$f" ] && [ -n "$(tail -c1 "$f")" ]; then printf '\n' >> "$f"; fi
-printf '%s\n' "$key" >> "$f"
-chmod 600 "$f"
-echo added
-"""
-
-
-def copy_script(ssh_dir_on_server: str = ".ssh") -> str:
-    return _COPY_SCRIPT.format(dir=shlex.quote(ssh_dir_on_server))
-
-
 def install_public_key(remote: Remote, public_line: str, ssh_dir_on_server: str = ".ssh") -> bool:
     """Append `public_line` to authorized_keys on a connected Remote unless it is there.
     Returns True when it was added."""
     public_line = public_line.strip()
     if "\n" in public_line or not _PUBLIC_RE.fullmatch(public_line):
         raise ValidationError("That is not one OpenSSH public key line.", "Use the contents of your .pub file.")
-    out = remote.run(["sh", "-c", copy_script(ssh_dir_on_server)], stdin=(public_line + "\n").encode(),
-                     timeout=60).stdout.strip()
-    return out.endswith("added")
+    # The ssh-copy-id step in one command: the key arrives on stdin.
+    res = remote.run(sshkeys.install_key(ssh_dir_on_server), stdin=(public_line + "\n").encode(), timeout=60)
+    return sshkeys.read_install_key(res.stdout)
 
 
 def copy_key(host: str, user: str, password: str, key_path: Optional[PathLike] = None, *, port: int = 22,
