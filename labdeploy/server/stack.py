@@ -283,9 +283,8 @@ def _prepare_lock(remote, reporter: Reporter) -> locks.ServerLock:
 
 def check_docker(remote) -> None:
     """Raise a clear error when the login user cannot use Docker."""
-    res = remote.run(["sh", "-c", "command -v docker >/dev/null 2>&1 || exit 127; docker info --format '{{.ServerVersion}}'"],
-                     check=False, timeout=60)
-    if res.exit_status == 127:
+    res = remote.run(docker.server_version(), check=False, timeout=60)
+    if res.exit_status == docker.NO_DOCKER:
         raise StackError(f"Docker is not installed on {remote.host} (no `docker` command for {remote.user}).",
                          "Install Docker Engine on the server (https://docs.docker.com/engine/install/), "
                          "then run the readiness check again.")
