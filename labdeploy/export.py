@@ -36,7 +36,7 @@ from .server import layout, psql
 from . import localfiles, names
 from .ssh import pool
 from .data.archive import ExportData, load_export, write_archive, write_parquet  # noqa: F401 (public API)
-from .errors import CommandFailed, LabdeployError, UnknownApp, ValidationError
+from .errors import CommandFailed, LabdeployError, Remedy, UnknownApp, ValidationError
 from .redaction import redact
 from .progress import LogLine, Progress, Reporter, WarningEvent, null_reporter, step
 
@@ -47,9 +47,13 @@ PROGRESS_EVERY = 0.2  # seconds between progress events while streaming
 class ExportVerificationError(LabdeployError):
     """What arrived does not match what the database holds."""
 
+    code = "export.incomplete"
+
 
 class ExportRequired(LabdeployError):
     """Destroy refused: the app's data has no fresh local export."""
+
+    code = "export.required"
 
 
 def _remote(server):
@@ -82,7 +86,8 @@ def _unknown_app(remote, app: str) -> UnknownApp:
     listing = ", ".join(known) if known else "none"
     return UnknownApp(f"There is no app {app!r} on {remote.host}: it has no database "
                       f"{names.db_identifier(app)!r}. Apps with a database there: {listing}.",
-                      "Check the app name (and the server); an app that was destroyed has no data left.")
+                      "Check the app name (and the server); an app that was destroyed has no data left.",
+                      code="app.unknown")
 
 
 @pool.closes_what_it_opens
@@ -134,8 +139,7 @@ def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: 
             missing = [t for t in tables if t not in got]
             if missing:
                 raise ValidationError(f"The app {app!r} has no table {', '.join(map(repr, missing))}.",
-                                      "Leave `tables` empty to export every table, or check the names "
-                                      "(labdeploy.export.table_counts(app, server) lists them).")
+                                      code="invalid.export.table", remedy=Remedy("export.tables", app=app))
 
     def start(name: str, count: int):
         cols = columns.get(name, [])
@@ -225,7 +229,8 @@ def _verify(splitter: copystream.Splitter, frames: dict) -> None:
 
 def _mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValidationError(f"Unknown export mode {mode!r}.", f"Use one of {', '.join(MODES)}.")
+        raise ValidationError(f"Unknown export mode {mode!r}.", f"Use one of {', '.join(MODES)}.",
+                              code="invalid.export.mode")
     return mode
 
 
@@ -442,9 +447,7 @@ def check_destroy(app: str, server, *, override: bool = False,
     if not recs:
         raise ExportRequired(
             f"{app} still has its database on {remote.host}, and there is no saved export of it on this "
-            "computer. Destroying now would lose the data.",
-            "Export first (export panel, or labdeploy.export.export(app, server, save_to='exports')), then "
-            "destroy; or destroy with the explicit override if the data really is not needed.")
+            "computer. Destroying now would lose the data.", remedy=Remedy("export.before_destroy", app=app))
     newest = recs[0]
     changes = changes_since(app, remote, newest)
     changed = changes[changes["changed"]]
@@ -454,7 +457,7 @@ def check_destroy(app: str, server, *, override: bool = False,
         raise ExportRequired(
             f"{app} was written to after its newest export ({newest['exported_at']:%Y-%m-%d %H:%M:%S} UTC, "
             f"{newest['path']}): {detail}. Destroying now would lose those rows.",
-            "Export again (then destroy), or destroy with the explicit override if the new rows are not needed.")
+            code="export.stale", remedy=Remedy("export.again_before_destroy", app=app))
     report(LogLine(f"fresh export found: {newest['path']}", "export"))
     return newest
 
@@ -486,10 +489,10 @@ def _app_credentials(remote, app: str) -> tuple[str, str, str]:
         text = remote.get_bytes(path).decode()
     except FileNotFoundError:
         raise UnknownApp(f"{app!r} has no {path} on {remote.host}, so it is not deployed there.",
-                         "Check the app name and the server.") from None
+                         "Check the app name and the server.", code="app.unknown") from None
     except PermissionError:
         raise LabdeployError(f"{path} on {remote.host} may not be read by {remote.user}.",
-                             "Use the login that deployed the app.") from None
+                             "Use the login that deployed the app.", code="app.secrets.unreadable") from None
     url = None
     for line in text.splitlines():
         key, _, value = line.partition("=")
@@ -497,10 +500,11 @@ def _app_credentials(remote, app: str) -> tuple[str, str, str]:
             url = value.strip().strip('"').strip("'")
     if not url:
         raise LabdeployError(f"{path} on {remote.host} has no DATABASE_URL.",
-                             "Redeploy the app so its secrets file is written again.")
+                             "Redeploy the app so its secrets file is written again.", code="app.secrets.incomplete")
     parts = urlsplit(url)
     if not parts.username or parts.password is None:
-        raise LabdeployError(f"The DATABASE_URL in {path} has no user or password.", "Redeploy the app.")
+        raise LabdeployError(f"The DATABASE_URL in {path} has no user or password.", "Redeploy the app.",
+                             code="app.secrets.incomplete")
     return unquote(parts.username), unquote(parts.password), parts.path.lstrip("/") or names.db_identifier(app)
 
 
@@ -512,11 +516,11 @@ def postgres_address(server) -> str:
         out = remote.run(postgres.networks(layout.POSTGRES_CONTAINER), timeout=30).stdout
     except CommandFailed as exc:
         raise psql.SQLError("The shared PostgreSQL container is not running on the server.",
-                            "Prepare the server (setup panel, or labdeploy.server.stack.prepare()).") from exc
+                            code="stack.postgres.not_running", remedy=Remedy("stack.prepare")) from exc
     address = postgres.address_on(out, layout.NETWORK)
     if not address:
         raise psql.SQLError("The shared PostgreSQL container has no address on the dallinger network.",
-                            "Restart the shared stack (labdeploy.server.stack.prepare()).")
+                            code="stack.postgres.no_address", remedy=Remedy("stack.prepare"))
     return address
 
 
@@ -527,15 +531,18 @@ def _bind(sql: str, params: Optional[Mapping[str, Any]]) -> tuple[str, dict]:
     from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
     if not isinstance(sql, str) or not sql.strip():
-        raise ValidationError("The query is empty.", "Give a SELECT statement.")
+        raise ValidationError("The query is empty.", "Give a SELECT statement.", code="invalid.query")
     if "\0" in sql:
-        raise ValidationError("The query holds a NUL character.", "Remove it; PostgreSQL does not accept it.")
+        raise ValidationError("The query holds a NUL character.", "Remove it; PostgreSQL does not accept it.",
+                              code="invalid.query")
     compiled = sa.text(sql).compile(dialect=pg_dialect.dialect())
     given = dict(params or {})
     missing = [n for n in compiled.binds if n not in given]
     if missing:
         raise ValidationError(f"The query uses :{', :'.join(missing)} but no value was given for it.",
-                              "Pass params={" + ", ".join(f"'{n}': ..." for n in missing) + "}.")
+                              code="invalid.query.params",
+                              remedy=Remedy("query.params", names=", ".join(f":{n}" for n in missing),
+                                            given=", ".join(f"'{n}': ..." for n in missing)))
     return compiled.string, {n: given[n] for n in compiled.binds}
 
 
@@ -589,7 +596,7 @@ def query(app: str, server, sql: str, params: Optional[Mapping[str, Any]] = None
                                            "-c default_transaction_read_only=on -c TimeZone=UTC")
         except psycopg.Error as exc:
             raise psql.SQLError(f"Could not connect to the app's database: {_first_line(exc)}",
-                                "Check that the shared PostgreSQL is running (monitor panel).") from None
+                                code="sql.connect_failed", remedy=Remedy("stack.postgres.check")) from None
         try:
             conn.read_only = True  # BEGIN READ ONLY before the statement
             with conn.cursor() as cur:
@@ -597,20 +604,21 @@ def query(app: str, server, sql: str, params: Optional[Mapping[str, Any]] = None
                 cur.execute(text, values, prepare=True)
                 if cur.description is None:
                     raise ValidationError("The statement returned no rows.",
-                                          "query() is for SELECT statements (read-only).")
+                                          "Give a SELECT statement: a query only reads.", code="invalid.query.no_rows")
                 columns = [d.name for d in cur.description]
                 rows = cur.fetchall()
         except psycopg.Error as exc:
             msg = _first_line(exc)
             if _ONE_STATEMENT in msg:
-                raise ValidationError("The query holds several statements; query() runs exactly one.",
-                                      "Send one SELECT per call (without ';' between statements).") from None
+                raise ValidationError("The query holds several statements; a query runs exactly one.",
+                                      "Send one SELECT at a time (without ';' between statements).",
+                                      code="invalid.query.statements") from None
             # 25006 read_only_sql_transaction, 42501 insufficient_privilege (any server language)
             if getattr(exc, "sqlstate", None) in ("25006", "42501") or "read-only transaction" in msg:
                 raise ValidationError(f"The query tried to change data or read what it may not: {msg}",
-                                      "query() is read-only (it reads as the app's read-only role); change "
-                                      "data through the experiment itself.") from None
-            raise psql.SQLError(f"PostgreSQL reported an error: {msg}", "Check the SQL statement.") from None
+                                      "A query only reads (as the app's read-only role); change data through "
+                                      "the experiment itself.", code="invalid.query.writes") from None
+            raise psql.SQLError(f"PostgreSQL reported an error: {msg}", "Check the SQL statement.", code="sql.failed") from None
         finally:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()  # never commit: whatever the statement did is undone
@@ -651,7 +659,7 @@ def download_files(app: str, server, dest: Union[str, os.PathLike], *,
     sizes = files.read_sizes(remote.run(files.sizes(root), timeout=60, check=False).stdout)
     if sizes is None:
         raise UnknownApp(f"{app!r} has no folder {root} on {remote.host}.",
-                         "Check the app name; an app without assets has no files to download.")
+                         "Check the app name; an app without assets has no files to download.", code="app.unknown")
     total = sum(sizes)
     dest = archive.ensure_folder(dest)
     pipe = copystream.ChunkPipe()
@@ -688,17 +696,17 @@ def download_files(app: str, server, dest: Union[str, os.PathLike], *,
             err = holder["error"]
             if res is not None and res.exit_status not in (0, 1) and problems["fatal"]:
                 raise LabdeployError(f"tar failed on {remote.host}: {problems['fatal'][-1]}",
-                                     "Read the error above; it comes from the server.") from err
+                                     "Read the error above; it comes from the server.", code="download.failed") from err
             if isinstance(err, LabdeployError):
                 raise err
             if isinstance(err, OSError) and not isinstance(err, (tarfile.TarError, ConnectionError)):
                 raise archive._disk_error(err, dest) from err
             raise LabdeployError(f"The files of {app} could not be unpacked: {err}",
-                                 "Run the download again; if it repeats, report it.") from err
+                                 "Run the download again; if it repeats, report it.", code="download.unpack_failed") from err
         if res.exit_status not in (0, 1, 2) or problems["fatal"]:
             detail = "; ".join(problems["fatal"][-3:]) or f"exit status {res.exit_status}"
             raise LabdeployError(f"Reading the files of {app} on {remote.host} failed: {detail}",
-                                 "Read the error above; it comes from the server.")
+                                 "Read the error above; it comes from the server.", code="download.failed")
         for rel in problems["unreadable"]:
             report(WarningEvent(f"{rel} may not be read by {remote.user}; skipped.", ""))
         for rel in problems["changed"]:
@@ -825,7 +833,7 @@ def download_logs(app: str, server, dest: Union[str, os.PathLike], *, tail: Opti
     app_dir = layout.app_dir(app)
     if not remote.exists(layout.app_compose(app)):
         raise UnknownApp(f"{app!r} has no {layout.app_compose(app)} on {remote.host}.",
-                         "Check the app name and the server.")
+                         "Check the app name and the server.", code="app.unknown")
     dest = archive.ensure_folder(dest)
     target = dest / f"{app}-logs.txt"
     tmp = localfiles.temp_name(target)

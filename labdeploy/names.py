@@ -36,20 +36,22 @@ def app_name(name: str) -> str:
     """An app name: lowercase letters, digits and hyphens, starting with a letter."""
     if not isinstance(name, str) or not name:
         raise ValidationError("The app name is empty.",
-                              "Choose a name such as 'my-experiment' (lowercase letters, digits, hyphens).")
+                              "Choose a name such as 'my-experiment' (lowercase letters, digits, hyphens).",
+                              code="invalid.app_name")
     if len(name) > APP_MAX:
         raise ValidationError(f"The app name {name!r} is {len(name)} characters long; at most {APP_MAX} are allowed.",
-                              "Choose a shorter name.")
+                              "Choose a shorter name.", code="invalid.app_name")
     if not _APP_RE.fullmatch(name) or "--" in name:
         raise ValidationError(
             f"The app name {name!r} can't be used.",
             "Use only lowercase letters, digits and single hyphens, start with a letter and end with a "
-            "letter or digit, e.g. 'stroop-pilot-2'.")
+            "letter or digit, e.g. 'stroop-pilot-2'.", code="invalid.app_name")
     if name in RESERVED_APP_NAMES or name.startswith(RESERVED_PREFIX):
         raise ValidationError(
             f"The app name {name!r} is reserved: the server's shared services and folders use it.",
             f"Choose another name, e.g. '{name}-study' or 'my-experiment'. Reserved: "
-            f"{', '.join(sorted(RESERVED_APP_NAMES))} and every name starting with '{RESERVED_PREFIX}'.")
+            f"{', '.join(sorted(RESERVED_APP_NAMES))} and every name starting with '{RESERVED_PREFIX}'.",
+            code="invalid.app_name.reserved")
     return name
 
 
@@ -92,14 +94,15 @@ def host(name: str) -> str:
     """An SSH target: an RFC 1123 host name, an IPv4 address, or an IPv6 address without a
     scope or with a numeric one (fe80::1%2)."""
     if not isinstance(name, str) or not name:
-        raise ValidationError("The server address is empty.", "Enter a host name such as 'lab.example.org' or an IP address.")
+        raise ValidationError("The server address is empty.", "Enter a host name such as 'lab.example.org' or an IP address.",
+                              code="invalid.host")
     if _ip(name) is not None:
         return name
     problem = "it has a '%' part that is not a numeric IPv6 scope" if ":" in name and "%" in name \
         else _dns_name_problem(name)
     if problem:
         raise ValidationError(f"The server address {name!r} is not a valid host name or IP address: {problem}.",
-                              _HOST_HINT)
+                              _HOST_HINT, code="invalid.host")
     return name
 
 
@@ -111,7 +114,7 @@ def domain(name: str) -> str:
             "digits, dots, hyphens; no spaces, quotes or braces), or 'localhost' to reach apps through an SSH "
             "tunnel.")
     if not isinstance(name, str) or not name:
-        raise ValidationError("The domain is empty.", hint)
+        raise ValidationError("The domain is empty.", hint, code="invalid.domain")
     address = _ip(name)
     if address is not None or (":" in name and "%" in name):
         # `<app>.10.0.0.2` is no host name: nothing would ever resolve it.
@@ -119,18 +122,20 @@ def domain(name: str) -> str:
         raise ValidationError(
             f"The domain {name!r} is an IP address; apps are served at <app>.<domain>, which must be a name.",
             "Give a DNS name that points at the server; for a server known only by its IP address, a wildcard "
-            f"DNS service gives you {example}; or use 'localhost' and open apps through an SSH tunnel.")
+            f"DNS service gives you {example}; or use 'localhost' and open apps through an SSH tunnel.",
+            code="invalid.domain")
     if name.endswith("."):
-        raise ValidationError(f"The domain {name!r} ends with a dot.", f"Leave the dot out: {name.rstrip('.')!r}.")
+        raise ValidationError(f"The domain {name!r} ends with a dot.", f"Leave the dot out: {name.rstrip('.')!r}.",
+                              code="invalid.domain")
     longest = HOST_MAX - APP_MAX - 1
     if len(name) > longest:
         raise ValidationError(
             f"The domain {name!r} is {len(name)} characters long; at most {longest} are allowed, so that "
             f"<app>.<domain> stays within {HOST_MAX} characters for app names of up to {APP_MAX}.",
-            "Use a shorter domain.")
+            "Use a shorter domain.", code="invalid.domain")
     problem = _dns_name_problem(name)
     if problem:
-        raise ValidationError(f"The domain {name!r} can't be used: {problem}.", hint)
+        raise ValidationError(f"The domain {name!r} can't be used: {problem}.", hint, code="invalid.domain")
     return name
 
 
@@ -144,13 +149,14 @@ def email(address: str) -> str:
     """A contact e-mail address (for Let's Encrypt): local@domain with a real top-level domain."""
     hint = "Give an address such as 'you@lab.example.org' (Let's Encrypt writes there about certificates), or none."
     if not isinstance(address, str) or not address:
-        raise ValidationError("The contact email is empty.", hint)
+        raise ValidationError("The contact email is empty.", hint, code="invalid.email")
     local, at, dom = address.rpartition("@")
     ok = (at and len(address) <= EMAIL_MAX and len(local) <= 64 and _EMAIL_LOCAL_RE.fullmatch(local)
           and "." in dom and not dom.endswith(".") and not _dns_name_problem(dom)
           and re.fullmatch(r"[A-Za-z]{2,63}", dom.rsplit(".", 1)[-1]))
     if not ok:
-        raise ValidationError(f"The contact email {address!r} does not look like an email address.", hint)
+        raise ValidationError(f"The contact email {address!r} does not look like an email address.", hint,
+                              code="invalid.email")
     return address
 
 
@@ -160,7 +166,7 @@ def user(name: str) -> str:
         raise ValidationError(
             f"The user name {name!r} is not a valid login name.",
             "Use the account name you log in to the server with: lowercase letters, digits, '_', '-' or '.', "
-            "starting with a letter or '_'.")
+            "starting with a letter or '_'.", code="invalid.user")
     return name
 
 
@@ -168,9 +174,11 @@ def port(value) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise ValidationError(f"The port {value!r} is not a number.", "SSH normally uses port 22.") from None
+        raise ValidationError(f"The port {value!r} is not a number.", "SSH normally uses port 22.",
+                              code="invalid.port") from None
     if not 1 <= number <= 65535:
-        raise ValidationError(f"The port {number} is out of range.", "Use a port between 1 and 65535 (SSH normally uses 22).")
+        raise ValidationError(f"The port {number} is out of range.", "Use a port between 1 and 65535 (SSH normally uses 22).",
+                              code="invalid.port")
     return number
 
 
@@ -178,7 +186,8 @@ def service(name: str) -> str:
     """A compose service name such as web, worker, clock, redis."""
     if not isinstance(name, str) or not _SERVICE_RE.fullmatch(name):
         raise ValidationError(f"The service name {name!r} is not valid.",
-                              "Use one of the app's services, e.g. web, worker, clock or redis.")
+                              "Use one of the app's services, e.g. web, worker, clock or redis.",
+                              code="invalid.service")
     return name
 
 
@@ -186,7 +195,7 @@ def server_name(name: str) -> str:
     """The local nickname of a registered server."""
     if not isinstance(name, str) or not _SERVER_NAME_RE.fullmatch(name):
         raise ValidationError(f"The server name {name!r} is not valid.",
-                              "Use letters, digits, '.', '_' or '-', e.g. 'lab-server'.")
+                              "Use letters, digits, '.', '_' or '-', e.g. 'lab-server'.", code="invalid.server_name")
     return name
 
 
@@ -220,14 +229,16 @@ def image_repository(name: str) -> str:
         raise ValidationError(
             f"{name!r} is not a valid Docker image name.",
             "Use lowercase letters, digits, '.', '_', '-' and '/' (a registry host may come first, e.g. "
-            "'registry.gitlab.com/my-group/experiment-images'); no spaces, capitals or tags.")
+            "'registry.gitlab.com/my-group/experiment-images'); no spaces, capitals or tags.",
+            code="invalid.image_name")
     return name
 
 
 def image_tag(tag: str) -> str:
     if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
         raise ValidationError(f"{tag!r} is not a valid Docker image tag.",
-                              "Use letters, digits, '_', '.' or '-' (at most 128), starting with a letter or digit.")
+                              "Use letters, digits, '_', '.' or '-' (at most 128), starting with a letter or digit.",
+                              code="invalid.image_tag")
     return tag
 
 
@@ -243,5 +254,6 @@ def image(ref: str, what: str = "image") -> str:
               and (not digest or bool(_DIGEST_RE.fullmatch(digest))) and ("@" not in ref or bool(digest)))
     if not ok:
         raise ValidationError(f"The {what} {ref!r} is not a valid image name.",
-                              "Use an image reference such as 'postgres:15' or 'registry.example.org/lab/caddy:2'.")
+                              "Use an image reference such as 'postgres:15' or 'registry.example.org/lab/caddy:2'.",
+                              code="invalid.image_name")
     return ref

@@ -14,6 +14,7 @@ import yaml
 from labdeploy.app import appcompose
 from labdeploy.server import pooler
 from labdeploy.server import database, stack
+from labdeploy.cli import remedies as cli_remedies
 from labdeploy.watch import pgactivity
 from labdeploy.errors import CommandFailed, ValidationError
 
@@ -170,7 +171,8 @@ def test_an_image_the_server_cant_get_is_named_with_the_setting_to_change():
                                                "no such host")
     err = pooler.image_failure(exc, {"value": "ghcr.io/cloudnative-pg/pgbouncer:1.25.2", "from": "default"})
     assert err is not None and "ghcr.io/cloudnative-pg/pgbouncer:1.25.2" in err.message
-    assert "labdeploy's default" in err.message and "pgbouncer_image" in err.hint and "--no-pooler" in err.hint
+    assert "labdeploy's default" in err.message and "pgbouncer_image" in err.hint and "pooler=False" in err.hint
+    assert "--pgbouncer-image" in cli_remedies.hint(err) and "--no-pooler" in cli_remedies.hint(err)  # CLI words
     other = CommandFailed("compose failed", stderr="ERROR: for web  Cannot start service web: oops")
     assert pooler.image_failure(other, {"value": "ghcr.io/cloudnative-pg/pgbouncer:1.25.2", "from": "server"}) is None
 

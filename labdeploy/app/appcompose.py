@@ -44,7 +44,8 @@ _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+)\s*:\s*(.+)$")
 def env_key(key: str) -> str:
     if not isinstance(key, str) or not _ENV_KEY_RE.fullmatch(key):
         raise ValidationError(f"The configuration key {key!r} can't be used as an environment variable.",
-                              "Use letters, digits and underscores, starting with a letter or underscore.")
+                              "Use letters, digits and underscores, starting with a letter or underscore.",
+                              code="invalid.config.key")
     return key
 
 
@@ -61,13 +62,14 @@ def read_procfile(experiment_dir) -> dict[str, str]:
         m = _PROCFILE_LINE.match(line.strip())
         if not m:
             raise ValidationError(f"Line {number} of {path} is not 'process: command'.",
-                                  "Write one line per process, e.g. 'web: gunicorn app:app'.")
+                                  "Write one line per process, e.g. 'web: gunicorn app:app'.",
+                                  code="invalid.procfile")
         commands[m.group(1)] = m.group(2).strip()
     missing = [p for p in layout.PROCESS_SERVICES if p not in commands]
     if missing:
         raise ValidationError(f"{path} has no command for {', '.join(missing)}.",
                               "Give a line for each of web, worker and clock (or delete the Procfile to use "
-                              "Dallinger's dallinger_heroku_* commands).")
+                              "Dallinger's dallinger_heroku_* commands).", code="invalid.procfile")
     return commands
 
 
@@ -97,7 +99,7 @@ def app_compose_document(app: str, image: str, *, version: str, commands: Option
     the pooler (database.database_url(..., pooler=True))."""
     if not set(processes) <= set(layout.PROCESS_SERVICES) or not {"web", "worker"} <= set(processes):
         raise ValidationError(f"The processes {tuple(processes)!r} are not web and worker (and clock).",
-                              "Give ('web', 'worker', 'clock') or ('web', 'worker').")
+                              "Give ('web', 'worker', 'clock') or ('web', 'worker').", code="invalid.processes")
     app = names.app_name(app)
     image = names.image(image)
     redis_image = names.image(redis_image, 'Redis image')
@@ -116,7 +118,8 @@ def app_compose_document(app: str, image: str, *, version: str, commands: Option
     def process(service: str) -> dict:
         if service not in commands:
             raise ValidationError(f"No command for the {service} process.",
-                                  "Give web, worker and clock commands (a Procfile), or none for Dallinger's.")
+                                  "Give web, worker and clock commands (a Procfile), or none for Dallinger's.",
+                                  code="invalid.procfile")
         return {
             "image": image,
             "command": _command(commands[service], pooled=pooler_image is not None),
@@ -202,7 +205,7 @@ def secrets_env(values: Mapping[str, str]) -> str:
         if any(c in value for c in "\n\r\"'$\\") or value != value.strip():
             raise ValidationError(f"The secret {key} contains a character that can't be stored safely "
                                   "(quote, $, backslash, newline or surrounding spaces).",
-                                  "Choose a value without those characters.")
+                                  "Choose a value without those characters.", code="invalid.secret_value")
         lines.append(f"{key}={value}")
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,7 @@ from .. import names
 from ..ssh import pool
 from ..data.archive import ExportData
 from ..errors import UnknownApp
-from ..errors import LabdeployError, ValidationError
+from ..errors import LabdeployError, Remedy, ValidationError
 from ..server.locks import DeployLock
 from ..progress import LogLine, Reporter, null_reporter, step
 
@@ -34,6 +34,8 @@ DESTROY_STEPS = ("check", "lock", "stop", "route", "data", "files")
 
 class ConfirmationRequired(LabdeployError):
     """A destructive action was asked for without confirm=True."""
+
+    code = "confirmation.required"
 
 
 def parse_listing(text: str, status: pd.DataFrame) -> pd.DataFrame:
@@ -175,15 +177,13 @@ def _check_data_saved(remote, app: str, reporter: Optional[Reporter] = None) -> 
 def _refuse_unconfirmed(app: str, confirm: bool, remove_data: bool, final_export) -> Optional[FinalExport]:
     """Every refusal that needs no server; returns the final export's checked options."""
     if final_export is not None and not remove_data:
-        raise ValidationError("final_export is for destroying an app with its data (remove_data=True).",
-                              "Export with labdeploy.export.export(app, server, save_to=...) to keep a copy "
-                              "of a running app.")
+        raise ValidationError("A final export is for destroying an app with its data.",
+                              code="invalid.destroy.final_export", remedy=Remedy("destroy.final_export", app=app))
     if not confirm:
         what = "its containers, web address and folder" + (", and ALL ITS DATA (database, files)" if remove_data else
                                                           "; its data is kept")
         raise ConfirmationRequired(f"Destroying {app!r} removes {what}. Nothing was done.",
-                                   f"Call destroy({app!r}, server, confirm=True" +
-                                   (", remove_data=True" if remove_data else "") + ") to go ahead.")
+                                   remedy=Remedy("destroy.confirm.data" if remove_data else "destroy.confirm", app=app))
     # A folder that can't be written is refused before anything stops.
     return FinalExport.of(final_export) if final_export is not None else None
 
@@ -268,7 +268,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
         if not any(traces.values()):
             known = ", ".join(apps(remote)["app"]) or "none"
             raise UnknownApp(f"There is no app named {app!r} on {remote.host}.",
-                             f"Check the name. Apps on this server: {known}.")
+                             f"Check the name. Apps on this server: {known}.", code="app.unknown")
     with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
         reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
         checked = remove_data and traces["database"] and (final is not None or export_check)

@@ -44,7 +44,8 @@ class FinalExport:
         """Checked, with its folder made (a folder that can't be written is refused before anything stops)."""
         options = value if isinstance(value, FinalExport) else cls(value)
         if options.mode not in data_out.MODES:
-            raise ValidationError(f"Unknown export mode {options.mode!r}.", f"Use one of {', '.join(data_out.MODES)}.")
+            raise ValidationError(f"Unknown export mode {options.mode!r}.", f"Use one of {', '.join(data_out.MODES)}.",
+                                  code="invalid.export.mode")
         return replace(options, folder=ensure_folder(options.folder))
 
     def steps(self) -> list[str]:

@@ -13,7 +13,8 @@ import click
 from ..errors import LabdeployError, UnknownHostKey, ValidationError
 from ..ssh import pool as ssh_pool  # light: paramiko and pandas load with the first server
 from . import _ui
-from ._ui import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NEEDS_CONFIRMATION, EXIT_USAGE, STATE, CliError, NeedsConfirmation, UsageProblem)
+from . import remedies as cli_remedies
+from ._ui import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, STATE, CliError, NeedsConfirmation, UsageProblem)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -166,7 +167,8 @@ def connect(remote, *, trust: Optional[str] = None, name: str = "", has_trust_op
                 raise CliError(
                     f"The server {exc.host} presents the host key {fp}, not the {trust.strip()} you gave.",
                     "Do not trust it: check the fingerprint with the server's administrator "
-                    "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server).") from None
+                    "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server).",
+                    code="ssh.host_key.mismatch") from None
         elif _ui.interactive():
             click.echo(f"The server {exc.host} (port {exc.port}) is not known yet.", err=True)
             click.echo(f"Its {exc.key_type} host key fingerprint is:\n\n    {fp}\n", err=True)
@@ -175,7 +177,7 @@ def connect(remote, *, trust: Optional[str] = None, name: str = "", has_trust_op
             if not click.confirm("Trust this server?", default=False, err=True):
                 raise CliError("The host key was not trusted; nothing was changed.",
                                "Check the fingerprint, then run the command again.",
-                               code=EXIT_NEEDS_CONFIRMATION) from None
+                               code="ssh.host_key.not_trusted") from None
         else:
             which = f" --server {name}" if name else ""
             how = (f"run the same command again with --trust-host-key {fp}" if has_trust_option else
@@ -203,71 +205,24 @@ def open_server(name: Optional[str], *, trust: Optional[str] = None):
     return connect(run_pool().get(chosen), trust=trust, name=chosen)
 
 
-# ---------------------------------------------------------------- hints in CLI words
+# ---------------------------------------------------------------- remedies in CLI words
 
-# The core's hints name Python calls (for notebooks); in a terminal the same advice is a
-# command. Keyed by exception class name; formatted with the command's context (app, service).
-_CLI_HINTS = {
-    "AppExists": "To ship new code to it, add --update; to start a separate copy, choose another --app name; "
-                 "to remove it, run `labdeploy destroy --app {app}` first.",
-    "ExportRequired": "Export first (`labdeploy export --app {app}`), then destroy; or destroy with "
-                      "--final-export DIR (stops the app, exports, then deletes); or add --no-export-check "
-                      "if the data really is not needed.",
-    "DataKept": "Run the deploy again with --reuse-data to continue with that data (its participants count as "
-                "having taken part), or with --replace-data to delete it first (export it first: `labdeploy "
-                "export --app {app}`); or choose another --app name.",
-    "ServiceNotRunning": "Start it again (`labdeploy restart --app {app} {service}`) and read its logs "
-                         "(`labdeploy logs --app {app} --service {service}`).",
-    "RestartTimeout": "Read the logs (`labdeploy logs --app {app}`) for the error; a service that keeps "
-                      "restarting usually fails on start (configuration or database).",
-}
-_UPDATE_UNKNOWN = "Check the name (`labdeploy apps` lists them), or deploy it first (without --update)."
-
-
-def cli_hint(exc: LabdeployError, **context) -> str:
-    """The hint to print: the core's, with Python calls replaced by the matching command."""
-    name = type(exc).__name__
-    template = _CLI_HINTS.get(name)
-    if name == "UnknownApp" and "update" in exc.message and context.get("app"):
-        return _UPDATE_UNKNOWN
-    if template:
-        try:
-            return template.format(app=context.get("app") or "NAME", service=context.get("service") or "web")
-        except (KeyError, IndexError):
-            pass
-    hint = exc.hint or ""
-    if "stack.prepare(" in hint:
-        return "Prepare the server first: `labdeploy servers prepare`."
-    return hint
-
-
-class hints:
-    """`with hints(app=app): core.call(...)`: a core error leaves with its hint in CLI words
-    (same class, same exit code)."""
-
-    def __init__(self, **context) -> None:
-        self.context = context
-
-    def __enter__(self) -> "hints":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if isinstance(exc, LabdeployError) and not isinstance(exc, CliError) \
-                and not getattr(exc, "_cli_hint", False):
-            exc.hint = cli_hint(exc, **self.context)
-            exc._cli_hint = True
-        return False
+# The app and service of the command that is running: a remedy's words use them where the
+# error did not say (labdeploy.cli.remedies). Set by @with_hints, cleared by main().
+_command_context: dict = {}
 
 
 def with_hints(f):
-    """Decorator for app commands: errors get CLI hints with the command's app and service."""
+    """Decorator for app commands: a failure's remedy is worded with the command's --app and
+    --service (where the error itself does not name them). The error is left as raised."""
     import functools
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         services = kwargs.get("services") or ()
-        with hints(app=kwargs.get("app"), service=kwargs.get("service") or (services[0] if services else None)):
-            return f(*args, **kwargs)
+        _command_context.update(app=kwargs.get("app"),
+                                service=kwargs.get("service") or (services[0] if services else None))
+        return f(*args, **kwargs)
 
     return wrapper
 
@@ -290,7 +245,7 @@ Examples:
 
 The server is --server NAME, else $LABDEPLOY_SERVER, else the only registered one.
 Every command takes --json (machine-readable result on stdout; a failure becomes
-{{"error": {{"message", "hint", "exit_code"}}}}), --debug (show the traceback of a failure),
+{{"error": {{"message", "hint", "code", "exit_code"}}}}), --debug (show the traceback of a failure),
 -q/--quiet and -v/--verbose. Progress and messages go to stderr.
 
 Tab completion (bash): eval "$(_LABDEPLOY_COMPLETE=bash_source labdeploy)"
@@ -312,25 +267,6 @@ def cli() -> None:
 def _debug_requested(argv: list) -> bool:
     head = argv[: argv.index("--")] if "--" in argv else argv
     return "--debug" in head or bool(os.environ.get("LABDEPLOY_DEBUG"))
-
-
-def _code_for(exc: LabdeployError) -> int:
-    if isinstance(exc, CliError):
-        return exc.code
-    if isinstance(exc, ValidationError):
-        return EXIT_USAGE
-    if isinstance(exc, UnknownHostKey):
-        return EXIT_NEEDS_CONFIRMATION
-    code = getattr(exc, "exit_code", None)
-    if isinstance(code, int):
-        return code
-    name = type(exc).__name__
-    if name in ("NotReady", "ReadinessFailed", "HealthCheckFailed", "NotRunning", "ServiceNotRunning",
-                "RestartTimeout"):
-        return _ui.EXIT_NOT_READY
-    if name in ("UnknownServer", "ServerNotFound", "UnknownApp", "AppNotFound", "NoSuchApp"):
-        return EXIT_USAGE
-    return EXIT_FAILED
 
 
 def _quiet_library_logging(debug: bool) -> None:
@@ -355,6 +291,7 @@ def main(argv: Optional[list] = None) -> int:
         STATE.debug = True
     _quiet_library_logging(debug)
     code = 0
+    _command_context.clear()
     run = contextlib.ExitStack()  # this run's SSH connections: one per server, closed when it ends
     run.enter_context(ssh_pool.using(run.enter_context(ssh_pool.Pool())))
     try:
@@ -379,13 +316,12 @@ def main(argv: Optional[list] = None) -> int:
     except LabdeployError as exc:
         if STATE.debug:
             traceback.print_exc()
-        if not isinstance(exc, CliError) and not getattr(exc, "_cli_hint", False):
-            exc.hint = cli_hint(exc)
-        _ui.error(exc.message, exc.hint)
-        code = _code_for(exc)
+        hint = cli_remedies.hint(exc, **_command_context)  # the remedy in this front end's words
+        code = cli_remedies.exit_code(exc.code)
+        _ui.error(exc.message, hint)
         if STATE.json and not STATE.emitted:  # scripts get the error as data too (one JSON document)
-            _ui.emit_json({"error": {"message": exc.message, "hint": exc.hint, "type": type(exc).__name__,
-                                     "exit_code": code}})
+            _ui.emit_json({"error": {"message": exc.message, "hint": hint, "code": exc.code,
+                                     "type": type(exc).__name__, "exit_code": code}})
     except BrokenPipeError:
         # e.g. `labdeploy logs ... | head`: not an error of ours.
         try:

@@ -22,59 +22,45 @@ import click
 
 from ..errors import LabdeployError
 from ..progress import human_bytes
+# Exit codes follow error codes (labdeploy.cli.remedies.EXIT_CODES).
+from .remedies import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NEEDS_CONFIRMATION, EXIT_NOT_READY,  # noqa: F401
+                       EXIT_OK, EXIT_USAGE, exit_code, exit_codes_help)
 
-# ---------------------------------------------------------------- exit codes
+# ---------------------------------------------------------------- errors and exit codes
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_READY = 3
-EXIT_NEEDS_CONFIRMATION = 4
-EXIT_INTERRUPTED = 130
-
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0    ok
-  1    the operation failed (the message says why and what to do)
-  2    usage error: unknown option, bad name, unknown server or app
-  3    not ready: a check failed or the app is not (fully) running
-  4    needs confirmation or input a non-interactive run cannot give
-       (pass --yes, --password-stdin or --trust-host-key SHA256:...)
-  130  interrupted (Ctrl-C)"""
+EXIT_CODES_HELP = exit_codes_help()
 
 
 class CliError(LabdeployError):
-    """An error raised by the CLI itself (not the core), with its exit code."""
+    """An error raised by the CLI itself (not the core): its hint is in the CLI's words
+    already. Its exit code follows its `code`."""
 
-    def __init__(self, message: str, hint: str = "", *, code: int = EXIT_FAILED) -> None:
-        super().__init__(message, hint)
-        self.code = code
+    code = "cli.failed"
 
 
 class NeedsConfirmation(CliError):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message, hint, code=EXIT_NEEDS_CONFIRMATION)
+    code = "cli.needs_confirmation"
 
 
 class NotReady(CliError):
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message, hint, code=EXIT_NOT_READY)
+    code = "cli.not_ready"
 
 
 class UsageProblem(CliError):
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message, hint, code=EXIT_USAGE)
+    code = "cli.usage"
 
 
 @contextlib.contextmanager
 def usage_errors(kind: type = LabdeployError):
-    """A value the core refuses is the user's input error here: same words, exit code 2."""
+    """A value the core refuses is the user's input error here: same words and remedy (the
+    core error's code when it is a usage error already), exit code 2."""
     try:
         yield
     except CliError:
         raise
     except kind as exc:
-        raise UsageProblem(exc.message, exc.hint) from None
+        raise UsageProblem(exc.message, exc.plain_hint, remedy=exc.remedy,
+                           code=exc.code if exit_code(exc.code) == EXIT_USAGE else None) from None
 
 
 # ---------------------------------------------------------------- state
@@ -263,7 +249,7 @@ def confirm(question: str, *, yes: bool, flag: str = "--yes") -> None:
         raise NeedsConfirmation(f"{question} Refusing without confirmation in a non-interactive run.",
                                 f"Run it again with {flag} to confirm.")
     if not click.confirm(question, default=False, err=True):
-        raise CliError("Cancelled; nothing was changed.", "", code=EXIT_NEEDS_CONFIRMATION)
+        raise NeedsConfirmation("Cancelled; nothing was changed.", code="cli.needs_confirmation.declined")
 
 
 def read_secret(what: str, *, from_stdin: bool, flag: str = "--password-stdin") -> str:

@@ -55,7 +55,7 @@ class Rules:
         for col, how in self.columns.items():
             if how not in STRATEGIES:
                 raise ValidationError(f"Unknown anonymisation {how!r} for column {col!r}.",
-                                      f"Use one of {', '.join(STRATEGIES)}.")
+                                      f"Use one of {', '.join(STRATEGIES)}.", code="invalid.anonymise.strategy")
         return self
 
     def applies_to(self, table: str) -> bool:
@@ -115,7 +115,8 @@ def anonymise(frames: Mapping[str, pd.DataFrame], rule: Optional[Rules] = None, 
             elif how == "row_id":
                 if "id" not in frame.columns:
                     raise ValidationError(f"Table {table!r} has no 'id' column to replace {col!r} with.",
-                                          "Use 'pseudonym' or 'blank' for this column.")
+                                          "Use 'pseudonym' or 'blank' for this column.",
+                                          code="invalid.anonymise.no_id")
                 new[col] = frame["id"].astype("str").where(frame["id"].notna(), None)
         out[table] = new
         changed[table] = hits

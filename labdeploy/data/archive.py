@@ -31,7 +31,7 @@ from typing import Mapping, Optional, Sequence, Union
 import pandas as pd
 
 from . import pgtypes
-from ..errors import DiskFull, LabdeployError, ValidationError
+from ..errors import DiskFull, LabdeployError, Remedy, ValidationError
 from ..localfiles import PRIVATE_DIR, make_private_dirs, open_private
 from .pgtypes import Column
 from ..progress import Progress, Reporter, null_reporter
@@ -44,6 +44,8 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 class ArchiveError(LabdeployError):
     """An archive could not be read."""
+
+    code = "archive.unreadable"
 
 
 class ExportData(dict):
@@ -121,7 +123,8 @@ def file_stem(table: str) -> str:
     any folder, and different for different tables. Long names end in a hash of the whole name
     (labdeploy.json's "files" then maps them back)."""
     if not isinstance(table, str) or not table:
-        raise ValidationError(f"The table name {table!r} can't be saved.", "Give every table a non-empty name.")
+        raise ValidationError(f"The table name {table!r} can't be saved.", "Give every table a non-empty name.",
+                              code="invalid.table_name")
     out = []
     for i, ch in enumerate(table):
         # "." stays inside a name ("schema.table") but not at its ends (hidden files, "..",
@@ -151,7 +154,8 @@ def file_stems(tables) -> dict:
     """{table: stem} for an export, checked to be one-to-one."""
     stems = {t: file_stem(t) for t in tables}
     if len(set(stems.values())) != len(stems):  # only a 64-bit hash collision could do this
-        raise ArchiveError("Two table names map to the same file name.", "Report this, with the table names.")
+        raise ArchiveError("Two table names map to the same file name.", "Report this, with the table names.",
+                           code="archive.name_clash")
     return stems
 
 
@@ -160,11 +164,12 @@ def _inside(folder: Path, name: str) -> Path:
     if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
             or os.path.basename(name) != name):
         raise ArchiveError(f"The file name {name!r} would leave {folder}.", "The export is damaged or was "
-                           "tampered with; export again.")
+                           "tampered with; export again.", code="archive.unsafe_name")
     path = folder / name
     real_folder = os.path.realpath(folder)
     if os.path.dirname(os.path.realpath(path)) != real_folder:
-        raise ArchiveError(f"{path} leads outside {folder}.", "Remove the link, or export again.")
+        raise ArchiveError(f"{path} leads outside {folder}.", "Remove the link, or export again.",
+                           code="archive.link_outside")
     return path
 
 
@@ -176,9 +181,9 @@ def _disk_error(exc: OSError, path: Path) -> LabdeployError:
         return DiskFull(f"The disk is full: {path.name} could not be written in {path.parent}. Nothing was "
                         f"saved under that name.",
                         "Free some space (or choose a folder on another disk) and export again; the data "
-                        "on the server is untouched.")
+                        "on the server is untouched.", code="disk.full")
     return LabdeployError(f"{path} could not be written: {exc.strerror or exc}.",
-                          "Check that the folder exists and that you may write to it.")
+                          "Check that the folder exists and that you may write to it.", code="file.write_failed")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -194,20 +199,22 @@ def ensure_folder(folder: Union[str, os.PathLike]) -> Path:
     """Create the folder exports go to (checked before anything is downloaded)."""
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise ValidationError(f"{folder} is a file, not a folder.", "Choose a folder to save the export in.")
+        raise ValidationError(f"{folder} is a file, not a folder.", "Choose a folder to save the export in.",
+                              code="invalid.folder")
     try:
         make_private_dirs(folder)  # what labdeploy creates for exports is private (0700)
     except OSError as exc:
         raise _disk_error(exc, folder / "export") from exc
     if not os.access(folder, os.W_OK):
-        raise ValidationError(f"You may not write to {folder}.", "Choose a folder of your own.")
+        raise ValidationError(f"You may not write to {folder}.", "Choose a folder of your own.",
+                              code="invalid.folder")
     return folder
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise ValidationError(f"{path} already exists.",
-                              "Choose another name, or pass overwrite=True to replace it deliberately.")
+        raise ValidationError(f"{path} already exists.", code="invalid.file_exists",
+                              remedy=Remedy("file.overwrite", path=path))
 
 
 def write_archive(frames: ExportData | Mapping[str, pd.DataFrame], path: Union[str, os.PathLike], *,
@@ -217,7 +224,8 @@ def write_archive(frames: ExportData | Mapping[str, pd.DataFrame], path: Union[s
     report = reporter or null_reporter
     path = Path(path).expanduser()
     if path.suffix != ".zip":
-        raise ValidationError(f"{path.name} does not end in .zip.", "Give the archive a name ending in .zip.")
+        raise ValidationError(f"{path.name} does not end in .zip.", "Give the archive a name ending in .zip.",
+                              code="invalid.archive_name")
     _check_target(path, overwrite)
     data = frames if isinstance(frames, ExportData) else ExportData(frames)
     experiment_id = experiment_id or data.app or path.stem.removesuffix("-data")
@@ -419,7 +427,8 @@ def _check_wanted(frames: dict, tables, path: Path) -> None:
         missing = [t for t in tables if t not in frames]
         if missing:
             raise ArchiveError(f"{path.name} has no table {', '.join(map(repr, missing))}.",
-                               "Check the table names (load without `tables` to see them all).")
+                               "Check the table names (load the export without naming tables to see them all).",
+                               code="archive.table_missing")
 
 
 def _load_folder(path: Path, tables) -> ExportData:

@@ -37,12 +37,14 @@ _TABLE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_$]{0,62}\.)?[A-Za-z_][A-Za-z0-9_$
 class StreamError(LabdeployError):
     """psql's output did not have the expected shape."""
 
+    code = "export.stream_malformed"
+
 
 def table_name(name: str) -> str:
     if not isinstance(name, str) or not _TABLE_RE.fullmatch(name):
         raise ValidationError(f"The table name {name!r} is not valid.",
                               "Give table names as they are in the database, e.g. 'participant' or "
-                              "'public.participant' (letters, digits, underscores).")
+                              "'public.participant' (letters, digits, underscores).", code="invalid.table_name")
     return name
 
 

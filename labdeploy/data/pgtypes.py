@@ -42,6 +42,8 @@ BLOCK_SIZE = 4 << 20  # pyarrow parses this much per task; several tasks run in 
 class ExportFormatError(LabdeployError):
     """Data that could not be read as the column's type."""
 
+    code = "export.data_unreadable"
+
 
 @dataclass(frozen=True)
 class Column:
@@ -366,7 +368,8 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 def quote_ident(name: str) -> str:
     """A PostgreSQL identifier, double-quoted (embedded quotes doubled)."""
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise LabdeployError(f"{name!r} is not a usable table or column name.", "Check the name.")
+        raise LabdeployError(f"{name!r} is not a usable table or column name.", "Check the name.",
+                             code="invalid.table_name")
     return '"' + name.replace('"', '""') + '"'
 
 

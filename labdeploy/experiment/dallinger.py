@@ -122,13 +122,14 @@ def recognise(path) -> ExperimentFolder:
     p = Path(path).expanduser()
     if not p.is_dir():
         raise ValidationError(f"The experiment folder {str(p)!r} does not exist.",
-                              "Give the folder that holds experiment.py and config.txt.")
+                              "Give the folder that holds experiment.py and config.txt.",
+                              code="invalid.experiment.folder_missing")
     missing = [n for n in ("experiment.py", CONFIG_FILE) if not (p / n).is_file()]
     if missing:
         raise ValidationError(
             f"{p.name!r} is not a Dallinger/PsyNet experiment folder: it has no {' or '.join(missing)}.",
             "A Dallinger or PsyNet experiment has experiment.py and config.txt at the top of its folder; "
-            "choose that folder.")
+            "choose that folder.", code="invalid.experiment.not_dallinger")
     p = p.resolve()
     reqs = _requirement_lines(p / "requirements.txt")
     constraints = _requirement_lines(p / "constraints.txt")
@@ -193,7 +194,7 @@ def read_config_file(path) -> dict[str, str]:
     except configparser.Error as exc:
         raise ValidationError(f"{path} can't be read as a Dallinger config file: {exc}".splitlines()[0],
                               "Fix the file: it needs [Section] headers and 'key = value' lines; write a "
-                              "literal % as %%.") from None
+                              "literal % as %%.", code="invalid.config.unreadable") from None
     return {SYNONYMS.get(k, k): v for k, v in data.items()}
 
 
@@ -301,12 +302,12 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
         if mode not in MODES:
             raise ValidationError(f"Unknown Dallinger mode {mode!r}.",
                                   "Use 'sandbox' for a trial run or 'live' for real participants "
-                                  "('debug' only for local testing).")
+                                  "('debug' only for local testing).", code="invalid.config.mode")
         config["mode"] = mode
     config.setdefault("mode", "live")
     if config["mode"] not in MODES:
         raise ValidationError(f"config.txt sets mode = {config['mode']!r}, which Dallinger doesn't know.",
-                              "Set mode to sandbox, live or debug.")
+                              "Set mode to sandbox, live or debug.", code="invalid.config.mode")
     # Dallinger's own default is off; PsyNet's Experiment turns it on unless config.txt says no.
     clock_on = _truthy(config.get("clock_on", "true" if folder.kind == "psynet" else "false"), "clock_on")
 
@@ -324,7 +325,7 @@ def spec(experiment_dir, *, home=None, overrides: Optional[Mapping[str, object]]
         if "\n" in value or "\r" in value:
             raise ValidationError(f"The config value of {key!r} spans several lines.",
                                   "Environment variables can't hold line breaks; put the value on one line "
-                                  "(or use Dallinger's `file:` form for long text).")
+                                  "(or use Dallinger's `file:` form for long text).", code="invalid.config.multiline")
         env[name] = value
     if "aws_region" in config:
         env["AWS_DEFAULT_REGION"] = config["aws_region"]  # boto reads this name
@@ -354,7 +355,8 @@ def _truthy(value: str, key: str) -> bool:
         return True
     if lower in ("n", "no", "f", "false", "off", "0", ""):
         return False
-    raise ValidationError(f"{key} = {value!r} is neither true nor false.", f"Set {key} to true or false.")
+    raise ValidationError(f"{key} = {value!r} is neither true nor false.", f"Set {key} to true or false.",
+                          code="invalid.config.boolean")
 
 
 # --------------------------------------------------------------------------- the image
@@ -507,7 +509,7 @@ def dockerfile_for(folder: ExperimentFolder, release: dallingerrelease.Choice, *
     base = base_image or DEFAULT_PYTHON_BASE
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", base):
         raise ValidationError(f"The base image {base!r} is not a valid image name.",
-                              "Use an image reference such as 'python:3.11-slim'.")
+                              "Use an image reference such as 'python:3.11-slim'.", code="invalid.image_name")
     pins = release.pins
     wanted = " ".join(f'"{name}=={version}"' for name, version in pins.items())
     installed = " and ".join(f"m.version({name!r}) == {version!r}" for name, version in pins.items()) or "False"
@@ -557,7 +559,8 @@ def write_context(experiment_spec: ExperimentSpec, dest) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
-        raise LabdeployError(f"The build folder {dest} is not empty.", "Give an empty or new folder.")
+        raise LabdeployError(f"The build folder {dest} is not empty.", "Give an empty or new folder.",
+                             code="build.folder_not_empty")
     src = folder.local_folder(experiment_spec.folder.path).resolve()
     _copy_tree(src, dest)
     _write_filtered_config(src / CONFIG_FILE, _replaceable(dest / CONFIG_FILE))

@@ -52,6 +52,8 @@ _INDEX_TTL = 300  # seconds one process reuses a project's file list
 class ReleaseUnavailable(LabdeployError):
     """What a release published could not be read: PyPI unreachable and nothing cached."""
 
+    code = "pypi.release_unavailable"
+
 
 def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("labdeploy")) / "releases"
@@ -112,7 +114,8 @@ def release_constraints(version: str) -> ReleaseConstraints:
     sdists = [f for f in proj.files_of(version) if f.is_sdist]
     if not sdists:
         raise ValidationError(f"Dallinger {version} has no source archive on PyPI (or no such release).",
-                              "Pin a Dallinger release that exists (see https://pypi.org/project/dallinger/#history).")
+                              "Pin a Dallinger release that exists (see https://pypi.org/project/dallinger/#history).",
+                              code="invalid.requirements.dallinger_unknown")
     sdist = sdists[0]
     with tempfile.TemporaryDirectory(prefix="labdeploy-pypi-") as tmp:
         archive = pypi.download(sdist, Path(tmp))
@@ -174,7 +177,8 @@ def psynet_dallinger_range(version: str) -> str:
     chosen = next((f for f in files if f.is_wheel), None) or next((f for f in files if f.is_sdist), None)
     if chosen is None:
         raise ValidationError(f"PsyNet {version} is not on PyPI.",
-                              "Pin a PsyNet release that exists (https://pypi.org/project/psynet/#history).")
+                              "Pin a PsyNet release that exists (https://pypi.org/project/psynet/#history).",
+                              code="invalid.requirements.psynet_unknown")
     with tempfile.TemporaryDirectory(prefix="labdeploy-pypi-") as tmp:
         archive = pypi.download(chosen, Path(tmp))
         metadata = _metadata(archive)
@@ -206,7 +210,8 @@ def _plain_version(version: str) -> str:
     try:
         return str(Version(version))
     except InvalidVersion:
-        raise ValidationError(f"{version!r} is not a version number.", "Use a release such as 12.4.0.") from None
+        raise ValidationError(f"{version!r} is not a version number.", "Use a release such as 12.4.0.",
+                              code="invalid.version") from None
 
 
 # --------------------------------------------------------------------------- the choice
@@ -303,7 +308,8 @@ def choose(kind: str, requirement_lines: Sequence[str], experiment_constraints: 
                 why = f"the newest release{' within ' + str(spec) if str(spec) else ''}"
             if psynet is None:
                 raise ValidationError(f"No PsyNet release fits requirements.txt's {w_psy.line if w_psy else 'psynet'}.",
-                                      "Pin psynet==VERSION in requirements.txt.")
+                                      "Pin psynet==VERSION in requirements.txt.",
+                                      code="invalid.requirements.no_psynet")
             psynet_pinned = True
             notes.append(Note("info", f"PsyNet {psynet}: {why}."))
 
@@ -328,7 +334,8 @@ def choose(kind: str, requirement_lines: Sequence[str], experiment_constraints: 
     if exact:
         if str(needs) and not needs.contains(exact, prereleases=True):
             raise ValidationError(f"requirements.txt asks dallinger {exact}, but {needs_text}.",
-                                  "Change one of the two pins in requirements.txt so they fit together.")
+                                  "Change one of the two pins in requirements.txt so they fit together.",
+                                  code="invalid.requirements.conflict")
         why = "named in requirements.txt" + (" (the version of the package it installs)" if from_url else "")
         return Choice(exact, psynet, dallinger_pinned=not from_url, psynet_pinned=psynet_pinned,
                       why=why, notes=(*notes, Note("info", f"Dallinger {exact}: {why}.")))
@@ -348,7 +355,8 @@ def choose(kind: str, requirement_lines: Sequence[str], experiment_constraints: 
     best, offline = _newest("dallinger", spec, need_sdist=True)
     if best is None:
         raise ValidationError(f"No Dallinger release fits {needs_text or 'requirements.txt'} ({spec}).",
-                              "Check the dallinger and psynet lines in requirements.txt.")
+                              "Check the dallinger and psynet lines in requirements.txt.",
+                              code="invalid.requirements.no_dallinger")
     if offline:
         notes.append(offline)
     why = (f"the newest release {needs_text.replace(' needs ', ' allows: ') if needs_text else 'on PyPI'}"

@@ -38,12 +38,16 @@ PATH_MAX = 4096   # bytes in a whole path, the final NUL included
 class DockerfileMissing(ValidationError):
     """The experiment folder has no Dockerfile."""
 
+    code = "invalid.experiment.dockerfile_missing"
+
 
 class LinkOutsideFolder(ValidationError):
     """A symbolic link in the experiment folder points outside it: what it points to never travels."""
 
-    def __init__(self, message: str, hint: str = "", *, link: str = "", target: str = "") -> None:
-        super().__init__(message, hint)
+    code = "invalid.experiment.link_outside"
+
+    def __init__(self, message: str, hint: str = "", *, link: str = "", target: str = "", **kw) -> None:
+        super().__init__(message, hint, **kw)
         self.link = link
         self.target = target
 
@@ -55,11 +59,11 @@ def check_build_args(args: Optional[dict]) -> dict:
         if not isinstance(key, str) or not _BUILD_ARG_RE.fullmatch(key):
             raise ValidationError(f"The build argument name {key!r} is not valid.",
                                   "Use ASCII letters, digits and '_' in build argument names, not starting "
-                                  "with a digit (e.g. BASE_IMAGE).")
+                                  "with a digit (e.g. BASE_IMAGE).", code="invalid.build_arg")
         text = str(value)
         if any(c in text for c in "\0\n\r"):
             raise ValidationError(f"The value of the build argument {key} contains a line break or NUL.",
-                                  "Give build argument values on one line.")
+                                  "Give build argument values on one line.", code="invalid.build_arg")
         out[key] = text
     return out
 
@@ -139,40 +143,45 @@ def local_folder(path, what: str = "experiment folder") -> Path:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValidationError(f"The {what} must be given as a path, not {type(path).__name__}.",
-                              "Give the folder as a string or pathlib.Path.")
+                              "Give the folder as a string or pathlib.Path.", code="invalid.experiment.path")
     text = os.fspath(path)
     if isinstance(text, bytes) or not text:
-        raise ValidationError(f"The {what} path is empty or not text.", "Give the folder's path as text.")
+        raise ValidationError(f"The {what} path is empty or not text.", "Give the folder's path as text.",
+                              code="invalid.experiment.path")
     if "\0" in text:
-        raise ValidationError(f"The {what} path contains a NUL character.", "Check the path you gave.")
+        raise ValidationError(f"The {what} path contains a NUL character.", "Check the path you gave.",
+                              code="invalid.experiment.path")
     try:
         p = Path(text).expanduser()
     except RuntimeError:  # '~someone' for a user this system doesn't know
         raise ValidationError(f"The {what} path {text!r} starts with an unknown user's home (~name).",
-                              "Give the full path of the folder.") from None
+                              "Give the full path of the folder.", code="invalid.experiment.path") from None
     try:
         encoded = os.fsencode(str(p.absolute()))
         parts = [os.fsencode(part) for part in p.parts]
     except UnicodeEncodeError:
         raise ValidationError(f"The {what} path {text!r} can't be written in this system's file name encoding.",
-                              "Rename the folder using ordinary characters.") from None
+                              "Rename the folder using ordinary characters.", code="invalid.experiment.path") from None
     for part in parts:
         if len(part) > NAME_MAX:
             shown = os.fsdecode(part)
             raise ValidationError(
                 f"The {what} path has a name of {len(part)} bytes ({shown[:40]}…); file systems allow at most "
-                f"{NAME_MAX}.", "Rename that folder to a shorter name, or check that the path is the one you meant.")
+                f"{NAME_MAX}.", "Rename that folder to a shorter name, or check that the path is the one you meant.",
+                code="invalid.experiment.path")
     if len(encoded) >= PATH_MAX:
         raise ValidationError(f"The {what} path is {len(encoded)} bytes long; at most {PATH_MAX - 1} are allowed.",
-                              "Move the experiment to a folder with a shorter path.")
+                              "Move the experiment to a folder with a shorter path.", code="invalid.experiment.path")
     try:
         is_dir = p.is_dir()
     except OSError as exc:  # e.g. a name too long for this particular file system
         raise ValidationError(f"The {what} {text!r} can't be used: {exc.strerror}.",
-                              "Check the path; rename or move the folder if a name in it is too long.") from None
+                              "Check the path; rename or move the folder if a name in it is too long.",
+                              code="invalid.experiment.path") from None
     if not is_dir:
         raise ValidationError(f"The {what} {str(p)!r} does not exist.",
-                              "Give the folder that holds the experiment (its Dockerfile or experiment.py).")
+                              "Give the folder that holds the experiment (its Dockerfile or experiment.py).",
+                              code="invalid.experiment.folder_missing")
     return p
 
 
@@ -180,11 +189,13 @@ def relative_name(name: str, what: str) -> str:
     """A path inside the folder ('Dockerfile', 'docker/Dockerfile.prod'), never leading out of it."""
     if not isinstance(name, str) or not name or any(ord(c) < 32 or c == "\x7f" for c in name) or "\\" in name:
         raise ValidationError(f"The {what} {name!r} is not a usable file name.",
-                              "Give a path inside the experiment folder, e.g. 'Dockerfile'.")
+                              "Give a path inside the experiment folder, e.g. 'Dockerfile'.",
+                              code="invalid.experiment.file_name")
     norm = posixpath.normpath(name.replace(os.sep, "/"))
     if posixpath.isabs(norm) or norm == "." or norm == ".." or norm.startswith("../"):
         raise ValidationError(f"The {what} {name!r} is not inside the experiment folder.",
-                              "Give a path relative to the experiment folder without '..', e.g. 'Dockerfile'.")
+                              "Give a path relative to the experiment folder without '..', e.g. 'Dockerfile'.",
+                              code="invalid.experiment.file_name")
     return norm
 
 
@@ -288,7 +299,8 @@ class BuildContext:
 
 def _changed(rel: str) -> ValidationError:
     return ValidationError(f"{rel} changed (or became a link) while the experiment was being sent.",
-                           "Let the files settle (an editor or a sync tool may be writing them), then try again.")
+                           "Let the files settle (an editor or a sync tool may be writing them), then try again.",
+                           code="invalid.experiment.changed")
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
@@ -305,12 +317,13 @@ def _check_name(rel: str) -> None:
     # The server's copy is listed by `find`/`sha256sum` text output: names must read back the same.
     if any(ord(c) < 32 or c == "\x7f" for c in rel) or "\\" in rel:
         raise ValidationError(f"The file name {rel!r} contains a control character (e.g. a newline) or backslash.",
-                              "Rename the file; such names break builds on the server.")
+                              "Rename the file; such names break builds on the server.",
+                              code="invalid.experiment.file_name")
     try:
         rel.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError(f"The file name {rel.encode('utf-8', 'replace').decode()!r} is not valid UTF-8.",
-                              "Rename the file using ordinary characters.") from None
+                              "Rename the file using ordinary characters.", code="invalid.experiment.file_name") from None
 
 
 def check_links(experiment_dir) -> None:

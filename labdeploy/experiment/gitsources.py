@@ -25,6 +25,8 @@ CONNECT_TIMEOUT = 5  # seconds per host
 class GitSourceUnreachable(ValidationError):
     """requirements.txt installs from a git host that the building machine can't reach."""
 
+    code = "invalid.requirements.git_unreachable"
+
 
 @dataclass(frozen=True)
 class GitSource:
@@ -53,7 +55,7 @@ def git_sources(lines: Iterable[str]) -> list[GitSource]:
             port = parts.port or DEFAULT_PORTS[parts.scheme]
         except ValueError:
             raise ValidationError(f"requirements.txt: the line {line!r} has an unusable port.",
-                                  "Fix the URL in requirements.txt.") from None
+                                  "Fix the URL in requirements.txt.", code="invalid.requirements.url") from None
         names.host(parts.hostname)  # it reaches a shell on the server: checked first
         source = GitSource(line, parts.hostname, port)
         if source.address not in {s.address for s in out}:

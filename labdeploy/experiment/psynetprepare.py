@@ -75,8 +75,10 @@ print("labdeploy: PsyNet preparation done")
 class PrepareFailed(LabdeployError):
     """PsyNet's preparation failed; `stage` says where (build, services, prepare, copy)."""
 
-    def __init__(self, message: str, hint: str = "", *, stage: str = "", output: str = "") -> None:
-        super().__init__(message, hint)
+    code = "psynet.prepare_failed"
+
+    def __init__(self, message: str, hint: str = "", *, stage: str = "", output: str = "", **kw) -> None:
+        super().__init__(message, hint, **kw)
         self.stage = stage
         self.output = output
 
@@ -180,7 +182,8 @@ def prepare(context_dir, *, app: str, server_host: str, postgres_image: str, red
     dockerfile = relative_name(dockerfile, "Dockerfile name")
     if folder_name is not None and (not folder_name or any(ord(c) < 32 or c == "\x7f" for c in folder_name)):
         raise ValidationError(f"The experiment folder name {folder_name!r} can't be recorded for PsyNet.",
-                              "Rename the folder without line breaks or control characters.")
+                              "Rename the folder without line breaks or control characters.",
+                              code="invalid.experiment.folder_name")
     ctx = Path(context_dir)
     image = image_name(app)
     tag = f"labdeploy-psynet-prepare-{app}-{_secrets.token_hex(3)}"

@@ -28,9 +28,13 @@ _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 class PyPIUnreachable(LabdeployError):
     """PyPI (or the configured index) could not be reached or answered an error."""
 
+    code = "pypi.unreachable"
+
 
 class PyPIIntegrityError(LabdeployError):
     """A downloaded file does not have the sha256 the index lists for it."""
+
+    code = "pypi.integrity"
 
 
 @dataclass(frozen=True)

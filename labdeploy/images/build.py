@@ -28,8 +28,10 @@ LABEL_CONTENT = "labdeploy.content"
 class BuildFailed(LabdeployError):
     """`docker build` stopped at a step; the step and its output are kept."""
 
-    def __init__(self, message: str, hint: str = "", *, failed_step: str = "", output: str = "") -> None:
-        super().__init__(message, hint)
+    code = "build.failed"
+
+    def __init__(self, message: str, hint: str = "", *, failed_step: str = "", output: str = "", **kw) -> None:
+        super().__init__(message, hint, **kw)
         self.failed_step = failed_step
         self.output = output
 
@@ -37,9 +39,13 @@ class BuildFailed(LabdeployError):
 class DockerUnavailable(LabdeployError):
     """The local Docker engine can't be reached."""
 
+    code = "docker.local.unavailable"
+
 
 class ServerDockerUnavailable(LabdeployError):
     """The server's `docker` command is missing, not allowed, or its engine is down."""
+
+    code = "server.docker.unavailable"
 
 
 def server_docker_error(remote, exit_status: int, stderr: str) -> Optional[ServerDockerUnavailable]:
@@ -51,17 +57,17 @@ def server_docker_error(remote, exit_status: int, stderr: str) -> Optional[Serve
         return ServerDockerUnavailable(
             f"Docker is not installed on {label}: the `docker` command is not found for {who}.",
             "Install Docker on the server (https://docs.docker.com/engine/install/ or the distribution's "
-            "docker.io package) and make sure `docker` is on the PATH of SSH sessions.")
+            "docker.io package) and make sure `docker` is on the PATH of SSH sessions.", code="server.docker.missing")
     if "permission denied" in text and "docker" in text:
         return ServerDockerUnavailable(
             f"The user {who} may not use Docker on {label} (permission denied on Docker's socket).",
             f"On the server, add the user to the docker group: `sudo usermod -aG docker {who}`; it applies "
-            "from the next login, so reconnect afterwards.")
+            "from the next login, so reconnect afterwards.", code="server.docker.permission")
     if "cannot connect to the docker daemon" in text or "is the docker daemon running" in text:
         return ServerDockerUnavailable(
             f"Docker's engine is not running on {label}.",
             "Start it on the server (`sudo systemctl start docker`) and enable it at boot "
-            "(`sudo systemctl enable docker`).")
+            "(`sudo systemctl enable docker`).", code="server.docker.not_running")
     return None
 
 
@@ -80,7 +86,8 @@ def image_reference(ref: str) -> str:
     """A full `repository:tag` reference, both parts checked."""
     if not isinstance(ref, str) or ":" not in ref.rpartition("/")[2]:
         raise ValidationError(f"{ref!r} is not an image reference with a tag.",
-                              "Use the form 'repository:tag', e.g. 'labdeploy/stroop:3f2a9c0d1e2b4a5c'.")
+                              "Use the form 'repository:tag', e.g. 'labdeploy/stroop:3f2a9c0d1e2b4a5c'.",
+                              code="invalid.image_ref")
     repository, _, tag = ref.rpartition(":")
     names.image_repository(repository)
     names.image_tag(tag)

@@ -22,7 +22,7 @@ from typing import Optional
 from . import build
 from ..commands import images as image_commands, registry as registry_commands
 from .. import names
-from ..errors import CommandFailed, LabdeployError, RemoteError, ValidationError
+from ..errors import CommandFailed, LabdeployError, Remedy, RemoteError, ValidationError
 from .build import disk_full_error
 from ..errors import is_disk_full
 from ..progress import LogLine, Progress, Reporter, WarningEvent, null_reporter, step
@@ -31,17 +31,25 @@ from ..progress import LogLine, Progress, Reporter, WarningEvent, null_reporter,
 class RegistryError(LabdeployError):
     """Something went wrong talking to a registry."""
 
+    code = "registry.failed"
+
 
 class RegistryAuthFailed(RegistryError):
     """The registry refused the user name / password (or token)."""
+
+    code = "registry.auth"
 
 
 class RegistryUnreachable(RegistryError):
     """No connection to the registry."""
 
+    code = "registry.unreachable"
+
 
 class RegistryTLSError(RegistryError):
     """The registry's certificate is not trusted."""
+
+    code = "registry.tls"
 
 
 @dataclass(frozen=True)
@@ -60,14 +68,16 @@ class Credentials:
             raise ValidationError("The registry user name is empty, too long, or contains spaces or control "
                                   "characters.",
                                   "Enter the user name you log in to the registry with (for GitLab: your user "
-                                  "name, with a personal access token as password).")
+                                  "name, with a personal access token as password).", code="invalid.registry.user")
         if not isinstance(self.password, str) or not self.password:
             raise ValidationError("The registry password (or access token) is empty.",
-                                  "Type the password or paste an access token into the password box.")
+                                  "Type the password or paste an access token into the password box.",
+                                  code="invalid.registry.password")
         if any(c in self.password for c in "\0\r\n"):
             # `docker login --password-stdin` reads the password as one line.
             raise ValidationError("The registry password (or access token) contains a line break or NUL.",
-                                  "Type or paste only the password or token itself, on one line.")
+                                  "Type or paste only the password or token itself, on one line.",
+                                  code="invalid.registry.password")
 
 
 def ask_credentials(registry: str, username: str) -> Credentials:
@@ -85,19 +95,20 @@ def registry_address(address: str) -> str:
     """'host' or 'host:port' (no scheme, no path)."""
     if not isinstance(address, str) or not address:
         raise ValidationError("The registry address is empty.",
-                              "Enter the registry's host name, e.g. 'registry.gitlab.com' or 'ghcr.io'.")
+                              "Enter the registry's host name, e.g. 'registry.gitlab.com' or 'ghcr.io'.",
+                              code="invalid.registry.address")
     host, colon, port = address.partition(":")
     try:
         names.host(host)
         if colon:
             # int() alone would take ' 5000', '+5000' or '5_000'.
             if not re.fullmatch(r"[0-9]{1,5}", port):
-                raise ValidationError("bad port")
+                raise ValidationError("bad port", code="invalid.registry.address")
             names.port(port)
     except ValidationError:
         raise ValidationError(f"{address!r} is not a registry address.",
                               "Give just the host (and port), e.g. 'registry.gitlab.com' or '10.0.0.5:5000', "
-                              "without 'https://' or a path.") from None
+                              "without 'https://' or a path.", code="invalid.registry.address") from None
     return address
 
 
@@ -110,8 +121,9 @@ _UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "no route t
 _TLS = ("x509", "certificate")
 
 
-def classify(text: str, registry: str, where: str = "this computer") -> LabdeployError:
-    """Docker's error text about a registry, said in the researcher's words."""
+def classify(text: str, registry: str, where: str = "this computer", *, pulling: bool = False) -> LabdeployError:
+    """Docker's error text about a registry, said in the researcher's words. `pulling`: the
+    server was pulling (a refusal then means the server is not logged in)."""
     low = (text or "").lower()
     detail = (text or "").strip()[-400:]
     if is_disk_full(low):
@@ -122,12 +134,11 @@ def classify(text: str, registry: str, where: str = "this computer") -> Labdeplo
             f"If the registry uses its own certificate authority, put its CA file at "
             f"/etc/docker/certs.d/{registry}/ca.crt on {where} (no Docker restart needed), then try again.")
     if any(k in low for k in _AUTH):
-        server_hint = (" If this happened during a pull, log in on the server first (the registry panel's "
-                       "'Log in on the server', or pass credentials= to deliver).") if where == "the server" else ""
         return RegistryAuthFailed(
             f"The registry {registry} refused the login from {where}: {detail}",
-            "Check the user name and password. For GitLab/GitHub use a personal access token with the "
-            "read_registry/write_registry (or packages) permission as the password." + server_hint)
+            "" if pulling else "Check the user name and password. For GitLab/GitHub use a personal access token "
+            "with the read_registry/write_registry (or packages) permission as the password.",
+            remedy=Remedy("registry.login_server", registry=registry) if pulling else None)
     if any(k in low for k in _UNREACHABLE):
         return RegistryUnreachable(
             f"The registry {registry} can't be reached from {where}: {detail}",
@@ -205,19 +216,22 @@ def login_local(credentials: Credentials, *, reporter: Optional[Reporter] = None
 def _helper_store(helper: str, credentials: Credentials) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
         raise ValidationError(f"The credential helper name {helper!r} in your Docker config is not valid.",
-                              "Fix 'credsStore'/'credHelpers' in ~/.docker/config.json.")
+                              "Fix 'credsStore'/'credHelpers' in ~/.docker/config.json.",
+                              code="invalid.docker_config.helper")
     exe = shutil.which(f"docker-credential-{helper}")
     if exe is None:
         raise LabdeployError(f"Your Docker config names the credential helper {helper!r}, but "
                              f"docker-credential-{helper} is not installed.",
-                             "Install it, or remove 'credsStore'/'credHelpers' from ~/.docker/config.json.")
+                             "Install it, or remove 'credsStore'/'credHelpers' from ~/.docker/config.json.",
+                             code="docker_config.helper_missing")
     payload = json.dumps({"ServerURL": credentials.registry, "Username": credentials.username,
                           "Secret": credentials.password}).encode()
     proc = subprocess.run([exe, "store"], input=payload, capture_output=True, timeout=60)
     if proc.returncode != 0:
         raise LabdeployError(f"The credential helper {helper} could not store the login: "
                              f"{proc.stdout.decode(errors='replace').strip()} {proc.stderr.decode(errors='replace').strip()}",
-                             "Check that the helper works (e.g. unlock your keychain / `pass` store).")
+                             "Check that the helper works (e.g. unlock your keychain / `pass` store).",
+                             code="docker_config.helper_failed")
 
 
 def session_credentials(registry: str) -> Optional[Credentials]:
@@ -253,28 +267,33 @@ def remote_docker_config(path: Optional[str], home: Optional[str] = None) -> Opt
     hint = ("Give a folder relative to your home on the server, without '..', e.g. '.docker-lab' or "
             "'dallinger/.registry-login'.")
     if not isinstance(path, str) or not path.strip():
-        raise ValidationError("The server's Docker config folder is empty.", hint)
+        raise ValidationError("The server's Docker config folder is empty.", hint,
+                              code="invalid.registry.docker_config")
     if any(ord(c) < 32 or c == "\x7f" for c in path):
-        raise ValidationError(f"The server's Docker config folder {path!r} contains control characters.", hint)
+        raise ValidationError(f"The server's Docker config folder {path!r} contains control characters.", hint,
+                              code="invalid.registry.docker_config")
     if path.startswith("~"):
         raise ValidationError(f"The server's Docker config folder {path!r} starts with '~'.",
-                              "Leave out '~/': relative folders are taken from your home on the server.")
+                              "Leave out '~/': relative folders are taken from your home on the server.",
+                              code="invalid.registry.docker_config")
     if ".." in path.split("/"):
-        raise ValidationError(f"The server's Docker config folder {path!r} contains '..'.", hint)
+        raise ValidationError(f"The server's Docker config folder {path!r} contains '..'.", hint,
+                              code="invalid.registry.docker_config")
     rel = path
     if posixpath.isabs(path):
         root = (home or "").rstrip("/")
         if not home or not posixpath.isabs(home):
             raise ValidationError(f"The server's Docker config folder {path!r} is absolute, and the server's home "
-                                  "is not known to check it against.", hint)
+                                  "is not known to check it against.", hint, code="invalid.registry.docker_config")
         norm = posixpath.normpath(path)
         if not norm.startswith(root + "/"):
             raise ValidationError(f"The server's Docker config folder {path} is outside your home {home} on the "
-                                  "server.", hint)
+                                  "server.", hint, code="invalid.registry.docker_config")
         rel = norm[len(root) + 1:]
     rel = posixpath.normpath(rel)
     if rel in (".", ""):
-        raise ValidationError("The server's Docker config folder can't be your home folder itself.", hint)
+        raise ValidationError("The server's Docker config folder can't be your home folder itself.", hint,
+                              code="invalid.registry.docker_config")
     return rel
 
 
@@ -304,7 +323,7 @@ def login_server(remote, credentials: Credentials, *, docker_config: Optional[st
     docker_config = _checked_config(remote, docker_config)  # refused before anything runs
     if temporary and not docker_config:
         raise ValidationError("A temporary server login needs its own docker_config folder.",
-                              "Pass docker_config= (it is deleted after use), or leave temporary off.")
+                              code="invalid.registry.docker_config", remedy=Remedy("registry.temporary_login"))
     with step(reporter, "log in on the server", f"{credentials.username} at {credentials.registry}"):
         if docker_config:
             remote.makedirs(docker_config, 0o700)
@@ -348,7 +367,8 @@ def push(ref: str, *, reporter: Optional[Reporter] = None, client=None) -> str:
     if registry is None:
         raise ValidationError(f"The image name {repository!r} names no registry, so it can't be pushed.",
                               "Set the base image name to include your registry, e.g. "
-                              "'registry.gitlab.com/my-group/experiment-images'.")
+                              "'registry.gitlab.com/my-group/experiment-images'.",
+                              code="invalid.image_name.no_registry")
     client = client or build.docker_client()
     digest = None
     with step(reporter, "push image", ref):
@@ -372,7 +392,8 @@ def push(ref: str, *, reporter: Optional[Reporter] = None, client=None) -> str:
         except Exception as exc:
             raise classify(_api_error_text(exc), registry, "this computer") from None
         if not digest:
-            raise RegistryError(f"The push of {ref} ended without a digest from {registry}.", "Try the push again.")
+            raise RegistryError(f"The push of {ref} ended without a digest from {registry}.", "Try the push again.",
+                                code="registry.push.no_digest")
     return digest
 
 
@@ -385,7 +406,8 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
     reporter = reporter or null_reporter
     names.image_repository(repository)
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest or ""):
-        raise ValidationError(f"{digest!r} is not an image digest.", "Use the digest the push returned.")
+        raise ValidationError(f"{digest!r} is not an image digest.", "Use the digest the push returned.",
+                              code="invalid.image_digest")
     if tag_as:
         build.image_reference(tag_as)
     config_dir = _config_dir(remote, docker_config)
@@ -419,8 +441,9 @@ def pull_on_server(remote, repository: str, digest: str, *, tag_as: Optional[str
                        timeout=7200, on_line=on_line)
         except CommandFailed as exc:
             raise classify((exc.stderr or "") + (exc.stdout or ""), build.registry_of(repository) or repository,
-                           "the server") from None
+                           "the server", pulling=True) from None
         if not image_id or not image_id[-1]:
             raise RemoteError(f"The server pulled {ref} but its engine does not show the image.",
-                              "Run `docker image ls` on the server; try the deploy again.")
+                              "Run `docker image ls` on the server; try the deploy again.",
+                              code="registry.pull.missing_image")
         return image_id[-1]

@@ -38,7 +38,7 @@ from . import registry
 from ..server import layout
 from ..commands import files, images as image_commands
 from .. import names
-from ..errors import CommandFailed, LabdeployError, ValidationError
+from ..errors import CommandFailed, LabdeployError, Remedy, ValidationError
 from .build import BuildLog, disk_full_error, image_ref
 from ..errors import is_disk_full
 from ..experiment.folder import content_tag, scan_context
@@ -327,7 +327,7 @@ def _deliver_ssh_copy(remote, context, *, app, ref, tag, build_args, base_name, 
     image_id = server_image_id(remote, ref)
     if image_id != built.image_id:
         raise LabdeployError(f"After the copy the server's {ref} is {image_id}, not {built.image_id}.",
-                             "Try again; if it persists, use the 'server-build' mode.")
+                             "Try again; if it persists, use the 'server-build' mode.", code="transfer.copy_mismatch")
     return DeliveredImage(ref, image_id, tag, "ssh-copy")
 
 
@@ -346,7 +346,8 @@ def deliver(remote, experiment_dir, *, app: str, mode: str = "server-build", bui
     names.app_name(app)
     if mode not in MODES:
         raise ValidationError(f"Unknown transfer mode {mode!r}.",
-                              "Choose one of: " + "; ".join(f"'{m}' — {MODE_HELP[m]}" for m in MODES))
+                              "Choose one of: " + "; ".join(f"'{m}' — {MODE_HELP[m]}" for m in MODES),
+                              code="invalid.transfer_mode")
     build_args = folder.check_build_args(build_args)
     base = resolve_base_name(base_name)
     # Every file is checked here, links that leave the folder refused, before anything is sent.
@@ -382,7 +383,7 @@ def forget_build_context(remote, app: str, *, confirm: bool = False) -> bool:
     """Delete the server's copy of the app's build context (the next server-build sends everything)."""
     if not confirm:
         raise ValidationError(f"Deleting the server's build files of {app!r} needs confirmation.",
-                              "Call again with confirm=True.")
+                              code="confirmation.required", remedy=Remedy("confirm", call="forget_build_context"))
     remote.run(files.remove(build_dir(app)))
     return True
 
@@ -455,7 +456,7 @@ def deliver_via_registry(remote, context, *, app: str, ref: str, tag: str, build
             f"The base image name {base_name!r} does not start with a registry, so the 'registry' mode can't "
             f"be used with it.",
             "Set docker_image_base_name to e.g. 'registry.gitlab.com/my-group/experiment-images', or choose the "
-            "'server-build' or 'ssh-copy' mode, which need no registry.")
+            "'server-build' or 'ssh-copy' mode, which need no registry.", code="invalid.image_name.no_registry")
     client = build.docker_client()
     build.build_local(context.root, app=app, base_name=base_name, build_args=build_args, reporter=reporter,
                        client=client, context=context)

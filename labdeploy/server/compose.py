@@ -32,7 +32,8 @@ def detect(remote) -> Optional[list[str]]:
 def compose_argv(remote) -> list[str]:
     argv = detect(remote)
     if argv is None:
-        raise LabdeployError("Docker Compose is not available on the server.", NO_COMPOSE_HINT)
+        raise LabdeployError("Docker Compose is not available on the server.", NO_COMPOSE_HINT,
+                             code="server.compose.missing")
     return list(argv)
 
 

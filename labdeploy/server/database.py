@@ -16,7 +16,7 @@ import secrets
 
 from . import layout
 from .. import names
-from ..errors import ValidationError
+from ..errors import Remedy, ValidationError
 
 DEFAULT_CONNECTION_LIMIT = 20  # per app; PostgreSQL's default max_connections is 100
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default
@@ -32,11 +32,12 @@ def connection_limit(value) -> int:
         n = int(value)
     except (TypeError, ValueError):
         raise ValidationError(f"The connection limit {value!r} is not a number.",
-                              f"Use a whole number such as {DEFAULT_CONNECTION_LIMIT}.") from None
+                              f"Use a whole number such as {DEFAULT_CONNECTION_LIMIT}.",
+                              code="invalid.connection_limit") from None
     if not 2 <= n <= 1000:
         raise ValidationError(f"The connection limit {n} is out of range.",
                               "Use between 2 and 1000; keep the sum over all apps below the server's "
-                              "max_connections (100 by default).")
+                              "max_connections (100 by default).", code="invalid.connection_limit")
     return n
 
 
@@ -61,7 +62,8 @@ def provision_sql(app: str, verifier: str, limit: int = DEFAULT_CONNECTION_LIMIT
     ident = names.db_identifier(app)  # validated: [a-z0-9_] only
     limit = connection_limit(limit)
     if not verifier.startswith("SCRAM-SHA-256$"):
-        raise ValidationError("Only a SCRAM verifier may be used here.", "Use database.scram_verifier(password).")
+        raise ValidationError("Only a SCRAM verifier may be used here.", code="invalid.verifier",
+                              remedy=Remedy("database.scram_verifier"))
     return "\n".join([
         f"SELECT 'CREATE ROLE {ident} LOGIN' WHERE NOT EXISTS "
         f"(SELECT FROM pg_roles WHERE rolname = {_literal(ident)})\\gexec",
@@ -117,7 +119,8 @@ def reader_sql(app: str, verifier: str) -> str:
     ident = names.db_identifier(app)
     ro = reader_role(app)
     if not verifier.startswith("SCRAM-SHA-256$"):
-        raise ValidationError("Only a SCRAM verifier may be used here.", "Use database.scram_verifier(password).")
+        raise ValidationError("Only a SCRAM verifier may be used here.", code="invalid.verifier",
+                              remedy=Remedy("database.scram_verifier"))
     schemas = ("SELECT nspname FROM pg_namespace WHERE nspname <> 'information_schema' "
                "AND nspname NOT LIKE 'pg\\_%'")
     return "\n".join([

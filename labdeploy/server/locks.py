@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from . import layout
 from .. import names
 from ..commands import locks as lock_commands
-from ..errors import LabdeployError
+from ..errors import LabdeployError, Remedy
 
 DEFAULT_TTL = 30 * 60  # seconds; longer than a slow image build, short enough not to block a day
 
@@ -35,8 +35,10 @@ _held_lock = threading.Lock()
 class DeployInProgress(LabdeployError):
     """Someone else is deploying, updating or destroying this app right now."""
 
-    def __init__(self, message: str, hint: str = "", *, info: Optional["LockInfo"] = None) -> None:
-        super().__init__(message, hint)
+    code = "app.busy"
+
+    def __init__(self, message: str, hint: str = "", *, info: Optional["LockInfo"] = None, **kw) -> None:
+        super().__init__(message, hint, **kw)
         self.info = info
 
 
@@ -140,7 +142,7 @@ class ServerLock:
             return self._busy(other)
         what = other.describe() if other else "another operation"
         return LabdeployError(f"The {self.kind} lock {self.path} is held ({what}).",
-                              "Wait for the other operation to finish and try again.")
+                              "Wait for the other operation to finish and try again.", code="lock.busy")
 
     def acquire(self) -> "ServerLock":
         # Counted as held before the mkdir: another thread of this process that sees the new
@@ -166,7 +168,8 @@ class ServerLock:
                 return self
             if res.exit_status != lock_commands.BUSY:
                 raise LabdeployError(f"Could not take the {self.kind} lock on the server: {res.stderr.strip()}",
-                                     "Check that the login user can write to ~/dallinger on the server.")
+                                     "Check that the login user can write to ~/dallinger on the server.",
+                                     code="lock.failed")
             age, text = lock_commands.parse_holder(res.stdout)
             other = LockInfo.from_json(text, age)
             with _held_lock:
@@ -237,9 +240,7 @@ def busy_error(app: str, other: Optional[LockInfo]) -> DeployInProgress:
         expires = f" The lock expires by itself in about {int(left // 60) + 1} min."
     return DeployInProgress(
         f"Another {what} of the app {app!r} is in progress, so this one was not started.",
-        "Wait for it to finish and try again." + expires + " If you are sure nothing is running (e.g. a "
-        "laptop closed mid-deploy), break the lock deliberately: `labdeploy unlock --app "
-        f"{app}` in a terminal, or labdeploy.server.locks.break_lock(server, {app!r}, confirm=True).", info=other)
+        remedy=Remedy("lock.wait_or_break", app=app, expires=expires), info=other)
 
 
 def read_lock(remote, app: str) -> Optional[LockInfo]:
@@ -256,7 +257,7 @@ def break_lock(remote, app: str, *, confirm: bool = False) -> Optional[LockInfo]
     app = names.app_name(app)
     if not confirm:
         raise LabdeployError(f"Breaking the deploy lock of {app!r} needs confirmation.",
-                             "Only do this when no deploy of this app is running anywhere; then pass confirm=True.")
+                             code="confirmation.required", remedy=Remedy("lock.break.confirm", app=app))
     from ..ssh import pool
 
     @pool.closes_what_it_opens

@@ -44,7 +44,7 @@ import yaml
 from . import database, layout
 from .. import names
 from ..commands import containers, entrypoints
-from ..errors import LabdeployError, ValidationError
+from ..errors import LabdeployError, Remedy, ValidationError
 
 SERVICE = layout.POOLER_SERVICE
 PORT = layout.POOLER_PORT
@@ -243,7 +243,7 @@ def env_file(password: str) -> str:
     """The pooler's env_file text (mode 0600 on the server): its password only."""
     if not isinstance(password, str) or not _PASSWORD_RE.fullmatch(password):
         raise ValidationError("The app's database password can't be handed to its pooler (not URL-safe).",
-                              "Redeploy without the pooler (pooler=False), or report this as a bug.")
+                              code="invalid.pooler.password", remedy=Remedy("pooler.off"))
     return f"{PASSWORD_VAR}={password}\n"
 
 
@@ -277,6 +277,8 @@ def service(app: str, image: str, limit: int, *, logging: Optional[dict] = None)
 class PoolerImageUnavailable(LabdeployError):
     """The server could not pull or start the pooler's image."""
 
+    code = "pooler.image.unavailable"
+
 
 _PULL_FAILURES = ("pull access denied", "manifest unknown", "not found", "no such image", "unauthorized",
                   "denied", "no such host", "i/o timeout", "connection refused", "toomanyrequests",
@@ -297,10 +299,7 @@ def image_failure(exc: Exception, image: dict) -> Optional[PoolerImageUnavailabl
     return PoolerImageUnavailable(
         f"The server could not get the connection pooler's image {name} ({source}): "
         f"{(lines[-1] if lines else output.strip().splitlines()[-1]).strip()[:500]}",
-        "Give an image the server has or can pull, with pgbouncer and sh on its PATH: pgbouncer_image=... "
-        "(CLI --pgbouncer-image), or for every app on the server StackSettings(pgbouncer_image=...). "
-        "Or deploy without the pooler: pooler=False (CLI --no-pooler); the app's connections are then "
-        "limited only by its role, and a busy app may see refused connections.")
+        remedy=Remedy("pooler.image"))
 
 
 def started_argv(app: str) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Optional
 import pandas as pd
 
 from ..commands import postgres
-from ..errors import CommandFailed, LabdeployError, ValidationError
+from ..errors import CommandFailed, LabdeployError, Remedy, ValidationError
 
 _DB_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -28,11 +28,14 @@ _DB_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 class SQLError(LabdeployError):
     """PostgreSQL rejected the SQL, or is not reachable."""
 
+    code = "sql.failed"
+
 
 def database_name(name: str) -> str:
     if not isinstance(name, str) or not _DB_RE.fullmatch(name):
         raise ValidationError(f"The database name {name!r} is not valid.",
-                              "Use 'dallinger' or an app's database (labdeploy.names.db_identifier(app)).")
+                              "Use 'dallinger' or an app's database (app_ and the app's name with '_' for '-').",
+                              code="invalid.database_name")
     return name
 
 
@@ -46,14 +49,16 @@ def _fail(exc: CommandFailed, database: str) -> SQLError:
     low = err.lower()
     if "no such container" in low or "is not running" in low:
         return SQLError("The shared PostgreSQL container is not running on the server.",
-                        "Prepare the server (setup panel, or labdeploy.server.stack.prepare()).")
+                        code="stack.postgres.not_running", remedy=Remedy("stack.prepare"))
     if "does not exist" in low and f'database "{database}"' in err:
         return SQLError(f"The database {database!r} does not exist on the server.",
-                        "Check the app name; the app may have been destroyed or never deployed.")
+                        "Check the app name; the app may have been destroyed or never deployed.",
+                        code="sql.database.unknown")
     if "permission denied" in low and "docker" in low:
         return SQLError("This login may not use Docker on the server.",
-                        "Add the user to the server's docker group (`sudo usermod -aG docker USER`).")
-    return SQLError(f"PostgreSQL reported an error:\n{err[-2000:]}", "Check the SQL statement.")
+                        "Add the user to the server's docker group (`sudo usermod -aG docker USER`).",
+                        code="server.docker.permission")
+    return SQLError(f"PostgreSQL reported an error:\n{err[-2000:]}", "Check the SQL statement.", code="sql.failed")
 
 
 def run_sql(remote, sql: str, database: str = "dallinger", *, timeout: Optional[float] = 300) -> str:
@@ -93,16 +98,16 @@ def single_select(sql: str) -> str:
     ';', so both are refused outright (also inside quotes: these are labdeploy's own queries,
     and a rule without exceptions can't be fooled by quoting)."""
     if not isinstance(sql, str):
-        raise ValidationError("The query is not text.", "Give a SELECT statement as a string.")
+        raise ValidationError("The query is not text.", "Give a SELECT statement as a string.", code="invalid.query")
     query = sql.strip().rstrip(";").strip()
     if not query:
-        raise ValidationError("The query is empty.", "Give a SELECT statement.")
+        raise ValidationError("The query is empty.", "Give a SELECT statement.", code="invalid.query")
     for char, what in (("\\", "a backslash (psql would run it as a command)"),
                        (";", "a ';' between statements"), ("\0", "a NUL character")):
         if char in query:
             raise ValidationError(f"The query holds {what}; query_df runs exactly one plain statement.",
-                                  "Send one SELECT without ';' or '\\' (use chr(92) for a backslash in a "
-                                  "string); for an app's data use labdeploy.export.query().")
+                                  code="invalid.query.statements",
+                                  remedy=Remedy("query.one_select"))
     return query
 
 
@@ -128,7 +133,8 @@ def query_df(remote, sql: str, database: str = "dallinger", *, timeout: Optional
     out = run_sql(remote, script, database, timeout=timeout)
     head, sep, body = out.partition(separator + "\n")
     if not sep:
-        raise SQLError("psql's answer could not be read.", "Check that the statement is a single SELECT.")
+        raise SQLError("psql's answer could not be read.", "Check that the statement is a single SELECT.",
+                       code="sql.answer_unreadable")
     types: dict[str, str] = {}
     columns: list[str] = []
     for line in head.splitlines():
@@ -140,7 +146,8 @@ def query_df(remote, sql: str, database: str = "dallinger", *, timeout: Optional
     if dupes:
         # Rows travel as JSON objects, where a repeated name would silently keep one value.
         raise ValidationError(f"The query returns several columns named {', '.join(dupes)}.",
-                              "Give each column its own name with AS, e.g. `select a.id as a_id, b.id as b_id`.")
+                              "Give each column its own name with AS, e.g. `select a.id as a_id, b.id as b_id`.",
+                              code="invalid.query.duplicate_columns")
     rows = [json.loads(line) for line in body.splitlines() if line.strip()]
     df = pd.DataFrame.from_records(rows, columns=columns) if rows else pd.DataFrame({c: [] for c in columns})
     return _convert(df, types)

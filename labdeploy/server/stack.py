@@ -21,7 +21,7 @@ import yaml
 from . import compose, layout, locks
 from ..commands import caddy as caddy_commands, docker, postgres
 from .. import names
-from ..errors import CommandFailed, LabdeployError, ValidationError
+from ..errors import CommandFailed, LabdeployError, Remedy, ValidationError
 from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
 
 # Image references: registry[:port]/path[:tag][@digest]; nothing a shell could misread.
@@ -43,6 +43,8 @@ LOCK_STALE = 600.0  # a lock older than this was left by a crashed run
 
 class StackError(LabdeployError):
     """The shared stack could not be prepared or is not running."""
+
+    code = "stack.failed"
 
 
 @dataclass
@@ -67,7 +69,8 @@ class StackSettings:
         for name in self.__dataclass_fields__:
             _check_field(name, getattr(self, name))
         if int(self.http_port) == int(self.https_port):
-            raise ValidationError("The HTTP and HTTPS ports are the same.", "Use 80 and 443 (the usual ports).")
+            raise ValidationError("The HTTP and HTTPS ports are the same.", "Use 80 and 443 (the usual ports).",
+                                  code="invalid.ports")
         return self
 
     @classmethod
@@ -96,7 +99,7 @@ def _check_bind_address(address) -> None:
     if not ok:
         raise ValidationError(f"The bind address {address!r} is not an IP address.",
                               "Leave it empty to listen on every interface, or give one of the "
-                              "server's IP addresses.")
+                              "server's IP addresses.", code="invalid.bind_address")
 
 
 def _check_field(name: str, value) -> None:
@@ -131,10 +134,11 @@ def _check_field(name: str, value) -> None:
             number = 0
         if not 10 <= number <= 10000:
             raise ValidationError("postgres_max_connections must be between 10 and 10000.",
-                                  "The PostgreSQL default is 100.")
+                                  "The PostgreSQL default is 100.", code="invalid.max_connections")
     else:
         raise ValidationError(f"{name!r} is not a setting of the shared stack.",
-                              f"Use one of: {', '.join(StackSettings.__dataclass_fields__)}.")
+                              f"Use one of: {', '.join(StackSettings.__dataclass_fields__)}.",
+                              code="invalid.stack_setting")
 
 
 def check_fields(**fields) -> None:
@@ -154,7 +158,7 @@ def caddy_token(value, what: str) -> str:
             f"Refusing to write the {what} {value!r} into the Caddy configuration: it is not one plain word "
             "(spaces, quotes, braces, '#', '%' or line breaks would change the configuration).",
             "Check the domain, contact email and app name you gave; use a DNS name such as "
-            "'experiments.example.org' and an address such as 'you@lab.example.org'.")
+            "'experiments.example.org' and an address such as 'you@lab.example.org'.", code="invalid.caddy_value")
     return value
 
 
@@ -273,7 +277,8 @@ def _prepare_lock(remote, reporter: Reporter) -> locks.ServerLock:
 
     def busy(other) -> StackError:
         return StackError("Another setup of this server's shared services is still running.",
-                          f"Wait a minute and try again. If nothing else runs, remove ~/{path} on the server.")
+                          f"Wait a minute and try again. If nothing else runs, remove ~/{path} on the server.",
+                          code="stack.busy")
 
     return locks.ServerLock(remote, path, subject="_stack", operation="prepare", ttl=int(LOCK_STALE),
                             reporter=reporter, wait=LOCK_WAIT, busy=busy,
@@ -287,14 +292,16 @@ def check_docker(remote) -> None:
     if res.exit_status == docker.NO_DOCKER:
         raise StackError(f"Docker is not installed on {remote.host} (no `docker` command for {remote.user}).",
                          "Install Docker Engine on the server (https://docs.docker.com/engine/install/), "
-                         "then run the readiness check again.")
+                         "then run the readiness check again.", code="server.docker.missing")
     if res.exit_status != 0:
         err = res.stderr.strip()
         if "permission denied" in err.lower():
             raise StackError(f"{remote.user} may not use Docker on {remote.host} (permission denied on the Docker socket).",
-                             f"On the server, run `sudo usermod -aG docker {remote.user}`, then log out and in again.")
+                             f"On the server, run `sudo usermod -aG docker {remote.user}`, then log out and in again.",
+                             code="server.docker.permission")
         raise StackError(f"Docker on {remote.host} does not answer: {err.splitlines()[-1] if err else 'no output'}",
-                         "Start the Docker service on the server (`sudo systemctl start docker`).")
+                         "Start the Docker service on the server (`sudo systemctl start docker`).",
+                         code="server.docker.not_running")
 
 
 def _write_if_changed(remote, path: str, content: str, mode: int, result: PrepareResult,
@@ -350,7 +357,8 @@ def wait_postgres(remote, timeout: float = 90.0) -> None:
         if time.monotonic() > deadline:
             logs = remote.run(docker.logs_tail(layout.POSTGRES_CONTAINER, 20), check=False)
             raise StackError(f"PostgreSQL did not become ready within {timeout:.0f} s.\n{logs.stderr or logs.stdout}",
-                             "Look at `cd ~/dallinger && docker compose logs postgresql` on the server.")
+                             "Look at `cd ~/dallinger && docker compose logs postgresql` on the server.",
+                             code="stack.postgres.not_ready")
         time.sleep(1.0)
 
 
@@ -395,7 +403,8 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
             except CommandFailed as exc:
                 raise StackError(f"Starting the shared services failed:\n{exc.stderr.strip()[-1500:]}",
                                  "Check that the images exist on the server (or can be pulled) and that "
-                                 f"ports {settings.http_port}/{settings.https_port} are free.") from exc
+                                 f"ports {settings.http_port}/{settings.https_port} are free.",
+                                 code="stack.start_failed") from exc
             result.compose_output = "\n".join(lines)
             if caddy_changed and caddy_was_running:
                 # A file bind mount keeps the old inode after our atomic rename: recreate, don't reload.
@@ -430,9 +439,10 @@ def reload_caddy(remote) -> None:
     """
     if not _container_running(remote, layout.CADDY_CONTAINER):
         raise StackError("The web proxy (Caddy) is not running on the server.",
-                         "Prepare the server first (setup panel, or labdeploy.server.stack.prepare()).")
+                         code="stack.caddy.not_running", remedy=Remedy("stack.prepare"))
     res = remote.run(caddy_commands.reload(layout.CADDY_CONTAINER), check=False, timeout=60)
     if res.exit_status != 0:
         err = (res.stderr or res.stdout).strip()
         raise StackError(f"Caddy refused the new configuration:\n{err[-1500:]}",
-                         "Fix or remove the site file it names in ~/dallinger/caddy.d/, then reload again.")
+                         "Fix or remove the site file it names in ~/dallinger/caddy.d/, then reload again.",
+                         code="stack.caddy.config_refused")

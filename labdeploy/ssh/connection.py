@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable, Optional, Sequence, TypeVar, Union
 import paramiko
 
 from .. import names
-from ..errors import (AuthenticationFailed, CommandFailed, CommandTimeout, ConnectionLost, ConnectTimeout, DNSFailure, HostUnreachable, LabdeployError, RemoteError)
+from ..errors import (AuthenticationFailed, CommandFailed, CommandTimeout, ConnectionLost, ConnectTimeout, DNSFailure, HostUnreachable, LabdeployError, Remedy, RemoteError)
 from .hostkeys import KnownHosts, RaiseOnUnknown, changed_key_error
 
 LineCallback = Callable[[str, str], None]  # (line, stream) with stream "stdout" or "stderr"
@@ -147,7 +147,8 @@ class Connection:
             config = paramiko.SSHConfig.from_path(str(path))
         except Exception as exc:  # a broken ~/.ssh/config should say so, not crash oddly
             raise LabdeployError(f"Your SSH config file {path} could not be read: {exc}",
-                                 "Fix the line it complains about, or move the file away to test.") from exc
+                                 "Fix the line it complains about, or move the file away to test.",
+                                 code="ssh.config_unreadable") from exc
         return config.lookup(host)
 
     # ------------------------------------------------------------------ connecting
@@ -212,8 +213,7 @@ class Connection:
         client.set_missing_host_key_policy(RaiseOnUnknown(self.port, self.known_hosts))
         if self.key_filename and not os.access(self.key_filename, os.R_OK):
             raise AuthenticationFailed(f"The key file {self.key_filename} does not exist or can't be read.",
-                                       "Check the path of your SSH key (e.g. ~/.ssh/id_ed25519), or make "
-                                       "a key first with the setup panel or `ssh-keygen`.")
+                                       code="ssh.key.missing", remedy=Remedy("ssh.key.make"))
         return client
 
     def _login_failed(self, client: paramiko.SSHClient, exc: BaseException) -> LabdeployError:
@@ -229,9 +229,8 @@ class Connection:
             how = "password" if self._password else "key"
             return AuthenticationFailed(
                 f"The server {self.host} refused to log in {self.user} with that {how}.",
-                "Check the user name; copy your public key to the server with the setup panel "
-                "(or `ssh-copy-id`); or add your key to the ssh-agent." if how == "key" else
-                "Check the user name and password (passwords are case-sensitive).")
+                "" if how == "key" else "Check the user name and password (passwords are case-sensitive).",
+                remedy=Remedy("ssh.key.copy", host=self.host, user=self.user) if how == "key" else None)
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return ConnectTimeout(f"{self.host}:{self.port} accepted the connection but did not answer in time.",
                                   "The server may be overloaded; try again in a minute.")
@@ -241,15 +240,13 @@ class Connection:
         if "no authentication methods available" in str(exc).lower():
             return AuthenticationFailed(
                 f"No way to log in to {self.host} as {self.user}: no key, no ssh-agent and no password "
-                "was given.",
-                "Give a key file (key_filename=...), start an ssh-agent with your key added "
-                "(`ssh-add`), or give the password.")
+                "was given.", code="ssh.auth.no_method", remedy=Remedy("ssh.login_method"))
         if "banner" in str(exc).lower() or not spoke_ssh:
             return HostUnreachable(
                 f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
                 "Check the port number: SSH normally uses 22.")
         return RemoteError(f"SSH to {self.host}:{self.port} failed: {exc}",
-                           "Try again; if it persists, check the server's SSH service.")
+                           "Try again; if it persists, check the server's SSH service.", code="ssh.failed")
 
     KEEPALIVE_MISSES = 3  # like ssh's ServerAliveCountMax
 
@@ -441,7 +438,8 @@ class Commands:
                         raise RemoteError(
                             f"The server {self.host} refused to start `{self._short(argv)}`: {exc}.",
                             "Too many commands run at once on this connection (sshd's MaxSessions); "
-                            "wait for some to finish, or raise MaxSessions in the server's sshd_config.") from exc
+                            "wait for some to finish, or raise MaxSessions in the server's sshd_config.",
+                            code="ssh.max_sessions") from exc
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
                     continue
@@ -466,7 +464,8 @@ class Commands:
                     f"The connection to {self.host} dropped while starting `{self._short(argv)}`.",
                     "Check the network and run it again; labdeploy reconnects by itself.") from exc
             raise RemoteError(f"The server {self.host} refused to run `{self._short(argv)}`: {exc}",
-                              "Check the server's sshd configuration (e.g. a ForceCommand).") from exc
+                              "Check the server's sshd configuration (e.g. a ForceCommand).",
+                              code="remote.command.refused") from exc
         finally:
             watchdog.cancel()
 

@@ -74,7 +74,8 @@ class Files:
                             transport.close()
                     if not self._died(transport):
                         raise RemoteError(f"The server {self.host} could not complete {what}: {exc}",
-                                          "Check the path and its permissions on the server.") from exc
+                                          "Check the path and its permissions on the server.",
+                                          code="remote.sftp.failed") from exc
                     self._sftp = None
                     if attempt == 2 or not retry:
                         raise ConnectionLost(f"The connection to {self.host} dropped during {what}.",

@@ -51,7 +51,8 @@ def _listen(local_port: int) -> socket.socket:
     except OSError as exc:
         listener.close()
         raise LabdeployError(f"The local port {local_port} can't be used for the tunnel: {exc.strerror or exc}.",
-                             "Choose another local port, or leave it out to get a free one.") from exc
+                             "Choose another local port, or leave it out to get a free one.",
+                             code="tunnel.port_unusable") from exc
     listener.listen(16)
     return listener
 

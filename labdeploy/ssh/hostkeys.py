@@ -22,7 +22,7 @@ from typing import Optional
 
 import paramiko
 
-from ..errors import ChangedHostKey, ConnectTimeout, HostUnreachable, RemoteError, UnknownHostKey
+from ..errors import ChangedHostKey, ConnectTimeout, HostUnreachable, Remedy, RemoteError, UnknownHostKey
 from ..localfiles import write_atomic
 
 
@@ -79,7 +79,7 @@ def revoked_error(host: str, port: int, key: paramiko.PKey, path: Path) -> Remot
         f"The server {host} (port {port}) presents the key {fingerprint(key)}, which your known_hosts file "
         f"({path}) marks as revoked. labdeploy refuses to connect.",
         "A revoked key must not be used again: ask the server's administrator for the server's current key. "
-        "If someone else now presents this key, the connection may be intercepted.")
+        "If someone else now presents this key, the connection may be intercepted.", code="ssh.host_key.revoked")
 
 
 def changed_key_error(host: str, port: int, path: Path, key: paramiko.PKey,
@@ -88,10 +88,7 @@ def changed_key_error(host: str, port: int, path: Path, key: paramiko.PKey,
     return ChangedHostKey(
         f"The server {host} (port {port}) presents a different host key than the one stored "
         f"in {path}: now {fp}, stored {old}. labdeploy refuses to connect.",
-        "Usually the server was rebuilt or reinstalled. Ask its administrator whether that is so and "
-        "what the new fingerprint is. Only then remove the old key deliberately (forget_host_key(), or "
-        f"`ssh-keygen -R {known_hosts_name(host, port)}`) and confirm the new one. If nobody "
-        "changed the server, do not connect: someone may be intercepting the connection.",
+        remedy=Remedy("ssh.host_key.changed", name=known_hosts_name(host, port)),
         host=host, port=port, fingerprint=fp, expected_fingerprint=old)
 
 
@@ -192,9 +189,7 @@ class RaiseOnUnknown(paramiko.MissingHostKeyPolicy):
         fp = fingerprint(key)
         raise UnknownHostKey(
             f"The server {host} (port {self.port}) is not known yet. Its {key.get_name()} key has the "
-            f"fingerprint {fp}.",
-            "Check this fingerprint with the server's administrator (or on the server: "
-            "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then confirm it to trust the server.",
+            f"fingerprint {fp}.", remedy=Remedy("ssh.host_key.confirm", fingerprint=fp),
             host=host, port=self.port, key_type=key.get_name(), fingerprint=fp)
 
 
@@ -256,7 +251,7 @@ class HostKeys:
             raise ChangedHostKey(
                 f"The server {self.host} now presents the key {fp}, not the {expected_fingerprint} you confirmed.",
                 "Do not trust it: check the fingerprint with the server's administrator and try again.",
-                host=self.host, port=self.port, fingerprint=fp, expected_fingerprint=expected_fingerprint)
+                code="ssh.host_key.mismatch", host=self.host, port=self.port, fingerprint=fp, expected_fingerprint=expected_fingerprint)
         stored = known.stored(self.host, self.port)
         if stored:
             same = stored.get(key.get_name())

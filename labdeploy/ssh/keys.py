@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .. import names
 from ..commands import sshkeys
-from ..errors import LabdeployError, ValidationError
+from ..errors import LabdeployError, Remedy, ValidationError
 from ..localfiles import write_atomic
 from ..remote import Remote
 from .hostkeys import HostKeyStatus, fingerprint as _pkey_fingerprint
@@ -41,17 +41,25 @@ _PUBLIC_RE = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-
 class SSHKeyError(LabdeployError):
     """Something is wrong with a local SSH key."""
 
+    code = "ssh.key.unusable"
+
 
 class KeyExists(SSHKeyError):
     """A new key would overwrite an existing file."""
+
+    code = "ssh.key.exists"
 
 
 class BadPassphrase(SSHKeyError):
     """The passphrase does not open the key."""
 
+    code = "ssh.key.passphrase"
+
 
 class NoAgent(SSHKeyError):
     """No ssh-agent is reachable."""
+
+    code = "ssh.agent.unavailable"
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,8 @@ def generate_key(path: Optional[PathLike] = None, passphrase: Optional[str] = No
     path = Path(path) if path else default_key_path()
     path = path.expanduser()
     if path.name.endswith(".pub"):
-        raise ValidationError(f"{path} names a public key file.", "Give the private key's name, e.g. ~/.ssh/id_ed25519.")
+        raise ValidationError(f"{path} names a public key file.", "Give the private key's name, e.g. ~/.ssh/id_ed25519.",
+                              code="invalid.key_path")
     pub = path.with_name(path.name + ".pub")
     for existing in (path, pub):
         if existing.exists():
@@ -176,10 +185,12 @@ def generate_key(path: Optional[PathLike] = None, passphrase: Optional[str] = No
     if comment is None:
         comment = f"{os.environ.get('USER', 'user')}@{socket.gethostname()} (labdeploy)"
     if "\n" in comment or "\r" in comment:
-        raise ValidationError("The key comment must be one line.", "Remove line breaks from the comment.")
+        raise ValidationError("The key comment must be one line.", "Remove line breaks from the comment.",
+                              code="invalid.key_comment")
     if passphrase is not None and passphrase != "" and len(passphrase) < 5:
         raise ValidationError("The passphrase is shorter than 5 characters.",
-                              "Use a longer passphrase, or none (then protect the key file itself).")
+                              "Use a longer passphrase, or none (then protect the key file itself).",
+                              code="invalid.passphrase")
     created_dir = not path.parent.exists()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.parent == ssh_dir() or created_dir:
@@ -268,18 +279,16 @@ def _agent_identity(key, comment: str) -> bytes:
 
 def _agent_socket() -> socket.socket:
     path = os.environ.get("SSH_AUTH_SOCK")
-    hint = ("Start an agent before starting Jupyter (`eval $(ssh-agent)` in the terminal you start it from; "
-            "on macOS and most desktops one runs already), or use labdeploy.ssh.keys.start_agent() for this "
-            "session. Without an agent, give the key's passphrase when connecting instead.")
+    remedy = Remedy("ssh.agent.start")
     if not path:
-        raise NoAgent("No ssh-agent is running for this notebook (SSH_AUTH_SOCK is not set).", hint)
+        raise NoAgent("No ssh-agent is running for this notebook (SSH_AUTH_SOCK is not set).", remedy=remedy)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     try:
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise NoAgent(f"The ssh-agent at {path} does not answer ({exc.strerror or exc}).", hint) from None
+        raise NoAgent(f"The ssh-agent at {path} does not answer ({exc.strerror or exc}).", remedy=remedy) from None
     return sock
 
 
@@ -378,7 +387,8 @@ def install_public_key(remote: Remote, public_line: str, ssh_dir_on_server: str 
     Returns True when it was added."""
     public_line = public_line.strip()
     if "\n" in public_line or not _PUBLIC_RE.fullmatch(public_line):
-        raise ValidationError("That is not one OpenSSH public key line.", "Use the contents of your .pub file.")
+        raise ValidationError("That is not one OpenSSH public key line.", "Use the contents of your .pub file.",
+                              code="invalid.public_key")
     # The ssh-copy-id step in one command: the key arrives on stdin.
     res = remote.run(sshkeys.install_key(ssh_dir_on_server), stdin=(public_line + "\n").encode(), timeout=60)
     return sshkeys.read_install_key(res.stdout)
@@ -393,7 +403,8 @@ def copy_key(host: str, user: str, password: str, key_path: Optional[PathLike] =
     False if it was already there.
     """
     if not password:
-        raise ValidationError("The account password is empty.", "Type the password you log in to the server with.")
+        raise ValidationError("The account password is empty.", "Type the password you log in to the server with.",
+                              code="invalid.password")
     line = public_key_line(Path(key_path).expanduser() if key_path else default_key_path())
     r = Remote(names.host(host), names.port(port), names.user(user), password=password, known_hosts=known_hosts,
                use_agent=False, connect_timeout=connect_timeout)

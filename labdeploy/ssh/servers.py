@@ -16,7 +16,7 @@ import pandas as pd
 import platformdirs
 
 from .. import names
-from ..errors import LabdeployError, ValidationError
+from ..errors import LabdeployError, Remedy, ValidationError
 from ..localfiles import write_atomic
 from ..progress import Reporter, WarningEvent, null_reporter
 from ..remote import Remote
@@ -27,9 +27,13 @@ FILE_VERSION = 1
 class ServerNotFound(LabdeployError):
     """No registered server has that name."""
 
+    code = "server.unknown"
+
 
 class ServerExists(LabdeployError):
     """A server with that name is registered already."""
+
+    code = "server.exists"
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,12 @@ def key_path(path) -> str:
     if not text or not text.strip() or any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise ValidationError(f"The key path {path!r} is not usable.",
                               "Give the path of a private key file, e.g. ~/.ssh/id_ed25519 (no line breaks or "
-                              "control characters).")
+                              "control characters).", code="invalid.key_path")
     try:
         Path(text).expanduser()
     except RuntimeError:  # '~someone' for a user this computer doesn't know
         raise ValidationError(f"The key path {text!r} starts with an unknown user's home (~name).",
-                              "Give the key's full path, or ~/... for your own home.") from None
+                              "Give the key's full path, or ~/... for your own home.", code="invalid.key_path") from None
     return text
 
 
@@ -86,7 +90,8 @@ def _load() -> dict[str, Server]:
                 for s in data.get("servers", [])}
     except (ValueError, KeyError, TypeError) as exc:
         raise LabdeployError(f"The server list {path} could not be read ({exc}).",
-                             "Fix the file by hand, or move it away and register the servers again.") from None
+                             "Fix the file by hand, or move it away and register the servers again.",
+                             code="server.list_unreadable") from None
 
 
 def _save(servers: dict[str, Server]) -> None:
@@ -106,7 +111,7 @@ def add(name: str, host: str, user: str, port: int = 22, key: Optional[Union[str
     servers = _load()
     if name in servers and servers[name] != server and not replace:
         raise ServerExists(f"A server named {name!r} is registered already ({servers[name].label}).",
-                           "Choose another name, or pass replace=True to update it.")
+                           remedy=Remedy("server.exists", server=name))
     servers[name] = server
     _save(servers)
     return server
@@ -126,7 +131,7 @@ def get(name: str) -> Server:
     if name not in servers:
         known = ", ".join(sorted(servers)) or "none yet"
         raise ServerNotFound(f"No server named {name!r} is registered (registered: {known}).",
-                             "Register it first with the setup panel or labdeploy.ssh.servers.add(...).")
+                             remedy=Remedy("server.register", server=name))
     return servers[name]
 
 
@@ -135,7 +140,7 @@ def remove(name: str, *, confirm: bool = False) -> Server:
     server = get(name)
     if not confirm:
         raise LabdeployError(f"Removing {name!r} from the server list needs confirmation.",
-                             f"Call remove({name!r}, confirm=True).")
+                             code="confirmation.required", remedy=Remedy("server.remove.confirm", server=name))
     servers = _load()
     servers.pop(name, None)
     _save(servers)
@@ -195,8 +200,8 @@ def resolve(server: Union[Remote, Server, str], *, known_hosts=None, password: O
     if isinstance(server, str):
         server = get(server)
     if not isinstance(server, Server):
-        raise ValidationError(f"Can't use {server!r} as a server.",
-                              "Pass a registered server's name, a labdeploy.ssh.servers.Server or a Remote.")
+        raise ValidationError(f"Can't use {server!r} as a server.", code="invalid.server_argument",
+                              remedy=Remedy("api.server_argument"))
     server.validated()
     return Remote(server.host, server.port, server.user, key_filename=server.key, passphrase=passphrase,
                   password=password, known_hosts=known_hosts, connect_timeout=connect_timeout)

@@ -19,7 +19,8 @@ import pandas as pd
 
 from .. import names
 from ..commands import containers as commands, docker
-from ..errors import CommandFailed, ConnectionLost, LabdeployError, RemoteError, UnknownApp, ValidationError
+from ..errors import (CommandFailed, ConnectionLost, LabdeployError, Remedy, RemoteError, UnknownApp,
+                      ValidationError)
 from ..progress import Reporter, WarningEvent, null_reporter
 from ..redaction import redact
 from ..ssh import pool
@@ -37,17 +38,25 @@ LOG_COLUMNS = ["time", "service", "line"]
 class UnknownService(LabdeployError):
     """The app has no container for this service."""
 
+    code = "service.unknown"
+
 
 class ServiceNotRunning(LabdeployError):
     """The service's container exists but is stopped or restarting."""
+
+    code = "service.not_running"
 
 
 class CommandNotFound(LabdeployError):
     """The command does not exist (or cannot be executed) inside the container."""
 
+    code = "exec.command_not_found"
+
 
 class RestartTimeout(LabdeployError):
     """Restarted services did not come back up in time."""
+
+    code = "service.restart_timeout"
 
 
 def docker_error(res, doing: str) -> LabdeployError:
@@ -56,17 +65,19 @@ def docker_error(res, doing: str) -> LabdeployError:
     tail = "\n".join(err.splitlines()[-10:])
     if res.exit_status == 127 or "docker: not found" in err or "command not found" in err:
         return LabdeployError(f"Can't {doing}: Docker is not installed on the server (or not on the PATH).",
-                              "Set the server up first (the server setup panel installs what is needed).")
+                              "Install Docker Engine on the server (https://docs.docker.com/engine/install/), "
+                              "then check the server again.", code="server.docker.missing")
     if "permission denied" in err.lower() and "docker" in err.lower():
         return LabdeployError(f"Can't {doing}: the login user may not use Docker on the server.",
                               "Add the user to the 'docker' group on the server (`sudo usermod -aG docker USER`), "
-                              "then log in again.")
+                              "then log in again.", code="server.docker.permission")
     if "Cannot connect to the Docker daemon" in err or "Is the docker daemon running" in err:
         return LabdeployError(f"Can't {doing}: Docker is not running on the server.",
-                              "Start it on the server (`sudo systemctl start docker`).")
+                              "Start it on the server (`sudo systemctl start docker`).", code="server.docker.not_running")
     return CommandFailed(f"Can't {doing} (exit status {res.exit_status}):\n{tail}",
                          "Read the error above; it comes from Docker on the server.",
-                         exit_status=res.exit_status, stdout=res.stdout, stderr=res.stderr)
+                         exit_status=res.exit_status, stdout=res.stdout, stderr=res.stderr,
+                         code="remote.docker.failed")
 
 
 def _app_first(app, server, fn: str):
@@ -76,8 +87,8 @@ def _app_first(app, server, fn: str):
     if not isinstance(app, str) and isinstance(server, str):
         app, server = server, app
     if not isinstance(app, str):
-        raise ValidationError(f"{fn}() needs an app name, got {type(app).__name__}.",
-                              f"Call {fn}('my-app', server, ...).")
+        raise ValidationError(f"{fn}() needs an app name, got {type(app).__name__}.", code="invalid.app_argument",
+                              remedy=Remedy("api.app_first", call=fn))
     return names.app_name(app), pool.remote(server)
 
 
@@ -175,10 +186,10 @@ def _diagnose(remote, app: str, service: Optional[str], doing: str) -> Labdeploy
             return ServiceNotRunning(
                 f"Can't {doing}: {service} of {app} is restarting over and over (it crashes on start; "
                 f"{int(rows.iloc[0]['restarts'])} restarts so far).",
-                f"Read its logs (logs({app!r}, server, {service!r})) for the error that makes it crash.")
+                code="service.crashing", remedy=Remedy("service.crashing", app=app, service=service))
         return ServiceNotRunning(f"Can't {doing}: {service} of {app} is {state}, not running.",
-                                 f"Start it again (restart({app!r}, server, [{service!r}])) and read its logs.")
-    return UnknownApp(f"The app {app!r} has no containers.", "Deploy it first.")
+                                 remedy=Remedy("service.start", app=app, service=service))
+    return UnknownApp(f"The app {app!r} has no containers.", "Deploy it first.", code="app.unknown")
 
 
 # ------------------------------------------------------------------ exec
@@ -218,7 +229,8 @@ def exec_(app: str, server, service: str, command: Union[str, Sequence[str]], *,
     names.service(service)
     argv = commands.in_shell(command) if isinstance(command, str) else [str(c) for c in command]
     if not argv or not argv[-1 if isinstance(command, str) else 0]:
-        raise LabdeployError("The command is empty.", "Type a command to run, e.g. 'ls -la' or 'env'.")
+        raise LabdeployError("The command is empty.", "Type a command to run, e.g. 'ls -la' or 'env'.",
+                             code="invalid.exec.command")
     res = remote.run(commands.exec_in(app, service, argv, stdin is not None), stdin=stdin,
                      timeout=timeout, check=False)
     if res.exit_status == NOT_FOUND_EXIT:
@@ -236,7 +248,7 @@ def exec_(app: str, server, service: str, command: Union[str, Sequence[str]], *,
         raise CommandFailed(f"`{shlex.join(argv)}` exited with status {res.exit_status} in {service} of {app}:\n"
                             f"{redact(res.stderr.strip()[-2000:] or res.stdout.strip()[-2000:])}",
                             "Read the command's output above.", argv=argv, exit_status=res.exit_status,
-                            stdout=redact(res.stdout), stderr=redact(res.stderr))
+                            stdout=redact(res.stdout), stderr=redact(res.stderr), code="exec.command_failed")
     clean = redact if redact_secrets else (lambda t: t)
     return ExecResult(app, service, argv, res.exit_status, clean(res.stdout), clean(res.stderr))
 
@@ -269,7 +281,8 @@ def since_arg(since) -> Optional[str]:
     if isinstance(since, str) and _SINCE_RE.match(since.strip()):
         return since.strip()
     raise LabdeployError(f"Can't read {since!r} as a start time for logs.",
-                         "Use e.g. '10m', '2h', '2026-01-31T12:00:00Z', a datetime or a timedelta.")
+                         "Use e.g. '10m', '2h', '2026-01-31T12:00:00Z', a datetime or a timedelta.",
+                         code="invalid.logs.since")
 
 
 def parse_log_line(raw: str) -> LogEntry:
@@ -320,7 +333,8 @@ def logs(app: str, server, service: Optional[str] = None, *, tail: Union[int, st
     if service is not None:
         names.service(service)
     if not (tail == "all" or (isinstance(tail, int) and tail >= 0)):
-        raise LabdeployError(f"tail={tail!r} is not a line count.", "Use a number such as 200, or 'all'.")
+        raise LabdeployError(f"tail={tail!r} is not a line count.", "Use a number such as 200, or 'all'.",
+                             code="invalid.logs.tail")
     reporter = reporter or null_reporter
     stop = stop or threading.Event()
     since_s = since_arg(since)
@@ -367,7 +381,7 @@ def logs(app: str, server, service: Optional[str] = None, *, tail: Union[int, st
         if res.exit_status not in (0, 143, -1) and not kept and not stop.is_set():
             raise CommandFailed(f"Reading the logs of {app} failed:\n{res.stderr.strip()[-2000:]}",
                                 "Try again; if it persists, check Docker on the server.",
-                                exit_status=res.exit_status, stderr=res.stderr)
+                                exit_status=res.exit_status, stderr=res.stderr, code="logs.failed")
         break
     df = entries_frame(kept)
     if as_frame:
@@ -477,7 +491,7 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
     wanted = list(services) if services is not None else [s for s in PROCESS_SERVICES if s in set(df["service"])]
     if not wanted:
         raise UnknownService(f"The app {app!r} has none of the services web, worker, clock.",
-                             "Name the services to restart, e.g. services=['web'].")
+                             code="service.none_to_restart", remedy=Remedy("restart.services", app=app))
     rows = pd.concat([_check_service(df, app, s) for s in wanted])
     ids = list(rows["id"])
     before = df.attrs["server_time"]
@@ -498,6 +512,5 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
                 raise RestartTimeout(
                     f"After {timeout:.0f} s these services of {app} are not up again: "
                     f"{', '.join(down) or 'some containers disappeared'}.",
-                    f"Read their logs (logs({app!r}, server, service)) for the error; a service that keeps "
-                    "restarting usually fails on start (configuration or database).")
+                    remedy=Remedy("restart.timeout", app=app))
             time.sleep(0.5)

@@ -25,6 +25,8 @@ COUNT_COLUMNS = list(commands.COUNT_FIELDS)
 class WorkerNotRunningJobs(LabdeployError):
     """The worker process runs but does not complete jobs."""
 
+    code = "worker.jobs_not_running"
+
 
 def judge_probe(output: str, app: str) -> None:
     """Raise WorkerNotRunningJobs unless the probe's output says the job finished (pure)."""

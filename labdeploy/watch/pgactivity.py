@@ -30,7 +30,7 @@ from ..server import pooler
 from ..commands import postgres, sections
 from ..ssh import pool as ssh_pool  # here "pool" alone is PgBouncer's
 from ..redaction import redact_frame
-from ..errors import LabdeployError, RemoteError
+from ..errors import LabdeployError, Remedy, RemoteError
 
 DEFAULT_THRESHOLD = 0.8
 _CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -60,11 +60,14 @@ select datname as database from pg_database where datallowconn and not datistemp
 class PostgresUnavailable(RemoteError):
     """The PostgreSQL container is not running, or not accepting connections."""
 
+    code = "postgres.unavailable"
+
 
 def container_name(name: str) -> str:
     if not isinstance(name, str) or not _CONTAINER_RE.fullmatch(name):
         raise LabdeployError(f"{name!r} is not a valid container name.",
-                             f"Use the PostgreSQL container's name, normally {layout.POSTGRES_CONTAINER!r}.")
+                             f"Use the PostgreSQL container's name, normally {layout.POSTGRES_CONTAINER!r}.",
+                             code="invalid.container_name")
     return name
 
 
@@ -112,7 +115,8 @@ def parse_snapshot(text: str) -> Snapshot:
     missing = {"activity", "settings", "roles", "databases"} - set(parts)
     if missing:
         raise LabdeployError("PostgreSQL's answer was incomplete (missing " + ", ".join(sorted(missing)) + ").",
-                             "Try again; if it persists, check the PostgreSQL container's logs.")
+                             "Try again; if it persists, check the PostgreSQL container's logs.",
+                             code="postgres.answer_incomplete")
     settings = _csv(parts["settings"]).iloc[0]
     now = pd.Timestamp(settings["now"]).tz_convert("UTC")
     act = _csv(parts["activity"])
@@ -136,21 +140,19 @@ def _unavailable(res, container: str) -> Optional[PostgresUnavailable]:
     low = err.lower()
     if "no such container" in low:
         return PostgresUnavailable(f"The PostgreSQL container {container!r} does not exist on the server.",
-                                   "Prepare the server's shared stack (setup panel, or labdeploy.server.stack.prepare()).")
+                                   code="stack.postgres.missing", remedy=Remedy("stack.prepare"))
     if "is not running" in low or "is restarting" in low or "is paused" in low:
         return PostgresUnavailable(f"PostgreSQL is down: its container {container!r} is not running.",
-                                   "Start it again on the server: `cd ~/dallinger && docker compose up -d "
-                                   "postgresql` (or run the setup panel), then look at its logs.")
+                                   code="stack.postgres.not_running", remedy=Remedy("stack.postgres.start"))
     if ("could not connect" in low or "connection to server" in low or "starting up" in low
             or "shutting down" in low or "no such file or directory" in low and "socket" in low):
         return PostgresUnavailable(f"PostgreSQL in {container!r} is not accepting connections (starting up, "
                                    "shutting down or crashed).",
                                    "Wait a few seconds and try again; if it persists read the container's logs "
-                                   f"(`docker logs {container}`).")
+                                   f"(`docker logs {container}`).", code="postgres.not_accepting")
     if "too many" in low and "connections" in low:
         return PostgresUnavailable("PostgreSQL refuses new connections: all connection slots are in use.",
-                                   "Restart the web/worker/clock of the app holding most connections "
-                                   "(labdeploy.watch.monitor.restart(app, server)).")
+                                   code="postgres.connections_full", remedy=Remedy("connections.restart_busiest"))
     return None
 
 
@@ -206,7 +208,7 @@ class PersistentPsql:
         remote = self._remote()
         if remote is None:
             raise LabdeployError("The connection this PostgreSQL session belonged to is gone.",
-                                 "Connect to the server again.")
+                                 "Connect to the server again.", code="postgres.session_gone")
         return remote
 
     def _argv(self) -> list[str]:
@@ -267,7 +269,7 @@ class PersistentPsql:
             except queue.Empty:
                 self._close_locked()
                 raise PostgresUnavailable(f"PostgreSQL in {self.container!r} did not answer within {timeout:.0f} s.",
-                                          "It may be overloaded; try again.") from None
+                                          "It may be overloaded; try again.", code="postgres.timeout") from None
             if kind == "stdout":
                 if item == end:
                     break
@@ -280,7 +282,8 @@ class PersistentPsql:
         errors = [e for e in err if "ERROR" in e or "FATAL" in e]
         if errors:
             raise LabdeployError("PostgreSQL reported an error:\n" + "\n".join(errors[-10:]),
-                                 "Try again; if it persists, check the PostgreSQL container's logs.")
+                                 "Try again; if it persists, check the PostgreSQL container's logs.",
+                                 code="postgres.failed")
         return "\n".join(out) + "\n"
 
     def _close_locked(self) -> None:
@@ -418,7 +421,8 @@ def connection_warnings(snap: Snapshot, threshold: float = DEFAULT_THRESHOLD) ->
     """Warnings when connections pass `threshold` of max_connections (naming the apps that
     hold most) or of an app role's own connection limit."""
     if not 0 < threshold <= 1:
-        raise LabdeployError(f"threshold={threshold!r} is not a fraction.", "Use e.g. 0.8 for 80%.")
+        raise LabdeployError(f"threshold={threshold!r} is not a fraction.", "Use e.g. 0.8 for 80%.",
+                             code="invalid.threshold")
     summ = summarize(snap)
     out = []
     total, limit = snap.total, snap.max_connections

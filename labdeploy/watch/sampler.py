@@ -42,10 +42,11 @@ class Sampler:
                  on_sample: Optional[Callable[["Sampler", Optional[Snapshot]], None]] = None,
                  reporter: Optional[Reporter] = None) -> None:
         if not interval > 0:
-            raise LabdeployError(f"interval={interval!r} is not a positive number of seconds.",
-                                 "Use e.g. interval=5.")
+            raise LabdeployError(f"The sampling interval {interval!r} is not a positive number of seconds.",
+                                 "Use a few seconds, e.g. 5.", code="invalid.sampler.interval")
         if max_samples < 2:
-            raise LabdeployError("max_samples must be at least 2.", "Use e.g. max_samples=2000.")
+            raise LabdeployError("A sampler keeps at least 2 samples.", "Keep e.g. 2000 samples.",
+                                 code="invalid.sampler.max_samples")
         # A sampler outlives the call that made it: a connection it opens for a server name is
         # its own, closed by stop() (a Remote handed in stays the caller's).
         self._pool = ssh_pool.Pool()

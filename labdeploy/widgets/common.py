@@ -17,6 +17,7 @@ import ipywidgets as W
 
 from ..errors import LabdeployError
 from ..progress import Event, LogLine, Progress, StepFinished, StepStarted, WarningEvent, human_bytes
+from .remedies import hint as panel_hint
 
 log = logging.getLogger("labdeploy.widgets")
 
@@ -56,10 +57,11 @@ def run_in_background(fn: Callable[[], object], *, on_done: Optional[Callable[[o
     return thread
 
 
-def error_html(exc: BaseException) -> str:
-    """An exception as a short red message with its hint, for a panel's message area."""
+def error_html(exc: BaseException, **context) -> str:
+    """An exception as a short red message with what to do in the panels' words (its remedy,
+    worded with the panel's `context` where the error does not say), for a message area."""
     if isinstance(exc, LabdeployError):
-        msg, hint = exc.message, exc.hint
+        msg, hint = exc.message, panel_hint(exc, **context)
     else:
         msg, hint = f"{type(exc).__name__}: {exc}", "This looks like a bug in labdeploy; please report it."
     body = html.escape(msg).replace("\n", "<br>")
@@ -86,8 +88,8 @@ def warning_html(text: str, hint: str = "") -> str:
 class Message(W.HTML):
     """One line of status: ok / info / warning / error."""
 
-    def show_error(self, exc: BaseException) -> None:
-        self.value = error_html(exc)
+    def show_error(self, exc: BaseException, **context) -> None:
+        self.value = error_html(exc, **context)
 
     def show_ok(self, text: str) -> None:
         self.value = ok_html(text)

@@ -166,7 +166,8 @@ class DeployPanel(Panel):
         choice = self.server_box.value
         if choice is None:
             raise LabdeployError("No server is chosen.",
-                                 "Register one first (notebooks/setup_server.ipynb), then pick it here.")
+                                 "Register one first (notebooks/setup_server.ipynb), then pick it here.",
+                                 code="panel.no_server")
         return self._connections.pool.get(choice)
 
     def _show_failure(self, exc: BaseException) -> None:

@@ -178,7 +178,8 @@ class ExportPanel(Panel):
 
         def work():
             if server is None:
-                raise ValidationError("No server chosen.", "Register a server first (setup panel).")
+                raise ValidationError("No server chosen.", "Register a server first (setup panel).",
+                                      code="invalid.panel.no_server")
             return export_core.list_app_databases(server)
 
         def done(apps):
@@ -240,10 +241,11 @@ class ExportPanel(Panel):
             _need_app(app)
             if not confirmed:
                 raise ValidationError("Destroying needs your confirmation.",
-                                      "Tick 'I understand: destroy deletes the app and its data', then click again.")
+                                      "Tick 'I understand: destroy deletes the app and its data', then click again.",
+                                      code="confirmation.required")
             if not every:
                 raise ValidationError("Only some tables are selected; destroy needs every table exported.",
-                                      "Select every table, then click again.")
+                                      "Select every table, then click again.", code="invalid.panel.tables")
             return apps_core.destroy(app, server, confirm=True, remove_data=True, final_export=final, reporter=report)
 
         return self.in_background(work, lambda result: self._exported(app, destroyed=True), status="Exporting…",
@@ -266,4 +268,4 @@ class ExportPanel(Panel):
 
 def _need_app(app: Optional[str]) -> None:
     if not app:
-        raise ValidationError("No app chosen.", "Pick an app (Reload lists them).")
+        raise ValidationError("No app chosen.", "Pick an app (Reload lists them).", code="invalid.panel.no_app")

@@ -21,6 +21,7 @@ from ..errors import LabdeployError
 from ..ssh import pool as ssh_pool
 from ..watch.pgactivity import DEFAULT_THRESHOLD
 from .common import LogPane, Message, Panel, error_html, titled, warning_html, widget_reporter
+from .remedies import hint as panel_hint
 
 STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
                 "created": "#888", "paused": "#8a4b00"}
@@ -228,7 +229,8 @@ class MonitorPanel(Panel):
     def _need_app(self) -> str:
         app = self.app_picker.value
         if not app:
-            raise LabdeployError("No app is selected.", "Pick an app in the App list (it lists the server's apps).")
+            raise LabdeployError("No app is selected.", "Pick an app in the App list (it lists the server's apps).",
+                                 code="panel.no_app")
         return app
 
     def connect(self, server=None) -> None:
@@ -301,7 +303,7 @@ class MonitorPanel(Panel):
         msgs = []
         if snap is None:
             err = sampler.last_error
-            hint = getattr(err, "hint", "")
+            hint = panel_hint(err) if isinstance(err, LabdeployError) else ""
             msgs.append(warning_html("No connection data: " + (getattr(err, "message", None) or str(err)), hint))
         else:
             used, limit = snap.total, snap.max_connections
@@ -409,7 +411,8 @@ class MonitorPanel(Panel):
         pending = getattr(self, "_pending_restart", None)
         self._hide_confirm()
         if not pending:
-            raise LabdeployError("Nothing to restart.", "Click Restart… and confirm.")
+            raise LabdeployError("Nothing to restart.", "Click Restart… and confirm.",
+                                 code="panel.nothing_to_restart")
         app, services = pending
         self.message.show_info(f"Restarting {', '.join(services)} of {app}…")
         monitor.restart(app, self.remote, services)
@@ -422,7 +425,8 @@ class MonitorPanel(Panel):
         app = self._need_app()
         command = self.exec_command.value.strip()
         if not command:
-            raise LabdeployError("The command is empty.", "Type a command, e.g. 'ls -la' or 'env'.")
+            raise LabdeployError("The command is empty.", "Type a command, e.g. 'ls -la' or 'env'.",
+                                 code="invalid.exec.command")
         self.exec_output.value = f"$ {command}\n(running…)"
         res = monitor.exec_(app, self.remote, self.exec_service.value, command, timeout=120)
         self.exec_output.value = f"$ {command}\n{res.stdout}{res.stderr}\n[exit status {res.exit_status}]"

@@ -117,7 +117,8 @@ class RegistryPanel(Panel):
             return self.credentials
         if not password:
             raise ValidationError("The password / token box is empty.",
-                                  "Type the registry password or paste an access token, then click again.")
+                                  "Type the registry password or paste an access token, then click again.",
+                                  code="invalid.registry.password")
         return registry.Credentials(address, user, password)
 
     # ------------------------------------------------------------------ actions
@@ -159,7 +160,8 @@ class RegistryPanel(Panel):
             if self.remote is None:
                 raise ValidationError("No server is connected to this panel.",
                                       "Connect to your server first (setup panel), then pass it: "
-                                      "RegistryPanel(remote) or panel.remote = remote.")
+                                      "RegistryPanel(remote) or panel.remote = remote.",
+                                      code="invalid.panel.no_server")
         except Exception as exc:
             self.steps.set("log in on the server", "failed")
             self.message.show_error(exc)
