@@ -44,7 +44,7 @@ from ..watch import jobs
 from .. import names
 from ..ssh import pool as session
 from ..server import pooler as app_pooler  # deploy()'s `pooler` is the on/off option
-from ..errors import CommandFailed, LabdeployError, RemoteError, UnknownApp, ValidationError
+from ..errors import CommandFailed, LabdeployError, Remedy, RemoteError, UnknownApp, ValidationError
 from ..server.locks import DeployLock
 from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, WarningEvent, null_reporter, step
 from ..redaction import redact, redacting
@@ -76,6 +76,9 @@ class DeployError(LabdeployError):
 
 class AppExists(DeployError):
     """The app name is already deployed on this server."""
+
+    code = "app.exists"
+    remedy = Remedy("app.exists")  # the front ends word it with their app (the raise gives the API words)
 
 
 class DataKept(DeployError):
