@@ -125,7 +125,6 @@ def test_the_three_words_differ_where_the_action_differs(key):
 
 
 def test_a_remedy_is_worded_with_its_args_then_the_front_ends_context_then_a_placeholder():
-    error = errors.ServiceNotRunning if hasattr(errors, "ServiceNotRunning") else None  # noqa: F841
     exc = LabdeployError("web of stroop is exited.", remedy=Remedy("service.start", app="stroop", service="web"))
     assert "restart('stroop', server, ['web'])" in exc.hint
     assert "`labdeploy restart --app stroop web`" in cli_remedies.hint(exc, app="other")
@@ -336,3 +335,22 @@ def test_no_front_end_assigns_to_an_errors_hint():
                 assert not any(isinstance(t, ast.Attribute) and t.attr in ("hint", "message", "remedy", "code")
                                and getattr(t.value, "id", "") in ("exc", "err", "error", "e") for t in targets), \
                     f"{path}:{node.lineno}"
+
+
+def test_a_panel_shows_an_errors_remedy_in_the_panels_words():
+    from labdeploy.widgets.common import error_html
+
+    exc = CLASSES["ExportRequired"]("stroop still has its database.", remedy=Remedy("export.before_destroy", app="stroop"))
+    shown = error_html(exc)
+    assert "Export data panel" in shown and "Export, then destroy" in shown
+    assert "labdeploy.export.export(" not in shown and "--no-export-check" not in shown
+    plain = error_html(UnknownApp("There is no app 'x'.", "Check the name."))
+    assert "Check the name." in plain
+
+
+def test_a_service_that_is_down_exits_3_with_the_commands_to_start_it(failing_command, capsys):
+    failing_command["exc"] = CLASSES["ServiceNotRunning"]("Can't read the logs: clock of stroop is exited, not running.",
+                                                          remedy=Remedy("service.start", app="stroop", service="clock"))
+    assert _app.main(["t-remedy-fail", "--app", "stroop"]) == 3
+    err = capsys.readouterr().err
+    assert "`labdeploy restart --app stroop clock`" in err and "`labdeploy logs --app stroop --service clock`" in err
