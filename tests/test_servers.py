@@ -104,3 +104,28 @@ def test_resolve_a_registered_name_to_a_working_remote(home, testbed, known_host
         servers.resolve("nope")
     with pytest.raises(ValidationError):
         servers.resolve(42)
+
+
+def test_by_name_a_call_closes_its_connection_and_a_front_ends_pool_keeps_one(home, testbed, monkeypatch):
+    """The connection policy against the real sshd: `status("tb")` opens a connection and
+    closes it when it returns; under a front end's pool (as in a CLI run) three calls share one
+    connection, which closes with the pool."""
+    from labdeploy.ssh import pool
+    from labdeploy.watch import containers
+
+    s = testbed["ssh"]
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "known_hosts").write_text(s["known_hosts_line"] + "\n")
+    servers.add("tb", s["host"], s["user"], port=s["port"], key=s["key"])
+    made, resolve = [], servers.resolve
+    monkeypatch.setattr(servers, "resolve", lambda server, **kw: made.append(resolve(server, **kw)) or made[-1])
+
+    containers.status("tb")
+    (call,) = made
+    assert call.stats["connections"] == 1 and call.stats["commands"] >= 1 and not call.connected
+
+    with pool.Pool() as run, pool.using(run):
+        for _ in range(3):
+            containers.status("tb")
+        assert len(made) == 2 and made[1].connected and made[1].stats["connections"] == 1
+    assert not made[1].connected
