@@ -120,31 +120,32 @@ class _Parse:
     result: dict = field(default_factory=dict)
 
 
-def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: Reporter,
-                   timeout: Optional[float]) -> tuple[copystream.Splitter, dict]:
-    db = names.db_identifier(app)
-    nonce = copystream.new_nonce()
-    script = copystream.build_script(nonce, tables)
-    parses: dict[str, _Parse] = {}
-    columns: dict[str, list] = {}
-    last = [0.0]
-    total_bytes = [0]
+class _Stream:
+    """One export's stream: each table is parsed into a DataFrame in a thread of its own while
+    its rows arrive; progress goes to the reporter a few times a second."""
 
-    def on_catalog(catalog: list) -> None:
+    def __init__(self, app: str, tables: Optional[Sequence[str]], reporter: Reporter) -> None:
+        self.app, self.tables, self.reporter = app, tables, reporter
+        self.parses: dict[str, _Parse] = {}
+        self.columns: dict[str, list] = {}
+        self.last = 0.0
+        self.splitter = copystream.Splitter(copystream.new_nonce(), self.start, self.end, self.on_data,
+                                            on_catalog=self.on_catalog)
+
+    def on_catalog(self, catalog: list) -> None:
         # Before any data arrives: a wrong table name stops the stream at once.
         for entry in catalog:
-            columns[entry["table"]] = pgtypes.columns_from_catalog(entry["columns"])
-        if tables is not None:
+            self.columns[entry["table"]] = pgtypes.columns_from_catalog(entry["columns"])
+        if self.tables is not None:
             got = {entry["table"] for entry in catalog}
-            missing = [t for t in tables if t not in got]
+            missing = [t for t in self.tables if t not in got]
             if missing:
-                raise ValidationError(f"The app {app!r} has no table {', '.join(map(repr, missing))}.",
-                                      code="invalid.export.table", remedy=Remedy("export.tables", app=app))
+                raise ValidationError(f"The app {self.app!r} has no table {', '.join(map(repr, missing))}.",
+                                      code="invalid.export.table", remedy=Remedy("export.tables", app=self.app))
 
-    def start(name: str, count: int):
-        cols = columns.get(name, [])
-        pipe = copystream.ChunkPipe()
-        holder: dict = {}
+    def start(self, name: str, count: int) -> copystream.ChunkPipe:
+        pipe, holder = copystream.ChunkPipe(), {}
+        cols = self.columns.get(name, [])
 
         def work() -> None:
             try:
@@ -155,57 +156,65 @@ def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: 
                 pipe.reader_done()
 
         thread = threading.Thread(target=work, name=f"labdeploy-parse-{name}", daemon=True)
-        parses[name] = _Parse(pipe, thread, holder)
+        self.parses[name] = _Parse(pipe, thread, holder)
         thread.start()
-        reporter(Progress("Read the tables", 0, count, unit="rows", item=name))
+        self.reporter(Progress("Read the tables", 0, count, unit="rows", item=name))
         return pipe
 
-    def end(name: str) -> None:
-        parses[name].pipe.close_writer()
-        t = splitter.tables[name]
-        reporter(Progress("Read the tables", t.count, t.count, unit="rows", item=f"{name}, "
-                          f"{t.bytes / 1e6:.1f} MB"))
+    def end(self, name: str) -> None:
+        self.parses[name].pipe.close_writer()
+        t = self.splitter.tables[name]
+        self.reporter(Progress("Read the tables", t.count, t.count, unit="rows",
+                               item=f"{name}, {t.bytes / 1e6:.1f} MB"))
 
-    def on_data(t: copystream.TableStream, n: int) -> None:
-        total_bytes[0] += n
+    def on_data(self, t: copystream.TableStream, n: int) -> None:
         now = time.monotonic()
-        if now - last[0] >= PROGRESS_EVERY:
-            last[0] = now
-            rows = t.rows_estimate()
-            reporter(Progress("Read the tables", rows, t.count, unit="rows",
-                              item=f"{t.name}, {t.bytes / 1e6:.1f} MB"))
+        if now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            self.reporter(Progress("Read the tables", t.rows_estimate(), t.count, unit="rows",
+                                   item=f"{t.name}, {t.bytes / 1e6:.1f} MB"))
 
-    splitter = copystream.Splitter(nonce, start, end, on_data, on_catalog=on_catalog)
-    failure: Optional[BaseException] = None
-    try:
-        remote.run(psql.psql_argv(db), stdin=script.encode(), on_stdout=splitter.feed, timeout=timeout)
-    except CommandFailed as exc:
-        failure = exc
-        err = exc.stderr or ""
-        if f'database "{db}" does not exist' in err:
-            raise _unknown_app(remote, app) from exc
-        raise psql._fail(exc, db) from exc
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        for p in parses.values():
-            if failure is not None:
-                p.pipe.close_writer(failure)
-            else:
-                p.pipe.close_writer()
-        for p in parses.values():
-            p.thread.join()
-    frames = {}
-    for name, p in parses.items():
-        if "error" in p.result:
-            err = p.result["error"]
-            if isinstance(err, LabdeployError):
-                raise err
-            raise ExportVerificationError(f"Table {name} could not be read: {err}",
-                                          "Run the export again; if it repeats, report it.") from err
-        frames[name] = p.result["frame"]
-    return splitter, frames
+    def run(self, remote, timeout: Optional[float]) -> None:
+        db = names.db_identifier(self.app)
+        script = copystream.build_script(self.splitter.nonce, self.tables)
+        failure: Optional[BaseException] = None
+        try:
+            remote.run(psql.psql_argv(db), stdin=script.encode(), on_stdout=self.splitter.feed, timeout=timeout)
+        except CommandFailed as exc:
+            failure = exc
+            if f'database "{db}" does not exist' in (exc.stderr or ""):
+                raise _unknown_app(remote, self.app) from exc
+            raise psql._fail(exc, db) from exc
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:  # every parser ends, with the failure when there was one
+            for p in self.parses.values():
+                if failure is not None:
+                    p.pipe.close_writer(failure)
+                else:
+                    p.pipe.close_writer()
+            for p in self.parses.values():
+                p.thread.join()
+
+    def frames(self) -> dict:
+        out = {}
+        for name, p in self.parses.items():
+            if "error" in p.result:
+                err = p.result["error"]
+                if isinstance(err, LabdeployError):
+                    raise err
+                raise ExportVerificationError(f"Table {name} could not be read: {err}",
+                                              "Run the export again; if it repeats, report it.") from err
+            out[name] = p.result["frame"]
+        return out
+
+
+def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: Reporter,
+                   timeout: Optional[float]) -> tuple[copystream.Splitter, dict]:
+    stream = _Stream(app, tables, reporter)
+    stream.run(remote, timeout)
+    return stream.splitter, stream.frames()
 
 
 def _verify(splitter: copystream.Splitter, frames: dict) -> None:
@@ -482,7 +491,7 @@ def stop_app(app: str, server, *, reporter: Optional[Reporter] = None) -> bool:
 
 def _app_credentials(remote, app: str) -> tuple[str, str, str]:
     """(role, password, database) from the app's secrets.env, read over SFTP into memory only."""
-    from urllib.parse import unquote, urlsplit
+    from .server.database import parse_database_url
 
     path = layout.app_secrets(app)
     try:
@@ -501,11 +510,11 @@ def _app_credentials(remote, app: str) -> tuple[str, str, str]:
     if not url:
         raise LabdeployError(f"{path} on {remote.host} has no DATABASE_URL.",
                              "Redeploy the app so its secrets file is written again.", code="app.secrets.incomplete")
-    parts = urlsplit(url)
-    if not parts.username or parts.password is None:
+    parts = parse_database_url(url)
+    if not parts["user"] or not parts["password"]:
         raise LabdeployError(f"The DATABASE_URL in {path} has no user or password.", "Redeploy the app.",
                              code="app.secrets.incomplete")
-    return unquote(parts.username), unquote(parts.password), parts.path.lstrip("/") or names.db_identifier(app)
+    return parts["user"], parts["password"], parts["database"] or names.db_identifier(app)
 
 
 @pool.closes_what_it_opens

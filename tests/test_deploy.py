@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy.app import apps, deploy, history
+from labdeploy.app import appdata, apps, deploy, history
 from labdeploy.server import layout, locks, psql
 from labdeploy.app.appcompose import parse_env
 from labdeploy.progress import Collector
@@ -187,7 +187,7 @@ def test_destroy_keeps_data_unless_asked(testbed, session_remote):
         assert count(session_remote, DESTROY_APP, "responses") == 8  # the data survived
 
         # Deployed again under the same name, it stops and says what is kept; nothing changes.
-        with pytest.raises(deploy.DataKept) as info:
+        with pytest.raises(appdata.DataKept) as info:
             deploy.deploy(EXAMPLE, DESTROY_APP, session_remote, **deploy_kwargs(testbed))
         assert "responses 8" in info.value.message and "reuse" in info.value.hint
         assert int(info.value.tables.set_index("table").loc["responses", "rows"]) == 8

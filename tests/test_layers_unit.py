@@ -116,3 +116,22 @@ def test_the_core_has_no_widget_code(module):
     names = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.module}
     names |= {a.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Import) for a in n.names}
     assert not any(n.split(".")[0] in ("ipywidgets", "IPython") for n in names), module
+
+
+CORE = [p for p in PACKAGE.rglob("*.py") if layer(module_name(p)) < len(LAYERS) - 1]
+
+
+def test_no_function_in_the_core_is_over_80_lines_and_no_class_over_400():
+    """Small pieces with names that say what they do: a longer one is a procedure waiting to
+    be split into steps (as app/deploy.py's Deploy is)."""
+    long = []
+    for path in CORE:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            size = node.end_lineno - node.lineno + 1
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > 80:
+                long.append(f"{path.relative_to(PACKAGE.parent)}: {node.name} ({size} lines)")
+            elif isinstance(node, ast.ClassDef) and size > 400:
+                long.append(f"{path.relative_to(PACKAGE.parent)}: class {node.name} ({size} lines)")
+    assert not long, "\n".join(long)

@@ -26,9 +26,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "labdeploy"
 FRONT_ENDS = ("cli", "widgets")
 # Raised with the deploy rewrite's own words until it moves to this mechanism (remedy keys
 # app.exists, app.update_unknown, data.kept and deploy.capacity are ready for it).
-NOT_YET = {"app/deploy.py", "app/appdata.py", "app/options.py", "app/webprobe.py", "app/configuration.py",
-           "app/facts.py", "app/assets.py", "app/settle.py", "server/readiness.py"}
-WAITING_FOR_DEPLOY = {"app.exists", "app.update_unknown", "data.kept", "deploy.capacity"}
+NOT_YET: set = set()
+WAITING_FOR_DEPLOY: set = set()
 
 
 def _cli_flags() -> set:

@@ -88,87 +88,90 @@ _LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3
 
 
 def app_compose_document(app: str, image: str, *, version: str, commands: Optional[Mapping[str, str]] = None,
-                     environment: Optional[Mapping[str, str]] = None,
-                     redis_image: str = DEFAULT_REDIS_IMAGE,
-                     processes: Sequence[str] = layout.PROCESS_SERVICES,
-                     pooler_image: Optional[str] = None, connection_limit: Optional[int] = None) -> dict:
+                         environment: Optional[Mapping[str, str]] = None,
+                         redis_image: str = DEFAULT_REDIS_IMAGE,
+                         processes: Sequence[str] = layout.PROCESS_SERVICES,
+                         pooler_image: Optional[str] = None, connection_limit: Optional[int] = None) -> dict:
     """The app's compose file as a dict. Pure: same input, same document. `processes` may leave
     out the clock (Dallinger runs one only with `clock_on`); web and worker are always there.
-    With `pooler_image`, the app gets its own PgBouncer (labdeploy.pooler), sized from the
-    role's `connection_limit`, and its processes start after it; DATABASE_URL must then name
-    the pooler (database.database_url(..., pooler=True))."""
+    With `pooler_image`, the app gets its own PgBouncer (labdeploy.server.pooler), sized from
+    the role's `connection_limit`, and its processes start after it; DATABASE_URL must then
+    name the pooler (database.database_url(..., pooler=True))."""
     if not set(processes) <= set(layout.PROCESS_SERVICES) or not {"web", "worker"} <= set(processes):
         raise ValidationError(f"The processes {tuple(processes)!r} are not web and worker (and clock).",
                               "Give ('web', 'worker', 'clock') or ('web', 'worker').", code="invalid.processes")
     app = names.app_name(app)
     image = names.image(image)
-    redis_image = names.image(redis_image, 'Redis image')
-    commands = dict(commands or DALLINGER_COMMANDS)
+    redis_image = names.image(redis_image, "Redis image")
+    env = _environment(app, version, environment)
+    pooled = pooler_image is not None
+    services = {name: _process(app, name, image, version, dict(commands or DALLINGER_COMMANDS), env, pooled)
+                for name in ("web", "worker", "clock") if name in processes}
+    services["web"]["networks"] = {"default": {}, layout.NETWORK: {"aliases": [layout.web_alias(app)]}}
+    # The app's choice, so an update without the option keeps it (labdeploy.server.pooler.in_compose).
+    services["web"]["labels"][pooler.LABEL] = "on" if pooled else "off"
+    # Only needs the port to be open: works for any image that has a Python (Dallinger's do).
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {WEB_PORT}), 3)"
+    services["web"]["healthcheck"] = {"test": ["CMD-SHELL", f'python3 -c "{probe}" || python -c "{probe}"'],
+                                      "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "30s"}
+    if pooled:
+        from ..server.database import DEFAULT_CONNECTION_LIMIT
+
+        limit = DEFAULT_CONNECTION_LIMIT if connection_limit is None else connection_limit
+        services[pooler.SERVICE] = pooler.service(app, pooler_image, limit, logging=_LOGGING)
+    services["redis"] = _redis(app, redis_image)
+    return {"services": services, "networks": {layout.NETWORK: {"external": True, "name": layout.NETWORK}},
+            "volumes": {REDIS_VOLUME: {}}}
+
+
+def _environment(app: str, version: str, environment: Optional[Mapping[str, str]]) -> dict:
+    """Dallinger's environment contract, the experiment's keys, and labdeploy's own; `$` doubled
+    so Compose passes it on as it is."""
     env = dict(BASE_ENVIRONMENT)
     for key, value in (environment or {}).items():
         env[env_key(key)] = str(value).replace("$", "$$")
     env["LABDEPLOY_APP"] = app
     env["LABDEPLOY_VERSION"] = str(version).replace("$", "$$")
-    data_volume = f"../../{layout.DATA_ROOT}/{app}:{DATA_MOUNT}"  # relative to ~/dallinger/<app>
+    return env
+
+
+def _process(app: str, service: str, image: str, version: str, commands: dict, env: dict, pooled: bool) -> dict:
+    """One of web, worker, clock: the image, its command, the app's secrets and data folder."""
+    if service not in commands:
+        raise ValidationError(f"No command for the {service} process.",
+                              "Give web, worker and clock commands (a Procfile), or none for Dallinger's.",
+                              code="invalid.procfile")
     depends_on = {"redis": {"condition": "service_healthy"}}
-    if pooler_image is not None:
-        # Started is enough: PgBouncer listens within milliseconds and connects lazily.
+    if pooled:  # started is enough: PgBouncer listens within milliseconds and connects lazily
         depends_on[pooler.SERVICE] = {"condition": "service_started"}
-
-    def process(service: str) -> dict:
-        if service not in commands:
-            raise ValidationError(f"No command for the {service} process.",
-                                  "Give web, worker and clock commands (a Procfile), or none for Dallinger's.",
-                                  code="invalid.procfile")
-        return {
-            "image": image,
-            "command": _command(commands[service], pooled=pooler_image is not None),
-            "init": True,  # a tiny init forwards Docker's stop signal, so updates don't wait 10 s
-            "restart": "unless-stopped",
-            "env_file": [SECRETS_FILE],
-            "environment": {**env, "LABDEPLOY_PROCESS": service},
-            "volumes": [data_volume] + ([pooler.python_volume()] if pooler_image is not None else []),
-            "depends_on": dict(depends_on),
-            "labels": _labels(app, service, version),
-            "logging": _LOGGING,
-        }
-
-    web = process("web")
-    web["networks"] = {"default": {}, layout.NETWORK: {"aliases": [layout.web_alias(app)]}}
-    # The app's choice, so an update without the option keeps it (labdeploy.server.pooler.in_compose).
-    web["labels"][pooler.LABEL] = "on" if pooler_image is not None else "off"
-    # Only needs the port to be open: works for any image that has a Python (Dallinger's do).
-    probe = f"import socket; socket.create_connection(('127.0.0.1', {WEB_PORT}), 3)"
-    web["healthcheck"] = {"test": ["CMD-SHELL", f'python3 -c "{probe}" || python -c "{probe}"'],
-                          "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "30s"}
-    services = {"web": web}
-    for name in ("worker", "clock"):
-        if name in processes:
-            services[name] = process(name)
-            services[name]["networks"] = ["default", layout.NETWORK]  # PostgreSQL lives on the shared network
-    if pooler_image is not None:
-        from ..server.database import DEFAULT_CONNECTION_LIMIT
-
-        limit = DEFAULT_CONNECTION_LIMIT if connection_limit is None else connection_limit
-        services[pooler.SERVICE] = pooler.service(app, pooler_image, limit, logging=_LOGGING)
+    data_volume = f"../../{layout.DATA_ROOT}/{app}:{DATA_MOUNT}"  # relative to ~/dallinger/<app>
     return {
-        "services": {
-            **services,
-            "redis": {
-                "image": redis_image,
-                "command": ["redis-server", "--appendonly", "yes", "--dir", "/data", "--protected-mode", "no"],
-                "restart": "unless-stopped",
-                "volumes": [f"{REDIS_VOLUME}:/data"],
-                "networks": ["default"],  # private to the app: other apps never see it
-                "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "1s", "timeout": "3s",
-                                "retries": 30},
-                # No version label: an update must not recreate Redis (the app's queue and state).
-                "labels": {"labdeploy.app": app, "labdeploy.service": "redis"},
-                "logging": _LOGGING,
-            },
-        },
-        "networks": {layout.NETWORK: {"external": True, "name": layout.NETWORK}},
-        "volumes": {REDIS_VOLUME: {}},
+        "image": image,
+        "command": _command(commands[service], pooled=pooled),
+        "init": True,  # a tiny init forwards Docker's stop signal, so updates don't wait 10 s
+        "restart": "unless-stopped",
+        "env_file": [SECRETS_FILE],
+        "environment": {**env, "LABDEPLOY_PROCESS": service},
+        "volumes": [data_volume] + ([pooler.python_volume()] if pooled else []),
+        "depends_on": depends_on,
+        "labels": _labels(app, service, version),
+        "logging": _LOGGING,
+        # PostgreSQL lives on the shared network (web's aliases are set by the caller).
+        "networks": ["default", layout.NETWORK],
+    }
+
+
+def _redis(app: str, redis_image: str) -> dict:
+    return {
+        "image": redis_image,
+        "command": ["redis-server", "--appendonly", "yes", "--dir", "/data", "--protected-mode", "no"],
+        "restart": "unless-stopped",
+        "volumes": [f"{REDIS_VOLUME}:/data"],
+        "networks": ["default"],  # private to the app: other apps never see it
+        "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "1s", "timeout": "3s", "retries": 30},
+        # No version label: an update must not recreate Redis (the app's queue and state).
+        "labels": {"labdeploy.app": app, "labdeploy.service": "redis"},
+        "logging": _LOGGING,
     }
 
 

@@ -17,6 +17,8 @@ import pandas as pd
 from ..server import database, layout, psql
 from .. import names
 from ..commands import apps as app_commands, docker, files
+from ..errors import LabdeployError, Remedy, ValidationError
+from ..progress import WarningEvent
 from .appcompose import REDIS_VOLUME
 
 def redis_volume(app: str) -> str:
@@ -77,6 +79,46 @@ def kept(remote, app: str) -> KeptData:
         result.created_at = pd.Timestamp(found.iloc[0, 0])
         result.tables = table_counts(app, remote)
     return result
+
+
+class DataKept(LabdeployError):
+    """A first deploy found the data a destroyed app of this name left behind."""
+
+    code = "data.kept"
+
+    def __init__(self, message: str, hint: str = "", *, tables=None, **kwargs) -> None:
+        super().__init__(message, hint, **kwargs)
+        object.__setattr__(self, "tables", tables)  # DataFrame: table, rows
+
+
+EXISTING_DATA = ("reuse", "replace")
+
+
+def check_existing_data(choice: Optional[str]) -> Optional[str]:
+    if choice not in (None, *EXISTING_DATA):
+        raise ValidationError(f"existing_data={choice!r} is not one of {', '.join(EXISTING_DATA)}.",
+                              "Use 'reuse' to continue with the kept data or 'replace' to delete it first.",
+                              code="invalid.existing_data")
+    return choice
+
+
+def ask_about_kept(remote, app: str, choice: Optional[str], reporter) -> None:
+    """A first deploy under a name whose destroyed app left data behind: the researcher must
+    choose. Reusing silently would mix a new study with old participants (who are then
+    refused as having taken part); replacing needs the same fresh export as destroy."""
+    kept_now = kept(remote, app)
+    if not kept_now.worth_asking:
+        return
+    if choice is None:
+        raise DataKept(
+            f"The server still holds data of an earlier app named {app!r}: {kept_now.describe()}. "
+            "Nothing was changed.", remedy=Remedy("data.kept", app=app), tables=kept_now.tables)
+    if choice == "replace":
+        from ..export import check_destroy  # the same rule as destroy --remove-data
+
+        check_destroy(app, remote, reporter=reporter)
+    reporter(WarningEvent(f"{'Reusing' if choice == 'reuse' else 'Replacing'} the data an earlier {app!r} left: "
+                      f"{kept_now.describe()}.", ""))
 
 
 def remove(remote, app: str) -> list[str]:

@@ -124,8 +124,9 @@ class AppTunnel:
 def open_tunnel(server, app: str, local_port: int = 0) -> AppTunnel:
     """Open `http://<app>.localhost:<port>/` here, reaching the app through the server's Caddy."""
     names.app_name(app)
-    remote = pool.connect(server)
+    remote = pool.detached(server)  # the tunnel outlives this call: its connection is its own
     try:
+        remote.connect()
         settings = stack.read_settings(remote)
         return AppTunnel(remote, app, int(settings.http_port) if settings else 80, local_port,
                          owns_remote=remote is not server)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, Sequence
 
+from ..commands import appstate
 from ..server import layout
 
 SAMPLE_INTERVAL = 0.25  # seconds between two CPU readings
@@ -22,35 +23,6 @@ QUIET_SHARE = 0.05      # below 5 % of one core over an interval a process is wa
 MIN_UP = 0.3            # a process that exits at once has shown it by then (Docker counts the restart)
 FIXED_WINDOW = 2.0      # without CPU readings: up this long after `compose up` counts as started
 MAX_WAIT = 8.0          # processes busy for longer (serving traffic, a job backlog) count as started
-
-# One round trip: each container's service, state, restart count, address on the shared
-# network, image, cgroup CPU time ("n<ns>" from cgroup v1 cpuacct, "u<us>" from cgroup v2, "-"
-# when neither is readable) and how many of its threads are running or in uninterruptible
-# sleep right now ("-" when unknown): CPU time alone can't tell a process waiting for work
-# from one waiting for a CPU on a busy machine.
-SNAPSHOT_SCRIPT = r'''ids=$(docker ps -aq --filter "$1"); [ -n "$ids" ] || exit 0
-docker inspect -f '{{index .Config.Labels "labdeploy.service"}} {{.State.Status}} {{.RestartCount}} {{.State.Pid}} {{with index .NetworkSettings.Networks "dallinger"}}{{if .IPAddress}}{{.IPAddress}}{{else}}-{{end}}{{else}}-{{end}} {{.Config.Image}}' $ids |
-while read -r svc st rc pid ip img; do
-  cpu=- act=- dir=
-  if [ "$pid" -gt 0 ] 2>/dev/null && [ -r "/proc/$pid/cgroup" ]; then
-    cg=$(sed -n 's/^[0-9]*:[^:]*cpuacct[^:]*:\(.*\)$/\1/p' "/proc/$pid/cgroup")
-    for d in /sys/fs/cgroup/cpuacct /sys/fs/cgroup/cpu,cpuacct /sys/fs/cgroup/cpuacct,cpu; do
-      [ -n "$cg" ] && [ -r "$d$cg/cpuacct.usage" ] && { dir=$d$cg; cpu=n$(cat "$dir/cpuacct.usage"); break; }
-    done
-    if [ -z "$dir" ]; then
-      cg=$(sed -n 's/^0::\(.*\)$/\1/p' "/proc/$pid/cgroup")
-      for d in /sys/fs/cgroup /sys/fs/cgroup/unified; do
-        [ -n "$cg" ] && [ -r "$d$cg/cpu.stat" ] && { dir=$d$cg; cpu=u$(sed -n 's/^usage_usec //p' "$dir/cpu.stat"); break; }
-      done
-    fi
-    if [ -n "$dir" ] && [ -r "$dir/cgroup.procs" ]; then
-      act=$(for p in $(cat "$dir/cgroup.procs"); do cat /proc/$p/task/*/stat 2>/dev/null; done |
-            sed 's/.*) //' | cut -c1 | grep -c '[RD]')
-    fi
-  fi
-  echo "$svc $st $rc $ip $img $cpu $act"
-done'''
-
 
 def parse_cpu(text: str) -> Optional[float]:
     """Seconds of CPU time from the script's "n<ns>" / "u<us>", or None when unknown."""
@@ -80,7 +52,7 @@ def parse_snapshot(stdout: str) -> dict[str, dict]:
 
 def snapshot(remote, app: str) -> dict[str, dict]:
     """The app's containers now (one round trip)."""
-    res = remote.run(["sh", "-c", SNAPSHOT_SCRIPT, "sh", f"label=labdeploy.app={app}"], check=False, timeout=60)
+    res = remote.run(appstate.containers_now(app), check=False, timeout=60)
     return parse_snapshot(res.stdout)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import ValidationError
 from . import _ui
 from ._app import (CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server, server_option, service_option, with_hints, yes_option, _check_domain, _check_service)
 from ._ui import STATE, NotReady, UsageProblem
@@ -133,6 +134,8 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
     if logout_after_pull and not registry_user:
         raise UsageProblem("--logout-after-pull needs --registry-user (a login of this deploy's own).",
                            "Add --registry-user USER, or leave --logout-after-pull out.")
+    with _ui.usage_errors(ValidationError):  # every input checked before anything connects
+        deploy.check_inputs(experiment, app, deploy.DeployOptions.of(**kwargs))
     name = pick_server(server)
     creds = None
     if registry_user:

@@ -9,6 +9,7 @@ import click
 from .. import names
 from ..errors import RemoteError, UnknownHostKey, ValidationError
 from . import _ui
+from . import remedies as cli_remedies
 from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_server, pick_server, run_pool, server_option, yes_option)
 from ._ui import CliError, NotReady, UsageProblem
 
@@ -247,6 +248,7 @@ def servers_check(server, trust):
     with _ui.reporting() as reporter:
         df = readiness.check(remote, reporter)
     ready = readiness.is_ready(df)
+    df = cli_remedies.readiness_table(df)  # what to do, in this front end's words
 
     def render(d):
         rows = d.copy()
@@ -257,7 +259,7 @@ def servers_check(server, trust):
     if not ready:
         failed = ", ".join(df.loc[~df["ok"].astype(bool), "check"])
         raise NotReady(f"{name} is not ready: {failed}.", "Fix the failed checks (see the hints above), then check again.")
-    stack_row = df[df["check"].str.startswith("Shared services")]
+    stack_row = df[df["id"] == "stack"]
     if len(stack_row) and not bool(stack_row["ok"].all()):
         _ui.info("Ready to prepare: run `labdeploy servers prepare`.")
     else:

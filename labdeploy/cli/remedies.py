@@ -170,3 +170,17 @@ def hint(exc: LabdeployError, **context) -> str:
     """What to do, in the CLI's words: the error's remedy (its args; missing ones from the
     command's own `context`, e.g. app=--app), else its plain hint."""
     return render(CLI, exc.remedy, context=context, placeholders=PLACEHOLDERS, fallback=exc.plain_hint)
+
+
+def words(remedy, fallback: str = "", **context) -> str:
+    """A remedy carried by data rather than an error (a readiness row), in the CLI's words."""
+    return render(CLI, remedy, context=context, placeholders=PLACEHOLDERS, fallback=fallback)
+
+
+def readiness_table(df):
+    """The readiness table as the CLI shows it: hints in its words, no remedy objects."""
+    out = df.copy()
+    if "remedy" in out:
+        out["hint"] = [words(r, h) for r, h in zip(out["remedy"], out["hint"])]
+        out = out.drop(columns=["remedy"])
+    return out

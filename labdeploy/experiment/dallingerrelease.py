@@ -282,37 +282,38 @@ def _valid(versions: Sequence[str]) -> list[str]:
     return out
 
 
+def _choose_psynet(kind: str, w_psy, own: dict, notes: list) -> tuple[Optional[str], bool]:
+    """(PsyNet release, whether the image pins it): requirements.txt's pin, its git tag, the
+    experiment's constraints.txt pin, else the newest release that fits."""
+    if kind != "psynet" and w_psy is None:
+        return None, False
+    psynet = _exact(w_psy)
+    if psynet:
+        return psynet, True
+    if w_psy is not None and w_psy.spec is None:
+        return release_version_from_url(w_psy.line), False  # a git URL: its tag, for the Dallinger range only
+    spec = w_psy.spec if w_psy is not None else SpecifierSet()
+    pin = own.get("psynet")
+    if pin is not None and pin.version and spec.contains(pin.version, prereleases=True):
+        psynet, why = pin.version, "pinned in constraints.txt"
+    else:
+        psynet, _ = _newest("psynet", spec, need_sdist=False)
+        why = f"the newest release{' within ' + str(spec) if str(spec) else ''}"
+    if psynet is None:
+        raise ValidationError(f"No PsyNet release fits requirements.txt's {w_psy.line if w_psy else 'psynet'}.",
+                              "Pin psynet==VERSION in requirements.txt.", code="invalid.requirements.no_psynet")
+    notes.append(Note("info", f"PsyNet {psynet}: {why}."))
+    return psynet, True
+
+
 def choose(kind: str, requirement_lines: Sequence[str], experiment_constraints: Optional[str]) -> Choice:
     """The Dallinger (and PsyNet) release for an image, from the experiment's files and PyPI."""
     wanted = requirements(requirement_lines)
     own = {p.name: p for p in sanitise(experiment_constraints or "").pins}
     notes: list[Note] = []
     reported: frozenset = frozenset()
-    w_dal, w_psy = wanted.get("dallinger"), wanted.get("psynet")
-
-    psynet: Optional[str] = None
-    psynet_pinned = False
-    if kind == "psynet" or w_psy is not None:
-        psynet = _exact(w_psy)
-        if psynet:
-            psynet_pinned = True
-        elif w_psy is not None and w_psy.spec is None:
-            psynet = release_version_from_url(w_psy.line)  # a git URL: its tag, for the Dallinger range only
-        else:
-            spec = w_psy.spec if w_psy is not None else SpecifierSet()
-            pin = own.get("psynet")
-            if pin is not None and pin.version and spec.contains(pin.version, prereleases=True):
-                psynet, why = pin.version, "pinned in constraints.txt"
-            else:
-                psynet, _ = _newest("psynet", spec, need_sdist=False)
-                why = f"the newest release{' within ' + str(spec) if str(spec) else ''}"
-            if psynet is None:
-                raise ValidationError(f"No PsyNet release fits requirements.txt's {w_psy.line if w_psy else 'psynet'}.",
-                                      "Pin psynet==VERSION in requirements.txt.",
-                                      code="invalid.requirements.no_psynet")
-            psynet_pinned = True
-            notes.append(Note("info", f"PsyNet {psynet}: {why}."))
-
+    w_dal = wanted.get("dallinger")
+    psynet, psynet_pinned = _choose_psynet(kind, wanted.get("psynet"), own, notes)
     needs = SpecifierSet()
     needs_text = ""
     if psynet:

@@ -174,7 +174,6 @@ def prepare(context_dir, *, app: str, server_host: str, postgres_image: str, red
     from .. import names
     from .folder import relative_name
 
-    report = reporter or null_reporter
     names.app_name(app)
     names.host(server_host)
     names.image(postgres_image, "PostgreSQL image")
@@ -184,12 +183,30 @@ def prepare(context_dir, *, app: str, server_host: str, postgres_image: str, red
         raise ValidationError(f"The experiment folder name {folder_name!r} can't be recorded for PsyNet.",
                               "Rename the folder without line breaks or control characters.",
                               code="invalid.experiment.folder_name")
-    ctx = Path(context_dir)
-    image = image_name(app)
-    tag = f"labdeploy-psynet-prepare-{app}-{_secrets.token_hex(3)}"
-    net, pg, redis, prep = (f"{tag}-net", f"{tag}-pg", f"{tag}-redis", f"{tag}-run")
+    run = _Preparation(Path(context_dir), app, postgres_image, redis_image, reporter or null_reporter)
+    with tempfile.TemporaryDirectory(prefix="labdeploy-psynet-") as tmp:
+        env_file = run.write_env(Path(tmp), {**(env or {}), "LABDEPLOY_APP": app, "LABDEPLOY_SERVER": server_host,
+                                             "LABDEPLOY_SSH_USER": ssh_user, "LABDEPLOY_FOLDER_NAME": folder_name or ""})
+        try:
+            run.build(dockerfile, build_args or {})
+            run.start_services(env_file)
+            run.prepare(env_file)
+            return run.copy_back()
+        finally:
+            run.clean_up()
 
-    def docker(*args: str, stage: str = "copy", check: bool = True,
+
+class _Preparation:
+    """One run of PsyNet's preparation: throwaway containers on a network of their own."""
+
+    def __init__(self, ctx: Path, app: str, postgres_image: str, redis_image: str, report) -> None:
+        self.ctx, self.app, self.report = ctx, app, report
+        self.postgres_image, self.redis_image = postgres_image, redis_image
+        self.image = image_name(app)
+        tag = f"labdeploy-psynet-prepare-{app}-{_secrets.token_hex(3)}"
+        self.net, self.pg, self.redis, self.prep = (f"{tag}-net", f"{tag}-pg", f"{tag}-redis", f"{tag}-run")
+
+    def docker(self, *args: str, stage: str = "copy", check: bool = True,
                timeout: float = 1800) -> subprocess.CompletedProcess:
         try:
             res = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
@@ -199,70 +216,77 @@ def prepare(context_dir, *, app: str, server_host: str, postgres_image: str, red
                                 stage=stage) from None
         if check and res.returncode != 0:
             output = res.stdout + res.stderr
-            message, hint = explain(stage, output, image=image, postgres_image=postgres_image,
-                                    redis_image=redis_image)
+            message, hint = explain(stage, output, image=self.image, postgres_image=self.postgres_image,
+                                    redis_image=self.redis_image)
             raise PrepareFailed(message, hint, stage=stage, output=output[-20000:])
         return res
 
-    password = _secrets.token_urlsafe(16)
-    with tempfile.TemporaryDirectory(prefix="labdeploy-psynet-") as tmp:
-        env_file = Path(tmp) / "env"  # secrets go to the containers through a 0600 file, not argv
-        values = {**(env or {}), "POSTGRES_USER": "dallinger", "POSTGRES_DB": "dallinger",
-                  "POSTGRES_PASSWORD": password,
-                  "DATABASE_URL": f"postgresql://dallinger:{password}@{pg}:5432/dallinger",
-                  "REDIS_URL": f"redis://{redis}:6379/0", "LABDEPLOY_APP": app,
-                  "LABDEPLOY_SERVER": server_host, "LABDEPLOY_SSH_USER": ssh_user,
-                  "LABDEPLOY_FOLDER_NAME": folder_name or ""}
+    def write_env(self, tmp: Path, env: Mapping[str, str]) -> Path:
+        """Secrets go to the containers through a 0600 file, not argv."""
+        password = _secrets.token_urlsafe(16)
+        values = {**env, "POSTGRES_USER": "dallinger", "POSTGRES_DB": "dallinger", "POSTGRES_PASSWORD": password,
+                  "DATABASE_URL": f"postgresql://dallinger:{password}@{self.pg}:5432/dallinger",
+                  "REDIS_URL": f"redis://{self.redis}:6379/0"}
+        env_file = tmp / "env"
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("".join(f"{k}={v}\n" for k, v in values.items()))
-        try:
-            report(LogLine("building the image locally for PsyNet's preparation", "psynet"))
-            t0 = time.monotonic()
-            before = docker("image", "inspect", "-f", "{{.Id}}", image, check=False).stdout.strip()
-            _build(["docker", "build", "-t", image, "-f", str(ctx / dockerfile),
-                    "--label", f"{LABEL_APP}={app}", "--label", f"{LABEL_PURPOSE}={PURPOSE}",
-                    *[a for k, v in (build_args or {}).items() for a in ("--build-arg", f"{k}={v}")], str(ctx)],
-                   report, image=image, postgres_image=postgres_image, redis_image=redis_image)
-            report(LogLine(f"built {image} in {time.monotonic() - t0:.0f} s", "psynet"))
-            after = docker("image", "inspect", "-f", "{{.Id}}", image, check=False).stdout.strip()
-            if before and before != after:
-                # The last deploy's image lost its name to this one: one image per app, not one per deploy.
-                docker("image", "rm", before, check=False)
-            docker("network", "create", net, stage="services")
-            docker("run", "-d", "--name", pg, "--network", net, "--env-file", str(env_file), postgres_image,
-                   stage="services")
-            docker("run", "-d", "--name", redis, "--network", net, redis_image,
-                   "redis-server", "--protected-mode", "no", stage="services")
-            for _ in range(600):  # PostgreSQL's first start (initdb) takes a few seconds
-                if docker("exec", pg, "pg_isready", "-U", "dallinger", check=False).returncode == 0:
-                    break
-                time.sleep(0.5)
-            report(LogLine("running PsyNet's preparation", "psynet"))
-            res = docker("run", "--name", prep, "--network", net, "--env-file", str(env_file),
-                         "-w", "/experiment", image, "python3", "-P", "-c", SCRIPT, check=False)
-            for line in (res.stdout + res.stderr).splitlines()[-40:]:
-                report(LogLine(line, "psynet"))
-            if res.returncode != 0:
-                message, hint = explain("prepare", res.stderr or res.stdout)
-                raise PrepareFailed(message, hint, stage="prepare", output=(res.stdout + res.stderr)[-20000:])
-            changed = docker("diff", prep).stdout.splitlines()
-            added = sorted({line.split(" ", 1)[1].split("/")[2] for line in changed
-                            if line[:1] in "AC" and line.split(" ", 1)[1].startswith("/experiment/")}
-                           - NOT_COPIED)
-            for entry in added:
-                target = ctx / entry
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)  # else docker cp would nest the new folder inside the old
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-                docker("cp", f"{prep}:/experiment/{entry}", str(ctx / entry))
-            report(LogLine(f"PsyNet prepared: {', '.join(added)}", "psynet"))
-            return added
-        finally:
-            for c in (prep, pg, redis):
-                docker("rm", "-f", "-v", c, check=False)
-            docker("network", "rm", net, check=False)
+        return env_file
+
+    def build(self, dockerfile: str, build_args: Mapping[str, str]) -> None:
+        self.report(LogLine("building the image locally for PsyNet's preparation", "psynet"))
+        t0 = time.monotonic()
+        before = self.docker("image", "inspect", "-f", "{{.Id}}", self.image, check=False).stdout.strip()
+        _build(["docker", "build", "-t", self.image, "-f", str(self.ctx / dockerfile),
+                "--label", f"{LABEL_APP}={self.app}", "--label", f"{LABEL_PURPOSE}={PURPOSE}",
+                *[a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")], str(self.ctx)],
+               self.report, image=self.image, postgres_image=self.postgres_image, redis_image=self.redis_image)
+        self.report(LogLine(f"built {self.image} in {time.monotonic() - t0:.0f} s", "psynet"))
+        after = self.docker("image", "inspect", "-f", "{{.Id}}", self.image, check=False).stdout.strip()
+        if before and before != after:
+            # The last deploy's image lost its name to this one: one image per app, not one per deploy.
+            self.docker("image", "rm", before, check=False)
+
+    def start_services(self, env_file: Path) -> None:
+        self.docker("network", "create", self.net, stage="services")
+        self.docker("run", "-d", "--name", self.pg, "--network", self.net, "--env-file", str(env_file),
+                    self.postgres_image, stage="services")
+        self.docker("run", "-d", "--name", self.redis, "--network", self.net, self.redis_image,
+                    "redis-server", "--protected-mode", "no", stage="services")
+        for _ in range(600):  # PostgreSQL's first start (initdb) takes a few seconds
+            if self.docker("exec", self.pg, "pg_isready", "-U", "dallinger", check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+
+    def prepare(self, env_file: Path) -> None:
+        self.report(LogLine("running PsyNet's preparation", "psynet"))
+        res = self.docker("run", "--name", self.prep, "--network", self.net, "--env-file", str(env_file),
+                          "-w", "/experiment", self.image, "python3", "-P", "-c", SCRIPT, check=False)
+        for line in (res.stdout + res.stderr).splitlines()[-40:]:
+            self.report(LogLine(line, "psynet"))
+        if res.returncode != 0:
+            message, hint = explain("prepare", res.stderr or res.stdout)
+            raise PrepareFailed(message, hint, stage="prepare", output=(res.stdout + res.stderr)[-20000:])
+
+    def copy_back(self) -> list[str]:
+        """What the preparation added to /experiment, into the build context."""
+        changed = self.docker("diff", self.prep).stdout.splitlines()
+        added = sorted({line.split(" ", 1)[1].split("/")[2] for line in changed
+                        if line[:1] in "AC" and line.split(" ", 1)[1].startswith("/experiment/")} - NOT_COPIED)
+        for entry in added:
+            target = self.ctx / entry
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # else docker cp would nest the new folder inside the old
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            self.docker("cp", f"{self.prep}:/experiment/{entry}", str(self.ctx / entry))
+        self.report(LogLine(f"PsyNet prepared: {', '.join(added)}", "psynet"))
+        return added
+
+    def clean_up(self) -> None:
+        for c in (self.prep, self.pg, self.redis):
+            self.docker("rm", "-f", "-v", c, check=False)
+        self.docker("network", "rm", self.net, check=False)
 
 
 def _build(argv: list[str], report, **names_for_hints: str) -> None:

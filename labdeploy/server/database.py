@@ -154,3 +154,13 @@ def database_url(app: str, password: str, *, pooler: bool = False) -> str:
 
 
 REDIS_URL = "redis://redis:6379/0"  # the app's own redis service
+
+
+def parse_database_url(url: str) -> dict:
+    """The parts of a DATABASE_URL as database_url() writes it: user, password, host, port,
+    database (the one parser of it; "" for what is missing)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit((url or "").strip().strip('"').strip("'"))
+    return {"user": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+            "host": parts.hostname or "", "port": parts.port or 5432, "database": parts.path.lstrip("/")}

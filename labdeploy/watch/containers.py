@@ -514,3 +514,16 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
                     f"{', '.join(down) or 'some containers disappeared'}.",
                     remedy=Remedy("restart.timeout", app=app))
             time.sleep(0.5)
+
+
+# ------------------------------------------------------------------ a failure's last lines
+
+FAILURE_TAIL = 40  # lines of each process shown with a failed deploy
+
+
+def failure_logs(remote, app: str, tail: int = FAILURE_TAIL) -> str:
+    """The last lines of each of the app's processes (Redis left out), for a failure message;
+    secrets in them are masked."""
+    from ..commands import appstate
+
+    return redact(remote.run(appstate.logs_tail(app, tail), check=False, timeout=60).stdout.strip())

@@ -15,7 +15,7 @@ from typing import Optional
 import ipywidgets as W
 
 from ..app import apps as apps_core
-from ..app import deploy as deploy_core
+from ..app import appdata, deploy as deploy_core
 from .. import demo
 from ..ssh import pool as ssh_pool, servers
 from ..images import transfer
@@ -172,7 +172,7 @@ class DeployPanel(Panel):
 
     def _show_failure(self, exc: BaseException) -> None:
         """Besides the error: the data question a deploy asks, and the container logs of a failure."""
-        if isinstance(exc, deploy_core.DataKept):
+        if isinstance(exc, appdata.DataKept):
             self.data_html.value = ("<b>Data of an earlier app of this name is still on the server.</b> "
                                     "Reuse it, or replace it?")
             self.data_row.layout.display = ""

@@ -106,3 +106,8 @@ def hint(exc: BaseException, **context) -> str:
     if not isinstance(exc, LabdeployError):
         return ""
     return render(PANELS, exc.remedy, context=context, placeholders=PLACEHOLDERS, fallback=exc.plain_hint)
+
+
+def words(remedy, fallback: str = "", **context) -> str:
+    """A remedy carried by data rather than an error (a readiness row), in the panels' words."""
+    return render(PANELS, remedy, context=context, placeholders=PLACEHOLDERS, fallback=fallback)

@@ -18,6 +18,7 @@ from ..ssh import keys, servers
 from ..server import readiness, stack
 from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
+from .remedies import words as panel_words
 from .common import LogPane, Message, Panel, StepList, titled, widget_reporter
 
 STEPS = ("SSH key", "ssh-agent", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
@@ -340,7 +341,8 @@ def _table_html(df) -> str:
         color = "#188038" if row.ok else "#c5221f"
         rows.append(f"<tr><td {cell}>{html.escape(row.check)}</td><td {cell}><span style='color:{color}'>"
                     f"{'✔' if row.ok else '✖'}</span></td><td {cell}>{html.escape(row.detail)}</td>"
-                    + (f"<td {cell}>{html.escape(row.hint) if not row.ok else ''}</td>" if hints else "") + "</tr>")
+                    + (f"<td {cell}>{html.escape(panel_words(getattr(row, 'remedy', None), row.hint)) if not row.ok else ''}"
+                       "</td>" if hints else "") + "</tr>")
     head = "".join(f"<th {cell}>{h}</th>" for h in ("check", "ok", "detail") + (("what to do",) if hints else ()))
     return (f"<table class='labdeploy-readiness' style='border-collapse:collapse;margin:4px 0'><tr>{head}</tr>"
             + "".join(rows) + "</table>")
