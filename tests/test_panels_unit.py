@@ -88,6 +88,7 @@ def test_export_then_destroy_is_the_cores_destroy_with_a_final_export(home, monk
 
     monkeypatch.setattr(panel_module.apps_core, "destroy", destroy)
     panel = panel_module.ExportPanel("lab", app="stroop", folder=str(tmp_path / "out"), autoload=False)
+    panel.load_tables = lambda: None  # no server here: picking the app must not start a table listing
     panel.app_picker.options = ["stroop"]
     panel.app_picker.value = "stroop"
     panel.tables.options = [("participant (3 rows)", "participant")]
@@ -115,6 +116,7 @@ def test_export_then_destroy_needs_every_table(home, monkeypatch, tmp_path, pick
 
     monkeypatch.setattr(panel_module.apps_core, "destroy", lambda *a, **k: pytest.fail("the core was called"))
     panel = panel_module.ExportPanel("lab", app="stroop", folder=str(tmp_path / "out"), autoload=False)
+    panel.load_tables = lambda: None  # no server here: picking the app must not start a table listing
     panel.app_picker.options = ["stroop"]
     panel.app_picker.value = "stroop"
     panel.tables.options = [("participant", "participant"), ("info", "info")]

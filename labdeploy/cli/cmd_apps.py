@@ -135,20 +135,20 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
         raise UsageProblem("--logout-after-pull needs --registry-user (a login of this deploy's own).",
                            "Add --registry-user USER, or leave --logout-after-pull out.")
     with _ui.usage_errors(ValidationError):  # every input checked before anything connects
-        deploy.check_inputs(experiment, app, deploy.DeployOptions.of(**kwargs))
+        options = deploy.DeployOptions.of(**kwargs)
+        deploy.check_inputs(experiment, app, options)
     name = pick_server(server)
     creds = None
     if registry_user:
         creds = _registry_credentials(image_base_name, registry_user, registry_password_stdin)
-        kwargs["credentials"] = creds
-        kwargs["logout_after_pull"] = logout_after_pull
+        options = deploy.DeployOptions.of(options, credentials=creds, logout_after_pull=logout_after_pull)
     remote = open_server(name)
     fn = deploy.update if update else deploy.deploy
     with _ui.reporting() as reporter:
         if creds is not None:
             # for the push, this process only
             core("registry").login_local(creds, reporter=_ui.without_warnings(reporter))
-        result = fn(experiment, app, remote, reporter=reporter, **kwargs)
+        result = fn(experiment, app, remote, reporter=reporter, options=options)
     _show_deployed(result, name, show_password)
 
 

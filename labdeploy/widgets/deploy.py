@@ -190,16 +190,14 @@ class DeployPanel(Panel):
 
         return report
 
-    def _deploy_kwargs(self) -> dict:
+    def _options(self, **extra) -> "deploy_core.DeployOptions":
+        """The fields as the DeployOptions the API and the CLI use too (empty fields: remembered)."""
         base = self.base_image_box.value.strip()
-        kwargs = {"mode": self.mode_box.value, "health_path": self.health_path}
-        if self.redis_image_box.value.strip():  # empty: the app's (or the server's) remembered choice
-            kwargs["redis_image"] = self.redis_image_box.value.strip()
-        if base:
-            kwargs["build_args"] = {"BASE_IMAGE": base}
-        if self.domain_box.value.strip():
-            kwargs["domain"] = self.domain_box.value.strip()
-        return kwargs
+        given = {"mode": self.mode_box.value, "health_path": self.health_path,
+                 "redis_image": self.redis_image_box.value.strip() or None,
+                 "build_args": {"BASE_IMAGE": base} if base else None,
+                 "domain": self.domain_box.value.strip() or None, **extra}
+        return deploy_core.DeployOptions.of(**{k: v for k, v in given.items() if v is not None})
 
     # ------------------------------------------------------------------ deploy / update
 
@@ -217,13 +215,12 @@ class DeployPanel(Panel):
 
     def _ship(self, fn, verb: str, **extra) -> None:
         folder, app = self.folder_box.value.strip(), self.app_box.value.strip()
-        kwargs = {**self._deploy_kwargs(), **{k: v for k, v in extra.items() if v is not None}}
         if not self.busy:
             self._hide_data_choice()
         reporter = self._reporter()
 
         def work():
-            return fn(folder, app, self.remote(), reporter=reporter, **kwargs)
+            return fn(folder, app, self.remote(), reporter=reporter, options=self._options(**extra))
 
         def done(result: deploy_core.DeployResult) -> None:
             self.result = result
