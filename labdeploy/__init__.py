@@ -21,7 +21,7 @@ PUBLIC_MODULES = {
     "layout": "server.layout", "stack": "server.stack", "readiness": "server.readiness", "psql": "server.psql",
     "database": "server.database", "lock": "server.locks",
     "dallinger": "experiment.dallinger", "dallingerconfig": "experiment.dallingerconfig",
-    "images": "images.build", "transfer": "images.transfer", "registry": "images.registry",
+    "images": "images", "transfer": "images.transfer", "registry": "images.registry",
     "deploy": "app.deploy", "apps": "app.apps", "history": "app.history", "appdata": "app.appdata",
     "monitor": "watch.monitor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
     "jobs": "watch.jobs", "sampler": "watch.sampler",

@@ -9,6 +9,8 @@ the front ends (cli, widgets). A module may import from its own layer and the on
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,25 @@ def test_no_function_in_the_core_is_over_80_lines_and_no_class_over_400():
             elif isinstance(node, ast.ClassDef) and size > 400:
                 long.append(f"{path.relative_to(PACKAGE.parent)}: class {node.name} ({size} lines)")
     assert not long, "\n".join(long)
+
+
+def test_every_public_short_name_hands_out_its_module_even_after_the_layers_load():
+    # A short name that is also a subpackage (`images`) is shadowed by the subpackage once any of
+    # its modules is imported; the names researchers use must stay reachable either way.
+    script = """
+import importlib, pkgutil, labdeploy
+for info in pkgutil.walk_packages(labdeploy.__path__, "labdeploy."):
+    if ".widgets" not in info.name and ".cli" not in info.name:
+        importlib.import_module(info.name)
+missing = []
+for short, target in labdeploy.PUBLIC_MODULES.items():
+    module = importlib.import_module("labdeploy." + target)
+    public = getattr(labdeploy, short)
+    for name in dir(module):
+        if not name.startswith("_") and not hasattr(public, name):
+            missing.append(short + "." + name)
+print(missing)
+assert not missing, missing
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr

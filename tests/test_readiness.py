@@ -20,7 +20,7 @@ def test_ready_server_after_prepare(session_remote, testbed):
     commands = session_remote.stats["commands"]
     df = readiness.check(session_remote)
     assert session_remote.stats["commands"] - commands <= 2  # one round trip for the facts
-    assert list(df.columns) == ["id", "check", "ok", "detail", "hint"]
+    assert list(df.columns) == ["id", "check", "ok", "detail", "hint", "remedy"]
     assert df["ok"].all(), df.to_string()
     rows = _rows(df)
     assert "docker-compose (v1)" in rows["Docker Compose"].detail

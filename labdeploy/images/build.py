@@ -14,7 +14,8 @@ from typing import Optional
 
 from .. import names
 from ..errors import DiskFull, LabdeployError, ValidationError, is_disk_full
-from ..experiment.folder import BuildContext, check_build_args, content_tag, scan_context
+# LinkOutsideFolder: scan_context raises it, and it was always one of this module's errors.
+from ..experiment.folder import BuildContext, LinkOutsideFolder, check_build_args, content_tag, scan_context
 from ..progress import LogLine, Progress, Reporter, null_reporter, step
 
 DEFAULT_BASE_NAME = "labdeploy"
