@@ -16,7 +16,7 @@ from .errors import LabdeployError
 # Short public name -> the module that holds it (loaded on first use, so `import labdeploy`
 # stays light and the command line starts fast).
 PUBLIC_MODULES = {
-    "remote": "remote", "export": "export", "errors": "errors", "progress": "progress", "names": "names",
+    "remote": "remote", "export": "export", "backup": "backup", "errors": "errors", "progress": "progress", "names": "names",
     "keys": "ssh.keys", "servers": "ssh.servers",
     "layout": "server.layout", "stack": "server.stack", "readiness": "server.readiness", "psql": "server.psql",
     "database": "server.database", "lock": "server.locks",

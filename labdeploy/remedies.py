@@ -88,6 +88,8 @@ def render(words: Mapping[str, str], remedy: Optional[Remedy], *, context: Optio
 API: dict[str, str] = {
     # --- confirmations
     "confirm": "Call {call}(..., confirm=True) to go ahead.",
+    "restore.confirm": ("Call backup.restore(..., into='{app}', confirm=True) to replace its data (a backup "
+                        "of it is taken first), or restore into a new name with into=."),
     "destroy.confirm": "Call destroy('{app}', server, confirm=True) to go ahead.",
     "destroy.confirm.data": "Call destroy('{app}', server, confirm=True, remove_data=True) to go ahead.",
     "lock.break.confirm": "Only do this when no deploy of this app is running anywhere; then pass confirm=True.",

@@ -7,10 +7,8 @@ example experiment answered through its web page.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +24,7 @@ from labdeploy import export
 from labdeploy.errors import RemoteError, ValidationError
 from labdeploy.progress import Collector, Progress
 from labdeploy.remote import Remote
+from net_support import Relay
 
 APP = f"t-exp-{secrets.token_hex(3)}"
 BIG_ROWS = 200_000
@@ -219,44 +218,6 @@ def test_consistent_under_concurrent_writes(app, session_remote):
         writer.join(120)
     assert seen and max(seen) > BIG_ROWS, seen  # the exports really ran while rows were being written
     psql.run_sql(session_remote, "DELETE FROM big WHERE pair < 0; DELETE FROM big_mirror WHERE pair < 0;", ident)
-
-
-class Relay:
-    """A TCP relay to the server's sshd that a test can cut, as a network drop would."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-
-    def cut(self) -> None:
-        for s in self.socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
 
 
 def test_ssh_dropped_mid_export_leaves_no_archive_and_rerun_works(app, testbed, tmp_path, home):

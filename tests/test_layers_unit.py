@@ -27,7 +27,7 @@ LAYERS = [
     ("experiment", ["labdeploy.experiment"]),
     ("images", ["labdeploy.images"]),
     ("watch", ["labdeploy.watch"]),
-    ("data", ["labdeploy.data", "labdeploy.export"]),
+    ("data", ["labdeploy.data", "labdeploy.export", "labdeploy.backup"]),
     ("app", ["labdeploy.app"]),
     ("front ends", ["labdeploy.cli", "labdeploy.widgets"]),
 ]

@@ -149,7 +149,7 @@ class DestroyResult:
     def summary(self) -> str:
         text = f"{self.app}: removed " + (", ".join(self.removed) or "nothing")
         if self.kept:
-            text += "; kept " + ", ".join(self.kept) + " (destroy with remove_data=True to delete them)"
+            text += "; kept " + ", ".join(self.kept) + " (remove_data=True deletes the data; remove_backups=True the backups too)"
         return text
 
 
@@ -163,7 +163,8 @@ def _app_traces(remote, app: str) -> dict:
     traces = app_commands.read_traces(
         remote.run(app_commands.traces(app, layout.app_dir(app), layout.caddy_site(app)), check=False).stdout)
     data = appdata.kept(remote, app)
-    traces.update(data=data.files, volumes=data.redis_volume, database=data.database)
+    traces.update(data=data.files, volumes=data.redis_volume, database=data.database,
+                  backups=remote.exists(layout.app_backups(app)))
     return traces
 
 def _check_data_saved(remote, app: str, reporter: Optional[Reporter] = None) -> None:
@@ -219,9 +220,20 @@ def _remove_containers(remote, app: str, has_compose: bool, remove_data: bool, r
 
 
 def _keep_or_remove_data(remote, app: str, traces: dict, remove_data: bool, result: DestroyResult,
-                         reporter: Reporter) -> None:
+                         reporter: Reporter, remove_backups: bool = False) -> None:
+    backups_here = remote.exists(layout.app_backups(app))
+    if remove_backups and backups_here:
+        from ..data.backups import remove_app_backups
+
+        remove_app_backups(remote, app)
+        result.removed.append("backups")
+    elif backups_here:
+        # Backups outlive the app unless asked: a destroyed study can still be restored.
+        result.kept.append(f"backups in ~/{layout.app_backups(app)}")
     if remove_data:
         result.removed += appdata.remove(remote, app)
+        if result.kept:
+            reporter(LogLine("kept: " + ", ".join(result.kept), "destroy"))
         return
     result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),
                                           ("files in ~/" + layout.app_data(app), traces["data"])) if present]
@@ -245,7 +257,7 @@ def _remove_files(remote, app: str, result: DestroyResult) -> None:
 
 @pool.closes_what_it_opens
 def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
-            final_export: Union[FinalExport, str, os.PathLike, None] = None,
+            final_export: Union[FinalExport, str, os.PathLike, None] = None, remove_backups: bool = False,
             reporter: Optional[Reporter] = None) -> DestroyResult:
     """Stop and remove an app's containers, its Caddy route and its folder.
 
@@ -256,11 +268,16 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
     themselves (PsyNet records its status every minute): stop the app, export every table
     into FOLDER, then delete; `final_export=FinalExport(FOLDER, mode=..., parquet=..., files=...,
     logs=...)` also saves the anonymised version, Parquet, the app's files and its logs there.
+    The app's backups (~/dallinger-data/backups/<app>) are kept even with remove_data, unless
+    `remove_backups=True` too; the result says where they are.
     Nothing happens without `confirm=True`; every check that can refuse runs before anything
     is removed, and a refusal after the app was stopped for it starts the app again.
     """
     reporter = reporter or null_reporter
     app = names.app_name(app)
+    if remove_backups and not remove_data:
+        raise ValidationError("Backups are only removed together with the data they hold.",
+                              "Remove the data as well, or keep the backups.", code="invalid.destroy.backups")
     final = _refuse_unconfirmed(app, confirm, remove_data, final_export)
     result = DestroyResult(app)
     with step(reporter, "check"):
@@ -287,7 +304,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
                 stack.reload_caddy(remote)
                 result.removed.append("web address")
         with step(reporter, "data"):
-            _keep_or_remove_data(remote, app, traces, remove_data, result, reporter)
+            _keep_or_remove_data(remote, app, traces, remove_data, result, reporter, remove_backups)
         with step(reporter, "files"):
             _remove_files(remote, app, result)
     return result

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 from .. import names
 from ..errors import CommandFailed, LabdeployError, Remedy, RemoteError, UnknownApp, ValidationError
+from ..data import restore
 from ..experiment import dallinger, folder
 from ..images import transfer
 from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, WarningEvent, null_reporter, step
@@ -40,7 +41,8 @@ from ..server import caddy, compose, database, layout, pooler, psql, readiness, 
 from ..server.locks import DeployLock
 from ..ssh import pool
 from ..watch import containers, jobs
-from . import appcompose, appdata, assets, configuration, facts as app_facts, history, settle, webprobe
+from . import appcompose, appdata, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
+    webprobe
 from .configuration import Secret
 from .options import DeployOptions
 
@@ -164,8 +166,9 @@ class Deploy:
         self.record = history.DeployRecord(app=self.app, operation=self.operation, who=self.lock.info.who,
                                            started_at=self.started)
         try:
+            archive = (("archive", self.load_archive, ""),) if self.options.archive is not None else ()
             for name, method, detail in (("image", self.image, ""), ("database", self.database, ""),
-                                         ("start", self.start, ""), ("route", self.route, ""),
+                                         ("start", self.start, ""), *archive, ("route", self.route, ""),
                                          ("launch", self.launch, ""), ("record", self.record_state, "")):
                 self.current = name
                 with step(self.reporter, name, detail or self.detail(name)):
@@ -207,31 +210,16 @@ class Deploy:
         if self.spec is not None:  # git hosts in requirements.txt, checked from where the image is built
             dallinger.check_git_sources(self.spec, mode=opts.mode, remote=self.remote)
         self.mask(self.facts.secrets.values())
+        if opts.archive is not None and (self.operation == "update" or self.facts.app_dir):
+            raise ValidationError(f"An archive starts a new app; {self.app!r} is deployed already. Nothing was changed.",
+                                  "Restore the archive into it instead (its data is backed up first), or deploy "
+                                  "under a new name.", code="invalid.archive.app_exists")
         self.keep_identity()
         self.remember_settings()
 
     def read_experiment(self) -> None:
-        """A Dallinger/PsyNet folder (experiment.py, config.txt, no Procfile) brings its own
-        commands, configuration and, when it has none, a generated Dockerfile; any other folder
-        a Dockerfile and a Procfile."""
-        opts, exp = self.options, self.experiment_dir
-        self.spec, self.base_config, self.base_secrets = None, {}, {}
-        if dallinger.is_experiment_folder(exp) and not (exp / "Procfile").is_file():
-            # The image's Dallinger/PsyNet releases are chosen (PyPI, cached) before anything is built.
-            self.spec = dallinger.spec(exp, dockerfile=opts.dockerfile)
-            self.commands, self.processes = self.spec.commands, self.spec.services  # no clock unless clock_on
-            self.base_config, self.base_secrets = dict(self.spec.env), dict(self.spec.secret_env)
-            return
-        if opts.dockerfile == dallinger.GENERATED:
-            raise ValidationError("dockerfile='generated' is for Dallinger/PsyNet experiments (experiment.py and "
-                                  "config.txt, no Procfile); this folder needs its own Dockerfile.",
-                                  "Give the name of the folder's Dockerfile (default 'Dockerfile').",
-                                  code="invalid.dockerfile")
-        if not (exp / folder.relative_name(opts.dockerfile, "Dockerfile name")).is_file():
-            raise folder.DockerfileMissing(f"There is no {opts.dockerfile} in {exp}.",
-                                           "Deploy the experiment's own folder (the one with its Dockerfile), or add "
-                                           "a Dockerfile (see examples/stroop/Dockerfile).")
-        self.commands, self.processes = appcompose.read_procfile(exp), layout.PROCESS_SERVICES
+        self.spec, self.commands, self.processes, self.base_config, self.base_secrets = \
+            experimentcommands.read(self.experiment_dir, self.options.dockerfile)
 
     def server_facts(self) -> app_facts.AppFacts:
         facts = app_facts.gather(self.remote, self.app)
@@ -404,6 +392,11 @@ class Deploy:
         compose.run_app(remote, app, ["down", "--remove-orphans"], reporter=self.reporter, timeout=300, check=False)
         remote.remove(layout.app_compose(app))
         return False
+
+    def load_archive(self) -> None:
+        """The archive's tables into the new app (labdeploy.data.restore.load_archive)."""
+        restore.load_archive(self.remote, self.app, self.options.archive, self.processes, self.report)
+        self.healthy = False  # its processes may have restarted: asked again after launch
 
     # ------------------------------------------------------------------ 6. route
 

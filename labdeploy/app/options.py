@@ -30,6 +30,8 @@ class DeployOptions:
       remembered per app when left out (then the server's, then labdeploy's default).
     pooler: the app's own PgBouncer (None: as before; a new Dallinger/PsyNet app gets one).
     existing_data: "reuse" or "replace" the data a destroyed app of this name left.
+    archive: a new app's data to start from (an export zip, labdeploy's or Dallinger's, or a
+      pulled backup .dump), loaded after the app starts and before it is launched.
     credentials / logout_after_pull: a registry login of this deploy's own (mode registry).
     """
 
@@ -53,6 +55,7 @@ class DeployOptions:
     logout_after_pull: bool = False
     dockerfile: str = "Dockerfile"
     existing_data: Optional[str] = None
+    archive: Optional[object] = None  # a path: an export zip or a pulled dump, loaded before launch
 
     @classmethod
     def of(cls, options: Optional["DeployOptions"] = None, **settings) -> "DeployOptions":
@@ -81,6 +84,10 @@ class DeployOptions:
         configuration.split_config(self.config, self.secrets)
         configuration.check_unset(self.unset_secrets)
         appdata.check_existing_data(self.existing_data)
+        if self.archive is not None:
+            from ..data.restore import local_source
+
+            local_source(self.archive)
         if self.domain is not None:
             names.domain(self.domain)
         for image, what in ((self.redis_image, "Redis image"), (self.pgbouncer_image, "PgBouncer image")):

@@ -87,12 +87,15 @@ def _pairs(values, what: str) -> dict:
 @click.option("--show-password", is_flag=True,
               help="Print the dashboard password even when the output is not a terminal (it is masked in "
                    "pipes, logs and --json otherwise).")
+@click.option("--archive", "archive", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+              help="Start a new app from this data: an export zip (labdeploy's or Dallinger's) or a pulled backup "
+                   ".dump, loaded before launch (like Dallinger's --archive).")
 @common_options
 @with_hints
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
                dockerfile, health_path, connection_limit, capacity, start_timeout, launch, image_base_name,
                registry_user, registry_password_stdin, logout_after_pull, unset_secrets, existing_data,
-               show_password, pooler, pgbouncer_image):
+               show_password, pooler, pgbouncer_image, archive):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -106,6 +109,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
       labdeploy deploy --app stroop-pilot --mode ssh-copy --build-arg BASE_IMAGE=python:3.11-slim
       API_TOKEN=... labdeploy deploy --app stroop-pilot --secret-env API_TOKEN --json
       labdeploy deploy --app stroop-pilot --update --show-password
+      labdeploy deploy --app stroop-2 ./stroop --archive exports/stroop-pilot.zip
       printf '%s\\n' "$TOKEN" | labdeploy deploy --app stroop-pilot --mode registry \\
           --image-base-name registry.gitlab.com/lab/images --registry-user alice --registry-password-stdin \\
           --logout-after-pull
@@ -118,7 +122,8 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
     secrets = _secrets_from_environment(secret_env)
     kwargs = {"mode": mode, "build_args": _pairs(build_args, "--build-arg") or None,
               "config": _pairs(config, "--config") or None, "secrets": secrets or None,
-              "dockerfile": dockerfile, "unset_secrets": list(unset_secrets), "existing_data": existing_data}
+              "dockerfile": dockerfile, "unset_secrets": list(unset_secrets), "existing_data": existing_data,
+              "archive": archive}
     for key, value in (("domain", domain), ("redis_image", redis_image), ("health_path", health_path),
                        ("connection_limit", connection_limit), ("launch", launch), ("capacity", capacity),
                        ("start_timeout", start_timeout), ("pooler", pooler), ("pgbouncer_image", pgbouncer_image)):
@@ -238,7 +243,7 @@ def status_cmd(app, server):
     """
     monitor = core("monitor")
     remote = open_server(server)
-    df = monitor.status(remote, app, jobs=True)
+    df = monitor.status(remote, app, jobs=True, backups=True)
 
     def render(d):
         d = d.copy()
@@ -251,6 +256,14 @@ def status_cmd(app, server):
                          for q, f in zip(d["jobs_queued"], d["jobs_failed"])]
             columns.insert(6, "jobs")
         _ui.table(d, columns=columns, empty="No app containers on this server.")
+        if "backup_warning" in d:
+            per_app = d.drop_duplicates("app")
+            if len(per_app):
+                _ui.table(per_app.assign(last_backup=per_app["last_backup"], last_good_drill=per_app["last_good_drill"]),
+                          columns=["app", "last_backup", "last_good_drill", "backup_warning"], title="Backups")
+            for row in per_app.itertuples():
+                if row.backup_warning:
+                    _ui.warn(f"{row.app}: {row.backup_warning}", "See `labdeploy backups --app " + row.app + "`.")
 
     _ui.output(df, render=render)
     if app is not None:
@@ -526,10 +539,13 @@ def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
 @click.option("--parquet", is_flag=True, help="With --final-export: also write Parquet files next to the zip.")
 @click.option("--files", is_flag=True, help="With --final-export: also download the app's files (DIR/APP-files).")
 @click.option("--logs", is_flag=True, help="With --final-export: also save its container logs (DIR/APP-logs.txt).")
+@click.option("--remove-backups", is_flag=True,
+              help="With --remove-data: also delete the app's backups on the server (kept otherwise).")
 @yes_option
 @common_options
 @with_hints
-def destroy_cmd(app, server, remove_data, no_export_check, final_export, export_mode, parquet, files, logs, yes):
+def destroy_cmd(app, server, remove_data, no_export_check, final_export, export_mode, parquet, files, logs,
+                remove_backups, yes):
     """Stop and remove an app: its containers, its web address and its folder
     (like `psynet destroy ssh --app NAME`). Its data is kept unless --remove-data.
 
@@ -551,17 +567,21 @@ def destroy_cmd(app, server, remove_data, no_export_check, final_export, export_
                                        ("--files", files), ("--logs", logs)) if given]
     if extras and not final_export:
         raise UsageProblem(f"{', '.join(extras)} go with --final-export DIR.", "Add --final-export DIR.")
+    if remove_backups and not remove_data:
+        raise UsageProblem("--remove-backups goes with --remove-data.", "Add --remove-data, or keep the backups.")
     apps = core("apps")
     name = pick_server(server)
     what = "its containers, web address and folder" + (" AND ALL ITS DATA (database, Redis, files)" if remove_data
-                                                       else " (its data is kept)")
+                                                       else " (its data is kept)") + \
+        (" AND ITS BACKUPS" if remove_backups else "")
     _ui.confirm(f"Destroy {app!r} on {name}: remove {what}?", yes=yes)
     remote = open_server(name)
     with _ui.reporting() as reporter:
         final = apps.FinalExport(final_export, mode=export_mode, parquet=parquet, files=files,
                                  logs=logs) if final_export else None
         result = apps.destroy(app, remote, confirm=True, remove_data=remove_data,
-                              export_check=not no_export_check, final_export=final, reporter=reporter)
+                              export_check=not no_export_check, final_export=final, remove_backups=remove_backups,
+                              reporter=reporter)
     for path in result.exported:
         _ui.ok(f"Saved {path}")
     _ui.ok(result.summary())

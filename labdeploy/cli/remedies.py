@@ -79,6 +79,8 @@ _BUG = "This is a bug in labdeploy (a wrong value reached the core from the comm
 CLI: dict[str, str] = {
     # --- confirmations
     "confirm": "Answer yes at the prompt, or add --yes.",
+    "restore.confirm": ("Run `labdeploy restore` again with --into {app} --yes to replace its data (a backup "
+                        "of it is taken first), or give a new name with --into."),
     "destroy.confirm": "Run `labdeploy destroy --app {app}` and answer yes (or add --yes).",
     "destroy.confirm.data": "Run `labdeploy destroy --app {app} --remove-data` and answer yes (or add --yes).",
     "lock.break.confirm": ("Only do this when no deploy of this app is running anywhere; then answer yes at the "

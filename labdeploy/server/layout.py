@@ -95,3 +95,21 @@ def pooler_alias(app: str) -> str:
 def web_alias(app: str) -> str:
     """The web service's name on the shared network; Caddy proxies to it."""
     return f"{names.app_name(app)}-web"
+
+
+# The backup service (labdeploy.server.backupservice): a container of the shared stack.
+BACKUP_CONTAINER = "dallinger-backup"
+BACKUPS_ROOT = f"{DATA_ROOT}/backups"  # "backups" is a reserved app name: never an app's data folder
+
+
+def backup_script_dir() -> str:
+    return f"{ROOT}/backup"
+
+
+def backup_settings(app: str | None = None) -> str:
+    """The server's default backup schedule, or one app's (its own wins)."""
+    return f"{app_dir(app)}/backup.conf" if app else f"{ROOT}/backup.conf"
+
+
+def app_backups(app: str) -> str:
+    return f"{BACKUPS_ROOT}/{names.app_name(app)}"

@@ -18,8 +18,8 @@ from typing import Optional
 
 import yaml
 
-from . import compose, layout, locks
-from ..commands import caddy as caddy_commands, docker, postgres
+from . import backupservice, compose, layout, locks
+from ..commands import backups as backup_commands, caddy as caddy_commands, docker, postgres
 from .. import names
 from ..errors import CommandFailed, LabdeployError, Remedy, ValidationError
 from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
@@ -185,8 +185,9 @@ def site_address(app: str, settings: StackSettings) -> str:
 
 # --------------------------------------------------------------------------- rendering (pure)
 
-def stack_compose_document(settings: StackSettings) -> dict:
-    """The shared stack's compose file as data. No secret in it: the password is a mounted file."""
+def stack_compose_document(settings: StackSettings, user: str = "") -> dict:
+    """The shared stack's compose file as data. No secret in it: the password is a mounted file.
+    `user` (uid:gid of the login user) adds the backup service, which writes files as them."""
     settings.validate()
     bind = f"{settings.bind_address}:" if settings.bind_address else ""
     return {
@@ -223,15 +224,16 @@ def stack_compose_document(settings: StackSettings) -> dict:
                 "networks": [layout.NETWORK],
                 "labels": {"labdeploy.server.stack": "caddy"},
             },
+            **({"backup": backupservice.service_document(settings.postgres_image, user)} if user else {}),
         },
         "networks": {layout.NETWORK: {"name": layout.NETWORK}},
         "volumes": {PG_DATA_VOLUME: {}, CADDY_DATA_VOLUME: {}, CADDY_CONFIG_VOLUME: {}},
     }
 
 
-def stack_compose_yaml(settings: StackSettings) -> str:
+def stack_compose_yaml(settings: StackSettings, user: str = "") -> str:
     header = "# Written by labdeploy (shared stack). Re-run prepare() rather than editing by hand.\n"
-    return header + yaml.safe_dump(stack_compose_document(settings), sort_keys=False, default_flow_style=False)
+    return header + yaml.safe_dump(stack_compose_document(settings, user), sort_keys=False, default_flow_style=False)
 
 
 def caddyfile(settings: StackSettings) -> str:
@@ -339,7 +341,8 @@ def _ensure_password(remote, result: PrepareResult) -> None:
 
 def _running_images(remote) -> dict[str, str]:
     """{container name: image} of the stack's running containers, in one round trip."""
-    res = remote.run(docker.running_images(layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER), check=False)
+    res = remote.run(docker.running_images(layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER,
+                                           layout.BACKUP_CONTAINER), check=False)
     return docker.parse_running_images(res.stdout)
 
 
@@ -381,7 +384,14 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
             remote.makedirs(layout.secrets_dir(), 0o700)
             remote.chmod(layout.secrets_dir(), 0o700)
             _ensure_password(remote, result)
-            _write_if_changed(remote, layout.stack_compose(), stack_compose_yaml(settings), 0o644, result, reporter)
+            remote.makedirs(layout.backup_script_dir(), 0o755)
+            remote.makedirs(layout.BACKUPS_ROOT, 0o700)
+            remote.chmod(layout.BACKUPS_ROOT, 0o700)
+            _write_if_changed(remote, f"{layout.backup_script_dir()}/{backupservice.SCRIPT_NAME}",
+                              backupservice.script(), 0o755, result, reporter, keep_foreign=False)
+            user = remote.run(backup_commands.login_ids()).stdout.strip()
+            _write_if_changed(remote, layout.stack_compose(), stack_compose_yaml(settings, user), 0o644, result,
+                              reporter)
             caddy_changed = _write_if_changed(remote, layout.caddyfile(), caddyfile(settings), 0o644, result,
                                               reporter)
         with step(reporter, "start services"):
@@ -391,7 +401,8 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
                 lines.append(line)
                 reporter(LogLine(line, "compose"))
 
-            wanted = {layout.POSTGRES_CONTAINER: settings.postgres_image, layout.CADDY_CONTAINER: settings.caddy_image}
+            wanted = {layout.POSTGRES_CONTAINER: settings.postgres_image, layout.CADDY_CONTAINER: settings.caddy_image,
+                      layout.BACKUP_CONTAINER: settings.postgres_image}
             # Same files, both containers up on the right images: Compose would do nothing.
             skip_compose = not result.changed and running == wanted
             if skip_compose:
@@ -429,7 +440,12 @@ def read_settings(remote) -> Optional[StackSettings]:
 
 
 def is_running(remote) -> bool:
-    return set(_running_images(remote)) == {layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER}
+    """PostgreSQL and Caddy run (what apps need; the backup service is reported on its own)."""
+    return {layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER} <= set(_running_images(remote))
+
+
+def backup_service_running(remote) -> bool:
+    return layout.BACKUP_CONTAINER in _running_images(remote)
 
 
 def reload_caddy(remote) -> None:

@@ -19,11 +19,18 @@ from typing import Callable, Optional, TypeVar, Union
 import paramiko
 import paramiko.sftp
 
-from ..errors import ConnectionLost, RemoteError
+from .. import localfiles
+from ..errors import ConnectionLost, LabdeployError, RemoteError
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
 T = TypeVar("T")
+
+
+class ChecksumMismatch(LabdeployError):
+    """A downloaded file is not what the server's record says it should be."""
+
+    code = "transfer.checksum"
 
 
 class Files:
@@ -244,3 +251,42 @@ class Files:
                     tmp.unlink()
 
         self._sftp_call(f"downloading {path}", op)
+
+    def get_private(self, path: str, local: Union[str, os.PathLike], *, sha256: Optional[str] = None,
+                    on_progress: Optional[ProgressCallback] = None) -> str:
+        """Download a file into a 0600 file that appears under its name only when complete and,
+        given `sha256`, only when its content has that digest. Returns the digest."""
+        import hashlib
+
+        local = Path(local)
+        target = self._abs(path)
+
+        class Hashing:
+            def __init__(self, f):
+                self.f, self.digest = f, hashlib.sha256()
+
+            def write(self, data):
+                self.digest.update(data)
+                return self.f.write(data)
+
+        def op(sftp):
+            tmp = localfiles.temp_name(local)
+            try:
+                with localfiles.open_private(tmp) as f:
+                    out = Hashing(f)
+                    sftp.getfo(target, out, callback=on_progress)
+                    f.flush()
+                    os.fsync(f.fileno())
+                got = out.digest.hexdigest()
+                if sha256 is not None and got != sha256:
+                    raise ChecksumMismatch(f"{path} arrived with the checksum {got[:16]}..., not the "
+                                           f"{sha256[:16]}... its manifest records; it was not kept.",
+                                           "Pull again; if it fails again the file on the server is damaged "
+                                           "(a restore drill will say so too).")
+                os.replace(tmp, local)
+                return got
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+        return self._sftp_call(f"downloading {path}", op)

@@ -129,12 +129,13 @@ def parse_status(output: str) -> pd.DataFrame:
 
 
 @pool.closes_what_it_opens
-def status(server, app: Optional[str] = None, *, jobs: bool = False) -> pd.DataFrame:
+def status(server, app: Optional[str] = None, *, jobs: bool = False, backups: bool = False) -> pd.DataFrame:
     """Every labdeploy app's containers: app, service, state, health, uptime, image, ...
 
     All apps in one round trip. With `app`, only that app's rows; an app without containers
     raises `UnknownApp`. With `jobs`, the worker rows also get `jobs_queued`, `jobs_started`
-    and `jobs_failed` from the app's rq queues (one more round trip).
+    and `jobs_failed` from the app's rq queues (one more round trip). With `backups`, every row
+    also gets its app's `last_backup`, `last_good_drill` and `backup_warning` (one more).
     """
     remote = pool.remote(server)
     if app is not None:
@@ -150,6 +151,10 @@ def status(server, app: Optional[str] = None, *, jobs: bool = False) -> pd.DataF
         from . import jobs as rq_jobs
 
         df = rq_jobs.attach(df, rq_jobs.counts(remote, app))
+    if backups:
+        from . import backups as backup_health
+
+        df = backup_health.attach(df, backup_health.read(remote, None if app is None else [app]))
     if app is None:
         return df
     return _only_app(df, app)

@@ -15,6 +15,8 @@ _BUG = "This is a bug in labdeploy (a panel passed a wrong value); please report
 PANELS: dict[str, str] = {
     # --- confirmations
     "confirm": "Confirm in the panel, then click again.",
+    "restore.confirm": ("Tick 'replace the data of an existing app' in the Backups section and click Restore "
+                        "again, or type a new app name."),
     "destroy.confirm": "Click Destroy… in the Deploy panel, then Yes, destroy.",
     "destroy.confirm.data": "Tick 'also delete its data', click Destroy… in the Deploy panel, then Yes, destroy.",
     "lock.break.confirm": "Only do this when no deploy of this app is running anywhere; then confirm.",

@@ -1,0 +1,13 @@
+"""Backups of an app's database (the entry point): the stack's backup service takes them on a
+schedule; from here they are taken now, listed, drilled, pulled off the server and restored.
+See data/backups.py and data/restore.py."""
+
+from __future__ import annotations
+
+from .data.backups import (BackupFailed, BackupServiceMissing, LocalBackup, backups, health,  # noqa: F401
+                           now, pull, runs, schedule, verify_backup)
+from .data.restore import RestoreNeedsConfirmation, RestoreResult, restore  # noqa: F401
+from .server.backupservice import Schedule  # noqa: F401
+
+__all__ = ["BackupFailed", "BackupServiceMissing", "LocalBackup", "RestoreNeedsConfirmation", "RestoreResult",
+           "Schedule", "backups", "health", "now", "pull", "restore", "runs", "schedule", "verify_backup"]

@@ -1,0 +1,217 @@
+"""The backups panel: an app's backups on the server (list, back up now, drill, pull a copy to
+this computer, restore side by side or in place, the schedule). Thin over `labdeploy.backup`;
+the list is in `panel.backups` as a DataFrame."""
+
+from __future__ import annotations
+
+import html
+import threading
+from pathlib import Path
+from typing import Optional
+
+import ipywidgets as W
+import pandas as pd
+
+from .. import backup as backup_core
+from .. import export as export_core
+from ..data.backups import COLUMNS as BACKUP_COLUMNS
+from ..errors import LabdeployError, ValidationError
+from ..progress import human_bytes
+from ..ssh import pool as ssh_pool
+from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, widget_reporter
+
+STEPS = ["Back up the database", "Restore drill", "Pull the backups", "Upload the dump",
+         "Restore into a new database", "Stop the app", "Swap the databases", "Start the app"]
+EVERY = [("off", "off"), ("every 15 min", "15"), ("every 30 min", "30"), ("every hour", "60"),
+         ("every 2 hours", "120"), ("every 6 hours", "360"), ("daily", "1440")]
+
+
+def backups_html(df: pd.DataFrame, warning: str = "") -> str:
+    """The backups as a small table, newest first (pure)."""
+    if df.empty:
+        body = "<div>No backups yet.</div>"
+    else:
+        rows = []
+        for r in df.iloc[::-1].itertuples():
+            check = {True: "✓", False: "✗ damaged"}.get(r.checksum_ok, "")
+            drill = {True: "✓ restores", False: "✗ failed"}.get(r.drill, "")
+            when = r.time.strftime("%Y-%m-%d %H:%M") if r.time is not None else ""
+            rows.append(f"<tr class='labdeploy-backups-row' data-id='{html.escape(r.id)}'>"
+                        f"<td>{html.escape(r.id)}</td><td>{when}</td><td>{html.escape(str(r.kind))}</td>"
+                        f"<td align=right>{human_bytes(float(r.size or 0))}</td><td align=right>{int(r.rows):,}</td>"
+                        f"<td>{check}</td><td>{drill}</td></tr>")
+        body = ("<div class='jp-RenderedHTMLCommon' style='padding:0;overflow-x:auto'>"
+                "<table class='labdeploy-backups-table' style='border-collapse:collapse;font-size:90%;margin:4px 0'>"
+                "<tr><th align=left>id</th><th align=left>time (UTC)</th><th align=left>kind</th><th>size</th>"
+                "<th>rows</th><th align=left>checksum</th><th align=left>drill</th></tr>" + "".join(rows) +
+                "</table></div>")
+    warn = (f"<div class='labdeploy-backups-warning' style='color:#a40000;font-weight:600'>⚠ "
+            f"{html.escape(warning)}</div>") if warning else ""
+    return warn + body
+
+
+class BackupsPanel(Panel):
+    """`BackupsPanel("lab-server", app="stroop")`: an app's backups and what can be done with them."""
+
+    def __init__(self, server=None, *, app: Optional[str] = None, folder: str = "backups",
+                 autoload: bool = True) -> None:
+        self.backups: pd.DataFrame = pd.DataFrame(columns=BACKUP_COLUMNS)
+        self.last_task: Optional[threading.Thread] = None
+        self.last_result = None
+        self._connections = ssh_pool.kernel().lease()
+        self._server = server
+        self._wanted_app = app
+        self._build(folder)
+        if autoload and server is not None:
+            self.load_apps()
+
+    def _button(self, label: str, action: str, **kw) -> W.Button:
+        b = W.Button(description=label, layout=W.Layout(width="auto"), **kw)
+        b.add_class(f"labdeploy-backups-{action}")
+        return b
+
+    def _build(self, folder: str) -> None:
+        wide = W.Layout(width="auto", min_width="16em", max_width="28em")
+        self.app_picker = W.Dropdown(options=[], description="App", layout=wide)
+        self.app_picker.observe(lambda change: self.refresh() if change["new"] else None, names="value")
+        self.refresh_button = self._button("Refresh", "refresh", icon="refresh")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.now_button = self._button("Back up now", "now", icon="save", button_style="primary")
+        self.now_button.on_click(lambda _: self.back_up_now())
+        self.drill_button = self._button("Drill the newest", "drill", icon="check")
+        self.drill_button.on_click(lambda _: self.drill())
+        self.folder = W.Text(value=folder, description="Pull to", layout=wide)
+        self.pull_button = self._button("Pull new backups", "pull", icon="download")
+        self.pull_button.on_click(lambda _: self.pull())
+        self.source = W.Dropdown(options=[("newest", "latest")], value="latest", description="Restore", layout=wide)
+        self.into = W.Text(value="", description="Into app", placeholder="<app>-restore", layout=wide)
+        self.replace = W.Checkbox(value=False, description="replace the data of an existing app (it is backed up first)",
+                                  indent=False, layout=W.Layout(width="auto"))
+        self.replace.add_class("labdeploy-backups-replace")
+        self.restore_button = self._button("Restore", "restore", icon="undo", button_style="warning")
+        self.restore_button.on_click(lambda _: self.restore())
+        self.every = W.Dropdown(options=EVERY, value="60", description="Schedule", layout=wide)
+        self.schedule_button = self._button("Save schedule", "schedule", icon="clock-o")
+        self.schedule_button.on_click(lambda _: self.save_schedule())
+        self.table = W.HTML()
+        self.table.add_class("labdeploy-backups-list")
+        self.message = Message()
+        self.steps = StepList(STEPS)
+        self.progress = ProgressRow()
+        self.log = LogPane(max_lines=200)
+        row = lambda *c: W.HBox(list(c), layout=W.Layout(flex_flow="row wrap", align_items="center"))  # noqa: E731
+        self.widget = titled(
+            "Backups", row(self.app_picker, self.refresh_button, self.now_button, self.drill_button),
+            self.table, row(self.folder, self.pull_button), row(self.source, self.into),
+            row(self.replace, self.restore_button), row(self.every, self.schedule_button),
+            self.message, self.steps, self.progress, self.log,
+            subtitle="The server backs up every app's database on its schedule and checks once a day that "
+                     "the newest backup restores.")
+
+    @property
+    def _actions(self) -> tuple:
+        return (self.now_button, self.drill_button, self.pull_button, self.restore_button, self.schedule_button,
+                self.refresh_button)
+
+    @property
+    def server(self):
+        if isinstance(self._server, str):
+            try:
+                return self._connections.pool.get(self._server)
+            except LabdeployError:
+                return self._server
+        return self._server
+
+    def close(self) -> None:
+        self._connections.release()
+
+    def _reporter(self):
+        return widget_reporter(self.steps, self.log, self.progress, self.message)
+
+    # ------------------------------------------------------------------ actions
+
+    def load_apps(self) -> Optional[threading.Thread]:
+        server = self.server
+
+        def done(apps):
+            self.app_picker.options = apps
+            if self._wanted_app in apps:
+                self.app_picker.value = self._wanted_app
+            elif not apps:
+                self.message.show_info("No app on this server has data yet.")
+
+        return self.in_background(lambda: export_core.list_app_databases(server), done, exclusive=False,
+                                  name="backups-apps")
+
+    def refresh(self) -> Optional[threading.Thread]:
+        server, app = self.server, self.app_picker.value
+
+        def work():
+            return backup_core.backups(app, server), backup_core.health(server, app)
+
+        def done(result):
+            df, health = result
+            self.backups = df
+            warning = health.iloc[0]["warning"] if len(health) else ""
+            self.table.value = backups_html(df, warning)
+            self.source.options = [("newest", "latest")] + [(f"{r.id} ({r.kind})", r.id) for r in df.iloc[::-1].itertuples()]
+            if len(health) and health.iloc[0]["every_minutes"] is not None:
+                every = str(health.iloc[0]["every_minutes"])
+                if every in dict((v, k) for k, v in EVERY):
+                    self.every.value = every
+            elif len(health):
+                self.every.value = "off"
+            if not self.into.value:
+                self.into.placeholder = f"{app}-restore"
+
+        return self.in_background(work, done, exclusive=False, name="backups-list")
+
+    def _act(self, work, done_text, status: str, name: str) -> Optional[threading.Thread]:
+        def finished(result):
+            self.last_result = result
+            self.message.show_ok(done_text(result))
+            self.refresh()
+
+        return self.in_background(work, finished, status=status, reset=STEPS, disable=self._actions, name=name)
+
+    def back_up_now(self) -> Optional[threading.Thread]:
+        server, app, report = self.server, self.app_picker.value, self._reporter()
+        return self._act(lambda: backup_core.now(self._app_of(app), server, reporter=report),
+                         lambda m: f"Backed up {app}: {m['id']}, {human_bytes(float(m['size']))}.",
+                         "Backing up…", "backups-now")
+
+    def drill(self) -> Optional[threading.Thread]:
+        server, app, report = self.server, self.app_picker.value, self._reporter()
+        return self._act(lambda: backup_core.verify_backup(self._app_of(app), server, reporter=report),
+                         lambda r: f"Backup {r['id']} restores: {r['detail']}.", "Restoring into a scratch database…",
+                         "backups-drill")
+
+    def pull(self) -> Optional[threading.Thread]:
+        server, app, report = self.server, self.app_picker.value, self._reporter()
+        folder = Path(self.folder.value).expanduser()
+        return self._act(lambda: backup_core.pull(server, folder, self._app_of(app), reporter=report),
+                         lambda df: f"{int(df['pulled'].sum())} new backup(s) copied to {folder / app}.",
+                         "Pulling…", "backups-pull")
+
+    def restore(self) -> Optional[threading.Thread]:
+        server, app, report = self.server, self.app_picker.value, self._reporter()
+        source, into, replace = self.source.value, self.into.value.strip() or None, self.replace.value
+        return self._act(lambda: backup_core.restore(self._app_of(app), server, source, into=into, confirm=replace,
+                                                     reporter=report),
+                         lambda r: f"Restored {r.source} into {r.app}: {int(r.counts['restored'].fillna(0).sum()):,} "
+                                   "rows, counts checked" + (f"; its previous data is backup {r.pre_restore_backup}"
+                                                             if r.pre_restore_backup else "") + ".",
+                         "Restoring…", "backups-restore")
+
+    def save_schedule(self) -> Optional[threading.Thread]:
+        server, app, every = self.server, self.app_picker.value, self.every.value
+        return self._act(lambda: backup_core.schedule(server, self._app_of(app), every=every),
+                         lambda p: f"Backups of {app}: " + ("off." if p.every_minutes is None else
+                                                            f"every {p.every_minutes} min."),
+                         "Saving…", "backups-schedule")
+
+    @staticmethod
+    def _app_of(app: Optional[str]) -> str:
+        if not app:
+            raise ValidationError("No app chosen.", "Pick an app first.", code="invalid.panel.no_app")
+        return app
