@@ -166,10 +166,14 @@ class Deploy:
         self.record = history.DeployRecord(app=self.app, operation=self.operation, who=self.lock.info.who,
                                            started_at=self.started)
         try:
-            archive = (("archive", self.load_archive, ""),) if self.options.archive is not None else ()
+            # A dump brings its schema: in place before launch. An export zip has tables only: into
+            # the ones the app made at launch, replacing what launch wrote (as Dallinger's --archive).
+            load = (("archive", self.load_archive, ""),) if self.options.archive is not None else ()
+            late = bool(load) and restore.local_source(self.options.archive).kind == "zip"
             for name, method, detail in (("image", self.image, ""), ("database", self.database, ""),
-                                         ("start", self.start, ""), *archive, ("route", self.route, ""),
-                                         ("launch", self.launch, ""), ("record", self.record_state, "")):
+                                         ("start", self.start, ""), *(() if late else load),
+                                         ("route", self.route, ""), ("launch", self.launch, ""),
+                                         *(load if late else ()), ("record", self.record_state, "")):
                 self.current = name
                 with step(self.reporter, name, detail or self.detail(name)):
                     method()
@@ -394,9 +398,16 @@ class Deploy:
         return False
 
     def load_archive(self) -> None:
-        """The archive's tables into the new app (labdeploy.data.restore.load_archive)."""
-        restore.load_archive(self.remote, self.app, self.options.archive, self.processes, self.report)
-        self.healthy = False  # its processes may have restarted: asked again after launch
+        """The archive's data into the new app (labdeploy.data.restore.load_archive), its
+        processes stopped meanwhile; then the web process must answer again."""
+        remote = self.remote
+        restore.load_archive(remote, self.app, self.options.archive, self.processes, self.report)
+        self.healthy = False  # before launch: the launch step asks; after it: asked here
+        if getattr(self, "launched", False):
+            web_ip = webprobe.web_address(remote, self.app, self.delivered.ref, self.processes, self.seen,
+                                          check_forwarding=False)
+            with remote.forward(web_ip, layout.WEB_PORT) as port:
+                webprobe.healthy(port, self.host, self.options.health_path, 60)
 
     # ------------------------------------------------------------------ 6. route
 
@@ -437,6 +448,7 @@ class Deploy:
             # Running is not working: prove the worker completes a job (rq, as Dallinger uses).
             jobs.prove_worker(remote, app)
             self.report(LogLine("the worker ran a test job", "launch"))
+        self.launched = True
 
     # ------------------------------------------------------------------ 8. record
 

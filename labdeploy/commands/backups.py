@@ -14,7 +14,7 @@ NOT_RUNNING = 197  # exit status when the backup container does not run
 def _in_service(*args: str) -> list[str]:
     return shell.script(
         'if [ "$(docker inspect -f "{{.State.Running}}" "$1" 2>/dev/null)" != true ]; then exit 197; fi\n'
-        'exec docker exec "$@"', layout.BACKUP_CONTAINER, layout.BACKUP_CONTAINER, "sh", SCRIPT_IN_CONTAINER, *args)
+        'exec docker exec "$@"', layout.BACKUP_CONTAINER, "sh", SCRIPT_IN_CONTAINER, *args)
 
 
 def now(app: str, kind: str = "manual") -> list[str]:

@@ -155,6 +155,8 @@ def backups(app: str, server, *, checksums: bool = True) -> pd.DataFrame:
             "file": f"~/{layout.app_backups(app)}/{m['dump']}",
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
+    for column in ("checksum_ok", "drill"):  # True, False or None (not known): Python values, not numpy's
+        df[column] = df[column].astype(object)
     df.attrs["runs"] = pd.DataFrame(_lines(listing["runs"]))
     return df
 
@@ -272,8 +274,8 @@ def pull(server, to: Union[str, os.PathLike], app: Optional[str] = None, *, all_
                     continue
                 total = int(m.get("size") or 0)
 
-                def progress(done, size, _id=m["id"]):
-                    report(Progress(done, size or total, f"{name} {_id}"))
+                def progress(done, size, _id=m["id"], _step=f"Pull the backups of {name}"):
+                    report(Progress(_step, done, size or total, "bytes", _id))
 
                 remote.get_private(f"{layout.app_backups(name)}/{m['dump']}", folder / m["dump"],
                                    sha256=m.get("sha256"), on_progress=progress)

@@ -399,13 +399,17 @@ def _restore_zip(remote, app, into, source_, deployed, exists, report, started) 
 
 
 def load_archive(remote, app: str, path: Union[str, Path], processes, report: Reporter) -> pd.DataFrame:
-    """A new app's data from an archive, as Dallinger's `--archive` does (deploy's archive step,
-    after the app started and made its tables, before launch): an export zip into its tables,
-    or a dump in place of its new, empty database (its processes stopped meanwhile). Returns
-    the row counts, checked against the archive's."""
+    """A new app's data from an archive, as Dallinger's `--archive` does (deploy's archive step):
+    a dump in place of its new, empty database (before launch); an export zip into the tables
+    the app made when it launched, replacing what launch wrote there. Its processes are stopped
+    meanwhile. Returns the row counts, checked against the archive's."""
     source = local_source(path)
     if source.kind == "zip":
-        restored = load_zip(remote, app, source, replace=False, report=report)
+        compose.run_app(remote, app, ["stop", *processes], reporter=report, timeout=300)
+        try:
+            restored = load_zip(remote, app, source, replace=True, report=report)
+        finally:
+            compose.run_app(remote, app, ["start", *processes], reporter=report, timeout=300)
     else:
         ident = names.db_identifier(app)
         restored = _load_dump(remote, app, source, report)

@@ -18,6 +18,7 @@
 # A manifest is written last: a dump without one is not a backup (and is removed).
 set -u
 umask 077
+trap '' PIPE  # a reader that died (psql after PostgreSQL went away) must not kill the run before it is recorded
 
 CONF=${BACKUP_CONF:-/dallinger}   # overridable for the script's own tests
 STORE=${BACKUP_STORE:-/backups}
@@ -34,6 +35,10 @@ COUNT_SQL="SELECT 'rows:' || coalesce(json_object_agg(t.name, t.n ORDER BY t.nam
    false, true, '')))[1]::text::bigint AS n
  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%') t;"
+
+# A connection string for database $1 whose connection notices a PostgreSQL that vanished
+# (a killed container sends no reset): without keepalives a dump would wait forever.
+conn() { printf 'dbname=%s keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3 tcp_user_timeout=30000' "$1"; }
 
 log() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 
@@ -82,7 +87,7 @@ record() {  # record FILE JSON-FIELDS: one line per event, the file kept to its 
 dump_and_count() {
     work=$(mktemp -d /tmp/backup.XXXXXX)
     mkfifo "$work/in"
-    psql -X -q -At -v ON_ERROR_STOP=1 -d "$1" <"$work/in" >"$work/out" 2>"$work/err" &
+    psql -X -q -At -v ON_ERROR_STOP=1 -d "$(conn "$1")" <"$work/in" >"$work/out" 2>"$work/err" &
     reader=$!
     exec 3>"$work/in"
     printf '%s\n' "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;" \
@@ -97,7 +102,7 @@ dump_and_count() {
     done
     snap=$(sed -n 's/^snap://p' "$work/out")
     rc=0
-    pg_dump --format=custom --snapshot="$snap" -d "$1" -f "$2" 2>"$work/dump-err" || rc=$?
+    pg_dump --format=custom --snapshot="$snap" -d "$(conn "$1")" -f "$2" 2>"$work/dump-err" || rc=$?
     printf 'COMMIT;\n' >&3; exec 3>&-; wait "$reader" 2>/dev/null
     if [ "$rc" -ne 0 ]; then
         DUMP_ERROR="pg_dump failed: $(tail -n 3 "$work/dump-err")"; rm -rf "$work"; return 1
@@ -153,7 +158,7 @@ backup_locked() {  # backup_locked APP KIND, with the app's lock held
     started=$(date +%s)
     tmp="$dir/.tmp-$stamp.dump"
     DUMP_ERROR="" rows=""
-    if ! psql -X -At -d "$PGDATABASE" -c "SELECT 1 FROM pg_database WHERE datname = '$db'" 2>/dev/null | grep -q 1; then
+    if ! psql -X -At -d "$(conn "$PGDATABASE")" -c "SELECT 1 FROM pg_database WHERE datname = '$db'" 2>/dev/null | grep -q 1; then
         DUMP_ERROR="the database $db does not exist or PostgreSQL does not answer"
     else
         if dump_and_count "$db" "$tmp" "$dir/.tmp-$stamp.rows"; then rows=$(cat "$dir/.tmp-$stamp.rows"); fi
@@ -196,20 +201,20 @@ drill() {  # drill APP [ID] [KIND]
     if [ "$(sha256sum "$dump" 2>/dev/null | cut -d' ' -f1)" != "$want_sum" ]; then
         detail="the dump's checksum does not match its manifest (the file is damaged)"
     else
-        psql -X -q -d "$PGDATABASE" -c "DROP DATABASE IF EXISTS $scratch" 2>/dev/null
-        if ! err=$(psql -X -q -v ON_ERROR_STOP=1 -d "$PGDATABASE" -c "CREATE DATABASE $scratch" 2>&1); then
+        psql -X -q -d "$(conn "$PGDATABASE")" -c "DROP DATABASE IF EXISTS $scratch" 2>/dev/null
+        if ! err=$(psql -X -q -v ON_ERROR_STOP=1 -d "$(conn "$PGDATABASE")" -c "CREATE DATABASE $scratch" 2>&1); then
             detail="could not make a scratch database: $err"
-        elif ! err=$(pg_restore --no-owner --no-privileges --exit-on-error -d "$scratch" "$dump" 2>&1); then
+        elif ! err=$(pg_restore --no-owner --no-privileges --exit-on-error -d "$(conn "$scratch")" "$dump" 2>&1); then
             detail="pg_restore failed: $(printf '%s' "$err" | tail -n 3)"
         else
-            got=$(psql -X -q -At -d "$scratch" -c "$COUNT_SQL" 2>&1 | sed -n 's/^rows://p')
+            got=$(psql -X -q -At -d "$(conn "$scratch")" -c "$COUNT_SQL" 2>&1 | sed -n 's/^rows://p')
             if [ "$got" = "$want_rows" ]; then
                 ok=true detail="restored; row counts match the manifest"
             else
                 detail="row counts differ from the manifest: restored $got"
             fi
         fi
-        psql -X -q -d "$PGDATABASE" -c "DROP DATABASE IF EXISTS $scratch" >/dev/null 2>&1
+        psql -X -q -d "$(conn "$PGDATABASE")" -c "DROP DATABASE IF EXISTS $scratch" >/dev/null 2>&1
     fi
     record "$dir/drills.jsonl" "\"time\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\", \"epoch\": $(date +%s), \"id\": \"$id\", \"how\": \"$how\", \"ok\": $ok, \"detail\": \"$(clean "$detail")\""
     if [ "$ok" = true ]; then echo "@@ok $id $(clean "$detail")"; return 0; fi
@@ -223,14 +228,14 @@ restore_into() {  # restore_into FILE DB ROLE: DB must not exist yet
     case "$file" in *..*) echo "@@failed not a dump under /backups"; return 2;; esac
     [ -f "$file" ] || { echo "@@failed no such dump"; return 1; }
     passfile
-    if ! err=$(psql -X -q -v ON_ERROR_STOP=1 -d "$PGDATABASE" -c "CREATE DATABASE $db OWNER $role" 2>&1); then
+    if ! err=$(psql -X -q -v ON_ERROR_STOP=1 -d "$(conn "$PGDATABASE")" -c "CREATE DATABASE $db OWNER $role" 2>&1); then
         echo "@@failed could not make the database: $(clean "$err")"; return 1
     fi
-    if ! err=$(pg_restore --no-owner --no-privileges --role="$role" --exit-on-error -d "$db" "$file" 2>&1); then
-        psql -X -q -d "$PGDATABASE" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
+    if ! err=$(pg_restore --no-owner --no-privileges --role="$role" --exit-on-error -d "$(conn "$db")" "$file" 2>&1); then
+        psql -X -q -d "$(conn "$PGDATABASE")" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
         echo "@@failed pg_restore failed: $(clean "$(printf '%s' "$err" | tail -n 3)")"; return 1
     fi
-    echo "@@ok $(psql -X -q -At -d "$db" -c "$COUNT_SQL" | sed -n 's/^rows://p')"
+    echo "@@ok $(psql -X -q -At -d "$(conn "$db")" -c "$COUNT_SQL" | sed -n 's/^rows://p')"
 }
 
 prune() {  # prune APP: keep the newest scheduled backup of each of the last N hours and M days
@@ -279,6 +284,7 @@ tick_app() {  # tick_app APP NOW: a due backup (then retention) and a due drill,
         fi
         log "$app: $out"
     fi
+    exec 9>&-  # the drill has a lock of its own: a backup asked for meanwhile need not wait for it
     if [ -n "$(newest "$app")" ] && [ $((now - $(last_epoch "$dir/.last-drill"))) -ge "$DRILL_EVERY" ]; then
         printf '%s\n' "$now" >"$dir/.last-drill"
         log "$app drill: $(drill "$app" "" scheduled 2>&1)"
@@ -308,7 +314,7 @@ case "${1:-}" in
     tick) passfile; tick ;;
     drill) drill "${2:-}" "${3:-}" "${4:-manual}" ;;
     restore) restore_into "${2:-}" "${3:-}" "${4:-}" ;;
-    counts) case "${2:-}" in ""|*[!a-z0-9_]*) exit 2;; esac; passfile; psql -X -q -At -d "${2:-}" -c "$COUNT_SQL" | sed -n 's/^rows:/@@ok /p' ;;
+    counts) case "${2:-}" in ""|*[!a-z0-9_]*) exit 2;; esac; passfile; psql -X -q -At -d "$(conn "${2:-}")" -c "$COUNT_SQL" | sed -n 's/^rows:/@@ok /p' ;;
     prune) valid_app "${2:-}" && prune "$2" ;;
     *) echo "usage: backup.sh serve | once APP KIND | drill APP [ID] | counts DB | prune APP" >&2; exit 2 ;;
 esac
