@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labdeploy.app import apps, deploy, history
-from labdeploy import export
+from labdeploy import backup, export
 from labdeploy.watch import jobs, monitor
 from labdeploy.server import locks, stack
 from labdeploy.ssh import servers
@@ -144,6 +144,15 @@ API_CALLS = {
     "prepare domain": lambda r, v: stack.prepare(r, stack.StackSettings(domain=v)),
     "prepare email": lambda r, v: stack.prepare(r, stack.StackSettings(email=v)),
     "prepare image": lambda r, v: stack.prepare(r, stack.StackSettings(caddy_image=v)),
+    "backup now": lambda r, v: backup.now(v, r),
+    "backups list": lambda r, v: backup.backups(v, r),
+    "backup drill id": lambda r, v: backup.verify_backup("exp", r, v),
+    "backup schedule app": lambda r, v: backup.schedule(r, v),
+    "backup schedule every": lambda r, v: backup.schedule(r, "exp", every=v),
+    "restore app": lambda r, v: backup.restore(v, r),
+    "restore into": lambda r, v: backup.restore("exp", r, "latest", into=v),
+    "restore source": lambda r, v: backup.restore("exp", r, v),
+    "deploy archive": lambda r, v: deploy.deploy(EXAMPLE, "exp", r, archive=v),
 }
 
 
@@ -208,6 +217,11 @@ CLI_CALLS = {
     "export --app": lambda v: ["export", "--app", v],
     "unlock --app": lambda v: ["unlock", "--app", v, "--yes"],
     "servers prepare --email": lambda v: ["servers", "prepare", "--email", v],
+    "backup --app": lambda v: ["backup", "--app", v],
+    "backups --app": lambda v: ["backups", "--app", v],
+    "backup schedule --every": lambda v: ["backup", "schedule", "--app", "exp", "--every", v],
+    "restore --into": lambda v: ["restore", "--app", "exp", "--into", v],
+    "restore --from": lambda v: ["restore", "--app", "exp", "--from", v],
     "servers add --host": lambda v: ["servers", "add", "other", "--host", v, "--user", "alice", "--no-verify"],
     "servers add --user": lambda v: ["servers", "add", "other", "--host", "h.example.org", "--user", v,
                                      "--no-verify"],

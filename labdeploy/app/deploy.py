@@ -214,10 +214,7 @@ class Deploy:
         if self.spec is not None:  # git hosts in requirements.txt, checked from where the image is built
             dallinger.check_git_sources(self.spec, mode=opts.mode, remote=self.remote)
         self.mask(self.facts.secrets.values())
-        if opts.archive is not None and (self.operation == "update" or self.facts.app_dir):
-            raise ValidationError(f"An archive starts a new app; {self.app!r} is deployed already. Nothing was changed.",
-                                  "Restore the archive into it instead (its data is backed up first), or deploy "
-                                  "under a new name.", code="invalid.archive.app_exists")
+        _refuse_archive_for_existing_app(self)
         self.keep_identity()
         self.remember_settings()
 
@@ -400,14 +397,10 @@ class Deploy:
     def load_archive(self) -> None:
         """The archive's data into the new app (labdeploy.data.restore.load_archive), its
         processes stopped meanwhile; then the web process must answer again."""
-        remote = self.remote
-        restore.load_archive(remote, self.app, self.options.archive, self.processes, self.report)
+        restore.load_archive(self.remote, self.app, self.options.archive, self.processes, self.report)
         self.healthy = False  # before launch: the launch step asks; after it: asked here
         if getattr(self, "launched", False):
-            web_ip = webprobe.web_address(remote, self.app, self.delivered.ref, self.processes, self.seen,
-                                          check_forwarding=False)
-            with remote.forward(web_ip, layout.WEB_PORT) as port:
-                webprobe.healthy(port, self.host, self.options.health_path, 60)
+            _wait_healthy_again(self)
 
     # ------------------------------------------------------------------ 6. route
 
@@ -537,6 +530,19 @@ class Deploy:
 # --------------------------------------------------------------------------- the API
 
 @pool.closes_what_it_opens
+def _refuse_archive_for_existing_app(d: Deploy) -> None:
+    if d.options.archive is not None and (d.operation == "update" or d.facts.app_dir):
+        raise ValidationError(f"An archive starts a new app; {d.app!r} is deployed already. Nothing was changed.",
+                              "Restore the archive into it instead (its data is backed up first), or deploy "
+                              "under a new name.", code="invalid.archive.app_exists")
+
+
+def _wait_healthy_again(d: Deploy) -> None:
+    web_ip = webprobe.web_address(d.remote, d.app, d.delivered.ref, d.processes, d.seen, check_forwarding=False)
+    with d.remote.forward(web_ip, layout.WEB_PORT) as port:
+        webprobe.healthy(port, d.host, d.options.health_path, 60)
+
+
 def deploy(experiment_dir, app: str, server, *, options: Optional[DeployOptions] = None,
            reporter: Optional[Reporter] = None, _operation: str = "deploy", **settings) -> DeployResult:
     """Deploy an experiment folder as `app` on `server` (a Remote, Server or registered name).

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from . import _ui
-from ._app import CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server, server_option, \
-    with_hints, yes_option
+from ._app import CONTEXT_SETTINGS, _check_app, app_option, cli, common_options, core, open_server, pick_server, \
+    server_option, with_hints, yes_option
 from ._ui import UsageProblem
 
 
@@ -151,6 +151,8 @@ def schedule_cmd(app, every, keep_hourly, keep_daily, server):
       labdeploy backup schedule --every off --app old-pilot
     """
     backup = core("backup")
+    with _ui.usage_errors():  # checked before connecting
+        backup.check_schedule(every, keep_hourly, keep_daily)
     remote = open_server(server)
     plan = backup.schedule(remote, app, every=every, keep_hourly=keep_hourly, keep_daily=keep_daily)
     when = "off" if plan.every_minutes is None else f"every {plan.every_minutes} min"
@@ -162,7 +164,7 @@ def schedule_cmd(app, every, keep_hourly, keep_daily, server):
 @app_option()
 @click.option("--from", "source", default="latest", show_default=True, metavar="SOURCE",
               help="latest, a backup id on the server, a pulled .dump file or an export .zip.")
-@click.option("--into", "into", default=None, metavar="NAME",
+@click.option("--into", "into", default=None, metavar="NAME", callback=_check_app,
               help="The app to restore into (default: APP-restore, side by side with the app).")
 @server_option
 @yes_option
@@ -180,6 +182,8 @@ def restore_cmd(app, source, into, server, yes):
       labdeploy restore --app stroop-pilot --from export.zip --into stroop-pilot --yes
     """
     backup = core("backup")
+    with _ui.usage_errors():  # checked before connecting
+        backup.check_source(source)
     name = pick_server(server)
     remote = open_server(name)
     target = into or f"{app}-restore"

@@ -96,11 +96,11 @@ def _server_source(remote, app: str, backup_id: str) -> _Source:
     if not manifests:
         raise ValidationError(f"The server has no backups of {app!r}.",
                               "Take one with backup.now, or give a pulled .dump file or an export zip.",
-                              code="restore.no_backup")
+                              code="invalid.restore.backup")
     chosen = manifests[-1] if backup_id == "latest" else next((m for m in manifests if m["id"] == backup_id), None)
     if chosen is None:
         raise ValidationError(f"The server has no backup {backup_id} of {app!r}.",
-                              "The list of backups shows their ids; 'latest' takes the newest.", code="restore.no_backup")
+                              "The list of backups shows their ids; 'latest' takes the newest.", code="invalid.restore.backup")
     return _Source("server", f"backup {chosen['id']} of {app}", chosen.get("rows"),
                    server_file=commands.container_path(app, chosen["dump"]), sha256=chosen.get("sha256"))
 
@@ -114,10 +114,10 @@ def _zip_source(path: Path) -> _Source:
                 meta = json.loads(z.read(archive.META_NAME))
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise ValidationError(f"{path} is not a readable export zip: {exc}",
-                              "Give a zip made by labdeploy's or Dallinger's export.", code="restore.bad_zip") from None
+                              "Give a zip made by labdeploy's or Dallinger's export.", code="invalid.restore.zip") from None
     if not members:
         raise ValidationError(f"{path} holds no tables (no data/*.csv).",
-                              "Give a zip made by labdeploy's or Dallinger's export.", code="restore.bad_zip")
+                              "Give a zip made by labdeploy's or Dallinger's export.", code="invalid.restore.zip")
     files = (meta.get("files") or {}) if isinstance(meta, dict) else {}
     by_file = {f"data/{stem}.csv": table for table, stem in files.items()}
     tables = {}
@@ -126,7 +126,7 @@ def _zip_source(path: Path) -> _Source:
         names_ok = isinstance(table, str) and table and "\x00" not in table and len(table) <= 63
         if not names_ok:
             raise ValidationError(f"{path} holds a table name labdeploy will not load: {table!r}.",
-                                  code="restore.bad_zip")
+                                  code="invalid.restore.zip")
         tables[table] = member
     counts = meta.get("counts") if isinstance(meta, dict) else None
     return _Source("zip", f"export {path.name}", counts if isinstance(counts, dict) else None, local=path,
@@ -141,6 +141,14 @@ def resolve_source(remote, app: str, source: Union[str, Path]) -> _Source:
     return local_source(source)
 
 
+def check_source(source: Union[str, Path]) -> Optional[_Source]:
+    """Refuse a source that can't be restored, without connecting: None for a backup on the
+    server ("latest" or an id), else the local file's _Source."""
+    if isinstance(source, str) and (source == "latest" or backups.BACKUP_ID.fullmatch(source)):
+        return None
+    return local_source(source)
+
+
 def local_source(source: Union[str, Path]) -> _Source:
     """A file on this computer: a pulled .dump (with its manifest beside it, when there) or an
     export .zip. Refused (ValidationError) when it is neither."""
@@ -148,12 +156,12 @@ def local_source(source: Union[str, Path]) -> _Source:
     if path.suffix == ".zip":
         if not path.is_file():
             raise ValidationError(f"There is no file {path}.", "Give the path of an export zip.",
-                                  code="restore.no_file")
+                                  code="invalid.restore.file")
         return _zip_source(path)
     if path.suffix != ".dump":
         raise ValidationError(f"{path.name} is neither a backup (.dump) nor an export (.zip).",
                               "Give a pulled .dump file, an export .zip, 'latest' or a backup id.",
-                              code="restore.bad_source")
+                              code="invalid.restore.source")
     local = backups.LocalBackup.open(path)
     expected = local.manifest.get("rows") if local.manifest else None
     return _Source("dump", f"dump {path.name}", expected if isinstance(expected, dict) else None, local=path,
@@ -335,8 +343,9 @@ def restore(app: str, server, source: Union[str, Path] = "latest", *, into: Opti
     app, into = names.app_name(app), _check_into(app, into)
     report = reporter or null_reporter
     started = time.monotonic()
+    local = check_source(source)  # a bad file is refused before connecting
     remote = pool.connect(server)
-    source_ = resolve_source(remote, app, source)
+    source_ = local or resolve_source(remote, app, source)
     ident = names.db_identifier(into)
     deployed = _app_running(remote, into)
     exists = deployed or _database_exists(remote, ident)
@@ -382,7 +391,7 @@ def _restore_zip(remote, app, into, source_, deployed, exists, report, started) 
     if not deployed:
         raise ValidationError(f"An export zip loads into an app's own tables, and {into!r} is not deployed.",
                               "Deploy the experiment under that name first (or pass the zip as the deploy's "
-                              "archive), then restore.", code="restore.zip_needs_app")
+                              "archive), then restore.", code="invalid.restore.zip_needs_app")
     result = RestoreResult(into, source_.label, pd.DataFrame(), replaced=exists)
     with step(report, "Stop the app", "so nothing writes while its data is replaced"):
         compose.run_app(remote, into, ["stop"], reporter=report, timeout=300)
