@@ -334,6 +334,7 @@ def test_a_new_app_starts_from_an_export_zip_or_a_pulled_dump_and_a_deployed_one
         deploy.update(EXAMPLE, ARCH, remote, archive=data.paths[0], **deploy_kwargs(testbed))
     assert "new app" in info.value.message
     forget(remote, ARCH)
+    backup.now(APP, remote)
     dump = backup.pull(remote, tmp_path / "copies", APP).sort_values("id")["file"].iloc[-1]
     expected = json.loads(Path(dump[:-5] + ".json").read_text())["rows"]
     deploy.deploy(EXAMPLE, ARCH, remote, archive=dump, **deploy_kwargs(testbed))
