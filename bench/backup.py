@@ -71,7 +71,7 @@ def main() -> None:
     stack.prepare(remote, stack.StackSettings.for_images(tb["images"], domain="localhost"))
     print(f"setting up {DB} with {args.rows:,} rows ...", flush=True)
     psql.run_sql(remote, f"DROP DATABASE IF EXISTS {DB};\nCREATE DATABASE {DB};\n")
-    psql.run_sql(remote, SCHEMA % args.rows, database=DB, timeout=1800)
+    psql.run_sql(remote, SCHEMA.replace("%d", str(args.rows)), database=DB, timeout=1800)
     remote.run(["rm", "-rf", "--", f"dallinger-data/backups/{APP}"])
     ssh = ssh_argv(tb, str(kh))
     plain_file = work / "plain.dump"
