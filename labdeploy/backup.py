@@ -7,7 +7,8 @@ from __future__ import annotations
 from .data.backups import (BackupFailed, BackupServiceMissing, LocalBackup, backups, health,  # noqa: F401
                            now, pull, runs, schedule, verify_backup)
 from .data.restore import RestoreNeedsConfirmation, RestoreResult, check_source, restore  # noqa: F401
+from .data.encryption import DecryptionFailed, Encryption  # noqa: F401
 from .server.backupservice import Schedule, schedule as check_schedule  # noqa: F401  (checks, connects nowhere)
 
-__all__ = ["BackupFailed", "BackupServiceMissing", "LocalBackup", "RestoreNeedsConfirmation", "RestoreResult",
+__all__ = ["BackupFailed", "BackupServiceMissing", "DecryptionFailed", "Encryption", "LocalBackup", "RestoreNeedsConfirmation", "RestoreResult",
            "Schedule", "backups", "check_schedule", "check_source", "health", "now", "pull", "restore", "runs", "schedule", "verify_backup"]

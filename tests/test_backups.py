@@ -29,6 +29,7 @@ COPY = "t-bk-app-restore"  # restore's default name beside APP
 BIG = "t-bk-big"  # a database only (no app): big enough for a backup to be caught in the middle
 LOST = "t-bk-lost"
 ARCH = "t-bk-arch"
+SEALED = "t-bk-sealed"
 BIG_ROWS = 1_500_000
 
 
@@ -60,12 +61,12 @@ def server_ls(remote, app: str) -> list[str]:
 @pytest.fixture(scope="module")
 def deployed(testbed, session_remote):
     prepare_local_stack(session_remote, testbed)
-    for name in (APP, COPY, BIG, LOST, ARCH):
+    for name in (APP, COPY, BIG, LOST, ARCH, SEALED):
         forget(session_remote, name)
     deploy.deploy(EXAMPLE, APP, session_remote, **deploy_kwargs(testbed))
     answer_all_trials(testbed, APP)
     yield session_remote
-    for name in (APP, COPY, BIG, LOST, ARCH):
+    for name in (APP, COPY, BIG, LOST, ARCH, SEALED):
         forget(session_remote, name)
 
 
@@ -157,6 +158,32 @@ def test_pull_copies_only_what_the_folder_lacks_checked_and_private(deployed, tm
     new = backup.now(APP, remote)
     third = backup.pull(remote, to, APP)
     assert third[third["pulled"]]["id"].tolist() == [new["id"]]  # only the new one travels
+
+
+def test_encrypted_copies_keep_no_plain_dump_and_restore_only_with_the_key(deployed, tmp_path):
+    import pyrage
+
+    remote = deployed
+    ident = pyrage.x25519.Identity.generate()
+    key = tmp_path / "age.key"
+    key.write_text(f"{ident}\n")
+    backup.now(APP, remote)
+    pulled = backup.pull(remote, tmp_path / "sealed", APP, encrypt_to=str(ident.to_public()))
+    names_ = sorted(p.name for p in (tmp_path / "sealed" / APP).iterdir())
+    assert names_ and all(n.endswith(".dump.age") or n.endswith(".json") for n in names_), names_
+    assert all(stat_mode(tmp_path / "sealed" / APP / n) == 0o600 for n in names_)
+    again = backup.pull(remote, tmp_path / "sealed", APP, encrypt_to=str(ident.to_public()))
+    assert not again["pulled"].any()  # an encrypted copy counts as had
+    newest = sorted(pulled["file"])[-1]
+    with pytest.raises(deploy.ValidationError):
+        backup.restore(APP, remote, newest, into=SEALED)  # refused before connecting: nothing opens it
+    result = backup.restore(APP, remote, newest, into=SEALED, identity=key)
+    assert result.ok and int(result.counts["restored"].sum()) > 0
+    assert not [p for p in (tmp_path / "sealed" / APP).iterdir() if p.name.startswith(".")]  # no plain copy left
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
 
 
 def test_a_damaged_dump_fails_its_drill_loudly_is_never_pulled_and_status_says_so(deployed, tmp_path):

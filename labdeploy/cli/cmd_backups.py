@@ -87,10 +87,14 @@ def backups_cmd(app, server, no_checksums):
 @click.option("--all", "all_apps", is_flag=True, help="Every app's backups.")
 @click.option("--to", "to", required=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Folder on this computer; backups go to DIR/<app>/ (0700 folders, 0600 files).")
+@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="PUBLIC_KEY",
+              help="Keep the copies encrypted (age format) to this public key: age1... or an SSH public key "
+                   "line such as the content of ~/.ssh/id_ed25519.pub (repeatable).")
+@click.option("--passphrase-stdin", is_flag=True, help="Keep the copies encrypted with a passphrase read from stdin.")
 @server_option
 @common_options
 @with_hints
-def pull_cmd(app, all_apps, to, server):
+def pull_cmd(app, all_apps, to, encrypt_to, passphrase_stdin, server):
     """Copy the backups DIR does not have yet off the server, each checked against its sha256.
 
     \b
@@ -101,9 +105,14 @@ def pull_cmd(app, all_apps, to, server):
     if bool(app) == bool(all_apps):
         raise UsageProblem("Give either --app NAME or --all.", "e.g. labdeploy backup pull --app NAME --to DIR")
     backup = core("backup")
+    phrase = _ui.read_secret("passphrase", from_stdin=True, flag="--passphrase-stdin") if passphrase_stdin else None
+    with _ui.usage_errors():  # checked before connecting
+        if encrypt_to or phrase is not None:
+            backup.Encryption(tuple(encrypt_to), phrase).check()
     remote = open_server(server)
     with _ui.reporting() as reporter:
-        df = backup.pull(remote, to, app, all_apps=all_apps, reporter=reporter)
+        df = backup.pull(remote, to, app, all_apps=all_apps, encrypt_to=list(encrypt_to) or None,
+                         passphrase=phrase, reporter=reporter)
     new = int(df["pulled"].sum()) if len(df) else 0
     _ui.ok(f"{new} new backup(s) copied to {Path(to).expanduser()}; {len(df) - new} were there already.")
     _ui.output(df, render=lambda d: _ui.table(d, columns=["app", "id", "size", "pulled", "file"],
@@ -166,11 +175,14 @@ def schedule_cmd(app, every, keep_hourly, keep_daily, server):
               help="latest, a backup id on the server, a pulled .dump file or an export .zip.")
 @click.option("--into", "into", default=None, metavar="NAME", callback=_check_app,
               help="The app to restore into (default: APP-restore, side by side with the app).")
+@click.option("--identity", "identity", default=None, type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="For an encrypted copy (.dump.age): the private key file (age identity or SSH private key).")
+@click.option("--passphrase-stdin", is_flag=True, help="For an encrypted copy: read its passphrase from stdin.")
 @server_option
 @yes_option
 @common_options
 @with_hints
-def restore_cmd(app, source, into, server, yes):
+def restore_cmd(app, source, into, identity, passphrase_stdin, server, yes):
     """Restore an app's data from a backup, a pulled dump or an export zip. By default into a
     new app name side by side; into an existing app only with confirmation (it is stopped, its
     current data backed up first, then started again). Row counts are checked and shown.
@@ -182,19 +194,21 @@ def restore_cmd(app, source, into, server, yes):
       labdeploy restore --app stroop-pilot --from export.zip --into stroop-pilot --yes
     """
     backup = core("backup")
+    phrase = _ui.read_secret("passphrase", from_stdin=True, flag="--passphrase-stdin") if passphrase_stdin else None
     with _ui.usage_errors():  # checked before connecting
         backup.check_source(source)
+    keys = {"identity": identity, "passphrase": phrase}
     name = pick_server(server)
     remote = open_server(name)
     target = into or f"{app}-restore"
     try:
         with _ui.reporting() as reporter:
-            result = backup.restore(app, remote, source, into=into, confirm=False, reporter=reporter)
+            result = backup.restore(app, remote, source, into=into, confirm=False, reporter=reporter, **keys)
     except backup.RestoreNeedsConfirmation:
         _ui.confirm(f"{target} on {name} holds an app or data already: replace its data with {source} "
                     "(a backup of it is taken first)?", yes=yes)
         with _ui.reporting() as reporter:
-            result = backup.restore(app, remote, source, into=into, confirm=True, reporter=reporter)
+            result = backup.restore(app, remote, source, into=into, confirm=True, reporter=reporter, **keys)
     _ui.ok(f"Restored {result.source} into {result.app}"
            + (f" (its previous data is backup {result.pre_restore_backup})" if result.pre_restore_backup else ""))
     _ui.output(result, render=lambda r: _ui.table(r.counts, title="Row counts"))

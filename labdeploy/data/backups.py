@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import pandas as pd
 
@@ -34,6 +34,7 @@ from ..progress import LogLine, Progress, Reporter, null_reporter, step
 from ..server import backupservice, layout
 from ..ssh import pool
 from ..watch import backups as watch_backups
+from . import encryption
 
 BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 MANIFEST_NAME = re.compile(r"([0-9]{8}T[0-9]{6}Z)\.(scheduled|manual|pre-restore)\.json")
@@ -246,14 +247,21 @@ def _apps_with_backups(remote) -> list[str]:
 
 @pool.closes_what_it_opens
 def pull(server, to: Union[str, os.PathLike], app: Optional[str] = None, *, all_apps: bool = False,
+         encrypt_to: Union[str, Sequence[str], None] = None, passphrase: Optional[str] = None,
          reporter: Optional[Reporter] = None) -> pd.DataFrame:
     """Copy the app's backups (or every app's, with all_apps) that `to/<app>/` lacks, over the
     one SSH connection; each dump is checked against its sha256 before it gets its name, and
-    written 0600 (folders 0700); its manifest is written after it. Returns one row per backup:
+    written 0600 (folders 0700); its manifest is written after it. With `encrypt_to` (age1...
+    or SSH public keys) or `passphrase`, copies are kept encrypted (`<dump>.age`, the age
+    format; see data/encryption.py) and no plain copy stays. Returns one row per backup:
     app, id, file, size, pulled (False: it was there already)."""
     if (app is None) == (not all_apps):
         raise ValidationError("Say which backups to pull: one app, or all apps.",
                               "Name one app, or ask for all apps.", code="invalid.pull")
+    how = None
+    if encrypt_to or passphrase is not None:
+        keys = [encrypt_to] if isinstance(encrypt_to, str) else list(encrypt_to or ())
+        how = encryption.Encryption(tuple(keys), passphrase).check()  # before anything connects
     report = reporter or null_reporter
     remote = pool.connect(server)
     apps = _apps_with_backups(remote) if all_apps else [names.app_name(app)]
@@ -264,12 +272,12 @@ def pull(server, to: Union[str, os.PathLike], app: Optional[str] = None, *, all_
         have = _local_manifests(folder)
         manifests = _manifests(remote, name)
         missing = [m for m in manifests if f"{m['id']}.{m['kind']}.json" not in have
-                   or not (folder / m["dump"]).is_file()]
+                   or not _local_copy(folder, m["dump"])]
         with step(report, f"Pull the backups of {name}", f"{len(missing)} of {len(manifests)} new"):
             for m in manifests:
                 manifest_name = f"{m['id']}.{m['kind']}.json"
                 if m not in missing:
-                    rows.append({"app": name, "id": m["id"], "file": str(folder / m["dump"]),
+                    rows.append({"app": name, "id": m["id"], "file": str(_local_copy(folder, m["dump"])),
                                  "size": m.get("size"), "pulled": False})
                     continue
                 total = int(m.get("size") or 0)
@@ -277,13 +285,36 @@ def pull(server, to: Union[str, os.PathLike], app: Optional[str] = None, *, all_
                 def progress(done, size, _id=m["id"], _step=f"Pull the backups of {name}"):
                     report(Progress(_step, done, size or total, "bytes", _id))
 
-                remote.get_private(f"{layout.app_backups(name)}/{m['dump']}", folder / m["dump"],
-                                   sha256=m.get("sha256"), on_progress=progress)
+                kept = _fetch(remote, f"{layout.app_backups(name)}/{m['dump']}", folder / m["dump"], m, how, progress)
                 localfiles.write_atomic(folder / manifest_name, json.dumps(m, indent=2) + "\n", 0o600)
-                report(LogLine(f"pulled {name}/{m['dump']} ({total} bytes, checksum ok)", "backup"))
-                rows.append({"app": name, "id": m["id"], "file": str(folder / m["dump"]), "size": total,
-                             "pulled": True})
+                report(LogLine(f"pulled {name}/{kept.name} ({total} bytes, checksum ok"
+                               f"{', encrypted' if how else ''})", "backup"))
+                rows.append({"app": name, "id": m["id"], "file": str(kept), "size": total, "pulled": True})
     return pd.DataFrame(rows, columns=["app", "id", "file", "size", "pulled"])
+
+
+def _local_copy(folder: Path, dump: str) -> Optional[Path]:
+    """The pulled copy of `dump` in `folder`, plain or encrypted, if there is one."""
+    for path in (folder / dump, folder / (dump + encryption.SUFFIX)):
+        if path.is_file():
+            return path
+    return None
+
+
+def _fetch(remote, path: str, target: Path, manifest: dict, how, progress) -> Path:
+    """One dump into `target` (checked against its sha256), or, with `how`, into target.age
+    with the plain copy gone again."""
+    if how is None:
+        remote.get_private(path, target, sha256=manifest.get("sha256"), on_progress=progress)
+        return target
+    plain = localfiles.temp_name(target, ".plain")
+    try:
+        remote.get_private(path, plain, sha256=manifest.get("sha256"), on_progress=progress)
+        encrypted = target.with_name(target.name + encryption.SUFFIX)
+        encryption.encrypt(plain, encrypted, how)
+        return encrypted
+    finally:
+        plain.unlink(missing_ok=True)
 
 
 def remove_app_backups(remote, app: str) -> None:
@@ -298,6 +329,10 @@ class LocalBackup:
     dump: Path
     manifest: Optional[dict]
 
+    @property
+    def encrypted(self) -> bool:
+        return self.dump.name.endswith(encryption.SUFFIX)
+
     @classmethod
     def open(cls, path: Union[str, os.PathLike]) -> "LocalBackup":
         path = Path(path).expanduser()
@@ -305,8 +340,9 @@ class LocalBackup:
             raise ValidationError(f"There is no file {path}.", "Give the path of a pulled .dump file "
                                   "(backup.pull puts them in <folder>/<app>/).", code="invalid.backup_file")
         manifest = None
-        if path.name.endswith(".dump"):
-            beside = path.with_name(path.name[:-len(".dump")] + ".json")
+        stem = path.name[:-len(encryption.SUFFIX)] if path.name.endswith(encryption.SUFFIX) else path.name
+        if stem.endswith(".dump"):
+            beside = path.with_name(stem[:-len(".dump")] + ".json")
             if beside.is_file():
                 try:
                     manifest = json.loads(beside.read_text())

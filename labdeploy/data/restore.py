@@ -21,7 +21,7 @@ import json
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -33,7 +33,7 @@ from ..errors import LabdeployError, Remedy, ValidationError
 from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
 from ..server import compose, layout, psql
 from ..ssh import pool
-from . import archive, backups
+from . import archive, backups, encryption
 
 SCRATCH_SUFFIX = "__restoring"
 REPLACED_SUFFIX = "__replaced"
@@ -158,8 +158,8 @@ def local_source(source: Union[str, Path]) -> _Source:
             raise ValidationError(f"There is no file {path}.", "Give the path of an export zip.",
                                   code="invalid.restore.file")
         return _zip_source(path)
-    if path.suffix != ".dump":
-        raise ValidationError(f"{path.name} is neither a backup (.dump) nor an export (.zip).",
+    if not (path.name.endswith(".dump") or path.name.endswith(".dump" + encryption.SUFFIX)):
+        raise ValidationError(f"{path.name} is neither a backup (.dump, .dump.age) nor an export (.zip).",
                               "Give a pulled .dump file, an export .zip, 'latest' or a backup id.",
                               code="invalid.restore.source")
     local = backups.LocalBackup.open(path)
@@ -207,8 +207,16 @@ def _app_running(remote, app: str) -> bool:
 
 # ---------------------------------------------------------------------------- loading
 
-def _load_dump(remote, into: str, source: _Source, report: Reporter) -> dict:
-    """The dump into a new database <db>__restoring; returns its row counts."""
+def _load_dump(remote, into: str, source: _Source, report: Reporter, keys: Optional[dict] = None) -> dict:
+    """The dump into a new database <db>__restoring; returns its row counts. An encrypted copy
+    is opened with `keys` (identity= or passphrase=) into a 0600 file beside it first."""
+    if source.kind == "dump" and source.local.name.endswith(encryption.SUFFIX):
+        plain = source.local.with_name(f".{uuid.uuid4().hex[:12]}.labdeploy-plain")
+        try:
+            encryption.decrypt(source.local, plain, **(keys or {}))
+            return _load_dump(remote, into, replace(source, local=plain), report)
+        finally:
+            plain.unlink(missing_ok=True)
     ident = names.db_identifier(into)
     upload = None
     file_in_container = source.server_file
@@ -335,8 +343,10 @@ def _check_into(app: str, into: Optional[str]) -> str:
 
 @pool.closes_what_it_opens
 def restore(app: str, server, source: Union[str, Path] = "latest", *, into: Optional[str] = None,
-            confirm: bool = False, reporter: Optional[Reporter] = None) -> RestoreResult:
+            confirm: bool = False, identity: Union[str, Path, None] = None, passphrase: Optional[str] = None,
+            reporter: Optional[Reporter] = None) -> RestoreResult:
     """Restore `app`'s data from `source` ("latest", a backup id on the server, a pulled .dump
+    (or an encrypted .dump.age, opened with the private key file `identity` or `passphrase`)
     or an export .zip) into the app `into` (default `<app>-restore`: side by side). Into a
     name that holds an app or data: only with confirm=True (stop, pre-restore backup, swap,
     start). Row counts are checked against the manifest or the zip and reported."""
@@ -344,6 +354,10 @@ def restore(app: str, server, source: Union[str, Path] = "latest", *, into: Opti
     report = reporter or null_reporter
     started = time.monotonic()
     local = check_source(source)  # a bad file is refused before connecting
+    if local is not None and local.local.name.endswith(encryption.SUFFIX) and identity is None and passphrase is None:
+        raise ValidationError(f"{local.local.name} is encrypted: nothing was given to open it.",
+                              "Give the private key file that matches the public key it was encrypted to, or "
+                              "its passphrase.", code="invalid.encryption.identity")
     remote = pool.connect(server)
     source_ = local or resolve_source(remote, app, source)
     ident = names.db_identifier(into)
@@ -357,7 +371,8 @@ def restore(app: str, server, source: Union[str, Path] = "latest", *, into: Opti
     if source_.kind == "zip":
         return _restore_zip(remote, app, into, source_, deployed, exists, report, started)
     _ensure_role(remote, ident)
-    restored = _load_dump(remote, into, source_, report)
+    keys = {k: v for k, v in (("identity", identity), ("passphrase", passphrase)) if v is not None}
+    restored = _load_dump(remote, into, source_, report, keys)
     counts = _counts_frame(source_.expected, restored)
     if not counts["ok"].all():
         _drop(remote, ident + SCRATCH_SUFFIX)
