@@ -81,6 +81,8 @@ class BackupsPanel(Panel):
         self.drill_button = self._button("Drill the newest", "drill", icon="check")
         self.drill_button.on_click(lambda _: self.drill())
         self.folder = W.Text(value=folder, description="Pull to", layout=wide)
+        self.encrypt_to = W.Text(value="", description="Encrypt to", layout=wide,
+                                 placeholder="optional: age1… or ssh-ed25519 … public key")
         self.pull_button = self._button("Pull new backups", "pull", icon="download")
         self.pull_button.on_click(lambda _: self.pull())
         self.source = W.Dropdown(options=[("newest", "latest")], value="latest", description="Restore", layout=wide)
@@ -102,7 +104,7 @@ class BackupsPanel(Panel):
         row = lambda *c: W.HBox(list(c), layout=W.Layout(flex_flow="row wrap", align_items="center"))  # noqa: E731
         self.widget = titled(
             "Backups", row(self.app_picker, self.refresh_button, self.now_button, self.drill_button),
-            self.table, row(self.folder, self.pull_button), row(self.source, self.into),
+            self.table, row(self.folder, self.encrypt_to, self.pull_button), row(self.source, self.into),
             row(self.replace, self.restore_button), row(self.every, self.schedule_button),
             self.message, self.steps, self.progress, self.log,
             subtitle="The server backs up every app's database on its schedule and checks once a day that "
@@ -189,7 +191,8 @@ class BackupsPanel(Panel):
     def pull(self) -> Optional[threading.Thread]:
         server, app, report = self.server, self.app_picker.value, self._reporter()
         folder = Path(self.folder.value).expanduser()
-        return self._act(lambda: backup_core.pull(server, folder, self._app_of(app), reporter=report),
+        key = self.encrypt_to.value.strip() or None
+        return self._act(lambda: backup_core.pull(server, folder, self._app_of(app), encrypt_to=key, reporter=report),
                          lambda df: f"{int(df['pulled'].sum())} new backup(s) copied to {folder / app}.",
                          "Pulling…", "backups-pull")
 
