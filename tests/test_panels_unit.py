@@ -125,3 +125,25 @@ def test_export_then_destroy_needs_every_table(home, monkeypatch, tmp_path, pick
     panel.destroy_button.click()
     panel.last_task.join(10)
     assert "every table" in panel.message.value
+
+
+def test_the_monitor_status_shows_each_apps_backup_once_and_a_warning_in_red():
+    import pandas as pd
+
+    from labdeploy.widgets.backups import backups_html
+    from labdeploy.widgets.monitor import status_html
+
+    row = {"health": "", "uptime": pd.NaT, "restarts": 0, "image": "img", "state": "running"}
+    df = pd.DataFrame([
+        {**row, "app": "a", "service": "web", "last_backup": pd.Timestamp("2026-11-30 12:00", tz="UTC"),
+         "last_good_drill": None, "backup_warning": ""},
+        {**row, "app": "a", "service": "worker", "last_backup": pd.Timestamp("2026-11-30 12:00", tz="UTC"),
+         "last_good_drill": None, "backup_warning": ""},
+        {**row, "app": "b", "service": "web", "last_backup": None, "last_good_drill": None,
+         "backup_warning": "the last restore drill failed: the newest backup may not restore"},
+    ])
+    out = status_html(df)
+    assert out.count("last 2026-11-30 12:00") == 1
+    assert "labdeploy-monitor-backup-warning" in out and "drill failed" in out and "#c5221f" in out
+    assert "No backups yet" in backups_html(pd.DataFrame(columns=["id"]))
+    assert "⚠ the newest backup is 3.0 h old" in backups_html(pd.DataFrame(columns=["id"]), "the newest backup is 3.0 h old")

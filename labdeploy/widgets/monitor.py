@@ -46,8 +46,16 @@ def status_html(df: pd.DataFrame) -> str:
     if df.empty:
         return "<i>No labdeploy apps run on this server yet.</i>"
     rows = []
+    shown: set = set()
     for r in df.itertuples():
         color = STATE_COLORS.get(r.state, "#000")
+        backup = ""
+        if hasattr(r, "backup_warning") and r.app not in shown:  # once per app, on its first row
+            shown.add(r.app)
+            last = getattr(r, "last_backup", None)
+            backup = (f"<b class='labdeploy-monitor-backup-warning' style='color:#c5221f'>⚠ {html.escape(r.backup_warning)}</b>"
+                      if r.backup_warning else
+                      f"last {last:%Y-%m-%d %H:%M}" if last is not None and not pd.isna(last) else "")
         health = f" ({html.escape(r.health)})" if r.health else ""
         queued, failed = getattr(r, "jobs_queued", None), getattr(r, "jobs_failed", None)
         jobs = "" if queued is None or pd.isna(queued) else \
@@ -56,12 +64,13 @@ def status_html(df: pd.DataFrame) -> str:
                     f"data-service='{html.escape(r.service)}' data-state='{html.escape(r.state)}'>"
                     f"<td>{html.escape(r.app)}</td><td>{html.escape(r.service)}</td>"
                     f"<td style='color:{color}'>{html.escape(r.state)}{health}</td>"
-                    f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td><td>{jobs}</td>"
+                    f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td><td>{jobs}</td><td>{backup}</td>"
                     f"<td style='color:#555'>{html.escape(r.image)}</td></tr>")
     return ("<style>.labdeploy-monitor-status td,.labdeploy-monitor-status th{padding:1px 10px 1px 0}</style>"
             "<table class='labdeploy-monitor-status' style='border-collapse:collapse;font-size:90%'>"
             "<tr><th align=left>app</th><th align=left>service</th><th align=left>state</th>"
-            "<th align=left>up</th><th align=left>restarts</th><th align=left>jobs</th><th align=left>image</th></tr>"
+            "<th align=left>up</th><th align=left>restarts</th><th align=left>jobs</th><th align=left>backup</th>"
+            "<th align=left>image</th></tr>"
             + "".join(rows) + "</table>")
 
 
@@ -273,7 +282,7 @@ class MonitorPanel(Panel):
                     if not self.status_df.empty else error_html(exc)
 
     def _refresh_status(self) -> None:
-        df = monitor.status(self.remote, jobs=True)
+        df = monitor.status(self.remote, jobs=True, backups=True)
         self.status_df = df
         self.status_table.value = status_html(df)
         apps = sorted(set(df["app"]))
