@@ -23,3 +23,13 @@ def destroy_if_deployed(remote, app: str) -> None:
         apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
     except deploy.UnknownApp:
         pass
+
+
+def drop_data_only(remote, *apps_: str) -> None:
+    """Remove the databases, roles and backups of test "apps" that are a database only."""
+    from labdeploy.server import psql
+
+    for name in apps_:
+        ident = "app_" + name.replace("-", "_")
+        psql.run_sql(remote, f"DROP DATABASE IF EXISTS {ident};\nDROP ROLE IF EXISTS {ident};\n")
+        remote.run(["rm", "-rf", "--", f"dallinger-data/backups/{name}"])

@@ -43,3 +43,15 @@ class Relay:
     def close(self) -> None:
         self.listener.close()
         self.cut()
+
+
+def relayed_remote(testbed: dict, folder):
+    """(relay, Remote) for the testbed's sshd through a Relay the test can cut; the Remote
+    trusts the server's host key under the relay's address."""
+    from labdeploy.remote import Remote
+
+    s = testbed["ssh"]
+    relay = Relay(s["host"], s["port"])
+    kh = folder / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{relay.port} " + s["known_hosts_line"].split(" ", 1)[1] + "\n")
+    return relay, Remote("127.0.0.1", relay.port, s["user"], key_filename=s["key"], known_hosts=kh, use_agent=False)

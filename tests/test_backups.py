@@ -17,10 +17,9 @@ import pytest
 
 from labdeploy import backup, export
 from labdeploy.app import apps, deploy
-from labdeploy.remote import Remote
 from labdeploy.server import layout, psql, stack
 from deploy_support import deploy_kwargs, prepare_local_stack
-from net_support import Relay
+from net_support import relayed_remote
 from test_deploy import answer_all_trials, through_caddy
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
@@ -319,11 +318,7 @@ def test_a_full_disk_during_a_backup_leaves_no_partial_file_and_the_app_keeps_ru
 
 def test_a_dropped_connection_during_a_pull_leaves_no_half_file_and_a_rerun_completes(deployed, testbed, tmp_path):
     remote = deployed
-    s = testbed["ssh"]
-    relay = Relay(s["host"], s["port"])
-    kh = tmp_path / "known_hosts"
-    kh.write_text(f"[127.0.0.1]:{relay.port} " + s["known_hosts_line"].split(" ", 1)[1] + "\n")
-    far = Remote("127.0.0.1", relay.port, s["user"], key_filename=s["key"], known_hosts=kh, use_agent=False)
+    relay, far = relayed_remote(testbed, tmp_path)
     to = tmp_path / "copies"
 
     def cut_midway(event) -> None:

@@ -11,17 +11,14 @@ import pytest
 
 from labdeploy.server import psql
 from labdeploy.widgets.backups import BackupsPanel
-from deploy_support import prepare_local_stack
+from deploy_support import drop_data_only, prepare_local_stack
 
 APP = "t-bk-panel"
 COPY = "t-bk-panel-restore"
 
 
 def _drop(remote) -> None:
-    for name in (APP, COPY):
-        ident = "app_" + name.replace("-", "_")
-        psql.run_sql(remote, f"DROP DATABASE IF EXISTS {ident};\nDROP ROLE IF EXISTS {ident};\n")
-        remote.run(["rm", "-rf", "--", f"dallinger-data/backups/{name}"])
+    drop_data_only(remote, APP, COPY)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from labdeploy.server import psql
+from deploy_support import drop_data_only
 from test_cli_support import CLI
 
 APP = "t-cli-bk"
@@ -20,10 +21,7 @@ def cli(tmp_path_factory) -> CLI:
 
 
 def _drop(remote) -> None:
-    for name in (APP, COPY):
-        ident = "app_" + name.replace("-", "_")
-        psql.run_sql(remote, f"DROP DATABASE IF EXISTS {ident};\nDROP ROLE IF EXISTS {ident};\n")
-        remote.run(["rm", "-rf", "--", f"dallinger-data/backups/{name}"])
+    drop_data_only(remote, APP, COPY)
 
 
 @pytest.fixture(scope="module")

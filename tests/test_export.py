@@ -24,7 +24,7 @@ from labdeploy import export
 from labdeploy.errors import RemoteError, ValidationError
 from labdeploy.progress import Collector, Progress
 from labdeploy.remote import Remote
-from net_support import Relay
+from net_support import relayed_remote
 
 APP = f"t-exp-{secrets.token_hex(3)}"
 BIG_ROWS = 200_000
@@ -221,11 +221,7 @@ def test_consistent_under_concurrent_writes(app, session_remote):
 
 
 def test_ssh_dropped_mid_export_leaves_no_archive_and_rerun_works(app, testbed, tmp_path, home):
-    s = testbed["ssh"]
-    relay = Relay(s["host"], s["port"])
-    kh = tmp_path / "known_hosts"
-    kh.write_text(f"[127.0.0.1]:{relay.port} " + s["known_hosts_line"].split(" ", 1)[1] + "\n")
-    remote = Remote("127.0.0.1", relay.port, s["user"], key_filename=s["key"], known_hosts=kh, use_agent=False)
+    relay, remote = relayed_remote(testbed, tmp_path)
     out = tmp_path / "exports"
 
     def drop_when_streaming(event) -> None:
@@ -242,8 +238,9 @@ def test_ssh_dropped_mid_export_leaves_no_archive_and_rerun_works(app, testbed, 
     finally:
         relay.close()
         remote.close()
-    kh.with_name("kh2").write_text(s["known_hosts_line"] + "\n")
-    with Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=kh.with_name("kh2"),
+    s = testbed["ssh"]
+    (tmp_path / "kh2").write_text(s["known_hosts_line"] + "\n")
+    with Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=tmp_path / "kh2",
                 use_agent=False) as again:
         data = export.export(app, again, save_to=out)
     assert [p.name for p in out.iterdir()] == [os.path.basename(data.paths[0])]
