@@ -18,9 +18,9 @@ def deploy_kwargs(testbed: dict) -> dict:
 
 
 def destroy_if_deployed(remote, app: str) -> None:
-    """Remove one of the tests' own throw-away apps with its data; nothing if it isn't there."""
+    """Remove one of the tests' own throw-away apps with its data and backups; nothing if it isn't there."""
     try:
-        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False)
+        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False, remove_backups=True)
     except deploy.UnknownApp:
         pass
 

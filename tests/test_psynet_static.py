@@ -227,6 +227,9 @@ def test_the_experiment_id_survives_an_update(deployed, testbed, session_remote)
 
 
 def test_destroy_with_a_final_export_stops_exports_then_deletes(deployed, session_remote):
+    from labdeploy import backup
+
+    backup.now(APP, session_remote)  # (the server takes one by itself within a minute anyway)
     final = deployed["home"] / "final"
     events = Collector()
     gone = apps.destroy(APP, session_remote, confirm=True, remove_data=True, final_export=final, reporter=events)
@@ -257,5 +260,8 @@ def test_destroy_with_a_final_export_stops_exports_then_deletes(deployed, sessio
     assert "PsyNet preparation image on this computer" in gone.removed
     assert subprocess.run(["docker", "images", "-q", f"labdeploy-psynet-prepare/{APP}"], capture_output=True,
                           text=True, check=True).stdout.strip() == ""
+    # Only its backups are kept (issue 17), and the result says where.
+    assert f"backups in ~/{layout.app_backups(APP)}" in gone.kept
+    apps.destroy(APP, session_remote, confirm=True, remove_data=True, remove_backups=True, export_check=False)
     with pytest.raises(deploy.UnknownApp):
         apps.destroy(APP, session_remote, confirm=True)

@@ -38,7 +38,8 @@ COUNT_SQL="SELECT 'rows:' || coalesce(json_object_agg(t.name, t.n ORDER BY t.nam
 
 # A connection string for database $1 whose connection notices a PostgreSQL that vanished
 # (a killed container sends no reset): without keepalives a dump would wait forever.
-conn() { printf 'dbname=%s keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3 tcp_user_timeout=30000' "$1"; }
+# Named, so pg_activity tells them from the app's own (they are the superuser's, not the app role's).
+conn() { printf 'dbname=%s application_name=labdeploy-backup keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3 tcp_user_timeout=30000' "$1"; }
 
 log() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 

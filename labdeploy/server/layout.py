@@ -99,6 +99,7 @@ def web_alias(app: str) -> str:
 
 # The backup service (labdeploy.server.backupservice): a container of the shared stack.
 BACKUP_CONTAINER = "dallinger-backup"
+BACKUP_APPLICATION_NAME = "labdeploy-backup"  # its PostgreSQL connections, told apart in pg_activity
 BACKUPS_ROOT = f"{DATA_ROOT}/backups"  # "backups" is a reserved app name: never an app's data folder
 
 

@@ -39,7 +39,7 @@ _MARK = "labdeploy-section:"
 ACTIVITY_COLUMNS = ["pid", "user", "database", "client_address", "application_name", "backend_start", "state",
                     "state_change", "query_age", "state_age", "wait_event_type", "query"]
 SUMMARY_COLUMNS = ["database", "app", "connections", "active", "idle", "idle_in_transaction", "other",
-                   "via_pooler", "role_limit", "pct_of_role_limit", "pct_of_max"]
+                   "via_pooler", "maintenance", "role_limit", "pct_of_role_limit", "pct_of_max"]
 
 SNAPSHOT_SQL = f"""\\echo {_MARK}activity
 select pid, usename as "user", datname as database, client_addr as client_address, application_name,
@@ -367,6 +367,8 @@ def summarize(snap: Snapshot) -> pd.DataFrame:
             "idle_in_transaction": int(states.str.startswith("idle in transaction").sum()),
             "other": int((~states.isin(["active", "idle"]) & ~states.str.startswith("idle in transaction")).sum()),
             "via_pooler": int((mine["application_name"] == pooler.APPLICATION_NAME).sum()),
+            # The backup service's (the superuser's): not the app's, and not against its role's limit.
+            "maintenance": int((mine["application_name"] == layout.BACKUP_APPLICATION_NAME).sum()),
             "role_limit": limit if limit >= 0 else pd.NA,
             "pct_of_role_limit": round(100.0 * n / limit, 1) if limit > 0 else float("nan"),
             "pct_of_max": round(100.0 * n / snap.max_connections, 1),
@@ -446,7 +448,7 @@ def connection_warnings(snap: Snapshot, threshold: float = DEFAULT_THRESHOLD) ->
         who = _who(r)
         full = r["connections"] >= lim
         pool = _pool_size(lim)
-        if pool is not None and r["via_pooler"] == r["connections"] and r["connections"] <= pool:
+        if pool is not None and r["via_pooler"] + r["maintenance"] == r["connections"] and r["via_pooler"] <= pool:
             # Its pooler at work: at most `pool` connections, the app's requests queue for them.
             out.append(ConnectionWarning(
                 "app",
