@@ -136,7 +136,8 @@ def drive(testbed: dict, remote, app: str, visit: Callable[[Visit, int], None], 
             if role not in summary.index:
                 continue
             row = summary.loc[role]
-            result.peak_app = max(result.peak_app, int(row["connections"]))
+            # The app's own connections: the backup service's (the superuser's) are not its.
+            result.peak_app = max(result.peak_app, int(row["connections"]) - int(row["maintenance"]))
             result.role_limit = int(row["role_limit"])
             if row["via_pooler"] + row["maintenance"] != row["connections"]:  # the backup service's are not the app's
                 result.pooled_only = False

@@ -235,3 +235,21 @@ def test_the_start_script_file_modes_do_not_depend_on_the_callers_umask(tmp_path
     assert res.returncode == 0, res.stderr
     mode = stat.S_IMODE((tmp_path / "conf" / "userlist.txt").stat().st_mode)
     assert mode == 0o600
+
+
+def test_the_backup_services_connections_are_counted_apart_from_the_apps():
+    import pandas as pd
+
+    from labdeploy.server import layout
+
+    act = pd.DataFrame({"pid": [1, 2, 3, 4], "user": ["app_a", "app_a", "dallinger", "dallinger"],
+                        "database": ["app_a"] * 4,
+                        "application_name": ["pgbouncer", "pgbouncer", layout.BACKUP_APPLICATION_NAME,
+                                             layout.BACKUP_APPLICATION_NAME],
+                        "state": ["idle", "active", "active", "idle in transaction"]})
+    snap = pgactivity.Snapshot(time=pd.Timestamp.now(tz="UTC"), activity=act, max_connections=100, reserved=3,
+                               roles=pd.DataFrame({"role": ["app_a"], "role_limit": [2]}), databases=["app_a"])
+    row = snap.summary().set_index("database").loc["app_a"]
+    assert (row["connections"], row["via_pooler"], row["maintenance"], row["pct_of_role_limit"]) == (4, 2, 2, 100.0)
+    mine = [w for w in pgactivity.connection_warnings(snap, 0.8) if w.kind == "app"]
+    assert mine and "uses 2 of its 2" in mine[0].message and mine[0].used == 2  # the app's own two, not the backup's

@@ -361,16 +361,17 @@ def summarize(snap: Snapshot) -> pd.DataFrame:
         states = mine["state"].fillna("")
         limit = limits.get(db, -1)
         n = len(mine)
+        # The backup service's (the superuser's): not the app's, and not against its role's limit.
+        maint = int((mine["application_name"] == layout.BACKUP_APPLICATION_NAME).sum())
         rows.append({
             "database": db, "app": app_of_database(db), "connections": n,
             "active": int((states == "active").sum()), "idle": int((states == "idle").sum()),
             "idle_in_transaction": int(states.str.startswith("idle in transaction").sum()),
             "other": int((~states.isin(["active", "idle"]) & ~states.str.startswith("idle in transaction")).sum()),
             "via_pooler": int((mine["application_name"] == pooler.APPLICATION_NAME).sum()),
-            # The backup service's (the superuser's): not the app's, and not against its role's limit.
-            "maintenance": int((mine["application_name"] == layout.BACKUP_APPLICATION_NAME).sum()),
+            "maintenance": maint,
             "role_limit": limit if limit >= 0 else pd.NA,
-            "pct_of_role_limit": round(100.0 * n / limit, 1) if limit > 0 else float("nan"),
+            "pct_of_role_limit": round(100.0 * (n - maint) / limit, 1) if limit > 0 else float("nan"),
             "pct_of_max": round(100.0 * n / snap.max_connections, 1),
         })
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -443,29 +444,30 @@ def connection_warnings(snap: Snapshot, threshold: float = DEFAULT_THRESHOLD) ->
             total, limit, tuple(_who(r) for _, r in top.iterrows())))
     for _, r in summ.iterrows():
         lim = r["role_limit"]
-        if lim is pd.NA or lim <= 0 or r["connections"] < threshold * lim:
+        n = int(r["connections"]) - int(r["maintenance"])  # the app role's own, what its limit counts
+        if lim is pd.NA or lim <= 0 or n < threshold * lim:
             continue
         who = _who(r)
-        full = r["connections"] >= lim
+        full = n >= lim
         pool = _pool_size(lim)
-        if pool is not None and r["via_pooler"] + r["maintenance"] == r["connections"] and r["via_pooler"] <= pool:
+        if pool is not None and r["via_pooler"] == n and n <= pool:
             # Its pooler at work: at most `pool` connections, the app's requests queue for them.
             out.append(ConnectionWarning(
                 "app",
-                f"{who} uses {r['connections']} of its {lim} database connections, all through its pooler "
+                f"{who} uses {n} of its {lim} database connections, all through its pooler "
                 f"(at most {pool} at a time)"
                 + (": it is busy, so requests wait their turn for one (none is refused)."
-                   if r["connections"] >= pool else "."),
+                   if n >= pool else "."),
                 f"Nothing needs restarting. If {who}'s pages get slow under load, give it more connections: "
                 f"`labdeploy deploy --app {who} --update --connection-limit N` (or update(..., "
                 "connection_limit=N)), keeping the sum over all apps below the server's max_connections.",
-                int(r["connections"]), int(lim), (who,)))
+                n, int(lim), (who,)))
             continue
         out.append(ConnectionWarning(
             "app",
-            f"{who} uses {r['connections']} of its {lim} database connections"
+            f"{who} uses {n} of its {lim} database connections"
             + (" — it is at its limit: new connections of this app are refused." if full else "."),
             f"Restart its web, worker and clock: {_restart_hint(who)}. If that recurs, give it its own pooler "
             f"(`labdeploy deploy --app {who} --update --pooler`) or raise its connection limit.",
-            int(r["connections"]), int(lim), (who,)))
+            n, int(lim), (who,)))
     return out
