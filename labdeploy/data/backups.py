@@ -158,7 +158,6 @@ def backups(app: str, server, *, checksums: bool = True) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     for column in ("checksum_ok", "drill"):  # True, False or None (not known): Python values, not numpy's
         df[column] = df[column].astype(object)
-    df.attrs["runs"] = pd.DataFrame(_lines(listing["runs"]))
     return df
 
 

@@ -21,7 +21,7 @@ import json
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -53,7 +53,6 @@ class RestoreResult:
     replaced: bool = False  # an existing database was replaced (after a pre-restore backup)
     pre_restore_backup: Optional[str] = None
     seconds: float = 0.0
-    notes: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -197,7 +197,8 @@ drill() {  # drill APP [ID] [KIND]
     passfile
     exec 8>"$dir/.drill-lock"
     flock -w 900 8 || { echo "@@failed another drill of $app is still running"; return 1; }
-    scratch="labdeploy_drill_$(ident_of "$app" | cut -c1-40)"
+    # Whole, never cut: a cut name could be another app's scratch database (16 + at most 44 < 63).
+    scratch="labdeploy_drill_$(ident_of "$app")"
     ok=false detail=""
     if [ "$(sha256sum "$dump" 2>/dev/null | cut -d' ' -f1)" != "$want_sum" ]; then
         detail="the dump's checksum does not match its manifest (the file is damaged)"

@@ -10,18 +10,21 @@ from __future__ import annotations
 import html
 import io
 import threading
+import time
 from typing import Optional
 
 import ipywidgets as W
 import pandas as pd
 
 from ..server import layout
-from ..watch import monitor
+from ..watch import backups as backup_health, monitor
 from ..errors import LabdeployError
 from ..ssh import pool as ssh_pool
 from ..watch.pgactivity import DEFAULT_THRESHOLD
 from .common import LogPane, Message, Panel, error_html, titled, warning_html, widget_reporter
 from .remedies import hint as panel_hint
+
+BACKUP_EVERY = 30.0  # seconds between readings of the apps' backup health
 
 STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
                 "created": "#888", "paused": "#8a4b00"}
@@ -112,6 +115,7 @@ class MonitorPanel(Panel):
         self.sampler: Optional[monitor.Sampler] = None
         self.last_task: Optional[threading.Thread] = None
         self.status_df = pd.DataFrame()
+        self._backup_health, self._backup_read = None, 0.0  # read at most every BACKUP_EVERY seconds
         self._stop = threading.Event()
         self._ctl = threading.Lock()  # orders connect's background start against stop()
         self._timer: Optional[threading.Thread] = None
@@ -282,7 +286,11 @@ class MonitorPanel(Panel):
                     if not self.status_df.empty else error_html(exc)
 
     def _refresh_status(self) -> None:
-        df = monitor.status(self.remote, jobs=True, backups=True)
+        df = monitor.status(self.remote, jobs=True)
+        # Backups change once a minute at most: not one more round trip on every refresh.
+        if self._backup_health is None or time.monotonic() - self._backup_read >= BACKUP_EVERY:
+            self._backup_health, self._backup_read = backup_health.read(self.remote), time.monotonic()
+        df = backup_health.attach(df, self._backup_health)
         self.status_df = df
         self.status_table.value = status_html(df)
         apps = sorted(set(df["app"]))
