@@ -375,6 +375,9 @@ def test_destroy_with_data_keeps_the_backups_and_says_where(deployed):
     assert remote.exists(layout.app_backups(BIG))
     with pytest.raises(Exception):
         apps.destroy(BIG, remote, confirm=True, remove_backups=True)  # backups go only with the data
+    kept = apps.destroy(BIG, remote, confirm=True)  # the data first, then where the backups are
+    assert kept.kept == ["database", f"backups in ~/{layout.app_backups(BIG)}"]
+    assert "; kept database, backups in ~/" in kept.summary()
     result = apps.destroy(BIG, remote, confirm=True, remove_data=True, export_check=False)
     assert f"backups in ~/{layout.app_backups(BIG)}" in result.kept
     assert len(backup.backups(BIG, remote, checksums=False)) >= 2

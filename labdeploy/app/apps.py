@@ -221,6 +221,12 @@ def _remove_containers(remote, app: str, has_compose: bool, remove_data: bool, r
 
 def _keep_or_remove_data(remote, app: str, traces: dict, remove_data: bool, result: DestroyResult,
                          reporter: Reporter, remove_backups: bool = False) -> None:
+    if remove_data:
+        result.removed += appdata.remove(remote, app)
+    else:
+        result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),
+                                              ("files in ~/" + layout.app_data(app), traces["data"])) if present]
+    # Looked at again now: the backup service may have written the app's first backup since the check.
     backups_here = remote.exists(layout.app_backups(app))
     if remove_backups and backups_here:
         from ..data.backups import remove_app_backups
@@ -230,13 +236,6 @@ def _keep_or_remove_data(remote, app: str, traces: dict, remove_data: bool, resu
     elif backups_here:
         # Backups outlive the app unless asked: a destroyed study can still be restored.
         result.kept.append(f"backups in ~/{layout.app_backups(app)}")
-    if remove_data:
-        result.removed += appdata.remove(remote, app)
-        if result.kept:
-            reporter(LogLine("kept: " + ", ".join(result.kept), "destroy"))
-        return
-    result.kept += [k for k, present in (("database", traces["database"]), ("redis volume", traces["volumes"]),
-                                          ("files in ~/" + layout.app_data(app), traces["data"])) if present]
     if result.kept:
         reporter(LogLine("kept: " + ", ".join(result.kept), "destroy"))
 
