@@ -15,6 +15,7 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.socks: list[socket.socket] = []
+        self.down = False  # closed for good: a reconnect finds no way through
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -23,6 +24,9 @@ class Relay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.down:  # a thread blocked in accept() still takes connections after close()
+                client.close()
+                continue
             upstream = socket.create_connection(self.target)
             self.socks += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
@@ -41,6 +45,7 @@ class Relay:
             s.close()
 
     def close(self) -> None:
+        self.down = True
         self.listener.close()
         self.cut()
 

@@ -37,12 +37,12 @@ from ..experiment import dallinger, folder
 from ..images import transfer
 from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, WarningEvent, null_reporter, step
 from ..redaction import redact, redacting
-from ..server import caddy, compose, database, layout, pooler, psql, readiness, stack
+from ..server import caddy, compose, database, layout, pooler, psql, readiness, stack, webcheck
 from ..server.locks import DeployLock
 from ..ssh import pool
 from ..watch import containers, jobs
 from . import appcompose, appdata, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
-    webprobe
+    webprobe, webupdate
 from .configuration import Secret
 from .options import DeployOptions
 
@@ -144,6 +144,7 @@ class Deploy:
         self.undo: list[tuple[str, Callable[[], Optional[bool]]]] = []  # (what, action), run in reverse
         self.known_secrets: list[str] = []  # values masked in every event and message
         self.current = "preflight"
+        self.gated = self.switched = False  # the health-gated web switch was tried / made (webupdate)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -180,7 +181,7 @@ class Deploy:
         except BaseException as exc:
             self.fail(exc)
         finally:
-            self.lock.release()
+            _release(self)
         return self.result()
 
     def detail(self, name: str) -> str:
@@ -359,6 +360,10 @@ class Deploy:
             remote.makedirs(f"{layout.app_dir(app)}/{pooler.PYTHON_DIR}", 0o755)
             remote.put_bytes(f"{layout.app_dir(app)}/{pooler.PYTHON_DIR}/sitecustomize.py", pooler.SITECUSTOMIZE,
                              mode=0o644)
+        self.host = f"{app}.{self.settings.domain or 'localhost'}"
+        self.seen: list = []  # container readings, for the wait in the launch step
+        if webupdate.switchable(self, document) and webupdate.start(self, appcompose.app_compose_yaml(document)):
+            return  # the new web process serves, checked before any participant reached it
         remote.put_bytes(layout.app_compose(app), appcompose.app_compose_yaml(document), mode=0o644)
         self.undo.append(("processes", self.put_processes_back))
         try:
@@ -374,8 +379,6 @@ class Deploy:
             if stale:
                 compose.run_app(remote, app, ["restart", *stale], reporter=self.reporter, timeout=300)
         self.started_at = time.monotonic()
-        self.host = f"{app}.{self.settings.domain or 'localhost'}"
-        self.seen: list = []  # container readings, for the wait in the launch step
         web_ip = webprobe.web_address(remote, app, self.delivered.ref, self.processes, self.seen)
         with remote.forward(web_ip, layout.WEB_PORT) as port:
             # Asking the health path: an update that launches nothing is then checked already.
@@ -425,13 +428,13 @@ class Deploy:
 
     def launch(self) -> None:
         remote, app, opts, image = self.remote, self.app, self.options, self.delivered.ref
-        launch = opts.launch if opts.launch is not None else self.operation == "deploy"
+        launch = (opts.launch if opts.launch is not None else self.operation == "deploy") and not self.switched
         if launch or not self.healthy:
             web_ip = webprobe.web_address(remote, app, image, self.processes, self.seen, check_forwarding=False)
             with remote.forward(web_ip, layout.WEB_PORT) as port:
                 if launch:
                     webprobe.launch(port, self.host, opts.launch_attempts, self.report)
-                webprobe.healthy(port, self.host, opts.health_path, 30)
+                webcheck.healthy(port, self.host, opts.health_path, 30)
         # A worker or clock that dies on import needs a moment to show it; without this
         # wait such a deploy could be reported a success.
         settle.wait_started(lambda: settle.snapshot(remote, app), image, self.started_at, seen=self.seen,
@@ -467,13 +470,8 @@ class Deploy:
             dashboard_password=Secret(values["dashboard_password"]), operation=self.operation,
             duration_s=round(time.monotonic() - self.t0, 2), warnings=self.warnings,
             ssh={k: self.remote.stats[k] - self.stats0.get(k, 0) for k in ("connections", "commands")},
-            secret_names=sorted(values), data=self.data_label(), experiment_id=self.config.get("DALLINGER_UID"),
+            secret_names=sorted(values), data=_data_label(self), experiment_id=self.config.get("DALLINGER_UID"),
             remembered=self.remembered)
-
-    def data_label(self) -> str:
-        if self.operation == "update" or self.facts.app_dir:
-            return "kept"
-        return {"reuse": "reused", "replace": "replaced"}.get(self.options.existing_data or "", "new")
 
     # ------------------------------------------------------------------ failure
 
@@ -510,9 +508,12 @@ class Deploy:
         """What state the failure left, in the failure's message."""
         if not any(what == "processes" for what, _ in self.undo):
             return " The app's running version (if any) was not touched."
+        version = (self.facts.state or {}).get("version", "?")
+        if self.gated and not self.switched:
+            return f" The previous version ({version}) kept serving: no participant reached the new one."
         if self.facts.deployed:
-            return (f" The previous version ({self.facts.state.get('version', '?')}) is running again."
-                    if rolled_back else " The previous version could not be restarted automatically.")
+            return (f" The previous version ({version}) is running again." if rolled_back
+                    else " The previous version could not be restarted automatically.")
         return " Its containers were stopped; its database was kept, so a rerun continues from here."
 
     def record_failure(self, exc: BaseException, rolled_back: bool) -> None:
@@ -537,10 +538,26 @@ def _refuse_archive_for_existing_app(d: Deploy) -> None:
                               "under a new name.", code="invalid.archive.app_exists")
 
 
+def _release(d: Deploy) -> None:
+    """The lock goes; a connection lost for good must not hide the deploy's own outcome (a
+    rerun from here takes the lock over, anyone else once it expires)."""
+    try:
+        d.lock.release()
+    except LabdeployError as exc:
+        d.report(WarningEvent(f"The deploy lock could not be released: {exc.message}",
+                              "A rerun from this computer takes it over; others wait until it expires."))
+
+
+def _data_label(d: Deploy) -> str:
+    if d.operation == "update" or d.facts.app_dir:
+        return "kept"
+    return {"reuse": "reused", "replace": "replaced"}.get(d.options.existing_data or "", "new")
+
+
 def _wait_healthy_again(d: Deploy) -> None:
     web_ip = webprobe.web_address(d.remote, d.app, d.delivered.ref, d.processes, d.seen, check_forwarding=False)
     with d.remote.forward(web_ip, layout.WEB_PORT) as port:
-        webprobe.healthy(port, d.host, d.options.health_path, 60)
+        webcheck.healthy(port, d.host, d.options.health_path, 60)
 
 
 def deploy(experiment_dir, app: str, server, *, options: Optional[DeployOptions] = None,

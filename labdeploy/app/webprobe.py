@@ -17,6 +17,7 @@ from typing import Sequence
 from ..errors import LabdeployError
 from ..progress import LogLine, Reporter
 from ..server import layout
+from ..server.webcheck import request
 from . import settle
 
 STOPPED_AT_START = "The app's processes stopped right after starting: {}."
@@ -81,18 +82,6 @@ def _check_forwarding(remote, ip: str) -> None:
             "and reload sshd.", code="ssh.forwarding_prohibited") from exc
 
 
-def request(port: int, method: str, path: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
-    """(status, body) of one request to the forwarded `port`, sent with `Host: host`."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=b"" if method == "POST" else None,
-                     headers={"Host": host, "Content-Type": "application/json", "User-Agent": "labdeploy"})
-        resp = conn.getresponse()
-        return resp.status, resp.read(20000).decode("utf-8", "replace")
-    finally:
-        conn.close()
-
-
 def wait_answering(remote, app: str, image: str, processes: Sequence[str], port: int, host: str, path: str,
                    timeout: float) -> int:
     """Until the web process answers HTTP at all (any status): it is up; returns the status
@@ -141,20 +130,3 @@ def launch(port: int, host: str, attempts: int, reporter: Reporter) -> dict:
     raise LabdeployError(f"POST /launch did not succeed after {attempts} attempts; last answer: {last}",
                          "The experiment's launch code failed: read the web log below for its traceback.",
                          code="app.launch_failed")
-
-
-def healthy(port: int, host: str, path: str, timeout: float) -> None:
-    """Until `path` answers below 500; raises with the last answer after `timeout` seconds."""
-    deadline, last = time.monotonic() + timeout, ""
-    while True:
-        try:
-            status, body = request(port, "GET", path, host, timeout=10)
-            if status < 500:
-                return
-            last = f"HTTP {status}: {body.strip()[:300]}"
-        except (OSError, http.client.HTTPException) as exc:
-            last = str(exc)
-        if time.monotonic() > deadline:
-            raise LabdeployError(f"The app is not healthy: GET {path} answered {last}.", "Read the web log below.",
-                                 code="app.unhealthy")
-        time.sleep(0.5)

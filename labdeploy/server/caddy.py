@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from . import layout
@@ -34,6 +35,26 @@ def site_block(app: str, settings: StackSettings) -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+_PROXY_LINE = re.compile(r"^(\treverse_proxy )(\S+)$", re.M)
+
+
+def site_upstream(site_text: Optional[str]) -> Optional[str]:
+    """The container name (or alias) the site proxies to, without the port; None without a site."""
+    m = _PROXY_LINE.search(site_text or "")
+    return m.group(2).rsplit(":", 1)[0] if m else None
+
+
+def with_upstream(site_text: str, upstream: str) -> str:
+    """The same site (addresses, TLS) proxied to `upstream` instead: one web container by its
+    name while a switch runs (the alias would spread requests over the old and the new one),
+    the alias again afterwards."""
+    target = caddy_token(f"{upstream}:{layout.WEB_PORT}", "upstream")
+    text, n = _PROXY_LINE.subn(lambda m: m.group(1) + target, site_text, count=1)
+    if n != 1:
+        raise ValueError("the site file has no reverse_proxy line written by labdeploy")
+    return text
 
 
 def app_url(app: str, settings: Optional[StackSettings]) -> str:

@@ -1,0 +1,185 @@
+"""Replace an app's web container without a participant noticing: the health-gated switch.
+
+`compose up` recreates the web container in place: participants get 502s while the new one
+starts, and a broken version serves until the deploy notices. Instead the new container is
+started beside the running one (`--scale web=2 --no-recreate`, so Compose still knows both as
+its `web` service and `docker compose ps/logs` keep working), asked over the SSH connection
+until it is healthy (and launched, when the caller's gate says so), and only then does Caddy
+send requests to it, through a graceful reload. The old one then gets SIGTERM (gunicorn
+finishes its requests in flight) and goes.
+
+While a switch runs, Caddy's upstream is one container by its name: the web service's alias,
+which both containers carry, would spread requests over both. Afterwards the site points at
+the alias again, so a `docker compose up` by hand keeps working. A switch cut short (a
+dropped connection) leaves Caddy pinned to the one that serves; the next switch removes the
+other first.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from . import caddy, compose, layout, stack
+from ..commands import webswitch as commands
+from ..errors import LabdeployError
+from ..progress import LogLine, Reporter, null_reporter
+from .webcheck import request
+
+DEFAULT_GRACE = 30  # seconds the old container has to finish its requests (gunicorn's own default)
+
+
+class NoLiveWeb(LabdeployError):
+    """There is no running web container to switch from (the caller starts one plainly)."""
+
+    code = "app.web_not_running"
+
+
+@dataclass(frozen=True)
+class WebContainer:
+    id: str
+    name: str
+    created: str
+    state: str
+    restarts: int
+    ip: str
+    image: str
+
+
+def web_containers(remote, app: str) -> list[WebContainer]:
+    """The app's web containers, oldest first (one round trip)."""
+    res = remote.run(commands.web_containers(app), check=False, timeout=60)
+    return [WebContainer(**c) for c in commands.parse_web_containers(res.stdout)]
+
+
+def live_web(remote, app: str, site_text: Optional[str]) -> tuple[Optional[WebContainer], list[WebContainer]]:
+    """(the web container participants reach, the others). Caddy pinned to one by name: that
+    one; else the oldest running."""
+    found = web_containers(remote, app)
+    pinned = caddy.site_upstream(site_text)
+    running = [c for c in found if c.state == "running"]
+    live = next((c for c in running if c.name == pinned), None) or (running[0] if running else None)
+    return live, [c for c in found if live is None or c.id != live.id]
+
+
+def _route(remote, app: str, site_text: str, upstream: str) -> None:
+    """Caddy sends the app's requests to `upstream` (graceful: requests in flight finish where
+    they are). A refused configuration leaves the old one live, and its file back in place."""
+    remote.put_bytes(layout.caddy_site(app), caddy.with_upstream(site_text, upstream), mode=0o644)
+    try:
+        stack.reload_caddy(remote)
+    except BaseException:
+        remote.put_bytes(layout.caddy_site(app), site_text, mode=0o644)
+        raise
+
+
+def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_timeout: float = 120,
+           grace: int = DEFAULT_GRACE, reporter: Optional[Reporter] = None) -> WebContainer:
+    """Start a web container from the app's compose file beside the live one, `gate(port)` it
+    (a forwarded port to it: check health, launch; raise to refuse it), switch Caddy to it,
+    and let the old one finish and go. Until the switch, the live container is never touched:
+    any failure removes the new one and raises. Returns the new container.
+    Raises NoLiveWeb when nothing serves now (then a plain `compose up` loses nothing)."""
+    report = reporter or null_reporter
+    site = layout.caddy_site(app)
+    site_text = remote.get_bytes(site).decode() if remote.exists(site) else None
+    live, others = live_web(remote, app, site_text)
+    if live is None or site_text is None or caddy.site_upstream(site_text) is None:
+        raise NoLiveWeb(f"No web container of {app!r} is serving through Caddy now.",
+                        "Nothing to switch from: the app is started plainly.")
+    if others:  # left by a switch cut short: Caddy never sent them a request
+        remote.run(commands.remove(c.id for c in others), timeout=120)
+        report(LogLine(f"removed {len(others)} web container(s) an earlier switch left", "switch"))
+    alias_site = caddy.with_upstream(site_text, layout.web_alias(app))
+    _route(remote, app, alias_site, live.name)  # pinned: the new one gets nothing yet
+    new = None
+    try:
+        compose.run_app(remote, app, ["up", "-d", "--no-deps", "--no-recreate", "--scale", "web=2", "web"],
+                        timeout=300)
+        new = next((c for c in web_containers(remote, app) if c.id != live.id), None)
+        if new is None:
+            raise LabdeployError("Compose started no second web container.", "Read the logs below.",
+                                 code="app.web_not_running")
+        report(LogLine(f"{new.name} started beside {live.name}; checking it before any participant reaches it",
+                       "switch"))
+        with remote.forward(_address(remote, app, new, start_timeout), layout.WEB_PORT) as port:
+            _wait_answering(remote, app, new, port, host, start_timeout)
+            gate(port)
+        _route(remote, app, alias_site, new.name)
+    except BaseException:
+        _abandon(remote, app, new, site_text, report)
+        raise
+    report(LogLine(f"participants now reach {new.name}; {live.name} finishes its requests (at most {grace} s)",
+                   "switch"))
+    left = remote.run(commands.drain(live.id, grace), check=False, timeout=grace + 60).stdout.strip()
+    if left not in ("", "0"):
+        report(LogLine(f"{left} connection(s) to {live.name} still open after {grace} s; stopping it", "switch"))
+    remote.run(commands.stop_and_remove(live.id, grace), timeout=grace + 120)
+    try:  # only the new one holds the alias now
+        _route(remote, app, alias_site, layout.web_alias(app))
+    except LabdeployError as exc:  # Caddy stays pinned to the new container, which serves
+        report(LogLine(f"Caddy still names {new.name}, not the alias: {exc.message}", "switch"))
+    return new
+
+
+def _abandon(remote, app: str, new: Optional[WebContainer], site_text: str, report: Reporter) -> None:
+    """After a refused or failed new container: it goes, the site is as it was. Best effort
+    (the connection may be what failed); the live container was never touched."""
+    try:
+        leftover = [c for c in web_containers(remote, app) if new is not None and c.id == new.id]
+        if leftover:
+            remote.run(commands.remove(c.id for c in leftover), timeout=120)
+            report(LogLine(f"removed {new.name}; the running version kept serving", "switch"))
+        remote.put_bytes(layout.caddy_site(app), site_text, mode=0o644)
+        stack.reload_caddy(remote)
+    except Exception as exc:  # noqa: BLE001 - the original failure matters more
+        report(LogLine(f"(cleaning up after the failed switch: {exc})", "switch"))
+
+
+def _address(remote, app: str, new: WebContainer, timeout: float) -> str:
+    """The new container's address on the shared network (it has one once it runs)."""
+    deadline = time.monotonic() + min(timeout, 30)
+    while True:
+        now = _state(remote, app, new)
+        if now.ip:
+            return now.ip
+        if time.monotonic() > deadline:
+            raise LabdeployError(f"The new web container {new.name} has no address on the shared network "
+                                 f"({now.state}).", "Read the logs below.", code="app.web_not_running")
+        time.sleep(0.3)
+
+
+def _state(remote, app: str, new: WebContainer) -> WebContainer:
+    now = next((c for c in web_containers(remote, app) if c.id == new.id), None)
+    if now is None:
+        raise LabdeployError(f"The new web container {new.name} disappeared.", "Read the logs below.",
+                             code="app.crashed")
+    if now.state in ("exited", "dead", "restarting") or now.restarts > 0:
+        raise LabdeployError(f"The new web process stopped right after starting ({now.state}, restarted "
+                             f"{now.restarts}x); the running version kept serving.",
+                             "Read the logs below: usually the real error is at their end.", code="app.crashed")
+    return now
+
+
+def _wait_answering(remote, app: str, new: WebContainer, port: int, host: str, timeout: float) -> None:
+    """Until the new process answers HTTP at all; one that exits meanwhile fails at once."""
+    deadline, checked = time.monotonic() + timeout, time.monotonic()
+    while True:
+        try:
+            request(port, "GET", "/", host, timeout=10)
+            return
+        except (OSError, http.client.HTTPException):
+            pass
+        now = time.monotonic()
+        if now - checked > 2:
+            checked = now
+            _state(remote, app, new)
+        if now > deadline:
+            raise LabdeployError(f"The new web process did not answer on port {layout.WEB_PORT} within "
+                                 f"{timeout:.0f} s; the running version kept serving.",
+                                 "Check that the app listens on $HOST:$PORT (0.0.0.0:5000); see the logs below.",
+                                 code="app.web_not_answering")
+        time.sleep(0.1)
+
