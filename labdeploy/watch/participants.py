@@ -71,8 +71,8 @@ def check_query(sql) -> str:
     no ';', no backslash (psql would run it as a command), at most QUERY_MAX_CHARS."""
     if not isinstance(sql, str) or not sql.strip():
         raise ValidationError("The working_query is empty or not text.",
-                              "Give one SELECT that returns the number of working participants, e.g. "
-                              "\"select count(*) from participants where not finished\".", code="invalid.working_query")
+                              "Give one SELECT that returns the number of working participants as one integer.",
+                              code="invalid.working_query")
     query = sql.strip()
     problems = [what for char, what in ((";", "a ';'"), ("\\", "a backslash"), ("\0", "a NUL character"))
                 if char in query]
@@ -216,10 +216,10 @@ def plan_of(states: dict[str, dict], apps: Iterable[str]) -> tuple[dict[str, str
 
 def _states(remote) -> dict[str, dict]:
     _stack, states, _locks = app_commands.read_listing(remote.run(app_commands.listing(), check=False, timeout=60).stdout)
-    return {app: state for app, state in states.items() if _valid(app)}
+    return {app: state for app, state in states.items() if is_app_name(app)}
 
 
-def _valid(app: str) -> bool:
+def is_app_name(app: str) -> bool:
     try:
         names.app_name(app)
         return True
@@ -328,7 +328,7 @@ def refuse_if_working(found: Reading, doing: str) -> None:
         raise ParticipantsWorking(
             f"{n} participant{' is' if n == 1 else 's are'} working in {found.app} right now, so it was not "
             f"{doing}: they would lose their session.",
-            remedy=Remedy("participants.working", app=found.app, n=n))
+            remedy=Remedy("destroy.participants_working", app=found.app))
 
 
 # ------------------------------------------------------------------ status and the stored query
