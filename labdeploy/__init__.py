@@ -24,7 +24,7 @@ PUBLIC_MODULES = {
     "images": "images", "transfer": "images.transfer", "registry": "images.registry",
     "deploy": "app.deploy", "apps": "app.apps", "history": "app.history", "appdata": "app.appdata",
     "monitor": "watch.monitor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
-    "jobs": "watch.jobs", "sampler": "watch.sampler",
+    "jobs": "watch.jobs", "sampler": "watch.sampler", "participants": "watch.participants",
     "archive": "data.archive", "anonymise": "data.anonymise",
 }
 

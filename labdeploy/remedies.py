@@ -160,6 +160,12 @@ API: dict[str, str] = {
     "connections.restart_busiest": (
         "Restart the web/worker/clock of the app holding most connections: labdeploy.monitor.pg_summary(server) "
         "shows it, labdeploy.monitor.restart(app, server) restarts it."),
+    "destroy.participants_working": (
+        "Wait until they have finished (labdeploy.monitor.wait_idle('{app}', server) waits for it), then destroy "
+        "again; or pass force=True to destroy while they work (they lose their session)."),
+    "participants.wait_timeout": (
+        "Try again at a quieter time or wait longer (a larger idle_timeout); "
+        "labdeploy.monitor.working('{app}', server) shows how many are working now."),
     # --- data out
     "export.before_destroy": (
         "Export first (labdeploy.export.export('{app}', server, save_to='exports')), then destroy; or destroy "

@@ -18,9 +18,10 @@ def deploy_kwargs(testbed: dict) -> dict:
 
 
 def destroy_if_deployed(remote, app: str) -> None:
-    """Remove one of the tests' own throw-away apps with its data and backups; nothing if it isn't there."""
+    """Remove one of the tests' own throw-away apps with its data and backups; nothing if it isn't there.
+    Forced: the tests' own participants may still be 'working' (Dallinger keeps them so)."""
     try:
-        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False, remove_backups=True)
+        apps.destroy(app, remote, confirm=True, remove_data=True, export_check=False, remove_backups=True, force=True)
     except deploy.UnknownApp:
         pass
 

@@ -205,7 +205,8 @@ def test_destroy_with_data_after_an_older_export_is_refused_and_the_app_keeps_se
     # PsyNet's clock writes a status row every minute: wait for one newer than the export.
     wait_for(lambda: status_rows(session_remote) > exported, 150, "PsyNet's next experiment_status row", 3)
     with pytest.raises(export.ExportRequired) as refused:
-        apps.destroy(APP, session_remote, confirm=True, remove_data=True)
+        # force: this test is about the export check, whatever participants are still 'working'.
+        apps.destroy(APP, session_remote, confirm=True, remove_data=True, force=True)
     assert "experiment_status" in refused.value.message
     # Nothing was stopped for the refusal: every container of the app still runs.
     states = container_states(session_remote)
@@ -232,7 +233,9 @@ def test_destroy_with_a_final_export_stops_exports_then_deletes(deployed, sessio
     backup.now(APP, session_remote)  # (the server takes one by itself within a minute anyway)
     final = deployed["home"] / "final"
     events = Collector()
-    gone = apps.destroy(APP, session_remote, confirm=True, remove_data=True, final_export=final, reporter=events)
+    # force: the participant who entered in the refusal test above is still working.
+    gone = apps.destroy(APP, session_remote, confirm=True, remove_data=True, final_export=final, reporter=events,
+                        force=True)
     # The documented order: stop the app, export every table, then delete its data.
     started = [e.step for e in events.of(StepStarted)]
     assert started.index("stop") < started.index("Read the tables") < started.index("data"), started

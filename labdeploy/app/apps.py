@@ -20,14 +20,14 @@ from . import appdata, finalexport
 from .finalexport import FinalExport
 from ..server import compose, caddy, layout, stack
 from ..commands import apps as app_commands, docker, files
-from ..watch import containers
+from ..watch import containers, participants
 from .. import names
 from ..ssh import pool
 from ..data.archive import ExportData
 from ..errors import UnknownApp
 from ..errors import LabdeployError, Remedy, ValidationError
 from ..server.locks import DeployLock
-from ..progress import LogLine, Reporter, null_reporter, step
+from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
 
 COLUMNS = ["app", "state", "version", "url", "deployed_at", "who", "running", "image", "locked"]
 DESTROY_STEPS = ("check", "lock", "stop", "route", "data", "files")
@@ -145,12 +145,14 @@ class DestroyResult:
     kept: list = field(default_factory=list)
     exported: list = field(default_factory=list)  # the final export's files (destroy with final_export)
     data: Optional[ExportData] = field(default=None, repr=False)  # the final export's tables
+    working: Optional[int] = None  # participants working when it was destroyed (None: unknown)
+    working_note: str = ""  # how that was known, or why not
 
     def summary(self) -> str:
         text = f"{self.app}: removed " + (", ".join(self.removed) or "nothing")
         if self.kept:
             text += "; kept " + ", ".join(self.kept) + " (remove_data=True deletes the data; remove_backups=True the backups too)"
-        return text
+        return text + (f"; {self.working_note}" if self.working_note else "")
 
 
 def destroy_steps(final_export: Optional[FinalExport] = None) -> list[str]:
@@ -166,6 +168,20 @@ def _app_traces(remote, app: str) -> dict:
     traces.update(data=data.files, volumes=data.redis_volume, database=data.database,
                   backups=remote.exists(layout.app_backups(app)))
     return traces
+
+def _check_participants(remote, app: str, force: bool, result: DestroyResult, reporter: Reporter) -> None:
+    """Refuse while participants are working (unless `force`): a destroy ends their session.
+    Unknown (no participant table, no working_query, unreadable) does not refuse; it is said."""
+    found = participants.read(remote, [app])[app]
+    result.working = found.working
+    result.working_note = found.describe() + (" (destroyed anyway: force)" if force and found.working else "")
+    if found.working is None:
+        reporter(WarningEvent(found.describe()))
+    else:
+        reporter(LogLine(result.working_note, "destroy"))
+    if not force:
+        participants.refuse_if_working(found, "destroyed")
+
 
 def _check_data_saved(remote, app: str, reporter: Optional[Reporter] = None) -> None:
     """Hook: destroy(remove_data=True) calls this before dropping anything. It raises
@@ -257,7 +273,7 @@ def _remove_files(remote, app: str, result: DestroyResult) -> None:
 @pool.closes_what_it_opens
 def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = False, export_check: bool = True,
             final_export: Union[FinalExport, str, os.PathLike, None] = None, remove_backups: bool = False,
-            reporter: Optional[Reporter] = None) -> DestroyResult:
+            force: bool = False, reporter: Optional[Reporter] = None) -> DestroyResult:
     """Stop and remove an app's containers, its Caddy route and its folder.
 
     Its database, role, Redis volume and ~/dallinger-data/<app> are kept unless
@@ -269,6 +285,8 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
     logs=...)` also saves the anonymised version, Parquet, the app's files and its logs there.
     The app's backups (~/dallinger-data/backups/<app>) are kept even with remove_data, unless
     `remove_backups=True` too; the result says where they are.
+    A destroy is refused while participants are working (participants.working: the app's
+    participant table or its working_query) unless `force=True`; the result says how many were.
     Nothing happens without `confirm=True`; every check that can refuse runs before anything
     is removed, and a refusal after the app was stopped for it starts the app again.
     """
@@ -286,6 +304,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
             known = ", ".join(apps(remote)["app"]) or "none"
             raise UnknownApp(f"There is no app named {app!r} on {remote.host}.",
                              f"Check the name. Apps on this server: {known}.", code="app.unknown")
+        _check_participants(remote, app, force, result, reporter)
     with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
         reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
         checked = remove_data and traces["database"] and (final is not None or export_check)

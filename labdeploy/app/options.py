@@ -30,6 +30,8 @@ class DeployOptions:
       remembered per app when left out (then the server's, then labdeploy's default).
     pooler: the app's own PgBouncer (None: as before; a new Dallinger/PsyNet app gets one).
     existing_data: "reuse" or "replace" the data a destroyed app of this name left.
+    working_query: how a non-Dallinger app counts its working participants (one SELECT
+      returning one integer), kept with the app; None keeps the last one, "" clears it.
     archive: a new app's data to start from (an export zip, labdeploy's or Dallinger's, or a
       pulled backup .dump), loaded after the app starts and before it is launched.
     credentials / logout_after_pull: a registry login of this deploy's own (mode registry).
@@ -56,6 +58,7 @@ class DeployOptions:
     dockerfile: str = "Dockerfile"
     existing_data: Optional[str] = None
     archive: Optional[object] = None  # a path: an export zip or a pulled dump, loaded before launch
+    working_query: Optional[str] = None
 
     @classmethod
     def of(cls, options: Optional["DeployOptions"] = None, **settings) -> "DeployOptions":
@@ -90,6 +93,11 @@ class DeployOptions:
             local_source(self.archive)
         if self.domain is not None:
             names.domain(self.domain)
+        if self.working_query is not None and not (isinstance(self.working_query, str)
+                                                   and not self.working_query.strip()):  # "" clears it
+            from ..watch.participants import check_query
+
+            check_query(self.working_query)
         for image, what in ((self.redis_image, "Redis image"), (self.pgbouncer_image, "PgBouncer image")):
             if image is not None:
                 names.image(image, what)

@@ -228,9 +228,11 @@ def apps_cmd(server):
 @cli.command("status", context_settings=CONTEXT_SETTINGS)
 @app_option(required=False)
 @server_option
+@click.option("--participants", is_flag=True,
+              help="Also show how many participants are working in each app right now ('?' when unknown).")
 @common_options
 @with_hints
-def status_cmd(app, server):
+def status_cmd(app, server, participants):
     """Show the containers of every app (or one app): state, health, uptime, restarts.
 
     With --app, exits with 3 when one of the app's containers is not running (or unhealthy).
@@ -239,11 +241,12 @@ def status_cmd(app, server):
     Examples:
       labdeploy status
       labdeploy status --app stroop-pilot
+      labdeploy status --participants
       labdeploy status --app stroop-pilot --json
     """
     monitor = core("monitor")
     remote = open_server(server)
-    df = monitor.status(remote, app, jobs=True, backups=True)
+    df = monitor.status(remote, app, jobs=True, backups=True, participants=participants)
 
     def render(d):
         d = d.copy()
@@ -255,7 +258,12 @@ def status_cmd(app, server):
             d["jobs"] = [f"{q} queued, {f} failed" if str(q) != "<NA>" else ""
                          for q, f in zip(d["jobs_queued"], d["jobs_failed"])]
             columns.insert(6, "jobs")
+        if "working" in d:
+            d["working"] = ["?" if str(n) == "<NA>" else str(n) for n in d["working"]]
+            columns.insert(2, "working")
         _ui.table(d, columns=columns, empty="No app containers on this server.")
+        for name, why in sorted(d.attrs.get("working_unknown", {}).items()):
+            _ui.info(f"{name}: working participants unknown: {why}.")
         if "backup_warning" in d:
             per_app = d.drop_duplicates("app")
             if len(per_app):
@@ -394,22 +402,29 @@ def exec_cmd(app, service, server, send_stdin, timeout, command):
 @click.argument("services", nargs=-1, callback=_check_service)
 @server_option
 @click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait until they are up.")
+@click.option("--wait-idle", is_flag=True,
+              help="First wait until no participant is working (at most --idle-timeout seconds).")
+@click.option("--idle-timeout", type=float, default=600, show_default=True,
+              help="With --wait-idle: the longest wait for participants to finish, in seconds.")
 @common_options
 @with_hints
-def restart_cmd(app, services, server, timeout):
+def restart_cmd(app, services, server, timeout, wait_idle, idle_timeout):
     """Restart an app's processes (default: web, worker and clock) and wait until they are up.
 
-    The seed's remedy when an app holds too many database connections.
+    The seed's remedy when an app holds too many database connections. It first says how
+    many participants are working; --wait-idle waits until none is.
 
     \b
     Examples:
       labdeploy restart --app stroop-pilot
       labdeploy restart --app stroop-pilot web worker
+      labdeploy restart --app stroop-pilot --wait-idle --idle-timeout 900
     """
     monitor = core("monitor")
     remote = open_server(server)
     with _ui.reporting() as reporter:
-        df = monitor.restart(remote, app, list(services) or None, timeout=timeout, reporter=reporter)
+        df = monitor.restart(remote, app, list(services) or None, timeout=timeout, wait_idle=wait_idle,
+                             idle_timeout=idle_timeout, reporter=reporter)
     _ui.ok(f"Restarted {', '.join(services) if services else 'web, worker, clock'} of {app}; they are up.")
 
     def render(d):
@@ -541,16 +556,18 @@ def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
 @click.option("--logs", is_flag=True, help="With --final-export: also save its container logs (DIR/APP-logs.txt).")
 @click.option("--remove-backups", is_flag=True,
               help="With --remove-data: also delete the app's backups on the server (kept otherwise).")
+@click.option("--force", is_flag=True,
+              help="Destroy even while participants are working (they lose their session); refused otherwise.")
 @yes_option
 @common_options
 @with_hints
 def destroy_cmd(app, server, remove_data, no_export_check, final_export, export_mode, parquet, files, logs,
-                remove_backups, yes):
+                remove_backups, force, yes):
     """Stop and remove an app: its containers, its web address and its folder
     (like `psynet destroy ssh --app NAME`). Its data is kept unless --remove-data.
 
     Asks for confirmation; in scripts pass --yes (without it a non-interactive run refuses
-    with exit status 4).
+    with exit status 4). Refused (exit status 3) while participants are working, unless --force.
 
     \b
     Examples:
@@ -581,12 +598,12 @@ def destroy_cmd(app, server, remove_data, no_export_check, final_export, export_
                                  logs=logs) if final_export else None
         result = apps.destroy(app, remote, confirm=True, remove_data=remove_data,
                               export_check=not no_export_check, final_export=final, remove_backups=remove_backups,
-                              reporter=reporter)
+                              force=force, reporter=reporter)
     for path in result.exported:
         _ui.ok(f"Saved {path}")
     _ui.ok(result.summary())
-    _ui.output({"app": result.app, "removed": result.removed, "kept": result.kept, "exported": result.exported},
-               render=lambda r: None)
+    _ui.output({"app": result.app, "removed": result.removed, "kept": result.kept, "exported": result.exported,
+                "working": result.working, "working_note": result.working_note}, render=lambda r: None)
 
 
 # ------------------------------------------------------------------ unlock

@@ -33,6 +33,8 @@ EXIT_CODES: dict[str, int] = {
     "service.not_running": EXIT_NOT_READY,
     "service.crashing": EXIT_NOT_READY,
     "service.restart_timeout": EXIT_NOT_READY,
+    "participants.working": EXIT_NOT_READY,
+    "participants.wait_timeout": EXIT_NOT_READY,
     "cli.needs_confirmation": EXIT_NEEDS_CONFIRMATION,
     "confirmation.required": EXIT_NEEDS_CONFIRMATION,
     "ssh.host_key.unknown": EXIT_NEEDS_CONFIRMATION,
@@ -146,6 +148,11 @@ CLI: dict[str, str] = {
                         "restarting usually fails on start (configuration or database)."),
     "connections.restart_busiest": ("Restart the web/worker/clock of the app holding most connections: "
                                     "`labdeploy connections` shows it, `labdeploy restart --app NAME` restarts it."),
+    "destroy.participants_working": ("Wait until they have finished (`labdeploy status --app {app} --participants` "
+                                     "shows how many), then destroy again; or add --force to destroy while they "
+                                     "work (they lose their session)."),
+    "participants.wait_timeout": ("Try again at a quieter time or wait longer (--idle-timeout SECONDS); "
+                                  "`labdeploy status --app {app} --participants` shows how many are working now."),
     # --- data out
     "export.before_destroy": ("Export first (`labdeploy export --app {app}`), then destroy; or destroy with "
                               "--final-export DIR (stops the app, exports, then deletes); or add --no-export-check "

@@ -21,7 +21,7 @@ from .. import names
 from ..commands import containers as commands, docker
 from ..errors import (CommandFailed, ConnectionLost, LabdeployError, Remedy, RemoteError, UnknownApp,
                       ValidationError)
-from ..progress import Reporter, WarningEvent, null_reporter
+from ..progress import LogLine, Reporter, WarningEvent, null_reporter
 from ..redaction import redact
 from ..ssh import pool
 
@@ -129,13 +129,16 @@ def parse_status(output: str) -> pd.DataFrame:
 
 
 @pool.closes_what_it_opens
-def status(server, app: Optional[str] = None, *, jobs: bool = False, backups: bool = False) -> pd.DataFrame:
+def status(server, app: Optional[str] = None, *, jobs: bool = False, backups: bool = False,
+           participants: bool = False) -> pd.DataFrame:
     """Every labdeploy app's containers: app, service, state, health, uptime, image, ...
 
     All apps in one round trip. With `app`, only that app's rows; an app without containers
     raises `UnknownApp`. With `jobs`, the worker rows also get `jobs_queued`, `jobs_started`
     and `jobs_failed` from the app's rq queues (one more round trip). With `backups`, every row
-    also gets its app's `last_backup`, `last_good_drill` and `backup_warning` (one more).
+    also gets its app's `last_backup`, `last_good_drill` and `backup_warning` (one more). With
+    `participants`, every row gets its app's `working` participants (Int64, <NA> when unknown;
+    the reasons in attrs["working_unknown"]; two more).
     """
     remote = pool.remote(server)
     if app is not None:
@@ -155,6 +158,11 @@ def status(server, app: Optional[str] = None, *, jobs: bool = False, backups: bo
         from . import backups as backup_health
 
         df = backup_health.attach(df, backup_health.read(remote, None if app is None else [app]))
+    if participants:
+        from . import participants as working
+
+        shown = [a for a in dict.fromkeys(df["app"]) if working.is_app_name(a) and (app is None or a == app)]
+        df = working.attach(df, working.read(remote, shown))
     if app is None:
         return df
     return _only_app(df, app)
@@ -478,12 +486,30 @@ def _is_up(row, settle: float = 0.0) -> bool:
             and row["uptime"] is not pd.NaT and row["uptime"] >= pd.Timedelta(seconds=settle))
 
 
+def _participants_first(remote, app: str, wait: bool, idle_timeout: float, reporter: Optional[Reporter]):
+    """Say how many participants work in the app before it restarts; with `wait`, wait until
+    none does (participants.wait_idle). Returns the count read first (None: unknown)."""
+    from . import participants
+
+    found = participants.read(remote, [app])[app]
+    (reporter or null_reporter)(LogLine(found.describe(), "participants") if found.working is not None
+                                else WarningEvent(found.describe()))
+    if wait and found.working != 0 and (found.working is not None or found.source):
+        participants.wait_idle(remote, app, idle_timeout, reporter=reporter)
+    return found.working
+
+
 @pool.closes_what_it_opens
 def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeout: float = 120,
-            stop_timeout: int = 10, settle: float = 2.0, reporter: Optional[Reporter] = None) -> pd.DataFrame:
+            stop_timeout: int = 10, settle: float = 2.0, wait_idle: bool = False, idle_timeout: float = 600,
+            reporter: Optional[Reporter] = None) -> pd.DataFrame:
     """Restart an app's web / worker / clock (the seed's remedy), then wait until they are up:
     running (and healthy if they have a health check) for `settle` seconds. Returns the app's
-    status afterwards."""
+    status afterwards, with attrs["working_before"]: the participants working when it began.
+
+    It first reports how many participants are working; with `wait_idle=True` it waits until
+    none is (at most `idle_timeout` seconds, then raises participants.IdleTimeout and restarts
+    nothing)."""
     from ..server.layout import PROCESS_SERVICES
     from ..progress import step
 
@@ -491,6 +517,9 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
         services = [services]
     for s in services or ():
         names.service(s)  # checked before anything reaches the server
+    if wait_idle and not float(idle_timeout) > 0:
+        raise ValidationError(f"idle_timeout={idle_timeout!r} must be above 0.", "Give the longest wait in seconds.",
+                              code="invalid.wait_idle")
     app, remote = _app_first(app, server, "restart")
     df = status(remote, app)
     wanted = list(services) if services is not None else [s for s in PROCESS_SERVICES if s in set(df["service"])]
@@ -499,6 +528,7 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
                              code="service.none_to_restart", remedy=Remedy("restart.services", app=app))
     rows = pd.concat([_check_service(df, app, s) for s in wanted])
     ids = list(rows["id"])
+    working_before = _participants_first(remote, app, wait_idle, idle_timeout, reporter)
     before = df.attrs["server_time"]
     with step(reporter, f"restart {', '.join(wanted)} of {app}"):
         remote.run(docker.restart(ids, stop_timeout), timeout=timeout)
@@ -509,6 +539,7 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
             mine = now_df[now_df["id"].isin(ids)]
             fresh = mine["started_at"] >= before - pd.Timedelta(seconds=1)
             if len(mine) == len(ids) and all(_is_up(r, settle) for _, r in mine.iterrows()) and bool(fresh.all()):
+                now_df.attrs["working_before"] = working_before
                 return now_df
             if time.monotonic() > deadline:
                 down = [f"{r['service']} ({r['state']}{', ' + r['health'] if r['health'] else ''}"

@@ -17,7 +17,7 @@ import ipywidgets as W
 import pandas as pd
 
 from ..server import layout
-from ..watch import backups as backup_health, monitor
+from ..watch import backups as backup_health, monitor, participants
 from ..errors import LabdeployError
 from ..ssh import pool as ssh_pool
 from ..watch.pgactivity import DEFAULT_THRESHOLD
@@ -25,6 +25,7 @@ from .common import LogPane, Message, Panel, error_html, titled, warning_html, w
 from .remedies import hint as panel_hint
 
 BACKUP_EVERY = 30.0  # seconds between readings of the apps' backup health
+PARTICIPANTS_EVERY = 15.0  # seconds between counts of the apps' working participants
 
 STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
                 "created": "#888", "paused": "#8a4b00"}
@@ -50,8 +51,15 @@ def status_html(df: pd.DataFrame) -> str:
         return "<i>No labdeploy apps run on this server yet.</i>"
     rows = []
     shown: set = set()
+    counted: set = set()
+    unknown = df.attrs.get("working_unknown", {})
     for r in df.itertuples():
         color = STATE_COLORS.get(r.state, "#000")
+        working = ""
+        if hasattr(r, "working") and r.app not in counted:  # once per app, on its first row
+            counted.add(r.app)
+            working = (f"<span title='{html.escape(unknown.get(r.app, ''), quote=True)}'>?</span>"
+                       if pd.isna(r.working) else f"<b class='labdeploy-monitor-working'>{int(r.working)}</b>")
         backup = ""
         if hasattr(r, "backup_warning") and r.app not in shown:  # once per app, on its first row
             shown.add(r.app)
@@ -65,13 +73,14 @@ def status_html(df: pd.DataFrame) -> str:
             f"{queued} queued" + (f", <b style='color:#c5221f'>{failed} failed</b>" if failed else "")
         rows.append(f"<tr class='labdeploy-monitor-row' data-app='{html.escape(r.app)}' "
                     f"data-service='{html.escape(r.service)}' data-state='{html.escape(r.state)}'>"
-                    f"<td>{html.escape(r.app)}</td><td>{html.escape(r.service)}</td>"
+                    f"<td>{html.escape(r.app)}</td><td>{working}</td><td>{html.escape(r.service)}</td>"
                     f"<td style='color:{color}'>{html.escape(r.state)}{health}</td>"
                     f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td><td>{jobs}</td><td>{backup}</td>"
                     f"<td style='color:#555'>{html.escape(r.image)}</td></tr>")
     return ("<style>.labdeploy-monitor-status td,.labdeploy-monitor-status th{padding:1px 10px 1px 0}</style>"
             "<table class='labdeploy-monitor-status' style='border-collapse:collapse;font-size:90%'>"
-            "<tr><th align=left>app</th><th align=left>service</th><th align=left>state</th>"
+            "<tr><th align=left>app</th><th align=left title='participants working now'>working</th>"
+            "<th align=left>service</th><th align=left>state</th>"
             "<th align=left>up</th><th align=left>restarts</th><th align=left>jobs</th><th align=left>backup</th>"
             "<th align=left>image</th></tr>"
             + "".join(rows) + "</table>")
@@ -116,6 +125,7 @@ class MonitorPanel(Panel):
         self.last_task: Optional[threading.Thread] = None
         self.status_df = pd.DataFrame()
         self._backup_health, self._backup_read = None, 0.0  # read at most every BACKUP_EVERY seconds
+        self._working, self._working_read = None, 0.0  # read at most every PARTICIPANTS_EVERY seconds
         self._stop = threading.Event()
         self._ctl = threading.Lock()  # orders connect's background start against stop()
         self._timer: Optional[threading.Thread] = None
@@ -291,6 +301,9 @@ class MonitorPanel(Panel):
         if self._backup_health is None or time.monotonic() - self._backup_read >= BACKUP_EVERY:
             self._backup_health, self._backup_read = backup_health.read(self.remote), time.monotonic()
         df = backup_health.attach(df, self._backup_health)
+        if self._working is None or time.monotonic() - self._working_read >= PARTICIPANTS_EVERY:
+            self._working, self._working_read = participants.read(self.remote), time.monotonic()
+        df = participants.attach(df, self._working)
         self.status_df = df
         self.status_table.value = status_html(df)
         apps = sorted(set(df["app"]))

@@ -80,6 +80,12 @@ PANELS: dict[str, str] = {
                         "restarting usually fails on start (configuration or database)."),
     "connections.restart_busiest": ("Restart the web/worker/clock of the app holding most connections: the Monitor "
                                     "panel shows it; Restart… restarts it."),
+    "destroy.participants_working": ("Wait until they have finished (the Monitor panel's status shows working "
+                                     "participants), then destroy again; to destroy while they work, call "
+                                     "labdeploy.apps.destroy('{app}', server, confirm=True, force=True) in a notebook "
+                                     "cell (they lose their session)."),
+    "participants.wait_timeout": ("Try again at a quieter time; the Monitor panel's status shows how many "
+                                  "participants are working now."),
     # --- data out
     "export.before_destroy": ("Export first (Export in the Export data panel), then destroy; or use Export, then "
                               "destroy there (stops the app, exports, then deletes)."),
