@@ -172,3 +172,49 @@ def test_ssh_dropped_in_the_middle_of_the_switch_leaves_one_healthy_version_and_
     assert during.failed == [], during.failed[:5]
     assert served_title(testbed) == TITLE + " v4"
     assert len(webs(live)) == 1
+
+
+def test_a_restart_of_web_under_load_fails_no_request(live, testbed):
+    from labdeploy import monitor
+
+    before = webs(live)
+    df, during, rest = under_load(testbed, lambda: monitor.restart(APP, live, ["web", "worker"]))
+    assert not isinstance(df, Exception), df
+    print(f"\nrestart under load: {during.describe()}; at rest {rest.describe()}")
+    assert len(during.hits) > 20 and during.failed == [], during.failed[:5]
+    after = webs(live)
+    assert len(after) == 1 and after[0].id != before[0].id  # a fresh web process took over
+    assert set(df["service"]) >= {"web", "worker"} and (df["state"] == "running").all()
+
+
+def test_an_update_can_wait_until_no_participant_is_working(live, testbed, tmp_path):
+    from labdeploy.watch import participants
+    from labdeploy.server import psql
+
+    unfinished = "select count(*) from participants where not finished"
+    db = "app_" + APP.replace("-", "_")
+    psql.run_sql(live, "UPDATE participants SET finished = TRUE;\n", database=db)
+    participants.set_working_query(live, APP, unfinished)
+    psql.run_sql(live, "INSERT INTO participants (worker_id) VALUES ('still-here');\n", database=db)
+    pid = int(psql.query_df(live, "SELECT max(id) AS id FROM participants WHERE worker_id = 'still-here'",
+                            database=db)["id"][0])
+    with pytest.raises(deploy.DeployFailed) as info:  # one participant keeps working past the bound
+        deploy.update(EXAMPLE, APP, live, wait_idle=True, idle_timeout=3, **deploy_kwargs(testbed))
+    assert info.value.failed_step == "start" and "working" in info.value.message
+    assert served_title(testbed).startswith(TITLE)  # nothing was replaced
+    timer = threading.Timer(4, lambda: psql.run_sql(
+        live, f"UPDATE participants SET finished = TRUE WHERE id = {pid};\n", database=db))
+    timer.start()
+    t0 = time.monotonic()
+    result = deploy.update(EXAMPLE, APP, live, wait_idle=True, idle_timeout=120, **deploy_kwargs(testbed))
+    timer.join()
+    assert time.monotonic() - t0 >= 4 and result.version  # it waited for the participant to finish
+    # The stored query outlives the update (deploy.json is rewritten with it).
+    assert participants.working(live, APP) == 0
+    assert "not finished" in json_state(live)["working_query"]
+
+
+def json_state(remote) -> dict:
+    import json
+
+    return json.loads(remote.get_bytes(layout.app_state(APP)))

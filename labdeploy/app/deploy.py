@@ -40,7 +40,7 @@ from ..redaction import redact, redacting
 from ..server import caddy, compose, database, layout, pooler, psql, readiness, stack, webcheck
 from ..server.locks import DeployLock
 from ..ssh import pool
-from ..watch import containers, jobs
+from ..watch import containers, jobs, participants
 from . import appcompose, appdata, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
     webprobe, webupdate
 from .configuration import Secret
@@ -351,6 +351,7 @@ class Deploy:
 
     def start(self) -> None:
         remote, app, opts = self.remote, self.app, self.options
+        _participants_first(self)
         document = appcompose.app_compose_document(
             app, self.delivered.ref, version=self.version, commands=self.commands, environment=self.config,
             redis_image=self.redis_image, processes=self.processes, connection_limit=opts.connection_limit,
@@ -456,7 +457,9 @@ class Deploy:
                  "pooler": self.use_pooler,
                  "pgbouncer_image": self.remembered["pgbouncer_image"]["value"] if self.use_pooler else "",
                  "deployed_at": _now(), "who": self.lock.info.who, "mode": opts.mode, "domain": self.settings.domain,
-                 "url": caddy.app_url(self.app, self.settings), "operation": self.operation}
+                 "url": caddy.app_url(self.app, self.settings), "operation": self.operation,
+                 "health_path": opts.health_path,  # a restart checks a fresh web container with it
+                 "working_query": participants.remembered_query(opts.working_query, self.facts.state)}
         self.record.outcome, self.record.finished_at = "success", _now()
         self.record.duration_s = round(time.monotonic() - self.t0, 2)
         history.record_success(self.remote, state, self.record)
@@ -536,6 +539,18 @@ def _refuse_archive_for_existing_app(d: Deploy) -> None:
         raise ValidationError(f"An archive starts a new app; {d.app!r} is deployed already. Nothing was changed.",
                               "Restore the archive into it instead (its data is backed up first), or deploy "
                               "under a new name.", code="invalid.archive.app_exists")
+
+
+def _participants_first(d: Deploy) -> None:
+    """An update says how many participants are working before it replaces anything, and with
+    `wait_idle` waits until none is (participants.wait_idle: bounded, raises on timeout)."""
+    if d.operation != "update":
+        return
+    found = participants.read(d.remote, [d.app])[d.app]
+    d.report(LogLine(found.describe(), "participants"))
+    if d.options.wait_idle and found.working != 0 and (found.working is not None or found.source):
+        participants.wait_idle(d.remote, d.app, float(d.options.idle_timeout), reporter=_sub_reporter(d.report,
+                                                                                                    "participants"))
 
 
 def _release(d: Deploy) -> None:

@@ -59,6 +59,8 @@ class DeployOptions:
     existing_data: Optional[str] = None
     archive: Optional[object] = None  # a path: an export zip or a pulled dump, loaded before launch
     working_query: Optional[str] = None
+    wait_idle: bool = False  # an update waits until no participant is working (at most idle_timeout s)
+    idle_timeout: float = 600
 
     @classmethod
     def of(cls, options: Optional["DeployOptions"] = None, **settings) -> "DeployOptions":
@@ -110,6 +112,10 @@ class DeployOptions:
                                   "there is nothing to log out of.",
                                   "Give this deploy's own registry login, or don't ask for the logout after the pull.",
                                   code="invalid.logout_after_pull")
+        if self.wait_idle not in (True, False) or not float(self.idle_timeout) > 0:
+            raise ValidationError(f"wait_idle={self.wait_idle!r}, idle_timeout={self.idle_timeout!r}: wait_idle is "
+                                  "True or False and idle_timeout a number of seconds above 0.",
+                                  "Give e.g. wait_idle=True, idle_timeout=600.", code="invalid.wait_idle")
         if int(self.launch_attempts) < 1 or float(self.start_timeout) <= 0:
             raise ValidationError("launch_attempts must be at least 1 and start_timeout above 0.",
                                   "Leave them out for the defaults (4 attempts, 120 s).", code="invalid.timing")

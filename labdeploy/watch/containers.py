@@ -23,6 +23,7 @@ from ..errors import (CommandFailed, ConnectionLost, LabdeployError, Remedy, Rem
                       ValidationError)
 from ..progress import LogLine, Reporter, WarningEvent, null_reporter
 from ..redaction import redact
+from ..server import layout
 from ..ssh import pool
 
 APP_LABEL = docker.APP_LABEL
@@ -499,6 +500,27 @@ def _participants_first(remote, app: str, wait: bool, idle_timeout: float, repor
     return found.working
 
 
+def _switch_web(remote, app: str, timeout: float, reporter: Optional[Reporter]):
+    """The web process restarted without a dropped request: a fresh container from the same
+    compose file, switched to once healthy (labdeploy.server.webswitch). None when nothing
+    serves through Caddy now (then `docker restart` loses nothing)."""
+    import json
+
+    from ..server import webcheck, webswitch
+
+    try:
+        state = json.loads(remote.get_bytes(layout.app_state(app)))
+    except (LabdeployError, ValueError, OSError):
+        state = {}
+    path = state.get("health_path") or "/"
+    host = f"{app}.localhost"
+    try:
+        return webswitch.switch(remote, app, gate=lambda port: webcheck.healthy(port, host, path, 30), host=host,
+                                start_timeout=timeout, reporter=reporter)
+    except webswitch.NoLiveWeb:
+        return None
+
+
 @pool.closes_what_it_opens
 def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeout: float = 120,
             stop_timeout: int = 10, settle: float = 2.0, wait_idle: bool = False, idle_timeout: float = 600,
@@ -527,11 +549,16 @@ def restart(app: str, server, services: Optional[Iterable[str]] = None, *, timeo
         raise UnknownService(f"The app {app!r} has none of the services web, worker, clock.",
                              code="service.none_to_restart", remedy=Remedy("restart.services", app=app))
     rows = pd.concat([_check_service(df, app, s) for s in wanted])
-    ids = list(rows["id"])
     working_before = _participants_first(remote, app, wait_idle, idle_timeout, reporter)
     before = df.attrs["server_time"]
     with step(reporter, f"restart {', '.join(wanted)} of {app}"):
-        remote.run(docker.restart(ids, stop_timeout), timeout=timeout)
+        new_web = _switch_web(remote, app, timeout, reporter) if "web" in wanted else None
+        if new_web is not None:  # a fresh web container took over: the others restart in place
+            rows = rows[rows["service"] != "web"]
+        ids = list(rows["id"])
+        if ids:
+            remote.run(docker.restart(ids, stop_timeout), timeout=timeout)
+        ids += [new_web.id[:12]] if new_web is not None else []  # status() shows short ids
     deadline = time.monotonic() + timeout
     with step(reporter, "wait until up"):
         while True:
