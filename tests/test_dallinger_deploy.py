@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from labdeploy.app import deploy
+from labdeploy.app import deploy, maintenance
 from labdeploy import export
 from labdeploy.server import layout, psql
 from labdeploy.app.appcompose import parse_env
@@ -95,13 +95,30 @@ def test_processes_run_dallingers_commands_with_the_environment_contract(deploye
     assert "recruiter = hotair" in cfg.stdout and SMTP_SECRET not in cfg.stdout
 
 
-def test_a_participant_takes_part_through_caddy(deployed, testbed):
+def test_a_participant_takes_part_through_caddy(deployed, testbed, session_remote):
     ad = through_caddy(testbed, "/ad?recruiter=hotair&assignmentId=A1&hitId=H1&workerId=W1&mode=sandbox")
     assert ad.status_code == 200 and "Begin" in ad.text, ad.text[:500]
     assert through_caddy(testbed, "/static/scripts/dallinger2.js").status_code == 200  # Dallinger's frontend
     p = through_caddy(testbed, "/participant/W1/H1/A1/sandbox?recruiter=hotair&fingerprint_hash=f1", "POST")
     assert p.status_code == 200, p.text[:500]
     pid = p.json()["participant"]["id"]
+    # From here new arrivals get the maintenance page; this participant, already in, goes on.
+    maintenance.maintenance(APP, session_remote, on=True, retry_after=60)
+    try:
+        _goes_on_while_new_arrivals_wait(testbed, pid)
+    finally:
+        maintenance.maintenance(APP, session_remote, on=False)
+    assert through_caddy(testbed, "/ad?recruiter=hotair&assignmentId=A3&hitId=H1&workerId=W3&mode=sandbox"
+                         ).status_code == 200
+
+
+def _goes_on_while_new_arrivals_wait(testbed, pid: int) -> None:
+    for path, method in (("/ad?recruiter=hotair&assignmentId=A2&hitId=H1&workerId=W2&mode=sandbox", "GET"),
+                         ("/consent?hit_id=H1&assignment_id=A2&worker_id=W2&mode=sandbox", "GET"),
+                         ("/participant/W2/H1/A2/sandbox?recruiter=hotair&fingerprint_hash=f2", "POST")):
+        late = through_caddy(testbed, path, method)
+        assert late.status_code == 503 and late.headers["Retry-After"] == "60", (path, late.status_code)
+    assert through_caddy(testbed, f"/participant/{pid}").status_code == 200  # its own record stays open
     exp_page = through_caddy(testbed, f"/exp?participant_id={pid}&hit_id=H1&assignment_id=A1&worker_id=W1"
                                       f"&mode=sandbox")
     assert exp_page.status_code == 200 and "Pass on a greeting" in exp_page.text
@@ -151,7 +168,11 @@ def test_an_update_keeps_the_experiment_id(deployed, session_remote, testbed):
         mp.setenv("HOME", str(deployed["home"]))
         update = deploy.update(EXAMPLE, APP, session_remote, start_timeout=180)  # images remembered
     assert update.experiment_id and update.experiment_id == deployed["result"].experiment_id
+    # The update switched to a fresh web container (number 2 for Compose v1, which `exec` then
+    # needs told; v2 takes the lowest number by itself).
     env = parse_env(session_remote.run(["sh", "-c", f"cd {layout.app_dir(APP)} && "
-                                        "docker compose exec -T web env 2>/dev/null || "
-                                        "docker-compose exec -T web env"]).stdout)
+                                        "docker compose exec -T web env 2>/dev/null || docker-compose exec -T "
+                                        "--index $(docker inspect -f '{{index .Config.Labels "
+                                        "\"com.docker.compose.container-number\"}}' "
+                                        "$(docker-compose ps -q web)) web env"]).stdout)
     assert env["DALLINGER_UID"] == deployed["result"].experiment_id

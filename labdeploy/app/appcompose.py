@@ -194,7 +194,8 @@ _Dumper.add_representer(str, _str)
 def app_compose_yaml(document: dict) -> str:
     header = ("# Written by labdeploy for this app. Secrets are in secrets.env (mode 0600).\n"
               "# Debug as usual: docker compose logs | docker compose exec web /bin/bash | "
-              "docker compose restart web\n")
+              "docker compose restart web\n"
+              "# (Compose v1 after an update: docker-compose exec --index N web, N as docker-compose ps shows.)\n")
     return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 

@@ -37,7 +37,7 @@ from ..experiment import dallinger, folder
 from ..images import transfer
 from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, WarningEvent, null_reporter, step
 from ..redaction import redact, redacting
-from ..server import caddy, compose, database, layout, pooler, psql, readiness, stack, webcheck
+from ..server import caddy, compose, database, layout, maintenance, pooler, psql, readiness, stack, webcheck
 from ..server.locks import DeployLock
 from ..ssh import pool
 from ..watch import containers, jobs, participants
@@ -409,7 +409,8 @@ class Deploy:
     # ------------------------------------------------------------------ 6. route
 
     def route(self) -> None:
-        site = caddy.site_block(self.app, self.settings)
+        # A maintenance page that is on stays on through an update (the researcher turns it off).
+        site = maintenance.carry(self.facts.site_text, caddy.site_block(self.app, self.settings))
         if site != (self.facts.site_text or ""):
             self.undo.append(("route", self.put_route_back))
             self.remote.put_bytes(layout.caddy_site(self.app), site, mode=0o644)

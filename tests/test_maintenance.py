@@ -1,0 +1,81 @@
+"""The maintenance page on the testbed: new arrivals get 503 + Retry-After and the page, a
+participant already in finishes; an update keeps it on; off lets everyone in again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from labdeploy.app import deploy, maintenance
+from labdeploy.errors import ValidationError
+from labdeploy.server import caddy, layout
+from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
+APP = "t-mnt-app"
+ENTRY = ["/", "/api/participants"]
+
+
+def call(testbed, method: str, path: str, **kw) -> requests.Response:
+    return requests.request(method, f"http://{testbed['http']['host']}:{testbed['http']['port']}{path}",
+                            headers={"Host": f"{APP}.localhost"}, timeout=15, **kw)
+
+
+@pytest.fixture(scope="module")
+def live(testbed, session_remote):
+    prepare_local_stack(session_remote, testbed)
+    destroy_if_deployed(session_remote, APP)
+    deploy.deploy(EXAMPLE, APP, session_remote, **deploy_kwargs(testbed))
+    yield session_remote
+    destroy_if_deployed(session_remote, APP)
+
+
+def test_new_arrivals_get_the_page_while_a_participant_already_in_finishes(live, testbed):
+    started = call(testbed, "POST", "/api/participants", json={"worker_id": "in-already"}).json()
+    hostile = 'Back at 5 {$HOME} {http.request.uri} "quoted" \\ <b>not bold</b>\nsecond line'
+    state = maintenance.maintenance(APP, live, on=True, paths=ENTRY, message=hostile, retry_after=120)
+    assert state.on and "/api/participants" in state.summary()
+    assert maintenance.is_on(APP, live)
+
+    page = call(testbed, "GET", "/")
+    assert page.status_code == 503 and page.headers["Retry-After"] == "120"
+    assert page.headers["Content-Type"].startswith("text/html")
+    # The text is shown as written: no placeholder, no environment variable, no markup.
+    assert "{$HOME}" not in page.text and "&#123;$HOME&#125;" in page.text and "/home/" not in page.text
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in page.text and "second line" in page.text
+    assert call(testbed, "POST", "/api/participants", json={"worker_id": "late"}).status_code == 503
+
+    pid = started["id"]
+    for trial in range(2):  # the participant already in goes on to the end
+        r = call(testbed, "POST", f"/api/participants/{pid}/responses",
+                 json={"trial": trial, "word": "red", "ink": "red", "answer": "red", "rt_ms": 400})
+        assert r.status_code == 200, r.text
+    assert call(testbed, "POST", f"/api/participants/{pid}/finish").json()["status"] == "success"
+
+
+def test_an_update_keeps_the_page_on_and_off_lets_everyone_in(live, testbed):
+    deploy.update(EXAMPLE, APP, live, **deploy_kwargs(testbed))
+    assert call(testbed, "GET", "/").status_code == 503
+    site = live.get_bytes(layout.caddy_site(APP)).decode()
+    assert caddy.site_upstream(site) == layout.web_alias(APP) and site.count("labdeploy maintenance: on") == 1
+    off = maintenance.maintenance(APP, live, on=False)
+    assert not off.on and not maintenance.is_on(APP, live)
+    assert call(testbed, "GET", "/").status_code == 200
+    assert call(testbed, "POST", "/api/participants", json={"worker_id": "after"}).status_code == 200
+
+
+@pytest.mark.parametrize("bad", [{"paths": ["/ok", "/a b"]}, {"paths": ["x"]}, {"paths": ['/"}']},
+                                 {"paths": ["/{$HOME}"]}, {"message": ""}, {"message": "bell\x07"},
+                                 {"message": "x" * 2001}, {"retry_after": 0}, {"retry_after": "60"}])
+def test_bad_settings_are_refused_before_connecting(bad):
+    with pytest.raises(ValidationError) as info:
+        maintenance.maintenance(APP, "nowhere", on=True, **bad)
+    assert info.value.hint
+
+
+def test_an_app_that_is_not_dallinger_must_name_its_entry_paths(live):
+    with pytest.raises(ValidationError, match="entry paths"):
+        maintenance.maintenance(APP, live, on=True)
+    assert not maintenance.is_on(APP, live)
