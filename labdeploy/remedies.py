@@ -160,6 +160,8 @@ API: dict[str, str] = {
     "connections.restart_busiest": (
         "Restart the web/worker/clock of the app holding most connections: labdeploy.monitor.pg_summary(server) "
         "shows it, labdeploy.monitor.restart(app, server) restarts it."),
+    "maintenance.paths": ("Give the app's entry paths (its first page and the request that creates a participant), "
+                          "e.g. labdeploy.maintenance.maintenance(app, server, paths=['/', '/api/participants'])."),
     "destroy.participants_working": (
         "Wait until they have finished (labdeploy.monitor.wait_idle('{app}', server) waits for it), then destroy "
         "again; or pass force=True to destroy while they work (they lose their session)."),

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labdeploy.app import apps, deploy, history
-from labdeploy import backup, export
+from labdeploy import backup, export, maintenance
 from labdeploy.watch import jobs, monitor
 from labdeploy.server import locks, stack
 from labdeploy.ssh import servers
@@ -153,6 +153,7 @@ API_CALLS = {
     "restore into": lambda r, v: backup.restore("exp", r, "latest", into=v),
     "restore source": lambda r, v: backup.restore("exp", r, v),
     "deploy archive": lambda r, v: deploy.deploy(EXAMPLE, "exp", r, archive=v),
+    "maintenance app": lambda r, v: maintenance.maintenance(v, r, on=True, paths=["/"]),
 }
 
 
@@ -222,6 +223,7 @@ CLI_CALLS = {
     "backup schedule --every": lambda v: ["backup", "schedule", "--app", "exp", "--every", v],
     "restore --into": lambda v: ["restore", "--app", "exp", "--into", v],
     "restore --from": lambda v: ["restore", "--app", "exp", "--from", v],
+    "maintenance --app": lambda v: ["maintenance", "on", "--app", v, "--path", "/"],
     "servers add --host": lambda v: ["servers", "add", "other", "--host", v, "--user", "alice", "--no-verify"],
     "servers add --user": lambda v: ["servers", "add", "other", "--host", "h.example.org", "--user", v,
                                      "--no-verify"],

@@ -79,3 +79,24 @@ def test_an_app_that_is_not_dallinger_must_name_its_entry_paths(live):
     with pytest.raises(ValidationError, match="entry paths"):
         maintenance.maintenance(APP, live, on=True)
     assert not maintenance.is_on(APP, live)
+
+
+def test_the_command_line_turns_it_on_and_off_and_refuses_bad_paths_before_connecting(live, testbed, tmp_path):
+    from test_cli_support import CLI
+
+    (tmp_path / "home").mkdir()
+    cli = CLI(tmp_path / "home")
+    bad = cli("maintenance", "on", "--app", APP, "--server", "nowhere", "--path", "/a b")
+    assert bad.code == 2 and "paths" in bad.err and "Traceback" not in bad.err, str(bad)
+    s = testbed["ssh"]
+    cli.ok("servers", "add", "tb", "--host", s["host"], "--user", s["user"], "--key", s["key"],
+           "--trust-host-key", s["host_key_fingerprint"])
+    on = cli.ok("maintenance", "on", "--app", APP, "--path", "/", "--path", "/api/participants",
+                "--message", "Back soon", "--retry-after", "90")
+    assert "maintenance page on" in on.out + on.err
+    page = call(testbed, "GET", "/")
+    assert page.status_code == 503 and page.headers["Retry-After"] == "90" and "Back soon" in page.text
+    cli.ok("maintenance", "off", "--app", APP)
+    assert call(testbed, "GET", "/").status_code == 200
+    no_paths = cli("maintenance", "on", "--app", APP)  # stroop is no Dallinger app: which routes?
+    assert no_paths.code != 0 and "entry paths" in (no_paths.err + no_paths.out), str(no_paths)

@@ -38,12 +38,18 @@ def _read(remote, app: str) -> tuple[str, dict]:
     site = layout.caddy_site(app)
     if not remote.exists(site):
         raise UnknownApp(f"The app {app!r} has no web address on {remote.host} (no deployed app of that name).",
-                         "Check the name; apps() lists the apps on the server.", code="app.unknown")
+                         "Check the name: it must be an app deployed on this server.", code="app.unknown")
     try:
         state = json.loads(remote.get_bytes(layout.app_state(app)))
     except Exception:  # noqa: BLE001 - no record: judged as a non-Dallinger app
         state = {}
     return remote.get_bytes(site).decode(), state
+
+
+def check_inputs(paths: Optional[Sequence[str]] = None, message: Optional[str] = None,
+                 retry_after: int = 300) -> block.Maintenance:
+    """Refuse bad settings the way maintenance() would, without connecting."""
+    return block.check(paths, message, retry_after)
 
 
 @pool.closes_what_it_opens
@@ -60,7 +66,7 @@ def maintenance(app: str, server, on: bool = True, *, message: Optional[str] = N
     app = names.app_name(app)
     if on not in (True, False):
         raise TypeError("on must be True or False")
-    settings = block.check(paths, message, retry_after)
+    settings = check_inputs(paths, message, retry_after)
     reporter = reporter or null_reporter
     remote = pool.connect(server)
     with DeployLock(remote, app, operation="maintenance", reporter=reporter):

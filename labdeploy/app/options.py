@@ -115,7 +115,7 @@ class DeployOptions:
         if self.wait_idle not in (True, False) or not float(self.idle_timeout) > 0:
             raise ValidationError(f"wait_idle={self.wait_idle!r}, idle_timeout={self.idle_timeout!r}: wait_idle is "
                                   "True or False and idle_timeout a number of seconds above 0.",
-                                  "Give e.g. wait_idle=True, idle_timeout=600.", code="invalid.wait_idle")
+                                  "Turn the wait on or off, and give its longest time in seconds (above 0).", code="invalid.wait_idle")
         if int(self.launch_attempts) < 1 or float(self.start_timeout) <= 0:
             raise ValidationError("launch_attempts must be at least 1 and start_timeout above 0.",
                                   "Leave them out for the defaults (4 attempts, 120 s).", code="invalid.timing")

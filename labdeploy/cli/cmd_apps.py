@@ -90,12 +90,16 @@ def _pairs(values, what: str) -> dict:
 @click.option("--archive", "archive", default=None, metavar="FILE", type=click.Path(dir_okay=False),
               help="Start a new app from this data: an export zip (labdeploy's or Dallinger's) or a pulled backup "
                    ".dump, loaded before launch (like Dallinger's --archive).")
+@click.option("--wait-idle", is_flag=True,
+              help="With --update: wait until no participant is working before replacing anything.")
+@click.option("--idle-timeout", type=float, default=None, metavar="SECONDS",
+              help="The longest --wait-idle waits (default 600); then the update stops, nothing changed.")
 @common_options
 @with_hints
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
                dockerfile, health_path, connection_limit, capacity, start_timeout, launch, image_base_name,
                registry_user, registry_password_stdin, logout_after_pull, unset_secrets, existing_data,
-               show_password, pooler, pgbouncer_image, archive):
+               show_password, pooler, pgbouncer_image, archive, wait_idle, idle_timeout):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -126,11 +130,16 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
               "archive": archive}
     for key, value in (("domain", domain), ("redis_image", redis_image), ("health_path", health_path),
                        ("connection_limit", connection_limit), ("launch", launch), ("capacity", capacity),
-                       ("start_timeout", start_timeout), ("pooler", pooler), ("pgbouncer_image", pgbouncer_image)):
+                       ("start_timeout", start_timeout), ("pooler", pooler), ("pgbouncer_image", pgbouncer_image),
+                       ("idle_timeout", idle_timeout)):
         if value is not None:
             kwargs[key] = value
     if image_base_name is not None:
         kwargs["base_name"] = image_base_name
+    if (wait_idle or idle_timeout is not None) and not update:
+        raise UsageProblem("--wait-idle and --idle-timeout are for --update (a new app has no participants yet).",
+                           "Add --update, or leave them out.")
+    kwargs["wait_idle"] = wait_idle
     if (registry_user or registry_password_stdin) and mode != "registry":
         raise UsageProblem("--registry-user and --registry-password-stdin are for --mode registry.",
                            "Add --mode registry, or leave them out.")

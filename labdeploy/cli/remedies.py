@@ -148,6 +148,8 @@ CLI: dict[str, str] = {
                         "restarting usually fails on start (configuration or database)."),
     "connections.restart_busiest": ("Restart the web/worker/clock of the app holding most connections: "
                                     "`labdeploy connections` shows it, `labdeploy restart --app NAME` restarts it."),
+    "maintenance.paths": ("Give the app's entry paths (its first page and the request that creates a participant), "
+                          "e.g. `labdeploy maintenance on --app NAME --path / --path /api/participants`."),
     "destroy.participants_working": ("Wait until they have finished (`labdeploy status --app {app} --participants` "
                                      "shows how many), then destroy again; or add --force to destroy while they "
                                      "work (they lose their session)."),

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..errors import ValidationError
+from ..errors import Remedy, ValidationError
 
 BEGIN = "\t# labdeploy maintenance: on"
 END = "\t# labdeploy maintenance: end"
@@ -84,8 +84,7 @@ def block(m: Maintenance, dallinger: bool) -> str:
     else:
         raise ValidationError("This app is not a Dallinger or PsyNet experiment, so labdeploy doesn't know which "
                               "requests are new arrivals.",
-                              "Give its entry paths (the first page and the request that creates a participant), "
-                              "e.g. paths=['/', '/api/participants'].", code="invalid.maintenance.paths")
+                              code="invalid.maintenance.paths", remedy=Remedy("maintenance.paths"))
     return "\n".join([
         BEGIN,
         f"\t{matcher}",

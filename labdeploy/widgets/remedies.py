@@ -80,6 +80,8 @@ PANELS: dict[str, str] = {
                         "restarting usually fails on start (configuration or database)."),
     "connections.restart_busiest": ("Restart the web/worker/clock of the app holding most connections: the Monitor "
                                     "panel shows it; Restart… restarts it."),
+    "maintenance.paths": ("Type the app's entry paths (its first page and the request that creates a participant) "
+                          "in the Monitor panel's maintenance box, e.g. / /api/participants."),
     "destroy.participants_working": ("Wait until they have finished (the Monitor panel's status shows working "
                                      "participants), then destroy again; to destroy while they work, call "
                                      "labdeploy.apps.destroy('{app}', server, confirm=True, force=True) in a notebook "
