@@ -100,3 +100,34 @@ def test_the_command_line_turns_it_on_and_off_and_refuses_bad_paths_before_conne
     assert call(testbed, "GET", "/").status_code == 200
     no_paths = cli("maintenance", "on", "--app", APP)  # stroop is no Dallinger app: which routes?
     assert no_paths.code != 0 and "entry paths" in (no_paths.err + no_paths.out), str(no_paths)
+
+
+def test_the_monitor_panel_turns_the_page_on_and_off_for_the_app_in_focus(live, testbed, home):
+    import time
+
+    from labdeploy.widgets.monitor import MonitorPanel
+
+    panel = MonitorPanel(live, refresh=0.5, interval=0.5)
+    try:
+        deadline = time.monotonic() + 30
+        while APP not in panel.app_picker.options:
+            assert time.monotonic() < deadline, "the app never reached the picker"
+            time.sleep(0.1)
+        panel.app_picker.value = APP
+        box = panel.maintenance
+        box.paths.value = "/a b"  # a typo: refused with its hint, nothing changes
+        box.on_button.click()
+        panel.last_task.join(30)
+        assert "labdeploy-error" in panel.message.value and call(testbed, "GET", "/").status_code == 200
+        box.paths.value = "/ /api/participants"
+        box.text.value = "Back after lunch"
+        box.on_button.click()
+        panel.last_task.join(60)
+        page = call(testbed, "GET", "/")
+        assert page.status_code == 503 and "Back after lunch" in page.text
+        assert "maintenance page on" in box.state.value
+        box.off_button.click()
+        panel.last_task.join(60)
+        assert call(testbed, "GET", "/").status_code == 200 and "maintenance page off" in box.state.value
+    finally:
+        panel.stop()

@@ -21,6 +21,7 @@ from ..watch import backups as backup_health, monitor, participants
 from ..errors import LabdeployError
 from ..ssh import pool as ssh_pool
 from ..watch.pgactivity import DEFAULT_THRESHOLD
+from .maintenance import MaintenanceBox
 from .common import LogPane, Message, Panel, error_html, titled, warning_html, widget_reporter
 from .remedies import hint as panel_hint
 
@@ -161,6 +162,7 @@ class MonitorPanel(Panel):
         self._build_logs()
         self._build_restart()
         self._build_exec()
+        self.maintenance = MaintenanceBox(self)
         self.widget = self._lay_out()
 
     def _server_options(self, server) -> list:
@@ -243,6 +245,8 @@ class MonitorPanel(Panel):
             self.log_pane,
             section("Restart (the usual remedy when an app holds too many connections)"),
             W.HBox([self.restart_services, self.restart_button]), self.confirm_row,
+            section("Maintenance page (new arrivals wait; participants already in go on)"),
+            self.maintenance.widget,
             section("Run a command in a container"), W.HBox([self.exec_service, self.exec_command,
                                                             self.exec_button]), self.exec_output,
             subtitle="Status, logs, database connections; refreshes by itself until you stop it.")
