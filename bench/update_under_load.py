@@ -101,7 +101,7 @@ def main() -> None:
 
     def ours(name: str):
         if name == "restart":
-            return lambda: monitor.restart(OURS, remote, ["web", "worker"])
+            return lambda: monitor.restart(OURS, remote, ["web", "worker"]) is not None and "ok"
         opts = {"launch": True, "launch_attempts": 2} if name == "bad-launch" else {}
         opts.update({"start_timeout": 60} if name == "crash" else {})
 
