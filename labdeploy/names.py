@@ -60,6 +60,15 @@ _HOST_HINT = ("Use a host name such as 'lab.example.org' (letters, digits, dots,
               "such as 203.0.113.7 or 2001:db8::7; no spaces, quotes or shell characters.")
 
 
+
+def is_app_name(name) -> bool:
+    """True for a name app_name() accepts (a folder or label read from a server may be anything)."""
+    try:
+        app_name(name)
+        return True
+    except ValidationError:
+        return False
+
 def _dns_name_problem(name: str) -> str:
     """Why `name` is not an RFC 1123 host name ('' when it is one). A final dot is allowed."""
     if len(name) > HOST_MAX:

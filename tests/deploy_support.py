@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 from labdeploy.app import apps, deploy
 from labdeploy.server import stack
 
@@ -34,3 +37,18 @@ def drop_data_only(remote, *apps_: str) -> None:
         ident = "app_" + name.replace("-", "_")
         psql.run_sql(remote, f"DROP DATABASE IF EXISTS {ident};\nDROP ROLE IF EXISTS {ident};\n")
         remote.run(["rm", "-rf", "--", f"dallinger-data/backups/{name}"])
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
+
+
+@contextlib.contextmanager
+def example_deployed(remote, testbed: dict, app: str):
+    """examples/stroop freshly deployed as `app` for a module's tests, removed after them."""
+    prepare_local_stack(remote, testbed)
+    destroy_if_deployed(remote, app)
+    deploy.deploy(EXAMPLE, app, remote, **deploy_kwargs(testbed))
+    try:
+        yield remote
+    finally:
+        destroy_if_deployed(remote, app)

@@ -46,6 +46,8 @@ class Relay:
 
     def close(self) -> None:
         self.down = True
+        with contextlib.suppress(OSError):  # wakes the blocked accept(); new connections are refused
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.cut()
 

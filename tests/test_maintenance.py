@@ -11,7 +11,7 @@ import requests
 from labdeploy.app import deploy, maintenance
 from labdeploy.errors import ValidationError
 from labdeploy.server import caddy, layout
-from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
+from deploy_support import deploy_kwargs, example_deployed
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 APP = "t-mnt-app"
@@ -25,11 +25,8 @@ def call(testbed, method: str, path: str, **kw) -> requests.Response:
 
 @pytest.fixture(scope="module")
 def live(testbed, session_remote):
-    prepare_local_stack(session_remote, testbed)
-    destroy_if_deployed(session_remote, APP)
-    deploy.deploy(EXAMPLE, APP, session_remote, **deploy_kwargs(testbed))
-    yield session_remote
-    destroy_if_deployed(session_remote, APP)
+    with example_deployed(session_remote, testbed, APP) as remote:
+        yield remote
 
 
 def test_new_arrivals_get_the_page_while_a_participant_already_in_finishes(live, testbed):

@@ -36,7 +36,7 @@ def test_the_stored_query_is_kept_across_deploys_unless_given_or_cleared():
 
 
 def test_the_query_travels_as_one_string_literal_whatever_quotes_it_holds():
-    text = participants.script({"a": "select 'it''s' -- \n , 1 /* x"}, "tok")
+    text = participants.psql_script({"a": "select 'it''s' -- \n , 1 /* x"}, "tok")
     assert "query_to_xml('select ''it''''s'' -- \n , 1 /* x', true, false, '')" in text
     assert "BEGIN TRANSACTION READ ONLY;" in text and "ROLLBACK;" in text
 

@@ -15,7 +15,7 @@ import yaml
 from labdeploy.app import deploy
 from labdeploy.server import caddy, compose, layout, stack, webswitch
 from labdeploy.progress import LogLine
-from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
+from deploy_support import deploy_kwargs, example_deployed
 from participant_load import Participants
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
@@ -54,11 +54,8 @@ def webs(remote) -> list:
 
 @pytest.fixture(scope="module")
 def live(testbed, session_remote):
-    prepare_local_stack(session_remote, testbed)
-    destroy_if_deployed(session_remote, APP)
-    deploy.deploy(EXAMPLE, APP, session_remote, **deploy_kwargs(testbed))
-    yield session_remote
-    destroy_if_deployed(session_remote, APP)
+    with example_deployed(session_remote, testbed, APP) as remote:
+        yield remote
 
 
 def under_load(testbed, operation):
@@ -112,6 +109,7 @@ def test_a_failed_update_under_load_costs_participants_nothing(live, testbed, tm
     assert isinstance(err, deploy.DeployFailed), err
     print(f"\n{fault} under load: {during.describe()}")
     assert err.failed_step == "start" and "kept serving" in err.message
+    assert ("crashes on purpose" if fault == "crash at start" else "launch broke on purpose") in err.logs
     assert len(during.hits) > 20 and during.failed == [], during.failed[:5]
     assert [c.id for c in webs(live)] == [c.id for c in serving]  # the running container was never touched
     assert served_title(testbed) == title

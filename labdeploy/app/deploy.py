@@ -485,7 +485,7 @@ class Deploy:
         logs, rolled_back, notes = "", False, []
         try:
             if self.current in ("start", "route", "launch", "record"):
-                logs = containers.failure_logs(self.remote, self.app)
+                logs = _failure_logs(self, exc)
                 for line in logs.splitlines():
                     self.reporter(LogLine(line, "logs"))
             if self.undo:
@@ -552,6 +552,13 @@ def _participants_first(d: Deploy) -> None:
     if d.options.wait_idle and found.working != 0 and (found.working is not None or found.source):
         participants.wait_idle(d.remote, d.app, float(d.options.idle_timeout), reporter=_sub_reporter(d.report,
                                                                                                     "participants"))
+
+
+def _failure_logs(d: Deploy, exc: BaseException) -> str:
+    """The processes' last lines; a new web container the switch refused (and removed) first."""
+    logs = containers.failure_logs(d.remote, d.app)
+    refused = getattr(exc, "switch_logs", "")
+    return f"----- web (the new version, removed) -----\n{refused}\n{logs}" if refused else logs
 
 
 def _release(d: Deploy) -> None:

@@ -16,8 +16,9 @@ from .shell import script
 # restart count, address on the shared network ("-" without one), image.
 WEB_CONTAINERS = ('ids=$(docker ps -aq --filter "$1" --filter label=labdeploy.service=web); [ -n "$ids" ] || exit 0; '
                   'docker inspect -f \'{{.Id}} {{.Name}} {{.Created}} {{.State.Status}} {{.RestartCount}} '
-                  '{{with index .NetworkSettings.Networks "' + layout.NETWORK + '"}}{{if .IPAddress}}{{.IPAddress}}'
+                  '{{with index .NetworkSettings.Networks "dallinger"}}{{if .IPAddress}}{{.IPAddress}}'
                   '{{else}}-{{end}}{{else}}-{{end}} {{.Config.Image}}\' $ids')
+assert layout.NETWORK == "dallinger"  # the shared network, named in the template above
 
 # $1 = container id, $2 = the most seconds to wait, $3 = the web port in hex as /proc shows it.
 # Waits until no connection to the web port is open in the container: requests Caddy sent

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import caddy, compose, layout, stack
-from ..commands import webswitch as commands
+from ..commands import docker, webswitch as commands
 from ..errors import LabdeployError
 from ..progress import LogLine, Reporter, null_reporter
 from .webcheck import request
@@ -108,7 +108,9 @@ def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_ti
             _wait_answering(remote, app, new, port, host, start_timeout)
             gate(port)
         _route(remote, app, alias_site, new.name)
-    except BaseException:
+    except BaseException as exc:
+        if new is not None and isinstance(exc, Exception):
+            exc.switch_logs = _last_lines(remote, new)  # the refused container goes; its last words stay
         _abandon(remote, app, new, site_text, report)
         raise
     report(LogLine(f"participants now reach {new.name}; {live.name} finishes its requests (at most {grace} s)",
@@ -136,6 +138,14 @@ def _abandon(remote, app: str, new: Optional[WebContainer], site_text: str, repo
         stack.reload_caddy(remote)
     except Exception as exc:  # noqa: BLE001 - the original failure matters more
         report(LogLine(f"(cleaning up after the failed switch: {exc})", "switch"))
+
+
+def _last_lines(remote, new: WebContainer, lines: int = 40) -> str:
+    try:
+        res = remote.run(docker.logs_tail(new.id, lines), check=False, timeout=60)
+        return (res.stdout + res.stderr).strip()
+    except Exception:  # noqa: BLE001 - e.g. the connection that failed the switch
+        return ""
 
 
 def _address(remote, app: str, new: WebContainer, timeout: float) -> str:

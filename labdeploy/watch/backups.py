@@ -12,20 +12,11 @@ import pandas as pd
 
 from .. import names
 from ..commands import backups as commands
-from ..errors import ValidationError
 from ..server import backupservice
 from ..ssh import pool
 
 COLUMNS = ["app", "every_minutes", "backups", "last_backup", "backup_age_s", "last_run_ok", "last_run_error",
            "last_drill", "last_drill_ok", "last_good_drill", "warning"]
-
-
-def _valid(app: str) -> bool:
-    try:
-        names.app_name(app)
-        return True
-    except ValidationError:
-        return False
 
 
 def _json(text: str) -> dict:
@@ -78,7 +69,7 @@ def read(remote, apps: Optional[list] = None) -> pd.DataFrame:
     res = remote.run(commands.health(list(apps or [])), check=False, timeout=60)
     found, server = commands.read_health(res.stdout)
     if apps is None:
-        apps = sorted(a for a in found if _valid(a))
+        apps = sorted(a for a in found if names.is_app_name(a))
     now = int(server.get("now") or 0)
     service = server.get("service") == "true"
     default = _every(server.get("conf", ""), backupservice.DEFAULT_EVERY_MINUTES)

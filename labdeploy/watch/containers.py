@@ -162,7 +162,7 @@ def status(server, app: Optional[str] = None, *, jobs: bool = False, backups: bo
     if participants:
         from . import participants as working
 
-        shown = [a for a in dict.fromkeys(df["app"]) if working.is_app_name(a) and (app is None or a == app)]
+        shown = [a for a in dict.fromkeys(df["app"]) if names.is_app_name(a) and (app is None or a == app)]
         df = working.attach(df, working.read(remote, shown))
     if app is None:
         return df

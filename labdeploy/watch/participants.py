@@ -133,7 +133,7 @@ def _query_count(ident: str, query: str) -> str:
     ])
 
 
-def script(plan: dict[str, str], token: str) -> str:
+def psql_script(plan: dict[str, str], token: str) -> str:
     """The psql script that reads every app of `plan` (app -> its working_query, "" for the
     participant table) from its own database. Markers carry `token`, which no query sees."""
     mark = f"@@{token}"
@@ -216,25 +216,17 @@ def plan_of(states: dict[str, dict], apps: Iterable[str]) -> tuple[dict[str, str
 
 def _states(remote) -> dict[str, dict]:
     _stack, states, _locks = app_commands.read_listing(remote.run(app_commands.listing(), check=False, timeout=60).stdout)
-    return {app: state for app, state in states.items() if is_app_name(app)}
-
-
-def is_app_name(app: str) -> bool:
-    try:
-        names.app_name(app)
-        return True
-    except ValidationError:
-        return False
+    return {app: state for app, state in states.items() if names.is_app_name(app)}
 
 
 def count(remote, plan: dict[str, str]) -> dict[str, Reading]:
-    """Run the planned reads in one psql (see `script`); a failure gives None for each app."""
+    """Run the planned reads in one psql (see `psql_script`); a failure gives None for each app."""
     if not plan:
         return {}
     token = secrets.token_hex(8)
     argv = postgres.psql(psql.database_name("dallinger"), stop_on_error=False, app_name="labdeploy-participants")
     try:
-        res = remote.run(argv, stdin=script(plan, token).encode(), check=False,
+        res = remote.run(argv, stdin=psql_script(plan, token).encode(), check=False,
                          timeout=60 + STATEMENT_TIMEOUT_S * len(plan))
     except LabdeployError as exc:
         return {app: Reading(app, None, SOURCE_QUERY if q else SOURCE_TABLE, f"not read ({exc.message})")
