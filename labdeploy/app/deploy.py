@@ -552,6 +552,7 @@ def _participants_first(d: Deploy) -> None:
     if d.options.wait_idle and found.working != 0 and (found.working is not None or found.source):
         participants.wait_idle(d.remote, d.app, float(d.options.idle_timeout), reporter=_sub_reporter(d.report,
                                                                                                     "participants"))
+        d.lock.refresh()  # a long wait must not let the lock expire under the update
 
 
 def _failure_logs(d: Deploy, exc: BaseException) -> str:
