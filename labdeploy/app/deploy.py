@@ -361,11 +361,11 @@ class Deploy:
             remote.makedirs(f"{layout.app_dir(app)}/{pooler.PYTHON_DIR}", 0o755)
             remote.put_bytes(f"{layout.app_dir(app)}/{pooler.PYTHON_DIR}/sitecustomize.py", pooler.SITECUSTOMIZE,
                              mode=0o644)
-        self.host = f"{app}.{self.settings.domain or 'localhost'}"
-        self.seen: list = []  # container readings, for the wait in the launch step
-        if webupdate.switchable(self, document) and webupdate.start(self, appcompose.app_compose_yaml(document)):
+        self.host, self.seen = f"{app}.{self.settings.domain or 'localhost'}", []  # seen: for launch's wait
+        text = appcompose.app_compose_yaml(document)
+        if webupdate.switchable(self, document) and webupdate.start(self, text):
             return  # the new web process serves, checked before any participant reached it
-        remote.put_bytes(layout.app_compose(app), appcompose.app_compose_yaml(document), mode=0o644)
+        remote.put_bytes(layout.app_compose(app), text, mode=0o644)
         self.undo.append(("processes", self.put_processes_back))
         try:
             compose.run_app(remote, app, ["up", "-d", "--remove-orphans"], reporter=self.reporter)

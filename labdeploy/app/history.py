@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import pandas as pd
 
@@ -88,10 +87,3 @@ def record_success(remote, state: dict, record: DeployRecord) -> None:
     body = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
     remote.run(files.replace_and_append(layout.app_dir(record.app), STATE_FILE, HISTORY_FILE, record.to_line()),
                stdin=body)
-
-
-def read_state(remote, app: str) -> Optional[dict]:
-    try:
-        return json.loads(remote.get_bytes(layout.app_state(app)))
-    except (FileNotFoundError, ValueError):
-        return None

@@ -7,14 +7,13 @@ researcher's call.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .. import names
 from ..errors import UnknownApp
 from ..progress import LogLine, Reporter, null_reporter, step
-from ..server import layout, maintenance as block, stack
+from ..server import appstate, layout, maintenance as block, stack
 from ..server.locks import DeployLock
 from ..ssh import pool
 
@@ -34,16 +33,12 @@ def _arrivals(m: block.Maintenance, dallinger: bool) -> str:
     return ", ".join(m.paths) if m.paths else ("Dallinger's ad, consent and participant creation" if dallinger else "")
 
 
-def _read(remote, app: str) -> tuple[str, dict]:
-    site = layout.caddy_site(app)
-    if not remote.exists(site):
+def _site(remote, app: str) -> str:
+    text = appstate.read_text(remote, layout.caddy_site(app))
+    if text is None:
         raise UnknownApp(f"The app {app!r} has no web address on {remote.host} (no deployed app of that name).",
                          "Check the name: it must be an app deployed on this server.", code="app.unknown")
-    try:
-        state = json.loads(remote.get_bytes(layout.app_state(app)))
-    except Exception:  # noqa: BLE001 - no record: judged as a non-Dallinger app
-        state = {}
-    return remote.get_bytes(site).decode(), state
+    return text
 
 
 def check_inputs(paths: Optional[Sequence[str]] = None, message: Optional[str] = None,
@@ -70,8 +65,8 @@ def maintenance(app: str, server, on: bool = True, *, message: Optional[str] = N
     reporter = reporter or null_reporter
     remote = pool.connect(server)
     with DeployLock(remote, app, operation="maintenance", reporter=reporter):
-        site_text, state = _read(remote, app)
-        dallinger = bool(state.get("experiment_id"))
+        site_text = _site(remote, app)
+        dallinger = bool((appstate.read_state(remote, app) or {}).get("experiment_id"))
         new = block.with_block(site_text, block.block(settings, dallinger)) if on else block.without(site_text)
         if new != site_text:
             with step(reporter, "route", f"maintenance page {'on' if on else 'off'}"):
@@ -89,6 +84,4 @@ def maintenance(app: str, server, on: bool = True, *, message: Optional[str] = N
 @pool.closes_what_it_opens
 def is_on(app: str, server) -> bool:
     """Whether new arrivals get the maintenance page now."""
-    remote = pool.remote(server)
-    site_text, _state = _read(remote, names.app_name(app))
-    return block.is_on(site_text)
+    return block.is_on(_site(pool.remote(server), names.app_name(app)))

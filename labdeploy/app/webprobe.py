@@ -17,6 +17,7 @@ from typing import Sequence
 from ..errors import LabdeployError
 from ..progress import LogLine, Reporter
 from ..server import layout
+from ..server import webcheck
 from ..server.webcheck import request
 from . import settle
 
@@ -87,24 +88,12 @@ def wait_answering(remote, app: str, image: str, processes: Sequence[str], port:
     """Until the web process answers HTTP at all (any status): it is up; returns the status
     `path` answered. A process that exits or restarts meanwhile fails at once instead of
     after the timeout."""
-    deadline = time.monotonic() + timeout
-    checked = time.monotonic()  # the caller has just read the containers' state
-    while True:
-        try:
-            return request(port, "GET", path, host, timeout=10)[0]
-        except (OSError, http.client.HTTPException):
-            pass
-        now = time.monotonic()
-        if now - checked > 2:
-            checked = now
-            bad = settle.crashed(settle.snapshot(remote, app), image, processes)
-            if bad:
-                raise stopped_at_start(bad)
-        if now > deadline:
-            raise LabdeployError(f"The web process did not answer on port {layout.WEB_PORT} within {timeout:.0f} s.",
-                                 "Check that the app listens on $HOST:$PORT (0.0.0.0:5000); see the logs below.",
-                                 code="app.web_not_answering")
-        time.sleep(0.1)  # a refused attempt costs one channel open: poll often
+    def alive() -> None:
+        bad = settle.crashed(settle.snapshot(remote, app), image, processes)
+        if bad:
+            raise stopped_at_start(bad)
+
+    return webcheck.wait_answering(port, host, path, timeout, alive)
 
 
 def launch(port: int, host: str, attempts: int, reporter: Reporter) -> dict:

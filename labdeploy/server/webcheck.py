@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import http.client
 import time
+from typing import Callable
 
 from ..errors import LabdeployError
+from .layout import WEB_PORT
 
 
 def request(port: int, method: str, path: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
@@ -19,6 +21,28 @@ def request(port: int, method: str, path: str, host: str, timeout: float = 10.0)
         return resp.status, resp.read(20000).decode("utf-8", "replace")
     finally:
         conn.close()
+
+
+def wait_answering(port: int, host: str, path: str, timeout: float, alive: Callable[[], None]) -> int:
+    """Until the web process answers HTTP at all (any status): it is up; returns the status
+    `path` answered. `alive()`, asked every 2 s, raises when the process has stopped, so that
+    fails at once instead of after the timeout."""
+    deadline = time.monotonic() + timeout
+    checked = time.monotonic()  # the caller has just read the containers' state
+    while True:
+        try:
+            return request(port, "GET", path, host, timeout=10)[0]
+        except (OSError, http.client.HTTPException):
+            pass
+        now = time.monotonic()
+        if now - checked > 2:
+            checked = now
+            alive()
+        if now > deadline:
+            raise LabdeployError(f"The web process did not answer on port {WEB_PORT} within {timeout:.0f} s.",
+                                 "Check that the app listens on $HOST:$PORT (0.0.0.0:5000); see the logs below.",
+                                 code="app.web_not_answering")
+        time.sleep(0.1)  # a refused attempt costs one channel open: poll often
 
 
 def healthy(port: int, host: str, path: str, timeout: float) -> None:

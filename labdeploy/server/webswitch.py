@@ -17,16 +17,14 @@ other first.
 
 from __future__ import annotations
 
-import http.client
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import caddy, compose, layout, stack
+from . import appstate, caddy, compose, layout, stack, webcheck
 from ..commands import docker, webswitch as commands
 from ..errors import LabdeployError
 from ..progress import LogLine, Reporter, null_reporter
-from .webcheck import request
 
 DEFAULT_GRACE = 30  # seconds the old container has to finish its requests (gunicorn's own default)
 
@@ -83,8 +81,7 @@ def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_ti
     any failure removes the new one and raises. Returns the new container.
     Raises NoLiveWeb when nothing serves now (then a plain `compose up` loses nothing)."""
     report = reporter or null_reporter
-    site = layout.caddy_site(app)
-    site_text = remote.get_bytes(site).decode() if remote.exists(site) else None
+    site_text = appstate.read_text(remote, layout.caddy_site(app))
     live, others = live_web(remote, app, site_text)
     if live is None or site_text is None or caddy.site_upstream(site_text) is None:
         raise NoLiveWeb(f"No web container of {app!r} is serving through Caddy now.",
@@ -105,7 +102,7 @@ def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_ti
         report(LogLine(f"{new.name} started beside {live.name}; checking it before any participant reaches it",
                        "switch"))
         with remote.forward(_address(remote, app, new, start_timeout), layout.WEB_PORT) as port:
-            _wait_answering(remote, app, new, port, host, start_timeout)
+            webcheck.wait_answering(port, host, "/", start_timeout, lambda: _state(remote, app, new))
             gate(port)
         _route(remote, app, alias_site, new.name)
     except BaseException as exc:
@@ -171,25 +168,3 @@ def _state(remote, app: str, new: WebContainer) -> WebContainer:
                              f"{now.restarts}x); the running version kept serving.",
                              "Read the logs below: usually the real error is at their end.", code="app.crashed")
     return now
-
-
-def _wait_answering(remote, app: str, new: WebContainer, port: int, host: str, timeout: float) -> None:
-    """Until the new process answers HTTP at all; one that exits meanwhile fails at once."""
-    deadline, checked = time.monotonic() + timeout, time.monotonic()
-    while True:
-        try:
-            request(port, "GET", "/", host, timeout=10)
-            return
-        except (OSError, http.client.HTTPException):
-            pass
-        now = time.monotonic()
-        if now - checked > 2:
-            checked = now
-            _state(remote, app, new)
-        if now > deadline:
-            raise LabdeployError(f"The new web process did not answer on port {layout.WEB_PORT} within "
-                                 f"{timeout:.0f} s; the running version kept serving.",
-                                 "Check that the app listens on $HOST:$PORT (0.0.0.0:5000); see the logs below.",
-                                 code="app.web_not_answering")
-        time.sleep(0.1)
-

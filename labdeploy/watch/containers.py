@@ -23,7 +23,6 @@ from ..errors import (CommandFailed, ConnectionLost, LabdeployError, Remedy, Rem
                       ValidationError)
 from ..progress import LogLine, Reporter, WarningEvent, null_reporter
 from ..redaction import redact
-from ..server import layout
 from ..ssh import pool
 
 APP_LABEL = docker.APP_LABEL
@@ -504,15 +503,9 @@ def _switch_web(remote, app: str, timeout: float, reporter: Optional[Reporter]):
     """The web process restarted without a dropped request: a fresh container from the same
     compose file, switched to once healthy (labdeploy.server.webswitch). None when nothing
     serves through Caddy now (then `docker restart` loses nothing)."""
-    import json
+    from ..server import appstate, webcheck, webswitch
 
-    from ..server import webcheck, webswitch
-
-    try:
-        state = json.loads(remote.get_bytes(layout.app_state(app)))
-    except (LabdeployError, ValueError, OSError):
-        state = {}
-    path = state.get("health_path") or "/"
+    path = (appstate.read_state(remote, app) or {}).get("health_path") or "/"
     host = f"{app}.localhost"
     try:
         return webswitch.switch(remote, app, gate=lambda port: webcheck.healthy(port, host, path, 30), host=host,

@@ -27,7 +27,7 @@ from ..commands import apps as app_commands, postgres
 from ..errors import LabdeployError, Remedy, UnknownApp, ValidationError
 from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
 from ..redaction import redact
-from ..server import layout, psql
+from ..server import appstate, layout, psql
 from ..ssh import pool
 
 STATE_KEY = "working_query"  # in the app's deploy.json
@@ -345,11 +345,8 @@ def set_working_query(server, app: str, sql: Optional[str]) -> None:
     query = check_query(sql) if sql and sql.strip() else ""
     remote = pool.connect(server)
     with DeployLock(remote, app, operation="set working_query"):
-        try:
-            state = json.loads(remote.get_bytes(layout.app_state(app)))
-        except (FileNotFoundError, ValueError):
-            state = None
-        if not isinstance(state, dict):
+        state = appstate.read_state(remote, app)
+        if state is None:
             raise UnknownApp(f"The app {app!r} has no deploy state on the server.",
                              "Deploy the app first; the query is kept with it.", code="app.unknown")
         state[STATE_KEY] = query
