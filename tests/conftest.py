@@ -13,6 +13,11 @@ TESTBED_FILE = Path(os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-test
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The testbed's two servers: Debian 12 with Compose v1, Debian 13 with Compose v2 and OpenSSH 10.
+# Every test that uses the testbed runs on each (LABDEPLOY_TEST_SERVERS=trixie picks one).
+SERVERS = tuple(os.environ.get("LABDEPLOY_TEST_SERVERS", "bookworm,trixie").split(","))
+
+
 def _load_testbed() -> dict:
     if not TESTBED_FILE.exists():
         pytest.fail(f"The testbed is not running ({TESTBED_FILE} is missing). Start it with "
@@ -20,10 +25,19 @@ def _load_testbed() -> dict:
     return json.loads(TESTBED_FILE.read_text())
 
 
-@pytest.fixture(scope="session")
-def testbed() -> dict:
-    """The testbed's details: ssh, registry, docker, http, images."""
-    return _load_testbed()
+def server_view(data: dict, flavour: str) -> dict:
+    """The testbed's details as seen for one server: its ssh/docker/http/netns at the top, and
+    `file`, the JSON file that describes it the same way (for notebooks: LABDEPLOY_TESTBED)."""
+    if "servers" not in data or flavour not in data["servers"]:
+        pytest.fail(f"The testbed has no {flavour} server: run `sudo scripts/testbed up` again.", pytrace=False)
+    file = TESTBED_FILE if flavour == "bookworm" else TESTBED_FILE.with_name(f"testbed-{flavour}.json")
+    return {**data, **data["servers"][flavour], "file": str(file)}
+
+
+@pytest.fixture(scope="session", params=SERVERS)
+def testbed(request) -> dict:
+    """The details of one testbed server: ssh, registry, docker, http, images, file."""
+    return server_view(_load_testbed(), request.param)
 
 
 @pytest.fixture
@@ -135,6 +149,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.unit)
         elif uses:
             item.add_marker(pytest.mark.testbed)
+        server = getattr(item, "callspec", None) and item.callspec.params.get("testbed")
+        if server:
+            # Under pytest-xdist (--dist loadgroup) one worker runs all of a server's tests in
+            # order: they share that server's stack, so they must not run at once.
+            item.add_marker(pytest.mark.xdist_group(server))
     partial = any("::" in str(arg) for arg in config.args) or config.getoption("lf", False)
     problems = [p for p in naming_problems(modules) if not (partial and "needs no testbed" in p)]
     if problems:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TESTBED_FILE
+from tests.conftest import REPO
 from tests.jupyterlab_browser import Lab, chromium, jupyterlab
 
 pytestmark = [pytest.mark.browser, pytest.mark.testbed]
@@ -103,7 +103,7 @@ def test_researcher_journey_in_jupyterlab(testbed, remote, tmp_path, ssh_agent):
     for nb in ("setup_server.ipynb", "deploy.ipynb"):
         shutil.copy(REPO / "notebooks" / nb, root / "notebooks" / nb)
     shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {"LABDEPLOY_TESTBED": str(TESTBED_FILE), "SSH_AUTH_SOCK": ssh_agent}
+    env = {"LABDEPLOY_TESTBED": testbed["file"], "SSH_AUTH_SOCK": ssh_agent}
     ssh = testbed["ssh"]
     secrets = {"testbed ssh password": ssh["password"], "registry password": testbed["registry"]["password"]}
 

@@ -1,5 +1,5 @@
 """labdeploy.server.compose on the testbed: which Compose the server has, and how it is run
-(through a real Remote; the testbed has Debian's Compose v1). The v2 form: test_compose_unit.py.
+(through a real Remote; the bookworm server has Debian's Compose v1, the trixie server the v2 plugin).
 """
 
 from __future__ import annotations
@@ -13,19 +13,24 @@ from labdeploy.errors import CommandFailed, LabdeployError
 from labdeploy.remote import Remote
 
 
-def test_detects_compose_v1_on_the_testbed_once(remote):
+# What each testbed server has: Debian 12's docker-compose 1.29, Debian 13's Compose plugin 2.26.
+EXPECTED = {"v1": (["docker-compose"], "1.29"), "v2": (["docker", "compose"], "2.26")}
+
+
+def test_detects_the_servers_compose_once(remote, testbed):
+    argv, _ = EXPECTED[testbed["compose"]]
     before = remote.stats["commands"]
-    assert compose.detect(remote) == ["docker-compose"]
+    assert compose.detect(remote) == argv
     assert remote.stats["commands"] == before + 1
-    assert compose.compose_argv(remote) == ["docker-compose"]
-    assert compose.detect(remote) == ["docker-compose"]
+    assert compose.compose_argv(remote) == argv
+    assert compose.detect(remote) == argv
     assert remote.stats["commands"] == before + 1  # cached per Remote: no second round trip
 
 
-def test_compose_argv_is_a_copy(remote):
+def test_compose_argv_is_a_copy(remote, testbed):
     argv = compose.compose_argv(remote)
     argv.append("oops")
-    assert compose.compose_argv(remote) == ["docker-compose"]
+    assert compose.compose_argv(remote) == EXPECTED[testbed["compose"]][0]
 
 
 def test_each_remote_detects_for_itself(testbed, known_hosts):
@@ -33,7 +38,7 @@ def test_each_remote_detects_for_itself(testbed, known_hosts):
     a = Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=known_hosts, use_agent=False)
     b = Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=known_hosts, use_agent=False)
     try:
-        assert compose.detect(a) == compose.detect(b) == ["docker-compose"]
+        assert compose.detect(a) == compose.detect(b) == EXPECTED[testbed["compose"]][0]
         assert a.stats["commands"] == 1 and b.stats["commands"] == 1
     finally:
         a.close()
@@ -55,7 +60,7 @@ def test_no_compose_on_the_server(testbed, known_hosts):
         r.close()
 
 
-def test_run_compose_in_a_project_folder(remote):
+def test_run_compose_in_a_project_folder(remote, testbed):
     folder = f"labdeploy-tests/compose/{uuid.uuid4().hex[:10]}"
     remote.makedirs(folder)
     try:
@@ -64,7 +69,7 @@ def test_run_compose_in_a_project_folder(remote):
         assert res.stdout.split() == ["web"]
         lines: list = []
         compose.run_compose(remote, folder, ["version"], on_line=lambda line, stream: lines.append(line))
-        assert any("1.29" in line for line in lines)
+        assert any(EXPECTED[testbed["compose"]][1] in line for line in lines)
         with pytest.raises(CommandFailed):
             compose.run_compose(remote, folder, ["no-such-subcommand"])
         assert compose.run_compose(remote, folder, ["no-such-subcommand"], check=False).exit_status != 0

@@ -39,7 +39,7 @@ def strings(widget) -> list[str]:
 
 @pytest.fixture
 def panel(home, testbed, session_remote, monkeypatch):
-    monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
     prepare_local_stack(session_remote, testbed)
     destroy_if_deployed(session_remote, APP)
     p = DeployPanel(str(EXAMPLE), app=APP, server=session_remote, health_path="/health")

@@ -23,7 +23,7 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_backup_and_restore_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
-    monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
     workdir = tmp_path / "notebooks"
     workdir.mkdir()
     (tmp_path / "examples").symlink_to(REPO / "examples")

@@ -22,7 +22,7 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
-    monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(REPO / "notebooks")}})

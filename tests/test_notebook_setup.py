@@ -5,7 +5,7 @@ import json
 import nbformat
 from nbclient import NotebookClient
 
-from tests.conftest import REPO, TESTBED_FILE
+from tests.conftest import REPO
 
 NOTEBOOK = REPO / "notebooks" / "setup_server.ipynb"
 
@@ -20,7 +20,7 @@ def test_notebook_is_stored_without_outputs():
 def test_setup_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, known_hosts):
     from labdeploy.remote import Remote
 
-    monkeypatch.setenv("LABDEPLOY_TESTBED", str(TESTBED_FILE))
+    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     admin = Remote(testbed["ssh"]["host"], 22, testbed["ssh"]["user"], key_filename=testbed["ssh"]["key"],

@@ -22,7 +22,7 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_watch_and_export_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
-    monkeypatch.setenv("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
+    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
     workdir = tmp_path / "notebooks"
     workdir.mkdir()
     nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -29,8 +29,9 @@ from labdeploy.remote import Remote
 
 # The sshd process that serves *this* session: walk up from the shell to the nearest `sshd`.
 # Killing it (it runs as the test user) drops exactly this one connection; sshd itself lives on.
-FIND_MY_SSHD = ('p=$$; while [ "$(cat /proc/$p/comm)" != sshd ]; do p=$(cut -d" " -f4 /proc/$p/stat); done; '
-                'echo $p')
+# The user's own sshd process of this connection: `sshd` up to OpenSSH 9, `sshd-session` from 10.
+FIND_MY_SSHD = ('p=$$; while :; do case "$(cat /proc/$p/comm)" in sshd|sshd-session) break;; esac; '
+                'p=$(cut -d" " -f4 /proc/$p/stat); done; echo $p')
 
 
 def make_remote(testbed, known_hosts, **kw) -> Remote:
@@ -474,9 +475,9 @@ def server_http(remote, scratch):
         remote.run(["kill", pid], check=False)
 
 
-def test_forward_to_a_service_on_the_server(remote, server_http):
+def test_forward_to_a_service_on_the_server(remote, server_http, testbed):
     with socket.socket() as s:  # not reachable from here without the tunnel
-        assert s.connect_ex(("10.250.0.2", server_http)) != 0
+        assert s.connect_ex((testbed["ssh"]["host"], server_http)) != 0
     with remote.forward("127.0.0.1", server_http) as port:
         assert isinstance(port, int) and port > 0
         for i in range(3):
@@ -884,8 +885,9 @@ def test_hashed_known_hosts_entry_is_honoured(testbed, tmp_path):
         make_remote(testbed, kh).connect()
 
 
-@pytest.mark.parametrize("patterns", ["*", "10.250.0.*", "other.example.org,10.250.0.2"])
+@pytest.mark.parametrize("patterns", ["*", "10.250.*", "other.example.org,{host}"])
 def test_revoked_host_key_is_refused(testbed, tmp_path, patterns):
+    patterns = patterns.format(host=testbed["ssh"]["host"])
     kh = tmp_path / "kh"
     blob = " ".join(testbed["ssh"]["host_key"].split()[:2])
     kh.write_text(f"@revoked {patterns} {blob}\n")

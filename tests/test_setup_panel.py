@@ -8,7 +8,7 @@ import ipywidgets as W
 import pytest
 
 from labdeploy.ssh import servers
-from tests.conftest import TESTBED_FILE
+
 from labdeploy.widgets.setup import SetupPanel
 
 TIMEOUT = 120
@@ -36,7 +36,7 @@ def all_strings(widget):
 
 @pytest.fixture
 def panel_for(home, testbed, monkeypatch):
-    monkeypatch.setenv("LABDEPLOY_TESTBED", str(TESTBED_FILE))
+    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
 
     def make(user):
         return SetupPanel(server_name="t-setup-panel", host=testbed["ssh"]["host"], port=testbed["ssh"]["port"],
