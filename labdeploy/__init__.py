@@ -22,6 +22,7 @@ PUBLIC_MODULES = {
     "database": "server.database", "lock": "server.locks",
     "dallinger": "experiment.dallinger", "dallingerconfig": "experiment.dallingerconfig",
     "images": "images", "transfer": "images.transfer", "registry": "images.registry",
+    "localdocker": "images.localdocker",
     "deploy": "app.deploy", "apps": "app.apps", "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
     "monitor": "watch.monitor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
     "jobs": "watch.jobs", "sampler": "watch.sampler", "participants": "watch.participants",

@@ -135,6 +135,10 @@ API: dict[str, str] = {
         "this app, or StackSettings(pgbouncer_image=...) for every app on the server. Or deploy without the "
         "pooler: pooler=False; the app's connections are then limited only by its role, and a busy app may see "
         "refused connections."),
+    "docker.local": (
+        "Install Docker on this computer and start it (Docker Desktop, or `sudo systemctl start docker` "
+        "on Linux) and check that your user may use it; or deploy with mode='server-build', which builds "
+        "the image on the server and needs no Docker here."),
     "registry.login_server": (
         "Log in on the server first: labdeploy.images.registry.login_server(remote, credentials), or pass "
         "credentials= to the deploy. Check the user name and password; for GitLab/GitHub use a personal access "

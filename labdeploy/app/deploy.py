@@ -34,7 +34,7 @@ from .. import names
 from ..errors import CommandFailed, LabdeployError, Remedy, RemoteError, UnknownApp, ValidationError
 from ..data import restore
 from ..experiment import dallinger, folder
-from ..images import transfer
+from ..images import localdocker, transfer
 from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, WarningEvent, null_reporter, step
 from ..redaction import redact, redacting
 from ..server import caddy, compose, database, layout, maintenance, pooler, psql, readiness, stack, webcheck
@@ -199,7 +199,7 @@ class Deploy:
         self.app = names.app_name(self.app)
         self.experiment_dir = folder.local_folder(self.experiment_dir)
         folder.check_links(self.experiment_dir)  # nothing a link outside the folder points to ever travels
-        self.read_experiment()
+        _read_experiment(self)
         self.config, self.secrets = configuration.split_config({**self.base_config, **(opts.config or {})},
                                                                {**self.base_secrets, **(opts.secrets or {})})
         self.unset = configuration.check_unset(opts.unset_secrets)
@@ -218,10 +218,6 @@ class Deploy:
         _refuse_archive_for_existing_app(self)
         self.keep_identity()
         self.remember_settings()
-
-    def read_experiment(self) -> None:
-        self.spec, self.commands, self.processes, self.base_config, self.base_secrets = \
-            experimentcommands.read(self.experiment_dir, self.options.dockerfile)
 
     def server_facts(self) -> app_facts.AppFacts:
         facts = app_facts.gather(self.remote, self.app)
@@ -601,6 +597,19 @@ def deploy(experiment_dir, app: str, server, *, options: Optional[DeployOptions]
     """
     opts = DeployOptions.of(options, **settings)
     return Deploy(experiment_dir, app, server, opts, _operation, reporter).run()
+
+
+def _read_experiment(d: Deploy) -> None:
+    """What the folder holds (Dallinger, PsyNet or its own Dockerfile). ssh-copy and registry
+    build the image here, and PsyNet's preparation runs here in every mode: without a usable
+    Docker on this computer they are refused now, before the server is touched. server-build
+    asks nothing of this computer's Docker."""
+    d.spec, d.commands, d.processes, d.base_config, d.base_secrets = \
+        experimentcommands.read(d.experiment_dir, d.options.dockerfile)
+    found = None
+    if d.spec is not None and d.spec.kind == "psynet":
+        found = localdocker.require_for_psynet()
+    localdocker.require(d.options.mode, found)
 
 
 def check_inputs(experiment_dir, app: str, options: Optional[DeployOptions] = None, **settings) -> None:

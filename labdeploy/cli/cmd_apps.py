@@ -37,8 +37,9 @@ def _pairs(values, what: str) -> dict:
 @click.option("--update", is_flag=True, help="Ship new code to an app that is deployed already (its data is kept; "
                                              "on a failure the previous version keeps running).")
 @click.option("--mode", type=click.Choice(TRANSFER_MODES), default="server-build", show_default=True,
-              help="How the image gets to the server: build there from changed files (server-build), build "
-                   "here and copy over SSH (ssh-copy), or push/pull through a registry (registry).")
+              help="How the image gets to the server: build there from changed files (server-build, needs no "
+                   "Docker here), build here and copy over SSH (ssh-copy), or push/pull through a registry "
+                   "(registry); the last two need Docker on this computer.")
 @click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Docker build argument.")
 @click.option("--config", "config", multiple=True, metavar="KEY=VALUE",
               help="Experiment config value, given to the app as an environment variable.")

@@ -256,6 +256,8 @@ def servers_check(server, trust):
         _ui.table(rows, title=f"Readiness of {name}")
 
     _ui.output(df, render=render)
+    # This computer's side: its Docker is only needed by the modes that build here.
+    _ui.info(f"This computer: {core('localdocker').probe().summary()}.")
     if not ready:
         failed = ", ".join(df.loc[~df["ok"].astype(bool), "check"])
         raise NotReady(f"{name} is not ready: {failed}.", "Fix the failed checks (see the hints above), then check again.")

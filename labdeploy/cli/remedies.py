@@ -125,6 +125,10 @@ CLI: dict[str, str] = {
         "this app, or `labdeploy servers prepare --pgbouncer-image IMAGE` for every app on the server. Or deploy "
         "with --no-pooler; the app's connections are then limited only by its role, and a busy app may see "
         "refused connections."),
+    "docker.local": (
+        "Install Docker on this computer and start it (Docker Desktop, or `sudo systemctl start docker` "
+        "on Linux) and check that your user may use it; or deploy with --mode server-build, which builds "
+        "the image on the server and needs no Docker here."),
     "registry.login_server": (
         "Log in on the server first: `labdeploy registry login {registry} --username USER --server-only`, or "
         "deploy with --registry-user USER --registry-password-stdin. Check the user name and password; for "

@@ -17,6 +17,7 @@ from ..errors import DiskFull, LabdeployError, ValidationError, is_disk_full
 # LinkOutsideFolder: scan_context raises it, and it was always one of this module's errors.
 from ..experiment.folder import BuildContext, LinkOutsideFolder, check_build_args, content_tag, scan_context
 from ..progress import LogLine, Progress, Reporter, null_reporter, step
+from .localdocker import DockerUnavailable, unavailable  # noqa: F401 - DockerUnavailable was always here
 
 DEFAULT_BASE_NAME = "labdeploy"
 LABEL_APP = "labdeploy.app"
@@ -35,12 +36,6 @@ class BuildFailed(LabdeployError):
         super().__init__(message, hint, **kw)
         self.failed_step = failed_step
         self.output = output
-
-
-class DockerUnavailable(LabdeployError):
-    """The local Docker engine can't be reached."""
-
-    code = "docker.local.unavailable"
 
 
 class ServerDockerUnavailable(LabdeployError):
@@ -163,17 +158,16 @@ class BuildLog:
 
 def docker_client():
     """The local Docker engine (DOCKER_HOST or the default socket)."""
-    import docker  # imported here so the rest of labdeploy works without a local engine
-
+    try:
+        import docker  # imported here so the rest of labdeploy works without a local engine
+    except ImportError:
+        raise unavailable("Building here needs the Python package 'docker', and it is not installed.") from None
     try:
         client = docker.from_env(timeout=600)
         client.ping()
         return client
     except Exception as exc:  # docker raises DockerException subclasses and requests errors
-        raise DockerUnavailable(
-            f"The Docker engine on this computer can't be reached ({exc}).",
-            "Start Docker (Docker Desktop, or `sudo systemctl start docker` on Linux), check that your user "
-            "may use it, or choose the 'server-build' transfer mode, which needs no Docker here.") from exc
+        raise unavailable(f"The Docker engine on this computer can't be reached ({exc}).") from exc
 
 
 @dataclass(frozen=True)

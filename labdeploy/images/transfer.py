@@ -34,6 +34,7 @@ from typing import Optional
 from ..experiment import folder
 from ..experiment import dallingerconfig
 from . import build
+from . import localdocker
 from . import registry
 from ..server import layout
 from ..commands import files, images as image_commands
@@ -48,9 +49,10 @@ MODES = ("server-build", "ssh-copy", "registry")
 MODE_HELP = {
     "server-build": "Build on the server: only changed files travel over SSH; no registry and no Docker "
                     "needed on this computer.",
-    "ssh-copy": "Build here, copy the image over SSH: only layers the server lacks travel; no registry needed.",
-    "registry": "The seed's way: build here, push to your registry, the server pulls it (needs a registry login "
-                "on both machines).",
+    "ssh-copy": "Build here, copy the image over SSH: only layers the server lacks travel; no registry needed "
+                "(needs Docker on this computer).",
+    "registry": "The seed's way: build here, push to your registry, the server pulls it (needs Docker on this "
+                "computer and a registry login on both machines).",
 }
 
 
@@ -349,6 +351,7 @@ def deliver(remote, experiment_dir, *, app: str, mode: str = "server-build", bui
                               "Choose one of: " + "; ".join(f"'{m}' — {MODE_HELP[m]}" for m in MODES),
                               code="invalid.transfer_mode")
     build_args = folder.check_build_args(build_args)
+    localdocker.require(mode)  # ssh-copy and registry build here: refused before the server is asked anything
     base = resolve_base_name(base_name)
     # Every file is checked here, links that leave the folder refused, before anything is sent.
     context = scan_context(experiment_dir, dockerfile)

@@ -18,10 +18,11 @@ from ..app import apps as apps_core
 from ..app import appdata, deploy as deploy_core
 from .. import demo
 from ..ssh import pool as ssh_pool, servers
-from ..images import transfer
-from ..errors import LabdeployError
+from ..images import localdocker, transfer
+from ..errors import LabdeployError, Remedy
 from ..progress import Collector
-from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, widget_reporter
+from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, warning_html, widget_reporter
+from .remedies import words as panel_words
 
 REVEAL_SECONDS = 30  # a revealed password hides itself again, so a saved notebook rarely keeps it
 MASK = "••••••••"
@@ -58,6 +59,7 @@ class DeployPanel(Panel):
         self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
         self._hide_timer: Optional[threading.Timer] = None
         self._pending_destroy: Optional[tuple[str, bool]] = None
+        self._local_docker: Optional[localdocker.LocalDocker] = None  # asked once, when a mode needs it
 
         self._build_fields(experiment_dir, app, server, domain, mode, base_image, redis_image, images)
         self.steps = StepList(deploy_core.STEPS)
@@ -157,8 +159,16 @@ class DeployPanel(Panel):
     # ------------------------------------------------------------------ plumbing
 
     def _show_mode_help(self) -> None:
-        self.mode_help.value = (f"<div style='color:#555;margin-left:145px;font-size:90%'>"
-                                f"{html.escape(transfer.MODE_HELP[self.mode_box.value])}</div>")
+        mode = self.mode_box.value
+        text = (f"<div style='color:#555;margin-left:145px;font-size:90%'>"
+                f"{html.escape(transfer.MODE_HELP[mode])}</div>")
+        if mode in localdocker.NEEDS_LOCAL_DOCKER:  # said before a click, not after a refused deploy
+            self._local_docker = self._local_docker or localdocker.probe(timeout=2)
+            if not self._local_docker.engine:
+                text += warning_html(f"This computer: {self._local_docker.summary()}. The {mode} mode builds the "
+                                     "image here, so a deploy with it is refused.",
+                                     panel_words(Remedy("docker.local", mode=mode)))
+        self.mode_help.value = text
 
     def remote(self):
         """The connection for the chosen server: the notebook's, opened once and shared by every

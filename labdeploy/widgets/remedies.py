@@ -59,6 +59,10 @@ PANELS: dict[str, str] = {
         "such setting: deploy from a notebook cell with pgbouncer_image=...), or deploy without the pooler "
         "(pooler=False); the app's connections are then limited only by its role, and a busy app may see "
         "refused connections."),
+    "docker.local": (
+        "Install Docker on this computer and start it (Docker Desktop, or `sudo systemctl start docker` "
+        "on Linux) and check that your user may use it; or choose server-build as the Transfer mode in the "
+        "Deploy panel, which builds the image on the server and needs no Docker here."),
     "registry.login_server": (
         "Log in on the server first: Log in on the server in the Images and registry panel. Check the user name "
         "and password; for GitLab/GitHub use a personal access token with the read_registry (or packages) "

@@ -16,10 +16,11 @@ import ipywidgets as W
 from .. import demo
 from ..ssh import keys, servers
 from ..server import readiness, stack
+from ..images import localdocker
 from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
 from .remedies import words as panel_words
-from .common import LogPane, Message, Panel, StepList, titled, widget_reporter
+from .common import LogPane, Message, Panel, StepList, info_html, titled, widget_reporter
 
 STEPS = ("SSH key", "ssh-agent", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
 
@@ -54,6 +55,7 @@ class SetupPanel(Panel):
         self.remote = None
         self.server: Optional[servers.Server] = None
         self.readiness_table = None
+        self.local_docker: Optional[localdocker.LocalDocker] = None
         self.prepare_result = None
         self.last_task = None
         self.events = Collector()
@@ -290,10 +292,11 @@ class SetupPanel(Panel):
         def work():
             df = readiness.check(self._remote(), known_hosts=self.known_hosts)
             self.readiness_table = df
+            self.local_docker = localdocker.probe()  # this computer's side: which transfer modes it allows
             return df
 
         def done(df):
-            self.table_html.value = _table_html(df)
+            self.table_html.value = _table_html(df) + info_html(f"This computer: {self.local_docker.summary()}.")
             failed = df[~df["ok"]]
             if len(failed):
                 self.message.show_warning(f"{len(failed)} check(s) need attention.",
