@@ -148,6 +148,37 @@ def domain(name: str) -> str:
     return name
 
 
+ACME_URL_MAX = 300
+_ACME_URL_RE = re.compile(r"https://([A-Za-z0-9.-]+)(?::([0-9]{1,5}))?((?:/[A-Za-z0-9._-]+)*/?)")
+
+
+def acme_directory(url: str) -> str:
+    """An ACME server's directory URL: https://host[:port]/path. Deliberately narrow (a DNS name
+    or IPv4 address, a path of plain segments, no query, user or fragment): it is written into
+    the Caddyfile as one token."""
+    hint = ("Give the directory URL of your ACME server, such as 'https://ca.lab.example.org/acme/acme/directory' "
+            "(step-ca) or Let's Encrypt's staging directory, or leave it empty for Let's Encrypt.")
+    if not isinstance(url, str) or not url:
+        raise ValidationError("The ACME directory URL is empty.", hint, code="invalid.acme_ca")
+    if len(url) > ACME_URL_MAX:
+        raise ValidationError(f"The ACME directory URL is {len(url)} characters long; at most {ACME_URL_MAX} "
+                              "are allowed.", hint, code="invalid.acme_ca")
+    if url.lower().startswith("http://"):
+        raise ValidationError(f"The ACME directory URL {url!r} is plain HTTP; ACME servers are reached over HTTPS "
+                              "(the account key and certificates travel there).",
+                              f"Use https://{url[7:]!s}" if _ACME_URL_RE.fullmatch("https://" + url[7:]) else hint,
+                              code="invalid.acme_ca")
+    m = _ACME_URL_RE.fullmatch(url)
+    problem = "" if m else "it is not https://<host>[:<port>]/<path> with plain path segments"
+    if m and _ip(m.group(1)) is None:
+        problem = _dns_name_problem(m.group(1)) and f"its host {m.group(1)!r} is not a valid name or IPv4 address"
+    if m and not problem and m.group(2) is not None and not 1 <= int(m.group(2)) <= 65535:
+        problem = f"its port {m.group(2)} is not between 1 and 65535"
+    if problem:
+        raise ValidationError(f"The ACME directory URL {url!r} can't be used: {problem}.", hint, code="invalid.acme_ca")
+    return url
+
+
 # Deliberately narrower than RFC 5322: the address goes into the Caddyfile and an ACME
 # `mailto:` URI, where quotes, spaces, '%' or braces would mean something else.
 _EMAIL_LOCAL_RE = re.compile(r"[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*")

@@ -233,6 +233,8 @@ def test_deploy_refuses_a_bad_domain_before_connecting(cli, tmp_path, domain):
     ("--email", "lab@example.org\n", "email"), ("--email", "a b@x.org", "email"),
     ("--bind-address", "fe80::1%$(id)", "bind address"), ("--caddy-image", "caddy:2\n", "image"),
     ("--max-connections", "5", "max_connections"),
+    ("--acme-ca", "http://ca.example.org/dir", "HTTPS"), ("--acme-ca", "https://ca.example.org/d?x=1", "ACME"),
+    ("--acme-ca-root", "/nonexistent/root_ca.crt", "can't be read"), ("--acme-ca-root", "/etc/hostname", "PEM"),
 ])
 def test_servers_prepare_refuses_bad_options_before_connecting(cli, tmp_path, option, value, word):
     import time

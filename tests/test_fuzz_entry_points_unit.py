@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from labdeploy.app import apps, deploy, history
 from labdeploy import backup, export, maintenance
 from labdeploy.watch import jobs, monitor
-from labdeploy.server import locks, stack
+from labdeploy.server import locks, readiness, stack
 from labdeploy.ssh import servers
 from labdeploy.errors import HostUnreachable, LabdeployError
 from labdeploy.remote import Remote, Result
@@ -144,6 +144,9 @@ API_CALLS = {
     "prepare domain": lambda r, v: stack.prepare(r, stack.StackSettings(domain=v)),
     "prepare email": lambda r, v: stack.prepare(r, stack.StackSettings(email=v)),
     "prepare image": lambda r, v: stack.prepare(r, stack.StackSettings(caddy_image=v)),
+    "prepare acme ca": lambda r, v: stack.prepare(r, stack.StackSettings(domain="lab.example.org", acme_ca=v)),
+    "prepare acme ca root": lambda r, v: stack.prepare(r, stack.StackSettings(acme_ca_root=v)),
+    "readiness domain": lambda r, v: readiness.check(r, domain=v),
     "backup now": lambda r, v: backup.now(v, r),
     "backups list": lambda r, v: backup.backups(v, r),
     "backup drill id": lambda r, v: backup.verify_backup("exp", r, v),

@@ -234,7 +234,7 @@ class Deploy:
                              remedy=Remedy("app.update_unknown", app=app))
         if self.operation == "update" and facts.stack_running:
             return facts  # the server took this app before and its shared services run: no full check
-        table = readiness.check(self.remote, ports=(int(facts.settings.http_port), int(facts.settings.https_port)))
+        table = _readiness(self.remote, facts.settings, self.options.domain, app)
         for warning in readiness.judge_deploy(table, operation=self.operation, capacity=self.options.capacity):
             self.report(warning)
         if self.operation == "deploy" and not facts.app_dir:  # needs the shared PostgreSQL, checked above
@@ -531,6 +531,12 @@ class Deploy:
 # --------------------------------------------------------------------------- the API
 
 @pool.closes_what_it_opens
+def _readiness(remote, settings: stack.StackSettings, domain: Optional[str], app: str):
+    """The readiness table for deploying `app`: the app's own name under its domain is checked."""
+    return readiness.check(remote, ports=(int(settings.http_port), int(settings.https_port)),
+                           domain=domain or settings.domain or "", app=app)
+
+
 def _refuse_archive_for_existing_app(d: Deploy) -> None:
     if d.options.archive is not None and (d.operation == "update" or d.facts.app_dir):
         raise ValidationError(f"An archive starts a new app; {d.app!r} is deployed already. Nothing was changed.",

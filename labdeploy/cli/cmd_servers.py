@@ -225,9 +225,12 @@ def servers_remove(name, yes):
 @servers.command("check", context_settings=CONTEXT_SETTINGS)
 @server_option
 @click.option("--trust-host-key", "trust", metavar="SHA256:...", default=None, help=TRUST_HELP)
+@click.option("--domain", default=None,
+              help="Check that this domain's DNS points at the server (default: the domain it was prepared with).")
 @common_options
-def servers_check(server, trust):
-    """Check that a server is ready: login, Docker, Compose, memory, disk, ports, shared services.
+def servers_check(server, trust, domain):
+    """Check that a server is ready: login, Docker, Compose, memory, disk, ports, shared services,
+    and for a public domain its DNS.
 
     Exits with 3 when a check that blocks deploying fails.
 
@@ -235,8 +238,12 @@ def servers_check(server, trust):
     Examples:
       labdeploy servers check
       labdeploy servers check --server lab --json
+      labdeploy servers check --domain experiments.example.org
     """
     readiness = core("readiness")
+    if domain:
+        with _ui.usage_errors(ValidationError):
+            core("stack").check_fields(domain=domain)
     name = pick_server(server)
     remote = run_pool().get(name)
     try:
@@ -246,7 +253,7 @@ def servers_check(server, trust):
     except RemoteError:
         pass  # the readiness table's first row explains it
     with _ui.reporting() as reporter:
-        df = readiness.check(remote, reporter)
+        df = readiness.check(remote, reporter, domain=domain)
     ready = readiness.is_ready(df)
     df = cli_remedies.readiness_table(df)  # what to do, in this front end's words
 
@@ -273,6 +280,12 @@ def servers_check(server, trust):
 @click.option("--domain", default=None, help="Apps become http(s)://<app>.<domain>/ (local names like "
                                              "'localhost' are served over plain HTTP).")
 @click.option("--email", default=None, help="Contact address for Let's Encrypt certificates.")
+@click.option("--acme-ca", "acme_ca", default=None, metavar="URL|staging",
+              help="ACME directory certificates come from: your lab's own CA (e.g. step-ca), or 'staging' for "
+                   "Let's Encrypt's staging directory (dry runs, no rate limits to hit); '' for Let's Encrypt.")
+@click.option("--acme-ca-root", "acme_ca_root", default=None, metavar="FILE",
+              help="PEM file (on this computer) of the CA that signs the ACME server's own HTTPS certificate; "
+                   "'' for none.")
 @click.option("--postgres-image", default=None, help="PostgreSQL image (default postgres:15).")
 @click.option("--caddy-image", default=None, help="Caddy image (default caddy:2).")
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 80).")
@@ -287,8 +300,8 @@ def servers_check(server, trust):
 @click.option("--pgbouncer-image", default=None,
               help="PgBouncer image for the apps' connection poolers (default: labdeploy's choice).")
 @common_options
-def servers_prepare(server, domain, email, postgres_image, caddy_image, http_port, https_port, bind_address,
-                    max_connections, redis_image, base_image, pgbouncer_image):
+def servers_prepare(server, domain, email, acme_ca, acme_ca_root, postgres_image, caddy_image, http_port, https_port,
+                    bind_address, max_connections, redis_image, base_image, pgbouncer_image):
     """Set up the shared services (PostgreSQL and Caddy in ~/dallinger) and start them.
 
     Safe to run again. Options you leave out keep the values the server was prepared with
@@ -298,10 +311,13 @@ def servers_prepare(server, domain, email, postgres_image, caddy_image, http_por
     Examples:
       labdeploy servers prepare
       labdeploy servers prepare --server lab --domain experiments.example.org --email me@example.org
+      labdeploy servers prepare --acme-ca staging
+      labdeploy servers prepare --acme-ca https://ca.lab.example.org/acme/acme/directory --acme-ca-root root_ca.crt
     """
     stack = core("stack")
     name = pick_server(server)
-    given = {"domain": domain, "email": email, "postgres_image": postgres_image, "caddy_image": caddy_image,
+    given = {"domain": domain, "email": email, "acme_ca": acme_ca, "acme_ca_root": acme_ca_root,
+             "postgres_image": postgres_image, "caddy_image": caddy_image,
              "http_port": http_port, "https_port": https_port, "bind_address": bind_address,
              "postgres_max_connections": max_connections, "redis_image": redis_image, "base_image": base_image,
              "pgbouncer_image": pgbouncer_image}

@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 from ..server import layout
+from .shell import script
 
 
 def reload(container: str = layout.CADDY_CONTAINER, config: str = "/etc/caddy/Caddyfile") -> list[str]:
     """Make Caddy read the Caddyfile (and caddy.d/*) again; a bad file is refused, the old
     configuration stays live."""
     return ["docker", "exec", container, "caddy", "reload", "--config", config, "--adapter", "caddyfile"]
+
+
+# The Caddyfile is a file mount: Caddy sees a file written in place (same inode), never one
+# renamed over it. So the new text is uploaded beside it and copied into it.
+REPLACE_IN_PLACE = r'''
+cat -- "$1.new" > "$1" && rm -f -- "$1.new"
+'''
+
+# A graceful reload of the shared Caddy after prepare changed its files, when the Caddyfile the
+# container reads is the one on the host (a file someone replaced by renaming is not: then
+# only a new container sees it, exit STALE_MOUNT). `force`: the same text, a changed trusted CA.
+RELOAD_MOUNTED = r'''
+host=$(sha256sum < "$2" | cut -d' ' -f1) || exit 1
+seen=$(docker exec "$1" sha256sum /etc/caddy/Caddyfile 2>/dev/null | cut -d' ' -f1)
+[ -n "$host" ] && [ "$host" = "$seen" ] || exit 90
+if [ "$3" = force ]; then
+  exec docker exec "$1" caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --force
+fi
+exec docker exec "$1" caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile
+'''
+STALE_MOUNT = 90
+
+
+def replace_in_place(path: str) -> list[str]:
+    """Copy `<path>.new` into `path` (same inode), then remove it."""
+    return script(REPLACE_IN_PLACE, path)
+
+
+def reload_mounted(container: str, caddyfile: str, force: bool = False) -> list[str]:
+    return script(RELOAD_MOUNTED, container, caddyfile, "force" if force else "")

@@ -5,6 +5,7 @@ labdeploy.server.readiness.
 
 from __future__ import annotations
 
+from .. import names
 from . import sections
 from .shell import script
 
@@ -22,12 +23,37 @@ echo '@@listen'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == "0A" 
 echo '@@proxy'; if command -v docker >/dev/null 2>&1; then docker ps --filter name=^/dallinger-caddy$ --format '{{.Names}} {{.Ports}}' 2>/dev/null; fi
 echo '@@projects'; if command -v docker >/dev/null 2>&1; then docker ps --format '{{.Label "com.docker.compose.project"}} {{.Label "labdeploy.app"}}' 2>/dev/null; fi
 echo '@@stack'; if command -v docker >/dev/null 2>&1; then docker ps --filter name=^/dallinger- --format '{{.Names}}' 2>/dev/null; fi
+echo '@@addresses'; hostname -I 2>/dev/null || ip -o addr show 2>/dev/null | awk '{split($4, a, "/"); print a[1]}'
+echo '@@reached'; echo "$SSH_CONNECTION" | awk '{print $3}'
+echo '@@stack_json'; cat "$HOME/dallinger/stack.json" 2>/dev/null || true
+echo '@@end'
+"""
+
+# What each name resolves to on the server itself (its own resolver, /etc/hosts included), as a
+# browser there would see it: one section per name, one address a line.
+RESOLVE = r"""
+t=; if command -v timeout >/dev/null 2>&1; then t='timeout 15'; fi
+for name in "$@"; do
+  echo "@@resolve $name"
+  $t getent ahosts "$name" 2>/dev/null | awk '{print $1}' | sort -u
+done
 echo '@@end'
 """
 
 
 def facts() -> list[str]:
     return script(FACTS)
+
+
+def resolve(*hostnames: str) -> list[str]:
+    """Resolve each name on the server (`read_resolved` reads the answer)."""
+    return script(RESOLVE, *(names.host(h) for h in hostnames))
+
+
+def read_resolved(output: str) -> dict[str, list[str]]:
+    """Name -> the addresses the server resolved it to ([] for none)."""
+    return {name.split(" ", 1)[1]: sections.lines(text) for name, text in sections.parse(output).items()
+            if name.startswith("resolve ")}
 
 
 def read_facts(output: str) -> dict[str, list[str]]:

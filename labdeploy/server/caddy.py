@@ -14,8 +14,9 @@ def site_block(app: str, settings: StackSettings) -> str:
     """`<app>.<domain>` proxied to the app's web container on the shared network.
 
     `http://<app>.localhost` is always an address too, so a tunnel (apps.open_tunnel) opens
-    the app before DNS is set up. Real domains get automatic HTTPS from Let's Encrypt (with the contact email when one is
-    set); local and test domains are plain HTTP, since no certificate can be had for them.
+    the app before DNS is set up. Real domains get automatic HTTPS from the stack's ACME CA (Let's
+    Encrypt unless it names another), with the contact email when one is set; local and test
+    domains are plain HTTP, since no certificate can be had for them.
     """
     settings.validate()
     app = names.app_name(app)

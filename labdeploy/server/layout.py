@@ -34,6 +34,15 @@ def caddy_dir() -> str:
     return f"{ROOT}/caddy.d"
 
 
+# Certificates Caddy trusts (the ACME server's CA root): a folder mounted read-only. The dot
+# keeps it apart from app folders (no app name has one).
+CADDY_TRUST = "caddy.trust"
+
+
+def caddy_trust_dir() -> str:
+    return f"{ROOT}/{CADDY_TRUST}"
+
+
 def caddy_site(app: str) -> str:
     return f"{ROOT}/caddy.d/{names.app_name(app)}"
 

@@ -6,12 +6,18 @@ judging is pure Python (`judge(facts, ...)`) so it is unit-testable.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
+import socket
+import threading
 from typing import Optional
 
 import pandas as pd
 
 from . import layout
+from .stack import is_local_domain
+from .. import names
 from ..commands import hostfacts
 from ..errors import LabdeployError
 from ..progress import Reporter, WarningEvent, null_reporter, step
@@ -21,6 +27,9 @@ GB = 1024 ** 3
 RAM_PER_EXPERIMENT_GB = 5  # the seed's rule of thumb
 MIN_DISK_GB = 10  # room for a few experiment images and their data
 COLUMNS = ["id", "check", "ok", "detail", "hint", "remedy"]
+# The name resolved before any app is deployed: under the domain, as every app's name is.
+DNS_PROBE = "labdeploy-dns-check"
+LOCAL_RESOLVE_TIMEOUT = 5.0  # seconds this computer waits for its own resolver
 
 
 def _listening_ports(lines: list[str]) -> set[int]:
@@ -149,14 +158,116 @@ def _stack_rows(facts: dict[str, list[str]], usable: bool) -> list[dict]:
                  remedy=Remedy("stack.prepare"))]
 
 
-def check(server, reporter: Optional[Reporter] = None, *, known_hosts=None, ports: tuple[int, int] = (80, 443)
-          ) -> pd.DataFrame:
+# --------------------------------------------------------------------------- DNS (public domains)
+
+def dns_name(domain: str, app: Optional[str] = None) -> str:
+    """The name whose DNS is checked: the app's own, or a probe name under the domain (what a
+    wildcard record `*.<domain>` answers)."""
+    return f"{names.app_name(app) if app else DNS_PROBE}.{names.domain(domain)}"
+
+
+def _addresses(lines: list[str]) -> list[str]:
+    """The IP addresses among words (`hostname -I` prints them on one line), in order, once."""
+    seen: list[str] = []
+    for word in " ".join(lines).split():
+        try:
+            address = str(ipaddress.ip_address(word.split("%", 1)[0]))
+        except ValueError:
+            continue
+        if address not in seen:
+            seen.append(address)
+    return seen
+
+
+def server_address(reached_at: list[str], facts: dict[str, list[str]]) -> str:
+    """The address to point DNS at: where this computer reaches the server (its public address
+    behind a NAT too), else where the SSH connection arrived, else the server's first one."""
+    candidates = _addresses(reached_at) + _addresses(facts.get("reached", [])) + _addresses(facts.get("addresses", []))
+    usable = [a for a in candidates if not ipaddress.ip_address(a).is_loopback]
+    usable.sort(key=lambda a: ipaddress.ip_address(a).version)  # IPv4 first: the A record most need
+    return usable[0] if usable else "the server's public IP address"
+
+
+def judge_dns(domain: str, name: str, resolved: list[str], facts: dict[str, list[str]], *,
+              reached_at: list[str] = (), local: Optional[list[str]] = None) -> dict:
+    """Does `name` (under `domain`) lead to this server? `resolved`: what the server resolves it
+    to; `reached_at`: the addresses this computer reaches the server at; `local`: what this
+    computer resolves the name to (None: not asked). Pure."""
+    ours = set(_addresses(facts.get("addresses", [])) + _addresses(facts.get("reached", []))
+               + _addresses(list(reached_at)))
+    resolved = _addresses(resolved)
+    target = server_address(list(reached_at), facts)
+    kind = "AAAA" if ":" in target else "A"
+    hint = (f"Point an {kind} record for *.{domain} (or one for each app's name) at {target}, the address of "
+            "this server, then check again; certificates can only be had once it points here, and a new record "
+            "can take a while to be seen everywhere.")
+    label = f"DNS for {domain}"
+    if not resolved:
+        return _row("dns", label, False, f"{name} does not resolve on the server", hint)
+    here = [a for a in resolved if a in ours]
+    if here:
+        return _row("dns", label, True, f"{name} points at {', '.join(here)}, this server")
+    detail = f"{name} points at {', '.join(resolved)}, not at this server ({target})"
+    if local is not None and set(_addresses(local)) != set(resolved):
+        detail += (f"; your computer resolves it to {', '.join(_addresses(local))}" if local
+                   else "; your computer does not resolve it")
+    return _row("dns", label, False, detail, hint)
+
+
+def stack_domain(facts: dict[str, list[str]]) -> str:
+    """The domain the server's shared stack was prepared with ('' when none, or not prepared)."""
+    try:
+        return str(json.loads("\n".join(facts.get("stack_json", [])) or "{}").get("settings", {}).get("domain") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _resolve_here(name: str, timeout: float = LOCAL_RESOLVE_TIMEOUT) -> Optional[list[str]]:
+    """What this computer resolves `name` to ([] for nothing, None when its resolver does not
+    answer in time)."""
+    found: dict = {}
+
+    def ask() -> None:
+        try:
+            found["addresses"] = sorted({info[4][0] for info in socket.getaddrinfo(name, None)})
+        except (OSError, UnicodeError):
+            found["addresses"] = []
+
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return found.get("addresses")
+
+
+def _dns_row(remote, facts: dict[str, list[str]], domain: Optional[str], app: Optional[str]) -> Optional[dict]:
+    """The DNS row for a public domain (the given one, else the stack's); None for local names."""
+    domain = stack_domain(facts) if domain is None else domain
+    if not domain or is_local_domain(domain):
+        return None  # served over plain HTTP through the SSH tunnel: no DNS needed
+    name = dns_name(domain, app)
+    out = remote.run(hostfacts.resolve(name), check=False, timeout=60).stdout
+    host = remote.host.strip("[]")
+    try:
+        reached = [str(ipaddress.ip_address(host.split("%", 1)[0]))]
+    except ValueError:
+        reached = _resolve_here(host) or []
+    return judge_dns(domain, name, hostfacts.read_resolved(out).get(name, []), facts, reached_at=reached,
+                     local=_resolve_here(name))
+
+
+def check(server, reporter: Optional[Reporter] = None, *, known_hosts=None, ports: tuple[int, int] = (80, 443),
+          domain: Optional[str] = None, app: Optional[str] = None) -> pd.DataFrame:
     """The readiness table for a server (a Remote, a Server or a registered name).
 
     Never raises for a server problem: a failed SSH login is the first row, with its hint.
+    For a public domain (`domain`, else the one the server was prepared with; "" for none)
+    a row says whether `<app>.<domain>` (or a probe name under it) resolves, on the server, to
+    this server: certificates need that.
     """
     from ..ssh import servers  # servers imports remote; keep this module importable on its own
 
+    if domain:  # bad input is refused before anything is asked of the server
+        dns_name(domain, app)
     reporter = reporter or null_reporter
     rows = []
     with step(reporter, "readiness"):
@@ -170,7 +281,11 @@ def check(server, reporter: Optional[Reporter] = None, *, known_hosts=None, port
                 return pd.DataFrame(rows, columns=COLUMNS)
             rows.append(_row("ssh_login", "SSH login", True, f"logged in as {remote.label}"))
             out = remote.run(hostfacts.facts(), check=False, timeout=120).stdout
-            rows.extend(judge(hostfacts.read_facts(out), user=remote.user, ports=ports))
+            facts = hostfacts.read_facts(out)
+            rows.extend(judge(facts, user=remote.user, ports=ports))
+            dns = _dns_row(remote, facts, domain, app)
+            if dns is not None:
+                rows.append(dns)
         finally:
             if owned:
                 remote.close()
@@ -218,4 +333,8 @@ def judge_deploy(table: pd.DataFrame, *, operation: str = "deploy", capacity: st
             warnings.append(WarningEvent(msg, row["hint"]))
         if row["id"] == "disk" and not row["ok"]:
             warnings.append(WarningEvent(f"Low disk space: {row['detail']}.", row["hint"]))
+        if row["id"] == "dns" and not row["ok"]:
+            # Not a refusal: behind a NAT or a VPN the server may not know the address DNS gives.
+            warnings.append(WarningEvent(f"{row['check']}: {row['detail']}; the app's certificate can't be had "
+                                         "until it points at this server.", row["hint"]))
     return warnings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import secrets
 import time
@@ -39,6 +40,15 @@ PASSWORD_IN_CONTAINER = "/run/secrets/postgres_password"
 OWN_MARK = b"Written by labdeploy"  # first line of the compose file and Caddyfile prepare() writes
 LOCK_WAIT = 180.0  # seconds to wait for another prepare of the same server
 LOCK_STALE = 600.0  # a lock older than this was left by a crashed run
+# Let's Encrypt's staging directory: real ACME exchanges for dry runs, certificates no browser
+# trusts, and rate limits far above production's (which a failing setup soon hits).
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+ACME_CA_ALIASES = {"staging": LETSENCRYPT_STAGING}  # words StackSettings(acme_ca=...) takes for a URL
+# The CA root is copied into a folder (not a file: a file mount would keep the old copy) that
+# Caddy sees read-only; a name no app can have.
+TRUST_IN_CONTAINER = "/etc/caddy/trust"
+ACME_CA_ROOT_NAME = "acme-ca-root.pem"
+CA_ROOT_MAX_BYTES = 1024 * 1024
 
 
 class StackError(LabdeployError):
@@ -57,13 +67,22 @@ class StackSettings:
     http_port: int = 80
     https_port: int = 443
     bind_address: str = ""  # "" = all interfaces
-    email: str = ""  # contact for Let's Encrypt; optional
+    email: str = ""  # contact for Let's Encrypt (or the ACME CA); optional
     domain: str = ""  # apps become <app>.<domain>; local/test domains are served over plain HTTP
     postgres_max_connections: int = 100
     # Remembered for the apps deployed here (an app's own choice, in its deploy.json, wins):
     redis_image: str = ""  # "" = redis:7
     base_image: str = ""  # the BASE_IMAGE build argument; "" = the Dockerfile's own default
     pgbouncer_image: str = ""  # each app's connection pooler; "" = labdeploy.server.pooler.DEFAULT_IMAGE
+    # Where certificates come from (public domains): an ACME directory URL ("" = Let's Encrypt,
+    # "staging" = LETSENCRYPT_STAGING, or a lab's own CA such as step-ca) and, when that server's
+    # own HTTPS certificate is signed by a private CA, that CA's PEM file on this computer.
+    acme_ca: str = ""
+    acme_ca_root: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.acme_ca, str) and self.acme_ca in ACME_CA_ALIASES:
+            self.acme_ca = ACME_CA_ALIASES[self.acme_ca]
 
     def validate(self) -> "StackSettings":
         for name in self.__dataclass_fields__:
@@ -127,6 +146,12 @@ def _check_field(name: str, value) -> None:
     elif name == "domain":
         if value:  # "" or None: localhost
             names.domain(value)
+    elif name == "acme_ca":
+        if value and not (isinstance(value, str) and value in ACME_CA_ALIASES):
+            names.acme_directory(value)
+    elif name == "acme_ca_root":
+        if value:
+            _check_ca_root_path(value)
     elif name == "postgres_max_connections":
         try:
             number = int(value)
@@ -143,10 +168,51 @@ def _check_field(name: str, value) -> None:
 
 def check_fields(**fields) -> None:
     """Check the given settings one by one (None = not given), without the checks that need
-    all of them: for callers that check options before they connect to read the rest."""
+    all of them: for callers that check options before they connect to read the rest. A CA
+    root file is read and checked here too."""
     for name, value in fields.items():
         if value is not None:
             _check_field(name, value)
+    if fields.get("acme_ca_root"):
+        read_ca_root(fields["acme_ca_root"])
+
+
+def _check_ca_root_path(path) -> None:
+    # Only its form: the file is on the researcher's computer, read when the stack is prepared
+    # (settings read back from a server elsewhere must still validate).
+    if not isinstance(path, str) or not path.strip() or any(c in path for c in "\0\n\r") or len(path) > 4096:
+        raise ValidationError(f"The ACME CA root {path!r} is not a file path.",
+                              "Give the path of a PEM file (-----BEGIN CERTIFICATE-----) on this computer, or "
+                              "leave it empty.", code="invalid.acme_ca_root")
+
+
+def read_ca_root(path: str) -> bytes:
+    """The PEM certificate(s) of the CA that signs the ACME server's own HTTPS certificate,
+    read from this computer and checked: certificates only (never a private key), at least one."""
+    from cryptography import x509
+
+    _check_ca_root_path(path)
+    hint = ("Give the CA certificate in PEM form (the file starts with -----BEGIN CERTIFICATE-----), for step-ca "
+            "its root_ca.crt; or leave the CA root empty when the ACME server has a publicly trusted certificate.")
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            data = f.read(CA_ROOT_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ValidationError(f"The ACME CA root {path} can't be read on this computer: {exc.strerror or exc}.",
+                              hint, code="invalid.acme_ca_root") from exc
+    if len(data) > CA_ROOT_MAX_BYTES:
+        raise ValidationError(f"The ACME CA root {path} is larger than 1 MB: not a CA certificate.", hint,
+                              code="invalid.acme_ca_root")
+    if b"PRIVATE KEY" in data:
+        raise ValidationError(f"The ACME CA root {path} holds a private key; refusing to send it to the server.",
+                              "Give a file with the CA's certificate only.", code="invalid.acme_ca_root")
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ValidationError(f"The ACME CA root {path} is not a PEM certificate.", hint, code="invalid.acme_ca_root")
+    return data
 
 
 def caddy_token(value, what: str) -> str:
@@ -218,6 +284,7 @@ def stack_compose_document(settings: StackSettings, user: str = "") -> dict:
                 "volumes": [
                     "./Caddyfile:/etc/caddy/Caddyfile:ro",
                     "./caddy.d:/etc/caddy/caddy.d:ro",
+                    f"./{layout.CADDY_TRUST}:{TRUST_IN_CONTAINER}:ro",
                     f"{CADDY_DATA_VOLUME}:/data",
                     f"{CADDY_CONFIG_VOLUME}:/config",
                 ],
@@ -242,6 +309,10 @@ def caddyfile(settings: StackSettings) -> str:
     options = ["\tadmin localhost:2019"]
     if settings.email:
         options.append(f"\temail {caddy_token(settings.email, 'contact email')}")
+    if settings.acme_ca:
+        options.append(f"\tacme_ca {caddy_token(settings.acme_ca, 'ACME directory')}")
+    if settings.acme_ca_root:
+        options.append(f"\tacme_ca_root {TRUST_IN_CONTAINER}/{ACME_CA_ROOT_NAME}")
     if is_local_domain(settings.domain):
         # No certificate can be had for local/test names; don't let Caddy try.
         options.append("\tauto_https off")
@@ -261,6 +332,7 @@ class PrepareResult:
     password_created: bool = False
     backups: list = field(default_factory=list)  # other tools' files kept before replacing them
     compose_output: str = ""
+    previous: dict = field(default_factory=dict)  # {path: bytes} of files rewritten in place, until done
 
     @property
     def changed(self) -> bool:
@@ -307,7 +379,9 @@ def check_docker(remote) -> None:
 
 
 def _write_if_changed(remote, path: str, content: str, mode: int, result: PrepareResult,
-                      reporter: Reporter, keep_foreign: bool = True) -> bool:
+                      reporter: Reporter, keep_foreign: bool = True, in_place: bool = False) -> bool:
+    """Write `path` when its content differs. `in_place` keeps the file's inode (a file Docker
+    mounts into a container is only seen there when changed in place)."""
     data = content.encode()
     try:
         current = remote.get_bytes(path) if remote.exists(path) else None
@@ -323,10 +397,30 @@ def _write_if_changed(remote, path: str, content: str, mode: int, result: Prepar
         result.backups.append(backup)
         reporter(WarningEvent(f"~/{path} was not written by labdeploy; the old one is kept as ~/{backup}.",
                           "Compare the two if you had changed it by hand."))
-    remote.put_bytes(path, data, mode=mode)
+    if in_place and current is not None:
+        remote.put_bytes(f"{path}.new", data, mode=mode)
+        remote.run(caddy_commands.replace_in_place(path))
+        result.previous[path] = current
+    else:
+        remote.put_bytes(path, data, mode=mode)
     result.written.append(path)
     reporter(LogLine(f"wrote ~/{path}", "stack"))
     return True
+
+
+def _write_trust(remote, ca_root: Optional[bytes], result: PrepareResult, reporter: Reporter) -> bool:
+    """The ACME server's CA root in ~/dallinger/caddy.trust (Caddy sees it read-only); removed
+    when the settings no longer name one. True when it changed."""
+    remote.makedirs(layout.caddy_trust_dir(), 0o755)
+    path = f"{layout.caddy_trust_dir()}/{ACME_CA_ROOT_NAME}"
+    if ca_root is not None:
+        return _write_if_changed(remote, path, ca_root.decode("ascii", "replace"), 0o644, result, reporter,
+                                 keep_foreign=False)
+    if remote.exists(path):
+        remote.remove(path)
+        reporter(LogLine(f"removed ~/{path}", "stack"))
+        return True
+    return False
 
 
 def _ensure_password(remote, result: PrepareResult) -> None:
@@ -366,8 +460,10 @@ def wait_postgres(remote, timeout: float = 90.0) -> None:
 
 
 def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional[Reporter] = None) -> PrepareResult:
-    """Write the shared stack's files and start PostgreSQL and Caddy. Safe to run again."""
+    """Write the shared stack's files and start PostgreSQL and Caddy. Safe to run again. A
+    changed Caddyfile or CA root on a running stack is a graceful reload of Caddy."""
     settings = (settings or StackSettings()).validate()
+    ca_root = read_ca_root(settings.acme_ca_root) if settings.acme_ca_root else None  # before touching anything
     reporter = reporter or null_reporter
     result = PrepareResult()
     with step(reporter, "check docker"):
@@ -377,50 +473,10 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
     lock = _prepare_lock(remote, reporter).acquire()
     try:
         running = _running_images(remote)
-        caddy_was_running = layout.CADDY_CONTAINER in running
         with step(reporter, "write files"):
-            remote.makedirs(layout.ROOT, 0o755)
-            remote.makedirs(layout.caddy_dir(), 0o755)
-            remote.makedirs(layout.secrets_dir(), 0o700)
-            remote.chmod(layout.secrets_dir(), 0o700)
-            _ensure_password(remote, result)
-            remote.makedirs(layout.backup_script_dir(), 0o755)
-            remote.makedirs(layout.BACKUPS_ROOT, 0o700)
-            remote.chmod(layout.BACKUPS_ROOT, 0o700)
-            _write_if_changed(remote, f"{layout.backup_script_dir()}/{backupservice.SCRIPT_NAME}",
-                              backupservice.script(), 0o755, result, reporter, keep_foreign=False)
-            user = remote.run(backup_commands.login_ids()).stdout.strip()
-            _write_if_changed(remote, layout.stack_compose(), stack_compose_yaml(settings, user), 0o644, result,
-                              reporter)
-            caddy_changed = _write_if_changed(remote, layout.caddyfile(), caddyfile(settings), 0o644, result,
-                                              reporter)
+            changed = _write_files(remote, settings, ca_root, result, reporter)
         with step(reporter, "start services"):
-            lines: list[str] = []
-
-            def on_line(line: str, stream: str) -> None:
-                lines.append(line)
-                reporter(LogLine(line, "compose"))
-
-            wanted = {layout.POSTGRES_CONTAINER: settings.postgres_image, layout.CADDY_CONTAINER: settings.caddy_image,
-                      layout.BACKUP_CONTAINER: settings.postgres_image}
-            # Same files, both containers up on the right images: Compose would do nothing.
-            skip_compose = not result.changed and running == wanted
-            if skip_compose:
-                reporter(LogLine("PostgreSQL and Caddy already run with these settings", "stack"))
-            try:
-                if not skip_compose:
-                    compose.run_compose(remote, layout.ROOT, ["-p", layout.STACK_PROJECT, "up", "-d"],
-                                        timeout=600, on_line=on_line)
-            except CommandFailed as exc:
-                raise StackError(f"Starting the shared services failed:\n{exc.stderr.strip()[-1500:]}",
-                                 "Check that the images exist on the server (or can be pulled) and that "
-                                 f"ports {settings.http_port}/{settings.https_port} are free.",
-                                 code="stack.start_failed") from exc
-            result.compose_output = "\n".join(lines)
-            if caddy_changed and caddy_was_running:
-                # A file bind mount keeps the old inode after our atomic rename: recreate, don't reload.
-                compose.run_compose(remote, layout.ROOT, ["-p", layout.STACK_PROJECT, "up", "-d",
-                                                          "--force-recreate", "caddy"], timeout=300, on_line=on_line)
+            _start_services(remote, settings, running, changed, result, reporter)
         with step(reporter, "wait for postgresql"):
             wait_postgres(remote)
         with step(reporter, "record settings"):
@@ -429,6 +485,82 @@ def prepare(remote, settings: Optional[StackSettings] = None, reporter: Optional
     finally:
         lock.release()
     return result
+
+
+def _write_files(remote, settings: StackSettings, ca_root: Optional[bytes], result: PrepareResult,
+                 reporter: Reporter) -> dict:
+    """Every file of the shared stack; which of the ones Caddy reads changed."""
+    remote.makedirs(layout.ROOT, 0o755)
+    remote.makedirs(layout.caddy_dir(), 0o755)
+    remote.makedirs(layout.secrets_dir(), 0o700)
+    remote.chmod(layout.secrets_dir(), 0o700)
+    _ensure_password(remote, result)
+    remote.makedirs(layout.backup_script_dir(), 0o755)
+    remote.makedirs(layout.BACKUPS_ROOT, 0o700)
+    remote.chmod(layout.BACKUPS_ROOT, 0o700)
+    _write_if_changed(remote, f"{layout.backup_script_dir()}/{backupservice.SCRIPT_NAME}",
+                      backupservice.script(), 0o755, result, reporter, keep_foreign=False)
+    trust = _write_trust(remote, ca_root, result, reporter)
+    user = remote.run(backup_commands.login_ids()).stdout.strip()
+    compose_file = _write_if_changed(remote, layout.stack_compose(), stack_compose_yaml(settings, user), 0o644,
+                                     result, reporter)
+    caddyfile_ = _write_if_changed(remote, layout.caddyfile(), caddyfile(settings), 0o644, result, reporter,
+                                   in_place=True)
+    return {"compose": compose_file, "caddyfile": caddyfile_, "trust": trust}
+
+
+def _start_services(remote, settings: StackSettings, running: dict, changed: dict, result: PrepareResult,
+                    reporter: Reporter) -> None:
+    lines: list[str] = []
+
+    def on_line(line: str, stream: str) -> None:
+        lines.append(line)
+        reporter(LogLine(line, "compose"))
+
+    wanted = {layout.POSTGRES_CONTAINER: settings.postgres_image, layout.CADDY_CONTAINER: settings.caddy_image,
+              layout.BACKUP_CONTAINER: settings.postgres_image}
+    # Same files, both containers up on the right images: Compose would do nothing.
+    skip_compose = not result.changed and running == wanted
+    if skip_compose:
+        reporter(LogLine("PostgreSQL and Caddy already run with these settings", "stack"))
+    try:
+        if not skip_compose:
+            compose.run_compose(remote, layout.ROOT, ["-p", layout.STACK_PROJECT, "up", "-d"],
+                                timeout=600, on_line=on_line)
+    except CommandFailed as exc:
+        raise StackError(f"Starting the shared services failed:\n{exc.stderr.strip()[-1500:]}",
+                         "Check that the images exist on the server (or can be pulled) and that "
+                         f"ports {settings.http_port}/{settings.https_port} are free.",
+                         code="stack.start_failed") from exc
+    result.compose_output = "\n".join(lines)
+    if layout.CADDY_CONTAINER in running and (changed["caddyfile"] or changed["trust"]):
+        if changed["compose"] or not _reload_gracefully(remote, force=not changed["caddyfile"], result=result,
+                                                        reporter=reporter):
+            # The container itself changed (image, ports, mounts), or it reads an older copy of
+            # the Caddyfile: a new container reads the new files.
+            compose.run_compose(remote, layout.ROOT, ["-p", layout.STACK_PROJECT, "up", "-d",
+                                                      "--force-recreate", "caddy"], timeout=300, on_line=on_line)
+    result.previous.clear()
+
+
+def _reload_gracefully(remote, *, force: bool, result: PrepareResult, reporter: Reporter) -> bool:
+    """Caddy reads its new configuration without dropping a connection. False when its container
+    can't see the new Caddyfile; a configuration Caddy refuses is put back and raises."""
+    res = remote.run(caddy_commands.reload_mounted(layout.CADDY_CONTAINER, layout.caddyfile(), force),
+                     check=False, timeout=120)
+    if res.exit_status == caddy_commands.STALE_MOUNT:
+        return False
+    if res.exit_status != 0:
+        err = (res.stderr or res.stdout).strip()
+        before = result.previous.get(layout.caddyfile())
+        if before is not None:  # the running configuration stays; so does the file that made it
+            remote.put_bytes(f"{layout.caddyfile()}.new", before, mode=0o644)
+            remote.run(caddy_commands.replace_in_place(layout.caddyfile()))
+        raise StackError(f"Caddy refused the new configuration; it goes on with the old one:\n{err[-1500:]}",
+                         "Check the ACME directory URL, the CA root and the contact email, then prepare again.",
+                         code="stack.caddy.config_refused")
+    reporter(LogLine("Caddy reloaded its configuration (no connection dropped)", "stack"))
+    return True
 
 
 def read_settings(remote) -> Optional[StackSettings]:

@@ -71,6 +71,10 @@ class SetupPanel(Panel):
         self.password_box = _password("Account password")
         self.email_box = _text("Contact email", "", "for HTTPS certificates (optional)")
         self.domain_box = _text("Domain", d.get("domain", ""), "experiments.example.org")
+        self.acme_ca_box = _text("ACME directory", "", "empty: Let's Encrypt; 'staging' for dry runs; or a URL")
+        self.acme_ca_root_box = _text("ACME CA root", "", "PEM file of your CA (optional)")
+        for box in (self.acme_ca_box, self.acme_ca_root_box):
+            box.layout.width = "640px"  # URLs and paths are long
         self.replace_box = W.Checkbox(value=False, description="Replace a registered server of the same name",
                                       indent=False, layout=W.Layout(width="auto"))
 
@@ -129,7 +133,8 @@ class SetupPanel(Panel):
                     W.HBox([self.copy_button, self.verify_button])),
             section("4. Register and check", self.replace_box, W.HBox([self.register_button, self.readiness_button]),
                     self.table_html),
-            section("5. Shared services (PostgreSQL, Caddy)", self.email_box, self.domain_box,
+            section("5. Shared services (PostgreSQL, Caddy)", self.email_box, self.domain_box, self.acme_ca_box,
+                    self.acme_ca_root_box,
                     W.HBox([self.prepare_button])),
             self.message, self.log,
             subtitle="Each step runs in the background; a failed step says what to do next.")
@@ -290,7 +295,9 @@ class SetupPanel(Panel):
         self._take_passphrase()
 
         def work():
-            df = readiness.check(self._remote(), known_hosts=self.known_hosts)
+            # The domain typed below counts before the server is prepared with it.
+            df = readiness.check(self._remote(), known_hosts=self.known_hosts,
+                                 domain=self.domain_box.value.strip() or None)
             self.readiness_table = df
             self.local_docker = localdocker.probe()  # this computer's side: which transfer modes it allows
             return df
@@ -310,7 +317,9 @@ class SetupPanel(Panel):
         if self._stack_settings is not None:
             return self._stack_settings
         return stack.StackSettings.for_images(self._images, email=self.email_box.value.strip(),
-                                              domain=self.domain_box.value.strip())
+                                              domain=self.domain_box.value.strip(),
+                                              acme_ca=self.acme_ca_box.value.strip(),
+                                              acme_ca_root=self.acme_ca_root_box.value.strip())
 
     def prepare(self) -> None:
         self._take_passphrase()
