@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import shlex
 import signal
@@ -1049,3 +1050,65 @@ def test_connection_prefers_aes_gcm(remote):
     # GCM first: faster bulk transfers (exports, image layers) than paramiko's CTR + HMAC default.
     remote.run(["true"])
     assert remote._client.get_transport().remote_cipher == "aes128-gcm@openssh.com"
+
+
+def test_key_exchange_is_a_modern_one_the_server_offers(testbed, known_hosts, caplog):
+    # OpenSSH 10 puts the post-quantum mlkem768x25519-sha256 first; a paramiko that lacks it must
+    # still agree on curve25519 (which OpenSSH 9 and 10 both offer), never fail or fall to old DH.
+    caplog.set_level(logging.DEBUG, logger="paramiko.transport")
+    r = make_remote(testbed, known_hosts)
+    try:
+        r.connect()
+        agreed = [rec.getMessage().split(": ", 1)[1] for rec in caplog.records if rec.getMessage().startswith("Kex: ")]
+        offered = next(rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("kex algos:"))
+    finally:
+        r.close()
+    assert agreed and agreed[0] in ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
+    assert agreed[0] in offered
+    if testbed["flavour"] == "trixie":  # OpenSSH 10.0
+        assert offered.split(": ", 1)[1].startswith("mlkem768x25519-sha256")
+
+
+class _FromAddress(Remote):
+    """A Remote whose connections leave from another of this machine's addresses: the testbed
+    exempts its usual one from OpenSSH's penalties (tests fail logins on purpose)."""
+
+    source = ""
+
+    def _open_socket(self):
+        return socket.create_connection((self.host, self.port), timeout=self.connect_timeout,
+                                        source_address=(self.source, 0))
+
+
+def _outward_address() -> str:
+    """This machine's address towards the outside (not NATed on the way to the testbed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # a UDP "connect" sends nothing; it only picks the route
+        except OSError:
+            pytest.skip("this machine has no outward address to log in from")
+        return s.getsockname()[0]
+
+
+def test_a_server_that_shuts_out_the_address_after_failed_logins_is_explained(testbed, known_hosts):
+    if testbed["flavour"] != "trixie":
+        pytest.skip("OpenSSH 9.8 and later penalise failed logins; the bookworm server has 9.2")
+    s = testbed["ssh"]
+    _FromAddress.source = _outward_address()
+    refused = None
+    for _ in range(12):  # each failed login adds 5 s of penalty; it is enforced from 15 s
+        r = _FromAddress(s["host"], s["port"], s["user"], password="not-the-password", known_hosts=known_hosts,
+                         use_agent=False, connect_timeout=10)
+        try:
+            r.connect()
+        except AuthenticationFailed:
+            continue
+        except HostUnreachable as exc:
+            refused = exc
+            break
+        finally:
+            r.close()
+    assert refused is not None, "the server never shut the address out"
+    assert refused.code == "ssh.refused_early"
+    assert "closed the connection before the SSH greeting" in refused.message
+    assert "Wait a minute" in refused.hint and "not an SSH server" not in str(refused)

@@ -57,12 +57,22 @@ class Result:
         return self.exit_status == 0
 
 
+# What OpenSSH's listener writes before closing a connection it won't serve: 9.8+ shuts out an
+# address after failed logins (PerSourcePenalties); MaxStartups drops connections without a word.
+_REFUSALS = (b"Not allowed at this time",)
+
+
+def _refused_early(greeting: bytes) -> bool:
+    return b"SSH-" not in greeting and (not greeting.strip() or greeting.startswith(_REFUSALS))
+
+
 class _CountingSocket:
     """Wraps the TCP socket to count bytes on the wire (for benchmarks and tests)."""
 
     def __init__(self, sock: socket.socket, stats: dict) -> None:
         self._sock = sock
         self._stats = stats
+        self.first = b""  # the start of what the server sent, to tell why a greeting failed
 
     def send(self, data, *args):
         n = self._sock.send(data, *args)
@@ -76,6 +86,8 @@ class _CountingSocket:
     def recv(self, n, *args):
         data = self._sock.recv(n, *args)
         self._stats["bytes_received"] += len(data)
+        if len(self.first) < 256:
+            self.first += data[:256]
         return data
 
     def __getattr__(self, name):
@@ -194,7 +206,7 @@ class Connection:
                 client.close()
                 raise changed_key_error(self.host, self.port, self.known_hosts, exc.key, exc.expected_key) from None
             except (paramiko.SSHException, OSError) as exc:
-                raise self._login_failed(client, exc) from exc
+                raise self._login_failed(client, exc, sock.first) from exc
             transport = client.get_transport()
             transport.set_keepalive(self.keepalive)
             self._watch_liveness(transport)
@@ -216,8 +228,9 @@ class Connection:
                                        code="ssh.key.missing", remedy=Remedy("ssh.key.make"))
         return client
 
-    def _login_failed(self, client: paramiko.SSHClient, exc: BaseException) -> LabdeployError:
-        """Close the half-made connection and say why logging in failed, in the user's words."""
+    def _login_failed(self, client: paramiko.SSHClient, exc: BaseException, greeting: bytes = b"") -> LabdeployError:
+        """Close the half-made connection and say why logging in failed, in the user's words.
+        `greeting`: the start of what the server sent."""
         transport = client.get_transport()
         spoke_ssh = bool(transport is not None and getattr(transport, "remote_version", ""))
         client.close()
@@ -241,6 +254,15 @@ class Connection:
             return AuthenticationFailed(
                 f"No way to log in to {self.host} as {self.user}: no key, no ssh-agent and no password "
                 "was given.", code="ssh.auth.no_method", remedy=Remedy("ssh.login_method"))
+        if _refused_early(greeting) and not isinstance(exc, (socket.timeout, TimeoutError)):
+            said = greeting.decode("ascii", "replace").strip()
+            return HostUnreachable(
+                f"{self.host}:{self.port} closed the connection before the SSH greeting"
+                + (f" (it said: {said!r})." if said else "."),
+                "The SSH server is refusing new connections from your address for now: recent OpenSSH "
+                "versions do this for a while after failed logins or many connections at once. Wait a "
+                "minute and try again; if it persists, ask the server's administrator.",
+                code="ssh.refused_early")
         if "banner" in str(exc).lower() or not spoke_ssh:
             return HostUnreachable(
                 f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
