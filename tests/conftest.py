@@ -132,6 +132,19 @@ def naming_problems(modules: dict) -> list[str]:
     return problems
 
 
+def _keep_marked_servers(config, items) -> None:
+    """`@pytest.mark.servers("trixie")`: a test that proves nothing more on the other server (what
+    it exercises is the same code on both, and both run elsewhere) runs on the named one only."""
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("servers")
+        server = getattr(item, "callspec", None) and item.callspec.params.get("testbed")
+        (drop if marker and server and server not in marker.args else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.hookimpl(tryfirst=True)  # before -k / -m deselect: every collected test of a file is seen
 def pytest_collection_modifyitems(config, items):
     """Keeps the naming rule true (a run stops with a usage error when a file breaks it), and marks
@@ -154,6 +167,7 @@ def pytest_collection_modifyitems(config, items):
             # Under pytest-xdist (--dist loadgroup) one worker runs all of a server's tests in
             # order: they share that server's stack, so they must not run at once.
             item.add_marker(pytest.mark.xdist_group(server))
+    _keep_marked_servers(config, items)
     partial = any("::" in str(arg) for arg in config.args) or config.getoption("lf", False)
     problems = [p for p in naming_problems(modules) if not (partial and "needs no testbed" in p)]
     if problems:
