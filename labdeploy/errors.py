@@ -130,12 +130,13 @@ class UnknownHostKey(RemoteError):
     code = "ssh.host_key.unknown"
 
     def __init__(self, message: str, hint: str = "", *, host: str, port: int,
-                 key_type: str, fingerprint: str, **kw) -> None:
+                 key_type: str, fingerprint: str, role: str = "server", **kw) -> None:
         super().__init__(message, hint, **kw)
         self.host = host
         self.port = port
         self.key_type = key_type
         self.fingerprint = fingerprint
+        self.role = role  # "server", or "jump host" for a hop on the way to it (ProxyJump)
 
 
 class ChangedHostKey(RemoteError):
@@ -144,12 +145,13 @@ class ChangedHostKey(RemoteError):
     code = "ssh.host_key.changed"
 
     def __init__(self, message: str, hint: str = "", *, host: str, port: int,
-                 fingerprint: str, expected_fingerprint: str, **kw) -> None:
+                 fingerprint: str, expected_fingerprint: str, role: str = "server", **kw) -> None:
         super().__init__(message, hint, **kw)
         self.host = host
         self.port = port
         self.fingerprint = fingerprint
         self.expected_fingerprint = expected_fingerprint
+        self.role = role  # "server" or "jump host"
 
 
 class CommandFailed(RemoteError):

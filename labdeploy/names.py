@@ -231,6 +231,85 @@ def service(name: str) -> str:
     return name
 
 
+JUMP_MAX_HOPS = 4
+JUMP_NONE = "none"  # as OpenSSH's `ProxyJump none`: no jump host, even if ~/.ssh/config names one
+_JUMP_HINT = ("Give the jump host as user@host or user@host:port, e.g. 'alice@bastion.example.org' or "
+              "'alice@bastion.example.org:2222' (an IPv6 address in brackets: 'alice@[2001:db8::7]:22'); "
+              f"several, first hop first, separated by commas (at most {JUMP_MAX_HOPS}); 'none' for no jump "
+              "host. No spaces, quotes or options.")
+
+
+def jump_hops(text: str) -> list:
+    """The hops of a ProxyJump value, first hop first, as (user or None, host, port or None).
+
+    Each hop is `[user@]host[:port]` (OpenSSH's `-J` syntax; `ssh://[user@]host[:port]` too), an
+    IPv6 address in brackets when a port follows. Validated like a server's host, user and
+    port: nothing here ever becomes an ssh option or a command. `none` means no hop ([])."""
+    if not isinstance(text, str) or not text:
+        raise ValidationError("The jump host is empty.", _JUMP_HINT, code="invalid.jump")
+    if text == JUMP_NONE:
+        return []
+    if len(text) > 1000 or not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
+        raise ValidationError(f"The jump host {text!r} can't be used: it has spaces, line breaks or characters "
+                              "outside plain ASCII.", _JUMP_HINT, code="invalid.jump")
+    parts = text.split(",")
+    if len(parts) > JUMP_MAX_HOPS:
+        raise ValidationError(f"The jump host list {text!r} has {len(parts)} hops; at most {JUMP_MAX_HOPS} are "
+                              "allowed.", _JUMP_HINT, code="invalid.jump")
+    return [_jump_hop(part, text) for part in parts]
+
+
+def _jump_hop(part: str, whole: str) -> tuple:
+    def refuse(why: str):
+        return ValidationError(f"The jump host {whole!r} can't be used: {why}.", _JUMP_HINT, code="invalid.jump")
+
+    spec = part[len("ssh://"):] if part.startswith("ssh://") else part
+    if not spec:
+        raise refuse("a hop is empty")
+    user_text, at, rest = spec.rpartition("@")
+    user_ = None
+    if at:
+        try:
+            user_ = user(user_text)
+        except ValidationError:
+            raise refuse(f"{user_text!r} is not a valid login name") from None
+    port_text = None
+    if rest.startswith("["):
+        host_text, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise refuse(f"{rest!r} is not [address] or [address]:port")
+        port_text = after[1:] if after else None
+    elif rest.count(":") == 1:
+        host_text, _, port_text = rest.partition(":")
+    else:  # a host name, or a bare IPv6 address (no port)
+        host_text = rest
+    if port_text is not None:
+        if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+            raise refuse(f"the port {port_text!r} is not a number")
+    try:
+        host_ = host(host_text)
+    except ValidationError:
+        raise refuse(f"{host_text!r} is not a valid host name or IP address") from None
+    try:
+        port_ = port(port_text) if port_text is not None else None
+    except ValidationError:
+        raise refuse(f"the port {port_text} is out of range (1-65535)") from None
+    return user_, host_, port_
+
+
+def jump_hop_text(user_: "str | None", host_: str, port_: "int | None") -> str:
+    """One hop written back as `[user@]host[:port]` (an IPv6 address in brackets with a port)."""
+    where = f"[{host_}]" if ":" in host_ and port_ is not None else host_
+    return (f"{user_}@" if user_ else "") + where + (f":{port_}" if port_ is not None else "")
+
+
+def jump(text: str) -> str:
+    """A ProxyJump value, checked and written the one way it is stored: `user@host[:port]`
+    hops separated by commas, or 'none'."""
+    hops = jump_hops(text)
+    return ",".join(jump_hop_text(*hop) for hop in hops) if hops else JUMP_NONE
+
+
 def server_name(name: str) -> str:
     """The local nickname of a registered server."""
     if not isinstance(name, str) or not _SERVER_NAME_RE.fullmatch(name):

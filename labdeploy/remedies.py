@@ -101,6 +101,10 @@ API: dict[str, str] = {
         "Check this fingerprint with the server's administrator (or on the server: "
         "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then trust it: "
         "remote.trust_host_key('{fingerprint}')."),
+    "ssh.host_key.confirm.jump": (
+        "Check this fingerprint with the jump host's administrator (or on the jump host: "
+        "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then trust it: "
+        "remote.trust_host_key('{fingerprint}'); the key of the server behind it is asked for next."),
     "ssh.host_key.changed": (
         "Usually the server was rebuilt or reinstalled. Ask its administrator whether that is so and what the "
         "new fingerprint is. Only then remove the old key deliberately (remote.forget_host_key(), or "

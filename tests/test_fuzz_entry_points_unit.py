@@ -26,6 +26,7 @@ from labdeploy.server import locks, readiness, stack
 from labdeploy.ssh import servers
 from labdeploy.errors import HostUnreachable, LabdeployError
 from labdeploy.remote import Remote, Result
+from labdeploy.ssh import connection
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 
@@ -39,6 +40,8 @@ CURATED = [
 ALPHABET = list("abcxyz019-._/:@%+;$`'\"\\ \t\n\x00{}|&<>*?~#!()[]=,é€")
 hostile = st.one_of(st.sampled_from(CURATED), st.text(alphabet=ALPHABET, max_size=60), st.text(max_size=40))
 SAFE = re.compile(r"[A-Za-z0-9._:%+@-]*")  # what may pass: nothing a shell, a path or Caddy reads specially
+# A jump host value may also hold hops (',') and a bracketed IPv6 address ('[...]'), and be an ssh:// URI.
+SAFE_JUMP = re.compile(r"(ssh://)?[A-Za-z0-9._:%@\[\]-]*(,(ssh://)?[A-Za-z0-9._:%@\[\]-]*)*")
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -170,24 +173,61 @@ def test_api_entry_points_refuse_hostile_values_before_the_server(entry, blocked
     run()
 
 
-@pytest.mark.parametrize("field", ["host", "user", "name", "key"])
+@pytest.mark.parametrize("field", ["host", "user", "name", "key", "jump"])
 def test_registering_a_server_refuses_hostile_values_and_writes_only_its_own_file(field, blocked):
     home = blocked / "home"
 
     @FUZZ
     @given(hostile)
     def run(value):
-        args = {"name": "lab", "host": "lab.example.org", "user": "alice", "key": None, field: value}
+        args = {"name": "lab", "host": "lab.example.org", "user": "alice", "key": None, "jump": None, field: value}
         before = {p for p in blocked.rglob("*")}
         try:
-            servers.add(args["name"], args["host"], args["user"], key=args["key"])
+            servers.add(args["name"], args["host"], args["user"], key=args["key"], jump=args["jump"])
         except LabdeployError:
             assert {p for p in blocked.rglob("*")} == before  # refused: nothing written
             return
-        assert SAFE.fullmatch(value) or field == "key", value
+        assert (SAFE_JUMP if field == "jump" else SAFE).fullmatch(value) or field == "key", value
         for path in {p for p in blocked.rglob("*")} - before:
             assert home in path.parents, path
         servers.remove(args["name"], confirm=True)
+
+    run()
+
+
+def test_a_jump_host_setting_refuses_hostile_values_before_anything_connects(blocked, monkeypatch):
+    """`jump` (issue 19): a hostile value is refused when the Remote is made; an accepted one is
+    hops of plain hosts, users and ports, and only the first hop's validated address is ever
+    dialled (the rest are reached through it, never given to a shell or an ssh option)."""
+    dialled: list = []
+
+    def dial(self):
+        dialled.append((self.user, self.host, self.port))
+        raise HostUnreachable("blocked in this test")
+
+    monkeypatch.setattr(connection.Connection, "_open_socket", lambda self: dial(self) if self.via is None
+                        else self.via._transport())
+
+    @FUZZ
+    @given(hostile)
+    def run(value):
+        dialled.clear()
+        try:
+            r = Remote("lab.example.org", user="alice", jump=value, known_hosts=str(blocked / "kh"),
+                       ssh_config=str(blocked / "no-config"))
+        except LabdeployError:
+            assert not dialled
+            return
+        assert SAFE_JUMP.fullmatch(value), f"{value!r} was accepted as a jump host"
+        hop, hops = r.via, []
+        while hop is not None:
+            hops.append(hop)
+            assert SAFE.fullmatch(hop.host) and SAFE.fullmatch(hop.user) and 1 <= hop.port <= 65535, value
+            hop = hop.via
+        with pytest.raises(HostUnreachable):
+            r.connect()
+        assert dialled == ([(hops[-1].user, hops[-1].host, hops[-1].port)] if hops else [("alice", "lab.example.org",
+                                                                                          22)])
 
     run()
 
@@ -230,6 +270,8 @@ CLI_CALLS = {
     "servers add --host": lambda v: ["servers", "add", "other", "--host", v, "--user", "alice", "--no-verify"],
     "servers add --user": lambda v: ["servers", "add", "other", "--host", "h.example.org", "--user", v,
                                      "--no-verify"],
+    "servers add --jump": lambda v: ["servers", "add", "other", "--host", "h.example.org", "--user", "alice",
+                                     "--jump", v, "--no-verify"],
 }
 
 
@@ -249,10 +291,11 @@ def test_cli_options_refuse_hostile_values_before_connecting(entry, blocked, mon
         code = main(CLI_CALLS[entry](value) + ["--server", "tb"] if not entry.startswith("servers add")
                     else CLI_CALLS[entry](value))
         capsys.readouterr()
+        safe = SAFE_JUMP if entry.endswith("--jump") else SAFE
         if tried:
-            assert SAFE.fullmatch(value), f"{value!r} got as far as connecting (exit {code})"
+            assert safe.fullmatch(value), f"{value!r} got as far as connecting (exit {code})"
         elif code == 0:
-            assert SAFE.fullmatch(value), f"{value!r} was accepted"
+            assert safe.fullmatch(value), f"{value!r} was accepted"
         servers_file = [s.name for s in servers.list_servers()]
         if "other" in servers_file:
             servers.remove("other", confirm=True)

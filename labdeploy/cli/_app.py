@@ -151,46 +151,59 @@ def pick_server(name: Optional[str]) -> str:
                        "Pass --server NAME, or set LABDEPLOY_SERVER.")
 
 
-def connect(remote, *, trust: Optional[str] = None, name: str = "", has_trust_option: bool = False):
+def connect(remote, *, trust=None, name: str = "", has_trust_option: bool = False):
     """Connect, handling first contact: never accept a host key silently.
 
-    An unknown key is trusted only if it matches `trust` (--trust-host-key), or the user
-    confirms its fingerprint at the prompt. A changed key is refused (the core's error).
+    An unknown key is trusted only if it matches `trust` (--trust-host-key: one fingerprint,
+    or several for a server behind jump hosts, one per key), or the user confirms its
+    fingerprint at the prompt. A changed key is refused (the core's error). Behind a jump
+    host, the jump host's key is asked about first, then the server's.
     """
-    try:
-        remote.connect()
-        return remote
-    except UnknownHostKey as exc:
-        fp = exc.fingerprint
-        if trust:
-            if trust.strip() != fp:
+    given = [t.strip() for t in ([trust] if isinstance(trust, str) else (trust or ())) if t and t.strip()]
+    unused = list(given)
+    for _ in range(8):  # one round per unknown key on the way (jump hosts, then the server)
+        try:
+            remote.connect()
+            return remote
+        except UnknownHostKey as exc:
+            fp = exc.fingerprint
+            role = getattr(exc, "role", "server")
+            who = f"The {role} {exc.host}"
+            if unused and fp not in unused and getattr(remote, "via", None) is not None:
+                # A fingerprint given for a jump host trusted already (an earlier run) is used up.
+                known = {s.fingerprint for s in remote.via.host_key_statuses() if s.state == "known"}
+                unused = [u for u in unused if u not in known]
+            if fp in unused:
+                unused.remove(fp)
+            elif unused:
                 raise CliError(
-                    f"The server {exc.host} presents the host key {fp}, not the {trust.strip()} you gave.",
-                    "Do not trust it: check the fingerprint with the server's administrator "
-                    "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server).",
+                    f"{who} presents the host key {fp}, not the {' or '.join(unused)} you gave.",
+                    f"Do not trust it: check the fingerprint with the {role}'s administrator "
+                    "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it).",
                     code="ssh.host_key.mismatch") from None
-        elif _ui.interactive():
-            click.echo(f"The server {exc.host} (port {exc.port}) is not known yet.", err=True)
-            click.echo(f"Its {exc.key_type} host key fingerprint is:\n\n    {fp}\n", err=True)
-            click.echo("Compare it with the one the server's administrator gives you (on the server: "
-                       "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`).", err=True)
-            if not click.confirm("Trust this server?", default=False, err=True):
-                raise CliError("The host key was not trusted; nothing was changed.",
-                               "Check the fingerprint, then run the command again.",
-                               code="ssh.host_key.not_trusted") from None
-        else:
-            which = f" --server {name}" if name else ""
-            how = (f"run the same command again with --trust-host-key {fp}" if has_trust_option else
-                   f"confirm it with `labdeploy servers check{which} --trust-host-key {fp}`")
-            raise NeedsConfirmation(
-                f"The server {exc.host} (port {exc.port}) is not known yet; its {exc.key_type} host key "
-                f"fingerprint is {fp}. labdeploy never trusts a new host key without confirmation.",
-                f"Check the fingerprint with the server's administrator, then {how}; or run the command in a "
-                f"terminal and answer the prompt.") from None
-        remote.trust_host_key(fp)
-        _ui.info(f"Trusted the host key {fp} of {exc.host} (saved in {remote.known_hosts}).")
-        remote.connect()
-        return remote
+            elif _ui.interactive():
+                click.echo(f"{who} (port {exc.port}) is not known yet."
+                           + (" labdeploy reaches the server through it." if role != "server" else ""), err=True)
+                click.echo(f"Its {exc.key_type} host key fingerprint is:\n\n    {fp}\n", err=True)
+                click.echo(f"Compare it with the one the {role}'s administrator gives you (on the {role}: "
+                           "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`).", err=True)
+                if not click.confirm(f"Trust this {role}?", default=False, err=True):
+                    raise CliError("The host key was not trusted; nothing was changed.",
+                                   "Check the fingerprint, then run the command again.",
+                                   code="ssh.host_key.not_trusted") from None
+            else:
+                which = f" --server {name}" if name else ""
+                how = (f"run the same command again with --trust-host-key {fp}" if has_trust_option else
+                       f"confirm it with `labdeploy servers check{which} --trust-host-key {fp}`")
+                raise NeedsConfirmation(
+                    f"{who} (port {exc.port}) is not known yet; its {exc.key_type} host key "
+                    f"fingerprint is {fp}. labdeploy never trusts a new host key without confirmation.",
+                    f"Check the fingerprint with the {role}'s administrator, then {how}; or run the command in a "
+                    "terminal and answer the prompt.") from None
+            remote.trust_host_key(fp)
+            _ui.info(f"Trusted the host key {fp} of the {role} {exc.host} (saved in {remote.known_hosts}).")
+    remote.connect()
+    return remote
 
 
 def run_pool():

@@ -14,7 +14,8 @@ from ._app import (CONTEXT_SETTINGS, cli, common_options, connect, core, open_se
 from ._ui import CliError, NotReady, UsageProblem
 
 TRUST_HELP = ("Trust the server's host key only if its fingerprint is exactly this (SHA256:...), "
-              "for scripts. Without it, a new key's fingerprint is shown and you are asked.")
+              "for scripts. Without it, a new key's fingerprint is shown and you are asked. Behind a jump host, "
+              "give it once for each new key (the jump host's and the server's).")
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)
@@ -45,7 +46,12 @@ def _validated(fn, value):
 @click.option("--port", default=22, show_default=True, type=int, help="The server's SSH port.")
 @click.option("--key", "key", type=click.Path(dir_okay=False), default=None,
               help="Private key to log in with. Default: your ssh-agent and ~/.ssh keys.")
-@click.option("--trust-host-key", "trust", metavar="SHA256:...", default=None, help=TRUST_HELP)
+@click.option("--jump", "jump", metavar="USER@BASTION[:PORT]", default=None,
+              help="Reach the server through this jump host (like `ssh -J`; several separated by commas, "
+                   "first hop first; 'none' to ignore a ProxyJump in ~/.ssh/config). Its host key is confirmed "
+                   "like the server's; it is logged in to with your key or ssh-agent. Default: as ~/.ssh/config "
+                   "says (ProxyJump, ProxyCommand).")
+@click.option("--trust-host-key", "trust", metavar="SHA256:...", multiple=True, help=TRUST_HELP)
 @click.option("--copy-key", is_flag=True,
               help="Log in once with your password and add your public key to the server (like "
                    "ssh-copy-id); a new key is generated first if there is none.")
@@ -55,7 +61,7 @@ def _validated(fn, value):
               help="Only write the registration on this computer: no connection at all (the host key is "
                    "confirmed on first use).")
 @common_options
-def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, replace, no_verify):
+def servers_add(name, host, user, port, key, jump, trust, copy_key, password_stdin, replace, no_verify):
     """Register a server under a short NAME (like `dallinger docker-ssh servers add`).
 
     On first contact the server's host key fingerprint is shown and must be confirmed (or
@@ -69,12 +75,14 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
       printf '%s\\n' "$PW" | labdeploy servers add lab --host 203.0.113.7 --user alice \\
           --copy-key --password-stdin --trust-host-key SHA256:eycBinPsUBRvdw...
       labdeploy servers add lab --host lab.example.org --user alice --no-verify
+      labdeploy servers add lab --host 10.0.3.2 --user alice --jump alice@bastion.example.org
     """
     servers_mod = core("servers")
     keys = core("keys")
     key_path = _add_options_checked(servers_mod, name, host, user, port, key, trust, copy_key, password_stdin,
                                     replace, no_verify)
-    candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
+    jump = _validated(names.jump, jump) if jump is not None else None
+    candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None, jump).validated()
 
     if no_verify:
         # Only the local list changes: no host key lookup, no login, no network at all.
@@ -84,24 +92,31 @@ def servers_add(name, host, user, port, key, trust, copy_key, password_stdin, re
 
     # 1. The host key: never trusted silently. A new key is shown and asked for (or checked
     #    against --trust-host-key); a changed one is refused by the SSH layer with its explanation.
-    status = keys.host_key_status(host, port)
-    if status.state != "known":
-        probe = run_pool().get(candidate)
+    #    Behind a jump host, its key comes first (the server's is read through it).
+    probe = run_pool().get(candidate)
+    statuses = probe.host_key_statuses()
+    if statuses[-1].state != "known":
         try:
             connect(probe, trust=trust, name=name, has_trust_option=True)
         except RemoteError as exc:
             # Only the host key matters here: a login that fails (no key copied yet) is fine
             # once the key is trusted.
-            if isinstance(exc, UnknownHostKey) or keys.host_key_status(host, port).state != "known":
+            if isinstance(exc, UnknownHostKey) or probe.host_key_status().state != "known":
                 raise
-    elif trust and trust.strip() != status.fingerprint:
-        raise CliError(f"The server {host} presents the host key {status.fingerprint}, not the {trust.strip()} "
-                       "you gave.", "Check the fingerprint with the server's administrator.")
+    else:
+        presented = {s.fingerprint for s in statuses}
+        wrong = [t.strip() for t in trust if t.strip() not in presented]
+        if wrong:
+            raise CliError(f"The server {host} presents the host key {statuses[-1].fingerprint}"
+                           + (f" (its jump host {statuses[0].fingerprint})" if len(statuses) > 1 else "")
+                           + f", not the {' or '.join(wrong)} you gave.",
+                           "Check the fingerprint with the server's administrator.")
 
     # 2. Optionally copy the public key (the ssh-copy-id step).
     if copy_key:
-        key_path = _copy_key(keys, key_path, host, port, user, password_stdin)
-        candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None).validated()
+        key_path = _copy_key(keys, key_path, host, port, user, password_stdin, jump)
+        candidate = servers_mod.Server(name, host, port, user, str(key_path) if key_path else None,
+                                       jump).validated()
 
     # 3. Check that the key login works, then register.
     remote = run_pool().get(candidate)
@@ -140,7 +155,7 @@ def _add_options_checked(servers_mod, name, host, user, port, key, trust, copy_k
     return key_path
 
 
-def _copy_key(keys, key_path, host, port, user, password_stdin):
+def _copy_key(keys, key_path, host, port, user, password_stdin, jump=None):
     """The ssh-copy-id step (a key is made first if there is none); returns the key used."""
     path = key_path or keys.default_key_path()
     if not path.exists():
@@ -148,7 +163,7 @@ def _copy_key(keys, key_path, host, port, user, password_stdin):
         _ui.info(f"Generated a new key {new.path} ({new.fingerprint}).")
         key_path = path
     password = _ui.read_secret(f"password of {user} on {host}", from_stdin=password_stdin)
-    added = keys.copy_key(host, user, password, path, port=port)
+    added = keys.copy_key(host, user, password, path, port=port, jump=jump)
     del password
     _ui.info(f"{'Added' if added else 'Found'} your public key {path}.pub on the server.")
     return key_path
@@ -157,10 +172,10 @@ def _copy_key(keys, key_path, host, port, user, password_stdin):
 def _register(servers_mod, candidate, replace: bool, said: str) -> None:
     """Save the server in the list; `said` ends the sentence that says so."""
     server = servers_mod.add(candidate.name, candidate.host, candidate.user, candidate.port, candidate.key,
-                             replace=replace)
+                             jump=candidate.jump, replace=replace)
     _ui.ok(f"Registered {server.name} ({server.label}){said}.")
     _ui.output({"name": server.name, "host": server.host, "port": server.port, "user": server.user,
-                "key": server.key})
+                "key": server.key, "jump": server.jump})
 
 
 @servers.command("list", context_settings=CONTEXT_SETTINGS)
@@ -224,7 +239,7 @@ def servers_remove(name, yes):
 
 @servers.command("check", context_settings=CONTEXT_SETTINGS)
 @server_option
-@click.option("--trust-host-key", "trust", metavar="SHA256:...", default=None, help=TRUST_HELP)
+@click.option("--trust-host-key", "trust", metavar="SHA256:...", multiple=True, help=TRUST_HELP)
 @click.option("--domain", default=None,
               help="Check that this domain's DNS points at the server (default: the domain it was prepared with).")
 @common_options

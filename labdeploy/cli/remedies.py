@@ -95,6 +95,11 @@ CLI: dict[str, str] = {
         "Check this fingerprint with the server's administrator (or on the server: "
         "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then confirm it: "
         "`labdeploy servers check --trust-host-key {fingerprint}`."),
+    "ssh.host_key.confirm.jump": (
+        "Check this fingerprint with the jump host's administrator (or on the jump host: "
+        "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then confirm it: "
+        "`labdeploy servers check --trust-host-key {fingerprint}`; the key of the server behind it is asked for "
+        "next (--trust-host-key can be given once for each)."),
     "ssh.host_key.changed": (
         "Usually the server was rebuilt or reinstalled. Ask its administrator whether that is so and what the "
         "new fingerprint is. Only then remove the old key deliberately (`ssh-keygen -R {name}`) and confirm "

@@ -22,8 +22,9 @@ from typing import BinaryIO, Callable, Optional, Sequence, TypeVar, Union
 import paramiko
 
 from .. import names
-from ..errors import (AuthenticationFailed, CommandFailed, CommandTimeout, ConnectionLost, ConnectTimeout, DNSFailure, HostUnreachable, LabdeployError, Remedy, RemoteError)
+from ..errors import (AuthenticationFailed, CommandFailed, CommandTimeout, ConnectionLost, ConnectTimeout, DNSFailure, HostUnreachable, LabdeployError, Remedy, RemoteError, ValidationError)
 from .hostkeys import KnownHosts, RaiseOnUnknown, changed_key_error
+from .jump import open_direct_tcpip, proxy_command_failed, start_proxy_command
 
 LineCallback = Callable[[str, str], None]  # (line, stream) with stream "stdout" or "stderr"
 ChunkCallback = Callable[[bytes], None]
@@ -108,16 +109,27 @@ def _fast_transport(sock, **kwargs) -> paramiko.Transport:
 
 
 class Connection:
-    """One server, reached over one reused SSH connection: settings, connecting, reconnecting."""
+    """One server, reached over one reused SSH connection: settings, connecting, reconnecting.
+
+    `jump` ("user@bastion[:port]", hops separated by commas, or "none") reaches the server
+    through jump hosts like `ssh -J`; without it, ~/.ssh/config's ProxyJump or ProxyCommand
+    for the host applies. A jump host is a Remote of its own (`via`): same known_hosts, its own
+    host-key check; it logs in with its IdentityFile from ~/.ssh/config, else
+    `jump_key_filename`, else the server's key, and the ssh-agent (never a password).
+    """
 
     def __init__(self, host: str, port: Optional[int] = None, user: Optional[str] = None, *,
                  key_filename: Optional[Union[str, os.PathLike]] = None, passphrase: Optional[str] = None,
                  password: Optional[str] = None, known_hosts: Optional[Union[str, os.PathLike]] = None,
                  ssh_config: Optional[Union[str, os.PathLike]] = None, use_agent: bool = True,
-                 connect_timeout: float = 10.0, keepalive: int = 15) -> None:
+                 connect_timeout: float = 10.0, keepalive: int = 15, jump: Optional[str] = None,
+                 jump_key_filename: Optional[Union[str, os.PathLike]] = None,
+                 _on_the_way_to: Optional[str] = None, _default_key: Optional[str] = None,
+                 _seen: tuple = ()) -> None:
         home = _default_home()
         self.alias = host
-        cfg = self._read_ssh_config(Path(ssh_config) if ssh_config else home / ".ssh" / "config", host)
+        self.ssh_config = Path(ssh_config) if ssh_config else home / ".ssh" / "config"
+        cfg = self._read_ssh_config(self.ssh_config, host)
         # ssh compares host names in lower case (and writes them so in known_hosts).
         self.host = names.host(cfg.get("hostname", host)).lower()
         self.port = names.port(port if port is not None else cfg.get("port", 22))
@@ -126,13 +138,16 @@ class Connection:
             candidates = [os.path.expanduser(p) for p in cfg["identityfile"]]
             existing = [p for p in candidates if os.path.exists(p)]
             key_filename = existing[0] if existing else None
+        if key_filename is None:
+            key_filename = _default_key  # a jump host without a key of its own: the server's
         self.key_filename = str(key_filename) if key_filename else None
         self.known_hosts = Path(known_hosts) if known_hosts else home / ".ssh" / "known_hosts"
         self.use_agent = use_agent
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
-        # Kept only in memory, only for this object's life; never logged.
-        self._passphrase = passphrase
+        # Kept only in memory, only for this object's life; never logged. (A jump host keeps the
+        # server's passphrase only when it uses the same key file.)
+        self._passphrase = passphrase if not _on_the_way_to or self.key_filename == _default_key else None
         self._password = password
         self._client: Optional[paramiko.SSHClient] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
@@ -141,9 +156,17 @@ class Connection:
         self._home: Optional[str] = None
         self._stats_lock = threading.Lock()
         self.stats = {"connections": 0, "commands": 0, "bytes_sent": 0, "bytes_received": 0}
+        # The way there: directly, through a jump host (`via`, a Remote of its own) or a ProxyCommand.
+        self.role = "jump host" if _on_the_way_to else "server"
+        self.on_the_way_to = _on_the_way_to
+        self.jump: Optional[str] = None  # the ProxyJump chain in use (a setting or ~/.ssh/config's)
+        self.via: Optional["Connection"] = None
+        self.proxy_command: Optional[str] = None  # ~/.ssh/config's ProxyCommand (never a setting)
+        self._proxy = None  # the running ProxyCommand of the latest connection attempt
+        self._set_up_the_way(jump, cfg, jump_key_filename, _seen)
 
     def __repr__(self) -> str:
-        return f"Remote({self.user}@{self.host}:{self.port})"
+        return f"Remote({self.user}@{self.host}:{self.port}" + (f" via {self.jump}" if self.jump else "") + ")"
 
     @property
     def label(self) -> str:
@@ -163,23 +186,79 @@ class Connection:
                                  code="ssh.config_unreadable") from exc
         return config.lookup(host)
 
+    def _set_up_the_way(self, jump: Optional[str], cfg: dict, jump_key_filename, seen: tuple) -> None:
+        """ProxyJump from `jump` (as `ssh -J`, it overrides ~/.ssh/config), else from ~/.ssh/config,
+        else ~/.ssh/config's ProxyCommand. Every hop is validated like a host before any use."""
+        if jump is not None:
+            chain = names.jump(jump)
+        elif cfg.get("proxyjump"):
+            try:
+                chain = names.jump(cfg["proxyjump"])
+            except ValidationError as exc:
+                raise ValidationError(f"The ProxyJump line for {self.alias} in {self.ssh_config} can't be used: "
+                                      f"{exc.message}", exc.plain_hint, code="invalid.jump") from None
+        else:
+            chain = names.JUMP_NONE
+            if cfg.get("proxycommand"):
+                self.proxy_command = cfg["proxycommand"]
+        hops = names.jump_hops(chain)
+        if not hops:
+            return
+        self.jump = chain
+        *before, (hop_user, hop_host, hop_port) = hops
+        seen = seen + (self.alias,)
+        # ~/.ssh/config can send a jump host through itself (a `Host *` block with ProxyJump);
+        # a chain given as a setting is finite, and may name one host twice.
+        circle = jump is None and hop_host in seen
+        if circle or len(seen) + len(before) > names.JUMP_MAX_HOPS:
+            raise LabdeployError(
+                f"The jump hosts on the way to {self.alias} go round in a circle or are more than "
+                f"{names.JUMP_MAX_HOPS} deep ({' -> '.join(seen + (hop_host,))}).",
+                f"Check the ProxyJump lines in {self.ssh_config}: a `Host *` block with ProxyJump applies to the jump "
+                "host too; add `ProxyJump none` to the jump host's own Host block.", code="ssh.jump.loop")
+        default_key = str(jump_key_filename) if jump_key_filename else self.key_filename
+        self.via = type(self)(
+            hop_host, hop_port, hop_user, known_hosts=self.known_hosts, ssh_config=self.ssh_config, use_agent=True,
+            connect_timeout=self.connect_timeout, keepalive=self.keepalive,
+            # The passphrase goes with the key it was given for; a jump host that has an
+            # IdentityFile of its own in ~/.ssh/config drops it (see __init__).
+            passphrase=self._passphrase,
+            jump=",".join(names.jump_hop_text(*hop) for hop in before) if before else None,
+            jump_key_filename=jump_key_filename, _default_key=default_key,
+            _on_the_way_to=self.host if self.port == 22 else f"{self.host}:{self.port}", _seen=seen)
+
+    @property
+    def _way(self) -> str:
+        """' (the jump host on the way to lab.example.org)' in a jump host's messages, else ''."""
+        return f" (the jump host on the way to {self.on_the_way_to})" if self.on_the_way_to else ""
+
     # ------------------------------------------------------------------ connecting
 
-    def _open_socket(self) -> socket.socket:
+    def _open_socket(self):
+        """The byte stream SSH runs over: a TCP connection, a channel through the jump host, or a
+        ProxyCommand's stdin and stdout."""
+        if self.via is not None:
+            # Connects (or reconnects) the jump host first; its failures name it.
+            return open_direct_tcpip(self.via._transport(), self.via.label, self.host, self.port,
+                                     self.connect_timeout)
+        if self.proxy_command:
+            self._proxy = start_proxy_command(self.proxy_command, self.alias, str(self.ssh_config))
+            return self._proxy
+        noun = self.role
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         except socket.gaierror as exc:
-            raise DNSFailure(f"The server name {self.host!r} could not be found ({exc.strerror}).",
-                             "Check the spelling of the host name, or use the server's IP address.") from exc
+            raise DNSFailure(f"The {noun} name {self.host!r} could not be found ({exc.strerror}){self._way}.",
+                             f"Check the spelling of the host name, or use the {noun}'s IP address.") from exc
         except ConnectionRefusedError as exc:
-            raise HostUnreachable(f"{self.host} refused the connection on port {self.port}.",
-                                  "Check the port (SSH normally uses 22) and that the server's SSH service runs.") from exc
+            raise HostUnreachable(f"{self.host} refused the connection on port {self.port}{self._way}.",
+                                  f"Check the port (SSH normally uses 22) and that the {noun}'s SSH service runs.") from exc
         except (socket.timeout, TimeoutError) as exc:
-            raise ConnectTimeout(f"No answer from {self.host}:{self.port} within {self.connect_timeout:.0f} s.",
-                                 "Check the address and port, that the server is up, and that no firewall blocks SSH.") from exc
+            raise ConnectTimeout(f"No answer from {self.host}:{self.port} within {self.connect_timeout:.0f} s{self._way}.",
+                                 f"Check the address and port, that the {noun} is up, and that no firewall blocks SSH.") from exc
         except OSError as exc:
-            raise HostUnreachable(f"Can't reach {self.host}:{self.port}: {exc.strerror or exc}.",
-                                  "Check your network connection and the server's address.") from exc
+            raise HostUnreachable(f"Can't reach {self.host}:{self.port}{self._way}: {exc.strerror or exc}.",
+                                  f"Check your network connection and the {noun}'s address.") from exc
         return sock
 
     def connect(self: C) -> C:
@@ -204,8 +283,9 @@ class Connection:
                 raise
             except paramiko.BadHostKeyException as exc:
                 client.close()
-                raise changed_key_error(self.host, self.port, self.known_hosts, exc.key, exc.expected_key) from None
-            except (paramiko.SSHException, OSError) as exc:
+                raise changed_key_error(self.host, self.port, self.known_hosts, exc.key, exc.expected_key, self.role,
+                                        self.on_the_way_to) from None
+            except (paramiko.SSHException, OSError, EOFError) as exc:  # EOFError: a ProxyCommand that ended
                 raise self._login_failed(client, exc, sock.first) from exc
             transport = client.get_transport()
             transport.set_keepalive(self.keepalive)
@@ -222,7 +302,7 @@ class Connection:
         for name, by_type in KnownHosts(self.known_hosts).read().items():
             for key_type, key in by_type.items():
                 known.add(name, key_type, key)
-        client.set_missing_host_key_policy(RaiseOnUnknown(self.port, self.known_hosts))
+        client.set_missing_host_key_policy(RaiseOnUnknown(self.port, self.known_hosts, self.role, self.on_the_way_to))
         if self.key_filename and not os.access(self.key_filename, os.R_OK):
             raise AuthenticationFailed(f"The key file {self.key_filename} does not exist or can't be read.",
                                        code="ssh.key.missing", remedy=Remedy("ssh.key.make"))
@@ -234,30 +314,40 @@ class Connection:
         transport = client.get_transport()
         spoke_ssh = bool(transport is not None and getattr(transport, "remote_version", ""))
         client.close()
+        way, noun = self._way, self.role
         if isinstance(exc, paramiko.PasswordRequiredException):
             return AuthenticationFailed(
-                f"The key {self.key_filename} is protected by a passphrase.",
+                f"The key {self.key_filename} is protected by a passphrase{way}.",
                 "Give the passphrase, or add the key to your ssh-agent first (`ssh-add KEY`).")
         if isinstance(exc, paramiko.AuthenticationException):
             how = "password" if self._password else "key"
+            if self.on_the_way_to:
+                return AuthenticationFailed(
+                    f"The jump host {self.host} refused to log in {self.user} with your key or ssh-agent{way}.",
+                    f"Check the user name for the jump host (user@{self.host}) and that your public key is in "
+                    f"~/.ssh/authorized_keys there (`ssh-copy-id {self.user}@{self.host}`, or ask its administrator); "
+                    "a jump host's own key can be named with IdentityFile in ~/.ssh/config. labdeploy logs in to jump "
+                    "hosts with a key or the ssh-agent only.", code="ssh.jump.auth")
             return AuthenticationFailed(
                 f"The server {self.host} refused to log in {self.user} with that {how}.",
                 "" if how == "key" else "Check the user name and password (passwords are case-sensitive).",
                 remedy=Remedy("ssh.key.copy", host=self.host, user=self.user) if how == "key" else None)
+        if self._proxy is not None and not spoke_ssh:
+            return proxy_command_failed(self._proxy, self.alias, str(self.ssh_config), self.host, self.port, exc)
         if isinstance(exc, (socket.timeout, TimeoutError)):
-            return ConnectTimeout(f"{self.host}:{self.port} accepted the connection but did not answer in time.",
-                                  "The server may be overloaded; try again in a minute.")
+            return ConnectTimeout(f"{self.host}:{self.port}{way} accepted the connection but did not answer in time.",
+                                  f"The {noun} may be overloaded; try again in a minute.")
         if isinstance(exc, OSError):
-            return HostUnreachable(f"The connection to {self.host}:{self.port} broke while logging in: {exc}.",
+            return HostUnreachable(f"The connection to {self.host}:{self.port}{way} broke while logging in: {exc}.",
                                    "Check your network connection and try again.")
         if "no authentication methods available" in str(exc).lower():
             return AuthenticationFailed(
-                f"No way to log in to {self.host} as {self.user}: no key, no ssh-agent and no password "
+                f"No way to log in to {self.host}{way} as {self.user}: no key, no ssh-agent and no password "
                 "was given.", code="ssh.auth.no_method", remedy=Remedy("ssh.login_method"))
         if _refused_early(greeting) and not isinstance(exc, (socket.timeout, TimeoutError)):
             said = greeting.decode("ascii", "replace").strip()
             return HostUnreachable(
-                f"{self.host}:{self.port} closed the connection before the SSH greeting"
+                f"{self.host}:{self.port}{way} closed the connection before the SSH greeting"
                 + (f" (it said: {said!r})." if said else "."),
                 "The SSH server is refusing new connections from your address for now: recent OpenSSH "
                 "versions do this for a while after failed logins or many connections at once. Wait a "
@@ -265,10 +355,10 @@ class Connection:
                 code="ssh.refused_early")
         if "banner" in str(exc).lower() or not spoke_ssh:
             return HostUnreachable(
-                f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
+                f"Something answers on {self.host}:{self.port}{way}, but it is not an SSH server.",
                 "Check the port number: SSH normally uses 22.")
-        return RemoteError(f"SSH to {self.host}:{self.port} failed: {exc}",
-                           "Try again; if it persists, check the server's SSH service.", code="ssh.failed")
+        return RemoteError(f"SSH to {self.host}:{self.port}{way} failed: {exc}",
+                           f"Try again; if it persists, check the {noun}'s SSH service.", code="ssh.failed")
 
     KEEPALIVE_MISSES = 3  # like ssh's ServerAliveCountMax
 
@@ -309,6 +399,9 @@ class Connection:
                 self._client.close()
         self._sftp = None
         self._client = None
+        if self.via is not None:  # the jump host serves only this connection: a reconnect goes through it anew
+            with contextlib.suppress(Exception):
+                self.via.close()
 
     def close(self) -> None:
         with self._lock:

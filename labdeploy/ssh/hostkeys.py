@@ -24,6 +24,7 @@ import paramiko
 
 from ..errors import ChangedHostKey, ConnectTimeout, HostUnreachable, Remedy, RemoteError, UnknownHostKey
 from ..localfiles import write_atomic
+from .jump import proxy_command_failed
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -74,22 +75,32 @@ def is_revoked(path: Path, name: str, key: paramiko.PKey) -> bool:
     return False
 
 
-def revoked_error(host: str, port: int, key: paramiko.PKey, path: Path) -> RemoteError:
+def who(host: str, port: int, role: str = "server", on_the_way_to: Optional[str] = None) -> str:
+    """'The server lab.example.org (port 22)', or for a hop on the way to a server 'The jump host
+    bastion.example.org (port 22, on the way to lab.example.org)': every host-key message names
+    which hop it is about."""
+    way = f", on the way to {on_the_way_to}" if on_the_way_to else ""
+    return f"The {role} {host} (port {port}{way})"
+
+
+def revoked_error(host: str, port: int, key: paramiko.PKey, path: Path, role: str = "server",
+                  on_the_way_to: Optional[str] = None) -> RemoteError:
     return RemoteError(
-        f"The server {host} (port {port}) presents the key {fingerprint(key)}, which your known_hosts file "
+        f"{who(host, port, role, on_the_way_to)} presents the key {fingerprint(key)}, which your known_hosts file "
         f"({path}) marks as revoked. labdeploy refuses to connect.",
         "A revoked key must not be used again: ask the server's administrator for the server's current key. "
         "If someone else now presents this key, the connection may be intercepted.", code="ssh.host_key.revoked")
 
 
 def changed_key_error(host: str, port: int, path: Path, key: paramiko.PKey,
-                      expected: paramiko.PKey) -> ChangedHostKey:
+                      expected: paramiko.PKey, role: str = "server",
+                      on_the_way_to: Optional[str] = None) -> ChangedHostKey:
     fp, old = fingerprint(key), fingerprint(expected)
     return ChangedHostKey(
-        f"The server {host} (port {port}) presents a different host key than the one stored "
+        f"{who(host, port, role, on_the_way_to)} presents a different host key than the one stored "
         f"in {path}: now {fp}, stored {old}. labdeploy refuses to connect.",
         remedy=Remedy("ssh.host_key.changed", name=known_hosts_name(host, port)),
-        host=host, port=port, fingerprint=fp, expected_fingerprint=old)
+        host=host, port=port, fingerprint=fp, expected_fingerprint=old, role=role)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,11 @@ class HostKeyStatus:
     key_type: str
     fingerprint: str
     expected_fingerprint: str = ""
+    # Whose key it is: behind jump hosts, the first hop whose key is not known yet is asked
+    # about first (the server's own key can only be read through a trusted jump host).
+    host: str = ""
+    port: int = 0
+    role: str = "server"  # or "jump host"
 
 
 class KnownHosts:
@@ -131,17 +147,18 @@ class KnownHosts:
         """{key type: key} stored for host:port (empty when none)."""
         return dict(self.read().lookup(known_hosts_name(host, port)) or {})
 
-    def status(self, host: str, port: int, key: paramiko.PKey) -> HostKeyStatus:
+    def status(self, host: str, port: int, key: paramiko.PKey, role: str = "server") -> HostKeyStatus:
         """Is `key` (what the server presents) the stored one, an unknown one, or a changed one?"""
         fp = fingerprint(key)
         stored = self.stored(host, port)
+        whose = {"host": host, "port": port, "role": role}
         if not stored:
-            return HostKeyStatus("unknown", key.get_name(), fp)
+            return HostKeyStatus("unknown", key.get_name(), fp, **whose)
         same = stored.get(key.get_name())
         if same is not None and same.asbytes() == key.asbytes():
-            return HostKeyStatus("known", key.get_name(), fp, fp)
+            return HostKeyStatus("known", key.get_name(), fp, fp, **whose)
         other = same if same is not None else next(iter(stored.values()))
-        return HostKeyStatus("changed", key.get_name(), fp, fingerprint(other))
+        return HostKeyStatus("changed", key.get_name(), fp, fingerprint(other), **whose)
 
     def is_revoked(self, host: str, port: int, key: paramiko.PKey) -> bool:
         return is_revoked(self.path, known_hosts_name(host, port), key)
@@ -176,39 +193,55 @@ class KnownHosts:
 class RaiseOnUnknown(paramiko.MissingHostKeyPolicy):
     """Never accept an unknown host key: hand its fingerprint to the caller instead."""
 
-    def __init__(self, port: int, known_hosts: Optional[Path] = None) -> None:
+    def __init__(self, port: int, known_hosts: Optional[Path] = None, role: str = "server",
+                 on_the_way_to: Optional[str] = None) -> None:
         self.port = port
         self.known_hosts = known_hosts
+        self.role = role
+        self.on_the_way_to = on_the_way_to
 
     def missing_host_key(self, client, hostname, key):
         host = hostname
         if hostname.startswith("["):  # paramiko passes "[host]:port" for other ports
             host = hostname[1:].split("]")[0]
         if self.known_hosts is not None and is_revoked(self.known_hosts, hostname, key):
-            raise revoked_error(host, self.port, key, self.known_hosts)
+            raise revoked_error(host, self.port, key, self.known_hosts, self.role, self.on_the_way_to)
         fp = fingerprint(key)
         raise UnknownHostKey(
-            f"The server {host} (port {self.port}) is not known yet. Its {key.get_name()} key has the "
-            f"fingerprint {fp}.", remedy=Remedy("ssh.host_key.confirm", fingerprint=fp),
-            host=host, port=self.port, key_type=key.get_name(), fingerprint=fp)
+            f"{who(host, self.port, self.role, self.on_the_way_to)} is not known yet. Its {key.get_name()} key "
+            f"has the fingerprint {fp}.",
+            remedy=(Remedy("ssh.host_key.confirm.jump", fingerprint=fp) if self.on_the_way_to
+                    else Remedy("ssh.host_key.confirm", fingerprint=fp)),
+            host=host, port=self.port, key_type=key.get_name(), fingerprint=fp, role=self.role)
 
 
 class HostKeys:
     """The host-key part of `Remote`: ask the server for its key (no login) and keep
-    known_hosts. Uses the Remote's host, port, known_hosts, connect_timeout and `_open_socket`
-    (from `Connection`)."""
+    known_hosts. Uses the Remote's host, port, known_hosts, connect_timeout, role, `via` (the
+    jump host's Remote, if any) and `_open_socket` (from `Connection`).
 
+    Behind a jump host (ProxyJump) there is one key per hop, each checked against the same
+    known_hosts: the jump host's is read directly, the server's through the jump host (which
+    needs logging in there, so its key must be trusted first). `host_key_status()` answers for
+    the first hop whose key is not known yet, `trust_host_key(fp)` stores that one."""
+
+    alias: str
     host: str
     port: int
     known_hosts: Path
+    ssh_config: Path
     connect_timeout: float
+    role: str
+    via: Optional["HostKeys"]
+    on_the_way_to: Optional[str]
 
     @property
     def known_hosts_file(self) -> KnownHosts:
         return KnownHosts(self.known_hosts)
 
     def server_host_key(self) -> paramiko.PKey:
-        """The key the server presents now, read from its SSH greeting without logging in."""
+        """The key the server presents now, read from its SSH greeting without logging in (behind
+        a jump host: through it, logged in there)."""
         transport = paramiko.Transport(self._open_socket())
         transport.banner_timeout = self.connect_timeout
         try:
@@ -218,19 +251,36 @@ class HostKeys:
             if isinstance(exc, (socket.timeout, TimeoutError)) and transport.remote_version:
                 raise ConnectTimeout(f"{self.host}:{self.port} did not finish the SSH greeting in time.",
                                      "The server may be overloaded; try again in a minute.") from exc
-            raise HostUnreachable(f"Something answers on {self.host}:{self.port}, but it is not an SSH server.",
-                                  "Check the port number: SSH normally uses 22.") from exc
+            raise self._not_ssh(exc) from exc
         finally:
             transport.close()
+
+    def _not_ssh(self, exc: BaseException) -> HostUnreachable:
+        proxy = getattr(self, "_proxy", None)
+        if proxy is not None:
+            return proxy_command_failed(proxy, self.alias, str(self.ssh_config), self.host, self.port, exc)
+        way = f" (the jump host on the way to {self.on_the_way_to})" if self.on_the_way_to else ""
+        return HostUnreachable(f"Something answers on {self.host}:{self.port}{way}, but it is not an SSH server.",
+                               "Check the port number: SSH normally uses 22.")
 
     def fetch_host_key(self) -> tuple[str, str]:
         """(key type, SHA256 fingerprint) of the key the server presents, without logging in."""
         key = self.server_host_key()
         return key.get_name(), fingerprint(key)
 
+    def host_key_statuses(self) -> list[HostKeyStatus]:
+        """Each hop's key versus known_hosts, jump hosts first, the server last; it stops at the
+        first hop not known (the hops behind it can't be asked before it is trusted)."""
+        statuses = self.via.host_key_statuses() if self.via is not None else []
+        if statuses and statuses[-1].state != "known":
+            return statuses
+        return statuses + [self.known_hosts_file.status(self.host, self.port, self.server_host_key(), self.role)]
+
     def host_key_status(self) -> HostKeyStatus:
-        """What the server presents versus what known_hosts has (known / unknown / changed)."""
-        return self.known_hosts_file.status(self.host, self.port, self.server_host_key())
+        """What the server presents versus what known_hosts has (known / unknown / changed).
+        Behind jump hosts: the first hop whose key is not known yet (its `host` and `role` say
+        which), else the server's."""
+        return self.host_key_statuses()[-1]
 
     def stored_host_key(self) -> Optional[paramiko.PKey]:
         stored = self.known_hosts_file.stored(self.host, self.port)
@@ -241,17 +291,26 @@ class HostKeys:
 
         Call it after the user confirmed the fingerprint shown by `UnknownHostKey`. A key that
         differs from one already stored is refused (use `forget_host_key` first, deliberately).
+        Behind jump hosts it trusts the first hop whose key is not known yet (the one the
+        `UnknownHostKey` was about): call it once per hop, as each is asked about.
         """
+        if self.via is not None and self.via.host_key_status().state != "known":
+            self.via.trust_host_key(expected_fingerprint)
+            return
         known = self.known_hosts_file
         key = self.server_host_key()
         fp = fingerprint(key)
         if known.is_revoked(self.host, self.port, key):
-            raise revoked_error(self.host, self.port, key, self.known_hosts)
+            raise revoked_error(self.host, self.port, key, self.known_hosts, self.role, self.on_the_way_to)
         if fp != expected_fingerprint.strip():
+            first = ("" if self.role == "server" else
+                     " A jump host's key is confirmed before the key of the server behind it.")
             raise ChangedHostKey(
-                f"The server {self.host} now presents the key {fp}, not the {expected_fingerprint} you confirmed.",
+                f"The {self.role} {self.host} now presents the key {fp}, not the {expected_fingerprint} you "
+                f"confirmed.{first}",
                 "Do not trust it: check the fingerprint with the server's administrator and try again.",
-                code="ssh.host_key.mismatch", host=self.host, port=self.port, fingerprint=fp, expected_fingerprint=expected_fingerprint)
+                code="ssh.host_key.mismatch", host=self.host, port=self.port, fingerprint=fp,
+                expected_fingerprint=expected_fingerprint, role=self.role)
         stored = known.stored(self.host, self.port)
         if stored:
             same = stored.get(key.get_name())
@@ -262,11 +321,13 @@ class HostKeys:
 
     def forget_host_key(self) -> int:
         """Remove every stored key of this host:port from known_hosts (the deliberate fix after a
-        server was rebuilt). Returns how many lines were removed; other lines are kept as they are."""
+        server was rebuilt). Returns how many lines were removed; other lines are kept as they are.
+        (A jump host's key: `remote.via.forget_host_key()`.)"""
         return self.known_hosts_file.forget(self.host, self.port)
 
     def _changed_key_error(self, key: paramiko.PKey, expected: paramiko.PKey) -> ChangedHostKey:
-        return changed_key_error(self.host, self.port, self.known_hosts, key, expected)
+        return changed_key_error(self.host, self.port, self.known_hosts, key, expected, self.role,
+                                 self.on_the_way_to)
 
     # Kept on the class for callers (and tests) that used them as Remote's own.
     _is_revoked = staticmethod(is_revoked)

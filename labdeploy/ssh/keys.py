@@ -368,18 +368,41 @@ def start_agent() -> dict:
 
 # --------------------------------------------------------------------------- server side
 
+def _probe(host: str, port: int, known_hosts, connect_timeout: float, jump: Optional[str],
+           key_path: Optional[PathLike], passphrase: Optional[str]) -> Remote:
+    """A Remote that only reads host keys (it never logs in to the server itself; behind a jump
+    host it logs in there, with `key_path` or the ssh-agent)."""
+    return Remote(names.host(host), names.port(port), "nobody", known_hosts=known_hosts, use_agent=False,
+                  connect_timeout=connect_timeout, jump=jump,
+                  jump_key_filename=Path(key_path).expanduser() if key_path else None, passphrase=passphrase)
+
+
 def host_key_status(host: str, port: int = 22, known_hosts: Optional[PathLike] = None,
-                    connect_timeout: float = 10.0) -> HostKeyStatus:
-    """What the server presents versus what known_hosts has: the first-contact question."""
-    r = Remote(names.host(host), names.port(port), "nobody", known_hosts=known_hosts, use_agent=False,
-               connect_timeout=connect_timeout)
-    return r.host_key_status()
+                    connect_timeout: float = 10.0, *, jump: Optional[str] = None,
+                    key_path: Optional[PathLike] = None, passphrase: Optional[str] = None) -> HostKeyStatus:
+    """What the server presents versus what known_hosts has: the first-contact question.
+
+    Behind a jump host (`jump`, or ProxyJump in ~/.ssh/config) it is asked one hop at a time:
+    the status is the first hop's whose key is not known yet (`status.role` is "jump host" or
+    "server", `status.host` its address); the server's own key is read through the jump host,
+    logged in there with `key_path` (and `passphrase`) or the ssh-agent."""
+    r = _probe(host, port, known_hosts, connect_timeout, jump, key_path, passphrase)
+    try:
+        return r.host_key_status()
+    finally:
+        r.close()
 
 
-def trust_host_key(host: str, port: int, fingerprint: str, known_hosts: Optional[PathLike] = None) -> None:
-    """Store the server's key after the user confirmed `fingerprint` (see Remote.trust_host_key)."""
-    Remote(names.host(host), names.port(port), "nobody", known_hosts=known_hosts,
-           use_agent=False).trust_host_key(fingerprint)
+def trust_host_key(host: str, port: int, fingerprint: str, known_hosts: Optional[PathLike] = None, *,
+                   jump: Optional[str] = None, key_path: Optional[PathLike] = None,
+                   passphrase: Optional[str] = None) -> None:
+    """Store the key the user confirmed (`fingerprint`): the server's, or behind a jump host the
+    first hop's that is not known yet (see Remote.trust_host_key)."""
+    r = _probe(host, port, known_hosts, 10.0, jump, key_path, passphrase)
+    try:
+        r.trust_host_key(fingerprint)
+    finally:
+        r.close()
 
 
 def install_public_key(remote: Remote, public_line: str, ssh_dir_on_server: str = ".ssh") -> bool:
@@ -395,19 +418,22 @@ def install_public_key(remote: Remote, public_line: str, ssh_dir_on_server: str 
 
 
 def copy_key(host: str, user: str, password: str, key_path: Optional[PathLike] = None, *, port: int = 22,
-             known_hosts: Optional[PathLike] = None, connect_timeout: float = 10.0) -> bool:
+             known_hosts: Optional[PathLike] = None, connect_timeout: float = 10.0,
+             jump: Optional[str] = None) -> bool:
     """The ssh-copy-id step: log in once with the account password and add the public key.
 
     The server's host key must already be trusted (host_key_status / trust_host_key). The
     password is used for this one login and then dropped. Returns True if the key was added,
-    False if it was already there.
+    False if it was already there. Behind a jump host, the jump host is logged in to with the
+    key (or the ssh-agent), never with the password.
     """
     if not password:
         raise ValidationError("The account password is empty.", "Type the password you log in to the server with.",
                               code="invalid.password")
-    line = public_key_line(Path(key_path).expanduser() if key_path else default_key_path())
+    path = Path(key_path).expanduser() if key_path else default_key_path()
+    line = public_key_line(path)
     r = Remote(names.host(host), names.port(port), names.user(user), password=password, known_hosts=known_hosts,
-               use_agent=False, connect_timeout=connect_timeout)
+               use_agent=False, connect_timeout=connect_timeout, jump=jump, jump_key_filename=path)
     try:
         r.connect()
         return install_public_key(r, line)
@@ -417,7 +443,7 @@ def copy_key(host: str, user: str, password: str, key_path: Optional[PathLike] =
 
 def verify_key_login(host: str, user: str, key_path: Optional[PathLike] = None, *, port: int = 22,
                      passphrase: Optional[str] = None, known_hosts: Optional[PathLike] = None,
-                     use_agent: bool = False, connect_timeout: float = 10.0) -> Remote:
+                     use_agent: bool = False, connect_timeout: float = 10.0, jump: Optional[str] = None) -> Remote:
     """Log in with the key alone (no password) and run a command; returns the connected Remote."""
     path = Path(key_path).expanduser() if key_path else default_key_path()
     if not path.exists():
@@ -425,7 +451,12 @@ def verify_key_login(host: str, user: str, key_path: Optional[PathLike] = None, 
     if not use_agent:
         load_private_key(path, passphrase)  # a wrong passphrase says so, not "login refused"
     r = Remote(names.host(host), names.port(port), names.user(user), key_filename=None if use_agent else path,
-               passphrase=passphrase, known_hosts=known_hosts, use_agent=use_agent, connect_timeout=connect_timeout)
-    r.connect()
-    r.run(["true"], timeout=30)
+               passphrase=passphrase, known_hosts=known_hosts, use_agent=use_agent, connect_timeout=connect_timeout,
+               jump=jump, jump_key_filename=path)
+    try:
+        r.connect()
+        r.run(["true"], timeout=30)
+    except BaseException:
+        r.close()  # a jump host may be connected already
+        raise
     return r

@@ -1,4 +1,4 @@
-"""The list of servers a researcher has registered: name, host, port, user, key.
+"""The list of servers a researcher has registered: name, host, port, user, key, jump host.
 
 Kept in one small JSON file in the user's config folder (platformdirs), written atomically.
 Dallinger's own registrations (~/.dallinger/docker-ssh/hosts/<host>) can be imported.
@@ -43,6 +43,9 @@ class Server:
     port: int = 22
     user: str = ""
     key: Optional[str] = None  # path of the private key; None = ssh-agent / ~/.ssh defaults
+    # ProxyJump: "user@bastion[:port]" (hops separated by commas) or "none"; None = as
+    # ~/.ssh/config says for the host (its ProxyJump or ProxyCommand, if any).
+    jump: Optional[str] = None
 
     def validated(self) -> "Server":
         names.server_name(self.name)
@@ -51,11 +54,14 @@ class Server:
         names.user(self.user)
         if self.key is not None:
             key_path(self.key)
+        if self.jump is not None:
+            names.jump(self.jump)
         return self
 
     @property
     def label(self) -> str:
-        return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}")
+        way = f" via {self.jump}" if self.jump and self.jump != names.JUMP_NONE else ""
+        return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}") + way
 
 
 def key_path(path) -> str:
@@ -86,7 +92,9 @@ def _load() -> dict[str, Server]:
         return {}
     try:
         data = json.loads(path.read_text())
-        return {s["name"]: Server(s["name"], s["host"], int(s.get("port", 22)), s["user"], s.get("key"))
+        # A file written before jump hosts existed has no "jump": the server is reached as before.
+        return {s["name"]: Server(s["name"], s["host"], int(s.get("port", 22)), s["user"], s.get("key"),
+                                  s.get("jump"))
                 for s in data.get("servers", [])}
     except (ValueError, KeyError, TypeError) as exc:
         raise LabdeployError(f"The server list {path} could not be read ({exc}).",
@@ -103,11 +111,16 @@ def _save(servers: dict[str, Server]) -> None:
 
 
 def add(name: str, host: str, user: str, port: int = 22, key: Optional[Union[str, os.PathLike]] = None, *,
-        replace: bool = False) -> Server:
-    """Register a server. A name already taken is refused unless `replace=True`."""
+        jump: Optional[str] = None, replace: bool = False) -> Server:
+    """Register a server. A name already taken is refused unless `replace=True`.
+
+    `jump`: the jump host(s) it is reached through, as `ssh -J` takes them ("alice@bastion",
+    "alice@bastion:2222", "a@hop1,b@hop2"), or "none" to ignore a ProxyJump in ~/.ssh/config.
+    Left out, ~/.ssh/config decides. Each jump host's key is checked like the server's."""
     # Absolute: a relative path would mean another file from another working directory.
     key = str(Path(key_path(key)).expanduser().absolute()) if key else None
-    server = Server(name, host, names.port(port), user, key).validated()
+    jump = names.jump(jump) if jump is not None else None
+    server = Server(name, host, names.port(port), user, key, jump).validated()
     servers = _load()
     if name in servers and servers[name] != server and not replace:
         raise ServerExists(f"A server named {name!r} is registered already ({servers[name].label}).",
@@ -123,7 +136,7 @@ def list_servers() -> list[Server]:
 
 def table() -> pd.DataFrame:
     """The registered servers as a DataFrame."""
-    return pd.DataFrame([asdict(s) for s in list_servers()], columns=["name", "host", "port", "user", "key"])
+    return pd.DataFrame([asdict(s) for s in list_servers()], columns=["name", "host", "port", "user", "key", "jump"])
 
 
 def get(name: str) -> Server:
@@ -204,4 +217,4 @@ def resolve(server: Union[Remote, Server, str], *, known_hosts=None, password: O
                               remedy=Remedy("api.server_argument"))
     server.validated()
     return Remote(server.host, server.port, server.user, key_filename=server.key, passphrase=passphrase,
-                  password=password, known_hosts=known_hosts, connect_timeout=connect_timeout)
+                  password=password, known_hosts=known_hosts, connect_timeout=connect_timeout, jump=server.jump)

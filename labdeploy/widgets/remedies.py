@@ -28,6 +28,10 @@ PANELS: dict[str, str] = {
     "ssh.host_key.confirm": (
         "Check this fingerprint with the server's administrator (or on the server: "
         f"`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then click Trust this fingerprint in {SETUP}."),
+    "ssh.host_key.confirm.jump": (
+        "Check this fingerprint with the jump host's administrator (or on the jump host: "
+        f"`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then click Trust this fingerprint in {SETUP}; "
+        "the key of the server behind it is asked for next."),
     "ssh.host_key.changed": (
         "Usually the server was rebuilt or reinstalled. Ask its administrator whether that is so and what the "
         "new fingerprint is. Only then remove the old key deliberately (`ssh-keygen -R {name}` in a terminal) "

@@ -45,7 +45,7 @@ class SetupPanel(Panel):
 
     def __init__(self, *, server_name: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
                  user: Optional[str] = None, key_path: Optional[str] = None, known_hosts: Optional[str] = None,
-                 stack_settings: Optional[stack.StackSettings] = None) -> None:
+                 stack_settings: Optional[stack.StackSettings] = None, jump: Optional[str] = None) -> None:
         d = demo.defaults()
         self.known_hosts = known_hosts  # None = ~/.ssh/known_hosts
         self._images = d.get("images") or {}
@@ -65,6 +65,7 @@ class SetupPanel(Panel):
         self.port_box = W.IntText(value=int(port or d["port"] or 22), description="SSH port",
                                   style={"description_width": "150px"}, layout=W.Layout(width="260px"))
         self.user_box = _text("User name", user or d["user"], "your login on the server")
+        self.jump_box = _text("Jump host", jump or "", "user@bastion.example.org (optional)")
         self.key_box = _text("Key file", key_path or str(keys.default_key_path()))
         self.key_box.layout.width = "640px"  # key paths are long
         self.passphrase_box = _password("Key passphrase")
@@ -103,7 +104,7 @@ class SetupPanel(Panel):
     # ------------------------------------------------------------------ display
 
     def _wire(self) -> None:
-        for box in (self.host_box, self.port_box, self.user_box, self.key_box):
+        for box in (self.host_box, self.port_box, self.user_box, self.key_box, self.jump_box):
             box.observe(lambda _: self._forget_connection(), names="value")
 
         self.create_key_button.on_click(lambda _: self.create_key())
@@ -124,7 +125,7 @@ class SetupPanel(Panel):
 
         return titled(
             "Set up a server",
-            W.HBox([W.VBox([self.name_box, self.host_box, self.port_box, self.user_box]), self.steps]),
+            W.HBox([W.VBox([self.name_box, self.host_box, self.port_box, self.user_box, self.jump_box]), self.steps]),
             section("1. Your SSH key", self.key_box, self.passphrase_box,
                     W.HBox([self.create_key_button, self.use_key_button, self.agent_button])),
             section("2. The server's identity", W.HBox([self.check_host_button, self.trust_host_button]),
@@ -174,6 +175,10 @@ class SetupPanel(Panel):
     def _fields(self):
         return self.host_box.value.strip(), int(self.port_box.value), self.user_box.value.strip()
 
+    def _jump(self) -> Optional[str]:
+        """The jump host field: None when empty (then ~/.ssh/config decides)."""
+        return self.jump_box.value.strip() or None
+
     def _key_path(self) -> Path:
         return Path(self.key_box.value.strip() or keys.default_key_path()).expanduser()
 
@@ -198,54 +203,74 @@ class SetupPanel(Panel):
         path, passphrase = self._key_path(), self._take_passphrase()
         self._start("ssh-agent", lambda: keys.add_to_agent(path, passphrase), lambda fp: f"agent holds {fp}")
 
+    def _host_key_status(self, host: str, port: int, jump: Optional[str], key_path: Path):
+        """The first-contact question (behind a jump host: the first hop not known yet); a
+        changed key is refused here."""
+        status = keys.host_key_status(host, port, self.known_hosts, jump=jump, key_path=key_path,
+                                      passphrase=self._passphrase)
+        if status.state == "changed":
+            who = status.host or host
+            raise ChangedHostKey(
+                f"The {status.role} {who} presents a different host key ({status.fingerprint}) than the one stored "
+                f"({status.expected_fingerprint}). labdeploy refuses to connect.",
+                f"Usually the {status.role} was rebuilt. Ask its administrator; only then remove the old key "
+                f"deliberately (`ssh-keygen -R {who}`) and check again. If nobody changed it, "
+                "do not connect: someone may be intercepting the connection.",
+                host=who, port=status.port or port, fingerprint=status.fingerprint,
+                expected_fingerprint=status.expected_fingerprint, role=status.role)
+        return status
+
+    def _ask_about(self, status, host: str):
+        """Show an unknown key's fingerprint and the Trust button; the step waits for it."""
+        self.pending_fingerprint = status.fingerprint
+        who = status.host or host
+        hop = ("the jump host " if status.role != "server" else "") + who
+        behind = (" labdeploy reaches the server through it; the server's own key is asked for next."
+                  if status.role != "server" else "")
+        self.fingerprint_html.value = (
+            f"<div class='labdeploy-setup-fingerprint'>First contact with <b>{html.escape(hop)}</b>. "
+            f"Its {html.escape(status.key_type)} key fingerprint is <code>{html.escape(status.fingerprint)}"
+            f"</code>. Compare it with the one its administrator gives you (on the {html.escape(status.role)}: "
+            f"<code>ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub</code>), then trust it.{behind}</div>")
+        self.trust_host_button.layout.display = ""
+        self.message.show_info("Compare the fingerprint, then click 'Trust this fingerprint'.")
+        return "pending", f"confirm {status.fingerprint}" + (f" ({hop})" if status.role != "server" else "")
+
     def check_host(self) -> None:
         host, port, _ = self._fields()
+        jump, path = self._jump(), self._key_path()
         self.trust_host_button.layout.display = "none"
         self.fingerprint_html.value = ""
-
-        def work():
-            status = keys.host_key_status(host, port, self.known_hosts)
-            if status.state == "changed":
-                raise ChangedHostKey(
-                    f"{host} presents a different host key ({status.fingerprint}) than the one stored "
-                    f"({status.expected_fingerprint}). labdeploy refuses to connect.",
-                    "Usually the server was rebuilt. Ask its administrator; only then remove the old key "
-                    f"deliberately (`ssh-keygen -R {host}`) and check again. If nobody changed the server, "
-                    "do not connect: someone may be intercepting the connection.",
-                    host=host, port=port, fingerprint=status.fingerprint,
-                    expected_fingerprint=status.expected_fingerprint)
-            return status
+        self._take_passphrase()  # behind a jump host, logging in there may need it
 
         def done(status):
             if status.state == "known":
                 return f"known ({status.fingerprint})"
-            self.pending_fingerprint = status.fingerprint
-            self.fingerprint_html.value = (
-                f"<div class='labdeploy-setup-fingerprint'>First contact with <b>{html.escape(host)}</b>. "
-                f"Its {html.escape(status.key_type)} key fingerprint is <code>{html.escape(status.fingerprint)}"
-                "</code>. Compare it with the one your server's administrator gives you (on the server: "
-                "<code>ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub</code>), then trust it.</div>")
-            self.trust_host_button.layout.display = ""
-            self.message.show_info("Compare the fingerprint, then click 'Trust this fingerprint'.")
-            return "pending", f"confirm {status.fingerprint}"  # not done until confirmed
+            return self._ask_about(status, host)  # not done until confirmed
 
-        self._start("Host key", work, done)
+        self._start("Host key", lambda: self._host_key_status(host, port, jump, path), done)
 
     def trust_host(self) -> None:
         host, port, _ = self._fields()
+        jump, path = self._jump(), self._key_path()
         fp = self.pending_fingerprint
         if not fp:
             self.message.show_warning("Check the host key first.", "Click 'Check host key'.")
             return
 
         def work():
-            keys.trust_host_key(host, port, fp, self.known_hosts)
-            return fp
+            keys.trust_host_key(host, port, fp, self.known_hosts, jump=jump, key_path=path,
+                                passphrase=self._passphrase)
+            # Behind a jump host, the next hop's key can be read now: ask about it at once.
+            return fp, self._host_key_status(host, port, jump, path) if jump else None
 
-        def done(fp_):
+        def done(result):
+            fp_, following = result
             self.trust_host_button.layout.display = "none"
             self.fingerprint_html.value = ""  # the question is answered; the step shows the trusted key
             self.pending_fingerprint = None
+            if following is not None and following.state != "known":
+                return self._ask_about(following, host)
             return f"trusted {fp_}"
 
         self._start("Host key", work, done)
@@ -254,18 +279,18 @@ class SetupPanel(Panel):
         host, port, user = self._fields()
         password = self.password_box.value
         self.password_box.value = ""  # never left in a widget
-        path = self._key_path()
+        path, jump = self._key_path(), self._jump()
         self._start("Copy key", lambda: keys.copy_key(host, user, password, path, port=port,
-                                                      known_hosts=self.known_hosts),
+                                                      known_hosts=self.known_hosts, jump=jump),
                     lambda added: "key added to authorized_keys" if added else "key was already there")
 
     def verify(self) -> None:
         host, port, user = self._fields()
-        path, passphrase = self._key_path(), self._take_passphrase()
+        path, passphrase, jump = self._key_path(), self._take_passphrase(), self._jump()
 
         def work():
             r = keys.verify_key_login(host, user, path, port=port, passphrase=passphrase,
-                                      known_hosts=self.known_hosts)
+                                      known_hosts=self.known_hosts, jump=jump)
             if self.remote is not None:
                 self.remote.close()
             self.remote = r
@@ -276,9 +301,10 @@ class SetupPanel(Panel):
     def register(self) -> None:
         host, port, user = self._fields()
         name, path, replace = self.name_box.value.strip(), self._key_path(), self.replace_box.value
+        jump = self._jump()
 
         def work():
-            self.server = servers.add(name, host, user, port=port, key=path, replace=replace)
+            self.server = servers.add(name, host, user, port=port, key=path, jump=jump, replace=replace)
             return self.server
 
         self._start("Register", work, lambda s: f"registered as {s.name!r}")
@@ -287,7 +313,8 @@ class SetupPanel(Panel):
         if self.remote is not None:
             return self.remote
         host, port, user = self._fields()
-        server = servers.Server(self.name_box.value.strip() or "server", host, port, user, str(self._key_path()))
+        server = servers.Server(self.name_box.value.strip() or "server", host, port, user, str(self._key_path()),
+                                self._jump())
         self.remote = servers.resolve(server, known_hosts=self.known_hosts, passphrase=self._passphrase)
         return self.remote
 
