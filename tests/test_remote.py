@@ -1111,4 +1111,4 @@ def test_a_server_that_shuts_out_the_address_after_failed_logins_is_explained(te
     assert refused is not None, "the server never shut the address out"
     assert refused.code == "ssh.refused_early"
     assert "closed the connection before the SSH greeting" in refused.message
-    assert "Wait a minute" in refused.hint and "not an SSH server" not in str(refused)
+    assert "Wait a few minutes" in refused.hint and "not an SSH server" not in str(refused)

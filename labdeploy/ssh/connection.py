@@ -59,12 +59,13 @@ class Result:
 
 
 # What OpenSSH's listener writes before closing a connection it won't serve: 9.8+ shuts out an
-# address after failed logins (PerSourcePenalties); MaxStartups drops connections without a word.
+# address for a while after failed logins (PerSourcePenalties).
 _REFUSALS = (b"Not allowed at this time",)
 
 
 def _refused_early(greeting: bytes) -> bool:
-    return b"SSH-" not in greeting and (not greeting.strip() or greeting.startswith(_REFUSALS))
+    # Silence alone is no proof: a TLS or HTTP service also closes on an SSH greeting.
+    return greeting.startswith(_REFUSALS)
 
 
 class _CountingSocket:
@@ -347,11 +348,10 @@ class Connection:
         if _refused_early(greeting) and not isinstance(exc, (socket.timeout, TimeoutError)):
             said = greeting.decode("ascii", "replace").strip()
             return HostUnreachable(
-                f"{self.host}:{self.port}{way} closed the connection before the SSH greeting"
-                + (f" (it said: {said!r})." if said else "."),
-                "The SSH server is refusing new connections from your address for now: recent OpenSSH "
-                "versions do this for a while after failed logins or many connections at once. Wait a "
-                "minute and try again; if it persists, ask the server's administrator.",
+                f"{self.host}:{self.port}{way} closed the connection before the SSH greeting (it said: {said!r}).",
+                "The SSH server is refusing new connections from your address for now: OpenSSH 9.8 and "
+                "later do this for a while after failed logins. Wait a few minutes and try again; if it "
+                "persists, ask the server's administrator.",
                 code="ssh.refused_early")
         if "banner" in str(exc).lower() or not spoke_ssh:
             return HostUnreachable(
