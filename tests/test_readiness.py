@@ -23,7 +23,8 @@ def test_ready_server_after_prepare(session_remote, testbed):
     assert list(df.columns) == ["id", "check", "ok", "detail", "hint", "remedy"]
     assert df["ok"].all(), df.to_string()
     rows = _rows(df)
-    assert "docker-compose (v1)" in rows["Docker Compose"].detail
+    assert {"v1": "docker-compose (v1) 1.29", "v2": "docker compose (v2) 2.26"}[testbed["compose"]] in \
+        rows["Docker Compose"].detail
     assert "held by labdeploy's proxy" in rows["Port 80"].detail
     assert readiness.experiments_that_fit(df) >= 1
     assert readiness.is_ready(df, need_stack=True)

@@ -29,7 +29,9 @@ def service_filter(service: Optional[str] = None) -> str:
     return f"label={SERVICE_LABEL}" + (f"={names.service(service)}" if service is not None else "")
 
 
-SERVER_VERSION = "command -v docker >/dev/null 2>&1 || exit 127; docker info --format '{{.ServerVersion}}'"
+# `docker version`, not `docker info`: Docker 26's `docker info --format` exits 0 when the daemon
+# refuses the user (permission denied), which would pass for a usable Docker.
+SERVER_VERSION = "command -v docker >/dev/null 2>&1 || exit 127; docker version --format '{{.Server.Version}}'"
 
 
 def server_version() -> list[str]:

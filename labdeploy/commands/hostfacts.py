@@ -13,7 +13,7 @@ from .shell import script
 # does not hide the other facts.
 FACTS = r"""
 echo '@@docker_path'; command -v docker 2>/dev/null || true
-echo '@@docker_info'; if command -v docker >/dev/null 2>&1; then docker info --format '{{.ServerVersion}}' 2>&1; echo "rc=$?"; fi
+echo '@@docker_info'; if command -v docker >/dev/null 2>&1; then docker version --format '{{.Server.Version}}' 2>&1; echo "rc=$?"; fi
 echo '@@compose'
 if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then echo "v2 $(docker compose version --short 2>/dev/null)";
 elif command -v docker-compose >/dev/null 2>&1; then echo "v1 $(docker-compose version --short 2>/dev/null)"; else echo none; fi
