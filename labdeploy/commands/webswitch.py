@@ -35,6 +35,11 @@ DRAIN = ('pid=$(docker inspect -f "{{.State.Pid}}" "$1") || exit 0; [ "$pid" -gt
 # on SIGTERM), after which Docker kills it; then it is removed.
 STOP_AND_REMOVE = 'docker stop -t "$2" "$1" >/dev/null && docker rm "$1" >/dev/null'
 
+# $1 = container id, $2 = seconds for each part, $3 = the web port in hex: DRAIN, then
+# STOP_AND_REMOVE, in one round trip (the drain in a subshell: its early exits end only it).
+# Prints the connections still open after the drain.
+RETIRE = '(' + DRAIN + '); ' + STOP_AND_REMOVE
+
 # $1... = container ids to remove at once (never served, or already replaced).
 REMOVE = '[ $# -eq 0 ] || docker rm -f "$@" >/dev/null'
 
@@ -69,6 +74,10 @@ def drain(container_id: str, seconds: int, port: int = layout.WEB_PORT) -> list[
 
 def stop_and_remove(container_id: str, grace: int) -> list[str]:
     return script(STOP_AND_REMOVE, _container_id(container_id), int(grace))
+
+
+def retire(container_id: str, grace: int, port: int = layout.WEB_PORT) -> list[str]:
+    return script(RETIRE, _container_id(container_id), int(grace), f"{int(port):04X}")
 
 
 def remove(container_ids: Iterable[str]) -> list[str]:
