@@ -141,19 +141,22 @@ def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_ti
         raise
     report(LogLine(f"participants now reach {new.name}; {live.name} finishes its requests (at most {grace} s)",
                    "switch"))
-    if after_switch is None:
-        _retire(remote, app, live, new, alias_site, grace, report)
-    else:
-        concurrent.together(lambda: _retire(remote, app, live, new, alias_site, grace, report), after_switch)
+    # The old one drains and stops while worker and clock are replaced (each on its own channel);
+    # then it is removed while Caddy names the alias again (a stopped container holds no alias).
+    concurrent.together(lambda: _retire(remote, live, grace, report), *((after_switch,) if after_switch else ()))
+    concurrent.together(lambda: remote.run(commands.remove([live.id]), timeout=120),
+                        lambda: _back_to_alias(remote, app, new, alias_site, report))
     return new
 
 
-def _retire(remote, app: str, live: WebContainer, new: WebContainer, alias_site: str, grace: int,
-            report: Reporter) -> None:
-    """The old container finishes its requests and goes (one command); Caddy names the alias again."""
+def _retire(remote, live: WebContainer, grace: int, report: Reporter) -> None:
+    """The old container finishes its requests and stops (one command)."""
     left = remote.run(commands.retire(live.id, grace), timeout=2 * grace + 120).stdout.strip()
     if left not in ("", "0"):
         report(LogLine(f"{left} connection(s) to {live.name} still open after {grace} s; stopping it", "switch"))
+
+
+def _back_to_alias(remote, app: str, new: WebContainer, alias_site: str, report: Reporter) -> None:
     try:  # only the new one holds the alias now
         _route(remote, app, alias_site, layout.web_alias(app))
     except LabdeployError as exc:  # Caddy stays pinned to the new container, which serves
