@@ -11,7 +11,9 @@ read into a DataFrame three ways, each in a fresh process (so peak memory is its
   read_sql (b) pandas.read_sql over an SSH tunnel (SQLAlchemy + psycopg)
 
 Targets: labdeploy within 1.3x of (a), at least 3x faster than (b), peak memory below 3x the
-DataFrame's own size. The server shares this machine's cores, so wall times move with whatever
+DataFrame's own size. At each network profile (`--profiles lan,wan`, bench/wan.py: the WAN one
+puts 50 ms each way and 20 Mbit/s between this computer and the server, and counts round
+trips); the WAN profile reads --wan-rows rows. The server shares this machine's cores, so wall times move with whatever
 else runs; local CPU seconds are printed too, as a steadier figure. Run: .venv/bin/python bench/export.py [--rows N] [--repeats R] [--keep]
 """
 
@@ -29,7 +31,7 @@ import tempfile
 import time
 
 TESTBED = os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
-APP = "t-exp-bench"
+APP = os.environ.get("LABDEPLOY_BENCH_APP", "t-exp-bench")  # the children read it too
 
 SCHEMA = """
 DROP TABLE IF EXISTS responses;
@@ -152,22 +154,49 @@ def child(method: str, kh: str, db: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rows at the LAN profile")
+    ap.add_argument("--wan-rows", type=int, default=100_000,
+                    help="rows at the WAN profile (20 Mbit/s: 100,000 rows are ~10 MB, ~4 s on the wire)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profiles", default="lan,wan", help="network profiles, in order (bench/wan.py)")
     ap.add_argument("--keep", action="store_true", help="keep the bench database for another run")
     ap.add_argument("--child", nargs=3, metavar=("METHOD", "KNOWN_HOSTS", "DB"))
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import wan
 
+    summary = {}
+    for profile in wan.profiles(args.profiles):
+        with wan.Network(testbed(), profile) as net:
+            print(f"--- {profile.describe()}", flush=True)
+            rows = args.rows if profile.name == "lan" else args.wan_rows
+            summary[profile.name] = run_profile(net, rows, args.repeats, args.keep)
+    print("\nside by side (median seconds of each method; round trips per export counted by the WAN relay, "
+          "connection included)")
+    names_ = list(summary)
+    print(f"{'method':<12}" + "".join(f"{p + ' rows':>14}{p + ' s':>9}{p + ' RTs':>10}" for p in names_))
+    for m in METHODS:
+        print(f"{m:<12}" + "".join(f"{summary[p]['rows']:>14,}{summary[p]['median'][m]:>9.2f}"
+                                   f"{summary[p]['trips'][m] if summary[p]['trips'][m] else '-':>10}" for p in names_))
+
+
+def run_profile(net, n_rows: int, repeats: int, keep: bool) -> dict:
+    """Every method `repeats` times at one network profile; prints its table, returns the medians."""
     from labdeploy.app import appcompose
     from labdeploy.server import database, layout, psql
     from labdeploy import names
 
-    tb = testbed()
+    tb = net.testbed
     kh = tempfile.NamedTemporaryFile("w", suffix="-known_hosts", delete=False)
     kh.write(tb["ssh"]["known_hosts_line"] + "\n")
     kh.close()
+    # The children read the testbed through the profile's relays (a 0600 file: it holds passwords).
+    tb_file = tempfile.NamedTemporaryFile("w", suffix="-testbed.json", delete=False)
+    json.dump(tb, tb_file)
+    tb_file.close()
+    env = dict(os.environ, PYTHONWARNINGS="ignore", LABDEPLOY_TESTBED=tb_file.name)
     remote = remote_for(tb, kh.name)
     db = names.db_identifier(APP)
     have = psql.run_sql(remote, "\\pset tuples_only on\n" + database.exists_sql(APP)).strip() == "1"
@@ -177,43 +206,47 @@ def main() -> None:
             rows = int(psql.run_sql(remote, "\\pset tuples_only on\nSELECT count(*) FROM responses;", db).strip())
         except Exception:
             rows = -1
-    if rows != args.rows:
-        print(f"preparing {args.rows:,} rows in {db} on {tb['ssh']['host']} ...", flush=True)
+    if rows != n_rows:
+        print(f"preparing {n_rows:,} rows in {db} on {tb['ssh']['host']} ...", flush=True)
         password = database.random_password()
         psql.run_sql(remote, database.provision_sql(APP, database.scram_verifier(password)))
         remote.makedirs(layout.app_dir(APP))
         remote.put_bytes(layout.app_secrets(APP), appcompose.secrets_env(
             {"DATABASE_URL": database.database_url(APP, password)}), mode=0o600)
-        psql.run_sql(remote, f"SET ROLE {db};\n" + SCHEMA.replace("%d", str(args.rows)), db, timeout=1200)
+        psql.run_sql(remote, f"SET ROLE {db};\n" + SCHEMA.replace("%d", str(n_rows)), db, timeout=1200)
     csv_mb = int(psql.run_sql(remote, "\\pset tuples_only on\nSELECT pg_table_size('responses');", db).strip()) / 2**20
     results: dict = {}
     runs: dict = {m: [] for m in METHODS}
+    trips: dict = {m: [] for m in METHODS}
     load_before = os.getloadavg()[0]
     try:
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for method in METHODS:
+                before = net.counts()
                 out = subprocess.run([sys.executable, __file__, "--child", method, kh.name, db], capture_output=True,
-                                     text=True, check=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                                     text=True, check=True, env=env)
+                trips[method].append(sum(net.since(before).values()))
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 runs[method].append(r["seconds"])
                 best = results.get(method)
                 if best is None or r["seconds"] < best["seconds"]:
                     results[method] = r
     finally:
-        if not args.keep:
+        if not keep:
             psql.run_sql(remote, database.drop_sql(APP))
             remote.run(["rm", "-rf", "--", layout.app_dir(APP)])
         os.unlink(kh.name)
+        os.unlink(tb_file.name)
         remote.close()
 
-    print(f"\nresponses: {args.rows:,} rows (table {csv_mb:.0f} MB on disk), best of {args.repeats} runs, "
+    print(f"\nresponses: {n_rows:,} rows (table {csv_mb:.0f} MB on disk), best of {repeats} runs, "
           f"each method in a fresh process; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores (the testbed server shares them)\n")
     print(f"{'method':<12}{'seconds':>9}{'local CPU s':>13}{'rows':>11}{'DataFrame MB':>14}{'peak MB':>9}"
-          f"{'peak/df':>9}")
+          f"{'peak/df':>9}{'round trips':>13}")
     for m, r in results.items():
         print(f"{m:<12}{r['seconds']:>9.2f}{r['cpu']:>13.2f}{r['rows']:>11,}{r['df_mb']:>14.0f}{r['peak_mb']:>9.0f}"
-              f"{r['peak_mb'] / r['df_mb']:>9.2f}")
+              f"{r['peak_mb'] / r['df_mb']:>9.2f}{statistics.median(trips[m]) if net.links else '-':>13}")
     ours, shell, rsql = results["labdeploy"], results["shell"], results["read_sql"]
     med = {m: statistics.median(v) for m, v in runs.items()}
     print("\nall runs (s): " + "; ".join(f"{m} " + ", ".join(f"{x:.2f}" for x in v) for m, v in runs.items()))
@@ -227,6 +260,8 @@ def main() -> None:
     print("\ndtypes:")
     for m, r in results.items():
         print(f"  {m:<10} " + ", ".join(f"{c}={t}" for c, t in r["dtypes"].items()))
+    return {"rows": n_rows, "median": med,
+            "trips": {m: statistics.median(v) if net.links else 0 for m, v in trips.items()}}
 
 
 if __name__ == "__main__":

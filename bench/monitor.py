@@ -12,7 +12,9 @@ clock, redis) running:
   status     labdeploy  monitor.status(remote): one round trip for all apps
              manual     `ssh server docker ps -a`, a new ssh process each time
 
-Targets: snapshot < 100 ms median and >= 10x faster than manual; status flat from 1 to 10
+At each network profile (`--profiles lan,wan`, bench/wan.py): the WAN one puts 50 ms each way
+and 20 Mbit/s between this computer and the server and counts the round trips of each call.
+Targets (LAN): snapshot < 100 ms median and >= 10x faster than manual; status flat from 1 to 10
 apps. The machine has 2 cores shared with other work: figures are medians of several runs.
 Run: .venv/bin/python bench/monitor.py [--repeats N] [--keep]
 """
@@ -32,6 +34,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from labdeploy.watch import monitor  # noqa: E402
+import wan  # noqa: E402  (bench/wan.py: the network profiles)
 from labdeploy.remote import Remote  # noqa: E402
 
 TESTBED = os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json")
@@ -80,11 +83,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30, help="labdeploy calls per figure")
     ap.add_argument("--manual-repeats", type=int, default=8, help="manual (new ssh) calls per figure")
+    ap.add_argument("--profiles", default="lan,wan", help="network profiles, in order (bench/wan.py)")
     ap.add_argument("--keep", action="store_true", help="leave the bench apps running")
     args = ap.parse_args()
 
     with open(TESTBED) as f:
-        tb = json.load(f)
+        tb0 = json.load(f)
+    summary = {}
+    for profile in wan.profiles(args.profiles):
+        with wan.Network(tb0, profile) as net:
+            print(f"\n===== {profile.describe()}", flush=True)
+            summary[profile.name] = run_profile(net, args)
+    names_ = list(summary)
+    print("\nside by side (median ms; round trips per call counted by the WAN relay, a new ssh's login included)")
+    print(f"{'what':<44}" + "".join(f"{p + ' ms':>10}{p + ' RTs':>9}" for p in names_))
+    for key, label in FIGURES:
+        print(f"{label:<44}" + "".join(f"{summary[p][0][key]:>10.1f}{summary[p][1].get(key) or '-':>9}"
+                                       for p in names_))
+
+
+FIGURES = ((("status", 10), "labdeploy status() (10 apps)"), ("ps_manual", "manual ssh docker ps -a"),
+           ("pg", "labdeploy pg_activity()"), ("pg_oneshot", "labdeploy pg_activity(persistent=False)"),
+           ("pg_manual", "manual ssh + compose exec psql"), ("pg_manual_direct", "manual ssh + docker exec psql"))
+
+
+def run_profile(net, args) -> tuple:
+    """Every figure at one network profile: ({key: median ms}, {key: round trips per call})."""
+    tb = net.testbed
     s = tb["ssh"]
     tmp = tempfile.mkdtemp(prefix="labdeploy-bench-monitor-")
     kh = os.path.join(tmp, "known_hosts")
@@ -106,6 +131,15 @@ def main() -> None:
 
     remove_apps(remote)
     results = {}
+    trips = {}
+
+    def counted(key, fn, repeats):
+        """timed(), and the round trips of one call (the relay's count over the repeats)."""
+        before = net.counts()
+        ms = timed(fn, repeats)
+        if net.links:
+            trips[key] = round(sum(net.since(before).values()) / repeats)
+        return ms
     try:
         # 1 app, 10 apps, then 1 app again: other work on the machine shifts the figures over
         # time, so the 1-app figure is taken before and after and the two are averaged.
@@ -119,17 +153,18 @@ def main() -> None:
                 start_apps(remote, tb["images"], 1, 1)
             total = len(monitor.status(remote))
             monitor.status(remote)  # warm
-            ms = timed(lambda: monitor.status(remote), args.repeats)
+            ms = counted(("status", n_apps), lambda: monitor.status(remote), args.repeats)
             results.setdefault(("status", n_apps), []).extend(ms)
             print(f"status, {n_apps:2d} bench apps ({total} labdeploy containers on the server in all):")
             print(f"  labdeploy status()        {fmt(ms)}")
             if n_apps == 10:
                 results["pg"] = timed(lambda: monitor.pg_activity(remote), 1)  # opens the persistent psql
-                results["pg"] = timed(lambda: monitor.pg_activity(remote), args.repeats)
-                results["pg_oneshot"] = timed(lambda: monitor.pg_activity(remote, persistent=False), args.repeats)
-                results["pg_manual"] = timed(manual_pg, args.manual_repeats)
-                results["pg_manual_direct"] = timed(manual_pg_direct, args.manual_repeats)
-        results["ps_manual"] = timed(manual_ps, args.manual_repeats)
+                results["pg"] = counted("pg", lambda: monitor.pg_activity(remote), args.repeats)
+                results["pg_oneshot"] = counted("pg_oneshot", lambda: monitor.pg_activity(remote, persistent=False),
+                                                args.repeats)
+                results["pg_manual"] = counted("pg_manual", manual_pg, args.manual_repeats)
+                results["pg_manual_direct"] = counted("pg_manual_direct", manual_pg_direct, args.manual_repeats)
+        results["ps_manual"] = counted("ps_manual", manual_ps, args.manual_repeats)
         print(f"  manual `ssh server docker ps -a` {fmt(results['ps_manual'])}")
 
         print("\npg_stat_activity snapshot (taken while the 10 bench apps ran):")
@@ -155,6 +190,7 @@ def main() -> None:
     print(f"  status 10 apps / 1 app: {ratio:.2f}x ({med[('status', 1)]:.1f} -> {med[('status', 10)]:.1f} ms; "
           f"flat means well under the 10x a per-app loop would cost): {'OK' if ratio < 2 else 'MISSED'}")
     print(f"  status vs manual `ssh server docker ps -a`: {med['ps_manual'] / med[('status', 10)]:.1f}x faster")
+    return med, trips
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ For each route: a first delivery (not measured) puts the previous version on the
 then one line of the experiment's code changes and getting the new image onto the server
 is measured.
 
-    .venv/bin/python bench/redeploy_transfer.py [--experiment examples/stroop] [--repeat 1]
+    .venv/bin/python bench/redeploy_transfer.py [--experiment examples/stroop] [--repeat 1] [--profiles lan,wan]
+
+At each network profile (bench/wan.py): the WAN one puts 50 ms each way and 20 Mbit/s on the
+SSH path and on both sides' registry paths, and counts the round trips of each route.
 
 Bytes over SSH come from Remote.stats (bytes on the TCP socket, both directions). Registry
 traffic (push + pull) is the compressed size of the layers the new manifest adds, read from
@@ -36,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from labdeploy.images import registry, transfer  # noqa: E402
 from labdeploy.experiment import folder
 from labdeploy.remote import Remote  # noqa: E402
+import wan  # noqa: E402  (bench/wan.py: the network profiles)
 
 TESTBED = Path(os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json"))
 
@@ -92,7 +96,7 @@ def registry_bytes(tb: dict, old_ref: str, new_ref: str) -> int:
     return 2 * sum(size for digest, size in new.items() if digest not in old)  # up once, down once
 
 
-def run_mode(remote: Remote, tb: dict, src: Path, mode: str, creds, workdir: Path) -> dict:
+def run_mode(remote: Remote, tb: dict, src: Path, mode: str, creds, workdir: Path, net) -> dict:
     exp = workdir / f"exp-{mode}"
     shutil.copytree(src, exp)
     app = f"t-img-bench-{mode.split('-')[0]}-{uuid.uuid4().hex[:6]}"
@@ -104,17 +108,19 @@ def run_mode(remote: Remote, tb: dict, src: Path, mode: str, creds, workdir: Pat
     changed = code_file(exp)
     one_line_change(changed)
     sent0, recv0 = remote.stats["bytes_sent"], remote.stats["bytes_received"]
+    trips = net.counts()
     t0 = time.perf_counter()
     got = transfer.deliver(remote, exp, **kwargs)
     wall = time.perf_counter() - t0
+    trips = sum(net.since(trips).values())
     assert got.ref != first.ref and transfer.server_image_id(remote, got.ref)
     reg = registry_bytes(tb, first.ref, got.ref) if mode == "registry" else 0
     return {"route": mode, "app": app, "refs": [first.ref, got.ref], "wall": wall,
             "ssh_sent": remote.stats["bytes_sent"] - sent0, "ssh_recv": remote.stats["bytes_received"] - recv0,
-            "registry": reg, "changed_file": changed.stat().st_size}
+            "registry": reg, "changed_file": changed.stat().st_size, "trips": trips}
 
 
-def run_plain_shell(tb: dict, src: Path, workdir: Path) -> dict:
+def run_plain_shell(tb: dict, src: Path, workdir: Path, net) -> dict:
     """The seed's way with the Docker CLI and the system ssh (a new SSH connection per command)."""
     exp = workdir / "exp-plain"
     shutil.copytree(src, exp)
@@ -150,13 +156,15 @@ def run_plain_shell(tb: dict, src: Path, workdir: Path) -> dict:
         release("v1")
         changed = code_file(exp)
         one_line_change(changed)
+        trips = net.counts()
         wall = release("v2")
+        trips = sum(net.since(trips).values())
         reg_bytes = registry_bytes(tb, f"{repo}:v1", f"{repo}:v2")
     finally:
         subprocess.run([*ssh, f"docker rmi {repo}:v1 {repo}:v2; rm -rf {server_cfg}"], capture_output=True)
         subprocess.run(["docker", "rmi", f"{repo}:v1", f"{repo}:v2"], capture_output=True)
     return {"route": "plain shell", "wall": wall, "ssh_sent": None, "ssh_recv": None, "registry": reg_bytes,
-            "changed_file": changed.stat().st_size, "refs": []}
+            "changed_file": changed.stat().st_size, "refs": [], "trips": trips}
 
 
 def cleanup(remote: Remote, results: list) -> None:
@@ -178,9 +186,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", help="experiment folder (default: examples/stroop)")
     parser.add_argument("--repeat", type=int, default=1, help="measured redeploys per route (median shown)")
+    parser.add_argument("--profiles", default="lan,wan", help="network profiles, in order (bench/wan.py)")
     args = parser.parse_args()
-    tb = json.loads(TESTBED.read_text())
+    tb0 = json.loads(TESTBED.read_text())
     src = pick_experiment(args.experiment)
+    summary = {}
+    for profile in wan.profiles(args.profiles):
+        with wan.Network(tb0, profile) as net:
+            print(f"\n===== {profile.describe()}", flush=True)
+            summary[profile.name] = run_profile(net, src, args.repeat)
+    names_ = list(summary)
+    print("\nside by side (median wall seconds; round trips counted by the WAN relays, ssh + registry)")
+    print(f"{'route':<13}" + "".join(f"{p + ' s':>9}{p + ' RTs':>10}" for p in names_))
+    for route in [*transfer.MODES, "plain shell"]:
+        print(f"{route:<13}" + "".join(f"{summary[p][route][0]:>9.2f}{summary[p][route][1] or '-':>10}"
+                                       for p in names_))
+    return 0
+
+
+def run_profile(net, src: Path, repeat: int) -> dict:
+    """Every route at one network profile; prints its table; {route: (median wall, round trips)}."""
+    tb = net.testbed
     s = tb["ssh"]
     with tempfile.TemporaryDirectory(prefix="labdeploy-bench-") as tmp:
         tmp = Path(tmp)
@@ -195,10 +221,10 @@ def main() -> int:
         results = []
         try:
             for mode in transfer.MODES:
-                runs = [run_mode(remote, tb, src, mode, creds, tmp / f"{mode}-{i}") for i in range(args.repeat)]
+                runs = [run_mode(remote, tb, src, mode, creds, tmp / f"{mode}-{i}", net) for i in range(repeat)]
                 results.extend(runs)
                 print(f"  measured {mode}", flush=True)
-            plain = [run_plain_shell(tb, src, tmp / f"plain-{i}") for i in range(args.repeat)]
+            plain = [run_plain_shell(tb, src, tmp / f"plain-{i}", net) for i in range(repeat)]
             results.extend(plain)
             print("  measured plain shell", flush=True)
         finally:
@@ -214,17 +240,19 @@ def main() -> int:
     print(f"\nchanged file: {human(changed)} (one line appended); plain-shell route = docker build + docker push "
           f"+ ssh server docker pull")
     print(f"{'route':<13} {'SSH sent':>10} {'SSH recv':>10} {'registry':>10} {'wall s':>7} "
-          f"{'sent/changed':>13} {'time vs plain':>14}")
+          f"{'sent/changed':>13} {'time vs plain':>14} {'round trips':>12}")
+    out = {}
     for route in [*transfer.MODES, "plain shell"]:
-        sent, recv, reg, wall = (med(route, k) for k in ("ssh_sent", "ssh_recv", "registry", "wall"))
+        sent, recv, reg, wall, trips = (med(route, k) for k in ("ssh_sent", "ssh_recv", "registry", "wall", "trips"))
         ratio = f"{sent / changed:.2f}x" if sent is not None else "-"
         vs = f"{wall / plain_wall:.2f}x" if plain_wall else "-"
         print(f"{route:<13} {human(sent) if sent is not None else 'n/a':>10} "
               f"{human(recv) if recv is not None else 'n/a':>10} {human(reg) if reg else '-':>10} "
-              f"{wall:>7.2f} {ratio:>13} {vs:>14}")
+              f"{wall:>7.2f} {ratio:>13} {vs:>14} {trips if trips else '-':>12}")
+        out[route] = (wall, trips)
     print("\nSSH sent/recv: bytes on the SSH socket (labdeploy's one connection); registry: compressed layers "
           "pushed + pulled; 'time vs plain' < 1 means faster than the plain-shell registry route.")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from labdeploy.commands import (apps, caddy, compose, containers, docker, entrypoints, files, hostfacts, images,
-                                jobs, locks, network, postgres, registry, sections, shell, sshkeys)
+                                jobs, locks, network, postgres, registry, sections, shell, sshkeys, webswitch)
 from labdeploy.errors import ValidationError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "labdeploy"
@@ -442,6 +442,63 @@ def test_labelled_containers_are_removed_by_their_label_only(tmp_path, fake_dock
     env, calls = fake_docker
     run(docker.remove_app_containers("my-app"), tmp_path, env=env)
     assert calls() == [["ps", "-aq", "--filter", "label=labdeploy.app=my-app"], ["rm", "-f", "c1", "web"]]
+
+
+def test_a_file_is_written_whole_with_its_mode_and_its_folder_made(tmp_path):
+    folder = "new $(x)/deeper"
+    assert run(files.write(folder, "secrets.env", 0o600), tmp_path, b"K=v\n").returncode == 0
+    target = tmp_path / folder / "secrets.env"
+    assert target.read_text() == "K=v\n" and target.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / folder).stat().st_mode & 0o777 == 0o755
+    assert run(files.write(folder, "secrets.env", 0o644), tmp_path, HOSTILE.encode()).returncode == 0
+    assert target.read_text() == HOSTILE and target.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["secrets.env"]  # no temporary left
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(ValueError):
+        files.write(folder, "../x", 0o644)
+
+
+@pytest.fixture
+def fake_caddy(tmp_path):
+    """A `docker` for the site script: `inspect` says whether Caddy runs ($RUNNING), `exec ...
+    reload` succeeds unless $REFUSE is set, and records what the site file held at the reload."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(
+        '#!/bin/sh\ncase "$1" in inspect) echo "$RUNNING";; exec) cat "$SITE" > "$SEEN" 2>/dev/null; '
+        '[ -z "$REFUSE" ] || { echo "Error: ambiguous" >&2; exit 1; };; esac\n')
+    (bindir / "docker").chmod(0o755)
+    sites = tmp_path / "caddy.d"
+    sites.mkdir()
+    return lambda **kw: {"PATH": f"{bindir}:/usr/bin:/bin", "RUNNING": "true", "REFUSE": "",
+                         "SITE": str(sites / "app"), "SEEN": str(tmp_path / "seen"), **kw}
+
+
+def test_a_site_is_written_and_reloaded_in_one_go_and_put_back_when_refused(tmp_path, fake_caddy):
+    site, seen = tmp_path / "caddy.d" / "app", tmp_path / "seen"
+    res = run(caddy.route("caddy.d", "app"), tmp_path, b"new site\n", env=fake_caddy(RUNNING="false"))
+    assert res.returncode == caddy.NOT_RUNNING and not site.exists()  # nothing written
+    assert run(caddy.route("caddy.d", "app"), tmp_path, b"first\n", env=fake_caddy()).returncode == 0
+    assert site.read_text() == seen.read_text() == "first\n" and site.stat().st_mode & 0o777 == 0o644
+    res = run(caddy.route("caddy.d", "app"), tmp_path, b"second\n", env=fake_caddy(REFUSE="1"))
+    assert res.returncode == caddy.REFUSED and b"ambiguous" in res.stderr
+    assert seen.read_text() == "second\n" and site.read_text() == "first\n"  # tried, then put back
+    site.unlink()
+    res = run(caddy.route("caddy.d", "app"), tmp_path, b"third\n", env=fake_caddy(REFUSE="1"))
+    assert res.returncode == caddy.REFUSED and not site.exists()  # there was none before
+    # Caddy imports every file of caddy.d: nothing but sites is ever left there, nor beside it.
+    assert sorted(p.name for p in (tmp_path / "caddy.d").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "caddy.d", "seen"]
+
+
+def test_the_old_web_container_is_stopped_even_when_it_has_stopped_already(tmp_path, fake_docker):
+    env, calls = fake_docker
+    cid = "0123abcd"
+    res = run(webswitch.retire(cid, 3), tmp_path, env=env)  # `inspect` prints no pid: no drain
+    assert res.returncode == 0
+    assert calls()[-1] == ["stop", "-t", "3", cid]
+    with pytest.raises(ValueError):
+        webswitch.retire("x; rm -rf /", 3)
 
 
 # ------------------------------------------------------------------ parsers on sample outputs

@@ -16,11 +16,11 @@ from ..server import layout
 
 def upload(remote, app: str, experiment_dir: Path, reporter: Reporter) -> int:
     """experiment/assets -> ~/dallinger-data/<app>/assets; returns the number of files."""
-    remote.makedirs(layout.app_data(app), 0o755)
     src = experiment_dir / "assets"
     if src.is_symlink():
         folder.link_target(experiment_dir.resolve(), "assets")  # refused if it leads out of the folder
     if not src.is_dir():
+        remote.makedirs(layout.app_data(app), 0o755)  # the app's data folder, mounted into it
         return 0
     buf = io.BytesIO()
     count = 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,9 +36,9 @@ from ..experiment import dallinger, folder
 from ..images import localdocker, transfer
 from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, WarningEvent, null_reporter, step
 from ..redaction import redact, redacting
-from ..server import caddy, compose, database, layout, maintenance, pooler, psql, readiness, stack, webcheck
+from ..server import appstate, caddy, compose, database, layout, maintenance, pooler, psql, readiness, stack, webcheck
 from ..server.locks import DeployLock
-from ..ssh import pool
+from ..ssh import concurrent, pool
 from ..watch import containers, jobs, participants
 from . import appcompose, appdata, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
     webprobe, webupdate
@@ -124,10 +123,7 @@ def _sub_reporter(reporter: Reporter, source: str) -> Reporter:
 def _together(*calls) -> None:
     """Run independent remote calls at once, each on its own channel of the one connection
     (a round trip each, overlapped); the first failure is raised once all have finished."""
-    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="labdeploy-deploy") as workers:
-        futures = [workers.submit(call) for call in calls]
-    for future in futures:
-        future.result()
+    concurrent.together(*calls)
 
 
 class Deploy:
@@ -329,16 +325,14 @@ class Deploy:
         text = appcompose.secrets_env(self.values)
         self.mask([password, self.values["dashboard_password"]])
 
-        def secrets_file() -> None:
-            remote.makedirs(layout.app_dir(app), 0o755)
-            remote.put_bytes(layout.app_secrets(app), text, mode=0o600)
-            if self.use_pooler:  # its password only, in a file of its own (kept when off: a rollback may need it)
-                remote.put_bytes(f"{layout.app_dir(app)}/{pooler.ENV_FILE}", pooler.env_file(password), mode=0o600)
+        def pooler_file() -> None:  # its password only, in a file of its own (kept when off: a rollback may need it)
+            appstate.write(remote, f"{layout.app_dir(app)}/{pooler.ENV_FILE}", pooler.env_file(password), 0o600)
 
         _together(self.lock.refresh,  # records the version, restarts the expiry clock after a long build
                   lambda: psql.run_sql(remote, database.provision_sql(app, database.scram_verifier(password),
                                                                       opts.connection_limit)),
-                  secrets_file)
+                  lambda: appstate.write(remote, layout.app_secrets(app), text, 0o600),
+                  *((pooler_file,) if self.use_pooler else ()))
         if self.facts.secrets_text is not None:
             self.undo.append(("secrets", lambda: remote.put_bytes(layout.app_secrets(app), self.facts.secrets_text,
                                                                   mode=0o600)))
@@ -347,21 +341,19 @@ class Deploy:
 
     def start(self) -> None:
         remote, app, opts = self.remote, self.app, self.options
-        _participants_first(self)
         document = appcompose.app_compose_document(
             app, self.delivered.ref, version=self.version, commands=self.commands, environment=self.config,
             redis_image=self.redis_image, processes=self.processes, connection_limit=opts.connection_limit,
             pooler_image=self.remembered["pgbouncer_image"]["value"] if self.use_pooler else None)
-        assets.upload(remote, app, self.experiment_dir, self.report)
-        if self.use_pooler:  # mounted read-only into the processes (labdeploy.server.pooler)
-            remote.makedirs(f"{layout.app_dir(app)}/{pooler.PYTHON_DIR}", 0o755)
-            remote.put_bytes(f"{layout.app_dir(app)}/{pooler.PYTHON_DIR}/sitecustomize.py", pooler.SITECUSTOMIZE,
-                             mode=0o644)
+        before = _before_start(self)
         self.host, self.seen = f"{app}.{self.settings.domain or 'localhost'}", []  # seen: for launch's wait
         text = appcompose.app_compose_yaml(document)
-        if webupdate.switchable(self, document) and webupdate.start(self, text):
-            return  # the new web process serves, checked before any participant reached it
-        remote.put_bytes(layout.app_compose(app), text, mode=0o644)
+        if webupdate.switchable(self, document):
+            if webupdate.start(self, text, alongside=before):
+                return  # the new web process serves, checked before any participant reached it
+            before = ()  # done alongside the switch's first steps
+        _together(*before)
+        appstate.write(remote, layout.app_compose(app), text, 0o644)
         self.undo.append(("processes", self.put_processes_back))
         try:
             compose.run_app(remote, app, ["up", "-d", "--remove-orphans"], reporter=self.reporter)
@@ -387,7 +379,7 @@ class Deploy:
         deploy, the new containers stopped (data volumes stay). True when the previous runs."""
         remote, app, before = self.remote, self.app, self.facts
         if before.compose_text and before.deployed:
-            remote.put_bytes(layout.app_compose(app), before.compose_text, mode=0o644)
+            appstate.write(remote, layout.app_compose(app), before.compose_text, 0o644)
             compose.run_app(remote, app, ["up", "-d", "--remove-orphans"], reporter=self.reporter, timeout=300)
             return True
         compose.run_app(remote, app, ["down", "--remove-orphans"], reporter=self.reporter, timeout=300, check=False)
@@ -409,18 +401,10 @@ class Deploy:
         site = maintenance.carry(self.facts.site_text, caddy.site_block(self.app, self.settings))
         if site != (self.facts.site_text or ""):
             self.undo.append(("route", self.put_route_back))
-            self.remote.put_bytes(layout.caddy_site(self.app), site, mode=0o644)
-            stack.reload_caddy(self.remote)
+            stack.route_site(self.remote, self.app, site)  # written and reloaded in one round trip
 
     def put_route_back(self) -> None:
-        if self.facts.site_text is not None:
-            self.remote.put_bytes(layout.caddy_site(self.app), self.facts.site_text, mode=0o644)
-        else:
-            self.remote.remove(layout.caddy_site(self.app))
-        try:
-            stack.reload_caddy(self.remote)
-        except LabdeployError as exc:
-            self.report(LogLine(f"caddy reload: {exc.message}", "rollback"))
+        _put_route_back(self)
 
     # ------------------------------------------------------------------ 7. launch
 
@@ -555,6 +539,38 @@ def _participants_first(d: Deploy) -> None:
         participants.wait_idle(d.remote, d.app, float(d.options.idle_timeout), reporter=_sub_reporter(d.report,
                                                                                                     "participants"))
         d.lock.refresh()  # a long wait must not let the lock expire under the update
+
+
+def _before_start(d: Deploy) -> list:
+    """The calls the start step needs done first, independent of each other (so each can go on
+    its own channel of the connection): the participants said, the assets, the pooler's
+    sitecustomize. When the update waits for participants, that wait is done here, before
+    anything changes."""
+    remote, app = d.remote, d.app
+
+    def sitecustomize() -> None:  # mounted read-only into the processes (labdeploy.server.pooler)
+        appstate.write(remote, f"{layout.app_dir(app)}/{pooler.PYTHON_DIR}/sitecustomize.py", pooler.SITECUSTOMIZE,
+                       0o644)
+
+    if d.options.wait_idle:
+        _participants_first(d)
+    return [*(() if d.options.wait_idle else (lambda: _participants_first(d),)),
+            lambda: assets.upload(remote, app, d.experiment_dir, d.report), *((sitecustomize,) if d.use_pooler else ())]
+
+
+def _put_route_back(d: Deploy) -> None:
+    """Undo of route: the previous site file served again (or none)."""
+    try:
+        if d.facts.site_text is not None:
+            stack.route_site(d.remote, d.app, d.facts.site_text)
+        else:
+            d.remote.remove(layout.caddy_site(d.app))
+            stack.reload_caddy(d.remote)
+    except LabdeployError as exc:
+        if d.facts.site_text is not None and exc.code == "stack.caddy.not_running":
+            # Nothing was written: the file says again what Caddy will serve once it runs.
+            appstate.write(d.remote, layout.caddy_site(d.app), d.facts.site_text, 0o644)
+        d.report(LogLine(f"caddy reload: {exc.message}", "rollback"))
 
 
 def _failure_logs(d: Deploy, exc: BaseException) -> str:

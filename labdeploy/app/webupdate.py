@@ -8,11 +8,14 @@ that changes more than the processes (Redis, the pooler, networks) is started pl
 
 from __future__ import annotations
 
+import contextlib
 import time
+
 import yaml
 
 from ..progress import LogLine
-from ..server import compose, layout, webcheck, webswitch
+from ..server import appstate, compose, layout, webcheck, webswitch
+from ..ssh import concurrent
 from . import webprobe
 
 PROCESSES = set(layout.PROCESS_SERVICES)
@@ -36,12 +39,30 @@ def switchable(d, document: dict) -> bool:
     return rest(old) == rest(document)
 
 
-def start(d, compose_yaml: str) -> bool:
+def start(d, compose_yaml: str, alongside=()) -> bool:
     """Write the new compose file and switch the web process; then replace worker and clock.
-    False (nothing changed) when no web container serves now: the caller starts plainly."""
+    False (nothing changed) when no web container serves now: the caller starts plainly.
+    `alongside`: independent calls (assets, ...) run with the switch's first steps, each on its
+    own channel; they have run when this returns or raises."""
     remote, app, opts = d.remote, d.app, d.options
-    remote.put_bytes(layout.app_compose(app), compose_yaml, mode=0o644)
     d.undo.append(("processes", lambda: switch_back(d)))
+    found: list = []
+
+    def pin() -> None:  # nothing a participant notices: Caddy names the live container
+        found.append(webswitch.pin(remote, app, site_text=d.facts.site_text, reporter=d.report))
+
+    try:
+        # Their failures first: NoLiveWeb must not hide one (the caller would go on plainly).
+        concurrent.together(*alongside, lambda: appstate.write(remote, layout.app_compose(app), compose_yaml, 0o644),
+                            pin)
+    except webswitch.NoLiveWeb:
+        d.undo.pop()
+        return False
+    except BaseException:
+        if found:  # best effort: Caddy names the alias again
+            with contextlib.suppress(Exception):
+                webswitch.unpin(remote, app, found[0])
+        raise
     launch = bool(opts.launch)
     d.gated = True  # from here on the running version is only replaced once the new one passed
 
@@ -50,13 +71,17 @@ def start(d, compose_yaml: str) -> bool:
             webprobe.launch(port, d.host, opts.launch_attempts, d.report)
         webcheck.healthy(port, d.host, opts.health_path, 30)
 
-    try:
-        webswitch.switch(remote, app, gate=gate, host=d.host, start_timeout=opts.start_timeout, reporter=d.report)
-    except webswitch.NoLiveWeb:
-        d.undo.pop()
-        return False
+    def after_switch() -> None:  # worker and clock, while the old web container finishes
+        d.switched = True
+        _replace_others(d)
+
+    # Without worker or clock, `compose up` names no service and would touch web: after the switch.
+    overlap = any(p != "web" for p in d.processes)
+    webswitch.switch(remote, app, gate=gate, host=d.host, start_timeout=opts.start_timeout, reporter=d.report,
+                     pinned=found[0], after_switch=after_switch if overlap else None)
+    if not overlap:
+        after_switch()
     d.switched = True
-    _replace_others(d)
     return True
 
 
@@ -72,7 +97,7 @@ def switch_back(d) -> bool:
     """Undo: the previous compose file, and (once the switch was made) its web container
     switched back the same way, then its worker and clock. True when the previous version runs."""
     remote, app, before = d.remote, d.app, d.facts
-    remote.put_bytes(layout.app_compose(app), before.compose_text, mode=0o644)
+    appstate.write(remote, layout.app_compose(app), before.compose_text, 0o644)
     if not getattr(d, "switched", False):
         return True  # the running version was never touched
 

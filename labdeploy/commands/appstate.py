@@ -21,9 +21,9 @@ FACTS = ('[ -d "$1" ] && echo @@appdir; echo @@stack; cat dallinger/stack.json 2
 
 # $1 = the assets folder; the new content comes as a gzipped tar on stdin and replaces the
 # old one whole (a half-written folder never serves).
-SWAP_ASSETS = ('d="$1"; rm -rf "$d.new" && mkdir -p "$d.new" && tar -xzf - -C "$d.new" --no-same-owner && '
-               'chmod -R a+rX "$d.new" && rm -rf "$d.old" && { [ ! -d "$d" ] || mv "$d" "$d.old"; } && '
-               'mv "$d.new" "$d" && rm -rf "$d.old"')
+SWAP_ASSETS = ('d="$1"; (umask 022 && mkdir -p "${d%/*}") && rm -rf "$d.new" && mkdir -p "$d.new" && '
+               'tar -xzf - -C "$d.new" --no-same-owner && chmod -R a+rX "$d.new" && rm -rf "$d.old" && '
+               '{ [ ! -d "$d" ] || mv "$d" "$d.old"; } && mv "$d.new" "$d" && rm -rf "$d.old"')
 
 # $1 = label filter of the app's containers, $2 = lines per process. Redis is left out.
 LOGS_TAIL = ('for c in $(docker ps -aq --filter "$1"); do '

@@ -120,3 +120,17 @@ def replace_and_append(folder: str, name: str, log_name: str, line: str) -> list
     """Replace folder/name with stdin and append `line` (no secret: it is on the command line)
     to folder/log_name."""
     return script(REPLACE_AND_APPEND, folder, name, log_name, line)
+
+
+# $1 = folder (made 0755 if missing), $2 = file name, $3 = its mode (octal); stdin = the content.
+# Written atomically: a temporary file that only its owner can read, then the mode, then a
+# rename over. One round trip, as against a folder check, an open, a mode and a rename.
+WRITE = ('(umask 022 && mkdir -p "$1") && umask 077 && t="$1/.$2.$$.tmp" && '
+         '{ cat > "$t" && chmod "$3" "$t" && mv -f "$t" "$1/$2" || { rm -f "$t"; exit 1; }; }')
+
+
+def write(folder: str, name: str, mode: int) -> list[str]:
+    """Replace folder/name with stdin, atomically, with exactly `mode` (see WRITE)."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    return script(WRITE, folder, name, f"{int(mode):o}")

@@ -31,9 +31,13 @@ DRAIN = ('pid=$(docker inspect -f "{{.State.Pid}}" "$1") || exit 0; [ "$pid" -gt
          'awk -v p=":$3" \'substr($2, length($2) - 4) == p && $4 == "01"\' | wc -l); '
          '[ "$n" -eq 0 ] || [ "$(date +%s)" -ge "$end" ] && break; sleep 0.2; done; echo "$n"')
 
-# $1 = container id, $2 = seconds it has to finish its requests (gunicorn stops gracefully
-# on SIGTERM), after which Docker kills it; then it is removed.
-STOP_AND_REMOVE = 'docker stop -t "$2" "$1" >/dev/null && docker rm "$1" >/dev/null'
+# $1 = container id, $2 = seconds to drain, then to finish (gunicorn stops gracefully on
+# SIGTERM; Docker kills it after), $3 = the web port in hex: DRAIN, then a
+# graceful stop, in one round trip (the drain in a subshell: its early exits end only it).
+# Prints the connections still open after the drain. The container stays, stopped: Compose
+# may be listing the project's containers meanwhile (worker and clock being replaced), and
+# one removed under it fails that `compose up`. `remove` takes it afterwards.
+RETIRE = '(' + DRAIN + '); docker stop -t "$2" "$1" >/dev/null'
 
 # $1... = container ids to remove at once (never served, or already replaced).
 REMOVE = '[ $# -eq 0 ] || docker rm -f "$@" >/dev/null'
@@ -67,8 +71,8 @@ def drain(container_id: str, seconds: int, port: int = layout.WEB_PORT) -> list[
     return script(DRAIN, _container_id(container_id), int(seconds), f"{int(port):04X}")
 
 
-def stop_and_remove(container_id: str, grace: int) -> list[str]:
-    return script(STOP_AND_REMOVE, _container_id(container_id), int(grace))
+def retire(container_id: str, grace: int, port: int = layout.WEB_PORT) -> list[str]:
+    return script(RETIRE, _container_id(container_id), int(grace), f"{int(port):04X}")
 
 
 def remove(container_ids: Iterable[str]) -> list[str]:

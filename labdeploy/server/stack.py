@@ -580,17 +580,40 @@ def backup_service_running(remote) -> bool:
     return layout.BACKUP_CONTAINER in _running_images(remote)
 
 
+def route_site(remote, app: str, text: str) -> None:
+    """Write the app's site file and make Caddy serve it, in one round trip. Caddy not running:
+    nothing is written. A site Caddy refuses: the previous file is back, the old config live."""
+    res = remote.run(caddy_commands.route(layout.caddy_dir(), names.app_name(app)), stdin=text.encode(),
+                     check=False, timeout=60)
+    if res.exit_status == caddy_commands.NOT_RUNNING:
+        raise _caddy_not_running()
+    if res.exit_status == caddy_commands.REFUSED:
+        raise _caddy_refused(res)
+    if res.exit_status != 0:
+        raise CommandFailed(f"Writing the site of {app!r} failed on {remote.host}:\n{(res.stderr or res.stdout).strip()}",
+                            "Check the free disk space and the permissions of ~/dallinger/caddy.d on the server.",
+                            argv=list(res.argv), exit_status=res.exit_status, stdout=res.stdout, stderr=res.stderr)
+
+
+def _caddy_not_running() -> StackError:
+    return StackError("The web proxy (Caddy) is not running on the server.",
+                      code="stack.caddy.not_running", remedy=Remedy("stack.prepare"))
+
+
+def _caddy_refused(res) -> StackError:
+    err = (res.stderr or res.stdout).strip()
+    return StackError(f"Caddy refused the new configuration:\n{err[-1500:]}",
+                      "Fix or remove the site file it names in ~/dallinger/caddy.d/, then reload again.",
+                      code="stack.caddy.config_refused")
+
+
 def reload_caddy(remote) -> None:
     """Make Caddy read the Caddyfile and caddy.d/* again (after a site was added or removed).
 
     A bad site file is rejected by Caddy and the old config stays live; the error says which.
     """
     if not _container_running(remote, layout.CADDY_CONTAINER):
-        raise StackError("The web proxy (Caddy) is not running on the server.",
-                         code="stack.caddy.not_running", remedy=Remedy("stack.prepare"))
+        raise _caddy_not_running()
     res = remote.run(caddy_commands.reload(layout.CADDY_CONTAINER), check=False, timeout=60)
     if res.exit_status != 0:
-        err = (res.stderr or res.stdout).strip()
-        raise StackError(f"Caddy refused the new configuration:\n{err[-1500:]}",
-                         "Fix or remove the site file it names in ~/dallinger/caddy.d/, then reload again.",
-                         code="stack.caddy.config_refused")
+        raise _caddy_refused(res)

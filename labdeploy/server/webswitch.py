@@ -24,6 +24,7 @@ from typing import Callable, Optional
 from . import appstate, caddy, compose, layout, stack, webcheck
 from ..commands import docker, webswitch as commands
 from ..errors import LabdeployError
+from ..ssh import concurrent
 from ..progress import LogLine, Reporter, null_reporter
 
 DEFAULT_GRACE = 30  # seconds the old container has to finish its requests (gunicorn's own default)
@@ -64,24 +65,30 @@ def live_web(remote, app: str, site_text: Optional[str]) -> tuple[Optional[WebCo
 
 def _route(remote, app: str, site_text: str, upstream: str) -> None:
     """Caddy sends the app's requests to `upstream` (graceful: requests in flight finish where
-    they are). A refused configuration leaves the old one live, and its file back in place."""
-    remote.put_bytes(layout.caddy_site(app), caddy.with_upstream(site_text, upstream), mode=0o644)
-    try:
-        stack.reload_caddy(remote)
-    except BaseException:
-        remote.put_bytes(layout.caddy_site(app), site_text, mode=0o644)
-        raise
+    they are), in one round trip. A refused configuration leaves the old one live, and its file
+    back in place."""
+    stack.route_site(remote, app, caddy.with_upstream(site_text, upstream))
 
 
-def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_timeout: float = 120,
-           grace: int = DEFAULT_GRACE, reporter: Optional[Reporter] = None) -> WebContainer:
-    """Start a web container from the app's compose file beside the live one, `gate(port)` it
-    (a forwarded port to it: check health, launch; raise to refuse it), switch Caddy to it,
-    and let the old one finish and go. Until the switch, the live container is never touched:
-    any failure removes the new one and raises. Returns the new container.
-    Raises NoLiveWeb when nothing serves now (then a plain `compose up` loses nothing)."""
+_UNREAD = object()
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A switch's first half done: Caddy sends everything to `live` by its name."""
+    live: WebContainer
+    site_text: str
+    alias_site: str
+
+
+def pin(remote, app: str, *, site_text=_UNREAD, reporter: Optional[Reporter] = None) -> Pinned:
+    """The first half of a switch, which participants do not notice: find the live web
+    container, remove any an earlier switch left, and pin Caddy to the live one by name.
+    Raises NoLiveWeb when nothing serves now (then a plain `compose up` loses nothing).
+    `site_text`: the app's site file as the caller read it under the app's lock (saves a read)."""
     report = reporter or null_reporter
-    site_text = appstate.read_text(remote, layout.caddy_site(app))
+    if site_text is _UNREAD:
+        site_text = appstate.read_text(remote, layout.caddy_site(app))
     live, others = live_web(remote, app, site_text)
     if live is None or site_text is None or caddy.site_upstream(site_text) is None:
         raise NoLiveWeb(f"No web container of {app!r} is serving through Caddy now.",
@@ -91,6 +98,28 @@ def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_ti
         report(LogLine(f"removed {len(others)} web container(s) an earlier switch left", "switch"))
     alias_site = caddy.with_upstream(site_text, layout.web_alias(app))
     _route(remote, app, alias_site, live.name)  # pinned: the new one gets nothing yet
+    return Pinned(live, site_text, alias_site)
+
+
+def unpin(remote, app: str, pinned: Pinned) -> None:
+    """Caddy names the alias again (after a switch given up before its second half)."""
+    _route(remote, app, pinned.alias_site, layout.web_alias(app))
+
+
+def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_timeout: float = 120,
+           grace: int = DEFAULT_GRACE, reporter: Optional[Reporter] = None, pinned: Optional[Pinned] = None,
+           after_switch: Optional[Callable[[], None]] = None) -> WebContainer:
+    """Start a web container from the app's compose file beside the live one, `gate(port)` it
+    (a forwarded port to it: check health, launch; raise to refuse it), switch Caddy to it,
+    and let the old one finish and go. Until the switch, the live container is never touched:
+    any failure removes the new one and raises. Returns the new container.
+    Raises NoLiveWeb when nothing serves now (then a plain `compose up` loses nothing).
+    `pinned`: the first half (`pin`), when the caller did it alongside other work.
+    `after_switch`: work that needs the switch made (worker and clock) and runs on its own
+    channel while the old container finishes; its failure is raised once that one is gone."""
+    report = reporter or null_reporter
+    pinned = pinned or pin(remote, app, reporter=report)
+    live, site_text, alias_site = pinned.live, pinned.site_text, pinned.alias_site
     new = None
     try:
         compose.run_app(remote, app, ["up", "-d", "--no-deps", "--no-recreate", "--scale", "web=2", "web"],
@@ -112,15 +141,26 @@ def switch(remote, app: str, *, gate: Callable[[int], None], host: str, start_ti
         raise
     report(LogLine(f"participants now reach {new.name}; {live.name} finishes its requests (at most {grace} s)",
                    "switch"))
-    left = remote.run(commands.drain(live.id, grace), check=False, timeout=grace + 60).stdout.strip()
+    # The old one drains and stops while worker and clock are replaced (each on its own channel);
+    # then it is removed while Caddy names the alias again (a stopped container holds no alias).
+    concurrent.together(lambda: _retire(remote, live, grace, report), *((after_switch,) if after_switch else ()))
+    concurrent.together(lambda: remote.run(commands.remove([live.id]), timeout=120),
+                        lambda: _back_to_alias(remote, app, new, alias_site, report))
+    return new
+
+
+def _retire(remote, live: WebContainer, grace: int, report: Reporter) -> None:
+    """The old container finishes its requests and stops (one command)."""
+    left = remote.run(commands.retire(live.id, grace), timeout=2 * grace + 120).stdout.strip()
     if left not in ("", "0"):
         report(LogLine(f"{left} connection(s) to {live.name} still open after {grace} s; stopping it", "switch"))
-    remote.run(commands.stop_and_remove(live.id, grace), timeout=grace + 120)
+
+
+def _back_to_alias(remote, app: str, new: WebContainer, alias_site: str, report: Reporter) -> None:
     try:  # only the new one holds the alias now
         _route(remote, app, alias_site, layout.web_alias(app))
     except LabdeployError as exc:  # Caddy stays pinned to the new container, which serves
         report(LogLine(f"Caddy still names {new.name}, not the alias: {exc.message}", "switch"))
-    return new
 
 
 def _abandon(remote, app: str, new: Optional[WebContainer], site_text: str, report: Reporter) -> None:
@@ -131,8 +171,13 @@ def _abandon(remote, app: str, new: Optional[WebContainer], site_text: str, repo
         if leftover:
             remote.run(commands.remove(c.id for c in leftover), timeout=120)
             report(LogLine(f"removed {new.name}; the running version kept serving", "switch"))
-        remote.put_bytes(layout.caddy_site(app), site_text, mode=0o644)
-        stack.reload_caddy(remote)
+        try:
+            stack.route_site(remote, app, site_text)
+        except LabdeployError:
+            # Refused (another site is broken) or Caddy is down: the file as it was all the same;
+            # Caddy takes it at its next reload.
+            appstate.write(remote, layout.caddy_site(app), site_text, 0o644)
+            raise
     except Exception as exc:  # noqa: BLE001 - the original failure matters more
         report(LogLine(f"(cleaning up after the failed switch: {exc})", "switch"))
 
@@ -147,6 +192,8 @@ def _last_lines(remote, new: WebContainer, lines: int = 40) -> str:
 
 def _address(remote, app: str, new: WebContainer, timeout: float) -> str:
     """The new container's address on the shared network (it has one once it runs)."""
+    if new.ip and new.state == "running":
+        return new.ip  # read just now, with the list that found it
     deadline = time.monotonic() + min(timeout, 30)
     while True:
         now = _state(remote, app, new)
