@@ -132,6 +132,27 @@ def naming_problems(modules: dict) -> list[str]:
     return problems
 
 
+def server_of(nodeid: str):
+    """The testbed server a test id runs on ("...[bookworm]", "...[trixie-crash at start]"), or None."""
+    if not nodeid.endswith("]") or "[" not in nodeid:
+        return None
+    params = nodeid[nodeid.index("[") + 1:-1].split("-")
+    return next((server for server in SERVERS if server in params), None)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist one worker runs all of a server's tests, in order: they share that
+    server's stack, so they must not run at once. Other tests are spread by module."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class PerServer(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            server = server_of(nodeid)
+            return f"server {server}" if server else nodeid.rsplit("::", 1)[0]
+
+    return PerServer(config, log)
+
+
 def _keep_marked_servers(config, items) -> None:
     """`@pytest.mark.servers("trixie")`: a test that proves nothing more on the other server (what
     it exercises is the same code on both, and both run elsewhere) runs on the named one only."""
@@ -162,11 +183,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.unit)
         elif uses:
             item.add_marker(pytest.mark.testbed)
-        server = getattr(item, "callspec", None) and item.callspec.params.get("testbed")
-        if server:
-            # Under pytest-xdist (--dist loadgroup) one worker runs all of a server's tests in
-            # order: they share that server's stack, so they must not run at once.
-            item.add_marker(pytest.mark.xdist_group(server))
     _keep_marked_servers(config, items)
     partial = any("::" in str(arg) for arg in config.args) or config.getoption("lf", False)
     problems = [p for p in naming_problems(modules) if not (partial and "needs no testbed" in p)]
