@@ -25,6 +25,16 @@ def _load_testbed() -> dict:
     return json.loads(TESTBED_FILE.read_text())
 
 
+def on_server_filesystem(testbed: dict, argv: list) -> list:
+    """A root command on this machine that acts on the testbed server's own filesystem (the
+    trixie server's is in a mount namespace of its own)."""
+    pidfile = testbed.get("mount_ns_pidfile")
+    if not pidfile:
+        return list(argv)
+    pid = Path(pidfile).read_text().strip()
+    return ["nsenter", f"--mount=/proc/{pid}/ns/mnt", *argv]
+
+
 def server_view(data: dict, flavour: str) -> dict:
     """The testbed's details as seen for one server: its ssh/docker/http/netns at the top, and
     `file`, the JSON file that describes it the same way (for notebooks: LABDEPLOY_TESTBED)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import on_server_filesystem
 from labdeploy import backup, export
 from labdeploy.app import apps, deploy
 from labdeploy.server import layout, psql, stack
@@ -287,20 +288,21 @@ def test_postgres_killed_in_the_middle_of_a_backup_fails_that_run_only(deployed,
 
 
 @pytest.fixture
-def small_backup_disk(deployed):
+def small_backup_disk(deployed, testbed):
     """A real 2 MB filesystem where BIG's backups go, seen by the backup service."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs on the testbed server's disk needs root")
     remote = deployed
     folder = f"{remote.home}/{layout.app_backups(BIG)}"
     uid, gid = remote.run(["sh", "-c", 'printf "%s %s" "$(id -u)" "$(id -g)"']).stdout.split()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=2m,uid={uid},gid={gid},mode=0700", "tmpfs", folder],
+    subprocess.run(on_server_filesystem(testbed, ["mount", "-t", "tmpfs", "-o",
+                                                  f"size=2m,uid={uid},gid={gid},mode=0700", "tmpfs", folder]),
                    check=True)
     remote.run(["docker", "restart", "dallinger-backup"])  # bind mounts take the submounts present at start
     try:
         yield folder
     finally:
-        subprocess.run(["umount", folder], check=False)
+        subprocess.run(on_server_filesystem(testbed, ["umount", folder]), check=False)
         remote.run(["docker", "restart", "dallinger-backup"])
 
 
