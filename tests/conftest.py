@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,17 @@ def server_view(data: dict, flavour: str) -> dict:
 def testbed(request) -> dict:
     """The details of one testbed server: ssh, registry, docker, http, images, file."""
     return server_view(_load_testbed(), request.param)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to resolve or connect fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("network used")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ local commands only.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
@@ -21,16 +20,6 @@ from labdeploy.errors import (ConnectTimeout, HostUnreachable, LabdeployError, R
                               ValidationError)
 from labdeploy.remote import Remote
 from labdeploy.ssh import jump, servers
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network used")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def ssh_config(home: Path, text: str) -> Path:

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
 from labdeploy.ssh import servers
 from labdeploy.errors import ValidationError
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to resolve or connect fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("network used")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.mark.parametrize("host", ["fe80::1%$(id);", '::1%x {\n\trespond "injected" 200\n}\nzzz.localhost',
