@@ -9,6 +9,7 @@ local commands only.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
