@@ -13,6 +13,10 @@ from labdeploy.server import psql
 from labdeploy.widgets.backups import BackupsPanel
 from deploy_support import drop_data_only, prepare_local_stack
 
+# The panels and notebooks drive the same core calls that run on both servers in the API tests;
+# to keep the suite's time they run on one (the trixie server runs the PsyNet tests instead).
+pytestmark = pytest.mark.servers("bookworm")
+
 APP = "t-bk-panel"
 COPY = "t-bk-panel-restore"
 

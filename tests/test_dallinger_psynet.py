@@ -18,6 +18,10 @@ from labdeploy.server import psql
 from labdeploy.progress import Collector
 from deploy_support import destroy_if_deployed, prepare_local_stack
 
+# PsyNet deploys through the same compose paths as the Dallinger tests, which run on both
+# servers; to keep the suite's time it runs on the current one (Compose v2).
+pytestmark = pytest.mark.servers("trixie")
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "dallinger-psynet-hello"
 APP = "t-dal-psynet"

@@ -13,6 +13,10 @@ from labdeploy import export
 from labdeploy.widgets.deploy import MASK, DeployPanel
 from deploy_support import destroy_if_deployed, prepare_local_stack
 
+# The panels and notebooks drive the same core calls that run on both servers in the API tests;
+# to keep the suite's time they run on one (the trixie server runs the PsyNet tests instead).
+pytestmark = pytest.mark.servers("bookworm")
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 APP = "t-dep-panel"
 TIMEOUT = 300

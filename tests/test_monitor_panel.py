@@ -12,6 +12,10 @@ from labdeploy.watch import monitor
 from labdeploy.widgets.monitor import MonitorPanel, status_html
 from test_monitor_support import drop_app_db, hold_connections, make_app, make_app_db, remove_app, wait_connections, wait_up
 
+# The panels and notebooks drive the same core calls that run on both servers in the API tests;
+# to keep the suite's time they run on one (the trixie server runs the PsyNet tests instead).
+pytestmark = pytest.mark.servers("bookworm")
+
 APP = "t-mon-panel"
 SHARED_PG = "dallinger-postgresql"
 

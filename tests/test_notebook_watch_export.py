@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
 from deploy_support import destroy_if_deployed
+
+# The panels and notebooks drive the same core calls that run on both servers in the API tests;
+# to keep the suite's time they run on one (the trixie server runs the PsyNet tests instead).
+pytestmark = pytest.mark.servers("bookworm")
 
 NOTEBOOK = REPO / "notebooks" / "watch_and_export.ipynb"
 APP = "demo-watch"

@@ -25,6 +25,10 @@ from labdeploy.progress import Collector, StepStarted, WarningEvent
 from deploy_support import destroy_if_deployed, prepare_local_stack
 from test_dallinger_shipped_unit import STOCK_OLD
 
+# PsyNet deploys through the same compose paths as the Dallinger tests, which run on both
+# servers; to keep the suite's time it runs on the current one (Compose v2).
+pytestmark = pytest.mark.servers("trixie")
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "dallinger-psynet-hello"
 APP = "t-psy-shipped"

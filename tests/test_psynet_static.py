@@ -30,6 +30,10 @@ from labdeploy.progress import Collector, StepStarted
 from deploy_support import destroy_if_deployed, prepare_local_stack
 from psynet_browser import Browser, Page, wait_for
 
+# PsyNet deploys through the same compose paths as the Dallinger tests, which run on both
+# servers; to keep the suite's time it runs on the current one (Compose v2).
+pytestmark = pytest.mark.servers("trixie")
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "psynet-static"
 APP = "t-psy-static"

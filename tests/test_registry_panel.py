@@ -12,6 +12,10 @@ from labdeploy.experiment import dallingerconfig
 from labdeploy.images import registry
 from labdeploy.widgets.registry import RegistryPanel
 
+# The panels and notebooks drive the same core calls that run on both servers in the API tests;
+# to keep the suite's time they run on one (the trixie server runs the PsyNet tests instead).
+pytestmark = pytest.mark.servers("bookworm")
+
 
 @pytest.fixture(autouse=True)
 def clean_session():

@@ -11,6 +11,10 @@ from labdeploy.ssh import servers
 
 from labdeploy.widgets.setup import SetupPanel
 
+# The panels and notebooks drive the same core calls that run on both servers in the API tests;
+# to keep the suite's time they run on one (the trixie server runs the PsyNet tests instead).
+pytestmark = pytest.mark.servers("bookworm")
+
 TIMEOUT = 120
 
 
