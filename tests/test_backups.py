@@ -92,7 +92,11 @@ def test_the_service_backs_up_and_drills_a_new_app_by_itself(deployed):
         assert time.monotonic() < deadline, f"no scheduled backup and drill yet:\n{df}\n{backup.runs(APP, remote)}"
         time.sleep(5)
     row = scheduled.iloc[-1]
-    assert row["checksum_ok"] and row["drill"] is True and row["rows"] == sum(counts(remote, APP).values())
+    now = counts(remote, APP)
+    # The example's clock adds a job row now and then by itself: the dump holds every other row,
+    # and no more jobs than there are now.
+    assert row["checksum_ok"] and row["drill"] is True
+    assert sum(now.values()) - now["jobs"] <= row["rows"] <= sum(now.values())
     health = backup.health(remote, APP).iloc[0]
     assert health["warning"] == "" and health["last_good_drill"] is not None and health["every_minutes"] == 60
 
