@@ -13,6 +13,7 @@ COMMANDS = [
     ["servers"], ["servers", "add"], ["servers", "list"], ["servers", "remove"], ["servers", "check"], ["servers", "import"],
     ["servers", "prepare"], ["registry"], ["registry", "login"], ["deploy"], ["apps"], ["status"], ["logs"],
     ["exec"], ["restart"], ["connections"], ["export"], ["destroy"], ["unlock"],
+    ["fleet"], ["fleet", "status"], ["fleet", "apps"], ["fleet", "connections"], ["fleet", "usage"],
 ]
 
 

@@ -40,7 +40,7 @@ from ..server import appstate, caddy, compose, database, layout, maintenance, po
 from ..server.locks import DeployLock
 from ..ssh import concurrent, pool
 from ..watch import containers, jobs, participants
-from . import appcompose, appdata, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
+from . import appcompose, fleet, appdata, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
     webprobe, webupdate
 from .configuration import Secret
 from .options import DeployOptions
@@ -92,6 +92,7 @@ class DeployResult:
     experiment_id: Optional[str] = None  # Dallinger's experiment uid, kept across updates
     remembered: dict = field(default_factory=dict)  # redis_image / base_image / pooler...: {"value", "from"}
     data: str = "new"  # the database: new, kept (update or rerun), reused or replaced (after a destroy)
+    placement: str = ""  # server="auto": which server was chosen and why, in one line
 
     def summary(self) -> str:
         return (f"{self.app} ({self.version}) is live at {self.url}\n"
@@ -618,7 +619,25 @@ def deploy(experiment_dir, app: str, server, *, options: Optional[DeployOptions]
     password masked until `.reveal()`).
     """
     opts = DeployOptions.of(options, **settings)
+    if isinstance(server, str) and server == fleet.AUTO:
+        return _deploy_where_there_is_room(experiment_dir, app, opts, _operation, reporter)
     return Deploy(experiment_dir, app, server, opts, _operation, reporter).run()
+
+
+def _deploy_where_there_is_room(experiment_dir, app: str, opts: DeployOptions, operation: str,
+                                reporter: Optional[Reporter]) -> DeployResult:
+    """server="auto": the registered server with the most room (fleet.place), asked once input is checked."""
+    if operation != "deploy":
+        raise ValidationError("An update goes to the server the app runs on; 'auto' only chooses for a new app.",
+                              "Name the app's server.", code="invalid.server_auto")
+    fleet.check_server_argument(fleet.AUTO)
+    Deploy(experiment_dir, app, None, opts, operation, None).check_inputs()  # bad input: refused before asking
+    with pool.scope():  # the chosen server's connection is the deploy's too
+        placement = fleet.place()
+        (reporter or null_reporter)(LogLine(f"placed on {placement.reason}", "fleet"))
+        result = Deploy(experiment_dir, app, placement.server, opts, operation, reporter).run()
+    result.placement = placement.reason
+    return result
 
 
 def _read_experiment(d: Deploy) -> None:

@@ -115,6 +115,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
       API_TOKEN=... labdeploy deploy --app stroop-pilot --secret-env API_TOKEN --json
       labdeploy deploy --app stroop-pilot --update --show-password
       labdeploy deploy --app stroop-2 ./stroop --archive exports/stroop-pilot.zip
+      labdeploy deploy --app stroop-3 ./stroop --server auto     # the registered server with the most room
       printf '%s\\n' "$TOKEN" | labdeploy deploy --app stroop-pilot --mode registry \\
           --image-base-name registry.gitlab.com/lab/images --registry-user alice --registry-password-stdin \\
           --logout-after-pull
@@ -152,6 +153,13 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
     with _ui.usage_errors(ValidationError):  # every input checked before anything connects
         options = deploy.DeployOptions.of(**kwargs)
         deploy.check_inputs(experiment, app, options)
+    placement = None
+    if server == "auto" and not update:  # the registered server with the most room
+        with _ui.usage_errors(ValidationError):
+            core("fleet").check_server_argument(server)
+        placement = core("fleet").place()
+        _ui.info(f"Placed on {placement.reason}")
+        server = placement.server
     name = pick_server(server)
     creds = None
     if registry_user:
@@ -164,6 +172,8 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
             # for the push, this process only
             core("registry").login_local(creds, reporter=_ui.without_warnings(reporter))
         result = fn(experiment, app, remote, reporter=reporter, options=options)
+    if placement is not None:
+        result.placement = placement.reason
     _show_deployed(result, name, show_password)
 
 
@@ -202,7 +212,7 @@ def _show_deployed(result, name: str, show_password: bool) -> None:
             "dashboard_user": result.dashboard_user,
             "dashboard_password": result.dashboard_password.reveal() if reveal else str(result.dashboard_password),
             "operation": result.operation, "duration_s": result.duration_s, "warnings": result.warnings,
-            "secret_names": result.secret_names, "data": result.data}
+            "secret_names": result.secret_names, "data": result.data, "placement": result.placement}
 
     def render(d):
         _ui.output({"app": d["app"], "url": d["url"], "version": d["version"], "dashboard": d["dashboard_url"],
