@@ -23,7 +23,7 @@ PUBLIC_MODULES = {
     "dallinger": "experiment.dallinger", "dallingerconfig": "experiment.dallingerconfig",
     "images": "images", "transfer": "images.transfer", "registry": "images.registry",
     "localdocker": "images.localdocker",
-    "deploy": "app.deploy", "apps": "app.apps", "fleet": "app.fleet", "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
+    "deploy": "app.deploy", "apps": "app.apps", "fleet": "app.fleet", "move": "app.move", "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
     "monitor": "watch.monitor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
     "jobs": "watch.jobs", "sampler": "watch.sampler", "participants": "watch.participants",
     "archive": "data.archive", "anonymise": "data.anonymise",

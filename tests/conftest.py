@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 # The testbed's two servers: Debian 12 with Compose v1, Debian 13 with Compose v2 and OpenSSH 10.
 # Every test that uses the testbed runs on each (LABDEPLOY_TEST_SERVERS=trixie picks one).
 SERVERS = tuple(os.environ.get("LABDEPLOY_TEST_SERVERS", "bookworm,trixie").split(","))
+# The param of tests that use both servers at once (tests/test_fleet.py): they run once, with
+# the first server's tests (see server_of).
+FLEET = "fleet"
 
 
 def _load_testbed() -> dict:
@@ -159,6 +162,8 @@ def server_of(nodeid: str):
     if not nodeid.endswith("]") or "[" not in nodeid:
         return None
     params = nodeid[nodeid.index("[") + 1:-1].split("-")
+    if FLEET in params:  # both servers at once: in order with the first one's tests, not beside them
+        return SERVERS[0]
     return next((server for server in SERVERS if server in params), None)
 
 

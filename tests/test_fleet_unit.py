@@ -131,3 +131,55 @@ def test_auto_is_ambiguous_when_a_server_is_registered_under_that_name(home, no_
     servers.add("auto", "192.0.2.1", "alice")
     with pytest.raises(fleet.ValidationError):
         fleet.check_server_argument("auto")
+
+
+# ---------------------------------------------------------------------------- move, without a server
+
+from labdeploy.app import move  # noqa: E402
+from labdeploy.server import caddy, stack  # noqa: E402
+
+LOCAL = stack.StackSettings(domain="localhost")
+
+
+def test_a_moved_app_on_the_same_address_is_forwarded_to_the_new_server_host_kept():
+    site = caddy.site_block("flt-x", LOCAL)
+    url = caddy.app_url("flt-x", LOCAL)
+    text, says = move.moved_site(site, "trixie", url, url, "10.250.1.2", LOCAL)
+    assert text.startswith("# labdeploy: moved to trixie\n")
+    assert "\treverse_proxy http://10.250.1.2:80\n" in text and "flt-x_web" not in text.split("{", 1)[1]
+    assert "http://flt-x.localhost {" in text and "forwards to trixie (10.250.1.2)" in says
+
+
+def test_a_moved_app_with_a_new_address_is_redirected_there_for_good():
+    old = stack.StackSettings(domain="a.example.org", email="x@example.org")
+    site = caddy.site_block("flt-x", old)
+    text, says = move.moved_site(site, "lab2", "https://flt-x.b.example.org/", caddy.app_url("flt-x", old),
+                                 "203.0.113.2", None)
+    assert "\tredir https://flt-x.b.example.org{uri} 308\n" in text and "reverse_proxy" not in text
+    assert "\ttls x@example.org" in text and says == "redirects to https://flt-x.b.example.org/"
+
+
+def test_a_moved_https_app_on_the_same_name_is_forwarded_with_the_app_name_for_tls():
+    settings = stack.StackSettings(domain="a.example.org")
+    site = caddy.site_block("flt-x", settings)
+    url = caddy.app_url("flt-x", settings)
+    text, _ = move.moved_site(site, "lab2", url, url, "203.0.113.2", settings)
+    assert "\treverse_proxy https://203.0.113.2:443 {\n\t\ttransport http {\n\t\t\ttls_server_name flt-x.a.example.org\n" in text
+
+
+def test_a_hostile_server_name_never_reaches_the_site_file():
+    site = caddy.site_block("flt-x", LOCAL)
+    url = caddy.app_url("flt-x", LOCAL)
+    with pytest.raises(fleet.ValidationError):
+        move.moved_site(site, "x}\n:80 {\n\trespond hi", url, url, "10.250.1.2", LOCAL)
+
+
+def test_move_refuses_bad_requests_before_connecting(home, no_network):
+    with pytest.raises(fleet.ValidationError):
+        move.move("flt-x", "lab", "lab", "examples/stroop")
+    with pytest.raises(fleet.ValidationError):
+        move.move("flt-x", "lab1", "lab2", "examples/stroop", archive="x.zip")
+    with pytest.raises(fleet.ValidationError):
+        move.move("Bad Name", "lab1", "lab2", "examples/stroop")
+    with pytest.raises(fleet.ValidationError):
+        move.move("flt-x", "lab1", "lab2", "/nonexistent/folder")
