@@ -19,7 +19,7 @@ from typing import Optional
 
 import yaml
 
-from . import backupservice, compose, layout, locks
+from . import backupservice, compose, layout, locks, logrotation
 from ..commands import backups as backup_commands, caddy as caddy_commands, docker, postgres
 from .. import names
 from ..errors import CommandFailed, LabdeployError, Remedy, ValidationError
@@ -79,6 +79,9 @@ class StackSettings:
     # own HTTPS certificate is signed by a private CA, that CA's PEM file on this computer.
     acme_ca: str = ""
     acme_ca_root: str = ""
+    # Docker's log rotation for every container of the stack and of the apps (labdeploy.server.logrotation).
+    log_max_size: str = logrotation.DEFAULT_MAX_SIZE
+    log_max_files: int = logrotation.DEFAULT_MAX_FILES
 
     def __post_init__(self) -> None:
         if isinstance(self.acme_ca, str) and self.acme_ca in ACME_CA_ALIASES:
@@ -152,6 +155,10 @@ def _check_field(name: str, value) -> None:
     elif name == "acme_ca_root":
         if value:
             _check_ca_root_path(value)
+    elif name == "log_max_size":
+        logrotation.size_bytes(value)
+    elif name == "log_max_files":
+        logrotation.file_count(value)
     elif name == "postgres_max_connections":
         try:
             number = int(value)
@@ -256,7 +263,7 @@ def stack_compose_document(settings: StackSettings, user: str = "") -> dict:
     `user` (uid:gid of the login user) adds the backup service, which writes files as them."""
     settings.validate()
     bind = f"{settings.bind_address}:" if settings.bind_address else ""
-    return {
+    return with_log_rotation({
         "services": {
             "postgresql": {
                 "image": settings.postgres_image,
@@ -295,7 +302,14 @@ def stack_compose_document(settings: StackSettings, user: str = "") -> dict:
         },
         "networks": {layout.NETWORK: {"name": layout.NETWORK}},
         "volumes": {PG_DATA_VOLUME: {}, CADDY_DATA_VOLUME: {}, CADDY_CONFIG_VOLUME: {}},
-    }
+    }, settings)
+
+
+def with_log_rotation(document: dict, settings: StackSettings) -> dict:
+    """Every service of the stack's document with Docker's log rotation (bounded disk use)."""
+    for service in document["services"].values():
+        service.setdefault("logging", logrotation.of(settings))
+    return document
 
 
 def stack_compose_yaml(settings: StackSettings, user: str = "") -> str:
