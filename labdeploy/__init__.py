@@ -23,7 +23,7 @@ PUBLIC_MODULES = {
     "dallinger": "experiment.dallinger", "dallingerconfig": "experiment.dallingerconfig",
     "images": "images", "transfer": "images.transfer", "registry": "images.registry",
     "localdocker": "images.localdocker",
-    "deploy": "app.deploy", "apps": "app.apps", "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
+    "deploy": "app.deploy", "apps": "app.apps", "prune": "app.prune", "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
     "monitor": "watch.monitor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
     "jobs": "watch.jobs", "sampler": "watch.sampler", "participants": "watch.participants",
     "archive": "data.archive", "anonymise": "data.anonymise",
