@@ -18,7 +18,7 @@ from .errors import LabdeployError
 PUBLIC_MODULES = {
     "remote": "remote", "export": "export", "backup": "backup", "errors": "errors", "progress": "progress", "names": "names",
     "keys": "ssh.keys", "servers": "ssh.servers",
-    "layout": "server.layout", "stack": "server.stack", "readiness": "server.readiness", "psql": "server.psql",
+    "layout": "server.layout", "stack": "server.stack", "alerts": "server.alerts", "readiness": "server.readiness", "psql": "server.psql",
     "database": "server.database", "lock": "server.locks",
     "dallinger": "experiment.dallinger", "dallingerconfig": "experiment.dallingerconfig",
     "images": "images", "transfer": "images.transfer", "registry": "images.registry",
