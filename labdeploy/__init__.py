@@ -24,7 +24,7 @@ PUBLIC_MODULES = {
     "images": "images", "transfer": "images.transfer", "registry": "images.registry",
     "localdocker": "images.localdocker",
     "deploy": "app.deploy", "apps": "app.apps", "prune": "app.prune", "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
-    "monitor": "watch.monitor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
+    "monitor": "watch.monitor", "doctor": "watch.doctor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
     "jobs": "watch.jobs", "sampler": "watch.sampler", "participants": "watch.participants",
     "archive": "data.archive", "anonymise": "data.anonymise",
 }

@@ -233,3 +233,34 @@ def test_test_message_settings_and_secrets(watcher, receivers):
     compose_text = watcher.get_bytes(layout.stack_compose()).decode()
     assert receivers["hook"] not in compose_text and receivers["hook"] not in json.dumps(
         json.loads(watcher.get_bytes(alerts.config_path())))
+
+
+def test_doctor_reports_every_area_with_what_to_do(watcher, app_factory):
+    from labdeploy.watch import doctor
+
+    app = app_factory("doc")
+    app.web("stop")
+    df = doctor.doctor(watcher)
+    assert {"readiness", "apps", "disk", "memory", "locks", "backups", "alerts", "connections"} <= set(df["area"])
+    bad = df[(df["area"] == "apps") & (df["subject"] == f"{app.name} web")]
+    assert len(bad) == 1 and not bad["ok"].iloc[0] and "Restart" in bad["what_to_do"].iloc[0]
+    assert (df[df["ok"]]["what_to_do"] == "").all() and (df[~df["ok"]]["what_to_do"] != "").all()
+    channels = df[(df["area"] == "alerts") & (df["subject"] == "channels")]
+    assert channels["ok"].iloc[0] and "webhook" in channels["detail"].iloc[0]
+
+
+def test_cli_alerts_and_doctor(testbed, watcher, receivers, tmp_path):
+    from upkeep_support import registered_cli
+
+    cli = registered_cli(testbed, tmp_path)
+    listed = {r["setting"]: r["value"] for r in cli.ok("alerts", "list", "--server", "tb", "--json").json()}
+    assert listed["webhook"] == "set" and listed["interval_s"] == 2
+    before = len(receivers["hooks"].about("test alert"))
+    cli.ok("alerts", "test", "--server", "tb")
+    assert len(receivers["hooks"].about("test alert")) == before + 1
+    secret = cli.ok("alerts", "set", "--server", "tb", "--webhook-url-stdin", input=receivers["hook"] + "\n")
+    assert receivers["hook"] not in secret.out + secret.err  # the URL is a secret: never shown
+    refused = cli("alerts", "set", "--server", "tb", "--memory-max", "500")
+    assert refused.code == 2 and "memory_max_pct" in refused.err
+    report = cli("doctor", "--server", "tb", "--json")
+    assert report.code in (0, 1) and {r["area"] for r in report.json()} >= {"apps", "disk", "alerts"}
