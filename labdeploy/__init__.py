@@ -18,13 +18,14 @@ from .errors import LabdeployError
 PUBLIC_MODULES = {
     "remote": "remote", "export": "export", "backup": "backup", "errors": "errors", "progress": "progress", "names": "names",
     "keys": "ssh.keys", "servers": "ssh.servers",
-    "layout": "server.layout", "stack": "server.stack", "readiness": "server.readiness", "psql": "server.psql",
+    "layout": "server.layout", "stack": "server.stack", "alerts": "server.alerts", "readiness": "server.readiness", "psql": "server.psql",
     "database": "server.database", "lock": "server.locks",
     "dallinger": "experiment.dallinger", "dallingerconfig": "experiment.dallingerconfig",
     "images": "images", "transfer": "images.transfer", "registry": "images.registry",
     "localdocker": "images.localdocker",
-    "deploy": "app.deploy", "apps": "app.apps", "fleet": "app.fleet", "move": "app.move", "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
-    "monitor": "watch.monitor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
+    "deploy": "app.deploy", "apps": "app.apps", "fleet": "app.fleet", "move": "app.move", "prune": "app.prune",
+    "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
+    "monitor": "watch.monitor", "doctor": "watch.doctor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
     "jobs": "watch.jobs", "sampler": "watch.sampler", "participants": "watch.participants",
     "archive": "data.archive", "anonymise": "data.anonymise",
 }

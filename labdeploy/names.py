@@ -27,6 +27,7 @@ RESERVED_APP_NAMES = frozenset({
     "secrets", "caddy", "caddy-d",     # ~/dallinger/secrets, caddy.d, the stack's services
     "postgresql", "postgres", "pgbouncer", "redis",
     "backups", "build", "locks", "stack", "shared",  # ~/dallinger-data/backups, .build, .locks
+    "alerts",                          # ~/dallinger/alerts, ~/dallinger-data/alerts (the alert watcher)
     "labdeploy", "docker", "web", "worker", "clock",
 })
 RESERVED_PREFIX = "dallinger-"

@@ -53,7 +53,8 @@ def test_layout_and_modes_on_the_server(prepared):
     assert password not in compose_text
     assert password not in r.get_bytes(layout.stack_state()).decode()
     doc = yaml.safe_load(compose_text)
-    assert set(doc["services"]) == {"postgresql", "caddy", "backup"}  # backup: the scheduled backups (issue 17)
+    # backup: the scheduled backups (issue 17); alerts: the alert watcher (issue 21)
+    assert set(doc["services"]) == {"postgresql", "caddy", "backup", "alerts"}
     assert "import caddy.d/*" in r.get_bytes(layout.caddyfile()).decode()
     # The password never shows on a process command line.
     assert password not in r.run(["ps", "-eo", "args"]).stdout

@@ -16,7 +16,7 @@ import yaml
 
 from ..server import layout
 from .. import names
-from ..server import pooler
+from ..server import logrotation, pooler
 from ..commands import entrypoints
 from ..errors import ValidationError
 
@@ -84,19 +84,21 @@ def _labels(app: str, service: str, version: str) -> dict[str, str]:
     return {"labdeploy.app": app, "labdeploy.service": service, "labdeploy.version": version}
 
 
-_LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
+_LOGGING = logrotation.options()  # the default; the server's choice comes as `logging`
 
 
 def app_compose_document(app: str, image: str, *, version: str, commands: Optional[Mapping[str, str]] = None,
                          environment: Optional[Mapping[str, str]] = None,
                          redis_image: str = DEFAULT_REDIS_IMAGE,
                          processes: Sequence[str] = layout.PROCESS_SERVICES,
-                         pooler_image: Optional[str] = None, connection_limit: Optional[int] = None) -> dict:
+                         pooler_image: Optional[str] = None, connection_limit: Optional[int] = None,
+                         logging: Optional[dict] = None) -> dict:
     """The app's compose file as a dict. Pure: same input, same document. `processes` may leave
     out the clock (Dallinger runs one only with `clock_on`); web and worker are always there.
     With `pooler_image`, the app gets its own PgBouncer (labdeploy.server.pooler), sized from
     the role's `connection_limit`, and its processes start after it; DATABASE_URL must then
-    name the pooler (database.database_url(..., pooler=True))."""
+    name the pooler (database.database_url(..., pooler=True)). `logging`: every service's log
+    rotation (labdeploy.server.logrotation.of(stack settings)); the default bounds each at 30 MB."""
     if not set(processes) <= set(layout.PROCESS_SERVICES) or not {"web", "worker"} <= set(processes):
         raise ValidationError(f"The processes {tuple(processes)!r} are not web and worker (and clock).",
                               "Give ('web', 'worker', 'clock') or ('web', 'worker').", code="invalid.processes")
@@ -120,6 +122,8 @@ def app_compose_document(app: str, image: str, *, version: str, commands: Option
         limit = DEFAULT_CONNECTION_LIMIT if connection_limit is None else connection_limit
         services[pooler.SERVICE] = pooler.service(app, pooler_image, limit, logging=_LOGGING)
     services["redis"] = _redis(app, redis_image)
+    for service in services.values():  # the server's choice, else the default
+        service["logging"] = dict(logging or _LOGGING)
     return {"services": services, "networks": {layout.NETWORK: {"external": True, "name": layout.NETWORK}},
             "volumes": {REDIS_VOLUME: {}}}
 

@@ -36,7 +36,8 @@ from ..experiment import dallinger, folder
 from ..images import localdocker, transfer
 from ..progress import LogLine, Progress, Reporter, StepFinished, StepStarted, WarningEvent, null_reporter, step
 from ..redaction import redact, redacting
-from ..server import appstate, caddy, compose, database, layout, maintenance, pooler, psql, readiness, stack, webcheck
+from ..server import appstate, caddy, compose, database, layout, logrotation, maintenance, pooler, psql, readiness, \
+    stack, webcheck
 from ..server.locks import DeployLock
 from ..ssh import concurrent, pool
 from ..watch import containers, jobs, participants
@@ -345,7 +346,8 @@ class Deploy:
         document = appcompose.app_compose_document(
             app, self.delivered.ref, version=self.version, commands=self.commands, environment=self.config,
             redis_image=self.redis_image, processes=self.processes, connection_limit=opts.connection_limit,
-            pooler_image=self.remembered["pgbouncer_image"]["value"] if self.use_pooler else None)
+            pooler_image=self.remembered["pgbouncer_image"]["value"] if self.use_pooler else None,
+            logging=logrotation.of(self.settings))
         before = _before_start(self)
         self.host, self.seen = f"{app}.{self.settings.domain or 'localhost'}", []  # seen: for launch's wait
         text = appcompose.app_compose_yaml(document)

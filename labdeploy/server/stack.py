@@ -19,8 +19,8 @@ from typing import Optional
 
 import yaml
 
-from . import backupservice, compose, layout, locks
-from ..commands import backups as backup_commands, caddy as caddy_commands, docker, postgres
+from . import alerts, backupservice, compose, layout, locks, logrotation
+from ..commands import alerts as alert_commands, backups as backup_commands, caddy as caddy_commands, docker, postgres
 from .. import names
 from ..errors import CommandFailed, LabdeployError, Remedy, ValidationError
 from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
@@ -79,6 +79,11 @@ class StackSettings:
     # own HTTPS certificate is signed by a private CA, that CA's PEM file on this computer.
     acme_ca: str = ""
     acme_ca_root: str = ""
+    # Docker's log rotation for every container of the stack and of the apps (labdeploy.server.logrotation).
+    log_max_size: str = logrotation.DEFAULT_MAX_SIZE
+    log_max_files: int = logrotation.DEFAULT_MAX_FILES
+    # The alert watcher's image (it needs a Python 3); "" = no watcher (labdeploy.server.alerts).
+    watcher_image: str = alerts.DEFAULT_IMAGE
 
     def __post_init__(self) -> None:
         if isinstance(self.acme_ca, str) and self.acme_ca in ACME_CA_ALIASES:
@@ -102,7 +107,8 @@ class StackSettings:
         """Settings using an image map such as the testbed's {"postgres": ..., "caddy": ...}."""
         return cls(postgres_image=images.get("postgres", cls.postgres_image),
                    caddy_image=images.get("caddy", cls.caddy_image), redis_image=images.get("redis", ""),
-                   pgbouncer_image=images.get("pgbouncer", ""), **kwargs)
+                   pgbouncer_image=images.get("pgbouncer", ""),
+                   watcher_image=images.get("python", cls.watcher_image), **kwargs)
 
 
 def _check_image(label: str, image) -> None:
@@ -152,6 +158,13 @@ def _check_field(name: str, value) -> None:
     elif name == "acme_ca_root":
         if value:
             _check_ca_root_path(value)
+    elif name == "watcher_image":
+        if value:
+            _check_image("alert watcher", value)
+    elif name == "log_max_size":
+        logrotation.size_bytes(value)
+    elif name == "log_max_files":
+        logrotation.file_count(value)
     elif name == "postgres_max_connections":
         try:
             number = int(value)
@@ -251,12 +264,13 @@ def site_address(app: str, settings: StackSettings) -> str:
 
 # --------------------------------------------------------------------------- rendering (pure)
 
-def stack_compose_document(settings: StackSettings, user: str = "") -> dict:
+def stack_compose_document(settings: StackSettings, user: str = "", docker_access: Optional[tuple] = None) -> dict:
     """The shared stack's compose file as data. No secret in it: the password is a mounted file.
-    `user` (uid:gid of the login user) adds the backup service, which writes files as them."""
+    `user` (uid:gid of the login user) adds the backup service, which writes files as them;
+    with `docker_access` (Docker's socket and its group) too, the alert watcher."""
     settings.validate()
     bind = f"{settings.bind_address}:" if settings.bind_address else ""
-    return {
+    return with_log_rotation({
         "services": {
             "postgresql": {
                 "image": settings.postgres_image,
@@ -292,15 +306,25 @@ def stack_compose_document(settings: StackSettings, user: str = "") -> dict:
                 "labels": {"labdeploy.server.stack": "caddy"},
             },
             **({"backup": backupservice.service_document(settings.postgres_image, user)} if user else {}),
+            **({"alerts": alerts.service_document(settings.watcher_image, user, docker_access)}
+               if user and docker_access and settings.watcher_image else {}),
         },
         "networks": {layout.NETWORK: {"name": layout.NETWORK}},
         "volumes": {PG_DATA_VOLUME: {}, CADDY_DATA_VOLUME: {}, CADDY_CONFIG_VOLUME: {}},
-    }
+    }, settings)
 
 
-def stack_compose_yaml(settings: StackSettings, user: str = "") -> str:
+def with_log_rotation(document: dict, settings: StackSettings) -> dict:
+    """Every service of the stack's document with Docker's log rotation (bounded disk use)."""
+    for service in document["services"].values():
+        service.setdefault("logging", logrotation.of(settings))
+    return document
+
+
+def stack_compose_yaml(settings: StackSettings, user: str = "", docker_access: Optional[tuple] = None) -> str:
     header = "# Written by labdeploy (shared stack). Re-run prepare() rather than editing by hand.\n"
-    return header + yaml.safe_dump(stack_compose_document(settings, user), sort_keys=False, default_flow_style=False)
+    return header + yaml.safe_dump(stack_compose_document(settings, user, docker_access), sort_keys=False,
+                                   default_flow_style=False)
 
 
 def caddyfile(settings: StackSettings) -> str:
@@ -436,7 +460,7 @@ def _ensure_password(remote, result: PrepareResult) -> None:
 def _running_images(remote) -> dict[str, str]:
     """{container name: image} of the stack's running containers, in one round trip."""
     res = remote.run(docker.running_images(layout.POSTGRES_CONTAINER, layout.CADDY_CONTAINER,
-                                           layout.BACKUP_CONTAINER), check=False)
+                                           layout.BACKUP_CONTAINER, alerts.CONTAINER), check=False)
     return docker.parse_running_images(res.stdout)
 
 
@@ -502,11 +526,29 @@ def _write_files(remote, settings: StackSettings, ca_root: Optional[bytes], resu
                       backupservice.script(), 0o755, result, reporter, keep_foreign=False)
     trust = _write_trust(remote, ca_root, result, reporter)
     user = remote.run(backup_commands.login_ids()).stdout.strip()
-    compose_file = _write_if_changed(remote, layout.stack_compose(), stack_compose_yaml(settings, user), 0o644,
-                                     result, reporter)
+    access = _write_watcher(remote, settings, result, reporter)
+    compose_file = _write_if_changed(remote, layout.stack_compose(), stack_compose_yaml(settings, user, access),
+                                     0o644, result, reporter)
     caddyfile_ = _write_if_changed(remote, layout.caddyfile(), caddyfile(settings), 0o644, result, reporter,
                                    in_place=True)
-    return {"compose": compose_file, "caddyfile": caddyfile_, "trust": trust}
+    return {"compose": compose_file, "caddyfile": caddyfile_, "trust": trust, "watcher": access is not None}
+
+
+def _write_watcher(remote, settings: StackSettings, result: PrepareResult, reporter: Reporter) -> Optional[tuple]:
+    """The alert watcher's script and state folder; Docker's socket and group for its service
+    (None: no watcher, e.g. a DOCKER_HOST over TCP)."""
+    if not settings.watcher_image:
+        return None
+    access = alert_commands.parse_docker_access(remote.run(alert_commands.docker_access(), check=False).stdout)
+    if access is None:
+        reporter(WarningEvent("No alert watcher: Docker is not reached through a socket on this server.",
+                              "Alerts need the watcher; ask for help if the server's Docker is remote."))
+        return None
+    remote.makedirs(alerts.script_dir(), 0o755)
+    remote.makedirs(alerts.state_dir(), 0o700)
+    _write_if_changed(remote, f"{alerts.script_dir()}/{alerts.SCRIPT_NAME}", alerts.script(), 0o644, result,
+                      reporter, keep_foreign=False)
+    return access
 
 
 def _start_services(remote, settings: StackSettings, running: dict, changed: dict, result: PrepareResult,
@@ -518,7 +560,8 @@ def _start_services(remote, settings: StackSettings, running: dict, changed: dic
         reporter(LogLine(line, "compose"))
 
     wanted = {layout.POSTGRES_CONTAINER: settings.postgres_image, layout.CADDY_CONTAINER: settings.caddy_image,
-              layout.BACKUP_CONTAINER: settings.postgres_image}
+              layout.BACKUP_CONTAINER: settings.postgres_image,
+              **({alerts.CONTAINER: settings.watcher_image} if changed.get("watcher") else {})}
     # Same files, both containers up on the right images: Compose would do nothing.
     skip_compose = not result.changed and running == wanted
     if skip_compose:

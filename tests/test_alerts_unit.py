@@ -1,0 +1,73 @@
+"""The alert watcher as pure code: its service in the stack (no secret, only with Docker's
+socket), settings refused before anything is sent, and its incident logic (one alert and one
+recovery per quiet period, however often a container flaps)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from labdeploy.commands import alerts as commands, doctor as doctor_commands
+from labdeploy.errors import ValidationError
+from labdeploy.server import alerts, stack
+
+
+def watcher_module(tmp_path):
+    module = types.ModuleType("watcher")
+    module.__dict__["__name__"] = "watcher"
+    exec(compile(alerts.script(), "watcher.py", "exec"), module.__dict__)
+    module.STATE = str(tmp_path)
+    return module
+
+
+def test_the_stack_gets_the_watcher_only_with_dockers_socket():
+    settings = stack.StackSettings(watcher_image="x/python:3")
+    assert "alerts" not in stack.stack_compose_document(settings, "1000:1000")["services"]
+    doc = stack.stack_compose_document(settings, "1000:1000", ("/run/docker.sock", "998"))
+    service = doc["services"]["alerts"]
+    assert service["user"] == "1000:1000" and service["group_add"] == ["998"]
+    assert "/run/docker.sock:/var/run/docker.sock" in service["volumes"] and service["restart"] == "unless-stopped"
+    assert "secret" not in str(service["environment"]).lower()
+    assert "alerts" not in stack.stack_compose_document(stack.StackSettings(watcher_image=""), "1:1", ("/s", "1"))[
+        "services"]
+    assert commands.parse_docker_access("/run/x.sock 998\n") == ("/run/x.sock", "998")
+    assert commands.parse_docker_access("") is None
+
+
+@pytest.mark.parametrize("kwargs", [{"interval_s": 1}, {"memory_max_pct": 500}, {"quiet_minutes": -1},
+                                    {"disk_free_min_pct": "10"}])
+def test_settings_out_of_range_are_refused(kwargs):
+    with pytest.raises(ValidationError):
+        alerts.AlertSettings(**kwargs).validate()
+
+
+def test_bad_channels_are_refused_before_connecting():
+    for kwargs in ({"webhook_url": "ftp://x"}, {"webhook_url": "https://a b"},
+                   {"email_to": ["not an address"], "smtp_host": "smtp.example.org"},
+                   {"email_to": ["a@example.org"], "smtp_host": "bad host"},
+                   {"bogus_setting": 1}):
+        with pytest.raises(ValidationError):
+            alerts.configure("never-connected", **kwargs)
+
+
+def test_a_flapping_incident_alerts_once_per_quiet_period(tmp_path):
+    w = watcher_module(tmp_path)
+    sent = []
+    w.notify = lambda cfg, text, subject: sent.append(text) or {"webhook": ""}
+    cfg, state = {**w.DEFAULTS, "quiet_minutes": 10}, {}
+    t = 1000.0
+    for _ in range(5):  # down, up, down, up... every minute
+        w.step(cfg, state, {"container:a:web": "a: the web process is not running"}, t)
+        w.step(cfg, state, {}, t + 60)
+        t += 120
+    assert len(sent) == 2 and "recovered" in sent[1]
+    w.step(cfg, state, {"container:a:web": "down again"}, 1000.0 + 601)  # the quiet period is over
+    assert len(sent) == 3
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 11
+
+
+def test_doctor_facts_are_read():
+    facts = doctor_commands.read_facts("disk 1000 100\nmem 2000 500\nlock t-app 4000\nlock _stack 5\n")
+    assert facts == {"disk": (1024000, 102400), "mem": (2048000, 512000), "locks": {"t-app": 4000, "_stack": 5}}
