@@ -31,6 +31,7 @@ from typing import Callable, Optional
 
 from .. import names
 from ..errors import CommandFailed, LabdeployError, Remedy, RemoteError, UnknownApp, ValidationError
+from ..commands import hostfacts
 from ..data import restore
 from ..experiment import dallinger, folder
 from ..images import localdocker, transfer
@@ -41,7 +42,7 @@ from ..server import appstate, caddy, compose, database, layout, logrotation, ma
 from ..server.locks import DeployLock
 from ..ssh import concurrent, pool
 from ..watch import containers, jobs, participants
-from . import appcompose, fleet, appdata, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
+from . import appcompose, fleet, appdata, limits, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
     webprobe, webupdate
 from .configuration import Secret
 from .options import DeployOptions
@@ -201,6 +202,7 @@ class Deploy:
         self.config, self.secrets = configuration.split_config({**self.base_config, **(opts.config or {})},
                                                                {**self.base_secrets, **(opts.secrets or {})})
         self.unset = configuration.check_unset(opts.unset_secrets)
+        _check_limits(self)
 
     def preflight(self) -> None:
         """The inputs, then what the server holds and whether it can take the app."""
@@ -269,6 +271,7 @@ class Deploy:
         before = pooler.in_compose(self.facts.compose_text)
         self.use_pooler, why = pooler.choose(opts.pooler, before["enabled"], dallinger_app=self.spec is not None)
         self.remembered["pooler"] = {"value": self.use_pooler, "from": why}
+        _choose_limits(self)
         if self.use_pooler:  # the app's choice: deploy.json when it records one, else its compose file
             known = app_facts.AppFacts(**{**self.facts.__dict__,
                                           "state": {"pgbouncer_image": before["image"], **(self.facts.state or {})}})
@@ -348,6 +351,7 @@ class Deploy:
             redis_image=self.redis_image, processes=self.processes, connection_limit=opts.connection_limit,
             pooler_image=self.remembered["pgbouncer_image"]["value"] if self.use_pooler else None,
             logging=logrotation.of(self.settings))
+        limits.apply(document, self.limits)  # memory and CPU limits, Dallinger's worker count
         before = _before_start(self)
         self.host, self.seen = f"{app}.{self.settings.domain or 'localhost'}", []  # seen: for launch's wait
         text = appcompose.app_compose_yaml(document)
@@ -443,6 +447,7 @@ class Deploy:
                  "deployed_at": _now(), "who": self.lock.info.who, "mode": opts.mode, "domain": self.settings.domain,
                  "url": caddy.app_url(self.app, self.settings), "operation": self.operation,
                  "health_path": opts.health_path,  # a restart checks a fresh web container with it
+                 "memory_limit": self.limits.memory, "cpu_limit": self.limits.cpus,
                  "working_query": participants.remembered_query(opts.working_query, self.facts.state)}
         self.record.outcome, self.record.finished_at = "success", _now()
         self.record.duration_s = round(time.monotonic() - self.t0, 2)
@@ -640,6 +645,27 @@ def _deploy_where_there_is_room(experiment_dir, app: str, opts: DeployOptions, o
         result = Deploy(experiment_dir, app, placement.server, opts, operation, reporter).run()
     result.placement = placement.reason
     return result
+
+
+def _check_limits(d: Deploy) -> None:
+    """Dallinger's worker count and a given memory limit, checked before the server is touched
+    (a remembered limit is checked against the worker count in preflight)."""
+    d.workers = limits.workers(d.config)
+    if d.options.memory_limit is not None:
+        limits.Limits(limits.memory(d.options.memory_limit), 1.0, d.workers).check(d.processes)
+
+
+def _choose_limits(d: Deploy) -> None:
+    """The app's limits: given, else its last deploy's, else derived from the 5 GB rule (the
+    server's CPUs and memory, read only then)."""
+    opts, state = d.options, d.facts.state
+    size = hostfacts.read_size(d.remote.run(hostfacts.size(), check=False).stdout) \
+        if limits.needs_server_size(opts.cpu_limit, state) else None
+    d.limits, where = limits.chosen(opts.memory_limit, opts.cpu_limit, state, size, d.workers)
+    d.limits.check(d.processes)
+    d.remembered.update(where)
+    if d.workers > 1:
+        d.report(LogLine(f"{d.workers} worker processes ({limits.WORKERS_KEY})", "preflight"))
 
 
 def _read_experiment(d: Deploy) -> None:

@@ -13,7 +13,7 @@ from .. import names
 from ..errors import ValidationError
 from ..experiment import folder
 from ..server import database
-from . import appdata, configuration
+from . import appdata, configuration, limits
 
 TRANSFER_MODES = ("server-build", "ssh-copy", "registry")
 CAPACITY = ("warn", "refuse", "ignore")
@@ -35,6 +35,8 @@ class DeployOptions:
     archive: a new app's data to start from (an export zip, labdeploy's or Dallinger's, or a
       pulled backup .dump), loaded after the app starts and before it is launched.
     credentials / logout_after_pull: a registry login of this deploy's own (mode registry).
+    memory_limit / cpu_limit: the app's share of the server ("4g", 1.5; labdeploy.app.limits),
+      remembered per app when left out (first default: 5 GB and the CPUs that go with it).
     """
 
     mode: str = "server-build"
@@ -61,6 +63,8 @@ class DeployOptions:
     working_query: Optional[str] = None
     wait_idle: bool = False  # an update waits until no participant is working (at most idle_timeout s)
     idle_timeout: float = 600
+    memory_limit: Optional[object] = None  # bytes or "4g"; None: the app's last, else 5 GB
+    cpu_limit: Optional[float] = None  # CPUs; None: the app's last, else its share of the server's
 
     @classmethod
     def of(cls, options: Optional["DeployOptions"] = None, **settings) -> "DeployOptions":
@@ -83,6 +87,11 @@ class DeployOptions:
             raise ValidationError(f"The health path {self.health_path!r} must start with '/' and have no spaces.",
                                   "Use e.g. '/' or '/health'.", code="invalid.health_path")
         database.connection_limit(self.connection_limit)
+        if self.memory_limit is not None:
+            limits.memory(self.memory_limit)
+        if self.cpu_limit is not None:
+            limits.cpus(self.cpu_limit)
+        limits.workers(self.config)  # Dallinger's num_dynos_worker, when given here
         folder.check_build_args(self.build_args)
         if self.base_name is not None:
             names.image_repository(self.base_name)

@@ -55,6 +55,12 @@ def _pairs(values, what: str) -> dict:
                    "replaced by it anyway; other Dockerfiles are used as they are).")
 @click.option("--health-path", default=None, help="Path that must answer 200 after the launch (default /).")
 @click.option("--connection-limit", type=int, default=None, help="Most database connections the app may open.")
+@click.option("--memory-limit", default=None, metavar="SIZE",
+              help="The app's memory, shared by its web, worker and clock processes, e.g. 4g (default: as "
+                   "before; at first 5 GB, the rule of thumb per experiment).")
+@click.option("--cpu-limit", type=float, default=None, metavar="CPUS",
+              help="CPUs each of the app's processes may use, e.g. 1.5 (default: as before; at first the "
+                   "server's CPUs in proportion to the app's memory, at least one).")
 @click.option("--pooler/--no-pooler", default=None,
               help="Reach PostgreSQL through the app's own PgBouncer, which keeps the app within its connection "
                    "limit under load (default: as before; a new Dallinger/PsyNet app gets it, an app with its "
@@ -100,7 +106,7 @@ def _pairs(values, what: str) -> dict:
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
                dockerfile, health_path, connection_limit, capacity, start_timeout, launch, image_base_name,
                registry_user, registry_password_stdin, logout_after_pull, unset_secrets, existing_data,
-               show_password, pooler, pgbouncer_image, archive, wait_idle, idle_timeout):
+               show_password, pooler, pgbouncer_image, archive, wait_idle, idle_timeout, memory_limit, cpu_limit):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -133,7 +139,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
     for key, value in (("domain", domain), ("redis_image", redis_image), ("health_path", health_path),
                        ("connection_limit", connection_limit), ("launch", launch), ("capacity", capacity),
                        ("start_timeout", start_timeout), ("pooler", pooler), ("pgbouncer_image", pgbouncer_image),
-                       ("idle_timeout", idle_timeout)):
+                       ("idle_timeout", idle_timeout), ("memory_limit", memory_limit), ("cpu_limit", cpu_limit)):
         if value is not None:
             kwargs[key] = value
     if image_base_name is not None:
@@ -245,6 +251,16 @@ def apps_cmd(server):
                                               empty="No apps on this server yet."))
 
 
+def _limits_text(memory, cpus) -> str:
+    """'2.5 GB, 1 CPU' for a container's limits ('' when it has none)."""
+    parts = []
+    if str(memory) not in ("<NA>", "nan", "None"):
+        parts.append(f"{int(memory) / 1024 ** 3:.2g} GB")
+    if cpus == cpus and cpus is not None:  # NaN: no CPU limit
+        parts.append(f"{cpus:g} CPU{'' if cpus == 1 else 's'}")
+    return ", ".join(parts)
+
+
 @cli.command("status", context_settings=CONTEXT_SETTINGS)
 @app_option(required=False)
 @server_option
@@ -272,7 +288,9 @@ def status_cmd(app, server, participants):
         d = d.copy()
         if "uptime" in d:
             d["uptime"] = d["uptime"].map(_duration)
-        columns = ["app", "service", "state", "health", "uptime", "restarts", "exit_code", "image"]
+        columns = ["app", "service", "state", "health", "uptime", "restarts", "exit_code", "limits", "image"]
+        if "memory_limit" in d:
+            d["limits"] = [_limits_text(m, c) for m, c in zip(d["memory_limit"], d["cpu_limit"])]
         if "jobs_queued" in d and d["jobs_queued"].notna().any():
             # rq's counts for Dallinger/PsyNet workers: queued jobs waiting, failed ones kept
             d["jobs"] = [f"{q} queued, {f} failed" if str(q) != "<NA>" else ""

@@ -21,6 +21,7 @@ INSPECT_TEMPLATE = (
     '"app":{{json (index .Config.Labels "' + APP_LABEL + '")}},'
     '"service":{{json (index .Config.Labels "' + SERVICE_LABEL + '")}},'
     '"image":{{json .Config.Image}},"restarts":{{.RestartCount}},'
+    '"memory":{{json .HostConfig.Memory}},"nano_cpus":{{json .HostConfig.NanoCpus}},'  # 0: no limit
     # Only the fields used: .State's health log holds the last probes' output (kilobytes each).
     '"st":{"Status":{{json .State.Status}},"StartedAt":{{json .State.StartedAt}},'
     '"ExitCode":{{json .State.ExitCode}},'

@@ -40,6 +40,9 @@ done
 echo '@@end'
 """
 
+# The server's CPUs and memory: what an app's default CPU limit is derived from (labdeploy.app.limits).
+SIZE = "nproc 2>/dev/null || echo 1; grep -E '^MemTotal:' /proc/meminfo 2>/dev/null || true"
+
 
 def facts() -> list[str]:
     return script(FACTS)
@@ -59,3 +62,18 @@ def read_resolved(output: str) -> dict[str, list[str]]:
 def read_facts(output: str) -> dict[str, list[str]]:
     """Section name -> its non-blank lines."""
     return {name: sections.lines(text) for name, text in sections.parse(output).items()}
+
+
+def size() -> list[str]:
+    return script(SIZE)
+
+
+def read_size(output: str) -> tuple[int, int]:
+    """(CPUs, memory in bytes; 0 when unknown) from `size`'s output."""
+    lines = output.split()
+    try:
+        nproc = int(lines[0])
+    except (IndexError, ValueError):
+        nproc = 1
+    kb = next((int(w) for w in lines[1:] if w.isdigit()), 0)
+    return max(nproc, 1), kb * 1024

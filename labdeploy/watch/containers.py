@@ -31,7 +31,7 @@ COMPOSE_SERVICE_LABEL = docker.COMPOSE_SERVICE_LABEL
 NOT_FOUND_EXIT = commands.NOT_FOUND  # the scripts' "no such container" exit status; docker never uses it
 
 STATUS_COLUMNS = ["app", "service", "container", "state", "health", "uptime", "image", "restarts",
-                  "exit_code", "started_at", "id"]
+                  "exit_code", "started_at", "id", "memory_limit", "cpu_limit"]
 LOG_COLUMNS = ["time", "service", "line"]
 
 
@@ -119,10 +119,14 @@ def parse_status(output: str) -> pd.DataFrame:
             "uptime": (now - started).total_seconds() if running and started is not pd.NaT else None,
             "image": d.get("image") or "", "restarts": int(d.get("restarts") or 0),
             "exit_code": int(d.get("exit_code") or 0), "started_at": started, "id": d["id"][:12],
+            # The container's own limits (labdeploy.app.limits); none shows as <NA> / NaN.
+            "memory_limit": int(d.get("memory") or 0) or None, "cpu_limit": int(d.get("nano_cpus") or 0) / 1e9 or None,
         })
     df = pd.DataFrame(rows, columns=STATUS_COLUMNS)
     df["uptime"] = pd.to_timedelta(pd.to_numeric(df["uptime"]), unit="s")
     df["started_at"] = pd.to_datetime(df["started_at"], utc=True)
+    df["memory_limit"] = df["memory_limit"].astype("Int64")
+    df["cpu_limit"] = df["cpu_limit"].astype(float)
     df = df.sort_values(["app", "service", "container"], ignore_index=True)
     df.attrs["server_time"] = now
     return df
@@ -131,7 +135,8 @@ def parse_status(output: str) -> pd.DataFrame:
 @pool.closes_what_it_opens
 def status(server, app: Optional[str] = None, *, jobs: bool = False, backups: bool = False,
            participants: bool = False) -> pd.DataFrame:
-    """Every labdeploy app's containers: app, service, state, health, uptime, image, ...
+    """Every labdeploy app's containers: app, service, state, health, uptime, image, ...,
+    memory_limit (bytes) and cpu_limit (CPUs): the container's limits, empty for none.
 
     All apps in one round trip. With `app`, only that app's rows; an app without containers
     raises `UnknownApp`. With `jobs`, the worker rows also get `jobs_queued`, `jobs_started`
