@@ -164,17 +164,20 @@ def _at(cost: pd.DataFrame, resource: str, n: float) -> float:
 
 
 def _projected(cost: pd.DataFrame, facts: ServerFacts) -> tuple[Optional[int], str]:
-    """The participants at which CPU, memory or connections reach HEADROOM of the server's."""
-    limits = [("CPU", "server_cpu_cores", facts.cores), ("memory", "server_mem_bytes", facts.mem_total_bytes),
-              ("connections", "connections", facts.role_limit or facts.max_connections)]
+    """The participants at which CPU, memory or connections reach HEADROOM of the server's:
+    the server's use at rest plus what the app adds per participant (the app's own slope: the
+    server's also moves with whatever else runs there)."""
+    limits = [("CPU", "server_cpu_cores", "app_cpu_cores", facts.cores),
+              ("memory", "server_mem_bytes", "app_mem_bytes", facts.mem_total_bytes),
+              ("connections", "connections", "connections", facts.role_limit or facts.max_connections)]
     found = []
-    for label, resource, capacity in limits:
-        if not capacity or resource not in cost.index:
+    for label, base_of, slope_of, capacity in limits:
+        if not capacity or capacity != capacity or base_of not in cost.index or slope_of not in cost.index:
             continue
-        row = cost.loc[resource]
-        if not (row["per_participant"] > 0):
+        base, slope = cost.loc[base_of, "base"], cost.loc[slope_of, "per_participant"]
+        if not (slope > 0) or base != base:
             continue
-        found.append((max(0, int((HEADROOM * capacity - row["base"]) / row["per_participant"])), label))
+        found.append((max(0, int((HEADROOM * capacity - base) / slope)), label))
     return min(found) if found else (None, "")
 
 
@@ -222,6 +225,15 @@ def recommend(lat: pd.DataFrame, res: pd.DataFrame, cost: pd.DataFrame, facts: S
     return rec
 
 
+def _failed_at(rec: Recommendation, lat: pd.DataFrame) -> str:
+    above = [int(n) for n in lat.index if n > rec.held_measured]
+    if rec.limited_by == "latency" and above:
+        return f"; {above[0]} at once did not hold"
+    if rec.limited_by:
+        return f"; {rec.limited_by} is the first to run short beyond that"
+    return ""
+
+
 def sentence(rec: Recommendation, lat: pd.DataFrame, p95_limit: float = P95_LIMIT) -> str:
     if not rec.measured_max:
         return "The rehearsal measured nothing: no step of simulated participants ran."
@@ -233,7 +245,7 @@ def sentence(rec: Recommendation, lat: pd.DataFrame, p95_limit: float = P95_LIMI
                 f"at p95 under {p95_limit:g} s ({measured}); look at the errors and the server's load before going live.")
     how = (f"projected from the measured cost per participant, until {rec.limited_by} runs short; {measured}"
            if rec.projected is not None and rec.projected > rec.held_measured
-           else f"{measured}" + (f"; {rec.held_measured + 1}+ did not hold" if rec.limited_by == "latency" else ""))
+           else f"{measured}" + _failed_at(rec, lat))
     text = (f"This experiment on this server holds about {rec.participants} simultaneous participants at p95 under "
             f"{p95_limit:g} s ({how}); set web workers to {rec.web_workers}, worker processes to "
             f"{rec.worker_processes}, the database connection limit to {rec.connection_limit}.")

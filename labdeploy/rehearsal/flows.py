@@ -22,7 +22,7 @@ DALLINGER_STEPS = (
     Step("POST", "/info/{node_id}", data={"contents": "rehearsal {worker_id}", "info_type": "Info"},
          name="POST /info"),
     Step("POST", "/question/{participant_id}", data={"question": "rehearsal", "number": "1",
-                                                     "response": "{\"engagement\": 5}"}, name="POST /question"),
+                                                     "response": "{{\"engagement\": 5}}"}, name="POST /question"),
     Step("GET", "/worker_complete?participant_id={participant_id}", name="GET /worker_complete"),
 )
 

@@ -246,7 +246,7 @@ def as_flow(flow: FlowLike, think: Optional[float] = None) -> Union[Flow, Callab
     if callable(flow):
         return flow
     if isinstance(flow, (list, tuple)):
-        return Flow(tuple(flow), 1.0 if think is None else think)
+        return Flow(tuple(flow), 1.0 if think is None else think, name="described")
     raise FlowError(f"A flow is a list of requests or an async function, not {type(flow).__name__}.",
                     "Give a list of steps, a Flow, or an async function of one simulated participant.")
 
@@ -295,6 +295,8 @@ class Bot:
                       expect: tuple = ()) -> Answer:
         if not path.startswith("/") or path.startswith("//"):
             raise FlowError(f"{path!r} is not a path on the app.", "Load only ever goes to the app's server.")
+        if self.run._stopping.is_set():
+            raise asyncio.CancelledError  # stopped: nothing more is sent
         headers, body = [], b""
         if json is not None:
             headers, body = [("Content-Type", "application/json")], jsonlib.dumps(json).encode()
@@ -392,6 +394,7 @@ class LoadRun:
         self.steps: list[tuple[int, float, float]] = []   # participants, start, end (wall time)
         self.stopped = False      # stop() was called (not the natural end)
         self.full = False         # max_requests reached
+        self.finished = False     # every step ran (or it was stopped) and every participant ended
         self._hits: list = []
         self._lock = threading.Lock()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -409,7 +412,8 @@ class LoadRun:
 
     def stop(self) -> None:
         """Stop every simulated participant now (requests in flight are abandoned)."""
-        self.stopped = True
+        if not self.finished:
+            self.stopped = True
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -479,7 +483,7 @@ class LoadRun:
         bot = Bot(self, index)
         try:
             await asyncio.sleep(self.think * bot.rng.random())  # arrivals spread over a think time
-            while True:
+            while not self._stopping.is_set():
                 try:
                     if isinstance(self.flow, Flow):
                         await run_steps(self.flow, bot)
@@ -519,7 +523,11 @@ class LoadRun:
                     pass
                 self.steps.append((n, started, time.time()))
         finally:
-            for task in bots:
-                task.cancel()
-            await asyncio.gather(*bots, return_exceptions=True)
-            self.level = 0
+            # Python 3.11's wait_for can swallow a cancellation that meets a request finishing at
+            # the same moment (fixed in 3.12): cancel again until every participant has ended.
+            pending = {t for t in bots if not t.done()}
+            while pending:
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=0.2)
+            self.level, self.finished = 0, True

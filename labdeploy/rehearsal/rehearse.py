@@ -211,9 +211,21 @@ def _is_dallinger(experiment: Path) -> bool:
     return dallinger.is_experiment_folder(experiment) and not (experiment / "Procfile").is_file()
 
 
-def refuse_if_real(remote, app: str, experiment: Path, config: dict, force: bool) -> None:
-    """Refused (unless forced) while real people take part in any app of the server, or when the
-    app's own configuration recruits real people live."""
+def refuse_live_recruiter(app: str, experiment: Path, config: dict, force: bool) -> None:
+    """Refused (unless forced) when the app's own configuration recruits real people live
+    (read here, before anything connects)."""
+    if not force and _is_dallinger(experiment):
+        settings = {**dallinger.read_config_file(experiment / "config.txt"), **{k: str(v) for k, v in config.items()}}
+        recruiter, mode = settings.get("recruiter", "hotair").strip(), settings.get("mode", "").strip()
+        if mode == "live" and recruiter not in SAFE_RECRUITERS:
+            raise RehearsalRefused(
+                f"{app} recruits real participants ({recruiter}, live). Its copy would not (its recruiter is "
+                "switched to hotair), but the load shares the server with the live study; nothing was started.",
+                "Rehearse before recruitment opens or after it closes, or force it.")
+
+
+def refuse_if_working(remote, force: bool) -> None:
+    """Refused (unless forced) while real people take part in any app of the server."""
     if force:
         return
     working = {a: n for a, n in participants.working_all(remote).items() if n}
@@ -224,14 +236,6 @@ def refuse_if_real(remote, app: str, experiment: Path, config: dict, force: bool
             "them down; nothing was started.",
             "Rehearse when nobody is taking part, on another server, or force it if those participants are "
             "yours and you accept the slowdown.")
-    if _is_dallinger(experiment):
-        settings = {**dallinger.read_config_file(experiment / "config.txt"), **{k: str(v) for k, v in config.items()}}
-        recruiter, mode = settings.get("recruiter", "hotair").strip(), settings.get("mode", "").strip()
-        if mode == "live" and recruiter not in SAFE_RECRUITERS:
-            raise RehearsalRefused(
-                f"{app} recruits real participants ({recruiter}, live). Its copy would not (its recruiter is "
-                "switched to hotair), but the load shares the server with the live study; nothing was started.",
-                "Rehearse before recruitment opens or after it closes, or force it.")
 
 
 def _copy_name(app: str, copy_name: Optional[str]) -> str:
@@ -350,8 +354,9 @@ def rehearse(app: str, server, *, experiment, participants: int = 10, ramp: Unio
     go to the copy's deploy (images, build arguments, config). The copy is removed afterwards."""
     p = plan(app, experiment, participants, ramp, duration, flow, think, interval, deploy_settings)
     report, stop = reporter or null_reporter, stop or Stop()
+    refuse_live_recruiter(p.app, p.experiment, dict((deploy_settings or {}).get("config") or {}), force)
     remote = pool.connect(server)
-    refuse_if_real(remote, p.app, p.experiment, dict(p.settings.get("config") or {}), force)
+    refuse_if_working(remote, force)
     copy = _copy_name(p.app, copy_name)
     _refuse_existing(remote, copy)
     removed = False
