@@ -108,7 +108,7 @@ class _Connection:
         reused = self.writer is not None
         try:
             return await self._exchange(method, path, headers, body)
-        except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError, EOFError):
+        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError, EOFError):
             self.close()
             if not reused:
                 raise
