@@ -149,6 +149,10 @@ class _Usage:
 
     def start(self) -> "_Usage":
         self.sample_host()  # the first CPU reading: its counters are the baseline
+        try:
+            self.sample_containers()  # the idle baseline, taken before any participant arrives
+        except Exception:  # noqa: BLE001 - a gap, as in the loop
+            pass
         self._thread.start()
         return self
 
