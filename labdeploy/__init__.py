@@ -28,6 +28,7 @@ PUBLIC_MODULES = {
     "monitor": "watch.monitor", "doctor": "watch.doctor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
     "jobs": "watch.jobs", "sampler": "watch.sampler", "participants": "watch.participants",
     "archive": "data.archive", "anonymise": "data.anonymise",
+    "rehearsal": "rehearsal",
 }
 
 

@@ -3,7 +3,7 @@ runs back up, no import circle, no widget code in the core.
 
 The layers (docs/internals.md): ground (errors, progress, names, the server's layout, ...) <
 commands (remote commands as data) < ssh < server < experiment < images < watch < data < app <
-the front ends (cli, widgets). A module may import from its own layer and the ones below it.
+rehearsal < the front ends (cli, widgets). A module may import from its own layer and the ones below it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ LAYERS = [
     ("watch", ["labdeploy.watch"]),
     ("data", ["labdeploy.data", "labdeploy.export", "labdeploy.backup"]),
     ("app", ["labdeploy.app"]),
+    ("rehearsal", ["labdeploy.rehearsal"]),  # deploys and removes a copy of an app: above app
     ("front ends", ["labdeploy.cli", "labdeploy.widgets"]),
 ]
 

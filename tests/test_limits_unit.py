@@ -101,7 +101,8 @@ def test_options_refuse_bad_limits_before_a_server():
 
 
 def test_server_size_read():
-    assert hostfacts.read_size("4\nMemTotal:       16384000 kB\n") == (4, 16384000 * 1024)
+    assert hostfacts.read_size("@@cpu\ncpu 1 2 3 4 5\n@@meminfo\nMemTotal:       16384000 kB\n"
+                               "MemAvailable: 1 kB\n@@cores\n4\n@@end\n") == (4, 16384000 * 1024)
     assert hostfacts.read_size("") == (1, 0)
 
 

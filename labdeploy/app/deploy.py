@@ -659,7 +659,7 @@ def _choose_limits(d: Deploy) -> None:
     """The app's limits: given, else its last deploy's, else derived from the 5 GB rule (the
     server's CPUs and memory, read only then)."""
     opts, state = d.options, d.facts.state
-    size = hostfacts.read_size(d.remote.run(hostfacts.size(), check=False).stdout) \
+    size = hostfacts.read_size(d.remote.run(hostfacts.usage(), check=False).stdout) \
         if limits.needs_server_size(opts.cpu_limit, state) else None
     d.limits, where = limits.chosen(opts.memory_limit, opts.cpu_limit, state, size, d.workers)
     d.limits.check(d.processes)

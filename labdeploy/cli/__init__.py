@@ -8,6 +8,6 @@ result (tables, JSON, progress). Run `labdeploy --help`.
 from __future__ import annotations
 
 from ._app import cli, main  # noqa: F401
-from . import cmd_servers, cmd_apps, cmd_backups, cmd_maintenance, cmd_fleet, cmd_upkeep  # noqa: F401,E402  (registers the commands)
+from . import cmd_servers, cmd_apps, cmd_backups, cmd_maintenance, cmd_fleet, cmd_upkeep, cmd_rehearse  # noqa: F401,E402  (registers the commands)
 
 __all__ = ["cli", "main"]

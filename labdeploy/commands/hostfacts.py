@@ -41,9 +41,6 @@ echo '@@end'
 """
 
 # The server's CPUs and memory: what an app's default CPU limit is derived from (labdeploy.app.limits).
-SIZE = "nproc 2>/dev/null || echo 1; grep -E '^MemTotal:' /proc/meminfo 2>/dev/null || true"
-
-
 def facts() -> list[str]:
     return script(FACTS)
 
@@ -64,16 +61,42 @@ def read_facts(output: str) -> dict[str, list[str]]:
     return {name: sections.lines(text) for name, text in sections.parse(output).items()}
 
 
-def size() -> list[str]:
-    return script(SIZE)
+# The server's CPU and memory right now, for a rehearsal's samples: the cumulative CPU
+# counters (the caller takes the difference of two readings), the memory, the core count.
+USAGE = r"""
+echo '@@cpu'; head -n 1 /proc/stat
+echo '@@meminfo'; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo 2>/dev/null || true
+echo '@@cores'; nproc 2>/dev/null || grep -c '^processor' /proc/cpuinfo
+echo '@@end'
+"""
+
+
+def usage() -> list[str]:
+    return script(USAGE)
+
+
+def read_usage(output: str) -> dict:
+    """{"busy": jiffies, "total": jiffies, "mem_total": bytes, "mem_available": bytes, "cores": n};
+    missing values are None."""
+    found = read_facts(output)
+    cpu = (found.get("cpu") or [""])[0].split()
+    busy = total = None
+    if len(cpu) >= 5 and cpu[0] == "cpu":
+        ticks = [int(x) for x in cpu[1:] if x.isdigit()]
+        total = sum(ticks[:8])  # guest time is already counted in user time
+        busy = total - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait are not busy
+    mem = {}
+    for line in found.get("meminfo", []):
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
+            mem[key.strip()] = int(parts[0]) * 1024
+    cores = (found.get("cores") or [""])[0]
+    return {"busy": busy, "total": total, "mem_total": mem.get("MemTotal"), "mem_available": mem.get("MemAvailable"),
+            "cores": int(cores) if cores.isdigit() else None}
 
 
 def read_size(output: str) -> tuple[int, int]:
-    """(CPUs, memory in bytes; 0 when unknown) from `size`'s output."""
-    lines = output.split()
-    try:
-        nproc = int(lines[0])
-    except (IndexError, ValueError):
-        nproc = 1
-    kb = next((int(w) for w in lines[1:] if w.isdigit()), 0)
-    return max(nproc, 1), kb * 1024
+    """(CPUs, memory in bytes; 0 when unknown) from `usage`'s output, for the 5 GB rule's defaults."""
+    found = read_usage(output)
+    return max(found["cores"] or 1, 1), found["mem_total"] or 0

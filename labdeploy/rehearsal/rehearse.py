@@ -1,0 +1,424 @@
+"""A capacity rehearsal: simulated participants against a side-by-side copy of an experiment,
+the server measured meanwhile, and the answer (how many participants it holds, how to size it).
+
+The copy: the experiment folder deployed under a name of its own (`<app>-rh`), Dallinger's
+recruiter forced to hotair with auto-recruitment off, so the copy never reaches a real person;
+every simulated participant's worker id starts with `lbot-`. After the rehearsal - finished,
+stopped or failed - the copy is destroyed with its database, so no simulated participant's data
+stays anywhere; the app itself is never touched. The rehearsal is refused while real
+participants are taking part in any app of the server (the load would slow them down), or when
+the app's configuration recruits real people live, unless forced.
+
+The server is measured by the monitoring pieces: the PostgreSQL connection sampler
+(watch.sampler) and, every few seconds, the server's CPU and memory and the copy's containers
+(docker stats). Load goes only to the registered server's address (load.Target).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import pandas as pd
+
+from .. import names
+from ..app import apps as app_apps, deploy as app_deploy
+from ..commands import hostfacts
+from ..errors import LabdeployError, ValidationError
+from ..experiment import dallinger
+from ..progress import LogLine, Progress, Reporter, null_reporter, step
+from ..ssh import pool
+from ..watch import containers, participants
+from ..watch.sampler import Sampler
+from . import analysis, flows, load
+
+COPY_SUFFIX = "-rh"
+SAFE_RECRUITERS = {"hotair", "bots"}  # Dallinger recruiters that reach no real person
+COPY_CONFIG = {"recruiter": "hotair", "auto_recruit": "false", "mode": "sandbox"}
+DEFAULT_INTERVAL = 3.0
+
+
+class RehearsalRefused(LabdeployError):
+    """A rehearsal that could disturb real participants, not started."""
+
+    code = "rehearsal.refused"
+
+
+class Stop(threading.Event):
+    """Stops a rehearsal: `set()` ends all of its load at once, from any thread (a Stop button);
+    the copy is still removed afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: list = []
+
+    def attach(self, run: load.LoadRun) -> None:
+        self._runs.append(run)
+        if self.is_set():
+            run.stop()
+
+    def set(self) -> None:
+        super().set()
+        for run in list(self._runs):
+            run.stop()
+
+
+def plan_levels(participants: int, ramp: Union[int, Sequence[int]]) -> list[int]:
+    """The ramp's steps: `ramp` evenly spaced counts up to `participants`, or the counts given."""
+    if isinstance(ramp, int) and not isinstance(ramp, bool):
+        if not 1 <= ramp <= 20:
+            raise ValidationError(f"A ramp of {ramp} steps is outside 1-20.", "Use e.g. 3 steps.",
+                                  code="invalid.rehearsal.ramp")
+        if not isinstance(participants, int) or participants < 1:
+            raise ValidationError(f"{participants!r} participants: give a whole number of at least 1.",
+                                  "Use e.g. 20.", code="invalid.rehearsal.participants")
+        levels = sorted({max(1, math.ceil(participants * k / ramp)) for k in range(1, ramp + 1)})
+    else:
+        levels = [int(n) for n in ramp]
+        if levels != sorted(set(levels)):
+            raise ValidationError(f"The ramp {levels} does not rise step by step.", "Give rising counts, e.g. [5, 10, 20].",
+                                  code="invalid.rehearsal.ramp")
+    return levels
+
+
+@dataclass
+class Rehearsal:
+    """What a rehearsal measured, and the answer."""
+
+    app: str
+    copy: str
+    flow: str
+    hits: pd.DataFrame
+    schedule: pd.DataFrame
+    usage: pd.DataFrame           # time, server_cpu_cores, server_mem_bytes
+    containers: pd.DataFrame      # time, service, cpu_cores, mem_bytes (the copy's containers)
+    connections: pd.DataFrame     # time, connections (the copy's database)
+    facts: analysis.ServerFacts
+    stopped: bool = False
+    removed: bool = False         # the copy (and every simulated participant's row) is gone
+    latency: pd.DataFrame = field(default=None)
+    resources: pd.DataFrame = field(default=None)
+    costs: pd.DataFrame = field(default=None)
+    recommendation: analysis.Recommendation = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.latency = analysis.latency(self.hits, self.schedule)
+        self.resources = analysis.resources(self.usage, self.containers, self.connections, self.schedule)
+        self.costs = analysis.costs(self.resources)
+        self.recommendation = analysis.recommend(self.latency, self.resources, self.costs, self.facts)
+
+    @property
+    def sentence(self) -> str:
+        return self.recommendation.sentence
+
+    def summary(self) -> str:
+        lat = self.latency
+        lines = [f"Rehearsal of {self.app} on a copy ({self.copy}), flow {self.flow}"
+                 + (" - stopped early" if self.stopped else "") + ":",
+                 lat.to_string(float_format=lambda v: f"{v:.3f}") if len(lat) else "(no requests)",
+                 self.costs[["base", "per_participant", "unit"]].to_string(float_format=lambda v: f"{v:.4g}"),
+                 self.sentence]
+        return "\n".join(lines)
+
+    def plot(self, fig=None):
+        """Latency and errors against participants, and resources against participants."""
+        from . import plots
+
+        return plots.plot(self, fig)
+
+
+# ------------------------------------------------------------------ measuring the server
+
+class _Usage:
+    """The server's CPU and memory and the copy's containers, every `interval` seconds, in a
+    thread; a failed sample is skipped (a gap), never an error of the rehearsal."""
+
+    def __init__(self, remote, app: str, interval: float) -> None:
+        self.remote, self.app, self.interval = remote, app, interval
+        self.usage: list = []
+        self.containers: list = []
+        self.cores: Optional[int] = None
+        self.mem_total: Optional[float] = None
+        self._last: Optional[tuple] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="labdeploy-rehearsal-usage")
+
+    def start(self) -> "_Usage":
+        self.sample_host()  # the first CPU reading: its counters are the baseline
+        try:
+            self.sample_containers()  # the idle baseline, taken before any participant arrives
+        except Exception:  # noqa: BLE001 - a gap, as in the loop
+            pass
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def sample_host(self) -> None:
+        res = self.remote.run(hostfacts.usage(), check=False, timeout=30)
+        facts = hostfacts.read_usage(res.stdout)
+        now = pd.Timestamp.now(tz="UTC")
+        self.cores = facts["cores"] or self.cores
+        self.mem_total = facts["mem_total"] or self.mem_total
+        if facts["busy"] is None:
+            return
+        if self._last is not None and facts["total"] > self._last[1]:
+            share = (facts["busy"] - self._last[0]) / (facts["total"] - self._last[1])
+            used = (facts["mem_total"] - facts["mem_available"]) if facts["mem_available"] is not None else float("nan")
+            self.usage.append({"time": now, "server_cpu_cores": share * (self.cores or 1), "server_mem_bytes": used})
+        self._last = (facts["busy"], facts["total"])
+
+    def sample_containers(self) -> None:
+        df = containers.stats(self.remote)
+        now = pd.Timestamp.now(tz="UTC")
+        for row in df[df["app"] == self.app].itertuples():
+            self.containers.append({"time": now, "service": row.service, "cpu_cores": row.cpu_percent / 100.0,
+                                    "mem_bytes": row.mem_bytes})
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            for sample in (self.sample_host, self.sample_containers):
+                try:
+                    sample()
+                except Exception:  # noqa: BLE001 - a gap in the samples, the rehearsal goes on
+                    pass
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        usage = pd.DataFrame(self.usage, columns=["time", "server_cpu_cores", "server_mem_bytes"])
+        ctr = pd.DataFrame(self.containers, columns=["time", "service", "cpu_cores", "mem_bytes"])
+        return usage, ctr
+
+
+def _connections(sampler: Sampler, app: str) -> tuple[pd.DataFrame, Optional[int], Optional[int]]:
+    frame = sampler.frame
+    mine = frame[frame["database"] == names.db_identifier(app)]
+    samples = sampler.samples
+    # A sample without a row for the database saw no connection of it: 0, not missing.
+    ok = samples[samples["ok"].astype(bool)][["time"]]
+    counts = ok.merge(mine.groupby("time", as_index=False)["connections"].sum(), on="time", how="left").fillna(0)
+    maxc = pd.to_numeric(samples["max_connections"], errors="coerce").dropna()
+    limit = pd.to_numeric(mine["role_limit"], errors="coerce").dropna()
+    limit = limit[limit > 0]
+    return (counts[["time", "connections"]].reset_index(drop=True),
+            int(maxc.iloc[-1]) if len(maxc) else None, int(limit.iloc[-1]) if len(limit) else None)
+
+
+# ------------------------------------------------------------------ safety
+
+def _is_dallinger(experiment: Path) -> bool:
+    return dallinger.is_experiment_folder(experiment) and not (experiment / "Procfile").is_file()
+
+
+def refuse_live_recruiter(app: str, experiment: Path, config: dict, force: bool) -> None:
+    """Refused (unless forced) when the app's own configuration recruits real people live
+    (read here, before anything connects)."""
+    if not force and _is_dallinger(experiment):
+        settings = {**dallinger.read_config_file(experiment / "config.txt"), **{k: str(v) for k, v in config.items()}}
+        recruiter, mode = settings.get("recruiter", "hotair").strip(), settings.get("mode", "").strip()
+        if mode == "live" and recruiter not in SAFE_RECRUITERS:
+            raise RehearsalRefused(
+                f"{app} recruits real participants ({recruiter}, live). Its copy would not (its recruiter is "
+                "switched to hotair), but the load shares the server with the live study; nothing was started.",
+                "Rehearse before recruitment opens or after it closes, or force it.")
+
+
+def refuse_if_working(remote, force: bool) -> None:
+    """Refused (unless forced) while real people take part in any app of the server."""
+    if force:
+        return
+    working = {a: n for a, n in participants.working_all(remote).items() if n}
+    if working:
+        listed = ", ".join(f"{a} ({n})" for a, n in sorted(working.items()))
+        raise RehearsalRefused(
+            f"Participants are taking part on {remote.host} right now: {listed}. A rehearsal's load would slow "
+            "them down; nothing was started.",
+            "Rehearse when nobody is taking part, on another server, or force it if those participants are "
+            "yours and you accept the slowdown.")
+
+
+def _copy_name(app: str, copy_name: Optional[str]) -> str:
+    if copy_name is not None:
+        return names.app_name(copy_name)
+    return names.app_name(app[:names.APP_MAX - len(COPY_SUFFIX)] + COPY_SUFFIX)
+
+
+def _refuse_existing(remote, copy: str) -> None:
+    listing = app_apps.apps(remote)
+    if copy in set(listing["app"]):
+        raise RehearsalRefused(f"An app named {copy!r} exists on {remote.host}; a rehearsal's copy needs a name "
+                               "of its own and nothing was started.",
+                               "Remove that app if it is a rehearsal's leftover, or name the copy otherwise.")
+
+
+def _remove_copy(remote, copy: str, report: Reporter) -> bool:
+    with step(report, "Remove the copy", f"{copy}, its database and every simulated participant"):
+        try:
+            app_apps.destroy(copy, remote, confirm=True, remove_data=True, export_check=False, remove_backups=True,
+                             force=True, reporter=report)
+        except app_deploy.UnknownApp:
+            pass
+    return copy not in set(app_apps.apps(remote)["app"])
+
+
+# ------------------------------------------------------------------ the rehearsal
+
+@dataclass
+class _Plan:
+    app: str
+    experiment: Path
+    levels: list
+    step_seconds: float
+    flow: object
+    flow_name: str
+    settings: dict
+    interval: float
+
+
+def plan(app: str, experiment, participants: int, ramp, duration: float, flow, think: float, interval: float,
+         deploy_settings: Optional[dict]) -> _Plan:
+    """Every input checked, before anything connects."""
+    app = names.app_name(app)
+    experiment = Path(experiment)
+    if not experiment.is_dir():
+        raise ValidationError(f"{experiment} is not an experiment folder.",
+                              "Give the folder the app was deployed from: its copy is deployed from it.",
+                              code="invalid.rehearsal.experiment")
+    levels = plan_levels(participants, ramp)
+    if not isinstance(duration, (int, float)) or not duration > 0:
+        raise ValidationError(f"A duration of {duration!r} seconds is not a positive number.", "Use e.g. 60 seconds.",
+                              code="invalid.rehearsal.duration")
+    step_seconds = float(duration) / len(levels)
+    load.check_bounds(levels, step_seconds)
+    if not interval > 0:
+        raise ValidationError(f"A sampling interval of {interval!r} s is not positive.", "Use e.g. 3 seconds.",
+                              code="invalid.rehearsal.interval")
+    settings = dict(deploy_settings or {})
+    if _is_dallinger(experiment):
+        settings["config"] = {**dict(settings.get("config") or {}), **COPY_CONFIG}
+        flow = flows.dallinger(think) if flow is None else flow
+    elif flow is None:
+        raise ValidationError("This experiment is not a Dallinger or PsyNet one, so the rehearsal does not know what "
+                              "its participants do.", "Describe the flow: the requests a participant makes, in "
+                              "order, with placeholders.", code="invalid.rehearsal.flow")
+    flow = load.as_flow(flow, think if not isinstance(flow, load.Flow) else None)
+    name = flow.name if isinstance(flow, load.Flow) else getattr(flow, "__name__", "custom")
+    return _Plan(app, experiment, levels, step_seconds, flow, name, settings, float(interval))
+
+
+def _drive(remote, copy: str, url: str, p: _Plan, stop: Stop, report: Reporter, timeout: float,
+           on_level: Optional[Callable], verify) -> tuple:
+    """The load against the copy while the server is sampled; returns what was measured."""
+    target = load.Target.for_app(remote.host, url)
+    sampler = Sampler(remote, interval=p.interval).start()
+    usage = _Usage(remote, copy, p.interval).start()
+
+    def level(k: int, n: int) -> None:
+        report(Progress("Simulated participants", k + 1, len(p.levels), unit="steps", item=f"{n} at once"))
+        if on_level is not None:
+            on_level(k, n)
+
+    run = load.LoadRun(target, p.flow, p.levels, p.step_seconds, timeout=timeout, on_level=level, verify=verify)
+    try:
+        stop.wait(2 * p.interval)  # the idle baseline: samples before any participant
+        stop.attach(run)
+        if not stop.is_set():
+            run.start()
+        while run.running:
+            run.join(1.0)
+    finally:
+        run.stop()
+        run.join(60)
+        sampler.stop()
+        usage.stop()
+    conns, max_conn, role_limit = _connections(sampler, copy)
+    usage_df, containers_df = usage.frames()
+    facts = analysis.ServerFacts(usage.cores or 1, usage.mem_total or float("nan"), max_conn, role_limit)
+    return run, usage_df, containers_df, conns, facts
+
+
+@pool.closes_what_it_opens
+def rehearse(app: str, server, *, experiment, participants: int = 10, ramp: Union[int, Sequence[int]] = 3,
+             duration: float = 60.0, flow=None, think: float = 1.0, timeout: float = 30.0,
+             copy_name: Optional[str] = None, force: bool = False, stop: Optional[Stop] = None,
+             interval: float = DEFAULT_INTERVAL, deploy_settings: Optional[dict] = None,
+             reporter: Optional[Reporter] = None, on_level: Optional[Callable[[int, int], None]] = None,
+             verify=True) -> Rehearsal:
+    """Rehearse `app` with simulated participants on a side-by-side copy deployed from
+    `experiment`: `ramp` steps (or the counts given) up to `participants` at once, `duration`
+    seconds in all; returns the measurements, DataFrames and a recommendation (`.sentence`,
+    `.plot()`). `flow`: for apps other than Dallinger/PsyNet, the requests one participant
+    makes (a list of steps with placeholders) or an async function of one simulated
+    participant. `stop` (a Stop) ends the load at once from another thread. `deploy_settings`
+    go to the copy's deploy (images, build arguments, config). The copy is removed afterwards."""
+    p = plan(app, experiment, participants, ramp, duration, flow, think, interval, deploy_settings)
+    report, stop = reporter or null_reporter, stop or Stop()
+    refuse_live_recruiter(p.app, p.experiment, dict((deploy_settings or {}).get("config") or {}), force)
+    remote = pool.connect(server)
+    refuse_if_working(remote, force)
+    copy = _copy_name(p.app, copy_name)
+    _refuse_existing(remote, copy)
+    removed = False
+    try:
+        with step(report, "Deploy the copy", f"{p.experiment.name} as {copy}"):
+            deployed = app_deploy.deploy(p.experiment, copy, remote, reporter=report, **p.settings)
+        report(LogLine(f"{len(p.levels)} steps of {p.step_seconds:g} s: {p.levels} simultaneous participants",
+                       "rehearsal"))
+        run, usage_df, containers_df, conns, facts = _drive(remote, copy, deployed.url, p, stop, report, timeout,
+                                                            on_level, verify)
+    finally:
+        removed = _remove_copy(remote, copy, report)
+    result = Rehearsal(p.app, copy, p.flow_name, run.hits, run.schedule, usage_df, containers_df, conns, facts,
+                       stopped=run.stopped and not run.full, removed=removed)
+    report(LogLine(result.sentence, "rehearsal"))
+    return result
+
+
+class Running:
+    """A rehearsal in a background thread: `stop()` ends its load at once, `result()` waits for
+    the answer (or raises what the rehearsal raised)."""
+
+    def __init__(self, app: str, server, **kwargs) -> None:
+        self.stop_event = kwargs.pop("stop", None) or Stop()
+        self._result: Optional[Rehearsal] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._main, args=(app, server, kwargs), daemon=True,
+                                        name="labdeploy-rehearsal")
+
+    def _main(self, app, server, kwargs) -> None:
+        try:
+            self._result = rehearse(app, server, stop=self.stop_event, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
+            self._error = exc
+
+    def start(self) -> "Running":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self, timeout: Optional[float] = None) -> Rehearsal:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the rehearsal is still running")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def start(app: str, server, **kwargs) -> Running:
+    """`rehearse` in the background (same arguments); returns a handle with stop() and result()."""
+    plan(app, kwargs.get("experiment"), kwargs.get("participants", 10), kwargs.get("ramp", 3),
+         kwargs.get("duration", 60.0), kwargs.get("flow"), kwargs.get("think", 1.0),
+         kwargs.get("interval", DEFAULT_INTERVAL), kwargs.get("deploy_settings"))  # bad input refused now
+    return Running(app, server, **kwargs).start()
