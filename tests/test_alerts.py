@@ -264,3 +264,37 @@ def test_cli_alerts_and_doctor(testbed, watcher, receivers, tmp_path):
     assert refused.code == 2 and "memory_max_pct" in refused.err
     report = cli("doctor", "--server", "tb", "--json")
     assert report.code in (0, 1) and {r["area"] for r in report.json()} >= {"apps", "disk", "alerts"}
+
+
+def test_an_app_answering_server_errors_alerts_and_recovers(testbed, watcher, receivers, app_factory):
+    """Caddy's access log (written by every labdeploy site) gives each app's error rate: a site
+    whose web process is unreachable answers 502 to every request."""
+    import requests
+
+    from labdeploy.server import caddy, stack
+
+    app, started = app_factory("web5xx"), int(time.time())
+    alerts.set(watcher, web_min_requests=10, web_error_max_pct=50)
+    try:
+        stack.route_site(watcher, app.name, caddy.site_block(app.name, stack.read_settings(watcher)))
+        http = testbed["http"]
+        about = f"{app.name}: "
+        statuses = set()
+        wait_for_hit = time.monotonic() + 90
+        while not receivers["hooks"].about(f"{about}") and time.monotonic() < wait_for_hit:
+            for _ in range(15):  # a round's worth of failing requests (the watcher reads every 2 s)
+                statuses.add(requests.get(f"http://{http['host']}:{http['port']}/x?workerId=w1",
+                                          headers={"Host": f"{app.name}.localhost"}, timeout=10).status_code)
+            time.sleep(1)
+        assert statuses == {502}
+        text = receivers["hooks"].about(about)[0]
+        assert "requests failed with a server error" in text
+        wait_for("the recovery (no requests, no errors)", lambda: len(receivers["hooks"].about(about)) == 2)
+        assert events(watcher, f"web:{app.name}")[:2] == ["alert", "recovered"]
+        logs = watcher.run(["docker", "logs", "--since", str(started), layout.CADDY_CONTAINER]).stderr
+        assert f'"host":"{app.name}.localhost"' in logs and '"status":502' in logs
+        assert "workerId" not in logs and "python-requests" not in logs  # neither access nor error lines keep them
+    finally:
+        alerts.set(watcher, web_min_requests=20, web_error_max_pct=10)
+        watcher.run(["rm", "-f", layout.caddy_site(app.name)], check=False)
+        stack.reload_caddy(watcher)

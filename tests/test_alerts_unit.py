@@ -4,13 +4,15 @@ recovery per quiet period, however often a container flaps)."""
 
 from __future__ import annotations
 
+import json
+import struct
 import types
 
 import pytest
 
 from labdeploy.commands import alerts as commands, doctor as doctor_commands
 from labdeploy.errors import ValidationError
-from labdeploy.server import alerts, stack
+from labdeploy.server import alerts, caddy, maintenance, stack
 
 
 def watcher_module(tmp_path):
@@ -71,3 +73,31 @@ def test_a_flapping_incident_alerts_once_per_quiet_period(tmp_path):
 def test_doctor_facts_are_read():
     facts = doctor_commands.read_facts("disk 1000 100\nmem 2000 500\nlock t-app 4000\nlock _stack 5\n")
     assert facts == {"disk": (1024000, 102400), "mem": (2048000, 512000), "locks": {"t-app": 4000, "_stack": 5}}
+
+
+def _access(host: str, status: int) -> str:
+    return json.dumps({"level": "info", "logger": "http.log.access.log0", "msg": "handled request",
+                       "request": {"host": host, "method": "GET"}, "status": status})
+
+
+def test_the_web_error_rate_is_judged_from_enough_requests_per_app(tmp_path):
+    w = watcher_module(tmp_path)
+    lines = [_access("exp.localhost", 502)] * 15 + [_access("exp.lab.example.org:443", 200)] * 10 \
+        + [_access("few.localhost", 500)] * 3 + [_access("other.localhost", 500)] * 40 \
+        + ['{"level":"error","logger":"http.log.error","msg":"dial tcp: lookup exp-web"}', "not json", '{"logger"']
+    assert w.web_counts("\n".join(lines), {"exp", "few"}) == {"exp": [25, 15], "few": [3, 3]}
+    # Docker's stream: 8-byte headers; stderr frames are Caddy's log
+    raw = b"".join(bytes([2, 0, 0, 0]) + struct.pack(">I", len(x) + 1) + x.encode() + b"\n" for x in lines)
+    w.docker = lambda method, path: raw
+    cursor, cfg = {}, {**w.DEFAULTS, "interval_s": 60}
+    problems = w.check_web(["exp", "few"], cfg, cursor, 5000.0)
+    assert list(problems) == ["web:exp"] and "15 of 25 requests failed" in problems["web:exp"]
+    assert cursor["web_since"] == 5000  # the next round reads from here on
+
+
+def test_site_blocks_log_requests_without_what_identifies_a_participant():
+    text = caddy.site_block("exp", stack.StackSettings(domain="localhost"))
+    log = text[text.index("\tlog {"):text.index("\tencode")]
+    for field in ("request>uri", "request>headers", "request>remote_ip", "request>client_ip", "resp_headers"):
+        assert f"{field} delete" in log
+    assert maintenance.with_block(text, "\t# block\n").count("\tlog {") == 1

@@ -105,7 +105,7 @@ def test_caddy_site_local_domain_is_plain_http():
     text = caddy.site_block("stroop", StackSettings(domain="localhost"))
     assert "http://stroop.localhost {" in text
     assert "reverse_proxy stroop-web:5000" in text
-    assert "tls" not in text
+    assert "\ttls " not in text
     assert caddy.app_url("stroop", StackSettings(domain="localhost")) == "http://stroop.localhost/"
     assert caddy.app_url("s", StackSettings(domain="test", http_port=8080)) == "http://s.test:8080/"
 

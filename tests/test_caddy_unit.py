@@ -20,7 +20,8 @@ HOSTILE_EMAILS = ["lab@example.org\n", "lab@example.org\n}\n:80 {", "a b@x.org",
 
 
 def _blocks(text: str) -> int:
-    return sum(1 for line in text.splitlines() if line.rstrip().endswith("{"))
+    """Top-level blocks (site or global options); nested ones (log, format) are indented."""
+    return sum(1 for line in text.splitlines() if line.rstrip().endswith("{") and not line[:1].isspace())
 
 
 @pytest.mark.parametrize("domain", HOSTILE_DOMAINS)
@@ -99,7 +100,7 @@ def test_caddy_token_refuses_anything_that_could_end_a_token(value):
 def test_valid_settings_still_give_one_site_block_and_one_global_block():
     settings = StackSettings(domain="exp.example.org", email="lab@example.org")
     site = caddy.site_block("stroop", settings)
-    assert _blocks(site) == 1 and site.count("}") == 1
+    assert _blocks(site) == 1 and site.splitlines().count("}") == 1 and site.count("{") == site.count("}")
     assert "stroop.exp.example.org, http://stroop.localhost {" in site
     assert "\ttls lab@example.org\n" in site
     text = stack.caddyfile(settings)

@@ -71,6 +71,10 @@ def alerts_group():
 @click.option("--memory-max", "memory_max_pct", type=float, default=None, help="Alert over this % of memory used (90).")
 @click.option("--connections-max", "connections_max_pct", type=float, default=None,
               help="Alert over this % of a connection limit (80).")
+@click.option("--web-errors-max", "web_error_max_pct", type=float, default=None,
+              help="Alert when over this % of an app's requests in one round fail with a server error (10).")
+@click.option("--web-min-requests", type=int, default=None,
+              help="Judge the error rate only from this many requests in a round (20).")
 @common_options
 @with_hints
 def alerts_set(server, webhook_url_stdin, no_webhook, email_to, email_from, smtp_host, smtp_port, smtp_security,

@@ -98,6 +98,8 @@ class AlertSettings:
     disk_free_min_pct: float = 10.0
     memory_max_pct: float = 90.0
     connections_max_pct: float = 80.0
+    web_error_max_pct: float = 10.0  # of an app's requests answered 5xx in one round
+    web_min_requests: int = 20  # fewer requests in a round: no rate is judged
     webhook: bool = False  # a webhook URL is set
     email: dict = field(default_factory=dict)  # host, port, security (starttls|ssl|none), user, from, to
 
@@ -107,6 +109,8 @@ class AlertSettings:
         _number(self.disk_free_min_pct, "disk_free_min_pct", 0, 100)
         _number(self.memory_max_pct, "memory_max_pct", 1, 100)
         _number(self.connections_max_pct, "connections_max_pct", 1, 100)
+        _number(self.web_error_max_pct, "web_error_max_pct", 0, 100)
+        _number(self.web_min_requests, "web_min_requests", 1, 1_000_000)
         if self.email:
             _check_email(self.email)
         return self

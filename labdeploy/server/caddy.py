@@ -7,7 +7,12 @@ from typing import Optional
 
 from . import layout
 from .. import names
-from .stack import StackSettings, caddy_token, is_local_domain, site_address
+from .stack import StackSettings, caddy_token, is_local_domain, private_log, site_address
+
+
+# Each request as one JSON line on Caddy's stderr (bounded by Docker's log rotation), for the
+# alert watcher's web error rate; only what identifies no participant stays (stack.private_log).
+ACCESS_LOG = private_log()
 
 
 def site_block(app: str, settings: StackSettings) -> str:
@@ -30,7 +35,7 @@ def site_block(app: str, settings: StackSettings) -> str:
     lines = [f"# Written by labdeploy for the app {caddy_token(app, 'app name')}.", f"{', '.join(addresses)} {{"]
     if not is_local_domain(settings.domain) and settings.email:
         lines.append(f"\ttls {caddy_token(settings.email, 'contact email')}")
-    lines += [
+    lines += ACCESS_LOG + [
         "\tencode gzip",
         f"\treverse_proxy {caddy_token(f'{layout.web_alias(app)}:{layout.WEB_PORT}', 'upstream')}",
         "}",

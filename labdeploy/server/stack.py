@@ -327,6 +327,21 @@ def stack_compose_yaml(settings: StackSettings, user: str = "", docker_access: O
                                    default_flow_style=False)
 
 
+# What Caddy's logs must not keep: the URL (worker and assignment ids in its query), headers
+# (cookies) and the participant's address. Host, method, status, size and duration stay.
+PRIVATE_FIELDS = ("request>uri", "request>headers", "request>remote_ip", "request>remote_port", "request>client_ip",
+                  "request>tls", "resp_headers", "user_id")
+
+
+def private_log(name: str = "") -> list[str]:
+    """A Caddyfile `log` block (indented one tab) writing JSON to stderr without PRIVATE_FIELDS:
+    a site's access log (no name), or the global `default` logger, which holds the proxy's
+    error lines (they carry the whole request)."""
+    fields = [f"\t\t\t\t{f} delete" for f in PRIVATE_FIELDS]
+    return [f"\tlog {name} {{".replace("  ", " "), "\t\toutput stderr", "\t\tformat filter {", "\t\t\twrap json",
+            "\t\t\tfields {", *fields, "\t\t\t}", "\t\t}", "\t}"]
+
+
 def caddyfile(settings: StackSettings) -> str:
     """Global options plus `import caddy.d/*` (one file per app, written by deploy)."""
     settings.validate()
@@ -340,6 +355,7 @@ def caddyfile(settings: StackSettings) -> str:
     if is_local_domain(settings.domain):
         # No certificate can be had for local/test names; don't let Caddy try.
         options.append("\tauto_https off")
+    options += private_log("default")
     # Any other name (or none deployed yet) gets a clear 404 rather than a refused
     # connection; apps' own names are more specific and win, HTTPS redirects included.
     fallback = 'http:// {\n\trespond "No experiment is deployed at this address on this server." 404\n}\n'
