@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import pandas as pd
 
-from . import appdata, finalexport
+from . import appdata, changes, finalexport
 from .finalexport import FinalExport
 from ..server import compose, caddy, layout, stack
 from ..commands import apps as app_commands, docker, files
@@ -325,4 +325,5 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
             _keep_or_remove_data(remote, app, traces, remove_data, result, reporter, remove_backups)
         with step(reporter, "files"):
             _remove_files(remote, app, result)
+    changes.announce("destroy", app, remote.host)
     return result

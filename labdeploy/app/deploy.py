@@ -40,7 +40,7 @@ from ..server import appstate, caddy, compose, database, layout, maintenance, po
 from ..server.locks import DeployLock
 from ..ssh import concurrent, pool
 from ..watch import containers, jobs, participants
-from . import appcompose, appdata, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
+from . import appcompose, appdata, assets, changes, configuration, experimentcommands, facts as app_facts, history, settle, \
     webprobe, webupdate
 from .configuration import Secret
 from .options import DeployOptions
@@ -618,7 +618,10 @@ def deploy(experiment_dir, app: str, server, *, options: Optional[DeployOptions]
     password masked until `.reveal()`).
     """
     opts = DeployOptions.of(options, **settings)
-    return Deploy(experiment_dir, app, server, opts, _operation, reporter).run()
+    run = Deploy(experiment_dir, app, server, opts, _operation, reporter)
+    result = run.run()
+    changes.announce(_operation, result.app, run.remote.host)  # the notebook's other panels re-read
+    return result
 
 
 def _read_experiment(d: Deploy) -> None:
