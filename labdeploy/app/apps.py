@@ -31,6 +31,10 @@ from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
 
 COLUMNS = ["app", "state", "version", "url", "deployed_at", "who", "running", "image", "locked"]
 DESTROY_STEPS = ("check", "lock", "stop", "route", "data", "files")
+# The destroy steps in a researcher's words, for step lists (the names above stay the events' keys).
+DESTROY_STEP_TITLES = {"check": "Check the app", "lock": "Take the app's lock", "stop": "Stop the app",
+                       "route": "Remove its web address", "data": "Delete or keep its data",
+                       "files": "Remove its folder"}
 
 class ConfirmationRequired(LabdeployError):
     """A destructive action was asked for without confirm=True."""

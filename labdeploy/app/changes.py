@@ -29,6 +29,7 @@ def subscribe(method: Callable[[str, str, str], None]) -> None:
 def announce(operation: str, app: str, host: str) -> None:
     """Tell every subscriber; one that fails is logged, never breaks the operation that announced."""
     with _lock:
+        _remember(operation, app, host)
         alive = [ref for ref in _subscribers if ref() is not None]
         _subscribers[:] = alive
     for ref in alive:
@@ -39,3 +40,29 @@ def announce(operation: str, app: str, host: str) -> None:
             method(operation, app, host)
         except Exception:  # noqa: BLE001 - a listener's bug must not fail a deploy or a destroy
             log.exception("a listener to app changes failed")
+
+
+_latest: dict[str, str] = {}  # host -> the app last deployed or updated in this process
+
+
+def _remember(operation: str, app: str, host: str) -> None:
+    if operation in ("deploy", "update"):
+        _latest[host] = app
+    elif operation == "destroy" and _latest.get(host) == app:
+        del _latest[host]
+
+
+def latest_deployed(host: str) -> str | None:
+    """The app this process (this notebook) last deployed or updated on `host` and has not
+    destroyed since, else None: the app a monitor opens on."""
+    return _latest.get(host)
+
+
+def focus(current: str | None, wanted: str | None, latest: str | None, apps) -> str | None:
+    """The app a monitoring view is about: the one chosen, else the one asked for, else the one
+    this notebook deployed, as long as it is on the server; else None (the view of all apps).
+    Never someone else's app just because its name sorts first."""
+    for app in (current, wanted, latest):
+        if app and app in apps:
+            return app
+    return None

@@ -73,6 +73,24 @@ def form_beside_steps(form: Iterable[W.Widget], steps: W.Widget) -> W.Box:
     return box
 
 
+def name_in_notebook(obj: object, fallback: str) -> str:
+    """The notebook variable that holds `obj` (so a message can name it as the researcher wrote
+    it), else `fallback`."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        names = [k for k, v in (shell.user_ns.items() if shell is not None else ()) if v is obj and not k.startswith("_")]
+    except Exception:  # noqa: BLE001 - outside IPython: the fallback is as good
+        names = []
+    return names[0] if names else fallback
+
+
+def plural(n: int, word: str, words: str = "") -> str:
+    """'1 row', '2 rows'."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
 def button_row(*children: W.Widget) -> W.HBox:
     """Buttons side by side, wrapping onto a second line rather than being cut off."""
     return W.HBox(list(children), layout=W.Layout(flex_flow="row wrap", align_items="center", overflow="visible"))
@@ -160,8 +178,9 @@ class Message(W.HTML):
 class StepList(W.HTML):
     """A list of named steps, each pending / running / done / failed, with a detail."""
 
-    def __init__(self, steps: Iterable[str] = (), **kwargs) -> None:
+    def __init__(self, steps: Iterable[str] = (), titles: Optional[dict] = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.titles = dict(titles or {})  # a step's words for the researcher; its name stays the key
         self._lock = threading.Lock()
         self._steps: dict[str, tuple[str, str]] = {s: ("pending", "") for s in steps}
         self._render()
@@ -175,6 +194,12 @@ class StepList(W.HTML):
     def set(self, step: str, state: str, detail: str = "") -> None:
         with self._lock:
             self._steps[step] = (state, detail)
+        self._render()
+
+    def skip_pending(self, detail: str = "not needed this time") -> None:
+        """After an operation ended: the steps it did not need say so, instead of waiting forever."""
+        with self._lock:
+            self._steps = {k: (("skipped", detail) if st == "pending" else (st, d)) for k, (st, d) in self._steps.items()}
         self._render()
 
     def state(self, step: str) -> str:
@@ -191,7 +216,7 @@ class StepList(W.HTML):
             det = f" <span style='color:#444'>— {html.escape(detail)}</span>" if detail else ""
             rows.append(f"<div class='labdeploy-step' data-step='{html.escape(name)}' data-state='{state}' "
                         "style='overflow-wrap:anywhere;line-height:1.45;margin:1px 0'>"
-                        f"<span style='color:{color}'>{icon}</span> {html.escape(name)} "
+                        f"<span style='color:{color}'>{icon}</span> {html.escape(self.titles.get(name, name))} "
                         f"<span style='color:{color};font-size:90%'>({state})</span>{det}</div>")
         self.value = "<div class='labdeploy-steps'>" + "".join(rows) + "</div>"
 
