@@ -36,7 +36,8 @@ FIELD_STYLE = {"description_width": f"{LABEL_PX}px"}
 
 def field_layout(wide: bool = False) -> W.Layout:
     """Full width of the form, never narrower than a readable input, not endless on a wide screen."""
-    return W.Layout(width="100%", min_width=f"{FIELD_MIN_PX}px", max_width="860px" if wide else "640px")
+    # "auto" (not 100%): a stretched flex item, so the widget's own margins stay inside the panel.
+    return W.Layout(width="auto", min_width=f"{FIELD_MIN_PX}px", max_width="860px" if wide else "640px")
 
 
 def text_field(description: str, value: str = "", placeholder: str = "", *, wide: bool = False,

@@ -162,7 +162,7 @@ class DeployPanel(Panel):
 
     def _show_mode_help(self) -> None:
         mode = self.mode_box.value
-        text = (f"<div style='color:#555;margin-left:145px;font-size:90%'>"
+        text = (f"<div style='color:#444;margin-left:148px;font-size:90%;line-height:1.4'>"
                 f"{html.escape(transfer.MODE_HELP[mode])}</div>")
         if mode in localdocker.NEEDS_LOCAL_DOCKER:  # said before a click, not after a refused deploy
             self._local_docker = self._local_docker or localdocker.probe(timeout=2)

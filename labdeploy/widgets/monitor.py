@@ -23,7 +23,8 @@ from ..app import changes
 from ..ssh import pool as ssh_pool
 from ..watch.pgactivity import DEFAULT_THRESHOLD
 from .maintenance import MaintenanceBox
-from .common import LogPane, Message, Panel, error_html, titled, warning_html, widget_reporter
+from .common import (LogPane, Message, Panel, choice_field, error_html, text_field, titled, warning_html,
+                     widget_reporter)
 from .remedies import hint as panel_hint
 
 BACKUP_EVERY = 30.0  # seconds between readings of the apps' backup health
@@ -162,16 +163,16 @@ class MonitorPanel(Panel):
     # ------------------------------------------------------------------ layout
 
     def _button(self, label: str, action: str, **kw) -> W.Button:
-        b = W.Button(description=label, **kw)
+        b = W.Button(description=label, layout=W.Layout(width="auto"), **kw)  # labels never cut
         b.add_class(f"labdeploy-monitor-{action}")
         return b
 
     def _build(self, server) -> None:
         options = self._server_options(server)
-        self.server_picker = W.Dropdown(options=options, value=options[0] if options else None,
-                                        description="Server")
+        self.server_picker = choice_field(W.Dropdown(options=options, value=options[0] if options else None,
+                                                     description="Server"))
         self.server_picker.observe(self._on_server, names="value")
-        self.app_picker = W.Dropdown(options=[ALL_APPS], value=ALL_APPS, description="App")
+        self.app_picker = choice_field(W.Dropdown(options=[ALL_APPS], value=ALL_APPS, description="App"))
         self.app_picker.observe(lambda _: self._focus_changed(), names="value")
         self.stop_button = self._button("Stop monitoring", "stop", icon="stop")
         self.stop_button.on_click(lambda _: self.stop())
@@ -219,12 +220,12 @@ class MonitorPanel(Panel):
         self.gauge = W.FloatProgress(value=0, min=0, max=100, description="Connections",
                                      style={"description_width": "initial"}, layout=W.Layout(width="60%"))
         self.gauge_label = W.Label("")
-        self.chart = W.Image(format="png", layout=W.Layout(width="100%", max_width="760px"))
+        self.chart = W.Image(format="png", layout=W.Layout(width="100%", max_width="860px", display="none"))
         self.summary = W.HTML()
 
     def _build_logs(self) -> None:
-        self.log_service = W.Dropdown(options=[ALL], value=ALL, description="Service")
-        self.log_tail = W.BoundedIntText(value=200, min=0, max=100000, description="Last lines")
+        self.log_service = choice_field(W.Dropdown(options=[ALL], value=ALL, description="Service"))
+        self.log_tail = choice_field(W.BoundedIntText(value=200, min=0, max=100000, description="Last lines"))
         self.logs_button = self._button("Show logs", "logs", icon="file-text")
         self.logs_button.on_click(lambda _: self.in_background(self._show_logs, exclusive=False))
         self.follow = W.ToggleButton(value=False, description="Follow", icon="play")
@@ -233,9 +234,9 @@ class MonitorPanel(Panel):
         self.log_pane = LogPane(max_lines=2000, layout=W.Layout(width="100%", height="240px"))
 
     def _build_restart(self) -> None:
-        self.restart_services = W.SelectMultiple(options=list(layout.PROCESS_SERVICES),
-                                                 value=list(layout.PROCESS_SERVICES), description="Services",
-                                                 rows=3)
+        self.restart_services = choice_field(W.SelectMultiple(options=list(layout.PROCESS_SERVICES),
+                                                              value=list(layout.PROCESS_SERVICES),
+                                                              description="Services", rows=3))
         self.restart_button = self._button("Restart…", "restart", icon="repeat", button_style="warning")
         self.restart_button.on_click(self._ask_restart)
         self.confirm_text = W.HTML()
@@ -247,9 +248,8 @@ class MonitorPanel(Panel):
         self.confirm_row.layout.display = "none"
 
     def _build_exec(self) -> None:
-        self.exec_service = W.Dropdown(options=list(layout.PROCESS_SERVICES), description="In service")
-        self.exec_command = W.Text(placeholder="e.g. ls -la /tmp", description="Command",
-                                   layout=W.Layout(width="60%"))
+        self.exec_service = choice_field(W.Dropdown(options=list(layout.PROCESS_SERVICES), description="In service"))
+        self.exec_command = text_field("Command", "", "e.g. ls -la /tmp", wide=True)
         self.exec_button = self._button("Run", "exec", icon="terminal")
         self.exec_button.on_click(lambda _: self.in_background(self._run_exec, exclusive=False))
         self.exec_output = W.Textarea(disabled=True, layout=W.Layout(width="100%", height="120px"))
@@ -258,19 +258,19 @@ class MonitorPanel(Panel):
     def _lay_out(self) -> W.VBox:
         section = lambda t: W.HTML(f"<b>{html.escape(t)}</b>")  # noqa: E731
         return titled(
-            "Monitor", self.actions(self.server_picker, self.app_picker, self.start_button, self.stop_button),
+            "Monitor", self.server_picker, self.app_picker, self.actions(self.start_button, self.stop_button),
             self.warnings, self.message_slot(),
             section("Containers"), self.actions(self.refresh_button, self.stats_button, self.updated),
             self.status_table, self.stats_table,
             section("Database connections"), W.HBox([self.gauge, self.gauge_label]), self.chart, self.summary,
-            section("Logs"), self.actions(self.log_service, self.log_tail, self.logs_button, self.follow),
+            section("Logs"), self.log_service, self.log_tail, self.actions(self.logs_button, self.follow),
             self.log_pane,
             section("Restart (the usual remedy when an app holds too many connections)"),
-            self.actions(self.restart_services, self.restart_button), self.confirm_row,
+            self.restart_services, self.actions(self.restart_button), self.confirm_row,
             section("Maintenance page (new arrivals wait; participants already in go on)"),
             self.maintenance.widget,
             section("Run a command in a container"),
-            self.actions(self.exec_service, self.exec_command, self.exec_button), self.exec_output,
+            self.exec_service, self.exec_command, self.actions(self.exec_button), self.exec_output,
             subtitle="Status, logs, database connections of the app chosen above (or of all apps); refreshes "
                      "by itself until you stop it.")
 
@@ -392,6 +392,7 @@ class MonitorPanel(Panel):
         self.warnings.value = ("<div style='font-size:115%;font-weight:bold'>" + "".join(msgs) + "</div>"
                                if msgs else "")
         self.chart.value = render_chart(sampler, self.focus)
+        self.chart.layout.display = ""
 
     def _show_stats(self) -> None:
         self.stats_table.value = "<i>Measuring (takes a second or two)…</i>"
