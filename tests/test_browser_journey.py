@@ -233,8 +233,10 @@ def _setup_journey(lab: Lab, testbed: dict, remote) -> None:
         time.sleep(0.2)
     assert "10.250.0.99" not in lab.step_text(panel, "Host key")
 
-    # 2. First contact: the corrected address was checked again by itself and the panel shows the
-    # fingerprint; compare it with the administrator's, then trust it.
+    assert "address changed" in lab.step_text(panel, "Host key")
+
+    # 2. First contact: the panel shows the fingerprint; compare it with the administrator's, trust it.
+    check.click()
     lab.wait_step(panel, "Host key", states=("pending",), timeout=30)
     fingerprint = panel.locator(".labdeploy-setup-fingerprint")
     fingerprint.wait_for(timeout=30_000)
@@ -377,7 +379,8 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
         lab.wait_step(exporter, step, timeout=180)
     exporter.locator(".labdeploy-ok", has_text="was destroyed").wait_for(timeout=30_000)
     assert "exporter.data[" in exporter.locator(".labdeploy-ok").inner_text()  # the notebook's own variable
-    assert lab.step_state(exporter, "Anonymise") == "skipped"  # not needed, so not left pending
+    states = [lab.step_state(exporter, s) for s in ("check", "lock", "stop", "route", "data", "files")]
+    assert states == ["done"] * 6, states  # none left pending after it succeeded
     assert "Stop the app" in exporter.locator(".labdeploy-steps").inner_text()  # words, not step keys
     lab.shot(exporter, "destroyed")
     # The deploy panel (another panel of this notebook) no longer shows the destroyed app.
@@ -421,6 +424,7 @@ def _export_panel(lab: Lab, word: str, ink: str):
     panel.locator(".labdeploy-export-export").click()
     for step in ("Read the tables", "Check row counts", "Write the archive"):
         lab.wait_step(panel, step, timeout=120)
+    assert [lab.step_state(panel, s) for s in ("Anonymise", "Download files", "Download logs")] == ["skipped"] * 3
     summary = panel.locator("tr.labdeploy-export-row[data-table='responses']")
     summary.wait_for(timeout=30_000)
     assert summary.get_attribute("data-rows") == "1"

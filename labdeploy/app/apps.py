@@ -27,7 +27,7 @@ from ..data.archive import ExportData
 from ..errors import UnknownApp
 from ..errors import LabdeployError, Remedy, ValidationError
 from ..server.locks import DeployLock
-from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
+from ..progress import LogLine, Reporter, StepFinished, WarningEvent, null_reporter, step
 
 COLUMNS = ["app", "state", "version", "url", "deployed_at", "who", "running", "image", "locked"]
 DESTROY_STEPS = ("check", "lock", "stop", "route", "data", "files")
@@ -311,6 +311,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
         _check_participants(remote, app, force, result, reporter)
     with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
         reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
+        reporter(StepFinished("lock", True, f"taken by {lock.info.who}"))  # its row is done, not left pending
         checked = remove_data and traces["database"] and (final is not None or export_check)
         if checked and final is None:
             _check_data_saved(remote, app, reporter)  # refuse while the app still runs untouched

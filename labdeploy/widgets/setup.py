@@ -171,7 +171,8 @@ class SetupPanel(Panel):
 
     def _address_changed(self) -> None:
         """Another address: the host key question and every verdict about the old server no longer
-        hold. The steps go back to pending and a host key check already made is made again."""
+        hold. The steps go back to pending (the host key step says to check again); nothing runs
+        by itself, so a check the researcher starts next is never refused as "still running"."""
         checked = self.steps.state("Host key") != "pending" or self.pending_fingerprint is not None
         self.pending_fingerprint = None
         self.trust_host_button.layout.display = "none"
@@ -179,8 +180,8 @@ class SetupPanel(Panel):
         self.readiness_table = None
         for step in ABOUT_THE_ADDRESS:
             self.steps.set(step, "pending")
-        if checked and not self.busy and self._fields()[0]:
-            self.check_host()
+        if checked:
+            self.steps.set("Host key", "pending", "the address changed: click 'Check host key' again")
 
     def _show_comparison(self) -> Optional[str]:
         """The administrator's fingerprint against the one the server presents (when both are there)."""
