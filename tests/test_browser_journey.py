@@ -424,6 +424,7 @@ def _export_panel(lab: Lab, word: str, ink: str):
     panel.locator(".labdeploy-export-export").click()
     for step in ("Read the tables", "Check row counts", "Write the archive"):
         lab.wait_step(panel, step, timeout=120)
+    panel.locator(".labdeploy-ok", has_text="Exported").wait_for(timeout=30_000)
     assert [lab.step_state(panel, s) for s in ("Anonymise", "Download files", "Download logs")] == ["skipped"] * 3
     summary = panel.locator("tr.labdeploy-export-row[data-table='responses']")
     summary.wait_for(timeout=30_000)
