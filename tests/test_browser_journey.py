@@ -389,6 +389,8 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
         time.sleep(0.25)
     assert APP not in panel.locator(".labdeploy-deploy-result").inner_text()
     assert panel.locator("a.labdeploy-deploy-tunnel-link").count() == 0
+    assert "Tunnel open" not in panel.inner_text() and "was destroyed" in panel.inner_text()
+    assert lab.step_state(panel, "record") == "pending"  # the last deploy's steps are history now
     assert not panel.locator(".labdeploy-deploy-reveal").is_visible()
     lab.shot(panel, "deploy-after-destroy")
     assert not remote.exists(f"dallinger/{APP}")

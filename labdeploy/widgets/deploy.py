@@ -283,12 +283,20 @@ class DeployPanel(Panel):
     # ------------------------------------------------------------------ the truth, re-read
 
     def _forget_app(self, app: str) -> None:
-        """`app` is not deployed any more: its address, dashboard, version and tunnel go."""
+        """`app` is not deployed any more: its address, dashboard, version, tunnel, what the
+        message said about it and the steps of its last deploy go."""
+        shown = (self.result is not None and self.result.app == app) or \
+            (self.tunnel is not None and self.tunnel.app == app)
         if self.result is not None and self.result.app == app:
             self.result = None
             self._show_result(False)
         if self.tunnel is not None and self.tunnel.app == app:
             self.close_tunnel()
+        if shown and not self.busy:
+            self.message.show_info(f"{app} was destroyed; its address, dashboard and tunnel are gone.")
+            if list(self.steps.states) == list(deploy_core.STEPS):
+                self.steps.reset(deploy_core.STEPS)
+                self.steps.set("preflight", "pending", f"{app} is not on the server now: it can be deployed")
 
     def _show_apps(self, df) -> None:
         """The server's apps as read now; what the panel shows about an app no longer there goes,
