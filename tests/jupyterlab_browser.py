@@ -310,3 +310,64 @@ class Lab:
         """Tracebacks and stderr shown in the current notebook's outputs."""
         return self.notebook.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
                                      ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").all_inner_texts()
+
+
+# --- layout checks from the elements' boxes (what a researcher sees, measured in the browser)
+
+_LAYOUT_JS = """(panel) => {
+  const shown = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0 &&
+                          getComputedStyle(el).visibility !== 'hidden'; };
+  const name = (el) => { const row = el.closest('.widget-inline-hbox');
+                         const label = row && row.querySelector('label.widget-label');
+                         return (label && label.textContent.trim()) || el.tagName + '.' + (el.className || ''); };
+  const problems = [];
+  for (const el of panel.querySelectorAll("input[type=text], input[type=password], input[type=number], select, textarea")) {
+    if (!shown(el)) continue;
+    const w = el.getBoundingClientRect().width;
+    if (w < MIN - 0.5) problems.push(`input '${name(el)}' is ${w.toFixed(0)} px wide`);
+  }
+  const texts = [...panel.querySelectorAll("label.widget-label, button, .widget-html-content, .widget-label-basic")]
+    .filter(el => shown(el) && el.textContent.trim());
+  for (const el of texts) {
+    if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'auto' && !el.closest('[style*="overflow-x:auto"]'))
+      problems.push(`text cut: '${el.textContent.trim().slice(0, 60)}' (${el.scrollWidth} > ${el.clientWidth} px)`);
+  }
+  const boxes = [...panel.querySelectorAll("input, select, textarea, button, label.widget-label")]
+    .filter(el => shown(el) && el.type !== 'checkbox');
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const a = boxes[i], b = boxes[j];
+    if (a.contains(b) || b.contains(a)) continue;
+    const p = a.getBoundingClientRect(), q = b.getBoundingClientRect();
+    const x = Math.min(p.right, q.right) - Math.max(p.left, q.left), y = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+    if (x > 2 && y > 2) problems.push(`'${name(a)}' overlaps '${name(b)}'`);
+  }
+  const box = panel.getBoundingClientRect();
+  for (const el of boxes) { const r = el.getBoundingClientRect();
+    if (r.right > box.right + 1) problems.push(`'${name(el)}' sticks out of the panel (${r.right.toFixed(0)} > ${box.right.toFixed(0)})`); }
+  return problems;
+}"""
+
+
+def layout_problems(locator, min_input: int = 240) -> list[str]:
+    """Inputs narrower than `min_input` px, labels/buttons/text cut off, controls overlapping or
+    sticking out of the panel (from bounding boxes, in the page as rendered)."""
+    return locator.evaluate(_LAYOUT_JS.replace("MIN", str(min_input)))
+
+
+def log_tail_shown(locator) -> dict:
+    """For a `.labdeploy-log` pane: whether it overflows and whether its last line is in view
+    (the pane follows the tail)."""
+    return locator.evaluate("""(pane) => {
+      const text = pane.querySelector('pre');
+      const p = pane.getBoundingClientRect(), t = text.getBoundingClientRect();
+      return {overflows: pane.scrollHeight > pane.clientHeight + 1, lines: text.textContent.split('\\n').length,
+              tail_in_view: t.bottom <= p.bottom + 1 && t.bottom >= p.bottom - 24, scrollTop: pane.scrollTop};
+    }""")
+
+
+def show_sidebar(page) -> None:
+    """Open the file browser again (JupyterLab's default), e.g. to check a panel at laptop width with it."""
+    if page.locator("#jp-left-stack").is_visible():
+        return
+    page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab").first.click()
+    page.locator("#jp-left-stack").wait_for(state="visible", timeout=10_000)

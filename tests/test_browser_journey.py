@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.jupyterlab_browser import Lab, chromium, jupyterlab
+from tests.jupyterlab_browser import Lab, chromium, jupyterlab, layout_problems, log_tail_shown, show_sidebar
 
 # The journey's panels drive the same core calls that run on both servers in the API tests; to keep
 # the suite's time it runs on one (the trixie server runs the PsyNet tests instead).
@@ -30,6 +30,38 @@ pytestmark = [pytest.mark.browser, pytest.mark.testbed, pytest.mark.servers("boo
 APP = "t-web-journey"
 SERVER_NAME = "journey"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
+# A laptop (with JupyterLab's file browser open, its default) and a desktop screen.
+SIZES = ((1280, 800), (1920, 1080))
+
+
+def _check_layout(lab: Lab, panel, name: str, sidebar: bool = True) -> None:
+    """At each window size: every input at least 240 px wide, no text cut off, nothing
+    overlapping or sticking out (from the elements' boxes); a screenshot of each to look at."""
+    page = lab.page
+    before = page.viewport_size
+    if sidebar:
+        show_sidebar(page)
+    try:
+        for width, height in SIZES:
+            page.set_viewport_size({"width": width, "height": height})
+            time.sleep(0.5)  # Lumino lays the panels out again on resize
+            problems = layout_problems(panel)
+            lab.shot(panel, f"{name}-{width}x{height}")
+            assert not problems, f"{name} at {width}x{height}: {problems}"
+    finally:
+        page.set_viewport_size(before)
+        if sidebar:
+            lab.hide_sidebar()
+
+
+def _near_button(lab: Lab, button, message, most: float = 160) -> None:
+    """What a click says shows right under the clicked button, inside the window."""
+    message.wait_for(timeout=30_000)
+    message.scroll_into_view_if_needed()
+    b, m = button.bounding_box(), message.bounding_box()
+    view = lab.page.viewport_size
+    assert b and m and 0 <= m["y"] - (b["y"] + b["height"]) <= most, (b, m)
+    assert 0 <= m["y"] and m["y"] + min(m["height"], 40) <= view["height"], (m, view)
 
 
 def _secret_values(text: str) -> set[str]:
@@ -105,7 +137,8 @@ def test_researcher_journey_in_jupyterlab(testbed, remote, tmp_path, ssh_agent):
     for nb in ("setup_server.ipynb", "deploy.ipynb"):
         shutil.copy(REPO / "notebooks" / nb, root / "notebooks" / nb)
     shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {"LABDEPLOY_TESTBED": testbed["file"], "SSH_AUTH_SOCK": ssh_agent}
+    # The kernel imports this checkout's labdeploy (not the one the virtual environment points at).
+    env = {"LABDEPLOY_TESTBED": testbed["file"], "SSH_AUTH_SOCK": ssh_agent, "PYTHONPATH": str(REPO)}
     ssh = testbed["ssh"]
     secrets = {"testbed ssh password": ssh["password"], "registry password": testbed["registry"]["password"]}
 
@@ -166,12 +199,13 @@ def _check_readiness(lab: Lab, panel, prepared: bool) -> dict:
 def _setup_journey(lab: Lab, testbed: dict, remote) -> None:
     ssh = testbed["ssh"]
     lab.open_notebook("notebooks/setup_server.ipynb")
-    lab.hide_sidebar()
     # Step through the introduction and the panel's cell as a person would (Shift+Enter).
     lab.run_cells(lab.cell_index("SetupPanel(") + 1)
     panel = lab.panel("Set up a server")
     panel.wait_for(timeout=60_000)
     lab.wait_kernel_idle(60)
+    _check_layout(lab, panel, "setup-layout")
+    assert lab.step_state(panel, "ssh-agent") == "optional"  # never red for something optional
     assert all(lab.step_state(panel, s) == "pending" for s in
                ("SSH key", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server"))
     assert lab.field(panel, "Server address").input_value() == ssh["host"]
@@ -186,8 +220,23 @@ def _setup_journey(lab: Lab, testbed: dict, remote) -> None:
     panel.locator(".labdeploy-setup-add-agent").click()
     lab.wait_step(panel, "ssh-agent", timeout=30)
 
-    # 2. First contact: the panel shows the fingerprint; compare with the administrator's, trust.
-    panel.locator(".labdeploy-setup-check-host").click()
+    # A mistyped address: the error shows next to the button; the corrected address is checked again.
+    lab.fill(panel, "Server address", "10.250.0.99")
+    check = panel.locator(".labdeploy-setup-check-host")
+    check.click()
+    lab.wait_step(panel, "Host key", states=("failed",), timeout=60)
+    _near_button(lab, check, panel.locator(".labdeploy-error"))
+    lab.shot(panel, "setup-error-next-to-button")
+    lab.fill(panel, "Server address", ssh["host"])
+    deadline = time.time() + 30  # the value reaches the kernel as the box is left
+    while "10.250.0.99" in lab.step_text(panel, "Host key") and time.time() < deadline:
+        time.sleep(0.2)
+    assert "10.250.0.99" not in lab.step_text(panel, "Host key")
+
+    assert "address changed" in lab.step_text(panel, "Host key")
+
+    # 2. First contact: the panel shows the fingerprint; compare it with the administrator's, trust it.
+    check.click()
     lab.wait_step(panel, "Host key", states=("pending",), timeout=30)
     fingerprint = panel.locator(".labdeploy-setup-fingerprint")
     fingerprint.wait_for(timeout=30_000)
@@ -195,6 +244,9 @@ def _setup_journey(lab: Lab, testbed: dict, remote) -> None:
     while "First contact" not in fingerprint.inner_text() and time.time() < deadline:
         time.sleep(0.2)
     assert ssh["host_key_fingerprint"] in fingerprint.inner_text()
+    # The administrator's fingerprint pasted (another case for the prefix, spaces around): compared.
+    lab.fill(panel, "Admin's fingerprint", "  sha256:" + ssh["host_key_fingerprint"].split(":", 1)[1] + " ")
+    panel.locator(".labdeploy-setup-compare", has_text="The same as the key").wait_for(timeout=10_000)
     trust = panel.locator(".labdeploy-setup-trust-host")
     trust.wait_for(state="visible", timeout=10_000)
     lab.shot(panel, "setup-fingerprint")
@@ -242,12 +294,18 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     lab.fill(panel, "App name", APP)
     server = panel.locator(".widget-dropdown", has=page.locator("label.widget-label", has_text="Server")).locator("select")
     server.select_option(label=SERVER_NAME)
-    lab.shot(panel, "deploy-panel-filled")
+    _check_layout(lab, panel, "deploy-layout")
 
     t0 = time.time()
     panel.locator(".labdeploy-deploy-deploy").click()
+    log = panel.locator(".labdeploy-log")
+    followed = []
     for step in ("preflight", "lock", "image", "database", "start", "route", "launch", "record"):
         lab.wait_step(panel, step, timeout=420)
+        shown = log_tail_shown(log) if log.is_visible() else None
+        if shown and shown["overflows"]:
+            followed.append(shown["tail_in_view"])
+    assert followed and all(followed), followed  # the log showed its newest line while the deploy ran
     print(f"deploy took {time.time() - t0:.0f} s in the panel")
     result = panel.locator(".labdeploy-deploy-result")
     url = result.locator("a").first.get_attribute("href")
@@ -263,6 +321,13 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     # The server has no DNS name for the app: open it through the panel's SSH tunnel.
     panel.locator(".labdeploy-deploy-tunnel").click()
     link = panel.locator("a.labdeploy-deploy-tunnel-link")
+    reveal = panel.locator(".labdeploy-deploy-reveal")
+    reveal.click()
+    panel.locator(".labdeploy-deploy-reveal", has_text="Hide password").wait_for(timeout=10_000)
+    assert "••••" not in result.inner_text()
+    reveal.click()
+    panel.locator(".labdeploy-deploy-reveal", has_text="Show password").wait_for(timeout=10_000)
+    assert "••••" in result.inner_text()  # the label says what a click does, matching what is shown
     link.wait_for(timeout=60_000)
     tunnel_url = link.get_attribute("href")
     assert tunnel_url.startswith(f"http://{APP}.localhost:"), tunnel_url
@@ -305,7 +370,7 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     # confirmation step first: without the tick nothing happens.
     destroy = exporter.locator(".labdeploy-export-destroy")
     destroy.click()
-    exporter.locator(".labdeploy-error", has_text="needs your confirmation").wait_for(timeout=30_000)
+    _near_button(lab, destroy, exporter.locator(".labdeploy-error", has_text="needs your confirmation"))
     assert remote.exists(f"dallinger/{APP}")
     lab.shot(exporter, "destroy-needs-confirmation")
     exporter.locator(".labdeploy-export-confirm input").check()
@@ -313,7 +378,21 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     for step in ("stop", "Read the tables", "Check row counts", "Write the archive", "data", "files"):
         lab.wait_step(exporter, step, timeout=180)
     exporter.locator(".labdeploy-ok", has_text="was destroyed").wait_for(timeout=30_000)
+    assert "exporter.data[" in exporter.locator(".labdeploy-ok").inner_text()  # the notebook's own variable
+    states = [lab.step_state(exporter, s) for s in ("check", "lock", "stop", "route", "data", "files")]
+    assert states == ["done"] * 6, states  # none left pending after it succeeded
+    assert "Stop the app" in exporter.locator(".labdeploy-steps").inner_text()  # words, not step keys
     lab.shot(exporter, "destroyed")
+    # The deploy panel (another panel of this notebook) no longer shows the destroyed app.
+    deadline = time.time() + 30
+    while APP in panel.locator(".labdeploy-deploy-result").inner_text() and time.time() < deadline:
+        time.sleep(0.25)
+    assert APP not in panel.locator(".labdeploy-deploy-result").inner_text()
+    assert panel.locator("a.labdeploy-deploy-tunnel-link").count() == 0
+    assert "Tunnel open" not in panel.inner_text() and "was destroyed" in panel.inner_text()
+    assert lab.step_state(panel, "record") == "pending"  # the last deploy's steps are history now
+    assert not panel.locator(".labdeploy-deploy-reveal").is_visible()
+    lab.shot(panel, "deploy-after-destroy")
     assert not remote.exists(f"dallinger/{APP}")
     assert not remote.exists(f"dallinger-data/{APP}")
     from labdeploy import export as export_core
@@ -343,10 +422,12 @@ def _export_panel(lab: Lab, word: str, ink: str):
     deadline = time.time() + 60
     while not any(t.startswith("responses") for t in listed()) and time.time() < deadline:
         time.sleep(0.25)
-    assert "responses (1 rows)" in listed(), listed()
+    assert "responses (1 row)" in listed(), listed()
     panel.locator(".labdeploy-export-export").click()
     for step in ("Read the tables", "Check row counts", "Write the archive"):
         lab.wait_step(panel, step, timeout=120)
+    panel.locator(".labdeploy-ok", has_text="Exported").wait_for(timeout=30_000)
+    assert [lab.step_state(panel, s) for s in ("Anonymise", "Download files", "Download logs")] == ["skipped"] * 3
     summary = panel.locator("tr.labdeploy-export-row[data-table='responses']")
     summary.wait_for(timeout=30_000)
     assert summary.get_attribute("data-rows") == "1"

@@ -76,13 +76,13 @@ def test_logs_follow_and_service_filter(panel):
     panel.log_tail.value = 3
     panel.logs_button.click()
     panel.last_task.join(30)
-    lines = panel.log_pane.value.splitlines()
+    lines = panel.log_pane.text.splitlines()
     assert len(lines) == 3 and all(line.startswith("worker | worker ") for line in lines)
     panel.log_service.value = "clock"
     panel.log_tail.value = 0
     panel.follow.value = True
     task = panel.last_task
-    wait_for(lambda: "clock | clock tick" in panel.log_pane.value, what="followed lines")
+    wait_for(lambda: "clock | clock tick" in panel.log_pane.text, what="followed lines")
     panel.follow.value = False
     task.join(15)
     assert not task.is_alive()
@@ -91,11 +91,11 @@ def test_logs_follow_and_service_filter(panel):
     panel.log_tail.value = 2
     panel.follow.value = True
     task = panel.last_task
-    wait_for(lambda: len([x for x in panel.log_pane.value.splitlines() if "web tick" in x]) >= 4,
+    wait_for(lambda: len([x for x in panel.log_pane.text.splitlines() if "web tick" in x]) >= 4,
              what="backlog and new lines")
     panel.follow.value = False
     task.join(15)
-    ticks = [int(x.rsplit(" ", 1)[1]) for x in panel.log_pane.value.splitlines() if "web tick" in x]
+    ticks = [int(x.rsplit(" ", 1)[1]) for x in panel.log_pane.text.splitlines() if "web tick" in x]
     assert ticks == sorted(set(ticks)) and ticks == list(range(ticks[0], ticks[0] + len(ticks)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import stat
 
 import nbformat
@@ -29,6 +30,7 @@ def test_notebook_is_stored_without_outputs():
 
 def test_backup_and_restore_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
     monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the kernel imports this checkout
     workdir = tmp_path / "notebooks"
     workdir.mkdir()
     (tmp_path / "examples").symlink_to(REPO / "examples")

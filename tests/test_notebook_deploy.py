@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -28,6 +29,7 @@ def test_notebook_is_stored_without_outputs():
 
 def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
     monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the kernel imports this checkout
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(REPO / "notebooks")}})

@@ -1,6 +1,7 @@
 """Run notebooks/setup_server.ipynb top to bottom against the testbed, in a temporary HOME."""
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -26,6 +27,7 @@ def test_setup_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path,
     from labdeploy.remote import Remote
 
     monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the kernel imports this checkout
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     admin = Remote(testbed["ssh"]["host"], 22, testbed["ssh"]["user"], key_filename=testbed["ssh"]["key"],

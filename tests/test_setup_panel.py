@@ -55,7 +55,7 @@ def test_full_journey_with_an_existing_key(panel_for, testbed, home):
     assert p.steps.state("SSH key") == "done"
 
     click(p, p.agent_button)  # no agent runs for this test: a clear failure, and the journey goes on
-    assert p.steps.state("ssh-agent") == "failed"
+    assert p.steps.state("ssh-agent") == "optional"  # optional: never red
     assert "ssh-agent" in p.message.value and "What to do" in p.message.value
 
     click(p, p.check_host_button)

@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import pandas as pd
 
-from . import appdata, finalexport
+from . import appdata, changes, finalexport
 from .finalexport import FinalExport
 from ..server import compose, caddy, layout, stack
 from ..commands import apps as app_commands, docker, files
@@ -27,10 +27,14 @@ from ..data.archive import ExportData
 from ..errors import UnknownApp
 from ..errors import LabdeployError, Remedy, ValidationError
 from ..server.locks import DeployLock
-from ..progress import LogLine, Reporter, WarningEvent, null_reporter, step
+from ..progress import LogLine, Reporter, StepFinished, WarningEvent, null_reporter, step
 
 COLUMNS = ["app", "state", "version", "url", "deployed_at", "who", "running", "image", "locked"]
 DESTROY_STEPS = ("check", "lock", "stop", "route", "data", "files")
+# The destroy steps in a researcher's words, for step lists (the names above stay the events' keys).
+DESTROY_STEP_TITLES = {"check": "Check the app", "lock": "Take the app's lock", "stop": "Stop the app",
+                       "route": "Remove its web address", "data": "Delete or keep its data",
+                       "files": "Remove its folder"}
 
 class ConfirmationRequired(LabdeployError):
     """A destructive action was asked for without confirm=True."""
@@ -307,6 +311,7 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
         _check_participants(remote, app, force, result, reporter)
     with DeployLock(remote, app, operation="destroy", reporter=reporter) as lock:
         reporter(LogLine(f"lock taken by {lock.info.who}", "destroy"))
+        reporter(StepFinished("lock", True, f"taken by {lock.info.who}"))  # its row is done, not left pending
         checked = remove_data and traces["database"] and (final is not None or export_check)
         if checked and final is None:
             _check_data_saved(remote, app, reporter)  # refuse while the app still runs untouched
@@ -325,4 +330,5 @@ def destroy(app: str, server, *, confirm: bool = False, remove_data: bool = Fals
             _keep_or_remove_data(remote, app, traces, remove_data, result, reporter, remove_backups)
         with step(reporter, "files"):
             _remove_files(remote, app, result)
+    changes.announce("destroy", app, remote.host)
     return result

@@ -42,7 +42,8 @@ from ..server import appstate, caddy, compose, database, layout, logrotation, ma
 from ..server.locks import DeployLock
 from ..ssh import concurrent, pool
 from ..watch import containers, jobs, participants
-from . import appcompose, fleet, appdata, limits, assets, configuration, experimentcommands, facts as app_facts, history, settle, \
+from . import appcompose, appdata, assets, changes, configuration, experimentcommands, facts as app_facts, fleet, history, \
+    limits, settle, \
     webprobe, webupdate
 from .configuration import Secret
 from .options import DeployOptions
@@ -628,7 +629,10 @@ def deploy(experiment_dir, app: str, server, *, options: Optional[DeployOptions]
     opts = DeployOptions.of(options, **settings)
     if isinstance(server, str) and server == fleet.AUTO:
         return _deploy_where_there_is_room(experiment_dir, app, opts, _operation, reporter)
-    return Deploy(experiment_dir, app, server, opts, _operation, reporter).run()
+    run = Deploy(experiment_dir, app, server, opts, _operation, reporter)
+    result = run.run()
+    changes.announce(_operation, result.app, run.remote.host)  # the notebook's other panels re-read
+    return result
 
 
 def _deploy_where_there_is_room(experiment_dir, app: str, opts: DeployOptions, operation: str,
@@ -642,8 +646,10 @@ def _deploy_where_there_is_room(experiment_dir, app: str, opts: DeployOptions, o
     with pool.scope():  # the chosen server's connection is the deploy's too
         placement = fleet.place()
         (reporter or null_reporter)(LogLine(f"placed on {placement.reason}", "fleet"))
-        result = Deploy(experiment_dir, app, placement.server, opts, operation, reporter).run()
+        run = Deploy(experiment_dir, app, placement.server, opts, operation, reporter)
+        result = run.run()
     result.placement = placement.reason
+    changes.announce(operation, result.app, run.remote.host)
     return result
 
 

@@ -15,6 +15,7 @@ import contextlib
 import fnmatch
 import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Optional
 
 import paramiko
 
-from ..errors import ChangedHostKey, ConnectTimeout, HostUnreachable, Remedy, RemoteError, UnknownHostKey
+from ..errors import (ChangedHostKey, ConnectTimeout, HostUnreachable, Remedy, RemoteError, UnknownHostKey,
+                      ValidationError)
 from ..localfiles import write_atomic
 from .jump import proxy_command_failed
 
@@ -31,6 +33,43 @@ def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH's SHA256 fingerprint of a public key, e.g. 'SHA256:47DEQpj8HBSa+/...'."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+_FINGERPRINT_BODY = re.compile(r"[A-Za-z0-9+/]{43}")
+
+
+def normalise_fingerprint(text: str) -> str:
+    """A fingerprint as typed or pasted, in OpenSSH's form: spaces and line breaks out, the
+    "SHA256:" prefix in any case (or none), base64's trailing "=" dropped."""
+    body = "".join((text or "").split())
+    if body[:7].lower() == "sha256:":
+        body = body[7:]
+    return "SHA256:" + body.rstrip("=")
+
+
+def compare_fingerprint(given: str, presented: str) -> str:
+    """How a fingerprint from the administrator compares with the one the server presents:
+    "match"; "malformed" (not the shape of a SHA256 fingerprint: 43 characters of base64);
+    "case" (equal but for upper/lower case: base64 letters differ by case, so it is another
+    key or a misread); "different"."""
+    a, b = normalise_fingerprint(given), normalise_fingerprint(presented)
+    if not _FINGERPRINT_BODY.fullmatch(a[7:]):
+        return "malformed"
+    if a == b:
+        return "match"
+    return "case" if a.lower() == b.lower() else "different"
+
+
+def check_fingerprint_format(given: str) -> str:
+    """The fingerprint in OpenSSH's form, or a ValidationError saying what shape it must have
+    (before anything connects)."""
+    if compare_fingerprint(given, "") == "malformed":
+        raise ValidationError(
+            f"{given.strip()!r} is not a SHA256 host key fingerprint: one looks like 'SHA256:' followed by "
+            "43 letters, digits, '+' and '/'.",
+            "Copy the fingerprint exactly as the administrator gave it (or as the setup shows it) and try again.",
+            code="invalid.fingerprint")
+    return normalise_fingerprint(given)
 
 
 def known_hosts_name(host: str, port: int) -> str:
@@ -302,15 +341,19 @@ class HostKeys:
         fp = fingerprint(key)
         if known.is_revoked(self.host, self.port, key):
             raise revoked_error(self.host, self.port, key, self.known_hosts, self.role, self.on_the_way_to)
-        if fp != expected_fingerprint.strip():
+        given = check_fingerprint_format(expected_fingerprint)
+        verdict = compare_fingerprint(given, fp)
+        if verdict != "match":
             first = ("" if self.role == "server" else
                      " A jump host's key is confirmed before the key of the server behind it.")
+            case = " They differ only in upper/lower case, which matters in a fingerprint." if verdict == "case" else ""
             raise ChangedHostKey(
-                f"The {self.role} {self.host} now presents the key {fp}, not the {expected_fingerprint} you "
-                f"confirmed.{first}",
-                "Do not trust it: check the fingerprint with the server's administrator and try again.",
+                f"The fingerprint you gave ({given}) does not match the key the {self.role} {self.host} presents "
+                f"({fp}).{case}{first}",
+                "Check the fingerprint with the server's administrator, character by character; trust the key only "
+                "when they are the same. If the administrator's fingerprint really differs, do not connect.",
                 code="ssh.host_key.mismatch", host=self.host, port=self.port, fingerprint=fp,
-                expected_fingerprint=expected_fingerprint, role=self.role)
+                expected_fingerprint=given, role=self.role)
         stored = known.stored(self.host, self.port)
         if stored:
             same = stored.get(key.get_name())

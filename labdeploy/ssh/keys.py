@@ -30,6 +30,7 @@ from ..commands import sshkeys
 from ..errors import LabdeployError, Remedy, ValidationError
 from ..localfiles import write_atomic
 from ..remote import Remote
+from . import hostkeys
 from .hostkeys import HostKeyStatus, fingerprint as _pkey_fingerprint
 
 PathLike = Union[str, os.PathLike]
@@ -397,7 +398,9 @@ def trust_host_key(host: str, port: int, fingerprint: str, known_hosts: Optional
                    jump: Optional[str] = None, key_path: Optional[PathLike] = None,
                    passphrase: Optional[str] = None) -> None:
     """Store the key the user confirmed (`fingerprint`): the server's, or behind a jump host the
-    first hop's that is not known yet (see Remote.trust_host_key)."""
+    first hop's that is not known yet (see Remote.trust_host_key). A fingerprint that is not the
+    shape of one is refused before connecting."""
+    hostkeys.check_fingerprint_format(fingerprint)
     r = _probe(host, port, known_hosts, 10.0, jump, key_path, passphrase)
     try:
         r.trust_host_key(fingerprint)

@@ -188,30 +188,44 @@ class Sampler:
             wide = pd.concat([wide, blank]).sort_index()
         return wide
 
-    def plot(self, ax=None, top: int = 8):
-        """Connections per app over time (matplotlib); gaps shaded, warning threshold drawn."""
+    def plot(self, ax=None, top: int = 8, focus: Optional[str] = None):
+        """Connections per app over time (matplotlib); gaps shaded, warning threshold drawn when
+        the lines come near it. `focus` (the researcher's app) is always drawn, even at 0; the
+        legend sits outside the plot and the time axis reads HH:MM:SS."""
+        import matplotlib.dates as mdates
+
         if ax is None:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(8, 3.2))
         wide = self.connections_by_app()
+        peak_all = 0.0
         if not wide.empty:
             peak = wide.max()
-            order = peak[peak > 0].sort_values(ascending=False).index[:top]  # idle apps would only clutter
+            order = list(peak[peak > 0].sort_values(ascending=False).index[:top])  # idle apps would only clutter
+            if focus is not None and focus not in order:
+                order.insert(0, focus)  # an app without connections has no rows: its line is 0
             for app in order:
-                ax.plot(wide.index, wide[app].astype(float), label=str(app), marker=".", linewidth=1.2)
+                values = wide[app].astype(float) if app in wide.columns else pd.Series(0.0, index=wide.index)
+                ax.plot(wide.index, values.fillna(0) if app not in wide.columns else values, label=str(app),
+                        marker=".", linewidth=2.4 if app == focus else 1.2)
+            peak_all = float(pd.to_numeric(peak, errors="coerce").max() or 0)
         samples = self.samples
         for t in samples.loc[~samples["ok"].astype(bool), "time"]:
             ax.axvspan(t - pd.Timedelta(seconds=self.interval / 2), t + pd.Timedelta(seconds=self.interval / 2),
                        color="#c5221f", alpha=0.15, linewidth=0)
         maxc = pd.to_numeric(samples["max_connections"], errors="coerce").dropna()
-        if not maxc.empty:
-            ax.axhline(self.threshold * float(maxc.iloc[-1]), color="#f9ab00", linestyle="--", linewidth=1,
-                       label=f"{self.threshold:.0%} of max_connections")
+        warn = self.threshold * float(maxc.iloc[-1]) if not maxc.empty else None
+        top_y = max(5.0, peak_all * 1.25)
+        if warn is not None and peak_all >= warn / 2:  # near the warning line: show it, on the scale
+            ax.axhline(warn, color="#f9ab00", linestyle="--", linewidth=1, label=f"{self.threshold:.0%} of max_connections")
+            top_y = max(top_y, warn * 1.1)
+        ax.set_ylim(0, top_y)
         ax.set_ylabel("connections")
         ax.set_title("PostgreSQL connections per app" + (" (red: no data)" if (~samples["ok"].astype(bool)).any()
                                                          else ""))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper left", fontsize="small")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
         ax.figure.autofmt_xdate()
         return ax

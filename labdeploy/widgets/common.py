@@ -21,8 +21,80 @@ from .remedies import hint as panel_hint
 
 log = logging.getLogger("labdeploy.widgets")
 
-STATE_ICONS = {"pending": "○", "running": "◐", "done": "●", "failed": "✖", "skipped": "–"}
-STATE_COLORS = {"pending": "#888", "running": "#1a73e8", "done": "#188038", "failed": "#c5221f", "skipped": "#888"}
+STATE_ICONS = {"pending": "○", "running": "◐", "done": "●", "failed": "✖", "skipped": "–", "optional": "◌"}
+STATE_COLORS = {"pending": "#5f6368", "running": "#1a73e8", "done": "#188038", "failed": "#c5221f",
+                "skipped": "#5f6368", "optional": "#8a4b00"}
+
+# One responsive layout for every panel. A field is its label plus an input of at least
+# MIN_INPUT_PX; the form keeps that width and the step list moves below it when the notebook is
+# narrow (a laptop with JupyterLab's file browser open), instead of squeezing the inputs.
+LABEL_PX = 140
+MIN_INPUT_PX = 240
+FIELD_MIN_PX = LABEL_PX + 8 + MIN_INPUT_PX + 8  # label, its margin, the input, the widget's margins
+FIELD_STYLE = {"description_width": f"{LABEL_PX}px"}
+
+
+def field_layout(wide: bool = False) -> W.Layout:
+    """Full width of the form, never narrower than a readable input, not endless on a wide screen."""
+    # "auto" (not 100%): a stretched flex item, so the widget's own margins stay inside the panel.
+    return W.Layout(width="auto", min_width=f"{FIELD_MIN_PX}px", max_width="860px" if wide else "640px")
+
+
+def text_field(description: str, value: str = "", placeholder: str = "", *, wide: bool = False,
+               password: bool = False, address: bool = False) -> W.Text:
+    """A labelled text (or password) field in the shared layout; the placeholder is also its
+    tooltip, so help text cut by a narrow box can still be read. `address`: the value is sent
+    when typing ends (Enter or leaving the box), not at every keystroke."""
+    kind = W.Password if password else W.Text
+    box = kind(value=value, description=description, placeholder=placeholder, style=dict(FIELD_STYLE),
+               layout=field_layout(wide), continuous_update=not address)
+    if placeholder:
+        box.tooltip = placeholder
+    return box
+
+
+def choice_field(box: W.Widget, wide: bool = False) -> W.Widget:
+    """A dropdown or number box in the shared layout (the same label width, the same minimum)."""
+    box.style.description_width = f"{LABEL_PX}px"
+    box.layout = field_layout(wide)
+    return box
+
+
+def form_beside_steps(form: Iterable[W.Widget], steps: W.Widget) -> W.Box:
+    """The form on the left and the step list on its right, or below it when the panel is narrower
+    than both need (flex wrap): the form never shrinks below a readable field."""
+    left = W.VBox(list(form), layout=W.Layout(flex="3 1 460px", min_width=f"{FIELD_MIN_PX}px",
+                                              overflow="visible"))
+    steps.layout.flex = "2 1 260px"
+    steps.layout.min_width = "0"  # long step messages wrap instead of widening the column
+    steps.layout.margin = "0 0 6px 12px"
+    box = W.Box([left, steps], layout=W.Layout(display="flex", flex_flow="row wrap", align_items="flex-start",
+                                               width="100%", overflow="visible"))
+    box.add_class("labdeploy-form")
+    return box
+
+
+def name_in_notebook(obj: object, fallback: str) -> str:
+    """The notebook variable that holds `obj` (so a message can name it as the researcher wrote
+    it), else `fallback`."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        names = [k for k, v in (shell.user_ns.items() if shell is not None else ()) if v is obj and not k.startswith("_")]
+    except Exception:  # noqa: BLE001 - outside IPython: the fallback is as good
+        names = []
+    return names[0] if names else fallback
+
+
+def plural(n: int, word: str, words: str = "") -> str:
+    """'1 row', '2 rows'."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def button_row(*children: W.Widget) -> W.HBox:
+    """Buttons side by side, wrapping onto a second line rather than being cut off."""
+    return W.HBox(list(children), layout=W.Layout(flex_flow="row wrap", align_items="center", overflow="visible"))
 
 
 def run_in_background(fn: Callable[[], object], *, on_done: Optional[Callable[[object], None]] = None,
@@ -107,8 +179,9 @@ class Message(W.HTML):
 class StepList(W.HTML):
     """A list of named steps, each pending / running / done / failed, with a detail."""
 
-    def __init__(self, steps: Iterable[str] = (), **kwargs) -> None:
+    def __init__(self, steps: Iterable[str] = (), titles: Optional[dict] = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.titles = dict(titles or {})  # a step's words for the researcher; its name stays the key
         self._lock = threading.Lock()
         self._steps: dict[str, tuple[str, str]] = {s: ("pending", "") for s in steps}
         self._render()
@@ -124,6 +197,12 @@ class StepList(W.HTML):
             self._steps[step] = (state, detail)
         self._render()
 
+    def skip_pending(self, detail: str = "not needed this time") -> None:
+        """After an operation ended: the steps it did not need say so, instead of waiting forever."""
+        with self._lock:
+            self._steps = {k: (("skipped", detail) if st == "pending" else (st, d)) for k, (st, d) in self._steps.items()}
+        self._render()
+
     def state(self, step: str) -> str:
         return self._steps.get(step, ("pending", ""))[0]
 
@@ -135,29 +214,47 @@ class StepList(W.HTML):
         rows = []
         for name, (state, detail) in list(self._steps.items()):
             icon, color = STATE_ICONS.get(state, "?"), STATE_COLORS.get(state, "#000")
-            det = f" <span style='color:#666'>— {html.escape(detail)}</span>" if detail else ""
-            rows.append(f"<div class='labdeploy-step' data-step='{html.escape(name)}' data-state='{state}'>"
-                        f"<span style='color:{color}'>{icon}</span> {html.escape(name)} "
+            det = f" <span style='color:#444'>— {html.escape(detail)}</span>" if detail else ""
+            rows.append(f"<div class='labdeploy-step' data-step='{html.escape(name)}' data-state='{state}' "
+                        "style='overflow-wrap:anywhere;line-height:1.45;margin:1px 0'>"
+                        f"<span style='color:{color}'>{icon}</span> {html.escape(self.titles.get(name, name))} "
                         f"<span style='color:{color};font-size:90%'>({state})</span>{det}</div>")
         self.value = "<div class='labdeploy-steps'>" + "".join(rows) + "</div>"
 
 
-class LogPane(W.Textarea):
-    """A read-only log that keeps the last `max_lines` lines. Safe to append from threads."""
+class LogPane(W.HTML):
+    """A read-only log that keeps the last `max_lines` lines and shows the newest. Safe to append
+    from threads.
 
-    def __init__(self, max_lines: int = 400, **kwargs) -> None:
-        kwargs.setdefault("layout", W.Layout(width="100%", height="160px"))
-        super().__init__(disabled=True, **kwargs)
+    The pane is a column-reverse flex box: its scroll origin is the bottom, so it stays on the
+    newest line as lines arrive, and where the researcher scrolled up to read stays put (no
+    JavaScript needed in JupyterLab). Dark text on a light ground, not a disabled box's grey.
+    `text` is the plain text.
+    """
+
+    def __init__(self, max_lines: int = 400, height: str = "160px", **kwargs) -> None:
+        given = kwargs.pop("layout", None)
+        height = getattr(given, "height", None) or height
+        super().__init__(layout=W.Layout(width="100%", height=height, overflow="hidden auto", flex_flow="column-reverse",
+                                         align_items="stretch", border="1px solid #c8c8c8", padding="2px 6px"),
+                         **kwargs)
         self._lines: deque[str] = deque(maxlen=max_lines)
         self._lock = threading.Lock()
         self.add_class("labdeploy-log")
         self.layout.display = "none"  # an empty box is clutter: shown with its first line
 
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self._lines)
+
     def append(self, line: str) -> None:
         with self._lock:
             self._lines.append(line)
             text = "\n".join(self._lines)
-        self.value = text
+        self.value = ("<pre class='labdeploy-log-text' style='margin:0;white-space:pre-wrap;overflow-wrap:anywhere;"
+                      "line-height:1.4;font-size:12px;color:#1f1f1f;font-family:var(--jp-code-font-family,monospace)'>"
+                      f"{html.escape(text)}</pre>")
         self.layout.display = ""
 
     def clear(self) -> None:
@@ -245,6 +342,34 @@ class Panel:
     log: Optional[LogPane] = None
     last_task: Optional[threading.Thread] = None
     _action_running: bool = False
+    _message_at: Optional[W.Box] = None
+
+    def message_slot(self) -> W.VBox:
+        """Where the message shows until a button of an `actions` row is clicked."""
+        holder = W.VBox([self.message], layout=W.Layout(overflow="visible"))
+        self._message_at = holder
+        return holder
+
+    def actions(self, *children: W.Widget) -> W.VBox:
+        """A row of buttons (and their fields); clicking one moves the panel's message right under
+        the row, so what an action says (an error above all) shows next to the button that started it."""
+        holder = W.VBox([button_row(*children)], layout=W.Layout(overflow="visible"))
+        holder.add_class("labdeploy-actions")
+        for w in children:
+            if isinstance(w, W.Button):
+                w.on_click(lambda _b, h=holder: self.message_under(h))
+            elif isinstance(w, W.ToggleButton):
+                w.observe(lambda _c, h=holder: self.message_under(h), names="value")
+        return holder
+
+    def message_under(self, holder: W.Box) -> None:
+        """Show the message at the end of `holder` (it leaves where it was: one place at a time)."""
+        old = self._message_at
+        if old is holder or old is None:  # None: a panel without a message slot keeps it where it is
+            return
+        old.children = tuple(c for c in old.children if c is not self.message)
+        holder.children = (*holder.children, self.message)
+        self._message_at = holder
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -330,6 +455,7 @@ def titled(title: str, *children: W.Widget, subtitle: str = "") -> W.VBox:
     """A panel frame with a heading."""
     head = W.HTML(f"<h3 style='margin:4px 0'>{html.escape(title)}</h3>" +
                   (f"<div style='color:#555;margin-bottom:6px'>{html.escape(subtitle)}</div>" if subtitle else ""))
-    box = W.VBox([head, *children], layout=W.Layout(border="1px solid #ddd", padding="8px", width="100%"))
+    box = W.VBox([head, *children], layout=W.Layout(border="1px solid #ddd", padding="8px", width="100%",
+                                                    min_width=f"{FIELD_MIN_PX + 20}px", overflow="visible"))
     box.add_class("labdeploy-panel")
     return box

@@ -21,7 +21,9 @@ from ..ssh import pool as ssh_pool, servers
 from ..images import localdocker, transfer
 from ..errors import LabdeployError, Remedy
 from ..progress import Collector
-from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, warning_html, widget_reporter
+from ..app import changes
+from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps, text_field,
+                     titled, warning_html, widget_reporter)
 from .remedies import words as panel_words
 
 REVEAL_SECONDS = 30  # a revealed password hides itself again, so a saved notebook rarely keeps it
@@ -35,9 +37,7 @@ def _button(label: str, action: str, style: str = "", icon: str = "") -> W.Butto
     return b
 
 
-def _text(description: str, value: str = "", placeholder: str = "", width: str = "480px") -> W.Text:
-    return W.Text(value=value, description=description, placeholder=placeholder,
-                  style={"description_width": "140px"}, layout=W.Layout(width=width))
+_text = text_field
 
 
 class DeployPanel(Panel):
@@ -74,9 +74,11 @@ class DeployPanel(Panel):
         self.tunnel_html.add_class("labdeploy-deploy-tunnel-url")
         self.confirm_html = W.HTML("")
 
+        self._revealed = False
         self._build_buttons()
         self._wire()
         self.widget = self._lay_out()
+        changes.subscribe(self._on_app_change)  # a destroy in another panel of this notebook
 
     # ------------------------------------------------------------------ display
 
@@ -90,14 +92,12 @@ class DeployPanel(Panel):
             options.insert(0, (label, server))
         elif isinstance(server, str) and server not in [o[1] for o in options]:
             options.insert(0, (server, server))
-        self.server_box = W.Dropdown(options=options, value=server if server is not None or not options
-                                     else options[0][1], description="Server",
-                                     style={"description_width": "140px"}, layout=W.Layout(width="480px"))
+        self.server_box = choice_field(W.Dropdown(options=options, value=server if server is not None or not options
+                                                  else options[0][1], description="Server"))
         self.domain_box = _text("Domain", domain, "empty: the one the server was prepared with")
-        self.mode_box = W.Dropdown(options=[(f"{m}", m) for m in transfer.MODES], value=mode,
-                                   description="Transfer mode", style={"description_width": "140px"},
-                                   layout=W.Layout(width="480px"))
-        self.mode_help = W.HTML("", layout=W.Layout(width="480px"))  # wraps under its field, steps stay close
+        self.mode_box = choice_field(W.Dropdown(options=[(f"{m}", m) for m in transfer.MODES], value=mode,
+                                                description="Transfer mode"))
+        self.mode_help = W.HTML("", layout=W.Layout(width="100%", max_width="640px"))  # wraps under its field
         self.base_image_box = _text("Base image", base_image if base_image is not None else images.get("python", ""),
                                     "empty: the Dockerfile's default (BASE_IMAGE build argument)")
         self.redis_image_box = _text("Redis image", redis_image or images.get("redis", ""),
@@ -120,7 +120,9 @@ class DeployPanel(Panel):
         self.reuse_button = _button("Reuse that data", "reuse-data", "warning")
         self.replace_button = _button("Replace it (needs a fresh export)", "replace-data", "danger")
         self.data_cancel_button = _button("Cancel", "cancel-data")
-        self.data_row = W.HBox([self.data_html, self.reuse_button, self.replace_button, self.data_cancel_button])
+        self.data_actions = self.actions(self.data_html, self.reuse_button, self.replace_button,
+                                         self.data_cancel_button)
+        self.data_row = self.data_actions.children[0]  # hidden when not asked; the message under it stays
         self.data_row.layout.display = "none"
         for b in (self.close_tunnel_button, self.reveal_button, self.confirm_button, self.cancel_button,
                   self.remove_data_box):
@@ -145,13 +147,13 @@ class DeployPanel(Panel):
     def _lay_out(self) -> W.VBox:
         return titled(
             "Deploy an experiment",
-            W.HBox([W.VBox([self.folder_box, self.app_box, self.server_box, self.domain_box, self.mode_box,
-                            self.mode_help, self.base_image_box, self.redis_image_box]), self.steps]),
-            W.HBox([self.deploy_button, self.update_button, self.apps_button, self.tunnel_button,
-                    self.close_tunnel_button, self.destroy_button]),
-            W.HBox([self.confirm_html, self.remove_data_box, self.confirm_button, self.cancel_button]),
-            self.data_row,
-            self.progress, self.message, self.result_html, W.HBox([self.reveal_button]), self.tunnel_html,
+            form_beside_steps([self.folder_box, self.app_box, self.server_box, self.domain_box, self.mode_box,
+                               self.mode_help, self.base_image_box, self.redis_image_box], self.steps),
+            self.actions(self.deploy_button, self.update_button, self.apps_button, self.tunnel_button,
+                         self.close_tunnel_button, self.destroy_button),
+            self.actions(self.confirm_html, self.remove_data_box, self.confirm_button, self.cancel_button),
+            self.data_actions,
+            self.progress, self.message_slot(), self.result_html, W.HBox([self.reveal_button]), self.tunnel_html,
             self.log, self.apps_html,
             subtitle="Deploy runs eight steps on the server; a failure after the image step puts the previous "
                      "version back.")
@@ -160,7 +162,7 @@ class DeployPanel(Panel):
 
     def _show_mode_help(self) -> None:
         mode = self.mode_box.value
-        text = (f"<div style='color:#555;margin-left:145px;font-size:90%'>"
+        text = (f"<div style='color:#444;margin-left:148px;font-size:90%;line-height:1.4'>"
                 f"{html.escape(transfer.MODE_HELP[mode])}</div>")
         if mode in localdocker.NEEDS_LOCAL_DOCKER:  # said before a click, not after a refused deploy
             self._local_docker = self._local_docker or localdocker.probe(timeout=2)
@@ -236,7 +238,6 @@ class DeployPanel(Panel):
             self.result = result
             self.progress.hide()
             self._show_result(revealed=False)
-            self.reveal_button.layout.display = ""
             self.message.show_ok(f"{verb} {result.app} (version {result.version}) in {result.duration_s:.0f} s; "
                                  f"data {result.data}; secrets: {', '.join(result.secret_names)}.")
             for w in result.warnings:
@@ -245,42 +246,80 @@ class DeployPanel(Panel):
         self.in_background(work, done, on_error=self._show_failure, reset=deploy_core.STEPS, name="deploy")
 
     def _show_result(self, revealed: bool) -> None:
+        """The result of the last deploy, the password masked or not; the reveal button says the
+        opposite of what is shown (one state, so the label can't disagree with the box)."""
         r = self.result
+        self._revealed = bool(revealed and r is not None)
+        self.reveal_button.description = "Hide password" if self._revealed else "Show password"
+        self.reveal_button.layout.display = "" if r is not None else "none"
         if r is None:
             self.result_html.value = ""
             return
-        password = html.escape(r.dashboard_password.reveal()) if revealed else MASK
+        password = html.escape(r.dashboard_password.reveal()) if self._revealed else MASK
         self.result_html.value = (
-            "<div style='border-left:3px solid #188038;padding:4px 8px;background:#f6fbf7'>"
+            "<div style='border-left:3px solid #188038;padding:4px 8px;background:#f6fbf7;overflow-wrap:anywhere'>"
             f"<div><b>Experiment:</b> <a href='{html.escape(r.url)}' {_LINK}>{html.escape(r.url)}</a></div>"
             f"<div><b>Dashboard:</b> <a href='{html.escape(r.dashboard_url)}' {_LINK}>"
             f"{html.escape(r.dashboard_url)}</a> — user <code>{html.escape(r.dashboard_user)}</code>, "
             f"password <code class='labdeploy-deploy-password'>{password}</code></div>"
-            f"<div style='color:#555'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
-            "<div style='color:#555'>No DNS record yet? Use “Open via SSH tunnel”.</div></div>")
+            f"<div style='color:#444'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
+            "<div style='color:#444'>No DNS record yet? Use “Open via SSH tunnel”.</div></div>")
 
     def toggle_password(self) -> None:
         """Show the dashboard password for REVEAL_SECONDS, or hide it again."""
         if self.result is None:
             return
-        showing = self.reveal_button.description == "Hide password"
         if self._hide_timer is not None:
             self._hide_timer.cancel()
             self._hide_timer = None
-        if showing:
+        if self._revealed:
             self._show_result(revealed=False)
-            self.reveal_button.description = "Show password"
             return
         self._show_result(revealed=True)
-        self.reveal_button.description = "Hide password"
-
-        def hide() -> None:
-            self._show_result(revealed=False)
-            self.reveal_button.description = "Show password"
-
-        self._hide_timer = threading.Timer(REVEAL_SECONDS, hide)
+        self._hide_timer = threading.Timer(REVEAL_SECONDS, lambda: self._show_result(revealed=False))
         self._hide_timer.daemon = True
         self._hide_timer.start()
+
+    # ------------------------------------------------------------------ the truth, re-read
+
+    def _forget_app(self, app: str) -> None:
+        """`app` is not deployed any more: its address, dashboard, version, tunnel, what the
+        message said about it and the steps of its last deploy go."""
+        shown = (self.result is not None and self.result.app == app) or \
+            (self.tunnel is not None and self.tunnel.app == app)
+        if self.result is not None and self.result.app == app:
+            self.result = None
+            self._show_result(False)
+        if self.tunnel is not None and self.tunnel.app == app:
+            self.close_tunnel()
+        if shown and not self.busy:
+            self.message.show_info(f"{app} was destroyed; its address, dashboard and tunnel are gone.")
+            if list(self.steps.states) == list(deploy_core.STEPS):
+                self.steps.reset(deploy_core.STEPS)
+                self.steps.set("preflight", "pending", f"{app} is not on the server now: it can be deployed")
+
+    def _show_apps(self, df) -> None:
+        """The server's apps as read now; what the panel shows about an app no longer there goes,
+        and a deploy refused because the name was taken is no longer the last word."""
+        self.apps_table = df
+        self.apps_html.value = _apps_html(df)
+        deployed = set(df["app"]) if df is not None and len(df) else set()
+        for app in {getattr(self.result, "app", None), getattr(self.tunnel, "app", None)} - {None} - deployed:
+            self._forget_app(app)
+        app = self.app_box.value.strip()
+        if self.steps.state("preflight") == "failed" and app not in deployed:
+            self.steps.reset(deploy_core.STEPS)
+            self.steps.set("preflight", "pending", f"{app} is not on the server now: it can be deployed")
+
+    def _on_app_change(self, operation: str, app: str, host: str) -> None:
+        """Another panel (or code) of this notebook deployed or destroyed an app: re-read."""
+        if operation == "destroy":
+            self._forget_app(app)
+        if self.busy:
+            return  # this panel's own deploy or destroy: it reads the apps again when it ends
+        if self.apps_table is not None or self.result is not None:
+            self.in_background(lambda: apps_core.apps(self.remote()), self._show_apps, exclusive=False,
+                               name="deploy-refresh")
 
     # ------------------------------------------------------------------ apps / tunnel
 
@@ -289,8 +328,7 @@ class DeployPanel(Panel):
             return apps_core.apps(self.remote())
 
         def done(df) -> None:
-            self.apps_table = df
-            self.apps_html.value = _apps_html(df)
+            self._show_apps(df)
             self.message.show_ok(f"{len(df)} app(s) on this server.")
 
         self.in_background(work, done, on_error=self._show_failure, name="deploy")
@@ -352,11 +390,9 @@ class DeployPanel(Panel):
 
         def done(result: apps_core.DestroyResult) -> None:
             self.destroy_result = result
-            if self.result is not None and self.result.app == app:
-                self.result = None
-                self._show_result(False)
-                self.reveal_button.layout.display = "none"
+            self._forget_app(app)
             self.message.show_ok(result.summary())
+            self._show_apps(apps_core.apps(self.remote()))  # what is deployed now, read again
 
         self.in_background(work, done, on_error=self._show_failure, reset=apps_core.DESTROY_STEPS,
                            name="deploy-destroy")

@@ -21,10 +21,11 @@ from ..app import apps as apps_core
 from ..data.archive import ExportData
 from ..errors import LabdeployError, ValidationError
 from ..ssh import pool as ssh_pool
-from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, widget_reporter
+from .common import (LogPane, Message, Panel, ProgressRow, StepList, button_row, choice_field, name_in_notebook,
+                     plural, text_field, titled, widget_reporter)
 
 STEPS = ["Read the tables", "Check row counts", "Anonymise", "Write the archive", "Download files", "Download logs"]
-MODES = [("Regular", "regular"), ("Anonymous", "anonymous"), ("Both", "both")]
+MODES = [("As stored", "regular"), ("Anonymised", "anonymous"), ("Both", "both")]
 PREVIEW_ROWS = 5
 
 
@@ -97,21 +98,24 @@ class ExportPanel(Panel):
         if isinstance(server, str) and server not in self._servers:
             self._servers[server] = server
             options.append(server)
-        self.server_picker = W.Dropdown(options=options, value=options[0] if options else None,
-                                        description="Server")
-        self.app_picker = W.Dropdown(options=[], description="App")
+        self.server_picker = choice_field(W.Dropdown(options=options, value=options[0] if options else None,
+                                                     description="Server"))
+        self.app_picker = choice_field(W.Dropdown(options=[], description="App"))
         self.reload_button = self._button("Reload", "reload", icon="refresh")
         self.reload_button.on_click(lambda _: self.load_apps())
         self.server_picker.observe(lambda change: self.load_apps(), names="value")
         self.app_picker.observe(lambda change: self.load_tables() if change["new"] else None, names="value")
 
-        self.tables = W.SelectMultiple(options=[], description="Tables", rows=8, layout=W.Layout(width="60%"))
-        self.mode = W.ToggleButtons(options=MODES, value="regular", description="Version")
+        self.tables = choice_field(W.SelectMultiple(options=[], description="Tables", rows=8))
+        self.mode = W.ToggleButtons(options=MODES, value="regular", description="Participant data",
+                                    style={"description_width": "140px"},
+                                    tooltips=["every column as stored", "identifying columns replaced",
+                                              "both versions"])
         self.save = W.Checkbox(value=True, description="Save a zip archive (Dallinger format)")
         self.parquet = W.Checkbox(value=False, description="Also save Parquet")
         self.files = W.Checkbox(value=False, description="Download the app's files")
         self.logs = W.Checkbox(value=False, description="Download the app's logs")
-        self.folder = W.Text(value=folder, description="Save to")
+        self.folder = text_field("Save to", folder, "a folder on this computer")
         self.export_button = self._button("Export", "export", icon="download", button_style="primary")
         self.export_button.on_click(lambda _: self.run_export())
         self.confirm_destroy = W.Checkbox(value=False, description="I understand: destroy deletes the app and its data")
@@ -121,7 +125,7 @@ class ExportPanel(Panel):
         self.destroy_button = self._button("Export, then destroy", "destroy", icon="trash", button_style="danger")
         self.destroy_button.on_click(lambda _: self.run_export(destroy=True))
 
-        self.steps = StepList(STEPS)
+        self.steps = StepList(STEPS, titles=apps_core.DESTROY_STEP_TITLES)
         self.progress = ProgressRow()
         self.log = LogPane(max_lines=200)
         self.message = Message()
@@ -129,10 +133,10 @@ class ExportPanel(Panel):
         self.summary.add_class("labdeploy-export-summary")
         self.previews = W.Tab()
         self.widget = titled(
-            "Export data", W.HBox([self.server_picker, self.app_picker, self.reload_button]), self.tables,
-            self.mode, W.HBox([self.save, self.parquet]), W.HBox([self.files, self.logs]), self.folder,
-            W.HBox([self.export_button, self.destroy_button, self.confirm_destroy]),
-            self.message, self.steps, self.progress, self.summary, self.previews, self.log,
+            "Export data", self.server_picker, self.actions(self.app_picker, self.reload_button), self.tables,
+            self.mode, button_row(self.save, self.parquet), button_row(self.files, self.logs), self.folder,
+            self.actions(self.export_button, self.destroy_button, self.confirm_destroy),
+            self.message_slot(), self.steps, self.progress, self.summary, self.previews, self.log,
             subtitle="Every table of the app, streamed over SSH and checked against the database's row counts.")
 
     # ------------------------------------------------------------------ actions
@@ -168,7 +172,9 @@ class ExportPanel(Panel):
         self.paths = list(data.paths)
         self.summary.value = summary_html(data, self.anonymous)
         titles = list(data)
-        self.previews.children = [W.HTML(preview_html(data[t])) for t in titles]
+        # "Both": the preview shows what was anonymised (under the summary that names those columns).
+        shown = self.anonymous if mode == "both" and self.anonymous is not None else data
+        self.previews.children = [W.HTML(preview_html(shown[t] if t in shown else data[t])) for t in titles]
         for i, t in enumerate(titles):
             self.previews.set_title(i, t)
 
@@ -197,9 +203,9 @@ class ExportPanel(Panel):
         server, app = self.server, self.app_picker.value
 
         def done(counts: pd.DataFrame):
-            self.tables.options = [(f"{r.table} ({r.rows:,} rows)", r.table) for r in counts.itertuples()]
+            self.tables.options = [(f"{r.table} ({plural(int(r.rows), 'row')})", r.table) for r in counts.itertuples()]
             self.tables.value = tuple(counts["table"])
-            self.message.show_info(f"{app}: {len(counts)} tables, {int(counts['rows'].sum()):,} rows.")
+            self.message.show_info(f"{app}: {plural(len(counts), 'table')}, {plural(int(counts['rows'].sum()), 'row')}.")
 
         return self.in_background(lambda: export_core.table_counts(app, server), done, exclusive=False,
                                   name="export-tables")
@@ -253,10 +259,14 @@ class ExportPanel(Panel):
 
     def _exported(self, app: str, destroyed: bool = False) -> None:
         shown = self.data
-        where = f" Saved: {', '.join(Path(p).name for p in self.paths)}." if self.paths else ""
+        self.steps.skip_pending()
+        where = f" Saved: {', '.join(str(Path(p)) for p in self.paths)}." if self.paths else ""
         gone = f" {app} was destroyed." if destroyed else ""
-        self.message.show_ok(f"Exported {len(shown)} tables, {sum(len(f) for f in shown.values()):,} rows."
-                             f"{where}{gone} Use panel.data['<table>'] in the notebook.")
+        name = name_in_notebook(self, "the panel")
+        first = next(iter(shown), "<table>")
+        self.message.show_ok(f"Exported {plural(len(shown), 'table')}, {plural(sum(len(f) for f in shown.values()), 'row')}."
+                             f"{where}{gone} In the notebook: {name}.data['{first}']"
+                             + (f" (anonymised: {name}.anonymous)." if self.anonymous is not None else "."))
         if destroyed:
             # Nothing picked afterwards and the tick cleared: the next app (and its destroy) is
             # chosen deliberately, and loading another app's tables can't hide this message.

@@ -9,6 +9,7 @@ import ipywidgets as W
 from ..app import maintenance
 from ..errors import LabdeployError
 from ..server.maintenance import DEFAULT_MESSAGE
+from .common import choice_field, text_field
 
 
 class MaintenanceBox:
@@ -17,12 +18,11 @@ class MaintenanceBox:
 
     def __init__(self, panel) -> None:
         self.panel = panel
-        self.paths = W.Text(description="Entry paths", placeholder="Dallinger/PsyNet: leave empty; else e.g. / /api/p",
-                            layout=W.Layout(width="auto", flex="1 1 260px"), style={"description_width": "initial"})
-        self.text = W.Textarea(value=DEFAULT_MESSAGE, description="Page text", rows=2,
-                               layout=W.Layout(width="auto", flex="2 1 320px"), style={"description_width": "initial"})
-        self.on_button = W.Button(description="Maintenance page on", icon="pause", button_style="warning")
-        self.off_button = W.Button(description="Off", icon="play")
+        self.paths = text_field("Entry paths", "", "Dallinger/PsyNet: leave empty; else e.g. / /api/p")
+        self.text = choice_field(W.Textarea(value=DEFAULT_MESSAGE, description="Page text", rows=3), wide=True)
+        self.on_button = W.Button(description="Maintenance page on", icon="pause", button_style="warning",
+                                  layout=W.Layout(width="auto"))
+        self.off_button = W.Button(description="Off", icon="play", layout=W.Layout(width="auto"))
         self.on_button.add_class("labdeploy-monitor-maintenance-on")
         self.off_button.add_class("labdeploy-monitor-maintenance-off")
         self.state = W.HTML()
@@ -30,8 +30,7 @@ class MaintenanceBox:
         self.on_button.on_click(lambda _: panel.in_background(lambda: self._set(True), exclusive=False))
         self.off_button.on_click(lambda _: panel.in_background(lambda: self._set(False), exclusive=False))
         panel.app_picker.observe(self._on_app, names="value")
-        self.widget = W.VBox([W.HBox([self.paths, self.text], layout=W.Layout(flex_flow="row wrap")),
-                              W.HBox([self.on_button, self.off_button, self.state])])
+        self.widget = W.VBox([self.paths, self.text, panel.actions(self.on_button, self.off_button, self.state)])
 
     def _set(self, on: bool) -> None:
         app = self.panel._need_app()
@@ -46,7 +45,8 @@ class MaintenanceBox:
         self.state.value = f"<span style='color:{colour}'>{html.escape(text or ('on' if on else 'off'))}</span>"
 
     def _on_app(self, change) -> None:
-        app = change["new"]
+        app = self.panel.focus  # None in the view of all apps: no one page to show
+        self.state.value = ""
         if app and self.panel.remote is not None:
             self.panel.in_background(lambda: self.read(app), exclusive=False, name="maintenance-read")
 

@@ -19,10 +19,12 @@ import pandas as pd
 from ..server import layout
 from ..watch import backups as backup_health, monitor, participants
 from ..errors import LabdeployError
+from ..app import changes
 from ..ssh import pool as ssh_pool
 from ..watch.pgactivity import DEFAULT_THRESHOLD
 from .maintenance import MaintenanceBox
-from .common import LogPane, Message, Panel, error_html, titled, warning_html, widget_reporter
+from .common import (LogPane, Message, Panel, choice_field, error_html, text_field, titled, warning_html,
+                     widget_reporter)
 from .remedies import hint as panel_hint
 
 BACKUP_EVERY = 30.0  # seconds between readings of the apps' backup health
@@ -31,6 +33,9 @@ PARTICIPANTS_EVERY = 15.0  # seconds between counts of the apps' working partici
 STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
                 "created": "#888", "paused": "#8a4b00"}
 ALL = "(all services)"
+ALL_APPS = "(all apps)"  # the explicit overview; app names can't contain parentheses
+_CELLS = ("<style>.labdeploy-monitor-table td,.labdeploy-monitor-table th{padding:2px 14px 2px 0;text-align:left;"
+          "white-space:nowrap}.labdeploy-monitor-table th{color:#1f1f1f;font-weight:600}</style>")
 
 
 def _fmt_uptime(td) -> str:
@@ -78,13 +83,13 @@ def status_html(df: pd.DataFrame) -> str:
                     f"<td style='color:{color}'>{html.escape(r.state)}{health}</td>"
                     f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td><td>{jobs}</td><td>{backup}</td>"
                     f"<td style='color:#555'>{html.escape(r.image)}</td></tr>")
-    return ("<style>.labdeploy-monitor-status td,.labdeploy-monitor-status th{padding:1px 10px 1px 0}</style>"
-            "<table class='labdeploy-monitor-status' style='border-collapse:collapse;font-size:90%'>"
+    return (_CELLS + "<div style='overflow-x:auto'><table class='labdeploy-monitor-status labdeploy-monitor-table' "
+            "style='border-collapse:collapse;font-size:90%'>"
             "<tr><th align=left>app</th><th align=left title='participants working now'>working</th>"
             "<th align=left>service</th><th align=left>state</th>"
             "<th align=left>up</th><th align=left>restarts</th><th align=left>jobs</th><th align=left>backup</th>"
             "<th align=left>image</th></tr>"
-            + "".join(rows) + "</table>")
+            + "".join(rows) + "</table></div>")
 
 
 def summary_html(summ: pd.DataFrame, top: int = 8) -> str:
@@ -95,7 +100,8 @@ def summary_html(summ: pd.DataFrame, top: int = 8) -> str:
         limit = "" if pd.isna(r.role_limit) else f" / {r.role_limit}"
         rows.append(f"<tr><td>{html.escape(r.app or r.database)}</td><td>{r.connections}{limit}</td>"
                     f"<td>{r.active}</td><td>{r.idle}</td><td>{r.idle_in_transaction}</td></tr>")
-    return ("<table class='labdeploy-monitor-connections' style='font-size:90%'><tr><th align=left>app</th>"
+    return (_CELLS + "<table class='labdeploy-monitor-connections labdeploy-monitor-table' style='font-size:90%'>"
+            "<tr><th align=left>app</th>"
             "<th>connections / limit</th><th>active</th><th>idle</th><th>idle in tx</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -108,15 +114,31 @@ def stats_html(df: pd.DataFrame) -> str:
         f"<tr><td>{html.escape(r.app or '(shared)')}</td><td>{html.escape(r.service or r.container)}</td>"
         f"<td>{r.cpu_percent:.1f}%</td><td>{mb(r.mem_bytes)}</td><td>{mb(r.net_rx_bytes)} / {mb(r.net_tx_bytes)}</td>"
         f"<td>{mb(r.block_read_bytes)} / {mb(r.block_write_bytes)}</td></tr>" for r in df.itertuples())
-    return ("<table class='labdeploy-monitor-stats' style='font-size:90%'><tr><th align=left>app</th>"
-            "<th align=left>service</th><th>CPU</th><th>memory</th><th>net in / out</th><th>disk read / write</th></tr>"
-            + rows + "</table>")
+    return (_CELLS + "<div style='overflow-x:auto'><table class='labdeploy-monitor-stats labdeploy-monitor-table' "
+            "style='border-collapse:collapse;font-size:90%'><tr><th>app</th><th>service</th><th>CPU</th>"
+            "<th>memory</th><th>network in / out</th><th>disk read / write</th></tr>" + rows + "</table></div>")
+
+
+def _only(df: pd.DataFrame, app: Optional[str]) -> pd.DataFrame:
+    """The rows of one app (all rows for the view of all apps)."""
+    return df if app is None or df.empty else df[df["app"] == app]
+
+
+def render_chart(sampler, focus: Optional[str] = None) -> bytes:
+    """The connections chart as PNG bytes (the legend outside the plot, kept in the picture)."""
+    from matplotlib.figure import Figure  # object API: no pyplot global state across threads
+
+    fig = Figure(figsize=(8.5, 2.8), dpi=80)
+    sampler.plot(ax=fig.subplots(), focus=focus)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
 
 
 class MonitorPanel(Panel):
     """Live monitor of one server. `MonitorPanel(remote)` or `MonitorPanel("lab-server")`."""
 
-    def __init__(self, server=None, *, refresh: float = 5.0, interval: float = 5.0,
+    def __init__(self, server=None, *, app: Optional[str] = None, refresh: float = 5.0, interval: float = 5.0,
                  container: str = layout.POSTGRES_CONTAINER, threshold: float = DEFAULT_THRESHOLD,
                  autostart: bool = True) -> None:
         self.refresh, self.interval, self.container, self.threshold = refresh, interval, container, threshold
@@ -133,6 +155,7 @@ class MonitorPanel(Panel):
         self._follow_stop: Optional[threading.Event] = None
         self._follow_task: Optional[threading.Thread] = None
         self._servers: dict = {}
+        self._wanted_app = app  # the focus: this app, else the one this notebook deployed, else all apps
         self._build(server)
         if autostart and server is not None:
             self.connect(server)
@@ -140,17 +163,17 @@ class MonitorPanel(Panel):
     # ------------------------------------------------------------------ layout
 
     def _button(self, label: str, action: str, **kw) -> W.Button:
-        b = W.Button(description=label, **kw)
+        b = W.Button(description=label, layout=W.Layout(width="auto"), **kw)  # labels never cut
         b.add_class(f"labdeploy-monitor-{action}")
         return b
 
     def _build(self, server) -> None:
         options = self._server_options(server)
-        self.server_picker = W.Dropdown(options=options, value=options[0] if options else None,
-                                        description="Server")
+        self.server_picker = choice_field(W.Dropdown(options=options, value=options[0] if options else None,
+                                                     description="Server"))
         self.server_picker.observe(self._on_server, names="value")
-        self.app_picker = W.Dropdown(options=[], description="App")
-        self.app_picker.observe(lambda _: self._update_services(), names="value")
+        self.app_picker = choice_field(W.Dropdown(options=[ALL_APPS], value=ALL_APPS, description="App"))
+        self.app_picker.observe(lambda _: self._focus_changed(), names="value")
         self.stop_button = self._button("Stop monitoring", "stop", icon="stop")
         self.stop_button.on_click(lambda _: self.stop())
         self.start_button = self._button("Start monitoring", "start", icon="play")
@@ -197,12 +220,12 @@ class MonitorPanel(Panel):
         self.gauge = W.FloatProgress(value=0, min=0, max=100, description="Connections",
                                      style={"description_width": "initial"}, layout=W.Layout(width="60%"))
         self.gauge_label = W.Label("")
-        self.chart = W.Image(format="png", layout=W.Layout(width="100%", max_width="760px"))
+        self.chart = W.Image(format="png", layout=W.Layout(width="100%", max_width="860px", display="none"))
         self.summary = W.HTML()
 
     def _build_logs(self) -> None:
-        self.log_service = W.Dropdown(options=[ALL], value=ALL, description="Service")
-        self.log_tail = W.BoundedIntText(value=200, min=0, max=100000, description="Last lines")
+        self.log_service = choice_field(W.Dropdown(options=[ALL], value=ALL, description="Service"))
+        self.log_tail = choice_field(W.BoundedIntText(value=200, min=0, max=100000, description="Last lines"))
         self.logs_button = self._button("Show logs", "logs", icon="file-text")
         self.logs_button.on_click(lambda _: self.in_background(self._show_logs, exclusive=False))
         self.follow = W.ToggleButton(value=False, description="Follow", icon="play")
@@ -211,9 +234,9 @@ class MonitorPanel(Panel):
         self.log_pane = LogPane(max_lines=2000, layout=W.Layout(width="100%", height="240px"))
 
     def _build_restart(self) -> None:
-        self.restart_services = W.SelectMultiple(options=list(layout.PROCESS_SERVICES),
-                                                 value=list(layout.PROCESS_SERVICES), description="Services",
-                                                 rows=3)
+        self.restart_services = choice_field(W.SelectMultiple(options=list(layout.PROCESS_SERVICES),
+                                                              value=list(layout.PROCESS_SERVICES),
+                                                              description="Services", rows=3))
         self.restart_button = self._button("Restart…", "restart", icon="repeat", button_style="warning")
         self.restart_button.on_click(self._ask_restart)
         self.confirm_text = W.HTML()
@@ -225,9 +248,8 @@ class MonitorPanel(Panel):
         self.confirm_row.layout.display = "none"
 
     def _build_exec(self) -> None:
-        self.exec_service = W.Dropdown(options=list(layout.PROCESS_SERVICES), description="In service")
-        self.exec_command = W.Text(placeholder="e.g. ls -la /tmp", description="Command",
-                                   layout=W.Layout(width="60%"))
+        self.exec_service = choice_field(W.Dropdown(options=list(layout.PROCESS_SERVICES), description="In service"))
+        self.exec_command = text_field("Command", "", "e.g. ls -la /tmp", wide=True)
         self.exec_button = self._button("Run", "exec", icon="terminal")
         self.exec_button.on_click(lambda _: self.in_background(self._run_exec, exclusive=False))
         self.exec_output = W.Textarea(disabled=True, layout=W.Layout(width="100%", height="120px"))
@@ -236,29 +258,48 @@ class MonitorPanel(Panel):
     def _lay_out(self) -> W.VBox:
         section = lambda t: W.HTML(f"<b>{html.escape(t)}</b>")  # noqa: E731
         return titled(
-            "Monitor", W.HBox([self.server_picker, self.app_picker, self.start_button, self.stop_button]),
-            self.warnings, self.message,
-            section("Containers"), W.HBox([self.refresh_button, self.stats_button, self.updated]), self.status_table,
-            self.stats_table,
+            "Monitor", self.server_picker, self.app_picker, self.actions(self.start_button, self.stop_button),
+            self.warnings, self.message_slot(),
+            section("Containers"), self.actions(self.refresh_button, self.stats_button, self.updated),
+            self.status_table, self.stats_table,
             section("Database connections"), W.HBox([self.gauge, self.gauge_label]), self.chart, self.summary,
-            section("Logs"), W.HBox([self.log_service, self.log_tail, self.logs_button, self.follow]),
+            section("Logs"), self.log_service, self.log_tail, self.actions(self.logs_button, self.follow),
             self.log_pane,
             section("Restart (the usual remedy when an app holds too many connections)"),
-            W.HBox([self.restart_services, self.restart_button]), self.confirm_row,
+            self.restart_services, self.actions(self.restart_button), self.confirm_row,
             section("Maintenance page (new arrivals wait; participants already in go on)"),
             self.maintenance.widget,
-            section("Run a command in a container"), W.HBox([self.exec_service, self.exec_command,
-                                                            self.exec_button]), self.exec_output,
-            subtitle="Status, logs, database connections; refreshes by itself until you stop it.")
+            section("Run a command in a container"),
+            self.exec_service, self.exec_command, self.actions(self.exec_button), self.exec_output,
+            subtitle="Status, logs, database connections of the app chosen above (or of all apps); refreshes "
+                     "by itself until you stop it.")
 
     # ------------------------------------------------------------------ background work
 
+    @property
+    def focus(self) -> Optional[str]:
+        """The app the panel is about, or None in the "all apps" view."""
+        value = self.app_picker.value
+        return None if value in (None, ALL_APPS) else value
+
     def _need_app(self) -> str:
-        app = self.app_picker.value
+        app = self.focus
         if not app:
-            raise LabdeployError("No app is selected.", "Pick an app in the App list (it lists the server's apps).",
-                                 code="panel.no_app")
+            raise LabdeployError("Logs, restarts and commands act on one app, and none is chosen (all apps are shown).",
+                                 "Choose your app in the App list at the top.", code="panel.no_app")
         return app
+
+    def _focus_changed(self) -> None:
+        """Another app (or all apps) chosen: the tables show it at once, from the last reading."""
+        self._update_services()
+        df = self.status_df
+        if not df.empty:
+            self.status_table.value = status_html(_only(df, self.focus))
+        self.stats_table.value = ""
+
+    def _choose_focus(self, apps: list) -> str:
+        latest = changes.latest_deployed(self.remote.host) if self.remote is not None else None
+        return changes.focus(self.focus, self._wanted_app, latest, apps) or ALL_APPS
 
     def connect(self, server=None) -> None:
         """(Re)start monitoring a server: status timer and connection sampler."""
@@ -309,19 +350,19 @@ class MonitorPanel(Panel):
             self._working, self._working_read = participants.read(self.remote), time.monotonic()
         df = participants.attach(df, self._working)
         self.status_df = df
-        self.status_table.value = status_html(df)
         apps = sorted(set(df["app"]))
-        if list(self.app_picker.options) != apps:
-            current = self.app_picker.value
-            self.app_picker.options = apps
-            self.app_picker.value = current if current in apps else (apps[0] if apps else None)
+        focus = self._choose_focus(apps)
+        if list(self.app_picker.options) != [ALL_APPS, *apps]:
+            self.app_picker.options = [ALL_APPS, *apps]
+        self.app_picker.value = focus
+        self.status_table.value = status_html(_only(df, self.focus))
         self._update_services()
         self.updated.value = f"updated {pd.Timestamp.now().strftime('%H:%M:%S')}"
         if self.message.value and "Connecting" in self.message.value:
             self.message.clear()
 
     def _update_services(self) -> None:
-        app = self.app_picker.value
+        app = self.focus
         df = self.status_df
         services = sorted(set(df[df["app"] == app]["service"])) if app and not df.empty else []
         if services and list(self.exec_service.options) != services:
@@ -350,22 +391,15 @@ class MonitorPanel(Panel):
                 msgs.append(warning_html(w.message, w.hint))
         self.warnings.value = ("<div style='font-size:115%;font-weight:bold'>" + "".join(msgs) + "</div>"
                                if msgs else "")
-        self.chart.value = self._render_chart(sampler)
-
-    @staticmethod
-    def _render_chart(sampler) -> bytes:
-        from matplotlib.figure import Figure  # object API: no pyplot global state across threads
-
-        fig = Figure(figsize=(7.5, 2.8), dpi=80)
-        sampler.plot(ax=fig.subplots())
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        self.chart.value = render_chart(sampler, self.focus)
+        self.chart.layout.display = ""
 
     def _show_stats(self) -> None:
         self.stats_table.value = "<i>Measuring (takes a second or two)…</i>"
-        self.stats_table.value = stats_html(monitor.stats(self.remote))
+        df = monitor.stats(self.remote)
+        if self.focus is not None and not df.empty:  # the focused app and the shared services it uses
+            df = df[(df["app"] == self.focus) | df["app"].isna() | (df["app"] == "")]
+        self.stats_table.value = stats_html(df)
 
     # ------------------------------------------------------------------ logs
 

@@ -16,7 +16,8 @@ from .. import demo
 from ..images import registry, transfer
 from ..errors import ValidationError
 from ..progress import Collector, WarningEvent
-from .common import LogPane, Message, Panel, StepList, ok_html, titled, warning_html, widget_reporter
+from .common import (LogPane, Message, Panel, StepList, form_beside_steps, ok_html, text_field, titled, warning_html,
+                     widget_reporter)
 
 STEPS = ("log in here", "log in on the server", "base image name")
 STYLE = {"description_width": "150px"}
@@ -28,9 +29,7 @@ def _button(label: str, action: str, style: str = "") -> W.Button:
     return b
 
 
-def _text(description: str, value: str = "", placeholder: str = "") -> W.Text:
-    return W.Text(value=value, description=description, placeholder=placeholder, style=STYLE,
-                  layout=W.Layout(width="520px"))
+_text = text_field
 
 
 class RegistryPanel(Panel):
@@ -54,16 +53,17 @@ class RegistryPanel(Panel):
         self.registry_box = _text("Registry address", registry_address or d.get("registry") or "",
                                   "registry.gitlab.com")
         self.user_box = _text("User", user or d.get("registry_user") or "", "your registry user name")
-        self.password_box = W.Password(description="Password / token", style=STYLE, layout=W.Layout(width="520px"))
+        self.password_box = text_field("Password / token", password=True)
         self.password_box.add_class("labdeploy-registry-password")
         base = dallingerconfig.get_base_name() or (f"{d['registry']}/experiments" if d.get("registry") else "")
-        self.base_box = _text("Base image name", base, "registry.gitlab.com/my-group/experiment-images")
+        self.base_box = _text("Base image name", base, "registry.gitlab.com/my-group/experiment-images", wide=True)
         self.mode_box = W.RadioButtons(options=[(m, m) for m in transfer.MODES], value=mode,
                                        description="Transfer mode", style=STYLE)
         self.mode_box.add_class("labdeploy-registry-mode")
         self.mode_help = W.HTML(self._mode_help_html(mode))
         self.logout_box = W.Checkbox(value=True, indent=False,
-                                     description="Log out on the server after each pull (registry mode)")
+                                     description="Log out on the server after each pull (registry mode)",
+                                     layout=W.Layout(width="auto"))  # the whole label, never cut
 
         self.login_here_button = _button("Log in here", "login-here", "primary")
         self.login_server_button = _button("Log in on the server", "login-server")
@@ -82,11 +82,11 @@ class RegistryPanel(Panel):
 
         self.widget = titled(
             "Images and registry",
-            self.registry_box, self.user_box, self.password_box,
-            W.HBox([self.login_here_button, self.login_server_button]),
-            self.base_box, self.save_base_button,
+            form_beside_steps([self.registry_box, self.user_box, self.password_box], self.steps),
+            self.actions(self.login_here_button, self.login_server_button),
+            self.base_box, self.actions(self.save_base_button),
             self.mode_box, self.mode_help, self.logout_box,
-            self.steps, self.message, self.log,
+            self.message_slot(), self.log,
             subtitle="Where experiment images go, and how they reach your server.")
 
     # ------------------------------------------------------------------ state

@@ -20,7 +20,9 @@ from ..images import localdocker
 from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
 from .remedies import words as panel_words
-from .common import LogPane, Message, Panel, StepList, info_html, titled, widget_reporter
+from ..ssh import hostkeys
+from .common import (LogPane, Message, Panel, StepList, choice_field, form_beside_steps, info_html, text_field, titled,
+                     widget_reporter)
 
 STEPS = ("SSH key", "ssh-agent", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
 
@@ -31,13 +33,8 @@ def _button(label: str, action: str, style: str = "") -> W.Button:
     return b
 
 
-def _text(description: str, value: str = "", placeholder: str = "") -> W.Text:
-    return W.Text(value=value, description=description, placeholder=placeholder,
-                  style={"description_width": "150px"}, layout=W.Layout(width="460px"))
-
-
-def _password(description: str) -> W.Password:
-    return W.Password(description=description, style={"description_width": "150px"}, layout=W.Layout(width="460px"))
+# Where a step's verdict no longer holds once the server's address changes.
+ABOUT_THE_ADDRESS = ("Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
 
 
 class SetupPanel(Panel):
@@ -60,26 +57,29 @@ class SetupPanel(Panel):
         self.last_task = None
         self.events = Collector()
 
-        self.name_box = _text("Server name", server_name or d["server_name"], "lab-server")
-        self.host_box = _text("Server address", host or d["host"], "lab.example.org")
-        self.port_box = W.IntText(value=int(port or d["port"] or 22), description="SSH port",
-                                  style={"description_width": "150px"}, layout=W.Layout(width="260px"))
-        self.user_box = _text("User name", user or d["user"], "your login on the server")
-        self.jump_box = _text("Jump host", jump or "", "user@bastion.example.org (optional)")
-        self.key_box = _text("Key file", key_path or str(keys.default_key_path()))
-        self.key_box.layout.width = "640px"  # key paths are long
-        self.passphrase_box = _password("Key passphrase")
-        self.password_box = _password("Account password")
-        self.email_box = _text("Contact email", "", "for HTTPS certificates (optional)")
-        self.domain_box = _text("Domain", d.get("domain", ""), "experiments.example.org")
-        self.acme_ca_box = _text("ACME directory", "", "empty: Let's Encrypt; 'staging' for dry runs; or a URL")
-        self.acme_ca_root_box = _text("ACME CA root", "", "PEM file of your CA (optional)")
-        for box in (self.acme_ca_box, self.acme_ca_root_box):
-            box.layout.width = "640px"  # URLs and paths are long
+        self.name_box = text_field("Server name", server_name or d["server_name"], "lab-server")
+        self.host_box = text_field("Server address", host or d["host"], "lab.example.org", address=True)
+        self.port_box = choice_field(W.IntText(value=int(port or d["port"] or 22), description="SSH port",
+                                               continuous_update=False))
+        self.user_box = text_field("User name", user or d["user"], "your login on the server")
+        self.jump_box = text_field("Jump host", jump or "", "user@bastion.example.org (optional)", address=True)
+        self.key_box = text_field("Key file", key_path or str(keys.default_key_path()), wide=True)  # paths are long
+        self.passphrase_box = text_field("Key passphrase", password=True)
+        self.password_box = text_field("Account password", password=True)
+        self.given_fingerprint_box = text_field("Admin's fingerprint", "",
+                                                "paste the fingerprint your administrator gave you", wide=True)
+        self.email_box = text_field("Contact email", "", "for HTTPS certificates (optional)")
+        self.domain_box = text_field("Domain", d.get("domain", ""), "experiments.example.org")
+        self.acme_ca_box = text_field("ACME directory", "", "empty: Let's Encrypt; 'staging' for dry runs; or a URL",
+                                      wide=True)
+        self.acme_ca_root_box = text_field("ACME CA root", "", "PEM file of your CA (optional)", wide=True)
         self.replace_box = W.Checkbox(value=False, description="Replace a registered server of the same name",
                                       indent=False, layout=W.Layout(width="auto"))
+        self.compare_html = W.HTML("")
+        self.compare_html.add_class("labdeploy-setup-compare")
 
         self.steps = StepList(STEPS)
+        self.steps.set("ssh-agent", "optional", "only needed if your key has a passphrase")
         self.message = Message()
         self.log = LogPane(max_lines=300)
         self.fingerprint_html = W.HTML("")
@@ -98,14 +98,17 @@ class SetupPanel(Panel):
         self.readiness_button = _button("Check readiness", "readiness")
         self.prepare_button = _button("Prepare server", "prepare", "success")
 
-        self._wire()
         self.widget = self._lay_out()
+        self._wire()
 
     # ------------------------------------------------------------------ display
 
     def _wire(self) -> None:
         for box in (self.host_box, self.port_box, self.user_box, self.key_box, self.jump_box):
             box.observe(lambda _: self._forget_connection(), names="value")
+        for box in (self.host_box, self.port_box, self.jump_box):
+            box.observe(lambda _: self._address_changed(), names="value")
+        self.given_fingerprint_box.observe(lambda _: self._show_comparison(), names="value")
 
         self.create_key_button.on_click(lambda _: self.create_key())
         self.use_key_button.on_click(lambda _: self.use_key())
@@ -125,19 +128,19 @@ class SetupPanel(Panel):
 
         return titled(
             "Set up a server",
-            W.HBox([W.VBox([self.name_box, self.host_box, self.port_box, self.user_box, self.jump_box]), self.steps]),
+            form_beside_steps([self.name_box, self.host_box, self.port_box, self.user_box, self.jump_box],
+                              self.steps),
             section("1. Your SSH key", self.key_box, self.passphrase_box,
-                    W.HBox([self.create_key_button, self.use_key_button, self.agent_button])),
-            section("2. The server's identity", W.HBox([self.check_host_button, self.trust_host_button]),
-                    self.fingerprint_html),
+                    self.actions(self.create_key_button, self.use_key_button, self.agent_button)),
+            section("2. The server's identity", self.actions(self.check_host_button, self.trust_host_button),
+                    self.fingerprint_html, self.given_fingerprint_box, self.compare_html),
             section("3. Passwordless login", self.password_box,
-                    W.HBox([self.copy_button, self.verify_button])),
-            section("4. Register and check", self.replace_box, W.HBox([self.register_button, self.readiness_button]),
-                    self.table_html),
+                    self.actions(self.copy_button, self.verify_button)),
+            section("4. Register and check", self.replace_box,
+                    self.actions(self.register_button, self.readiness_button), self.table_html),
             section("5. Shared services (PostgreSQL, Caddy)", self.email_box, self.domain_box, self.acme_ca_box,
-                    self.acme_ca_root_box,
-                    W.HBox([self.prepare_button])),
-            self.message, self.log,
+                    self.acme_ca_root_box, self.actions(self.prepare_button)),
+            self.message_slot(), self.log,
             subtitle="Each step runs in the background; a failed step says what to do next.")
 
     # ------------------------------------------------------------------ plumbing
@@ -165,6 +168,36 @@ class SetupPanel(Panel):
         """Close the connection this panel verified (its own: it may hold a passphrase, so it is
         never shared with other panels)."""
         self._forget_connection()
+
+    def _address_changed(self) -> None:
+        """Another address: the host key question and every verdict about the old server no longer
+        hold. The steps go back to pending (the host key step says to check again); nothing runs
+        by itself, so a check the researcher starts next is never refused as "still running"."""
+        checked = self.steps.state("Host key") != "pending" or self.pending_fingerprint is not None
+        self.pending_fingerprint = None
+        self.trust_host_button.layout.display = "none"
+        self.fingerprint_html.value = self.compare_html.value = self.table_html.value = ""
+        self.readiness_table = None
+        for step in ABOUT_THE_ADDRESS:
+            self.steps.set(step, "pending")
+        if checked:
+            self.steps.set("Host key", "pending", "the address changed: click 'Check host key' again")
+
+    def _show_comparison(self) -> Optional[str]:
+        """The administrator's fingerprint against the one the server presents (when both are there)."""
+        given, presented = self.given_fingerprint_box.value.strip(), self.pending_fingerprint
+        if not given or not presented:
+            self.compare_html.value = ""
+            return None
+        verdict = hostkeys.compare_fingerprint(given, presented)
+        texts = {"match": ("#188038", "✔ The same as the key the server presents: you can trust it."),
+                 "case": ("#c5221f", "✖ Not the same: the two differ in upper/lower case, which matters. "
+                                     "Check with your administrator."),
+                 "different": ("#c5221f", "✖ Not the same key. Do not trust it; ask your administrator."),
+                 "malformed": ("#8a4b00", "This is not the shape of a fingerprint ('SHA256:' and 43 characters).")}
+        color, text = texts[verdict]
+        self.compare_html.value = f"<div style='color:{color};margin-left:148px'>{html.escape(text)}</div>"
+        return verdict
 
     def _forget_connection(self) -> None:
         """Another server, user or key was typed: the verified connection no longer applies."""
@@ -201,7 +234,19 @@ class SetupPanel(Panel):
 
     def add_to_agent(self) -> None:
         path, passphrase = self._key_path(), self._take_passphrase()
-        self._start("ssh-agent", lambda: keys.add_to_agent(path, passphrase), lambda fp: f"agent holds {fp}")
+        def optional(exc: BaseException) -> None:
+            # The agent is a convenience (a key with a passphrase): without one the journey goes on.
+            text = exc.message if isinstance(exc, LabdeployError) else str(exc)
+            self.steps.set("ssh-agent", "optional", f"not added: {text}")
+            self.message.show_warning(f"ssh-agent (optional): {text}",
+                                      panel_words(getattr(exc, "remedy", None), getattr(exc, "hint", "")))
+
+        def done(fp):
+            self.message.show_ok(f"ssh-agent: agent holds {fp}")
+            return f"agent holds {fp}"
+
+        self.in_background(lambda: keys.add_to_agent(path, passphrase), done, step="ssh-agent", on_error=optional,
+                           name="setup-ssh-agent")
 
     def _host_key_status(self, host: str, port: int, jump: Optional[str], key_path: Path):
         """The first-contact question (behind a jump host: the first hop not known yet); a
@@ -233,7 +278,9 @@ class SetupPanel(Panel):
             f"</code>. Compare it with the one its administrator gives you (on the {html.escape(status.role)}: "
             f"<code>ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub</code>), then trust it.{behind}</div>")
         self.trust_host_button.layout.display = ""
-        self.message.show_info("Compare the fingerprint, then click 'Trust this fingerprint'.")
+        self.message.show_info("Compare the fingerprint (paste your administrator's below), then click "
+                               "'Trust this fingerprint'.")
+        self._show_comparison()
         return "pending", f"confirm {status.fingerprint}" + (f" ({hop})" if status.role != "server" else "")
 
     def check_host(self) -> None:
@@ -257,6 +304,10 @@ class SetupPanel(Panel):
         if not fp:
             self.message.show_warning("Check the host key first.", "Click 'Check host key'.")
             return
+        if self.given_fingerprint_box.value.strip() and self._show_comparison() != "match":
+            self.message.show_warning("The fingerprint you pasted is not the one the server presents; nothing "
+                                      "was trusted.", "Ask your administrator for the fingerprint again.")
+            return
 
         def work():
             keys.trust_host_key(host, port, fp, self.known_hosts, jump=jump, key_path=path,
@@ -267,7 +318,7 @@ class SetupPanel(Panel):
         def done(result):
             fp_, following = result
             self.trust_host_button.layout.display = "none"
-            self.fingerprint_html.value = ""  # the question is answered; the step shows the trusted key
+            self.fingerprint_html.value = self.compare_html.value = ""  # answered: the step shows the key
             self.pending_fingerprint = None
             if following is not None and following.state != "known":
                 return self._ask_about(following, host)
@@ -367,8 +418,13 @@ class SetupPanel(Panel):
             self.prepare_result = stack.prepare(self._remote(), settings, reporter)
             return self.prepare_result
 
-        self._start("Prepare server", work,
-                    lambda res: "started PostgreSQL and Caddy" if res.changed else "already prepared; nothing changed")
+        def done(res):
+            detail = "started PostgreSQL and Caddy" if res.changed else "already prepared; nothing changed"
+            self.message.show_ok(f"Prepare server: {detail}. The server is ready: next, open deploy.ipynb to "
+                                 "deploy an experiment.")
+            return "done", detail
+
+        self._start("Prepare server", work, done)
 
 
 def _table_html(df) -> str:
