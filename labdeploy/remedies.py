@@ -122,6 +122,8 @@ API: dict[str, str] = {
         "and most desktops one runs already), or use labdeploy.ssh.keys.start_agent() for this session. Without "
         "an agent, give the key's passphrase when connecting instead."),
     # --- the server's shared stack
+    "swarm.prepare": ("Prepare the Swarm's manager first: labdeploy.app.swarm.prepare(server, settings) labels the "
+                      "data node and starts the one ingress Caddy (safe to run again)."),
     "stack.prepare": ("Prepare the server first: labdeploy.server.stack.prepare(remote) (it also starts the shared "
                       "services again)."),
     "stack.postgres.start": ("Start it again on the server: `cd ~/dallinger && docker compose up -d postgresql` (or "

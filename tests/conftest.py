@@ -20,6 +20,9 @@ SERVERS = tuple(os.environ.get("LABDEPLOY_TEST_SERVERS", "bookworm,trixie").spli
 # The param of tests that use both servers at once (tests/test_fleet.py): they run once, with
 # the first server's tests (see server_of).
 FLEET = "fleet"
+# The param of the Swarm tests (tests/test_swarm.py): they run once, on the testbed's three-node
+# cluster, which shares no stack with either server, so they form a scope of their own.
+SWARM = "swarm"
 
 
 def _load_testbed() -> dict:
@@ -164,6 +167,8 @@ def server_of(nodeid: str):
     params = nodeid[nodeid.index("[") + 1:-1].split("-")
     if FLEET in params:  # both servers at once: in order with the first one's tests, not beside them
         return SERVERS[0]
+    if SWARM in params:  # the cluster: beside the servers' tests, never two Swarm tests at once
+        return SWARM
     return next((server for server in SERVERS if server in params), None)
 
 

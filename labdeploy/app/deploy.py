@@ -43,7 +43,7 @@ from ..server.locks import DeployLock
 from ..ssh import concurrent, pool
 from ..watch import containers, jobs, participants
 from . import appcompose, appdata, assets, changes, configuration, experimentcommands, facts as app_facts, fleet, history, \
-    limits, settle, \
+    limits, settle, swarm, \
     webprobe, webupdate
 from .configuration import Secret
 from .options import DeployOptions
@@ -627,6 +627,10 @@ def deploy(experiment_dir, app: str, server, *, options: Optional[DeployOptions]
     password masked until `.reveal()`).
     """
     opts = DeployOptions.of(options, **settings)
+    if opts.engine == "swarm":  # every input checked as for one server, then Swarm's own path
+        checked = Deploy(experiment_dir, app, None, opts, _operation, None)
+        checked.check_inputs()
+        return swarm.deploy(checked, server, opts, _operation, reporter)
     if isinstance(server, str) and server == fleet.AUTO:
         return _deploy_where_there_is_room(experiment_dir, app, opts, _operation, reporter)
     run = Deploy(experiment_dir, app, server, opts, _operation, reporter)

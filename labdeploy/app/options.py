@@ -13,7 +13,7 @@ from .. import names
 from ..errors import ValidationError
 from ..experiment import folder
 from ..server import database
-from . import appdata, configuration, limits
+from . import appdata, configuration, limits, swarmstack
 
 TRANSFER_MODES = ("server-build", "ssh-copy", "registry")
 CAPACITY = ("warn", "refuse", "ignore")
@@ -35,6 +35,8 @@ class DeployOptions:
     archive: a new app's data to start from (an export zip, labdeploy's or Dallinger's, or a
       pulled backup .dump), loaded after the app starts and before it is launched.
     credentials / logout_after_pull: a registry login of this deploy's own (mode registry).
+    engine: "compose" (one server) or "swarm" (a stack on the Swarm whose manager the server is;
+      needs mode "registry"; memory_limit / cpu_limit then bound each replica).
     memory_limit / cpu_limit: the app's share of the server ("4g", 1.5; labdeploy.app.limits),
       remembered per app when left out (first default: 5 GB and the CPUs that go with it).
     """
@@ -65,6 +67,7 @@ class DeployOptions:
     idle_timeout: float = 600
     memory_limit: Optional[object] = None  # bytes or "4g"; None: the app's last, else 5 GB
     cpu_limit: Optional[float] = None  # CPUs; None: the app's last, else its share of the server's
+    engine: str = "compose"  # "swarm": a stack on the Docker Swarm the server manages (labdeploy.app.swarm)
 
     @classmethod
     def of(cls, options: Optional["DeployOptions"] = None, **settings) -> "DeployOptions":
@@ -76,6 +79,11 @@ class DeployOptions:
 
     def check(self) -> "DeployOptions":
         """Refuse what can't be used (ValidationError), before anything reaches a server."""
+        swarmstack.engine(self.engine)
+        if self.engine == "swarm" and self.mode != "registry":
+            raise ValidationError(f"engine='swarm' needs mode='registry', not {self.mode!r}: every node of a Swarm "
+                                  "pulls the image from the registry.", "Choose the registry transfer mode.",
+                                  code="invalid.engine.mode")
         if self.mode not in TRANSFER_MODES:
             raise ValidationError(f"mode={self.mode!r} is not one of {', '.join(TRANSFER_MODES)}.",
                                   "Use 'server-build' (default), 'ssh-copy' or 'registry'.", code="invalid.mode")

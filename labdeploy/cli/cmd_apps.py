@@ -97,6 +97,9 @@ def _pairs(values, what: str) -> dict:
 @click.option("--archive", "archive", default=None, metavar="FILE", type=click.Path(dir_okay=False),
               help="Start a new app from this data: an export zip (labdeploy's or Dallinger's) or a pulled backup "
                    ".dump, loaded before launch (like Dallinger's --archive).")
+@click.option("--engine", type=click.Choice(("compose", "swarm")), default="compose", show_default=True,
+              help="compose: the app on this one server; swarm: a stack on the Docker Swarm whose manager the "
+                   "server is (replicas from num_dynos_web / num_dynos_worker; needs --mode registry).")
 @click.option("--wait-idle", is_flag=True,
               help="With --update: wait until no participant is working before replacing anything.")
 @click.option("--idle-timeout", type=float, default=None, metavar="SECONDS",
@@ -106,7 +109,7 @@ def _pairs(values, what: str) -> dict:
 def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret_env, domain, redis_image,
                dockerfile, health_path, connection_limit, capacity, start_timeout, launch, image_base_name,
                registry_user, registry_password_stdin, logout_after_pull, unset_secrets, existing_data,
-               show_password, pooler, pgbouncer_image, archive, wait_idle, idle_timeout, memory_limit, cpu_limit):
+               show_password, pooler, pgbouncer_image, archive, wait_idle, idle_timeout, memory_limit, cpu_limit, engine):
     """Deploy the experiment in EXPERIMENT (default: this folder) as app NAME
     (like `psynet deploy ssh --app NAME`).
 
@@ -135,7 +138,7 @@ def deploy_cmd(app, experiment, server, update, mode, build_args, config, secret
     kwargs = {"mode": mode, "build_args": _pairs(build_args, "--build-arg") or None,
               "config": _pairs(config, "--config") or None, "secrets": secrets or None,
               "dockerfile": dockerfile, "unset_secrets": list(unset_secrets), "existing_data": existing_data,
-              "archive": archive}
+              "archive": archive, "engine": engine}
     for key, value in (("domain", domain), ("redis_image", redis_image), ("health_path", health_path),
                        ("connection_limit", connection_limit), ("launch", launch), ("capacity", capacity),
                        ("start_timeout", start_timeout), ("pooler", pooler), ("pgbouncer_image", pgbouncer_image),
@@ -209,6 +212,11 @@ def _registry_credentials(image_base_name, registry_user: str, from_stdin: bool)
 
 def _show_deployed(result, name: str, show_password: bool) -> None:
     _ui.ok(f"{result.app} ({result.version}) is live at {result.url}")
+    if getattr(result, "engine", "") == "swarm":  # no dashboard: the stack's own summary
+        _ui.output({"app": result.app, "server": name, "url": result.url, "version": result.version,
+                    "image": result.image, "engine": "swarm", "replicas": result.replicas,
+                    "data_node": result.data_node, "duration_s": result.duration_s})
+        return
     # Shown to a person at a terminal; masked in logs and pipes unless asked for.
     reveal = show_password or (sys.stdout.isatty() and not STATE.json)
     if not reveal:

@@ -116,6 +116,8 @@ CLI: dict[str, str] = {
                         "desktops one runs already. Without an agent, give the key's passphrase when connecting "
                         "instead."),
     # --- the server's shared stack
+    "swarm.prepare": ("Prepare the Swarm's manager first (the data node's label and the ingress Caddy): the command "
+                      "line has no step for it yet, the Python API's swarm module does."),
     "stack.prepare": "Prepare the server first: `labdeploy servers prepare` (it also starts the shared services again).",
     "stack.postgres.start": ("Start it again on the server: `cd ~/dallinger && docker compose up -d postgresql` (or "
                              "`labdeploy servers prepare`), then look at its logs."),

@@ -47,6 +47,8 @@ PANELS: dict[str, str] = {
         "and most desktops one runs already). Without an agent, give the key's passphrase when connecting "
         "instead."),
     # --- the server's shared stack
+    "swarm.prepare": ("Prepare the Swarm's manager first, in a notebook cell: labdeploy.app.swarm.prepare(server, "
+                      "settings) labels the data node and starts the ingress Caddy."),
     "stack.prepare": f"Prepare the server first: Prepare server in {SETUP} (it also starts the shared services again).",
     "stack.postgres.start": ("Start it again on the server: `cd ~/dallinger && docker compose up -d postgresql` (or "
                              f"Prepare server in {SETUP}), then look at its logs."),

@@ -1,0 +1,89 @@
+"""Docker Swarm on its manager: the manager's facts, the data node's label, stacks deployed and
+removed, their tasks, and a reload of the ingress Caddy. Scripts get their values as $1, $2..."""
+
+from __future__ import annotations
+
+import json
+
+from .shell import script
+
+NOT_MANAGER = 3  # exit status of FACTS: this engine is not a Swarm manager
+
+# One round trip: whether this engine manages a Swarm, its node's id and hostname, and the node
+# labelled for the apps' data (PostgreSQL, Redis, their volumes). With none labelled yet, this
+# manager's own node becomes it: the data then lives where labdeploy connects.
+FACTS = r'''
+[ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ] || exit 3
+self=$(docker info --format '{{.Swarm.NodeID}}') || exit 1
+data=
+for id in $(docker node ls -q); do
+  [ "$(docker node inspect --format '{{index .Spec.Labels "labdeploy.data"}}' "$id")" = true ] && data=$id && break
+done
+if [ -z "$data" ]; then docker node update --label-add labdeploy.data=true "$self" >/dev/null || exit 1; data=$self; fi
+printf '{"node_id": "%s", "hostname": "%s", "data_node": "%s"}\n' "$self" \
+  "$(docker node inspect --format '{{.Description.Hostname}}' "$self")" \
+  "$(docker node inspect --format '{{.Description.Hostname}}' "$data")"
+'''
+
+# $1 = the stack's folder, $2 = the Docker client's config folder (the registry login the
+# nodes get: --with-registry-auth), $3 = the stack file's name, $4 = the stack's name.
+# Images are named by digest or content tag, so the manager need not ask the registry again.
+DEPLOY = ('cd "$1" && exec docker --config "$2" stack deploy --with-registry-auth --resolve-image never '
+          '--prune -c "$3" "$4"')
+
+# $1 = the ingress Caddy's service name: its container on this node reads its configuration again
+# (waiting up to a minute for a new one to start).
+RELOAD_CADDY = r'''
+for i in $(seq 60); do
+  c=$(docker ps -q --filter "label=com.docker.swarm.service.name=$1" | head -n 1)
+  [ -n "$c" ] && docker exec "$c" caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile && exit 0
+  sleep 1
+done
+exit 4
+'''
+
+
+def facts() -> list[str]:
+    return script(FACTS)
+
+
+def parse_facts(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def deploy(folder: str, config_dir: str, file_name: str, stack: str) -> list[str]:
+    return script(DEPLOY, folder, config_dir, file_name, stack)
+
+
+def remove(stack: str) -> list[str]:
+    return ["docker", "stack", "rm", stack]
+
+
+def tasks(stack: str) -> list[str]:
+    """The stack's tasks that should run, one JSON object a line (docker stack ps)."""
+    return ["docker", "stack", "ps", stack, "--filter", "desired-state=running", "--no-trunc", "--format", "{{json .}}"]
+
+
+def parse_tasks(stdout: str) -> list[dict]:
+    rows = []
+    for line in stdout.splitlines():
+        if line.strip().startswith("{"):
+            rows.append(json.loads(line))
+    return rows
+
+
+def stacks() -> list[str]:
+    return ["docker", "stack", "ls", "--format", "{{.Name}}"]
+
+
+def volumes(stack: str) -> list[str]:
+    """The stack's volumes on this node (where the data node is the manager: PostgreSQL's, Redis')."""
+    return ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={stack}"]
+
+
+def remove_volumes(names: list[str]) -> list[str]:
+    return ["docker", "volume", "rm", "--", *names]
+
+
+def reload_caddy(service: str) -> list[str]:
+    return script(RELOAD_CADDY, service)
