@@ -298,3 +298,29 @@ def test_an_app_answering_server_errors_alerts_and_recovers(testbed, watcher, re
         alerts.set(watcher, web_min_requests=20, web_error_max_pct=10)
         watcher.run(["rm", "-f", layout.caddy_site(app.name)], check=False)
         stack.reload_caddy(watcher)
+
+
+def test_a_recreated_watcher_keeps_its_incidents_and_records_the_trend(testbed, watcher, receivers, app_factory):
+    """The stack brought up again after its watcher was removed (a Docker reinstall, a pruned
+    container): the open incident is remembered, and disk and memory samples accumulate."""
+    from labdeploy.watch import doctor
+
+    alerts.set(watcher, sample_every_s=2)
+    app = app_factory("recreate")
+    try:
+        app.web("stop")
+        wait_for("the alert", lambda: receivers["hooks"].about(app.web_text))
+        watcher.run(["docker", "rm", "-f", alerts.CONTAINER])
+        prepare_local_stack(watcher, testbed)
+        assert watcher.run(["docker", "inspect", "-f", "{{.State.Running}}", alerts.CONTAINER]).stdout.strip() == "true"
+        wait_for("samples", lambda: len(alerts.usage(watcher)) >= 3)
+        time.sleep(4)
+        assert len(receivers["hooks"].about(app.web_text)) == 1  # no second alert after the recreate
+        app.web("start")
+        wait_for("the recovery", lambda: len(receivers["hooks"].about(app.web_text)) == 2)
+        usage = alerts.usage(watcher)
+        assert (usage["disk_total_gb"] > 0).all() and usage["time"].is_monotonic_increasing
+        trend = doctor.trend_rows(usage)
+        assert [r["subject"] for r in trend] == ["memory", "disk"] and "GB free" in trend[1]["detail"]
+    finally:
+        alerts.set(watcher, sample_every_s=600)

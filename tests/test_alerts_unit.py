@@ -101,3 +101,28 @@ def test_site_blocks_log_requests_without_what_identifies_a_participant():
     for field in ("request>uri", "request>headers", "request>remote_ip", "request>client_ip", "resp_headers"):
         assert f"{field} delete" in log
     assert maintenance.with_block(text, "\t# block\n").count("\tlog {") == 1
+
+
+def _usage(hours: list[float], free_gb: list[float], mem: list[float]) -> "pd.DataFrame":
+    import pandas as pd
+
+    t0 = pd.Timestamp("2026-11-01", tz="UTC")
+    return pd.DataFrame({"time": [t0 + pd.Timedelta(hours=h) for h in hours], "disk_free_gb": free_gb,
+                         "disk_total_gb": [100.0] * len(hours), "mem_used_pct": mem})
+
+
+def test_the_doctor_tells_how_fast_the_disk_fills():
+    from labdeploy.watch import doctor
+
+    import pandas as pd
+
+    assert doctor.trend_rows(pd.DataFrame(columns=alerts.USAGE_COLUMNS))[0]["ok"]
+    short = doctor.trend_rows(_usage([0, 0.1, 0.2], [50, 49, 48], [30, 30, 30]))
+    assert [r["subject"] for r in short] == ["memory", "disk"] and "a pace needs" in short[1]["detail"]
+    # 2 GB a day for three days, 20 GB left: full in about 10 days, under the 14-day warning
+    filling = doctor.trend_rows(_usage([0, 24, 48, 72], [26, 24, 22, 20], [30, 40, 95, 35]))
+    disk, memory = filling[1], filling[0]
+    assert not disk["ok"] and "falling 2.00 GB a day" in disk["detail"] and "full in about 10 days" in disk["detail"]
+    assert disk["what_to_do"] and not memory["ok"] and "peak 95%" in memory["detail"]
+    steady = doctor.trend_rows(_usage([0, 24, 48, 72], [20, 20.5, 20, 20.2], [30, 30, 30, 30]))
+    assert steady[1]["ok"] and "steady" in steady[1]["detail"] and steady[0]["ok"]

@@ -100,6 +100,7 @@ class AlertSettings:
     connections_max_pct: float = 80.0
     web_error_max_pct: float = 10.0  # of an app's requests answered 5xx in one round
     web_min_requests: int = 20  # fewer requests in a round: no rate is judged
+    sample_every_s: int = 600  # disk and memory recorded for trends (doctor)
     webhook: bool = False  # a webhook URL is set
     email: dict = field(default_factory=dict)  # host, port, security (starttls|ssl|none), user, from, to
 
@@ -111,6 +112,7 @@ class AlertSettings:
         _number(self.connections_max_pct, "connections_max_pct", 1, 100)
         _number(self.web_error_max_pct, "web_error_max_pct", 0, 100)
         _number(self.web_min_requests, "web_min_requests", 1, 1_000_000)
+        _number(self.sample_every_s, "sample_every_s", 2, 86400)
         if self.email:
             _check_email(self.email)
         return self
@@ -270,6 +272,27 @@ def history(server) -> pd.DataFrame:
     df["time"] = pd.to_datetime(pd.to_numeric(df["time"], errors="coerce"), unit="s", utc=True)
     df["text"] = df["text"].map(lambda t: redact(str(t)) if isinstance(t, str) else t)
     return df.reset_index(drop=True)
+
+
+USAGE_COLUMNS = ["time", "disk_free_gb", "disk_total_gb", "mem_used_pct"]
+
+
+@pool.closes_what_it_opens
+def usage(server) -> pd.DataFrame:
+    """The disk and memory the watcher recorded (every `sample_every_s`, two weeks kept), oldest first."""
+    remote = pool.remote(server)
+    res = remote.run(files.read(f"{state_dir()}/usage.jsonl"), check=False)
+    rows = []
+    for line in (res.stdout if res.exit_status == 0 else "").splitlines():
+        try:
+            entry = json.loads(line)
+            rows.append((float(entry["time"]), entry["disk_free"] / 1e9, entry["disk_total"] / 1e9,
+                         float(entry["mem_used_pct"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    df = pd.DataFrame(rows, columns=USAGE_COLUMNS)
+    df["time"] = pd.to_datetime(df["time"], unit="s", utc=True)
+    return df
 
 
 # The API's words (`alerts.set`, `alerts.list`): defined last, so the builtins stay usable above.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from ..commands import doctor as commands
@@ -20,6 +21,9 @@ COLUMNS = ["area", "subject", "ok", "detail", "what_to_do"]
 DISK_MIN_FREE = 0.10
 MEMORY_MAX_USED = 0.90
 LOCK_OLD_S = 3600
+FULL_SOON_DAYS = 14  # a disk that fills within this many days at its recent pace is a warning
+TREND_MIN_HOURS = 1.0  # fewer hours of samples: no pace is judged
+TREND_DAYS = 7  # the pace is fitted over at most this many recent days
 
 
 def _row(area, subject, ok, detail, todo="") -> dict:
@@ -95,8 +99,43 @@ def _alerts(remote) -> list[dict]:
     return rows
 
 
+def trend_rows(usage: pd.DataFrame) -> list[dict]:
+    """How fast the disk fills and how high memory went, from the watcher's samples (pure)."""
+    if usage.empty:
+        return [_row("trend", "disk and memory", True, "no samples yet: the alert watcher records them")]
+    recent = usage[usage["time"] >= usage["time"].max() - pd.Timedelta(days=TREND_DAYS)]
+    hours = (recent["time"] - recent["time"].min()).dt.total_seconds() / 3600
+    span = float(hours.max())
+    mem = recent["mem_used_pct"]
+    rows = [_row("trend", "memory", float(mem.max()) <= 100 * MEMORY_MAX_USED,
+                 f"{mem.iloc[-1]:.0f}% used now; over the last {_span(span)}: peak {mem.max():.0f}%, "
+                 f"mean {mem.mean():.0f}%", "Memory came near its limit: stop apps you no longer need, "
+                 "lower the apps' memory limits, or give the server more memory.")]
+    free = float(recent["disk_free_gb"].iloc[-1])
+    if len(recent) < 3 or span < TREND_MIN_HOURS:
+        rows.append(_row("trend", "disk", True, f"{free:.1f} GB free; {len(recent)} sample(s) over {_span(span)}: "
+                                                f"a pace needs {TREND_MIN_HOURS:g} h of samples"))
+        return rows
+    per_day = float(np.polyfit(hours, recent["disk_free_gb"], 1)[0]) * 24
+    if per_day >= -0.01:
+        return rows + [_row("trend", "disk", True, f"{free:.1f} GB free, steady over the last {_span(span)}")]
+    days = free / -per_day
+    return rows + [_row("trend", "disk", days > FULL_SOON_DAYS,
+                        f"{free:.1f} GB free, falling {-per_day:.2f} GB a day over the last {_span(span)}: "
+                        f"full in about {days:.0f} days", "The disk fills before the study is likely to end: "
+                        "remove unused app images (pruning) and old exports, or give the server a larger disk.")]
+
+
+def _span(hours: float) -> str:
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def _trend(remote) -> list[dict]:
+    return trend_rows(alerts.usage(remote))
+
+
 PARTS: list[tuple[str, Callable]] = [("readiness", _readiness), ("apps", _apps), ("disk and memory", _host),
-                                     ("backups", _backups), ("alerts", _alerts)]
+                                     ("trend", _trend), ("backups", _backups), ("alerts", _alerts)]
 
 
 @pool.closes_what_it_opens
