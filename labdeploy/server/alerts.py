@@ -256,17 +256,22 @@ def check_now(remote) -> pd.DataFrame:
     return df
 
 
-@pool.closes_what_it_opens
-def history(server) -> pd.DataFrame:
-    """Every incident the watcher opened, notified (or kept quiet), and saw recover, oldest first."""
-    remote = pool.remote(server)
-    res = remote.run(files.read(f"{state_dir()}/history.jsonl"), check=False)
+def _read_lines(remote, name: str) -> list:
+    """The JSON lines of one of the watcher's files (none when it has not written it yet)."""
+    res = remote.run(files.read(f"{state_dir()}/{name}"), check=False)
     rows = []
     for line in (res.stdout if res.exit_status == 0 else "").splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:
             continue
+    return rows
+
+
+@pool.closes_what_it_opens
+def history(server) -> pd.DataFrame:
+    """Every incident the watcher opened, notified (or kept quiet), and saw recover, oldest first."""
+    rows = _read_lines(pool.remote(server), "history.jsonl")
     df = pd.DataFrame(rows if rows else [], columns=HISTORY_COLUMNS)
     df = df.reindex(columns=HISTORY_COLUMNS)
     df["time"] = pd.to_datetime(pd.to_numeric(df["time"], errors="coerce"), unit="s", utc=True)
@@ -280,15 +285,12 @@ USAGE_COLUMNS = ["time", "disk_free_gb", "disk_total_gb", "mem_used_pct"]
 @pool.closes_what_it_opens
 def usage(server) -> pd.DataFrame:
     """The disk and memory the watcher recorded (every `sample_every_s`, two weeks kept), oldest first."""
-    remote = pool.remote(server)
-    res = remote.run(files.read(f"{state_dir()}/usage.jsonl"), check=False)
     rows = []
-    for line in (res.stdout if res.exit_status == 0 else "").splitlines():
+    for entry in _read_lines(pool.remote(server), "usage.jsonl"):
         try:
-            entry = json.loads(line)
             rows.append((float(entry["time"]), entry["disk_free"] / 1e9, entry["disk_total"] / 1e9,
                          float(entry["mem_used_pct"])))
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             continue
     df = pd.DataFrame(rows, columns=USAGE_COLUMNS)
     df["time"] = pd.to_datetime(df["time"], unit="s", utc=True)
