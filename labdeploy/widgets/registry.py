@@ -47,7 +47,7 @@ def state_html(state: Optional[registry.LoginState], server_label: str = "", pro
         lines.append(f"Server {server_label}: not checked ({problem})")
     elif state.server is not None:
         lines.append(f"Server {server_label}: " + ("logged in." if state.server else "not logged in."))
-    return ("<div class='labdeploy-registry-state' style='color:#333;line-height:1.5'>"
+    return ("<div class='labdeploy-registry-state' style='color:#333;line-height:1.5;margin-left:148px'>"
             f"<b>{html.escape(state.registry)}</b><br>" + "<br>".join(html.escape(x) for x in lines) + "</div>")
 
 
