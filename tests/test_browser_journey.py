@@ -401,7 +401,7 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
 
     # The deploy panel's app list no longer has it.
     panel.locator("button.labdeploy-deploy-apps").click()
-    panel.locator(".labdeploy-ok", has_text="app(s) on this server").wait_for(timeout=60_000)
+    panel.locator(".labdeploy-ok", has_text=re.compile(r"\d+ apps? on this server")).wait_for(timeout=60_000)
     listed = panel.locator("table.labdeploy-apps").inner_text() if panel.locator("table.labdeploy-apps").count() else ""
     assert APP not in listed
     return {f"{APP} secret #{i}": v for i, v in enumerate(sorted(app_secrets))}
@@ -501,7 +501,7 @@ def _after_restart(lab: Lab, root: Path) -> None:
     panel.wait_for(timeout=30_000)
     assert all(lab.step_state(panel, s) == "pending" for s in ("preflight", "image", "record"))
     panel.locator("button.labdeploy-deploy-apps").click()
-    panel.locator(".labdeploy-ok", has_text="app(s) on this server").wait_for(timeout=60_000)
+    panel.locator(".labdeploy-ok", has_text=re.compile(r"\d+ apps? on this server")).wait_for(timeout=60_000)
     assert APP not in panel.locator(".labdeploy-deploy-apps").last.inner_text()
     lab.shot(panel, "deploy-panel-after-restart")
     lab.save(root / "notebooks" / "deploy.ipynb")

@@ -19,7 +19,7 @@ from ..errors import LabdeployError, ValidationError
 from ..progress import human_bytes
 from ..ssh import pool as ssh_pool
 from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps,
-                     text_field, titled, widget_reporter)
+                     plural, text_field, titled, widget_reporter)
 
 STEPS = ["Back up the database", "Restore drill", "Pull the backups", "Upload the dump",
          "Restore into a new database", "Stop the app", "Swap the databases", "Start the app"]
@@ -194,7 +194,7 @@ class BackupsPanel(Panel):
         folder = Path(self.folder.value).expanduser()
         key = self.encrypt_to.value.strip() or None
         return self._act(lambda: backup_core.pull(server, folder, self._app_of(app), encrypt_to=key, reporter=report),
-                         lambda df: f"{int(df['pulled'].sum())} new backup(s) copied to {folder / app}.",
+                         lambda df: f"{plural(int(df['pulled'].sum()), 'new backup')} copied to {folder / app}.",
                          "Pulling…", "backups-pull")
 
     def restore(self) -> Optional[threading.Thread]:
