@@ -64,7 +64,7 @@ def test_panel_backs_up_drills_pulls_and_restores_side_by_side(app, home, tmp_pa
         assert "restores" in panel.message.value, panel.message.value
         wait_for(lambda: "✓ restores" in panel.table.value, what="the drill in the list")
         click(panel, panel.pull_button)
-        assert "1 new backup(s) copied" in panel.message.value, panel.message.value
+        assert "1 new backup copied" in panel.message.value, panel.message.value
         dumps = list((tmp_path / "copies" / APP).glob("*.dump"))
         assert len(dumps) == 1 and stat.S_IMODE(dumps[0].stat().st_mode) == 0o600
         click(panel, panel.restore_button)  # default: side by side, into t-bk-panel-restore

@@ -312,6 +312,7 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     assert url and APP in url, result.inner_text()
     assert "••••" in result.inner_text()  # the dashboard password stays masked
     lab.shot(panel, "deploy-done")
+    _registry_and_monitor(lab)
 
     env_text = remote.get_bytes(f"dallinger/{APP}/secrets.env").decode()
     app_secrets = _secret_values(env_text)
@@ -400,10 +401,40 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
 
     # The deploy panel's app list no longer has it.
     panel.locator("button.labdeploy-deploy-apps").click()
-    panel.locator(".labdeploy-ok", has_text="app(s) on this server").wait_for(timeout=60_000)
+    panel.locator(".labdeploy-ok", has_text=re.compile(r"\d+ apps? on this server")).wait_for(timeout=60_000)
     listed = panel.locator("table.labdeploy-apps").inner_text() if panel.locator("table.labdeploy-apps").count() else ""
     assert APP not in listed
     return {f"{APP} secret #{i}": v for i, v in enumerate(sorted(app_secrets))}
+
+
+def _registry_and_monitor(lab: Lab) -> None:
+    """The registry panel (the deploy notebook's optional cell) and the monitor panel (a cell typed
+    at the end, about the journey's app) pass the same layout checks at both window sizes; an
+    error shows under the clicked button."""
+    lab.run_cells(1, first=lab.cell_index("RegistryPanel("))
+    registry = lab.panel("Images and registry")
+    registry.wait_for(timeout=60_000)
+    lab.wait_kernel_idle(60)
+    assert registry.locator(".widget-radio-box").count() == 0  # the transfer mode is the deploy panel's
+    registry.locator(".labdeploy-registry-check").click()
+    registry.locator(".labdeploy-registry-state", has_text="Server").wait_for(timeout=60_000)
+    assert "This computer: not logged in." in registry.locator(".labdeploy-registry-state").inner_text()
+    _check_layout(lab, registry, "registry-layout")
+    login = registry.locator(".labdeploy-registry-login-server")
+    login.click()  # the password box is empty: said under the button
+    _near_button(lab, login, registry.locator(".labdeploy-error", has_text="box is empty"))
+    lab.shot(registry, "registry-error-next-to-button")
+
+    lab.add_cell_at_end(f'from labdeploy.widgets.monitor import MonitorPanel\n\n'
+                        f'monitor = MonitorPanel("{SERVER_NAME}", app="{APP}")\nmonitor')
+    lab.page.keyboard.press("Shift+Enter")
+    monitor = lab.panel("Monitor")
+    monitor.wait_for(timeout=60_000)
+    status = monitor.locator("table.labdeploy-monitor-status")
+    status.wait_for(timeout=90_000)
+    assert APP in status.inner_text()
+    _check_layout(lab, monitor, "monitor-layout")
+    monitor.locator(".labdeploy-monitor-stop").click()  # its sampling ends here, not with the kernel
 
 
 def _export_panel(lab: Lab, word: str, ink: str):
@@ -470,7 +501,7 @@ def _after_restart(lab: Lab, root: Path) -> None:
     panel.wait_for(timeout=30_000)
     assert all(lab.step_state(panel, s) == "pending" for s in ("preflight", "image", "record"))
     panel.locator("button.labdeploy-deploy-apps").click()
-    panel.locator(".labdeploy-ok", has_text="app(s) on this server").wait_for(timeout=60_000)
+    panel.locator(".labdeploy-ok", has_text=re.compile(r"\d+ apps? on this server")).wait_for(timeout=60_000)
     assert APP not in panel.locator(".labdeploy-deploy-apps").last.inner_text()
     lab.shot(panel, "deploy-panel-after-restart")
     lab.save(root / "notebooks" / "deploy.ipynb")

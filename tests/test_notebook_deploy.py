@@ -38,6 +38,7 @@ def test_deploy_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path
         client.execute()
         outputs = json.dumps([c.get("outputs", []) for c in nb.cells], ensure_ascii=False)
         assert "is live at http://demo-stroop.localhost/" in outputs
+        assert "Images and registry" in outputs  # the optional registry panel renders in the notebook
         assert "accuracy: 1.0" in outputs
         assert "now running version" in outputs and "True" in outputs  # the v2 title is served
         assert "removed containers, web address" in outputs and "kept database" in outputs

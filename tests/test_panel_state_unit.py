@@ -102,3 +102,31 @@ def test_the_log_pane_keeps_plain_text_and_escapes_what_it_shows():
 
 def test_counts_read_as_words():
     assert plural(1, "row") == "1 row" and plural(2, "row") == "2 rows" and plural(1200, "table") == "1,200 tables"
+
+
+def test_the_connections_chart_reads_as_clock_times_from_its_first_sample(home):
+    """One sample only (a monitor just started): the time axis spans about a minute, ticked in
+    distinct HH:MM:SS, not four days ticked '00:00:00'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from labdeploy.ssh import servers
+    from labdeploy.watch.sampler import Sampler
+
+    servers.add("lab", "192.0.2.10", "me")  # never connected: the samples are given
+    sampler = Sampler("lab")
+    t = pd.Timestamp("2026-05-01 14:03:27", tz="UTC")
+    sampler._samples.append(({"time": t, "ok": True, "error": "", "total": 3, "max_connections": 100,
+                              "warnings": 0}, [{"time": t, "database": "app_mine", "app": "mine", "connections": 3,
+                                                "active": 1, "idle": 2, "idle_in_transaction": 0, "role_limit": 20}]))
+    ax = sampler.plot(focus="mine")
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_xlim()
+    assert 50 / 86400 <= hi - lo <= 120 / 86400, (hi - lo) * 86400
+    labels = [x.get_text() for x in ax.get_xticklabels() if x.get_text()]
+    assert len(set(labels)) == len(labels) > 1 and all(l.startswith("14:0") for l in labels), labels
+    plt.close(ax.figure)
+    sampler.stop()

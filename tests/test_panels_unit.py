@@ -147,3 +147,44 @@ def test_the_monitor_status_shows_each_apps_backup_once_and_a_warning_in_red():
     assert "labdeploy-monitor-backup-warning" in out and "drill failed" in out and "#c5221f" in out
     assert "No backups yet" in backups_html(pd.DataFrame(columns=["id"]))
     assert "⚠ the newest backup is 3.0 h old" in backups_html(pd.DataFrame(columns=["id"]), "the newest backup is 3.0 h old")
+
+
+def _fields(widget):
+    """Every labelled input of a panel (text, password, dropdown, number boxes)."""
+    stack, seen = [widget], set()
+    while stack:
+        w = stack.pop()
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        if isinstance(w, (ipywidgets.Text, ipywidgets.Password, ipywidgets.Dropdown, ipywidgets.BoundedIntText,
+                          ipywidgets.IntText, ipywidgets.FloatText, ipywidgets.SelectMultiple)) and w.description:
+            yield w
+        stack.extend(c for c in getattr(w, "children", ()) if isinstance(c, ipywidgets.Widget))
+
+
+def _panels():
+    from labdeploy.widgets.backups import BackupsPanel
+    from labdeploy.widgets.deploy import DeployPanel
+    from labdeploy.widgets.export import ExportPanel
+    from labdeploy.widgets.monitor import MonitorPanel
+    from labdeploy.widgets.registry import RegistryPanel
+    from labdeploy.widgets.setup import SetupPanel
+
+    return [BackupsPanel(autoload=False), DeployPanel(), ExportPanel(autoload=False), MonitorPanel(autostart=False),
+            RegistryPanel(), SetupPanel()]
+
+
+def test_every_panels_fields_keep_the_shared_readable_width(home):
+    """One layout for all panels: every labelled input has the shared label width and a minimum
+    width (the browser journey measures the result at laptop and desktop sizes)."""
+    from labdeploy.widgets.common import FIELD_MIN_PX, LABEL_PX
+
+    for panel in _panels():
+        fields = list(_fields(panel.widget))
+        assert fields, type(panel).__name__
+        for f in fields:
+            assert f.layout.min_width == f"{FIELD_MIN_PX}px", (type(panel).__name__, f.description, f.layout.min_width)
+            assert f.style.description_width == f"{LABEL_PX}px", (type(panel).__name__, f.description)
+        if hasattr(panel, "close"):
+            panel.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import time
 import uuid
 
 import ipywidgets as W
@@ -43,8 +44,21 @@ def panel_for(testbed, remote=None, docker_config=None) -> RegistryPanel:
 
 
 def finish(panel):
-    panel.last_task.join(120)
-    assert not panel.last_task.is_alive()
+    """Wait for the click's work and what it started after it (the logins read again)."""
+    task = None
+    while panel.last_task is not task:
+        task = panel.last_task
+        task.join(120)
+        assert not task.is_alive()
+
+
+def shown_state(panel, *words, timeout=60) -> str:
+    """The login state the panel shows, once it has all `words` (it is read again after a login)."""
+    deadline = time.monotonic() + timeout
+    while not all(w in panel.state.value for w in words):
+        assert time.monotonic() < deadline, (words, panel.state.value, panel.message.value)
+        time.sleep(0.1)
+    return html.unescape(panel.state.value)
 
 
 def test_login_here_and_on_server(testbed, remote, home):
@@ -61,11 +75,14 @@ def test_login_here_and_on_server(testbed, remote, home):
     # The server login reuses the kept credentials when the box is empty. (It goes to a private
     # DOCKER_CONFIG folder so the shared test user's ~/.docker is left alone.)
     try:
+        shown_state(panel, "This computer: logged in (kept for this session)", "not logged in.")
         panel.login_server_button.click()
         finish(panel)
         assert panel.steps.state("log in on the server") == "done", panel.message.value
         assert "is logged in to" in panel.message.value
         assert testbed["registry"]["address"] in remote.get_bytes(f"{private}/config.json").decode()
+        # What the panel shows is read again from both machines after the login.
+        assert f"Server {remote.label}: logged in." in shown_state(panel, ": logged in.</")
     finally:
         remote.run(["rm", "-rf", "--", private], check=False)
     assert testbed["registry"]["password"] not in all_widget_states(panel.widget)
@@ -90,7 +107,8 @@ def test_empty_password_and_no_server(testbed, home):
     assert "password / token box is empty" in panel.message.value
     panel.password_box.value = "x"
     panel.login_server_button.click()
-    assert "No server is connected" in panel.message.value and panel.password_box.value == ""
+    assert "No server is chosen" in panel.message.value and panel.password_box.value == ""
+    assert "RegistryPanel(" not in panel.message.value and "panel.remote" not in panel.message.value  # words
 
 
 def test_base_name_saved_and_invalid_refused(testbed, home):
@@ -110,16 +128,31 @@ def test_base_name_saved_and_invalid_refused(testbed, home):
     assert panel_for(testbed).base_box.value == "10.250.0.1:5000/t-img/experiments"
 
 
-def test_mode_choice_explained(testbed, home):
-    panel = panel_for(testbed)
-    assert panel.mode == "server-build"
-    for mode in ("server-build", "ssh-copy", "registry"):
-        assert f"{mode}:" in panel.mode_help.value
-    panel.mode_box.value = "ssh-copy"
-    assert panel.mode == "ssh-copy" and "font-weight:bold'>ssh-copy" in panel.mode_help.value
-    for cls in ("login-here", "login-server", "save-base"):
+def test_server_picker_and_no_transfer_mode_of_its_own(testbed, remote, home):
+    """The deploy panel owns the transfer mode: this panel only logs in and shows who is; its
+    server is chosen from the registered servers like in the other panels."""
+    from labdeploy.ssh import servers
+    from tests.conftest import trusted_known_hosts
+
+    s = testbed["ssh"]
+    name = f"t-img-picker-{uuid.uuid4().hex[:6]}"
+    trusted_known_hosts(testbed, home / ".ssh" / "known_hosts")  # as after the setup panel's first contact
+    servers.add(name, s["host"], user=s["user"], port=s["port"], key=s["key"])
+    panel = panel_for(testbed, remote)
+    assert list(panel.server_picker.options) == [remote.label, name]  # the handed-in server first
+    assert not hasattr(panel, "mode_box") and not hasattr(panel, "mode")
+    text = all_widget_states(panel.widget)
+    for duplicate in ("Transfer mode", "server-build", "ssh-copy", "Log out on the server after each pull"):
+        assert f"'description': '{duplicate}" not in text and f"'options': ('{duplicate}" not in text
+    panel.check_button.click()
+    assert f"Server {remote.label}: " in shown_state(panel, "This computer: not logged in.", f"Server {remote.label}")
+    panel.server_picker.value = name  # another server: its own login state, and its step is pending again
+    assert panel.steps.state("log in on the server") == "pending"
+    assert "not logged in." in shown_state(panel, f"Server {name}: ")  # read over its own connection
+    for cls in ("login-here", "login-server", "save-base", "check"):
         assert any(f"labdeploy-registry-{cls}" in b._dom_classes for b in
-                   (panel.login_here_button, panel.login_server_button, panel.save_base_button))
+                   (panel.login_here_button, panel.login_server_button, panel.save_base_button, panel.check_button))
+    panel.close()
 
 
 def test_a_server_login_folder_out_of_the_home_is_shown_as_an_error(testbed, remote, home):

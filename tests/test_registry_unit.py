@@ -110,3 +110,21 @@ def test_login_server_refuses_the_folder_before_touching_the_server(path):
         registry.login_server(NoServer(), creds, docker_config=path)
     with pytest.raises(ValidationError):
         registry.logout_server(NoServer(), creds.registry, docker_config=path)
+
+
+def test_a_docker_config_names_a_login_by_its_auths_entry_or_helper():
+    reg = "registry.example.org:5000"
+    assert registry._has_login('{"auths": {"registry.example.org:5000": {"auth": "x"}}}', reg)
+    assert registry._has_login('{"auths": {"https://registry.example.org:5000": {}}}', reg)
+    assert registry._has_login('{"credHelpers": {"registry.example.org:5000": "pass"}}', reg)
+    for text in ('{"auths": {"registry.example.org": {}}}', "", "not json", "[]", '{"auths": []}'):
+        assert not registry._has_login(text, reg), text
+
+
+def test_the_registry_panel_says_who_is_logged_in_in_words():
+    from labdeploy.widgets.registry import state_html
+
+    text = state_html(registry.LoginState("r.example:5000", "this session", False), "lab")
+    assert "This computer: logged in (kept for this session)." in text and "Server lab: not logged in." in text
+    text = state_html(registry.LoginState("r.example:5000", "", None), "lab", "Can't reach 192.0.2.1")
+    assert "This computer: not logged in." in text and "Server lab: not checked (Can&#x27;t reach 192.0.2.1)" in text

@@ -353,3 +353,32 @@ def test_a_service_that_is_down_exits_3_with_the_commands_to_start_it(failing_co
     assert _app.main(["t-remedy-fail", "--app", "stroop"]) == 3
     err = capsys.readouterr().err
     assert "`labdeploy restart --app stroop clock`" in err and "`labdeploy logs --app stroop --service clock`" in err
+
+
+def _widget_files():
+    return sorted((PACKAGE / "widgets").glob("*.py"))
+
+
+def test_hints_written_in_the_panels_speak_in_buttons_and_fields():
+    """What a panel itself says to do (an error's hint, a warning's hint) names no Python call,
+    no command and no notebook file: the researcher is looking at buttons and fields."""
+    found = []
+    for path in _widget_files():
+        tree = ast.parse(path.read_text())
+        hints = [node.args[1] for _, node, _ in _constructions(path) if len(node.args) > 1]
+        hints += [k.value for _, node, _ in _constructions(path) for k in node.keywords if k.arg == "hint"]
+        hints += [n.args[1] for n in ast.walk(tree) if isinstance(n, ast.Call) and len(n.args) > 1
+                  and getattr(n.func, "attr", getattr(n.func, "id", "")) in ("show_warning", "warning_html")]
+        for node in hints:
+            text = _texts(node)
+            if PYTHON_CALL.search(text) or _names_a_command(text) or ".ipynb" in text:
+                found.append(f"widgets/{path.name}:{node.lineno}: {text[:120]}")
+    assert not found, "\n".join(found)
+
+
+def test_the_panels_count_in_words_not_with_an_s_in_brackets():
+    """'1 app', '2 apps' (common.plural), never '1 app(s)'."""
+    found = [f"widgets/{path.name}:{node.lineno}: {node.value[:80]}" for path in _widget_files()
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and "(s)" in node.value]
+    assert not found, "\n".join(found)

@@ -349,6 +349,53 @@ def logout_server(remote, registry: str, *, docker_config: Optional[str] = None)
     remote.run(argv, check=False, timeout=60)
 
 
+def _has_login(config_text: str, registry: str) -> bool:
+    """Whether a Docker config.json names a login for `registry` (an `auths` entry, with or
+    without the scheme Docker sometimes writes, or a credential helper for it) (pure)."""
+    try:
+        cfg = json.loads(config_text or "{}")
+    except ValueError:
+        return False
+    if not isinstance(cfg, dict):
+        return False
+    auths = cfg.get("auths") if isinstance(cfg.get("auths"), dict) else {}
+    names_ = {registry, f"https://{registry}", f"http://{registry}", f"https://{registry}/v1/"}
+    helpers = cfg.get("credHelpers") if isinstance(cfg.get("credHelpers"), dict) else {}
+    return bool(names_ & set(auths)) or registry in helpers
+
+
+@dataclass(frozen=True)
+class LoginState:
+    """Who is logged in to a registry: `here` says how this computer holds a login ("" for
+    none), `server` whether the server's Docker config names one (None: not asked)."""
+    registry: str
+    here: str
+    server: Optional[bool] = None
+
+
+def login_state(registry: str, remote=None, *, docker_config: Optional[str] = None) -> LoginState:
+    """Read, without logging in, whether this computer (this session's login, a credential
+    helper, or ~/.docker/config.json) and the server (its Docker config) hold a login."""
+    registry_address(registry)
+    here = ""
+    if session_credentials(registry) is not None:
+        here = "this session"
+    else:
+        p = docker_config_path()
+        try:
+            text = p.read_text() if p.exists() else ""
+        except OSError:
+            text = ""
+        if _has_login(text, registry):
+            here = "Docker's config"
+    server = None
+    if remote is not None:
+        folder = _checked_config(remote, docker_config) or ".docker"
+        path = posixpath.join(folder, "config.json")
+        server = remote.exists(path) and _has_login(remote.get_bytes(path).decode(errors="replace"), registry)
+    return LoginState(registry, here, server)
+
+
 # --------------------------------------------------------------------------- push / pull
 
 def _auth_for(registry: Optional[str]) -> Optional[dict]:

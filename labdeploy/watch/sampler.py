@@ -226,6 +226,10 @@ class Sampler:
                                                          else ""))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
+        if not samples.empty:
+            # At least a minute wide: matplotlib widens a single moment to four days, ticked at midnight.
+            end = samples["time"].max() + pd.Timedelta(seconds=max(self.interval / 2, 1))
+            ax.set_xlim(min(samples["time"].min(), end - pd.Timedelta(seconds=60)), end)
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
         ax.figure.autofmt_xdate()
         return ax

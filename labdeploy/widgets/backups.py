@@ -18,7 +18,8 @@ from ..data.backups import COLUMNS as BACKUP_COLUMNS
 from ..errors import LabdeployError, ValidationError
 from ..progress import human_bytes
 from ..ssh import pool as ssh_pool
-from .common import LogPane, Message, Panel, ProgressRow, StepList, titled, widget_reporter
+from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps,
+                     plural, text_field, titled, widget_reporter)
 
 STEPS = ["Back up the database", "Restore drill", "Pull the backups", "Upload the dump",
          "Restore into a new database", "Stop the app", "Swap the databases", "Start the app"]
@@ -71,8 +72,7 @@ class BackupsPanel(Panel):
         return b
 
     def _build(self, folder: str) -> None:
-        wide = W.Layout(width="auto", min_width="16em", max_width="28em")
-        self.app_picker = W.Dropdown(options=[], description="App", layout=wide)
+        self.app_picker = choice_field(W.Dropdown(options=[], description="App"))
         self.app_picker.observe(lambda change: self.refresh() if change["new"] else None, names="value")
         self.refresh_button = self._button("Refresh", "refresh", icon="refresh")
         self.refresh_button.on_click(lambda _: self.refresh())
@@ -80,19 +80,18 @@ class BackupsPanel(Panel):
         self.now_button.on_click(lambda _: self.back_up_now())
         self.drill_button = self._button("Drill the newest", "drill", icon="check")
         self.drill_button.on_click(lambda _: self.drill())
-        self.folder = W.Text(value=folder, description="Pull to", layout=wide)
-        self.encrypt_to = W.Text(value="", description="Encrypt to", layout=wide,
-                                 placeholder="optional: age1… or ssh-ed25519 … public key")
+        self.folder = text_field("Pull to", folder, "a folder on this computer")
+        self.encrypt_to = text_field("Encrypt to", "", "optional: age1… or ssh-ed25519 … public key")
         self.pull_button = self._button("Pull new backups", "pull", icon="download")
         self.pull_button.on_click(lambda _: self.pull())
-        self.source = W.Dropdown(options=[("newest", "latest")], value="latest", description="Restore", layout=wide)
-        self.into = W.Text(value="", description="Into app", placeholder="<app>-restore", layout=wide)
+        self.source = choice_field(W.Dropdown(options=[("newest", "latest")], value="latest", description="Restore"))
+        self.into = text_field("Into app", "", "<app>-restore")
         self.replace = W.Checkbox(value=False, description="replace the data of an existing app (it is backed up first)",
                                   indent=False, layout=W.Layout(width="auto"))
         self.replace.add_class("labdeploy-backups-replace")
         self.restore_button = self._button("Restore", "restore", icon="undo", button_style="warning")
         self.restore_button.on_click(lambda _: self.restore())
-        self.every = W.Dropdown(options=EVERY, value="60", description="Schedule", layout=wide)
+        self.every = choice_field(W.Dropdown(options=EVERY, value="60", description="Schedule"))
         self.schedule_button = self._button("Save schedule", "schedule", icon="clock-o")
         self.schedule_button.on_click(lambda _: self.save_schedule())
         self.table = W.HTML()
@@ -101,12 +100,14 @@ class BackupsPanel(Panel):
         self.steps = StepList(STEPS)
         self.progress = ProgressRow()
         self.log = LogPane(max_lines=200)
-        row = lambda *c: W.HBox(list(c), layout=W.Layout(flex_flow="row wrap", align_items="center"))  # noqa: E731
+        # Each button row sits under the fields it uses; what a click says shows under its row.
+        form = [self.actions(self.app_picker, self.refresh_button), self.table,
+                self.actions(self.now_button, self.drill_button),
+                self.folder, self.encrypt_to, self.actions(self.pull_button),
+                self.source, self.into, self.actions(self.replace, self.restore_button),
+                self.every, self.actions(self.schedule_button)]
         self.widget = titled(
-            "Backups", row(self.app_picker, self.refresh_button, self.now_button, self.drill_button),
-            self.table, row(self.folder, self.encrypt_to, self.pull_button), row(self.source, self.into),
-            row(self.replace, self.restore_button), row(self.every, self.schedule_button),
-            self.message, self.steps, self.progress, self.log,
+            "Backups", form_beside_steps(form, self.steps), self.progress, self.message_slot(), self.log,
             subtitle="The server backs up every app's database on its schedule and checks once a day that "
                      "the newest backup restores.")
 
@@ -193,7 +194,7 @@ class BackupsPanel(Panel):
         folder = Path(self.folder.value).expanduser()
         key = self.encrypt_to.value.strip() or None
         return self._act(lambda: backup_core.pull(server, folder, self._app_of(app), encrypt_to=key, reporter=report),
-                         lambda df: f"{int(df['pulled'].sum())} new backup(s) copied to {folder / app}.",
+                         lambda df: f"{plural(int(df['pulled'].sum()), 'new backup')} copied to {folder / app}.",
                          "Pulling…", "backups-pull")
 
     def restore(self) -> Optional[threading.Thread]:

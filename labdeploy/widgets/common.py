@@ -87,6 +87,31 @@ def name_in_notebook(obj: object, fallback: str) -> str:
     return names[0] if names else fallback
 
 
+def server_choices(server=None) -> tuple[list, dict]:
+    """A server picker's options: the server handed in (a registered name, a `Server` or a
+    connected `Remote`) first, then every registered server; and each option's label -> what
+    to connect to (a name is looked up in the notebook's connection pool when used)."""
+    options, chosen = [], {}
+    if server is not None and not isinstance(server, str):
+        label = getattr(server, "label", None) or getattr(server, "name", None) or str(server)
+        chosen[label] = server
+        options.append(label)
+    if isinstance(server, str):
+        chosen[server] = server
+        options.append(server)
+    try:
+        from ..ssh import servers as _servers
+
+        registered = [s.name for s in _servers.list_servers()]
+    except LabdeployError:  # an unreadable registry: the server handed in is enough
+        registered = []
+    for name in registered:
+        if name not in chosen:
+            chosen[name] = name
+            options.append(name)
+    return options, chosen
+
+
 def plural(n: int, word: str, words: str = "") -> str:
     """'1 row', '2 rows'."""
     return f"{n:,} {word if n == 1 else (words or word + 's')}"

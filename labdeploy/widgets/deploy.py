@@ -22,8 +22,8 @@ from ..images import localdocker, transfer
 from ..errors import LabdeployError, Remedy
 from ..progress import Collector
 from ..app import changes
-from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps, text_field,
-                     titled, warning_html, widget_reporter)
+from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps, plural,
+                     text_field, titled, warning_html, widget_reporter)
 from .remedies import words as panel_words
 
 REVEAL_SECONDS = 30  # a revealed password hides itself again, so a saved notebook rarely keeps it
@@ -178,7 +178,8 @@ class DeployPanel(Panel):
         choice = self.server_box.value
         if choice is None:
             raise LabdeployError("No server is chosen.",
-                                 "Register one first (notebooks/setup_server.ipynb), then pick it here.",
+                                 "Register one first (Register server in the Set up a server panel), then "
+                                 "choose it in Server.",
                                  code="panel.no_server")
         return self._connections.pool.get(choice)
 
@@ -329,7 +330,7 @@ class DeployPanel(Panel):
 
         def done(df) -> None:
             self._show_apps(df)
-            self.message.show_ok(f"{len(df)} app(s) on this server.")
+            self.message.show_ok(f"{plural(len(df), 'app')} on this server.")
 
         self.in_background(work, done, on_error=self._show_failure, name="deploy")
 

@@ -184,7 +184,7 @@ class ExportPanel(Panel):
 
         def work():
             if server is None:
-                raise ValidationError("No server chosen.", "Register a server first (setup panel).",
+                raise ValidationError("No server chosen.", "Register one first (Register server in the Set up a server panel).",
                                       code="invalid.panel.no_server")
             return export_core.list_app_databases(server)
 

@@ -21,7 +21,7 @@ from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
 from .remedies import words as panel_words
 from ..ssh import hostkeys
-from .common import (LogPane, Message, Panel, StepList, choice_field, form_beside_steps, info_html, text_field, titled,
+from .common import (LogPane, Message, Panel, StepList, choice_field, form_beside_steps, info_html, plural, text_field, titled,
                      widget_reporter)
 
 STEPS = ("SSH key", "ssh-agent", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
@@ -384,9 +384,10 @@ class SetupPanel(Panel):
             self.table_html.value = _table_html(df) + info_html(f"This computer: {self.local_docker.summary()}.")
             failed = df[~df["ok"]]
             if len(failed):
-                self.message.show_warning(f"{len(failed)} check(s) need attention.",
+                need = f"{plural(len(failed), 'check')} need{'s' if len(failed) == 1 else ''} attention"
+                self.message.show_warning(f"{need}.",
                                           " ".join(failed["hint"].tolist()[:3]))
-                return "failed", f"{len(failed)} check(s) need attention"
+                return "failed", need
             return f"all checks passed; room for about {readiness.experiments_that_fit(df)} more experiments"
 
         self._start("Readiness", work, done)
