@@ -96,6 +96,7 @@ class DeployResult:
     remembered: dict = field(default_factory=dict)  # redis_image / base_image / pooler...: {"value", "from"}
     data: str = "new"  # the database: new, kept (update or rerun), reused or replaced (after a destroy)
     placement: str = ""  # server="auto": which server was chosen and why, in one line
+    placed_on: str = ""  # server="auto": the name of the server chosen
 
     def summary(self) -> str:
         return (f"{self.app} ({self.version}) is live at {self.url}\n"
@@ -652,7 +653,7 @@ def _deploy_where_there_is_room(experiment_dir, app: str, opts: DeployOptions, o
         (reporter or null_reporter)(LogLine(f"placed on {placement.reason}", "fleet"))
         run = Deploy(experiment_dir, app, placement.server, opts, operation, reporter)
         result = run.run()
-    result.placement = placement.reason
+    result.placement, result.placed_on = placement.reason, placement.server
     changes.announce(operation, result.app, run.remote.host)
     return result
 

@@ -66,6 +66,11 @@ class Stop(threading.Event):
         for run in list(self._runs):
             run.stop()
 
+    @property
+    def run(self) -> Optional[load.LoadRun]:
+        """The load it stops, once started (what a live view reads)."""
+        return self._runs[-1] if self._runs else None
+
 
 def plan_levels(participants: int, ramp: Union[int, Sequence[int]]) -> list[int]:
     """The ramp's steps: `ramp` evenly spaced counts up to `participants`, or the counts given."""
@@ -406,6 +411,14 @@ class Running:
     @property
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def live(self) -> pd.DataFrame:
+        """Latency and errors of the steps finished so far (as Rehearsal.latency; empty before
+        the load starts): what a live plot shows while the rehearsal runs."""
+        run = self.stop_event.run
+        if run is None:
+            return analysis.latency(pd.DataFrame(), pd.DataFrame())
+        return analysis.latency(run.hits, run.schedule)
 
     def result(self, timeout: Optional[float] = None) -> Rehearsal:
         self._thread.join(timeout)

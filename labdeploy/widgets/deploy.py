@@ -15,7 +15,7 @@ from typing import Optional
 import ipywidgets as W
 
 from ..app import apps as apps_core
-from ..app import appdata, deploy as deploy_core
+from ..app import appdata, deploy as deploy_core, fleet
 from .. import demo
 from ..ssh import pool as ssh_pool, servers
 from ..images import localdocker, transfer
@@ -92,6 +92,7 @@ class DeployPanel(Panel):
             options.insert(0, (label, server))
         elif isinstance(server, str) and server not in [o[1] for o in options]:
             options.insert(0, (server, server))
+        options.append(("auto (the server with the most room)", fleet.AUTO))  # a new app only; deploy explains
         self.server_box = choice_field(W.Dropdown(options=options, value=server if server is not None or not options
                                                   else options[0][1], description="Server"))
         self.domain_box = _text("Domain", domain, "empty: the one the server was prepared with")
@@ -176,6 +177,9 @@ class DeployPanel(Panel):
         """The connection for the chosen server: the notebook's, opened once and shared by every
         action and panel (a Remote handed in is used as it is)."""
         choice = self.server_box.value
+        if choice == fleet.AUTO:
+            raise LabdeployError("This acts on one server, and 'auto' is chosen.", "Choose the server in Server.",
+                                 code="panel.server_auto")
         if choice is None:
             raise LabdeployError("No server is chosen.",
                                  "Register one first (Register server in the Set up a server panel), then "
@@ -233,10 +237,13 @@ class DeployPanel(Panel):
         reporter = self._reporter()
 
         def work():
-            return fn(folder, app, self.remote(), reporter=reporter, options=self._options(**extra))
+            where = fleet.AUTO if self.server_box.value == fleet.AUTO else self.remote()
+            return fn(folder, app, where, reporter=reporter, options=self._options(**extra))
 
         def done(result: deploy_core.DeployResult) -> None:
             self.result = result
+            if result.placed_on and result.placed_on in [o[1] for o in self.server_box.options]:
+                self.server_box.value = result.placed_on  # what follows (list, tunnel, destroy) acts there
             self.progress.hide()
             self._show_result(revealed=False)
             self.message.show_ok(f"{verb} {result.app} (version {result.version}) in {result.duration_s:.0f} s; "
@@ -264,6 +271,8 @@ class DeployPanel(Panel):
             f"{html.escape(r.dashboard_url)}</a> — user <code>{html.escape(r.dashboard_user)}</code>, "
             f"password <code class='labdeploy-deploy-password'>{password}</code></div>"
             f"<div style='color:#444'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
+            + (f"<div class='labdeploy-deploy-placement'><b>Placed on</b> {html.escape(r.placement)}</div>"
+               if r.placement else "") +
             "<div style='color:#444'>No DNS record yet? Use “Open via SSH tunnel”.</div></div>")
 
     def toggle_password(self) -> None:
