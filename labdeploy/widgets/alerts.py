@@ -17,8 +17,8 @@ import pandas as pd
 from ..server import alerts
 from ..ssh import pool as ssh_pool
 from ..watch import doctor
-from .common import Message, Panel, choice_field, info_html, text_field, titled
-from .parts import BAD, GOOD, frame_html, server_options
+from .common import Message, Panel, choice_field, info_html, plural, server_choices, text_field, titled
+from .parts import BAD, GOOD, frame_html
 
 # The thresholds the panel shows: the setting's name, its label, and its bounds (as the core checks them).
 THRESHOLDS = (("disk_free_min_pct", "Disk free under (%)", 0, 100),
@@ -49,7 +49,8 @@ class AlertsPanel(Panel):
         self._servers: dict = {}
         self.settings: Optional[alerts.AlertSettings] = None
         self.settings_table = self.test_result = self.history_df = self.report = None
-        options = server_options(server, self._servers)
+        options, chosen = server_choices(server)
+        self._servers.update(chosen)
         chosen = server if isinstance(server, str) else (options[0] if options else None)
         self.server_picker = choice_field(W.Dropdown(options=options, value=chosen, description="Server"))
         self.server_picker.observe(lambda _: self.load(), names="value")
@@ -213,7 +214,7 @@ class AlertsPanel(Panel):
         def done(df: pd.DataFrame) -> None:
             self.report = _not_ok_first(df)
             bad = int((~df["ok"].astype(bool)).sum())
-            head = (f"<div style='{BAD};font-weight:bold'>{bad} thing(s) need attention.</div>" if bad else
+            head = (f"<div style='{BAD};font-weight:bold'>{plural(bad, 'thing needs', 'things need')} attention.</div>" if bad else
                     f"<div style='{GOOD};font-weight:bold'>All {len(df)} checks are fine.</div>")
             self.doctor_html.value = head + frame_html(
                 self.report, "labdeploy-alerts-doctor", ["area", "subject", "ok", "detail", "what_to_do"],

@@ -43,27 +43,3 @@ def frame_html(df: pd.DataFrame, css_class: str, columns: Optional[Sequence[str]
         rows.append(f"<tr style='{style}'>{tds}</tr>")
     return (TABLE_CSS + f"<div style='overflow-x:auto'><table class='labdeploy-table {css_class}' "
             f"style='border-collapse:collapse;font-size:90%'><tr>{head}</tr>{''.join(rows)}</table></div>")
-
-
-def server_options(server, known: dict) -> list:
-    """The picker's labels: a server object handed in first, then the registered ones (by name);
-    `known` maps each label to what the connection pool opens."""
-    options = []
-    if server is not None and not isinstance(server, str):
-        label = getattr(server, "label", None) or getattr(server, "name", None) or getattr(server, "host", None) \
-            or str(server)
-        known[label] = server
-        options.append(label)
-    try:
-        from ..ssh import servers as registry
-
-        for s in registry.list_servers():
-            known.setdefault(s.name, s.name)
-            if s.name not in options:
-                options.append(s.name)
-    except Exception:  # noqa: BLE001 - no registry yet: the server handed in is enough
-        pass
-    if isinstance(server, str) and server not in options:
-        known.setdefault(server, server)
-        options.insert(0, server)
-    return options

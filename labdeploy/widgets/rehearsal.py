@@ -19,9 +19,9 @@ from .. import rehearsal
 from ..errors import ValidationError
 from ..progress import Event, Progress, StepFinished, StepStarted
 from ..ssh import pool as ssh_pool
-from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps, ok_html,
+from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps, ok_html, server_choices,
                      text_field, titled, warning_html, widget_reporter)
-from .parts import frame_html, server_options
+from .parts import frame_html
 
 STEPS = ("Deploy the copy", "Simulated participants", "Remove the copy")
 LOAD_STEP = "Simulated participants"
@@ -55,7 +55,7 @@ def live_png(lat) -> bytes:
         ax.legend(loc="upper left", fontsize="small")
     ax.axhline(1.0, color="#f9ab00", linestyle="--", linewidth=1)
     ax.set_xlabel("simultaneous participants")
-    ax.set_ylabel("latency (s)")
+    ax.set_ylabel("latency, seconds")
     ax.set_title("So far" if len(lat) else "Waiting for the first step to finish")
     return _png(fig)
 
@@ -72,7 +72,8 @@ class RehearsalPanel(Panel):
         self.deploy_settings = dict(deploy_settings or {})
         self.running: Optional[rehearsal.Running] = None
         self.result: Optional[rehearsal.Rehearsal] = None
-        options = server_options(server, self._servers)
+        options, chosen = server_choices(server)
+        self._servers.update(chosen)
         chosen = server if isinstance(server, str) else (options[0] if options else None)
         self.server_picker = choice_field(W.Dropdown(options=options, value=chosen, description="Server"))
         self.app_box = text_field("App", app, "the app to rehearse (a copy of it is deployed)")
@@ -81,7 +82,7 @@ class RehearsalPanel(Panel):
                                                               description="Participants"))
         self.ramp_box = choice_field(W.BoundedIntText(value=ramp, min=1, max=20, description="Ramp steps"))
         self.duration_box = choice_field(W.BoundedFloatText(value=duration, min=1, max=7200,
-                                                            description="Duration (s)"))
+                                                            description="Duration, seconds"))
         self.flow_box = W.Textarea(value=json.dumps(flow, indent=1) if isinstance(flow, list) else "",
                                    description="Requests (JSON)", style={"description_width": "140px"},
                                    placeholder="empty for Dallinger/PsyNet experiments; else the requests one "
