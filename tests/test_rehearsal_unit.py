@@ -78,6 +78,10 @@ def test_ramps_and_bounds_are_refused_before_anything_runs():
         plan("a", EXAMPLES / "nothing-here", 5, 2, 10, None, 1.0, 3.0, None)
     with pytest.raises(ValidationError, match="does not know what"):
         plan("a", EXAMPLES / "stroop", 5, 2, 10, None, 1.0, 3.0, None)  # not Dallinger: a flow is needed
+    assert plan("a", EXAMPLES / "stroop", 5, 2, 10, [{"method": "GET", "path": "/"}], 1.0, 3.0, None,
+                "empty").data == "empty"
+    with pytest.raises(ValidationError, match="data='everything' is not one of latest, fresh, empty"):
+        plan("a", EXAMPLES / "stroop", 5, 2, 10, [{"method": "GET", "path": "/"}], 1.0, 3.0, None, "everything")
     p = plan("a", EXAMPLES / "dallinger-hello", 5, 2, 10, None, 1.0, 3.0, {"config": {"recruiter": "prolific"}})
     assert p.flow.name == "dallinger" and p.settings["config"]["recruiter"] == "hotair"  # the copy recruits nobody
 
