@@ -308,7 +308,9 @@ def plan(app: str, experiment, participants: int, ramp, duration: float, flow, t
     settings = dict(deploy_settings or {})
     if _is_dallinger(experiment):
         settings["config"] = {**dict(settings.get("config") or {}), **COPY_CONFIG}
-        flow = flows.dallinger(think) if flow is None else flow
+        if flow is None:
+            _refuse_psynet_without_flow(experiment)
+            flow = flows.dallinger(think)
     elif flow is None:
         raise ValidationError("This experiment is not a Dallinger or PsyNet one, so the rehearsal does not know what "
                               "its participants do.", "Describe the flow: the requests a participant makes, in "
@@ -316,6 +318,18 @@ def plan(app: str, experiment, participants: int, ramp, duration: float, flow, t
     flow = load.as_flow(flow, think if not isinstance(flow, load.Flow) else None)
     name = flow.name if isinstance(flow, load.Flow) else getattr(flow, "__name__", "custom")
     return _Plan(app, experiment, levels, step_seconds, flow, name, settings, float(interval), data)
+
+
+def _refuse_psynet_without_flow(experiment: Path) -> None:
+    # PsyNet's participants answer the pages its timeline defines (buttons, sliders, audio,
+    # free text...): Dallinger's node/info routes are not what they do, and no general flow
+    # over the timeline is measured and tested yet. Guessing would measure the wrong thing.
+    if dallinger.recognise(experiment).kind == "psynet":
+        raise ValidationError(
+            f"{experiment.name} is a PsyNet experiment: the rehearsal has no participant flow for PsyNet's timeline "
+            "pages, so it does not know what its participants do; nothing was started.",
+            "Describe the flow: the requests a participant makes, in order, with placeholders (a flow "
+            "description), or give a function that plays one participant.", code="invalid.rehearsal.flow_psynet")
 
 
 def _drive(remote, copy: str, url: str, p: _Plan, stop: Stop, report: Reporter, timeout: float,
@@ -359,9 +373,9 @@ def rehearse(app: str, server, *, experiment, participants: int = 10, ramp: Unio
     """Rehearse `app` with simulated participants on a side-by-side copy deployed from
     `experiment`: `ramp` steps (or the counts given) up to `participants` at once, `duration`
     seconds in all; returns the measurements, DataFrames and a recommendation (`.sentence`,
-    `.plot()`). `flow`: for apps other than Dallinger/PsyNet, the requests one participant
-    makes (a list of steps with placeholders) or an async function of one simulated
-    participant. `stop` (a Stop) ends the load at once from another thread. `deploy_settings`
+    `.plot()`). `flow`: for PsyNet experiments and apps other than Dallinger, the requests one
+    participant makes (a list of steps with placeholders) or an async function of one simulated
+    participant (a Dallinger experiment without one walks Dallinger's participant routes). `stop` (a Stop) ends the load at once from another thread. `deploy_settings`
     go to the copy's deploy (images, build arguments, config). `data`: what the copy starts
     with - "latest" (default) the app's latest backup on the server, or a fresh one when it has
     none (empty when the server holds no rows of the app), "fresh" a backup taken now, "empty"
