@@ -89,16 +89,35 @@ def plan_levels(participants: int, ramp: Union[int, Sequence[int]]) -> list[int]
 
 @dataclass
 class Rehearsal:
-    """What a rehearsal measured, and the answer."""
+    """What a rehearsal measured, and the answer. Times are UTC; CPU in cores busy (1.0 = one
+    core), memory in bytes, latency in seconds.
+
+    Measured:
+      hits         one row per request: time, seconds, status (0: no answer), ok, route,
+                   error, participants (simultaneous at the time), bot
+      schedule     one row per ramp step that ran: participants, start, end
+      usage        the server every few seconds: time, server_cpu_cores, server_mem_bytes
+      containers   the copy's containers: time, service, cpu_cores, mem_bytes
+      connections  the copy's PostgreSQL connections: time, connections
+
+    The answer (index `participants`, simultaneous; 0 is the idle baseline before the load):
+      latency      requests, rps, p50, p95, p99, errors, error_rate (analysis.LATENCY_COLUMNS)
+      resources    samples, server_cpu_cores, server_mem_bytes, app_cpu_cores, app_mem_bytes,
+                   web_cpu_cores, worker_cpu_cores, connections (means; analysis.RESOURCE_COLUMNS)
+      costs        index `resource`: base (at 0), per_participant (fitted slope), r2, points, unit
+      recommendation  analysis.Recommendation (participants, web_workers, worker_processes,
+                   connection_limit, memory_gb, ...); `sentence` says it in words
+      data         copydata.CopyData: what the copy started with (tables: table, rows)
+    """
 
     app: str
     copy: str
     flow: str
     hits: pd.DataFrame
     schedule: pd.DataFrame
-    usage: pd.DataFrame           # time, server_cpu_cores, server_mem_bytes
-    containers: pd.DataFrame      # time, service, cpu_cores, mem_bytes (the copy's containers)
-    connections: pd.DataFrame     # time, connections (the copy's database)
+    usage: pd.DataFrame
+    containers: pd.DataFrame
+    connections: pd.DataFrame
     facts: analysis.ServerFacts
     stopped: bool = False
     removed: bool = False         # the copy (and every simulated participant's row) is gone
