@@ -61,6 +61,8 @@ def rehearse_cmd(app, experiment, server, participants, ramp, duration, think, f
     flow = _read_flow(flow_file)
     kwargs = dict(experiment=Path(experiment), participants=participants, ramp=ramp, duration=duration, think=think,
                   flow=flow, force=force, deploy_settings=settings, data=data)
+    with _ui.usage_errors(ValidationError):  # refused before any connection
+        rehearsal.check(app, **kwargs)
     remote = open_server(server)
     with _ui.reporting() as reporter:
         with _ui.usage_errors(ValidationError):  # refused before anything is deployed

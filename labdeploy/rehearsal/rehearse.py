@@ -462,10 +462,14 @@ class Running:
         return self._result
 
 
-def start(app: str, server, **kwargs) -> Running:
-    """`rehearse` in the background (same arguments); returns a handle with stop() and result()."""
+def check(app: str, **kwargs) -> None:
+    """Refuse bad input for `rehearse` (same keyword arguments) without connecting anywhere."""
     plan(app, kwargs.get("experiment"), kwargs.get("participants", 10), kwargs.get("ramp", 3),
          kwargs.get("duration", 60.0), kwargs.get("flow"), kwargs.get("think", 1.0),
-         kwargs.get("interval", DEFAULT_INTERVAL), kwargs.get("deploy_settings"),
-         kwargs.get("data", "latest"))  # bad input refused now
+         kwargs.get("interval", DEFAULT_INTERVAL), kwargs.get("deploy_settings"), kwargs.get("data", "latest"))
+
+
+def start(app: str, server, **kwargs) -> Running:
+    """`rehearse` in the background (same arguments); returns a handle with stop() and result()."""
+    check(app, **kwargs)  # bad input refused now, in the caller's thread
     return Running(app, server, **kwargs).start()
