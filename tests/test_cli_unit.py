@@ -251,3 +251,16 @@ def test_servers_prepare_refuses_bad_options_before_connecting(cli, tmp_path, op
 def test_destroy_final_export_options_need_final_export(cli, extra):
     r = cli("destroy", "--app", "stroop", "--remove-data", *extra, "--yes")
     assert r.code == 2 and "--final-export DIR" in r.err and "Traceback" not in r.err, str(r)
+
+
+def test_rehearse_refuses_a_psynet_experiment_without_a_flow_and_bad_data_before_connecting(cli):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    examples, this_checkout = repo / "examples", {"PYTHONPATH": str(repo)}  # the code under test
+    # No server is registered here: the refusal comes before the server is even looked up.
+    r = cli("rehearse", "--app", "study", str(examples / "psynet-static"), "--server", "lab", env=this_checkout)
+    assert r.code == 2 and "is a PsyNet experiment" in r.err and "Describe the flow" in r.err, str(r)
+    assert "No server named" not in r.err and "Traceback" not in r.err
+    r = cli("rehearse", "--app", "study", str(examples / "dallinger-hello"), "--data", "all", env=this_checkout)
+    assert r.code == 2 and "'all' is not one of" in r.err, str(r)

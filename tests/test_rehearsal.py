@@ -17,9 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 
-from labdeploy.app import apps
+from labdeploy import backup, export
+from labdeploy.app import apps, deploy
 from labdeploy.rehearsal import RehearsalRefused, analysis, rehearse, start
+from labdeploy.rehearsal.copydata import NoDataToCopy
 from labdeploy.server import compose, psql
 from labdeploy import names
 from deploy_support import EXAMPLE, deploy_kwargs, destroy_if_deployed, prepare_local_stack
@@ -154,3 +157,82 @@ def test_an_app_recruiting_live_is_refused_and_nothing_is_deployed(testbed, stac
     with pytest.raises(RehearsalRefused, match="recruits real participants"):
         rehearse("t-rh-live", stack, experiment=live, participants=2, ramp=1, duration=5)
     assert "t-rh-live-rh" not in set(apps.apps(stack)["app"])
+
+
+def _through_caddy(testbed, app: str, path: str, **kw) -> requests.Response:
+    return requests.post(f"http://{testbed['http']['host']}:{testbed['http']['port']}{path}",
+                         headers={"Host": f"{app}.localhost"}, timeout=15, **kw)
+
+
+def _a_participant(testbed, app: str, worker_id: str) -> None:
+    p = _through_caddy(testbed, app, "/api/participants", json={"worker_id": worker_id}).json()
+    for t in p["trials"][:3]:
+        assert _through_caddy(testbed, app, f"/api/participants/{p['id']}/responses",
+                              json={**t, "answer": t["ink"], "rt_ms": 400.0}).status_code == 200
+
+
+def _rows(remote, app: str, database_app: str | None = None) -> dict:
+    """The study's own rows (participants, responses); the clock's ticks fill `jobs` by themselves."""
+    counts = export.table_counts(database_app or app, remote).set_index("table")["rows"]
+    return {t: int(counts[t]) for t in ("participants", "responses")}
+
+
+def _real_rows_in(remote, copy: str) -> dict:
+    ident = names.db_identifier(copy)
+    df = psql.query_df(remote, "SELECT (SELECT count(*) FROM participants WHERE worker_id NOT LIKE 'lbot-%') AS p, "
+                               "(SELECT count(*) FROM responses r JOIN participants p ON p.id = r.participant_id "
+                               "WHERE p.worker_id NOT LIKE 'lbot-%') AS r", database=ident)
+    return {"participants": int(df["p"][0]), "responses": int(df["r"][0])}
+
+
+def test_the_copy_carries_the_apps_rows_and_the_app_is_left_as_it_was(testbed, stack):
+    app = "t-rh-data"
+    copy = app + "-rh"
+    destroy_if_deployed(stack, copy)
+    destroy_if_deployed(stack, app)
+    deploy.deploy(EXAMPLE, app, stack, **deploy_kwargs(testbed))
+    try:
+        for i in range(3):
+            _a_participant(testbed, app, f"real-{i}")
+        before = _rows(stack, app)
+        assert before == {"participants": 3, "responses": 9}
+        seen: list = []
+
+        def look_into_the_copy(k: int, n: int) -> None:  # while the load runs (not in the load's thread)
+            if k == 0:
+                threading.Thread(target=lambda: seen.append(_real_rows_in(stack, copy)), daemon=True).start()
+
+        # The app has no backup yet: one is taken for the rehearsal (and kept, as any manual backup).
+        first = rehearse(app, stack, experiment=EXAMPLE, participants=2, ramp=1, duration=8, flow=STROOP_FLOW,
+                         think=0.5, force=True, deploy_settings=deploy_kwargs(testbed), on_level=look_into_the_copy)
+        assert first.data.restored and first.data.fresh, first.data
+        assert first.data.tables.set_index("table").loc[["participants", "responses"], "rows"].tolist() == [3, 9]
+        assert seen == [before]  # the copy held the app's rows while the simulated participants worked
+        assert (first.latency["error_rate"] == 0).all() and first.hits["ok"].all()
+        assert first.removed
+        assert_gone(stack, copy)
+        assert _rows(stack, app) == before  # the live app: not one row more or less
+        assert list(backup.backups(app, stack, checksums=False)["id"]) == [first.data.backup_id]
+
+        # A participant more in the app; the default restores the latest backup, so the copy has
+        # the backup's rows, not the newest (a fresh one is data="fresh").
+        _a_participant(testbed, app, "real-3")
+        later = _rows(stack, app)
+        seen.clear()
+        second = rehearse(app, stack, experiment=EXAMPLE, participants=2, ramp=1, duration=8, flow=STROOP_FLOW,
+                          think=0.5, force=True, deploy_settings=deploy_kwargs(testbed), on_level=look_into_the_copy)
+        assert second.data.backup_id == first.data.backup_id and not second.data.fresh
+        assert seen == [before] and second.removed
+        assert_gone(stack, copy)
+        assert _rows(stack, app) == later
+        assert "data: backup " in second.summary()
+    finally:
+        destroy_if_deployed(stack, copy)
+        destroy_if_deployed(stack, app)
+
+
+def test_a_fresh_copy_of_an_app_without_data_is_refused_before_anything_is_deployed(testbed, stack):
+    with pytest.raises(NoDataToCopy, match="no rows of 't-rh-nodata'"):
+        rehearse("t-rh-nodata", stack, experiment=EXAMPLE, participants=2, ramp=1, duration=5, flow=STROOP_FLOW,
+                 force=True, data="fresh", deploy_settings=deploy_kwargs(testbed))
+    assert_gone(stack, "t-rh-nodata-rh")

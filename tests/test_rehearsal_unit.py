@@ -78,6 +78,24 @@ def test_ramps_and_bounds_are_refused_before_anything_runs():
         plan("a", EXAMPLES / "nothing-here", 5, 2, 10, None, 1.0, 3.0, None)
     with pytest.raises(ValidationError, match="does not know what"):
         plan("a", EXAMPLES / "stroop", 5, 2, 10, None, 1.0, 3.0, None)  # not Dallinger: a flow is needed
+    assert plan("a", EXAMPLES / "stroop", 5, 2, 10, [{"method": "GET", "path": "/"}], 1.0, 3.0, None,
+                "empty").data == "empty"
+    with pytest.raises(ValidationError, match="data='everything' is not one of latest, fresh, empty"):
+        plan("a", EXAMPLES / "stroop", 5, 2, 10, [{"method": "GET", "path": "/"}], 1.0, 3.0, None, "everything")
+
+
+def test_a_psynet_experiment_without_a_flow_is_refused_and_with_one_its_copy_recruits_nobody():
+    for folder in ("psynet-static", "dallinger-psynet-hello"):
+        with pytest.raises(ValidationError, match="is a PsyNet experiment: the rehearsal has no participant flow") as e:
+            plan("a", EXAMPLES / folder, 5, 2, 10, None, 1.0, 3.0, None)
+        assert e.value.code == "invalid.rehearsal.flow_psynet" and "Describe the flow" in e.value.hint
+    given = plan("a", EXAMPLES / "psynet-static", 5, 2, 10, [{"method": "GET", "path": "/ad"}], 1.0, 3.0, None)
+    assert given.flow_name != "dallinger" and given.settings["config"]["recruiter"] == "hotair"
+    assert plan("a", EXAMPLES / "dallinger-hello", 5, 2, 10, None, 1.0, 3.0, None).flow_name == "dallinger"
+    from labdeploy.rehearsal import rehearse
+
+    with pytest.raises(ValidationError, match="PsyNet experiment"):  # before any connection: no server needed
+        rehearse("a", "no-such-server", experiment=EXAMPLES / "psynet-static", participants=2, ramp=1, duration=5)
     p = plan("a", EXAMPLES / "dallinger-hello", 5, 2, 10, None, 1.0, 3.0, {"config": {"recruiter": "prolific"}})
     assert p.flow.name == "dallinger" and p.settings["config"]["recruiter"] == "hotair"  # the copy recruits nobody
 
@@ -293,8 +311,12 @@ def test_the_recommendation_measured_when_a_step_failed_projected_when_all_held(
     facts = analysis.ServerFacts(cores=2, mem_total_bytes=4e9, max_connections=100, role_limit=50)
     rec = analysis.recommend(lat, res, analysis.costs(res), facts)
     assert (rec.participants, rec.held_measured, rec.measured_max, rec.limited_by) == (10, 10, 20, "latency")
-    assert rec.sentence.startswith("This experiment on this server holds about 10 simultaneous participants at p95 "
-                                   "under 1 s")
+    first, rest = rec.sentence.split(". ", 1)  # the sentence, whole, then what it rests on
+    assert first == (f"This experiment on this server holds about 10 simultaneous participants at p95 under 1 s; "
+                     f"set web workers to {rec.web_workers}, worker processes to {rec.worker_processes}, "
+                     f"the database connection limit to {rec.connection_limit}")
+    assert rest.startswith("Measured up to 20 at once: p95 ")
+    assert rest.endswith("GB per simultaneous experiment of PsyNet's rule of thumb.")
     assert "20 at once did not hold" in rec.sentence and "5 GB" in rec.sentence
     assert rec.web_workers >= 2 and rec.worker_processes >= 1 and rec.connection_limit >= rec.web_workers
 
@@ -303,7 +325,8 @@ def test_the_recommendation_measured_when_a_step_failed_projected_when_all_held(
     rec = analysis.recommend(lat, res, analysis.costs(res), facts)
     # CPU: (0.8 * 2 - 0.2) / 0.012 = 116; connections: (0.8 * 50 - 1) / 0.5 = 78 -> connections first
     assert (rec.participants, rec.projected, rec.limited_by) == (78, 78, "connections")
-    assert "projected" in rec.sentence and rec.connection_limit >= 1.5 * (1 + 0.5 * 78) - 1
+    assert "Projected from the measured cost per participant, until connections runs short" in rec.sentence
+    assert rec.connection_limit >= 1.5 * (1 + 0.5 * 78) - 1
 
 
 def test_nothing_held_says_so():
@@ -315,3 +338,18 @@ def test_nothing_held_says_so():
     empty = analysis.recommend(analysis.latency(hits.iloc[:0], schedule), pd.DataFrame(), analysis.costs(pd.DataFrame()),
                                analysis.ServerFacts(2, 4e9))
     assert "measured nothing" in empty.sentence
+
+
+def test_the_result_documents_every_column_of_its_dataframes():
+    import importlib
+
+    from labdeploy.rehearsal import copydata
+
+    doc = importlib.import_module("labdeploy.rehearsal.rehearse").Rehearsal.__doc__
+    names_ = (analysis.LATENCY_COLUMNS + analysis.RESOURCE_COLUMNS + load.HIT_COLUMNS
+              + ["schedule", "start", "end", "server_cpu_cores", "service", "cpu_cores", "mem_bytes",
+                 "base", "per_participant", "r2", "points", "unit", "web_workers", "worker_processes",
+                 "connection_limit", "sentence"])
+    assert [n for n in names_ if n not in doc] == []
+    assert list(copydata.CopyData().tables.columns) == ["table", "rows"] and "table, rows" in doc
+    assert list(analysis.costs(pd.DataFrame()).columns) == ["base", "per_participant", "r2", "points", "unit"]

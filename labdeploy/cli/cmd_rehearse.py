@@ -34,15 +34,19 @@ def _read_flow(path):
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds in all (shared by the steps).")
 @click.option("--think", type=float, default=1.0, show_default=True, help="Seconds a participant waits between requests.")
 @click.option("--flow", "flow_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A JSON list of requests one participant makes (needed for apps other than Dallinger/PsyNet).")
+              help="A JSON list of requests one participant makes (needed for PsyNet and for apps other than "
+                   "Dallinger).")
 @click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Docker build argument of the copy.")
 @click.option("--config", "config", multiple=True, metavar="KEY=VALUE", help="Experiment config of the copy.")
 @click.option("--redis-image", default=None, help="Redis image of the copy.")
+@click.option("--data", type=click.Choice(["latest", "fresh", "empty"]), default="latest", show_default=True,
+              help="What the copy starts with: the app's latest backup (a fresh one when it has none), a backup "
+                   "taken now, or no rows.")
 @click.option("--force", is_flag=True, help="Rehearse even while real participants take part on the server.")
 @common_options
 @with_hints
 def rehearse_cmd(app, experiment, server, participants, ramp, duration, think, flow_file, build_args, config,
-                 redis_image, force):
+                 redis_image, data, force):
     """Rehearse an experiment with simulated participants on a copy of it, measure the server,
     and say how many participants it holds (Ctrl-C stops the load at once; the copy is removed).
 
@@ -56,7 +60,9 @@ def rehearse_cmd(app, experiment, server, participants, ramp, duration, think, f
                                   ("config", _pairs(config, "--config") or None), ("redis_image", redis_image)) if v}
     flow = _read_flow(flow_file)
     kwargs = dict(experiment=Path(experiment), participants=participants, ramp=ramp, duration=duration, think=think,
-                  flow=flow, force=force, deploy_settings=settings)
+                  flow=flow, force=force, deploy_settings=settings, data=data)
+    with _ui.usage_errors(ValidationError):  # refused before any connection
+        rehearsal.check(app, **kwargs)
     remote = open_server(server)
     with _ui.reporting() as reporter:
         with _ui.usage_errors(ValidationError):  # refused before anything is deployed

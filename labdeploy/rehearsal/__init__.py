@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .load import BOT_PREFIX, Bot, Flow, FlowError, LoadRun, Step, Target  # noqa: F401
 from .flows import dallinger  # noqa: F401
-from .rehearse import Rehearsal, RehearsalRefused, Running, Stop, plan_levels, rehearse, start  # noqa: F401
+from .rehearse import Rehearsal, RehearsalRefused, Running, Stop, check, plan_levels, rehearse, start  # noqa: F401
 
 __all__ = ["BOT_PREFIX", "Bot", "Flow", "FlowError", "LoadRun", "Step", "Target", "dallinger", "Rehearsal",
-           "RehearsalRefused", "Running", "Stop", "plan_levels", "rehearse", "start"]
+           "RehearsalRefused", "Running", "Stop", "check", "plan_levels", "rehearse", "start"]

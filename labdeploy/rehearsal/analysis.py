@@ -235,6 +235,10 @@ def _failed_at(rec: Recommendation, lat: pd.DataFrame) -> str:
 
 
 def sentence(rec: Recommendation, lat: pd.DataFrame, p95_limit: float = P95_LIMIT) -> str:
+    """The answer in the issue's words, first and whole ("This experiment on this server holds
+    about N simultaneous participants at p95 under 1 s; set web workers to W, worker processes
+    to K, the database connection limit to C."), then the measurement behind it, then the
+    memory at that load against PsyNet's rule of thumb (5 GB per simultaneous experiment)."""
     if not rec.measured_max:
         return "The rehearsal measured nothing: no step of simulated participants ran."
     last = lat.loc[rec.measured_max]
@@ -243,13 +247,13 @@ def sentence(rec: Recommendation, lat: pd.DataFrame, p95_limit: float = P95_LIMI
     if rec.participants == 0:
         return (f"This experiment on this server did not hold even {int(lat.index.min())} simultaneous participants "
                 f"at p95 under {p95_limit:g} s ({measured}); look at the errors and the server's load before going live.")
-    how = (f"projected from the measured cost per participant, until {rec.limited_by} runs short; {measured}"
+    how = (f"Projected from the measured cost per participant, until {rec.limited_by} runs short; {measured}"
            if rec.projected is not None and rec.projected > rec.held_measured
-           else f"{measured}" + _failed_at(rec, lat))
+           else measured[0].upper() + measured[1:] + _failed_at(rec, lat))
     text = (f"This experiment on this server holds about {rec.participants} simultaneous participants at p95 under "
-            f"{p95_limit:g} s ({how}); set web workers to {rec.web_workers}, worker processes to "
-            f"{rec.worker_processes}, the database connection limit to {rec.connection_limit}.")
+            f"{p95_limit:g} s; set web workers to {rec.web_workers}, worker processes to {rec.worker_processes}, "
+            f"the database connection limit to {rec.connection_limit}. {how}.")
     if not math.isnan(rec.memory_gb):
-        text += (f" Its containers use about {rec.memory_gb:.2f} GB at that load, against the {rec.rule_gb:g} GB "
-                 f"per experiment of PsyNet's rule of thumb ({rec.memory_gb / rec.rule_gb:.0%} of it).")
+        text += (f" Its containers use about {rec.memory_gb:.2f} GB at that load: {rec.memory_gb / rec.rule_gb:.0%} "
+                 f"of the {rec.rule_gb:g} GB per simultaneous experiment of PsyNet's rule of thumb.")
     return text

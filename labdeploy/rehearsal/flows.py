@@ -1,6 +1,8 @@
 """The participant flows a rehearsal knows: Dallinger's standard participant routes, walked as
 a browser walks them. Other apps describe their own (a list of requests, see load.Flow) or
-give an async function of one simulated participant (load.Bot).
+give an async function of one simulated participant (load.Bot). So do PsyNet experiments:
+their participants answer the pages of the experiment's own timeline, which these routes do
+not cover (a PsyNet experiment without a flow is refused).
 """
 
 from __future__ import annotations
@@ -28,6 +30,6 @@ DALLINGER_STEPS = (
 
 
 def dallinger(think: float = 1.0) -> Flow:
-    """A Dallinger (or PsyNet's Dallinger routes) participant: ad, new participant, a node,
-    the infos it received, an info of its own, the questionnaire, worker_complete."""
+    """A Dallinger participant: ad, new participant, a node, the infos it received, an info
+    of its own, the questionnaire, worker_complete."""
     return Flow(DALLINGER_STEPS, think, name="dallinger")

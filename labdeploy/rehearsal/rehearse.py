@@ -3,9 +3,11 @@ the server measured meanwhile, and the answer (how many participants it holds, h
 
 The copy: the experiment folder deployed under a name of its own (`<app>-rh`), Dallinger's
 recruiter forced to hotair with auto-recruitment off, so the copy never reaches a real person;
-every simulated participant's worker id starts with `lbot-`. After the rehearsal - finished,
-stopped or failed - the copy is destroyed with its database, so no simulated participant's data
-stays anywhere; the app itself is never touched. The rehearsal is refused while real
+every simulated participant's worker id starts with `lbot-`. The copy starts with the app's
+own data (its latest backup restored into the copy's database, see copydata.py), so it is
+measured at its real table sizes; `data="empty"` starts it empty. After the rehearsal -
+finished, stopped or failed - the copy is destroyed with its database, so no simulated
+participant's data (and no copy of the app's) stays anywhere; the app itself is never touched. The rehearsal is refused while real
 participants are taking part in any app of the server (the load would slow them down), or when
 the app's configuration recruits real people live, unless forced.
 
@@ -26,7 +28,7 @@ from typing import Callable, Optional, Sequence, Union
 import pandas as pd
 
 from .. import names
-from ..app import apps as app_apps, deploy as app_deploy
+from ..app import appdata, apps as app_apps, deploy as app_deploy
 from ..commands import hostfacts
 from ..errors import LabdeployError, ValidationError
 from ..experiment import dallinger
@@ -34,7 +36,7 @@ from ..progress import LogLine, Progress, Reporter, null_reporter, step
 from ..ssh import pool
 from ..watch import containers, participants
 from ..watch.sampler import Sampler
-from . import analysis, flows, load
+from . import analysis, copydata, flows, load
 
 COPY_SUFFIX = "-rh"
 SAFE_RECRUITERS = {"hotair", "bots"}  # Dallinger recruiters that reach no real person
@@ -92,19 +94,39 @@ def plan_levels(participants: int, ramp: Union[int, Sequence[int]]) -> list[int]
 
 @dataclass
 class Rehearsal:
-    """What a rehearsal measured, and the answer."""
+    """What a rehearsal measured, and the answer. Times are UTC; CPU in cores busy (1.0 = one
+    core), memory in bytes, latency in seconds.
+
+    Measured:
+      hits         one row per request: time, seconds, status (0: no answer), ok, route,
+                   error, participants (simultaneous at the time), bot
+      schedule     one row per ramp step that ran: participants, start, end
+      usage        the server every few seconds: time, server_cpu_cores, server_mem_bytes
+      containers   the copy's containers: time, service, cpu_cores, mem_bytes
+      connections  the copy's PostgreSQL connections: time, connections
+
+    The answer (index `participants`, simultaneous; 0 is the idle baseline before the load):
+      latency      requests, rps, p50, p95, p99, errors, error_rate (analysis.LATENCY_COLUMNS)
+      resources    samples, server_cpu_cores, server_mem_bytes, app_cpu_cores, app_mem_bytes,
+                   web_cpu_cores, worker_cpu_cores, connections (means; analysis.RESOURCE_COLUMNS)
+      costs        index `resource`: base (at 0), per_participant (fitted slope), r2, points, unit
+      recommendation  analysis.Recommendation (participants, web_workers, worker_processes,
+                   connection_limit, memory_gb, ...); `sentence` says it in words
+      data         copydata.CopyData: what the copy started with (tables: table, rows)
+    """
 
     app: str
     copy: str
     flow: str
     hits: pd.DataFrame
     schedule: pd.DataFrame
-    usage: pd.DataFrame           # time, server_cpu_cores, server_mem_bytes
-    containers: pd.DataFrame      # time, service, cpu_cores, mem_bytes (the copy's containers)
-    connections: pd.DataFrame     # time, connections (the copy's database)
+    usage: pd.DataFrame
+    containers: pd.DataFrame
+    connections: pd.DataFrame
     facts: analysis.ServerFacts
     stopped: bool = False
     removed: bool = False         # the copy (and every simulated participant's row) is gone
+    data: copydata.CopyData = field(default_factory=copydata.CopyData)  # what the copy started with
     latency: pd.DataFrame = field(default=None)
     resources: pd.DataFrame = field(default=None)
     costs: pd.DataFrame = field(default=None)
@@ -122,8 +144,8 @@ class Rehearsal:
 
     def summary(self) -> str:
         lat = self.latency
-        lines = [f"Rehearsal of {self.app} on a copy ({self.copy}), flow {self.flow}"
-                 + (" - stopped early" if self.stopped else "") + ":",
+        lines = [f"Rehearsal of {self.app} on a copy ({self.copy}, data: {self.data.source}, "
+                 f"{self.data.rows} rows), flow {self.flow}" + (" - stopped early" if self.stopped else "") + ":",
                  lat.to_string(float_format=lambda v: f"{v:.3f}") if len(lat) else "(no requests)",
                  self.costs[["base", "per_participant", "unit"]].to_string(float_format=lambda v: f"{v:.4g}"),
                  self.sentence]
@@ -255,10 +277,11 @@ def _copy_name(app: str, copy_name: Optional[str]) -> str:
 
 def _refuse_existing(remote, copy: str) -> None:
     listing = app_apps.apps(remote)
-    if copy in set(listing["app"]):
-        raise RehearsalRefused(f"An app named {copy!r} exists on {remote.host}; a rehearsal's copy needs a name "
-                               "of its own and nothing was started.",
-                               "Remove that app if it is a rehearsal's leftover, or name the copy otherwise.")
+    if copy in set(listing["app"]) or appdata.kept(remote, copy).any:
+        raise RehearsalRefused(f"An app or data named {copy!r} exists on {remote.host}; a rehearsal's copy needs a "
+                               "name of its own and nothing was started.",
+                               "Remove that app (with its data) if it is a rehearsal's leftover, or name the copy "
+                               "otherwise.")
 
 
 def _remove_copy(remote, copy: str, report: Reporter) -> bool:
@@ -268,7 +291,8 @@ def _remove_copy(remote, copy: str, report: Reporter) -> bool:
                              force=True, reporter=report)
         except app_deploy.UnknownApp:
             pass
-    return copy not in set(app_apps.apps(remote)["app"])
+    # Gone means gone with its data: the copy's database holds a copy of the app's rows.
+    return copy not in set(app_apps.apps(remote)["app"]) and not appdata.kept(remote, copy).any
 
 
 # ------------------------------------------------------------------ the rehearsal
@@ -283,10 +307,11 @@ class _Plan:
     flow_name: str
     settings: dict
     interval: float
+    data: str = "latest"
 
 
 def plan(app: str, experiment, participants: int, ramp, duration: float, flow, think: float, interval: float,
-         deploy_settings: Optional[dict]) -> _Plan:
+         deploy_settings: Optional[dict], data: str = "latest") -> _Plan:
     """Every input checked, before anything connects."""
     app = names.app_name(app)
     experiment = Path(experiment)
@@ -295,6 +320,7 @@ def plan(app: str, experiment, participants: int, ramp, duration: float, flow, t
                               "Give the folder the app was deployed from: its copy is deployed from it.",
                               code="invalid.rehearsal.experiment")
     levels = plan_levels(participants, ramp)
+    copydata.check_choice(data)
     if not isinstance(duration, (int, float)) or not duration > 0:
         raise ValidationError(f"A duration of {duration!r} seconds is not a positive number.", "Use e.g. 60 seconds.",
                               code="invalid.rehearsal.duration")
@@ -306,14 +332,28 @@ def plan(app: str, experiment, participants: int, ramp, duration: float, flow, t
     settings = dict(deploy_settings or {})
     if _is_dallinger(experiment):
         settings["config"] = {**dict(settings.get("config") or {}), **COPY_CONFIG}
-        flow = flows.dallinger(think) if flow is None else flow
+        if flow is None:
+            _refuse_psynet_without_flow(experiment)
+            flow = flows.dallinger(think)
     elif flow is None:
         raise ValidationError("This experiment is not a Dallinger or PsyNet one, so the rehearsal does not know what "
                               "its participants do.", "Describe the flow: the requests a participant makes, in "
                               "order, with placeholders.", code="invalid.rehearsal.flow")
     flow = load.as_flow(flow, think if not isinstance(flow, load.Flow) else None)
     name = flow.name if isinstance(flow, load.Flow) else getattr(flow, "__name__", "custom")
-    return _Plan(app, experiment, levels, step_seconds, flow, name, settings, float(interval))
+    return _Plan(app, experiment, levels, step_seconds, flow, name, settings, float(interval), data)
+
+
+def _refuse_psynet_without_flow(experiment: Path) -> None:
+    # PsyNet's participants answer the pages its timeline defines (buttons, sliders, audio,
+    # free text...): Dallinger's node/info routes are not what they do, and no general flow
+    # over the timeline is measured and tested yet. Guessing would measure the wrong thing.
+    if dallinger.recognise(experiment).kind == "psynet":
+        raise ValidationError(
+            f"{experiment.name} is a PsyNet experiment: the rehearsal has no participant flow for PsyNet's timeline "
+            "pages, so it does not know what its participants do; nothing was started.",
+            "Describe the flow: the requests a participant makes, in order, with placeholders (a flow "
+            "description), or give a function that plays one participant.", code="invalid.rehearsal.flow_psynet")
 
 
 def _drive(remote, copy: str, url: str, p: _Plan, stop: Stop, report: Reporter, timeout: float,
@@ -353,15 +393,18 @@ def rehearse(app: str, server, *, experiment, participants: int = 10, ramp: Unio
              copy_name: Optional[str] = None, force: bool = False, stop: Optional[Stop] = None,
              interval: float = DEFAULT_INTERVAL, deploy_settings: Optional[dict] = None,
              reporter: Optional[Reporter] = None, on_level: Optional[Callable[[int, int], None]] = None,
-             verify=True) -> Rehearsal:
+             verify=True, data: str = "latest") -> Rehearsal:
     """Rehearse `app` with simulated participants on a side-by-side copy deployed from
     `experiment`: `ramp` steps (or the counts given) up to `participants` at once, `duration`
     seconds in all; returns the measurements, DataFrames and a recommendation (`.sentence`,
-    `.plot()`). `flow`: for apps other than Dallinger/PsyNet, the requests one participant
-    makes (a list of steps with placeholders) or an async function of one simulated
-    participant. `stop` (a Stop) ends the load at once from another thread. `deploy_settings`
-    go to the copy's deploy (images, build arguments, config). The copy is removed afterwards."""
-    p = plan(app, experiment, participants, ramp, duration, flow, think, interval, deploy_settings)
+    `.plot()`). `flow`: for PsyNet experiments and apps other than Dallinger, the requests one
+    participant makes (a list of steps with placeholders) or an async function of one simulated
+    participant (a Dallinger experiment without one walks Dallinger's participant routes). `stop` (a Stop) ends the load at once from another thread. `deploy_settings`
+    go to the copy's deploy (images, build arguments, config). `data`: what the copy starts
+    with - "latest" (default) the app's latest backup on the server, or a fresh one when it has
+    none (empty when the server holds no rows of the app), "fresh" a backup taken now, "empty"
+    no rows. The copy is removed afterwards, with its database."""
+    p = plan(app, experiment, participants, ramp, duration, flow, think, interval, deploy_settings, data)
     report, stop = reporter or null_reporter, stop or Stop()
     refuse_live_recruiter(p.app, p.experiment, dict((deploy_settings or {}).get("config") or {}), force)
     remote = pool.connect(server)
@@ -370,8 +413,11 @@ def rehearse(app: str, server, *, experiment, participants: int = 10, ramp: Unio
     _refuse_existing(remote, copy)
     removed = False
     try:
+        with step(report, "The copy's data", {"empty": "none: it starts empty"}.get(p.data, f"{p.app}'s, restored")):
+            copied = copydata.fill(remote, p.app, copy, p.data, report)
+        settings = {**p.settings, "existing_data": "reuse"} if copied.restored else p.settings
         with step(report, "Deploy the copy", f"{p.experiment.name} as {copy}"):
-            deployed = app_deploy.deploy(p.experiment, copy, remote, reporter=report, **p.settings)
+            deployed = app_deploy.deploy(p.experiment, copy, remote, reporter=report, **settings)
         report(LogLine(f"{len(p.levels)} steps of {p.step_seconds:g} s: {p.levels} simultaneous participants",
                        "rehearsal"))
         run, usage_df, containers_df, conns, facts = _drive(remote, copy, deployed.url, p, stop, report, timeout,
@@ -379,7 +425,7 @@ def rehearse(app: str, server, *, experiment, participants: int = 10, ramp: Unio
     finally:
         removed = _remove_copy(remote, copy, report)
     result = Rehearsal(p.app, copy, p.flow_name, run.hits, run.schedule, usage_df, containers_df, conns, facts,
-                       stopped=run.stopped and not run.full, removed=removed)
+                       stopped=run.stopped and not run.full, removed=removed, data=copied)
     report(LogLine(result.sentence, "rehearsal"))
     return result
 
@@ -429,9 +475,14 @@ class Running:
         return self._result
 
 
-def start(app: str, server, **kwargs) -> Running:
-    """`rehearse` in the background (same arguments); returns a handle with stop() and result()."""
+def check(app: str, **kwargs) -> None:
+    """Refuse bad input for `rehearse` (same keyword arguments) without connecting anywhere."""
     plan(app, kwargs.get("experiment"), kwargs.get("participants", 10), kwargs.get("ramp", 3),
          kwargs.get("duration", 60.0), kwargs.get("flow"), kwargs.get("think", 1.0),
-         kwargs.get("interval", DEFAULT_INTERVAL), kwargs.get("deploy_settings"))  # bad input refused now
+         kwargs.get("interval", DEFAULT_INTERVAL), kwargs.get("deploy_settings"), kwargs.get("data", "latest"))
+
+
+def start(app: str, server, **kwargs) -> Running:
+    """`rehearse` in the background (same arguments); returns a handle with stop() and result()."""
+    check(app, **kwargs)  # bad input refused now, in the caller's thread
     return Running(app, server, **kwargs).start()
