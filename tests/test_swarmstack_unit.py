@@ -104,7 +104,7 @@ def test_swarm_update_status_tasks_and_log_lines_are_parsed():
     assert states["a_worker"] == {"state": "", "started": "", "message": ""}
     self_id, rows = sc.parse_service_containers("n1 running abc123\nn2 shutdown \nself n1\n")
     assert self_id == "n1" and rows == [{"node_id": "n1", "state": "running", "container": "abc123"}]
-    assert sc.parse_service_log_line("swm-a_web.2@labsw2    | 2024-05-01T10:00:00.1Z GET / 200", "swm-a") == (
+    assert sc.parse_service_log_line("2024-05-01T10:00:00.1Z swm-a_web.2@labsw2    | GET / 200", "swm-a") == (
         "web", "labsw2", "2024-05-01T10:00:00.1Z GET / 200")
     assert sc.parse_service_log_line("error from daemon: no such service", "swm-a")[0] == ""
     assert sc.update_status(["a_web"])[-2:] == ["--", "a_web"]

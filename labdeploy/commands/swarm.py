@@ -152,11 +152,14 @@ def service_logs(stack: str, service: str, tail) -> list[str]:
 
 
 def parse_service_log_line(line: str, stack: str) -> tuple[str, str, str]:
-    """'<stack>_web.1@labsw2    | 2024-...Z text' -> ("web", "labsw2", "2024-...Z text");
-    a line of another shape -> ("", "", line)."""
+    """'2024-...Z <stack>_web.1@labsw2    | text' (--timestamps puts the time first) ->
+    ("web", "labsw2", "2024-...Z text"); a line of another shape -> ("", "", line)."""
     head, sep, rest = line.partition("|")
-    task, at, node = head.strip().partition("@")
+    words = head.split()
+    stamp, task = (words[0], words[1]) if len(words) == 2 else ("", words[0] if words else "")
+    task, at, node = task.partition("@")
     if not sep or not at or not task.startswith(stack + "_"):
         return "", "", line
     service = task[len(stack) + 1:].split(".")[0]
-    return service, node.strip(), rest[1:] if rest.startswith(" ") else rest
+    text = rest[1:] if rest.startswith(" ") else rest
+    return service, node, f"{stamp} {text}" if stamp else text
