@@ -37,7 +37,7 @@ def database_container(remote, app: str) -> tuple[str, str]:
     self_id, rows = swarm_commands.parse_service_containers(res.stdout)
     running = [r for r in rows if r["state"] == "running" and r["container"]]
     if not running:
-        if "not found" in res.stdout + res.stderr:
+        if any(w in (res.stdout + res.stderr).lower() for w in ("no such service", "not found")):
             raise UnknownApp(f"There is no app named {app!r} on the Swarm at {remote.host}.")
         raise SwarmDataError(f"The PostgreSQL of {app!r} runs on no node right now.",
                              "Wait until the Swarm has started it again (its status shows it), then ask again.",
