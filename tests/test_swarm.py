@@ -182,7 +182,7 @@ def test_logs_connections_and_export_with_nodes(testbed, manager, deployed):
         swarmdata.export("swm-nothing-here", manager)
 
 
-def testbed_script():
+def load_testbed_script():
     """scripts/testbed as a module: its own functions start a node's engine again."""
     path = Path(__file__).resolve().parent.parent / "scripts" / "testbed"
     spec = importlib.util.spec_from_loader("labdeploy_testbed_script", SourceFileLoader("labdeploy_testbed_script",
@@ -212,7 +212,7 @@ def wait_until(what: str, check, timeout: float = 150):
 def node_stopper(testbed, manager):
     """Stops a worker node's Docker engine by its pid (the testbed's pidfile), as a machine that
     goes away; after the test, pass or fail, the node runs again and is Ready in the Swarm."""
-    script, stopped = testbed_script(), []
+    script, stopped = load_testbed_script(), []
 
     def stop(name: str) -> None:
         pid = script.read_pid(f"swarm-{name}")
