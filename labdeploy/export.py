@@ -124,8 +124,11 @@ class _Stream:
     """One export's stream: each table is parsed into a DataFrame in a thread of its own while
     its rows arrive; progress goes to the reporter a few times a second."""
 
-    def __init__(self, app: str, tables: Optional[Sequence[str]], reporter: Reporter) -> None:
+    def __init__(self, app: str, tables: Optional[Sequence[str]], reporter: Reporter,
+                 source: Optional[tuple] = None) -> None:
         self.app, self.tables, self.reporter = app, tables, reporter
+        # (database, container): the app's own PostgreSQL (a Swarm app's); else the shared one's app_<name>
+        self.database, self.container = source or (names.db_identifier(app), layout.POSTGRES_CONTAINER)
         self.parses: dict[str, _Parse] = {}
         self.columns: dict[str, list] = {}
         self.last = 0.0
@@ -175,11 +178,12 @@ class _Stream:
                                    item=f"{t.name}, {t.bytes / 1e6:.1f} MB"))
 
     def run(self, remote, timeout: Optional[float]) -> None:
-        db = names.db_identifier(self.app)
+        db = self.database
         script = copystream.build_script(self.splitter.nonce, self.tables)
         failure: Optional[BaseException] = None
         try:
-            remote.run(psql.psql_argv(db), stdin=script.encode(), on_stdout=self.splitter.feed, timeout=timeout)
+            remote.run(postgres.psql(psql.database_name(db), container=self.container), stdin=script.encode(),
+                       on_stdout=self.splitter.feed, timeout=timeout)
         except CommandFailed as exc:
             failure = exc
             if f'database "{db}" does not exist' in (exc.stderr or ""):
@@ -211,8 +215,8 @@ class _Stream:
 
 
 def _stream_tables(remote, app: str, tables: Optional[Sequence[str]], reporter: Reporter,
-                   timeout: Optional[float]) -> tuple[copystream.Splitter, dict]:
-    stream = _Stream(app, tables, reporter)
+                   timeout: Optional[float], source: Optional[tuple] = None) -> tuple[copystream.Splitter, dict]:
+    stream = _Stream(app, tables, reporter, source)
     stream.run(remote, timeout)
     return stream.splitter, stream.frames()
 
@@ -256,7 +260,14 @@ def export(app: str, server, tables: Optional[Sequence[str]] = None, *, mode: st
     With `save_to` (a folder), each version is also saved as `<app>-<time>-data.zip`
     (`-anonymous-data.zip`), and as Parquet folders with `parquet=True`; `.paths` lists them.
     """
-    report = reporter or null_reporter
+    tables, save_to = check_input(app, tables, mode, rules, save_to)
+    return export_from(_remote(server), app, tables, mode=mode, save_to=save_to, parquet=parquet, rules=rules,
+                       reporter=reporter or null_reporter, timeout=timeout)
+
+
+def check_input(app: str, tables: Optional[Sequence[str]], mode: str, rules: Optional[anon.Rules],
+                save_to) -> tuple[Optional[list], Optional[Path]]:
+    """An export's input refused before anything connects; (tables, save_to) as checked."""
     names.app_name(app)
     _mode(mode)
     if tables is not None:
@@ -265,10 +276,18 @@ def export(app: str, server, tables: Optional[Sequence[str]] = None, *, mode: st
         rules.validate()
     if save_to is not None:
         save_to = archive.ensure_folder(save_to)  # before the download, not after it
-    remote = _remote(server)
+    return tables, save_to
+
+
+def export_from(remote, app: str, tables: Optional[Sequence[str]], *, mode: str, save_to, parquet: bool,
+                rules: Optional[anon.Rules], reporter: Reporter, timeout: Optional[float],
+                source: Optional[tuple] = None) -> ExportData:
+    """`export` once its input is checked: from the shared PostgreSQL's app database, or from
+    `source` = (database, container), an app's own PostgreSQL (labdeploy.app.swarm's)."""
+    report = reporter
     with step(report, "Read the tables", f"{app} on {remote.host}"):
         t0 = time.monotonic()
-        splitter, frames = _stream_tables(remote, app, tables, report, timeout)
+        splitter, frames = _stream_tables(remote, app, tables, report, timeout, source)
         elapsed = time.monotonic() - t0
     with step(report, "Check row counts"):
         _verify(splitter, frames)
@@ -278,7 +297,7 @@ def export(app: str, server, tables: Optional[Sequence[str]] = None, *, mode: st
     report(LogLine(f"{len(order)} tables, {sum(len(f) for f in frames.values())} rows, "
                    f"{total / 1e6:.1f} MB in {elapsed:.1f} s", "export"))
     data = ExportData({t: frames[t] for t in order}, app=app, server=_server_key(remote),
-                      database=names.db_identifier(app), snapshot=splitter.snapshot,
+                      database=source[0] if source else names.db_identifier(app), snapshot=splitter.snapshot,
                       exported_at=datetime.fromtimestamp(splitter.started_epoch, timezone.utc),
                       columns=columns, counts={t: splitter.tables[t].count for t in order}, bytes=total)
     anonymous = None

@@ -93,3 +93,18 @@ def test_num_dynos_web_checked(value):
 def test_destroy_needs_confirmation_before_connecting(no_network):
     with pytest.raises(ValidationError):
         swarm.destroy("swm-x", "nowhere.invalid")
+
+
+def test_swarm_update_status_tasks_and_log_lines_are_parsed():
+    from labdeploy.commands import swarm as sc
+
+    states = sc.parse_update_status("a_web\trollback_completed\t2024-05-01 10:00:00 +0000 UTC\tupdate rolled back\n"
+                                    "a_worker\t\n")
+    assert states["a_web"]["state"] == "rollback_completed" and states["a_web"]["message"] == "update rolled back"
+    assert states["a_worker"] == {"state": "", "started": "", "message": ""}
+    self_id, rows = sc.parse_service_containers("n1 running abc123\nn2 shutdown \nself n1\n")
+    assert self_id == "n1" and rows == [{"node_id": "n1", "state": "running", "container": "abc123"}]
+    assert sc.parse_service_log_line("2024-05-01T10:00:00.1Z swm-a_web.2@labsw2    | GET / 200", "swm-a") == (
+        "web", "labsw2", "2024-05-01T10:00:00.1Z GET / 200")
+    assert sc.parse_service_log_line("error from daemon: no such service", "swm-a")[0] == ""
+    assert sc.update_status(["a_web"])[-2:] == ["--", "a_web"]

@@ -160,6 +160,47 @@ def _wait_running(remote, app: str, want: dict, timeout: float, reporter: Report
         time.sleep(2)
 
 
+def _update_states(remote, services: list) -> dict:
+    res = remote.run(swarm_commands.update_status(services), check=False, timeout=60)
+    return swarm_commands.parse_update_status(res.stdout) if res.exit_status == 0 else {}
+
+
+_DONE = {"completed", "rollback_completed", "paused", "rollback_paused"}
+
+
+def _wait_update(remote, app: str, before: dict, timeout: float, reporter: Reporter,
+                 unchanged_after: float = 30) -> dict:
+    """Until each service's rolling update (a new one: its start time differs from `before`'s)
+    has ended. Swarm's own rollback_config brings a service whose new task failed its health
+    check back to its previous version: then this raises, the previous version still serving.
+    A service with no new update after `unchanged_after` s had nothing to change."""
+    t0 = time.monotonic()
+    while True:
+        now = _update_states(remote, list(before))
+        pending = [s for s in before if (now.get(s, {}).get("started") == before[s]["started"]
+                                          and time.monotonic() - t0 < unchanged_after)
+                   or (now.get(s, {}).get("started") != before[s]["started"]
+                       and now.get(s, {}).get("state") not in _DONE)]
+        if not pending:
+            break
+        if time.monotonic() - t0 > timeout:
+            raise SwarmError(f"The update of {', '.join(pending)} did not end within {timeout:.0f} s.",
+                             "Read the services' logs; Swarm goes on with the update or its rollback.",
+                             code="swarm.update_slow")
+        time.sleep(2)
+    back = {s: v for s, v in now.items() if v.get("state", "").startswith("rollback") or v.get("state") == "paused"}
+    for s, v in now.items():
+        reporter(LogLine(f"{s}: update {v.get('state') or 'unchanged'}", "start"))
+    if back:
+        detail = "; ".join(f"{s[len(app) + 1:]}: {v['message'] or v['state']}" for s, v in back.items())
+        raise SwarmError(f"The new version of {app} did not pass its health check, and Swarm rolled "
+                         f"{', '.join(s[len(app) + 1:] for s in back)} back to the previous version, which kept "
+                         f"serving ({detail}).",
+                         "Read the new version's logs for why it did not start, fix it and update again.",
+                         code="swarm.rolled_back")
+    return now
+
+
 def _route(remote, app: str, host: str) -> None:
     _write(remote, f"{swarmstack.ingress_dir()}/caddy.d", app, swarmstack.site(app, host))
     res = remote.run(swarm_commands.reload_caddy(swarmstack.INGRESS_SERVICE), check=False, timeout=120)
@@ -208,7 +249,11 @@ def deploy(checked, server, opts: DeployOptions, operation: str = "deploy",
                                         redis_image=opts.redis_image or settings.redis_image or
                                         appcompose.DEFAULT_REDIS_IMAGE, cpus=opts.cpu_limit, memory=opts.memory_limit)
         app_env, pg_env = _secrets(remote, app, dict(checked.secrets))
+        rolling = [f"{app}_{p}" for p in ("web", "worker", "clock") if p in checked.processes]
+        before = _update_states(remote, rolling) if operation == "update" else {}
         _deploy_stack(remote, app, doc, app_env, pg_env, opts.credentials, reporter)
+        if operation == "update":
+            _wait_update(remote, app, before, 4 * float(opts.start_timeout), reporter)
         want = {"web": web, "worker": workers, "postgresql": 1, "redis": 1}
         _wait_running(remote, app, want, 2 * float(opts.start_timeout), reporter)
     host = f"{app}.{opts.domain or settings.domain or 'localhost'}"

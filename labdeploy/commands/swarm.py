@@ -87,3 +87,79 @@ def remove_volumes(names: list[str]) -> list[str]:
 
 def reload_caddy(service: str) -> list[str]:
     return script(RELOAD_CADDY, service)
+
+
+# The state of each service's last rolling update: name, state (updating, completed,
+# rollback_started, rollback_completed, paused...), when it started, and Swarm's message.
+UPDATE_FORMAT = ('{{.Spec.Name}}\t{{if .UpdateStatus}}{{.UpdateStatus.State}}\t{{.UpdateStatus.StartedAt}}\t'
+                 '{{.UpdateStatus.Message}}{{end}}')
+
+
+def update_status(services: list[str]) -> list[str]:
+    return ["docker", "service", "inspect", "--format", UPDATE_FORMAT, "--", *services]
+
+
+def parse_update_status(stdout: str) -> dict:
+    """service -> {"state", "started", "message"} ("" when the service was never updated)."""
+    out = {}
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("\t") + ["", "", ""]
+        out[parts[0]] = {"state": parts[1].strip(), "started": parts[2].strip(), "message": parts[3].strip()}
+    return out
+
+
+# $1 = a service (the app's PostgreSQL): its running task's node id, state and container id, one
+# a line; then this manager's own node id. The container is reachable by `docker exec` only on
+# its own node.
+SERVICE_CONTAINERS = r'''
+for t in $(docker service ps -q --no-trunc --filter desired-state=running "$1"); do
+  docker inspect --format '{{.NodeID}} {{.Status.State}} {{.Status.ContainerStatus.ContainerID}}' "$t"
+done
+echo "self $(docker info --format '{{.Swarm.NodeID}}')"
+'''
+
+
+def service_containers(service: str) -> list[str]:
+    return script(SERVICE_CONTAINERS, service)
+
+
+def parse_service_containers(stdout: str) -> tuple[str, list[dict]]:
+    """(this manager's node id, [{"node_id", "state", "container"}])."""
+    self_id, rows = "", []
+    for line in stdout.split("\n"):
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "self":
+            self_id = parts[1]
+        elif len(parts) == 3:
+            rows.append({"node_id": parts[0], "state": parts[1], "container": parts[2]})
+    return self_id, rows
+
+
+# $1 = the stack, $2 = one service's short name or "", $3 = --tail's value. Every node's lines,
+# through the manager (docker service logs), each '<task>@<node> | <time> <text>'.
+SERVICE_LOGS = r'''
+for s in $(docker stack services --format '{{.Name}}' "$1"); do
+  [ -n "$2" ] && [ "$s" != "$1_$2" ] && continue
+  docker service logs --timestamps --no-task-ids --no-trunc --tail "$3" "$s" </dev/null 2>&1
+done
+'''
+
+
+def service_logs(stack: str, service: str, tail) -> list[str]:
+    return script(SERVICE_LOGS, stack, service, str(tail))
+
+
+def parse_service_log_line(line: str, stack: str) -> tuple[str, str, str]:
+    """'2024-...Z <stack>_web.1@labsw2    | text' (--timestamps puts the time first) ->
+    ("web", "labsw2", "2024-...Z text"); a line of another shape -> ("", "", line)."""
+    head, sep, rest = line.partition("|")
+    words = head.split()
+    stamp, task = (words[0], words[1]) if len(words) == 2 else ("", words[0] if words else "")
+    task, at, node = task.partition("@")
+    if not sep or not at or not task.startswith(stack + "_"):
+        return "", "", line
+    service = task[len(stack) + 1:].split(".")[0]
+    text = rest[1:] if rest.startswith(" ") else rest
+    return service, node, f"{stamp} {text}" if stamp else text
