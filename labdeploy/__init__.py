@@ -23,7 +23,7 @@ PUBLIC_MODULES = {
     "dallinger": "experiment.dallinger", "dallingerconfig": "experiment.dallingerconfig",
     "images": "images", "transfer": "images.transfer", "registry": "images.registry",
     "localdocker": "images.localdocker",
-    "deploy": "app.deploy", "apps": "app.apps", "fleet": "app.fleet", "move": "app.move", "prune": "app.prune",
+    "deploy": "app.deploy", "apps": "app.apps", "swarm": "app.swarm", "swarmdata": "app.swarmdata", "fleet": "app.fleet", "move": "app.move", "prune": "app.prune",
     "maintenance": "app.maintenance", "history": "app.history", "appdata": "app.appdata",
     "monitor": "watch.monitor", "doctor": "watch.doctor", "containers": "watch.containers", "pgactivity": "watch.pgactivity",
     "jobs": "watch.jobs", "sampler": "watch.sampler", "participants": "watch.participants",

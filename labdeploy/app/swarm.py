@@ -218,6 +218,66 @@ def _launch(remote, host: str, opts: DeployOptions, launch: bool, port: int, rep
             webprobe.launch(local, host, opts.launch_attempts, reporter)
 
 
+def _start_route_launch(remote, checked, opts: DeployOptions, operation: str, stack_input: tuple, want: dict,
+                        host: str, http_port: int, reporter: Reporter) -> None:
+    """The stack deployed (and, on an update, Swarm's rolling update waited for), every service
+    running as many tasks as asked, the app's site in the ingress, then its launch."""
+    app = checked.app
+    doc, app_env, pg_env = stack_input
+    with step(reporter, "start", f"web x{want['web']}, worker x{want['worker']}"):
+        rolling = [f"{app}_{p}" for p in ("web", "worker", "clock") if p in checked.processes]
+        before = _update_states(remote, rolling) if operation == "update" else {}
+        _deploy_stack(remote, app, doc, app_env, pg_env, opts.credentials, reporter)
+        if operation == "update":
+            _wait_update(remote, app, before, 4 * float(opts.start_timeout), reporter)
+        _wait_running(remote, app, want, 2 * float(opts.start_timeout), reporter)
+    with step(reporter, "route", host):
+        _route(remote, app, host)
+    with step(reporter, "launch"):
+        launch = opts.launch if opts.launch is not None else operation == "deploy"
+        _launch(remote, host, opts, launch, http_port, reporter)
+
+
+def last_errors(remote, app: str) -> dict:
+    """service -> the error of its newest task that ended with one (Swarm keeps a few ended tasks)."""
+    res = remote.run(swarm_commands.history(names.app_name(app)), check=False, timeout=60)
+    out: dict = {}
+    for t in swarm_commands.parse_tasks(res.stdout) if res.exit_status == 0 else []:
+        service = t.get("Name", "").split(".")[0]
+        service = service[len(app) + 1:] if service.startswith(app + "_") else service
+        if t.get("Error") and service not in out:
+            out[service] = f"{t['Error']} ({t.get('CurrentState', '')})".strip()
+    return out
+
+
+def _undo_first_deploy(remote, app: str, facts: dict, exc: Exception, reporter: Reporter) -> None:
+    """A first deploy that failed leaves nothing: its stack, site, folder (secrets, no record yet)
+    and, as a brand-new app has no data yet, its volumes. Raises the error, saying why with the
+    services' last task errors (read before the stack goes)."""
+    errors = last_errors(remote, app)
+    with step(reporter, "rollback", app):
+        remote.run(swarm_commands.remove(app), check=False, timeout=120)
+        if remote.run(files.remove(f"{swarmstack.ingress_dir()}/caddy.d/{app}"), check=False).exit_status == 0:
+            remote.run(swarm_commands.reload_caddy(swarmstack.INGRESS_SERVICE), check=False, timeout=120)
+        left = []
+        if facts["data_node"] == facts["hostname"]:
+            try:
+                _remove_volumes(remote, app)
+            except CommandFailed:
+                left.append(f"its volumes on {facts['data_node']}")
+        else:
+            left.append(f"its volumes on {facts['data_node']} (not this manager's node)")
+        remote.run(files.remove(swarmstack.app_dir(app)), check=False)
+    said = "; ".join(f"{s}: {e}" for s, e in sorted(errors.items())) or "none recorded"
+    kept = f" Left: {', '.join(left)}." if left else ""
+    raise SwarmError(f"The first deploy of {app} failed, and it was removed again: nothing of it runs, no deploy "
+                     f"record was written.{kept} What failed: {getattr(exc, 'message', None) or exc} "
+                     f"The services' last task errors: {said}.",
+                     "Read why the failing service did not start (its last task error above; a web that never "
+                     "gets healthy does not answer its health check), fix the experiment and deploy again.",
+                     code="swarm.first_deploy_failed") from exc
+
+
 def deploy(checked, server, opts: DeployOptions, operation: str = "deploy",
            reporter: Optional[Reporter] = None) -> SwarmDeployResult:
     """Deploy (or update) an experiment whose input `checked` (labdeploy.app.deploy.Deploy after
@@ -242,26 +302,21 @@ def deploy(checked, server, opts: DeployOptions, operation: str = "deploy",
                                      logout_after_pull=opts.credentials is not None,
                                      dockerfile=spec.dockerfile_name if spec is not None else opts.dockerfile)
     image = f"{delivered.ref}@{delivered.digest}" if delivered.digest else delivered.ref
-    with step(reporter, "start", f"web x{web}, worker x{workers}"):
-        doc = swarmstack.stack_document(app, image, version=delivered.tag, commands=checked.commands,
-                                        processes=checked.processes, environment=checked.config, web=web,
-                                        workers=workers, postgres_image=settings.postgres_image,
-                                        redis_image=opts.redis_image or settings.redis_image or
-                                        appcompose.DEFAULT_REDIS_IMAGE, cpus=opts.cpu_limit, memory=opts.memory_limit)
-        app_env, pg_env = _secrets(remote, app, dict(checked.secrets))
-        rolling = [f"{app}_{p}" for p in ("web", "worker", "clock") if p in checked.processes]
-        before = _update_states(remote, rolling) if operation == "update" else {}
-        _deploy_stack(remote, app, doc, app_env, pg_env, opts.credentials, reporter)
-        if operation == "update":
-            _wait_update(remote, app, before, 4 * float(opts.start_timeout), reporter)
-        want = {"web": web, "worker": workers, "postgresql": 1, "redis": 1}
-        _wait_running(remote, app, want, 2 * float(opts.start_timeout), reporter)
+    doc = swarmstack.stack_document(app, image, version=delivered.tag, commands=checked.commands,
+                                    processes=checked.processes, environment=checked.config, web=web,
+                                    workers=workers, postgres_image=settings.postgres_image,
+                                    redis_image=opts.redis_image or settings.redis_image or
+                                    appcompose.DEFAULT_REDIS_IMAGE, cpus=opts.cpu_limit, memory=opts.memory_limit)
+    app_env, pg_env = _secrets(remote, app, dict(checked.secrets))
+    want = {"web": web, "worker": workers, "postgresql": 1, "redis": 1}
     host = f"{app}.{opts.domain or settings.domain or 'localhost'}"
-    with step(reporter, "route", host):
-        _route(remote, app, host)
-    with step(reporter, "launch"):
-        launch = opts.launch if opts.launch is not None else operation == "deploy"
-        _launch(remote, host, opts, launch, settings.http_port, reporter)
+    try:
+        _start_route_launch(remote, checked, opts, operation, (doc, app_env, pg_env), want, host, settings.http_port,
+                            reporter)
+    except Exception as exc:
+        if operation != "deploy":
+            raise  # an update: Swarm's rollback_config keeps (or brings back) the previous version
+        _undo_first_deploy(remote, app, facts, exc, reporter)
     record = {"app": app, "engine": "swarm", "version": delivered.tag, "image": image, "replicas": want,
               "data_node": facts["data_node"], "deployed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with step(reporter, "record"):
@@ -269,6 +324,34 @@ def deploy(checked, server, opts: DeployOptions, operation: str = "deploy",
     scheme = "http" if host.endswith("localhost") else "https"
     return SwarmDeployResult(app, f"{scheme}://{host}", delivered.tag, image, replicas=want,
                              data_node=facts["data_node"], duration_s=time.monotonic() - t0)
+
+
+def record(server, app: str) -> Optional[dict]:
+    """The Swarm deploy record of `app` on this server (None: not an app this Swarm manager
+    deployed). What makes an app a Swarm app for status, logs, export and destroy."""
+    remote = pool.connect(server)
+    res = remote.run(["cat", "--", f"{swarmstack.app_dir(app)}/deploy.json"], check=False)
+    if res.exit_status != 0:
+        return None
+    try:
+        found = json.loads(res.stdout)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) and found.get("engine") == "swarm" else None
+
+
+def apps(server) -> list[str]:
+    """The apps this server deployed as Swarm stacks (those with a deploy record), by name."""
+    remote = pool.connect(server)
+    res = remote.run(swarm_commands.records(), check=False, timeout=60)
+    return sorted(line.strip() for line in res.stdout.splitlines() if line.strip()) if res.exit_status == 0 else []
+
+
+def short(df: pd.DataFrame, record_: Optional[dict] = None) -> list[str]:
+    """The services of one app that run fewer tasks than its record asked for ([] when all run)."""
+    want = (record_ or {}).get("replicas") or {}
+    running = df[df["state"].str.startswith("Running")].groupby("service").size().to_dict() if len(df) else {}
+    return [f"{s} ({running.get(s, 0)} of {n} running)" for s, n in want.items() if running.get(s, 0) < n]
 
 
 def status(server, app: Optional[str] = None) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import ValidationError
-from . import _ui
+from . import _swarm, _ui
 from ._app import (CONTEXT_SETTINGS, app_option, cli, common_options, core, open_server, pick_server, server_option, service_option, with_hints, yes_option, _check_domain, _check_service)
 from ._ui import STATE, NotReady, UsageProblem
 
@@ -290,42 +290,51 @@ def status_cmd(app, server, participants):
     """
     monitor = core("monitor")
     remote = open_server(server)
+    rec = _swarm.record(remote, app)
+    if rec is not None:  # deployed with --engine swarm: its tasks, with their nodes
+        return _swarm.show_status(remote, app, rec)
     df = monitor.status(remote, app, jobs=True, backups=True, participants=participants)
+    if app is None and core("swarm").apps(remote):  # this server is also a Swarm's manager
+        if not STATE.json and len(df):
+            _status_render(df)
+        return _swarm.show_status(remote, None, None, single=df)
 
-    def render(d):
-        d = d.copy()
-        if "uptime" in d:
-            d["uptime"] = d["uptime"].map(_duration)
-        columns = ["app", "service", "state", "health", "uptime", "restarts", "exit_code", "limits", "image"]
-        if "memory_limit" in d:
-            d["limits"] = [_limits_text(m, c) for m, c in zip(d["memory_limit"], d["cpu_limit"])]
-        if "jobs_queued" in d and d["jobs_queued"].notna().any():
-            # rq's counts for Dallinger/PsyNet workers: queued jobs waiting, failed ones kept
-            d["jobs"] = [f"{q} queued, {f} failed" if str(q) != "<NA>" else ""
-                         for q, f in zip(d["jobs_queued"], d["jobs_failed"])]
-            columns.insert(6, "jobs")
-        if "working" in d:
-            d["working"] = ["?" if str(n) == "<NA>" else str(n) for n in d["working"]]
-            columns.insert(2, "working")
-        _ui.table(d, columns=columns, empty="No app containers on this server.")
-        for name, why in sorted(d.attrs.get("working_unknown", {}).items()):
-            _ui.info(f"{name}: working participants unknown: {why}.")
-        if "backup_warning" in d:
-            per_app = d.drop_duplicates("app")
-            if len(per_app):
-                _ui.table(per_app.assign(last_backup=per_app["last_backup"], last_good_drill=per_app["last_good_drill"]),
-                          columns=["app", "last_backup", "last_good_drill", "backup_warning"], title="Backups")
-            for row in per_app.itertuples():
-                if row.backup_warning:
-                    _ui.warn(f"{row.app}: {row.backup_warning}", "See `labdeploy backups --app " + row.app + "`.")
-
-    _ui.output(df, render=render)
+    _ui.output(df, render=_status_render)
     if app is not None:
         bad = df[(df["state"] != "running") | (df["health"].isin(["unhealthy"]))]
         if len(bad):
             raise NotReady(f"{app}: not running: " + ", ".join(f"{r.service} ({r.state}{', ' + r.health if r.health else ''})"
                                                              for r in bad.itertuples()) + ".",
                            f"Read the logs: `labdeploy logs --app {app} --service {bad.iloc[0]['service']}`.")
+
+
+def _status_render(d) -> None:
+    """The single-server status table (and its backups), as `labdeploy status` prints it."""
+    d = d.copy()
+    if "uptime" in d:
+        d["uptime"] = d["uptime"].map(_duration)
+    columns = ["app", "service", "state", "health", "uptime", "restarts", "exit_code", "limits", "image"]
+    if "memory_limit" in d:
+        d["limits"] = [_limits_text(m, c) for m, c in zip(d["memory_limit"], d["cpu_limit"])]
+    if "jobs_queued" in d and d["jobs_queued"].notna().any():
+        # rq's counts for Dallinger/PsyNet workers: queued jobs waiting, failed ones kept
+        d["jobs"] = [f"{q} queued, {f} failed" if str(q) != "<NA>" else ""
+                     for q, f in zip(d["jobs_queued"], d["jobs_failed"])]
+        columns.insert(6, "jobs")
+    if "working" in d:
+        d["working"] = ["?" if str(n) == "<NA>" else str(n) for n in d["working"]]
+        columns.insert(2, "working")
+    _ui.table(d, columns=columns, empty="No app containers on this server.")
+    for name, why in sorted(d.attrs.get("working_unknown", {}).items()):
+        _ui.info(f"{name}: working participants unknown: {why}.")
+    if "backup_warning" in d:
+        per_app = d.drop_duplicates("app")
+        if len(per_app):
+            _ui.table(per_app.assign(last_backup=per_app["last_backup"], last_good_drill=per_app["last_good_drill"]),
+                      columns=["app", "last_backup", "last_good_drill", "backup_warning"], title="Backups")
+        for row in per_app.itertuples():
+            if row.backup_warning:
+                _ui.warn(f"{row.app}: {row.backup_warning}", "See `labdeploy backups --app " + row.app + "`.")
 
 
 def _duration(value) -> str:
@@ -376,6 +385,8 @@ def logs_cmd(app, service, server, follow, tail, since):
         except ValueError:
             raise UsageProblem(f"--tail {tail!r} is not a line count.", "Use a number such as 200, or 'all'.") from None
     remote = open_server(server)
+    if _swarm.record(remote, app) is not None:  # deployed with --engine swarm: every node's lines
+        return _swarm.show_logs(remote, app, service, tail, follow, since)
     lock = threading.Lock()
 
     def show(entry) -> None:
@@ -508,7 +519,15 @@ def connections_cmd(server, show_all, check, threshold):
     """
     monitor = core("monitor")
     remote = open_server(server)
-    snap = monitor.snapshot(remote, persistent=False)
+    swarm_rows = _swarm.connections(remote, show_all)
+    try:
+        snap = monitor.snapshot(remote, persistent=False)
+    except core("pgactivity").PostgresUnavailable:
+        if swarm_rows is None:
+            raise
+        # a Swarm's manager with no shared PostgreSQL: each Swarm app's own one, with its node
+        return _ui.output(swarm_rows, render=lambda r: _ui.table(
+            r, title="Swarm apps' own PostgreSQL (each on its node)", empty="No client connections."))
     warnings = monitor.connection_warnings(snap, *( [threshold] if threshold is not None else []))
     if show_all:
         _ui.output(snap.activity, render=lambda d: _ui.table(d, empty="No client connections."))
@@ -520,6 +539,8 @@ def connections_cmd(server, show_all, check, threshold):
                                                      for w in warnings]}
         _ui.output(result, render=lambda r: _ui.table(
             r["databases"], title=f"{r['total']} of {r['max_connections']} connections in use"))
+    if swarm_rows is not None and not STATE.json:
+        _ui.table(swarm_rows, title="Swarm apps' own PostgreSQL (each on its node)", empty="No client connections.")
     for w in warnings:
         _ui.warn(w.message, w.hint)
     if check and warnings:
@@ -564,8 +585,11 @@ def export_cmd(app, server, anonymous, both, out, parquet, overwrite, tables):
     if is_file and target.exists() and not overwrite:
         raise UsageProblem(f"{target} exists already.", "Pass --overwrite, or choose another file name.")
     remote = open_server(server)
+    rec = _swarm.record(remote, app)
     with _ui.reporting() as reporter:
-        if is_file:
+        if rec is not None:  # deployed with --engine swarm: from its own PostgreSQL on the data node
+            data = _swarm.export(remote, app, list(tables), mode, target, is_file, parquet, overwrite, reporter)
+        elif is_file:
             data = export.export(app, remote, list(tables) or None, mode=mode, reporter=reporter)
             export.save_archive(data, target, parquet=parquet, overwrite=overwrite, reporter=reporter)
         else:
@@ -637,8 +661,21 @@ def destroy_cmd(app, server, remove_data, no_export_check, final_export, export_
     what = "its containers, web address and folder" + (" AND ALL ITS DATA (database, Redis, files)" if remove_data
                                                        else " (its data is kept)") + \
         (" AND ITS BACKUPS" if remove_backups else "")
-    _ui.confirm(f"Destroy {app!r} on {name}: remove {what}?", yes=yes)
     remote = open_server(name)
+    if _swarm.record(remote, app) is not None:  # deployed with --engine swarm: its stack
+        if remove_backups or logs or files:
+            raise UsageProblem(f"{app} runs on a Docker Swarm: --remove-backups, --files and --logs are for apps "
+                               "on one server.", "Leave them out.")
+        _ui.confirm(f"Destroy {app!r} (a Swarm stack) on {name}: remove {what}?", yes=yes)
+        with _ui.reporting() as reporter:
+            done = _swarm.destroy(remote, app, remove_data, no_export_check, final_export, export_mode, parquet,
+                                  reporter)
+        for path in done["exported"]:
+            _ui.ok(f"Saved {path}")
+        _ui.ok(f"{app} was destroyed: removed {', '.join(done['removed'])}"
+               + (f"; kept {', '.join(done['kept'])}" if done["kept"] else "") + ".")
+        return _ui.output(done, render=lambda r: None)
+    _ui.confirm(f"Destroy {app!r} on {name}: remove {what}?", yes=yes)
     with _ui.reporting() as reporter:
         final = apps.FinalExport(final_export, mode=export_mode, parquet=parquet, files=files,
                                  logs=logs) if final_export else None

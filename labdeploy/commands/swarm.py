@@ -163,3 +163,24 @@ def parse_service_log_line(line: str, stack: str) -> tuple[str, str, str]:
     service = task[len(stack) + 1:].split(".")[0]
     text = rest[1:] if rest.startswith(" ") else rest
     return service, node, f"{stamp} {text}" if stamp else text
+
+
+# The apps this manager deployed: each app folder under ~/dallinger-swarm that holds a deploy
+# record (written only once a deploy succeeded), one name a line. The record, not a flag the
+# researcher repeats, is what makes an app a Swarm app for status, logs, export and destroy.
+RECORDS = r'''
+for f in dallinger-swarm/*/deploy.json; do
+  [ -f "$f" ] || continue
+  d=${f%/deploy.json}
+  printf '%s\n' "${d##*/}"
+done
+'''
+
+
+def records() -> list[str]:
+    return script(RECORDS)
+
+
+def history(stack: str) -> list[str]:
+    """Every task the stack's services had, running or ended, newest first per slot (their errors)."""
+    return ["docker", "stack", "ps", stack, "--no-trunc", "--format", "{{json .}}"]
