@@ -238,23 +238,30 @@ def _start_route_launch(remote, checked, opts: DeployOptions, operation: str, st
         _launch(remote, host, opts, launch, http_port, reporter)
 
 
-def last_errors(remote, app: str) -> dict:
-    """service -> the error of its newest task that ended with one (Swarm keeps a few ended tasks)."""
+def last_errors(remote, app: str, want: Optional[dict] = None) -> dict:
+    """service -> the error of its newest task that ended with one (Swarm keeps a few ended
+    tasks); a service of `want` short of tasks with no error yet -> its newest task's state (a
+    web still "Starting" has not passed its health check)."""
     res = remote.run(swarm_commands.history(names.app_name(app)), check=False, timeout=60)
-    out: dict = {}
+    out, newest = {}, {}
     for t in swarm_commands.parse_tasks(res.stdout) if res.exit_status == 0 else []:
         service = t.get("Name", "").split(".")[0]
         service = service[len(app) + 1:] if service.startswith(app + "_") else service
+        newest.setdefault(service, t.get("CurrentState", ""))
         if t.get("Error") and service not in out:
             out[service] = f"{t['Error']} ({t.get('CurrentState', '')})".strip()
+    running = tasks(remote, app) if want else None
+    for s in [x.split()[0] for x in short(running, {"replicas": want})] if want else []:
+        out.setdefault(s, f"no task error yet; its newest task is {newest.get(s) or 'not started'}"
+                          + (" (not healthy yet)" if s == "web" else ""))
     return out
 
 
-def _undo_first_deploy(remote, app: str, facts: dict, exc: Exception, reporter: Reporter) -> None:
+def _undo_first_deploy(remote, app: str, facts: dict, want: dict, exc: Exception, reporter: Reporter) -> None:
     """A first deploy that failed leaves nothing: its stack, site, folder (secrets, no record yet)
     and, as a brand-new app has no data yet, its volumes. Raises the error, saying why with the
     services' last task errors (read before the stack goes)."""
-    errors = last_errors(remote, app)
+    errors = last_errors(remote, app, want)
     with step(reporter, "rollback", app):
         remote.run(swarm_commands.remove(app), check=False, timeout=120)
         if remote.run(files.remove(f"{swarmstack.ingress_dir()}/caddy.d/{app}"), check=False).exit_status == 0:
@@ -316,7 +323,7 @@ def deploy(checked, server, opts: DeployOptions, operation: str = "deploy",
     except Exception as exc:
         if operation != "deploy":
             raise  # an update: Swarm's rollback_config keeps (or brings back) the previous version
-        _undo_first_deploy(remote, app, facts, exc, reporter)
+        _undo_first_deploy(remote, app, facts, want, exc, reporter)
     record = {"app": app, "engine": "swarm", "version": delivered.tag, "image": image, "replicas": want,
               "data_node": facts["data_node"], "deployed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with step(reporter, "record"):

@@ -82,7 +82,9 @@ def pg_activity(app: str, server) -> pd.DataFrame:
     remote = pool.connect(server)
     container, _node = database_container(remote, app)
     df = pgactivity.pg_activity(remote, container, persistent=False)
-    df.insert(0, "node", _node_name(remote, app))
+    node = _node_name(remote, app)
+    df.insert(0, "node", node)
+    df.attrs["node"] = node  # also when no client is connected (no rows)
     return df
 
 
