@@ -276,17 +276,7 @@ class DeployPanel(Panel):
         if r is None:
             self.result_html.value = ""
             return
-        password = html.escape(r.dashboard_password.reveal()) if self._revealed else MASK
-        self.result_html.value = (
-            "<div style='border-left:3px solid #188038;padding:4px 8px;background:#f6fbf7;overflow-wrap:anywhere'>"
-            f"<div><b>Experiment:</b> <a href='{html.escape(r.url)}' {_LINK}>{html.escape(r.url)}</a></div>"
-            f"<div><b>Dashboard:</b> <a href='{html.escape(r.dashboard_url)}' {_LINK}>"
-            f"{html.escape(r.dashboard_url)}</a> — user <code>{html.escape(r.dashboard_user)}</code>, "
-            f"password <code class='labdeploy-deploy-password'>{password}</code></div>"
-            f"<div style='color:#444'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
-            + (f"<div class='labdeploy-deploy-placement'><b>Placed on</b> {html.escape(r.placement)}</div>"
-               if r.placement else "") +
-            "<div style='color:#444'>No DNS record yet? Use “Open via SSH tunnel”.</div></div>")
+        self.result_html.value = _result_html(r, self._revealed)
 
     def _show_result(self, revealed: bool) -> None:
         self._revealed = revealed
@@ -442,6 +432,21 @@ class DeployPanel(Panel):
             self._hide_timer.cancel()
         # The last panel closed closes the notebook's connections (never a Remote handed in).
         self._connections.release()
+
+
+def _result_html(r, revealed: bool) -> str:
+    """A deploy's result: addresses, dashboard login (the password masked unless revealed), version."""
+    password = html.escape(r.dashboard_password.reveal()) if revealed else MASK
+    return (
+        "<div style='border-left:3px solid #188038;padding:4px 8px;background:#f6fbf7;overflow-wrap:anywhere'>"
+        f"<div><b>Experiment:</b> <a href='{html.escape(r.url)}' {_LINK}>{html.escape(r.url)}</a></div>"
+        f"<div><b>Dashboard:</b> <a href='{html.escape(r.dashboard_url)}' {_LINK}>"
+        f"{html.escape(r.dashboard_url)}</a> — user <code>{html.escape(r.dashboard_user)}</code>, "
+        f"password <code class='labdeploy-deploy-password'>{password}</code></div>"
+        f"<div style='color:#444'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
+        + (f"<div class='labdeploy-deploy-placement'><b>Placed on</b> {html.escape(r.placement)}</div>"
+           if r.placement else "") +
+        "<div style='color:#444'>No DNS record yet? Use “Open via SSH tunnel”.</div></div>")
 
 
 def _apps_html(df) -> str:
