@@ -55,10 +55,10 @@ def finish(panel):
 def shown_state(panel, *words, timeout=60) -> str:
     """The login state the panel shows, once it has all `words` (it is read again after a login)."""
     deadline = time.monotonic() + timeout
-    while not all(w in panel.state.value for w in words):
-        assert time.monotonic() < deadline, (words, panel.state.value, panel.message.value)
+    while not all(w in panel.login_html.value for w in words):
+        assert time.monotonic() < deadline, (words, panel.login_html.value, panel.message.value)
         time.sleep(0.1)
-    return html.unescape(panel.state.value)
+    return html.unescape(panel.login_html.value)
 
 
 def test_login_here_and_on_server(testbed, remote, home):

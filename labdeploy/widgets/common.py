@@ -7,6 +7,7 @@ in the panel with its hint, never swallowed.
 
 from __future__ import annotations
 
+import enum
 import html
 import logging
 import threading
@@ -14,6 +15,7 @@ from collections import deque
 from typing import Callable, Iterable, Optional
 
 import ipywidgets as W
+import traitlets
 
 from ..errors import LabdeployError
 from ..progress import Event, LogLine, Progress, StepFinished, StepStarted, WarningEvent, human_bytes
@@ -21,9 +23,33 @@ from .remedies import hint as panel_hint
 
 log = logging.getLogger("labdeploy.widgets")
 
-STATE_ICONS = {"pending": "○", "running": "◐", "done": "●", "failed": "✖", "skipped": "–", "optional": "◌"}
-STATE_COLORS = {"pending": "#5f6368", "running": "#1a73e8", "done": "#188038", "failed": "#c5221f",
-                "skipped": "#5f6368", "optional": "#8a4b00"}
+
+
+class State(str, enum.Enum):
+    """Where a step or a panel stands. As in AiiDAlab's wizard, the state is held in a traitlet
+    and the view is drawn from it by one function, never edited beside it, so it cannot go stale.
+    Its value is what the page carries (`data-state`) and what a plain string compares equal to.
+
+    A step: PENDING (not run yet), RUNNING, DONE, FAILED, SKIPPED (not needed this time),
+    OPTIONAL (the journey goes on without it). A panel: PENDING (nothing done yet), RUNNING (an
+    action runs; another is refused), DONE or FAILED (how its last action ended).
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    OPTIONAL = "optional"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATE_ICONS = {State.PENDING: "○", State.RUNNING: "◐", State.DONE: "●", State.FAILED: "✖", State.SKIPPED: "–",
+               State.OPTIONAL: "◌"}
+STATE_COLORS = {State.PENDING: "#5f6368", State.RUNNING: "#1a73e8", State.DONE: "#188038", State.FAILED: "#c5221f",
+                State.SKIPPED: "#5f6368", State.OPTIONAL: "#8a4b00"}
 
 # One responsive layout for every panel. A field is its label plus an input of at least
 # MIN_INPUT_PX; the form keeps that width and the step list moves below it when the notebook is
@@ -201,49 +227,79 @@ class Message(W.HTML):
         self.value = ""
 
 
+class Step(traitlets.HasTraits):
+    """One step: its state and a detail; a StepList draws itself again when either changes."""
+
+    name = traitlets.Unicode()
+    state = traitlets.UseEnum(State, default_value=State.PENDING)
+    detail = traitlets.Unicode("")
+
+
+def step_html(step: Step, title: str) -> str:
+    """The one view of a step: icon, colour, words and detail follow from its state alone."""
+    state = step.state
+    icon, color = STATE_ICONS[state], STATE_COLORS[state]
+    det = f" <span style='color:#444'>— {html.escape(step.detail)}</span>" if step.detail else ""
+    return (f"<div class='labdeploy-step' data-step='{html.escape(step.name)}' data-state='{state.value}' "
+            "style='overflow-wrap:anywhere;line-height:1.45;margin:1px 0'>"
+            f"<span style='color:{color}'>{icon}</span> {html.escape(title)} "
+            f"<span style='color:{color};font-size:90%'>({state.value})</span>{det}</div>")
+
+
 class StepList(W.HTML):
-    """A list of named steps, each pending / running / done / failed, with a detail."""
+    """Named steps, each a `Step` with a `State` and a detail; the list is drawn from them."""
 
     def __init__(self, steps: Iterable[str] = (), titles: Optional[dict] = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.titles = dict(titles or {})  # a step's words for the researcher; its name stays the key
         self._lock = threading.Lock()
-        self._steps: dict[str, tuple[str, str]] = {s: ("pending", "") for s in steps}
-        self._render()
+        self._steps: dict[str, Step] = {}
+        self.reset(steps)
+
+    def _new(self, name: str) -> Step:
+        step = Step(name=name)
+        step.observe(lambda _change: self._render(), names=["state", "detail"])
+        return step
 
     def reset(self, steps: Optional[Iterable[str]] = None) -> None:
         with self._lock:
             names = list(steps) if steps is not None else list(self._steps)
-            self._steps = {s: ("pending", "") for s in names}
+            self._steps = {s: self._new(s) for s in names}
         self._render()
 
-    def set(self, step: str, state: str, detail: str = "") -> None:
+    def step(self, name: str) -> Step:
+        """The step called `name` (added at the end if the list does not have it)."""
         with self._lock:
-            self._steps[step] = (state, detail)
-        self._render()
+            if name not in self._steps:
+                self._steps[name] = self._new(name)
+            return self._steps[name]
+
+    def set(self, step: str, state, detail: str = "") -> None:
+        """`state` is a `State` or its value ("done")."""
+        s = self.step(step)
+        with s.hold_trait_notifications():
+            s.state, s.detail = State(state), detail
+        self._render()  # a step added by this call is drawn even when its state did not change
 
     def skip_pending(self, detail: str = "not needed this time") -> None:
         """After an operation ended: the steps it did not need say so, instead of waiting forever."""
-        with self._lock:
-            self._steps = {k: (("skipped", detail) if st == "pending" else (st, d)) for k, (st, d) in self._steps.items()}
-        self._render()
+        for name, state in self.states.items():
+            if state is State.PENDING:
+                self.set(name, State.SKIPPED, detail)
 
-    def state(self, step: str) -> str:
-        return self._steps.get(step, ("pending", ""))[0]
+    def state(self, step: str) -> State:
+        with self._lock:
+            s = self._steps.get(step)
+        return s.state if s is not None else State.PENDING
 
     @property
-    def states(self) -> dict[str, str]:
-        return {k: v[0] for k, v in self._steps.items()}
+    def states(self) -> dict[str, State]:
+        with self._lock:
+            return {k: s.state for k, s in self._steps.items()}
 
     def _render(self) -> None:
-        rows = []
-        for name, (state, detail) in list(self._steps.items()):
-            icon, color = STATE_ICONS.get(state, "?"), STATE_COLORS.get(state, "#000")
-            det = f" <span style='color:#444'>— {html.escape(detail)}</span>" if detail else ""
-            rows.append(f"<div class='labdeploy-step' data-step='{html.escape(name)}' data-state='{state}' "
-                        "style='overflow-wrap:anywhere;line-height:1.45;margin:1px 0'>"
-                        f"<span style='color:{color}'>{icon}</span> {html.escape(self.titles.get(name, name))} "
-                        f"<span style='color:{color};font-size:90%'>({state})</span>{det}</div>")
+        with self._lock:
+            rows = [step_html(s, self.titles.get(name, name)) for name, s in self._steps.items()]
         self.value = "<div class='labdeploy-steps'>" + "".join(rows) + "</div>"
 
 
@@ -352,22 +408,63 @@ def widget_reporter(steps: Optional[StepList] = None, logpane: Optional[LogPane]
     return report
 
 
-class Panel:
+class Panel(traitlets.HasTraits):
     """What every panel shares: it shows its `.widget` when it is a cell's value, and runs its
     actions in the background with `in_background` (the thread of the latest one is
     `.last_task`; tests join it).
 
+    Its `state` (a `State` in a traitlet) says whether an action runs and how the last one ended.
+    The view follows it: entering a state says so in the message (RUNNING: the action's status,
+    FAILED: the error), and `render()` draws the rest — the buttons an action holds, then
+    `draw()`, the panel's own view of the truth it last read (what is deployed, what is trusted).
+    An action ends by re-reading that truth, then sets the state; nothing else writes the view,
+    so it cannot outlive what it shows.
+
     Panels that have them name their parts `message` (every panel), `steps`, `progress` and `log`.
     """
 
+    state = traitlets.UseEnum(State, default_value=State.PENDING)
     widget: W.Widget
     message: Message
+    error: Optional[BaseException] = None  # what FAILED shows
     steps: Optional[StepList] = None
     progress: Optional[ProgressRow] = None
     log: Optional[LogPane] = None
     last_task: Optional[threading.Thread] = None
-    _action_running: bool = False
+    _running: bool = False
+    _started: int = 0  # actions started so far: an ending action sets the state only if it was the last
+    _status: str = ""
+    _held: tuple = ()  # the widgets the running action holds (disabled while it runs)
+    _holdable: tuple = ()  # every widget an action ever held: render() sets each one
     _message_at: Optional[W.Box] = None
+
+    @traitlets.observe("state")
+    def _state_changed(self, change) -> None:
+        self._entered(change["new"])
+
+    def _entered(self, state: State) -> None:
+        if state is State.RUNNING:
+            self.message.show_info(self._status) if self._status else self.message.clear()
+        elif state is State.FAILED and self.error is not None:
+            self.message.show_error(self.error)
+        self.render()
+
+    def _enter(self, state: State) -> None:
+        """Set the state; entered again when it is the same (an action started by the one ending)."""
+        if self.state is state:
+            self._entered(state)
+        else:
+            self.state = state
+
+    def render(self) -> None:
+        """Draw the panel from its state and the truth it last read."""
+        running = self.state is State.RUNNING
+        for w in self._holdable:
+            w.disabled = running and any(w is h for h in self._held)
+        self.draw()
+
+    def draw(self) -> None:
+        """The panel's view of the truth it last read (panels that show some override this)."""
 
     def message_slot(self) -> W.VBox:
         """Where the message shows until a button of an `actions` row is clicked."""
@@ -407,7 +504,7 @@ class Panel:
     @property
     def busy(self) -> bool:
         """An action (an `exclusive` background task) is running."""
-        return self._action_running
+        return self._running
 
     def in_background(self, work: Callable[[], object], on_done: Optional[Callable[[object], object]] = None, *,
                       step: Optional[str] = None, on_error: Optional[Callable[[BaseException], None]] = None,
@@ -415,57 +512,74 @@ class Panel:
                       disable: Iterable[W.Widget] = (), name: str = "action") -> Optional[threading.Thread]:
         """Run `work()` in a background thread (the notebook stays responsive); returns the thread.
 
-        * `exclusive` (actions): refused with a warning while another action of the panel runs,
-          and started with a clean message (or `status`, shown as info). Background refreshes
-          pass False and leave the message alone.
+        * `exclusive` (actions): refused with a warning while another action of the panel runs;
+          the panel is RUNNING (its message cleared, or `status` shown as info), then DONE, or
+          FAILED with the error. Background refreshes pass False: no state, the message left alone.
         * `reset`: a new run of a multi-step operation: the step list shows these steps, the log is cleared.
         * `step`: that row of the step list is running, then done (with the detail `on_done`
-          returns, or its (state, detail)), or failed with the error.
+          returns, or its (state, detail); a "failed" one makes the panel FAILED), or failed with the error.
         * `disable`: these widgets are disabled while it runs.
-        * `on_done(result)` runs in the thread and only sets widget values. An exception is always
-          shown in the panel's message with its hint, never swallowed; `on_error(exc)` adds what
-          else the panel shows then.
+        * `on_done(result)` runs in the thread and only sets widget values (and the truth the
+          panel draws). An exception, in `work` or in `on_done`, is always shown in the panel's
+          message with its hint, never swallowed; `on_error(exc)` adds what else the panel shows then.
         """
         if exclusive:
             with _ACTIONS:
-                if self._action_running:
+                if self._running:
                     self.message.show_warning("Another action is still running.", "Wait for it to finish.")
                     return None
-                self._action_running = True
-            if status:
-                self.message.show_info(status)
-            else:
-                self.message.clear()
+                self._running, self._started = True, self._started + 1
+                number = self._started
+            self.error, self._status, self._held = None, status, tuple(disable)
+            self._holdable += tuple(w for w in self._held if not any(w is h for h in self._holdable))
         if reset is not None:
             self.steps.reset(reset)
             if self.log is not None:
                 self.log.clear()
         if step is not None:
-            self.steps.set(step, "running")
-        disable = list(disable)
-        for w in disable:
-            w.disabled = True
-
-        def ended() -> None:
+            self.steps.set(step, State.RUNNING)
+        if exclusive:
+            self._enter(State.RUNNING)
+        else:
             for w in disable:
-                w.disabled = False
+                w.disabled = True
+
+        def ended(state: State) -> None:
+            if not exclusive:
+                for w in disable:
+                    w.disabled = False
+            elif self._started == number:  # not when what it started runs on
+                self._enter(state)
+
+        def free() -> None:
             if exclusive:
-                self._action_running = False  # before on_done: what it starts is not refused
+                self._running = False  # before on_done: what it starts is not refused
 
         def done(result) -> None:
-            ended()
-            outcome = on_done(result) if on_done is not None else None
-            if step is not None and (outcome is not None or self.steps.state(step) == "running"):
-                state, detail = outcome if isinstance(outcome, tuple) else ("done", outcome or "")
+            free()
+            try:
+                outcome = on_done(result) if on_done is not None else None
+            except Exception as exc:  # noqa: BLE001 - shown like an error of the work itself
+                failed(exc)
+                return
+            failing = False
+            if step is not None and (outcome is not None or self.steps.state(step) is State.RUNNING):
+                state, detail = outcome if isinstance(outcome, tuple) else (State.DONE, outcome or "")
                 self.steps.set(step, state, detail)
+                failing = State(state) is State.FAILED
+            ended(State.FAILED if failing else State.DONE)
 
         def failed(exc: BaseException) -> None:
-            ended()
+            free()
             if self.progress is not None:
                 self.progress.hide()
             if step is not None:
-                self.steps.set(step, "failed", exc.message if isinstance(exc, LabdeployError) else str(exc))
-            self.message.show_error(exc)
+                self.steps.set(step, State.FAILED, exc.message if isinstance(exc, LabdeployError) else str(exc))
+            if exclusive and self._started == number:
+                self.error = exc
+            else:
+                self.message.show_error(exc)
+            ended(State.FAILED)
             if on_error is not None:
                 on_error(exc)
 

@@ -75,6 +75,7 @@ class DeployPanel(Panel):
         self.confirm_html = W.HTML("")
 
         self._revealed = False
+        self._list_shown = False  # the apps table shows once asked for ("List apps")
         self._build_buttons()
         self._wire()
         self.widget = self._lay_out()
@@ -238,14 +239,16 @@ class DeployPanel(Panel):
 
         def work():
             where = fleet.AUTO if self.server_box.value == fleet.AUTO else self.remote()
-            return fn(folder, app, where, reporter=reporter, options=self._options(**extra))
+            result = fn(folder, app, where, reporter=reporter, options=self._options(**extra))
+            return result, self._read_apps(result.placed_on or where)
 
-        def done(result: deploy_core.DeployResult) -> None:
-            self.result = result
+        def done(outcome) -> None:
+            result, df = outcome
+            self.result, self._revealed = result, False
             if result.placed_on and result.placed_on in [o[1] for o in self.server_box.options]:
                 self.server_box.value = result.placed_on  # what follows (list, tunnel, destroy) acts there
             self.progress.hide()
-            self._show_result(revealed=False)
+            self._show_apps(df)
             self.message.show_ok(f"{verb} {result.app} (version {result.version}) in {result.duration_s:.0f} s; "
                                  f"data {result.data}; secrets: {', '.join(result.secret_names)}.")
             for w in result.warnings:
@@ -253,27 +256,31 @@ class DeployPanel(Panel):
 
         self.in_background(work, done, on_error=self._show_failure, reset=deploy_core.STEPS, name="deploy")
 
-    def _show_result(self, revealed: bool) -> None:
-        """The result of the last deploy, the password masked or not; the reveal button says the
+    def draw(self) -> None:
+        """The view of what this panel last read and did, drawn from `result`, `tunnel` and
+        `apps_table` alone: an app they no longer hold leaves nothing behind."""
+        self._draw_result()
+        url = html.escape(self.tunnel.url) if self.tunnel is not None else ""
+        self.tunnel_html.value = (f"<div>Open <a class='labdeploy-deploy-tunnel-link' href='{url}' {_LINK}>{url}</a> "
+                                  "in this computer's browser (works while this notebook runs).</div>" if url else "")
+        self.close_tunnel_button.layout.display = "" if self.tunnel is not None else "none"
+        self.apps_html.value = _apps_html(self.apps_table) if self._list_shown and self.apps_table is not None else ""
+
+    def _draw_result(self) -> None:
+        """The last deploy's result, the password masked or not; the reveal button says the
         opposite of what is shown (one state, so the label can't disagree with the box)."""
         r = self.result
-        self._revealed = bool(revealed and r is not None)
+        self._revealed = bool(self._revealed and r is not None)
         self.reveal_button.description = "Hide password" if self._revealed else "Show password"
         self.reveal_button.layout.display = "" if r is not None else "none"
         if r is None:
             self.result_html.value = ""
             return
-        password = html.escape(r.dashboard_password.reveal()) if self._revealed else MASK
-        self.result_html.value = (
-            "<div style='border-left:3px solid #188038;padding:4px 8px;background:#f6fbf7;overflow-wrap:anywhere'>"
-            f"<div><b>Experiment:</b> <a href='{html.escape(r.url)}' {_LINK}>{html.escape(r.url)}</a></div>"
-            f"<div><b>Dashboard:</b> <a href='{html.escape(r.dashboard_url)}' {_LINK}>"
-            f"{html.escape(r.dashboard_url)}</a> — user <code>{html.escape(r.dashboard_user)}</code>, "
-            f"password <code class='labdeploy-deploy-password'>{password}</code></div>"
-            f"<div style='color:#444'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
-            + (f"<div class='labdeploy-deploy-placement'><b>Placed on</b> {html.escape(r.placement)}</div>"
-               if r.placement else "") +
-            "<div style='color:#444'>No DNS record yet? Use “Open via SSH tunnel”.</div></div>")
+        self.result_html.value = _result_html(r, self._revealed)
+
+    def _show_result(self, revealed: bool) -> None:
+        self._revealed = revealed
+        self.render()
 
     def toggle_password(self) -> None:
         """Show the dashboard password for REVEAL_SECONDS, or hide it again."""
@@ -292,6 +299,15 @@ class DeployPanel(Panel):
 
     # ------------------------------------------------------------------ the truth, re-read
 
+    def _read_apps(self, where):
+        """The server's apps read now (None when they cannot be read: the table is not shown then)."""
+        if where == fleet.AUTO:
+            return None
+        try:
+            return apps_core.apps(self._connections.pool.get(where) if isinstance(where, str) else where)
+        except LabdeployError:
+            return None
+
     def _forget_app(self, app: str) -> None:
         """`app` is not deployed any more: its address, dashboard, version, tunnel, what the
         message said about it and the steps of its last deploy go."""
@@ -299,9 +315,10 @@ class DeployPanel(Panel):
             (self.tunnel is not None and self.tunnel.app == app)
         if self.result is not None and self.result.app == app:
             self.result = None
-            self._show_result(False)
         if self.tunnel is not None and self.tunnel.app == app:
-            self.close_tunnel()
+            self.tunnel.close()
+            self.tunnel = None
+        self.render()
         if shown and not self.busy:
             self.message.show_info(f"{app} was destroyed; its address, dashboard and tunnel are gone.")
             if list(self.steps.states) == list(deploy_core.STEPS):
@@ -309,11 +326,13 @@ class DeployPanel(Panel):
                 self.steps.set("preflight", "pending", f"{app} is not on the server now: it can be deployed")
 
     def _show_apps(self, df) -> None:
-        """The server's apps as read now; what the panel shows about an app no longer there goes,
-        and a deploy refused because the name was taken is no longer the last word."""
+        """The server's apps as read now (None: unknown); what the panel shows about an app no
+        longer there goes, and a deploy refused because the name was taken is no longer the last word."""
         self.apps_table = df
-        self.apps_html.value = _apps_html(df)
-        deployed = set(df["app"]) if df is not None and len(df) else set()
+        self.render()
+        if df is None:
+            return
+        deployed = set(df["app"]) if len(df) else set()
         for app in {getattr(self.result, "app", None), getattr(self.tunnel, "app", None)} - {None} - deployed:
             self._forget_app(app)
         app = self.app_box.value.strip()
@@ -325,8 +344,8 @@ class DeployPanel(Panel):
         """Another panel (or code) of this notebook deployed or destroyed an app: re-read."""
         if operation == "destroy":
             self._forget_app(app)
-        if self.busy:
-            return  # this panel's own deploy or destroy: it reads the apps again when it ends
+        if self.busy or self.server_box.value in (None, fleet.AUTO):
+            return  # its own deploy or destroy reads the apps again when it ends; no one server: nothing to read
         if self.apps_table is not None or self.result is not None:
             self.in_background(lambda: apps_core.apps(self.remote()), self._show_apps, exclusive=False,
                                name="deploy-refresh")
@@ -338,6 +357,7 @@ class DeployPanel(Panel):
             return apps_core.apps(self.remote())
 
         def done(df) -> None:
+            self._list_shown = True
             self._show_apps(df)
             self.message.show_ok(f"{plural(len(df), 'app')} on this server.")
 
@@ -354,11 +374,7 @@ class DeployPanel(Panel):
 
         def done(tunnel: apps_core.AppTunnel) -> None:
             self.tunnel = tunnel
-            url = html.escape(tunnel.url)
-            self.tunnel_html.value = (f"<div>Open <a class='labdeploy-deploy-tunnel-link' href='{url}' "
-                                      f"{_LINK}>{url}</a> in this computer's browser (works while this "
-                                      "notebook runs).</div>")
-            self.close_tunnel_button.layout.display = ""
+            self.render()
             self.message.show_ok(f"Tunnel open: {tunnel.url}")
 
         self.in_background(work, done, on_error=self._show_failure, name="deploy")
@@ -367,8 +383,7 @@ class DeployPanel(Panel):
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
-        self.tunnel_html.value = ""
-        self.close_tunnel_button.layout.display = "none"
+        self.render()
 
     # ------------------------------------------------------------------ destroy (two steps)
 
@@ -396,13 +411,16 @@ class DeployPanel(Panel):
         reporter = self._reporter()
 
         def work():
-            return apps_core.destroy(app, self.remote(), confirm=True, remove_data=remove_data, reporter=reporter)
+            remote = self.remote()
+            result = apps_core.destroy(app, remote, confirm=True, remove_data=remove_data, reporter=reporter)
+            return result, self._read_apps(remote)  # what is deployed now, read again
 
-        def done(result: apps_core.DestroyResult) -> None:
+        def done(outcome) -> None:
+            result, df = outcome
             self.destroy_result = result
             self._forget_app(app)
             self.message.show_ok(result.summary())
-            self._show_apps(apps_core.apps(self.remote()))  # what is deployed now, read again
+            self._show_apps(df)
 
         self.in_background(work, done, on_error=self._show_failure, reset=apps_core.DESTROY_STEPS,
                            name="deploy-destroy")
@@ -414,6 +432,21 @@ class DeployPanel(Panel):
             self._hide_timer.cancel()
         # The last panel closed closes the notebook's connections (never a Remote handed in).
         self._connections.release()
+
+
+def _result_html(r, revealed: bool) -> str:
+    """A deploy's result: addresses, dashboard login (the password masked unless revealed), version."""
+    password = html.escape(r.dashboard_password.reveal()) if revealed else MASK
+    return (
+        "<div style='border-left:3px solid #188038;padding:4px 8px;background:#f6fbf7;overflow-wrap:anywhere'>"
+        f"<div><b>Experiment:</b> <a href='{html.escape(r.url)}' {_LINK}>{html.escape(r.url)}</a></div>"
+        f"<div><b>Dashboard:</b> <a href='{html.escape(r.dashboard_url)}' {_LINK}>"
+        f"{html.escape(r.dashboard_url)}</a> — user <code>{html.escape(r.dashboard_user)}</code>, "
+        f"password <code class='labdeploy-deploy-password'>{password}</code></div>"
+        f"<div style='color:#444'>version {html.escape(r.version)} · image {html.escape(r.image)}</div>"
+        + (f"<div class='labdeploy-deploy-placement'><b>Placed on</b> {html.escape(r.placement)}</div>"
+           if r.placement else "") +
+        "<div style='color:#444'>No DNS record yet? Use “Open via SSH tunnel”.</div></div>")
 
 
 def _apps_html(df) -> str:

@@ -88,7 +88,7 @@ class RegistryPanel(Panel):
 
         self.steps = StepList(STEPS, titles=TITLES)
         self.message = Message()
-        self.state = W.HTML("")
+        self.login_html = W.HTML("")
         self.log = LogPane(max_lines=200, layout=W.Layout(width="100%", height="100px"))
         self._reporter = widget_reporter(self.steps, self.log, None, self.message)
 
@@ -101,7 +101,7 @@ class RegistryPanel(Panel):
         self.widget = titled(
             "Images and registry",
             form_beside_steps([self.server_picker, self.registry_box, self.user_box, self.password_box,
-                               self.state], self.steps),
+                               self.login_html], self.steps),
             self.actions(self.login_here_button, self.login_server_button, self.check_button),
             self.base_box, self.actions(self.save_base_button),
             self.message_slot(), self.log,
@@ -227,7 +227,7 @@ class RegistryPanel(Panel):
         def done(result) -> None:
             state, problem = result
             self.login_state = state
-            self.state.value = state_html(state, label or "", problem)
+            self.login_html.value = state_html(state, label or "", problem)
 
         return self.in_background(work, done, exclusive=False, name="registry-state")
 

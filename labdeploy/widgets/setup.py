@@ -48,7 +48,7 @@ class SetupPanel(Panel):
         self._images = d.get("images") or {}
         self._stack_settings = stack_settings
         self._passphrase: Optional[str] = None  # memory only
-        self.pending_fingerprint: Optional[str] = None
+        self.asking = None  # the host key status waiting for the researcher's answer (Trust), else None
         self.remote = None
         self.server: Optional[servers.Server] = None
         self.readiness_table = None
@@ -100,6 +100,7 @@ class SetupPanel(Panel):
 
         self.widget = self._lay_out()
         self._wire()
+        self.render()
 
     # ------------------------------------------------------------------ display
 
@@ -169,15 +170,29 @@ class SetupPanel(Panel):
         never shared with other panels)."""
         self._forget_connection()
 
+    @property
+    def pending_fingerprint(self) -> Optional[str]:
+        """The fingerprint waiting for the researcher's answer, else None."""
+        return self.asking.fingerprint if self.asking is not None else None
+
+    def draw(self) -> None:
+        """The host key question, the comparison with a pasted fingerprint and the readiness
+        table, drawn from what the panel last read (`asking`, `readiness_table`) alone."""
+        status = self.asking
+        self.trust_host_button.layout.display = "" if status is not None else "none"
+        self.fingerprint_html.value = _fingerprint_html(status, self._fields()[0]) if status is not None else ""
+        self._show_comparison()
+        df = self.readiness_table
+        self.table_html.value = "" if df is None else _table_html(df) + (
+            info_html(f"This computer: {self.local_docker.summary()}.") if self.local_docker is not None else "")
+
     def _address_changed(self) -> None:
         """Another address: the host key question and every verdict about the old server no longer
         hold. The steps go back to pending (the host key step says to check again); nothing runs
         by itself, so a check the researcher starts next is never refused as "still running"."""
-        checked = self.steps.state("Host key") != "pending" or self.pending_fingerprint is not None
-        self.pending_fingerprint = None
-        self.trust_host_button.layout.display = "none"
-        self.fingerprint_html.value = self.compare_html.value = self.table_html.value = ""
-        self.readiness_table = None
+        checked = self.steps.state("Host key") != "pending" or self.asking is not None
+        self.asking, self.readiness_table = None, None
+        self.render()
         for step in ABOUT_THE_ADDRESS:
             self.steps.set(step, "pending")
         if checked:
@@ -190,12 +205,7 @@ class SetupPanel(Panel):
             self.compare_html.value = ""
             return None
         verdict = hostkeys.compare_fingerprint(given, presented)
-        texts = {"match": ("#188038", "✔ The same as the key the server presents: you can trust it."),
-                 "case": ("#c5221f", "✖ Not the same: the two differ in upper/lower case, which matters. "
-                                     "Check with your administrator."),
-                 "different": ("#c5221f", "✖ Not the same key. Do not trust it; ask your administrator."),
-                 "malformed": ("#8a4b00", "This is not the shape of a fingerprint ('SHA256:' and 43 characters).")}
-        color, text = texts[verdict]
+        color, text = _VERDICTS[verdict]
         self.compare_html.value = f"<div style='color:{color};margin-left:148px'>{html.escape(text)}</div>"
         return verdict
 
@@ -266,28 +276,19 @@ class SetupPanel(Panel):
         return status
 
     def _ask_about(self, status, host: str):
-        """Show an unknown key's fingerprint and the Trust button; the step waits for it."""
-        self.pending_fingerprint = status.fingerprint
-        who = status.host or host
-        hop = ("the jump host " if status.role != "server" else "") + who
-        behind = (" labdeploy reaches the server through it; the server's own key is asked for next."
-                  if status.role != "server" else "")
-        self.fingerprint_html.value = (
-            f"<div class='labdeploy-setup-fingerprint'>First contact with <b>{html.escape(hop)}</b>. "
-            f"Its {html.escape(status.key_type)} key fingerprint is <code>{html.escape(status.fingerprint)}"
-            f"</code>. Compare it with the one its administrator gives you (on the {html.escape(status.role)}: "
-            f"<code>ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub</code>), then trust it.{behind}</div>")
-        self.trust_host_button.layout.display = ""
+        """An unknown key: the panel asks about it (fingerprint and Trust button); the step waits."""
+        self.asking = status
+        self.render()
         self.message.show_info("Compare the fingerprint (paste your administrator's below), then click "
                                "'Trust this fingerprint'.")
-        self._show_comparison()
+        hop = ("the jump host " if status.role != "server" else "") + (status.host or host)
         return "pending", f"confirm {status.fingerprint}" + (f" ({hop})" if status.role != "server" else "")
 
     def check_host(self) -> None:
         host, port, _ = self._fields()
         jump, path = self._jump(), self._key_path()
-        self.trust_host_button.layout.display = "none"
-        self.fingerprint_html.value = ""
+        self.asking = None
+        self.render()
         self._take_passphrase()  # behind a jump host, logging in there may need it
 
         def done(status):
@@ -312,17 +313,15 @@ class SetupPanel(Panel):
         def work():
             keys.trust_host_key(host, port, fp, self.known_hosts, jump=jump, key_path=path,
                                 passphrase=self._passphrase)
-            # Behind a jump host, the next hop's key can be read now: ask about it at once.
-            return fp, self._host_key_status(host, port, jump, path) if jump else None
+            # Read again what is trusted now (behind a jump host: the next hop's key is asked for).
+            return self._host_key_status(host, port, jump, path)
 
-        def done(result):
-            fp_, following = result
-            self.trust_host_button.layout.display = "none"
-            self.fingerprint_html.value = self.compare_html.value = ""  # answered: the step shows the key
-            self.pending_fingerprint = None
-            if following is not None and following.state != "known":
-                return self._ask_about(following, host)
-            return f"trusted {fp_}"
+        def done(status):
+            self.asking = None  # answered: the step shows the key
+            self.render()
+            if status.state != "known":
+                return self._ask_about(status, host)
+            return f"trusted {fp}"
 
         self._start("Host key", work, done)
 
@@ -371,6 +370,8 @@ class SetupPanel(Panel):
 
     def check_readiness(self) -> None:
         self._take_passphrase()
+        self.readiness_table = None  # a verdict about the server read now, or none at all
+        self.render()
 
         def work():
             # The domain typed below counts before the server is prepared with it.
@@ -381,7 +382,7 @@ class SetupPanel(Panel):
             return df
 
         def done(df):
-            self.table_html.value = _table_html(df) + info_html(f"This computer: {self.local_docker.summary()}.")
+            self.render()
             failed = df[~df["ok"]]
             if len(failed):
                 need = f"{plural(len(failed), 'check')} need{'s' if len(failed) == 1 else ''} attention"
@@ -426,6 +427,24 @@ class SetupPanel(Panel):
             return "done", detail
 
         self._start("Prepare server", work, done)
+
+
+_VERDICTS = {"match": ("#188038", "✔ The same as the key the server presents: you can trust it."),
+             "case": ("#c5221f", "✖ Not the same: the two differ in upper/lower case, which matters. "
+                                 "Check with your administrator."),
+             "different": ("#c5221f", "✖ Not the same key. Do not trust it; ask your administrator."),
+             "malformed": ("#8a4b00", "This is not the shape of a fingerprint ('SHA256:' and 43 characters).")}
+
+
+def _fingerprint_html(status, host: str) -> str:
+    """The first-contact question about one host key: whose it is, its fingerprint, how to compare."""
+    hop = ("the jump host " if status.role != "server" else "") + (status.host or host)
+    behind = (" labdeploy reaches the server through it; the server's own key is asked for next."
+              if status.role != "server" else "")
+    return (f"<div class='labdeploy-setup-fingerprint'>First contact with <b>{html.escape(hop)}</b>. "
+            f"Its {html.escape(status.key_type)} key fingerprint is <code>{html.escape(status.fingerprint)}"
+            f"</code>. Compare it with the one its administrator gives you (on the {html.escape(status.role)}: "
+            f"<code>ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub</code>), then trust it.{behind}</div>")
 
 
 def _table_html(df) -> str:
