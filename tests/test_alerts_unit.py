@@ -126,3 +126,16 @@ def test_the_doctor_tells_how_fast_the_disk_fills():
     assert disk["what_to_do"] and not memory["ok"] and "peak 95%" in memory["detail"]
     steady = doctor.trend_rows(_usage([0, 24, 48, 72], [20, 20.5, 20, 20.2], [30, 30, 30, 30]))
     assert steady[1]["ok"] and "steady" in steady[1]["detail"] and steady[0]["ok"]
+
+
+def test_messages_name_the_server_not_the_container(tmp_path):
+    w = watcher_module(tmp_path)
+    w.docker = lambda method, path: json.dumps({"Name": "lab-server-1"}).encode() if path == "/info" else b"{}"
+    assert w.host() == "lab-server-1"
+    w2 = watcher_module(tmp_path)
+
+    def down(method, path):
+        raise OSError("no socket")
+
+    w2.docker = down
+    assert w2.host() == __import__("socket").gethostname()  # and it asks again next time
