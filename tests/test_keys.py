@@ -163,8 +163,12 @@ def test_changed_host_key_is_refused_and_known_hosts_left_alone(testbed, home):
 
 def test_trusting_a_wrong_fingerprint_is_refused(testbed, home):
     kh = home / "kh"
-    with pytest.raises(ChangedHostKey):
+    with pytest.raises(ChangedHostKey) as info:  # well formed, but another key's
+        keys.trust_host_key(testbed["ssh"]["host"], 22, "SHA256:" + "A" * 43, kh)
+    assert "does not match" in info.value.message
+    with pytest.raises(ValidationError) as info:  # not a fingerprint at all: refused before connecting
         keys.trust_host_key(testbed["ssh"]["host"], 22, "SHA256:notTheRealOne", kh)
+    assert info.value.code == "invalid.fingerprint"
     assert not kh.exists()
 
 
