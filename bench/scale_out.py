@@ -43,7 +43,7 @@ from labdeploy.server import stack  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 TESTBED = Path(os.environ.get("LABDEPLOY_TESTBED", "/var/lib/labdeploy-testbed/testbed.json"))
 APP = "swm-bench"
-CPU_CAP = 0.25
+CPU_CAP = float(os.environ.get("SCALE_OUT_CPU_CAP", "0.25"))  # lower on an idle machine to show the scaling
 PARTICIPANTS = 24
 SECONDS = 40
 FAULT_SECONDS = 120
