@@ -128,6 +128,9 @@ def test_registry_mode_push_and_pull_by_digest(remote, testbed, creds, tmp_path,
     app = f"t-img-{uuid.uuid4().hex[:8]}"
     experiment = tmp_path / "experiment"
     shutil.copytree(DATA, experiment)
+    # A layer no other run has: the other server's run may push the same files at the same time,
+    # and a layer the registry already has is not pushed (no progress to see).
+    (experiment / "run-id.txt").write_text(app)
     base = f"{creds.registry}/t-img"
     registry.login_local(creds)
     events = Collector()
