@@ -27,6 +27,11 @@ from labdeploy.server import compose, psql
 from labdeploy import names
 from deploy_support import EXAMPLE, deploy_kwargs, destroy_if_deployed, prepare_local_stack
 
+# The rehearsal's own parts (load, samples, analysis) do not depend on the Compose version, and
+# the copy's deploy, restore and destroy are proven on both servers by their own tests: the
+# bookworm run is enough, and keeps the suite's time down.
+pytestmark = pytest.mark.servers("bookworm")
+
 HELLO = Path(__file__).resolve().parent.parent / "examples" / "dallinger-hello"
 STROOP_FLOW = [
     {"method": "POST", "path": "/api/participants", "json": {"worker_id": "{worker_id}"}, "save": {"pid": "id"}},
