@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import SWARM, _load_testbed, trusted_known_hosts
+from conftest import SWARM
+from swarm_support import connect_manager, swarm_testbed
 from deploy_support import EXAMPLE
 from labdeploy.app import deploy, swarm, swarmdata
 from labdeploy.images import registry
 from labdeploy.images.registry import Credentials
-from labdeploy.remote import Remote
 from labdeploy.server import stack
 
 APP = "swm-stroop"
@@ -38,18 +38,12 @@ APP = "swm-stroop"
 
 @pytest.fixture(scope="module", params=[SWARM])
 def testbed(request) -> dict:
-    data = _load_testbed()
-    if "swarm" not in data:
-        pytest.fail("The testbed has no Swarm: run `sudo scripts/testbed up` again.", pytrace=False)
-    return {**data, **data["swarm"]}
+    return swarm_testbed()
 
 
 @pytest.fixture(scope="module")
 def manager(testbed, tmp_path_factory):
-    known = trusted_known_hosts(testbed, tmp_path_factory.mktemp("swarm") / "known_hosts")
-    s = testbed["ssh"]
-    r = Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=known, use_agent=False)
-    r.connect()
+    r = connect_manager(testbed, tmp_path_factory.mktemp("swarm"))
     yield r
     r.close()
 

@@ -17,13 +17,13 @@ import zipfile
 
 import pytest
 
-from conftest import SWARM, _load_testbed, trusted_known_hosts
+from conftest import SWARM
+from swarm_support import connect_manager, swarm_testbed
 from deploy_support import EXAMPLE
 from test_cli_support import CLI, REPO
 from labdeploy.app import deploy, swarm
 from labdeploy.images import registry
 from labdeploy.images.registry import Credentials
-from labdeploy.remote import Remote
 from labdeploy.server import stack
 
 APP, BAD = "swc-cli", "swc-bad"
@@ -31,18 +31,12 @@ APP, BAD = "swc-cli", "swc-bad"
 
 @pytest.fixture(scope="module", params=[SWARM])
 def testbed(request) -> dict:
-    data = _load_testbed()
-    if "swarm" not in data:
-        pytest.fail("The testbed has no Swarm: run `sudo scripts/testbed up` again.", pytrace=False)
-    return {**data, **data["swarm"]}
+    return swarm_testbed()
 
 
 @pytest.fixture(scope="module")
 def manager(testbed, tmp_path_factory):
-    known = trusted_known_hosts(testbed, tmp_path_factory.mktemp("swc") / "known_hosts")
-    s = testbed["ssh"]
-    r = Remote(s["host"], s["port"], s["user"], key_filename=s["key"], known_hosts=known, use_agent=False)
-    r.connect()
+    r = connect_manager(testbed, tmp_path_factory.mktemp("swc"))
     swarm.prepare(r, stack.StackSettings.for_images(testbed["images"], domain="localhost"))
     yield r
     r.close()
