@@ -8,7 +8,7 @@
 2. One rehearsal of examples/stroop on the testbed (a copy deployed, ramped, removed): its
    DataFrames and its sentence.
 
-Run as root (the namespace): /work/main/.venv/bin/python bench/rehearsal.py [--skip-rehearsal]
+Run as root (the namespace): .venv/bin/python bench/rehearsal.py [--skip-rehearsal]
 """
 
 from __future__ import annotations

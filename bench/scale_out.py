@@ -16,7 +16,7 @@ the requests that failed are counted, and the time until Swarm runs 3 web replic
 the nodes left) is measured. The node is started again (the testbed's own function) and the app
 removed whatever happens.
 
-Run (as root, the testbed up): /work/main/.venv/bin/python bench/scale_out.py
+Run (as root, the testbed up): .venv/bin/python bench/scale_out.py
 """
 
 from __future__ import annotations
