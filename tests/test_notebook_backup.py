@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import stat
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from tests.conftest import REPO
+from tests.notebook_support import assert_stored_without_outputs, notebook_client
 from deploy_support import destroy_if_deployed
 
 # The panels and notebooks drive the same core calls that run on both servers in the API tests;
@@ -22,20 +20,11 @@ APP = "demo-backup"
 
 
 def test_notebook_is_stored_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_backup_and_restore_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
-    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the kernel imports this checkout
-    workdir = tmp_path / "notebooks"
-    workdir.mkdir()
-    (tmp_path / "examples").symlink_to(REPO / "examples")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+    nb, client, workdir = notebook_client(NOTEBOOK, testbed, monkeypatch, tmp_path)
     for name in (APP, f"{APP}-restore"):
         destroy_if_deployed(session_remote, name)
     try:

@@ -5,13 +5,11 @@ gone afterwards."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from tests.conftest import REPO
+from tests.notebook_support import assert_stored_without_outputs, notebook_client
 from deploy_support import destroy_if_deployed
 
 # The panels and notebooks drive the same core calls that run on both servers in the API tests;
@@ -23,20 +21,11 @@ COPY = "demo-rehearse-rh"
 
 
 def test_notebook_is_stored_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_rehearse_notebook_runs_top_to_bottom(home, testbed, monkeypatch, tmp_path, session_remote):
-    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the kernel imports this checkout
-    workdir = tmp_path / "notebooks"
-    workdir.mkdir()
-    (tmp_path / "examples").symlink_to(REPO / "examples")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+    nb, client, _ = notebook_client(NOTEBOOK, testbed, monkeypatch, tmp_path)
     destroy_if_deployed(session_remote, COPY)
     try:
         client.execute()
