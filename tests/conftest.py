@@ -182,6 +182,15 @@ def pytest_xdist_make_scheduler(config, log):
             server = server_of(nodeid)
             return f"server {server}" if server else nodeid.rsplit("::", 1)[0]
 
+        def _assign_work_unit(self, node) -> None:
+            # The long scopes first (each server's tests, then the cluster's), the many short unit
+            # modules after them: xdist orders by test count, which put the Swarm's few slow tests
+            # last, on one worker while the other had nothing left to do.
+            for scope in reversed([f"server {s}" for s in (*SERVERS, SWARM)]):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
     return PerServer(config, log)
 
 

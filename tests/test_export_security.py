@@ -21,6 +21,10 @@ from labdeploy import export
 from labdeploy.errors import ValidationError
 from labdeploy.progress import Collector, StepStarted, WarningEvent
 
+# One server: what is checked is SQL, SSH and local files, the same on both engines: proved on the
+# current one.
+pytestmark = pytest.mark.servers("trixie")
+
 APP = f"t-sec-{secrets.token_hex(3)}"
 IDENT = database.names.db_identifier(APP)
 

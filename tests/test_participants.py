@@ -25,6 +25,10 @@ from labdeploy.watch import containers, participants
 from deploy_support import deploy_kwargs, destroy_if_deployed, drop_data_only, prepare_local_stack
 from test_cli_support import CLI
 
+# One server: counting participants is SQL and HTTP through Caddy, the same on both engines: proved on
+# the current one.
+pytestmark = pytest.mark.servers("trixie")
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 APP = "t-part-app"
 DAL = "t-part-dal"

@@ -18,6 +18,9 @@ from labdeploy.watch.pgactivity import PostgresUnavailable
 from test_monitor_support import (count_connections, drop_app_db, hold_connections, make_app_db, sql,
                                   start_postgres, wait_connections, wait_postgres)
 
+# One server: pg_stat_activity is PostgreSQL's, the same on both engines: proved on the current one.
+pytestmark = pytest.mark.servers("trixie")
+
 PG = "t-mon-pg"
 
 

@@ -16,6 +16,9 @@ from labdeploy.progress import Collector, WarningEvent  # noqa: E402
 from test_monitor_support import (drop_app_db, hold_connections, make_app_db, start_postgres,  # noqa: E402
                                   wait_connections, wait_postgres)
 
+# One server: the sampler reads PostgreSQL over SSH, the same on both engines: proved on the current one.
+pytestmark = pytest.mark.servers("trixie")
+
 PG = "t-mon-pgs"
 
 
