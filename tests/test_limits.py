@@ -66,3 +66,27 @@ def test_update_keeps_the_limits_it_is_not_given(deployed, session_remote):
     share = 1500 * MiB // 3
     assert inspect(session_remote) == [("redis", 0, 0), ("web", share, 10 ** 9), ("worker", share, 10 ** 9),
                                        ("worker", share, 10 ** 9)]
+
+
+def test_an_app_from_before_limits_is_updated_without_them_until_given(deployed, session_remote):
+    """An app whose record has no limits (deployed before labdeploy set them) keeps running
+    without them on update: an out-of-memory kill it never had would be new mid-study."""
+    import json
+
+    from labdeploy.progress import LogLine
+    from labdeploy.server import layout
+
+    path = layout.app_state(APP)
+    state = json.loads(session_remote.get_bytes(path))
+    for key in ("memory_limit", "cpu_limit"):
+        state.pop(key)
+    session_remote.put_bytes(path, json.dumps(state), mode=0o600)
+    said = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(deployed["home"]))
+        deploy.update(EXAMPLE, APP, session_remote, config={"num_dynos_worker": "2"}, start_timeout=240,
+                      reporter=lambda e: said.append(e.line) if isinstance(e, LogLine) else None)
+    assert inspect(session_remote) == [("redis", 0, 0), ("web", 0, 0), ("worker", 0, 0), ("worker", 0, 0)]
+    assert any("no memory or CPU limit" in line for line in said), said
+    status = monitor.status(session_remote, APP)
+    assert status[status["service"] == "web"]["memory_limit"].isna().all()

@@ -91,6 +91,22 @@ def test_chosen_given_then_app_then_default():
     assert (lim.memory, lim.cpus) == (limits.DEFAULT_MEMORY, 1.25) and where["memory_limit"]["from"] == "default"
 
 
+def test_an_app_from_before_limits_keeps_running_without_them_until_given():
+    before = {"app": "old-study", "version": 4}  # its record from before labdeploy set limits
+    assert not limits.needs_server_size(None, before)
+    lim, where = limits.chosen(None, None, before, None, 2)
+    assert (lim.memory, lim.cpus, lim.workers) == (None, None, 2) and where["memory_limit"]["from"] == "app"
+    document = {"services": {"web": {}, "worker": {}, "redis": {}}}
+    limits.apply(document, lim)
+    assert document["services"] == {"web": {}, "worker": {"scale": 2}, "redis": {}}
+    lim, _ = limits.chosen("3g", None, before, None, 1)  # given: from now on it has one
+    assert (lim.memory, lim.cpus) == (3 * GiB, None)
+    document = {"services": {"web": {}, "clock": {}}}
+    assert limits.apply(document, lim)["services"] == {"web": {"mem_limit": 3 * GiB // 2}, "clock": {"mem_limit": 3 * GiB // 2}}
+    kept = {"app": "old-study", "memory_limit": 3 * GiB, "cpu_limit": None}  # recorded by that update
+    assert limits.chosen(None, None, kept, None, 1)[0] == limits.Limits(3 * GiB, None, 1)
+
+
 def test_options_refuse_bad_limits_before_a_server():
     DeployOptions(memory_limit="3g", cpu_limit=2).check()
     for kw, code in (({"memory_limit": "big"}, "invalid.memory_limit"), ({"cpu_limit": "x"}, "invalid.cpu_limit"),

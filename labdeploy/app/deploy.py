@@ -675,6 +675,10 @@ def _choose_limits(d: Deploy) -> None:
     d.limits, where = limits.chosen(opts.memory_limit, opts.cpu_limit, state, size, d.workers)
     d.limits.check(d.processes)
     d.remembered.update(where)
+    unset = [what for what, value in (("memory", d.limits.memory), ("CPU", d.limits.cpus)) if value is None]
+    if unset:  # an app from before limits: an out-of-memory kill mid-study would be new, so none is set
+        d.report(LogLine(f"no {' or '.join(unset)} limit: the app has run without one, and an update keeps it "
+                         "so until a limit is given", "preflight"))
     if d.workers > 1:
         d.report(LogLine(f"{d.workers} worker processes ({limits.WORKERS_KEY})", "preflight"))
 

@@ -3,7 +3,9 @@
 The seed's rule gives each simultaneous experiment about 5 GB of memory, so by default an app's
 memory budget is 5 GB and its CPU budget the server's CPUs in the same proportion (a 4-CPU,
 16 GB server: 5/16 of 4 = 1.25 CPUs), never below one CPU (or the server's, if fewer). Both are
-deploy options, kept across updates.
+deploy options, kept across updates. An app first deployed before labdeploy set limits keeps
+running without them when updated (a study in progress must not meet an out-of-memory kill it
+never had), until limits are given; the deploy log says so.
 
 How a budget becomes Docker limits on one server (`cpus` and `mem_limit` in the compose file,
 which Compose v1 and v2 both honour):
@@ -98,8 +100,8 @@ def default_cpus(nproc: int, memory_total: int, budget: int = DEFAULT_MEMORY) ->
 
 @dataclass(frozen=True)
 class Limits:
-    memory: int     # the app's memory budget, bytes
-    cpus: float     # CPUs each process container may use
+    memory: Optional[int]     # the app's memory budget, bytes (None: no limit)
+    cpus: Optional[float]     # CPUs each process container may use (None: no limit)
     workers: int = 1
 
     def containers(self, processes: Sequence[str]) -> int:
@@ -110,7 +112,7 @@ class Limits:
         return self.memory // max(self.containers(processes), 1)
 
     def check(self, processes: Sequence[str]) -> "Limits":
-        if self.share(processes) < MIN_SHARE:
+        if self.memory is not None and self.share(processes) < MIN_SHARE:
             n = self.containers(processes)
             raise ValidationError(f"A memory limit of {self.memory / GB:.2f} GB shared by {n} processes leaves "
                                   f"each less than 256 MB.",
@@ -123,10 +125,12 @@ def apply(document: dict, limits: Limits) -> dict:
     """The compose document with the limits and the worker count set (in place; returned)."""
     services = document["services"]
     processes = [name for name in LIMITED if name in services]
-    each = limits.check(processes).share(processes)
+    limits.check(processes)
     for name in processes:
-        services[name]["mem_limit"] = each
-        services[name]["cpus"] = limits.cpus
+        if limits.memory is not None:
+            services[name]["mem_limit"] = limits.share(processes)
+        if limits.cpus is not None:
+            services[name]["cpus"] = limits.cpus
     if limits.workers > 1:
         services["worker"]["scale"] = limits.workers
     return document
@@ -135,24 +139,25 @@ def apply(document: dict, limits: Limits) -> dict:
 def chosen(given_memory, given_cpus, state: Optional[dict], server_cpus: Optional[tuple[int, int]],
            workers_: int) -> tuple[Limits, dict]:
     """The limits of this deploy and where each came from (given, the app's last deploy, the
-    default); `server_cpus` is (nproc, MemTotal bytes), needed only for the CPU default."""
+    default, or none for an app that has run without them); `server_cpus` is (nproc, MemTotal
+    bytes), needed only for the CPU default."""
     state = state or {}
     if given_memory is not None:
         mem, mem_from = memory(given_memory), "given"
-    elif state.get("memory_limit"):
-        mem, mem_from = int(state["memory_limit"]), "app"
+    elif state:  # an update keeps the app's limit, or its running without one
+        mem, mem_from = (int(state["memory_limit"]) if state.get("memory_limit") else None), "app"
     else:
         mem, mem_from = DEFAULT_MEMORY, "default"
     if given_cpus is not None:
         cpu, cpu_from = cpus(given_cpus), "given"
-    elif state.get("cpu_limit"):
-        cpu, cpu_from = float(state["cpu_limit"]), "app"
+    elif state:
+        cpu, cpu_from = (float(state["cpu_limit"]) if state.get("cpu_limit") else None), "app"
     else:
         nproc, total = server_cpus or (1, 0)
-        cpu, cpu_from = default_cpus(nproc, total, mem), "default"
+        cpu, cpu_from = default_cpus(nproc, total, mem or DEFAULT_MEMORY), "default"
     return Limits(mem, cpu, workers_), {"memory_limit": {"value": mem, "from": mem_from},
                                          "cpu_limit": {"value": cpu, "from": cpu_from}}
 
 
 def needs_server_size(given_cpus, state: Optional[dict]) -> bool:
-    return given_cpus is None and not (state or {}).get("cpu_limit")
+    return given_cpus is None and not state  # a first deploy's default CPUs follow the server's size
