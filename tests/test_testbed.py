@@ -7,6 +7,8 @@ import socket
 import stat
 import subprocess
 
+import pytest
+
 from conftest import REPO, TESTBED_FILE
 
 TESTBED = REPO / "scripts" / "testbed"
@@ -58,6 +60,7 @@ def test_the_pgbouncer_image_runs_as_a_user_with_pgbouncer_on_its_path(testbed):
         assert uid != "0" and version.startswith("PgBouncer 1."), res.stdout
 
 
+@pytest.mark.servers("bookworm")  # `up` checks the whole testbed: once is enough
 def test_second_up_only_checks(testbed):
     res = subprocess.run([str(TESTBED), "up"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
