@@ -31,7 +31,7 @@ def more_options(pgbouncer_image: str = "") -> MoreOptions:
     pooler_box = choice_field(W.Dropdown(options=list(POOLER_CHOICES), value="auto", description="Pooler"))
     pooler_box.add_class("labdeploy-deploy-pooler")
     image_box = text_field("PgBouncer image", pgbouncer_image,
-                           "empty: as last time (or the server's choice); needs pgbouncer and sh")
+                           "empty: as last time, or the server's choice")
     image_box.add_class("labdeploy-deploy-pgbouncer-image")
     body = W.VBox([pooler_box, image_box], layout=W.Layout(overflow="visible"))
     section = W.Accordion(children=[body], selected_index=None, layout=W.Layout(width="auto", max_width="660px"))
