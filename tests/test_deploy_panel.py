@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from labdeploy.app import apps
 from labdeploy import export
+from labdeploy.server import layout, locks, pooler
 from labdeploy.widgets.deploy import MASK, DeployPanel
 from deploy_support import destroy_if_deployed, prepare_local_stack
 
@@ -115,3 +117,49 @@ def test_panel_shows_errors_with_hints(panel):
     click(panel, panel.cancel_button)  # cancelling with nothing pending is harmless
     click(panel, panel.confirm_button)  # confirming with nothing asked does nothing
     assert "Nothing to confirm" in panel.message.value
+
+
+LOCKED_APP = "t-dep-panel-lock"
+
+
+@pytest.fixture
+def locked_panel(home, testbed, session_remote, monkeypatch):
+    """A panel for an app whose deploy lock was left by a deploy from another laptop that was closed
+    mid-deploy (the lock is taken for real on the server, with that laptop's name in it)."""
+    monkeypatch.setenv("LABDEPLOY_TESTBED", testbed["file"])
+    prepare_local_stack(session_remote, testbed)
+    destroy_if_deployed(session_remote, LOCKED_APP)
+    stale = locks.DeployLock(session_remote, LOCKED_APP)
+    stale.info.host, stale.info.who = "t-closed-laptop", "bob@t-closed-laptop"
+    stale.acquire()
+    p = DeployPanel(str(EXAMPLE), app=LOCKED_APP, server=session_remote, health_path="/health")
+    yield p
+    p.close()
+    stale.release()  # only its own token is removed: nothing if the panel broke it
+    destroy_if_deployed(session_remote, LOCKED_APP)
+
+
+def test_a_stale_lock_is_broken_from_the_panel_after_confirming_then_a_deploy_without_the_pooler_works(
+        locked_panel, session_remote):
+    panel, part = locked_panel, locked_panel.lock_part
+    click(panel, panel.deploy_button)
+    assert panel.result is None and "in progress" in panel.message.value, panel.message.value
+    assert "Break the lock…" in panel.message.value  # the remedy names the button shown next to it
+    assert part.break_button.layout.display == "" and "bob@t-closed-laptop" in part.html.value
+    assert panel.deploy_button in panel._message_at.children[0].children  # the error: under the clicked button
+
+    click(panel, part.break_button)  # first click only asks
+    assert "Only safe when no deploy" in part.html.value
+    assert locks.read_lock(session_remote, LOCKED_APP) is not None
+    click(panel, part.confirm_button)
+    assert "was broken" in panel.message.value, panel.message.value
+    assert part.widget.children[-1] is panel.message  # and what breaking says: under the lock's row
+    assert locks.read_lock(session_remote, LOCKED_APP) is None
+    assert part.html.value == "" and part.widget.children[0].layout.display == "none"
+
+    panel.more.pooler_box.value = "off"  # More options: straight to PostgreSQL
+    click(panel, panel.deploy_button)
+    assert panel.result is not None, panel.message.value
+    assert panel.result.remembered["pooler"] == {"value": False, "from": "given"}
+    doc = yaml.safe_load(session_remote.get_bytes(layout.app_compose(LOCKED_APP)))
+    assert pooler.SERVICE not in doc["services"], sorted(doc["services"])

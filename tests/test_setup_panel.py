@@ -91,6 +91,20 @@ def test_full_journey_with_an_existing_key(panel_for, testbed, home):
     assert testbed["ssh"]["password"] not in "\n".join(all_strings(p.widget))
     assert isinstance(p.widget, W.VBox) and "labdeploy-setup-prepare" in p.prepare_button._dom_classes
 
+    # This server is no Swarm manager: "Prepare as a Swarm manager" says so, and changes nothing.
+    click(p, p.swarm_button)
+    assert p.steps.state("Prepare server") == "failed" and "not a Swarm manager" in p.message.value
+
+    # Remove server…: the first click only asks; Yes, remove forgets the local entry alone.
+    click(p, p.removal.remove_button)
+    assert "Remove t-setup-panel?" in p.removal.html.value
+    assert "t-setup-panel" in [s.name for s in servers.list_servers()]
+    click(p, p.removal.confirm_button)
+    assert "t-setup-panel" not in [s.name for s in servers.list_servers()], p.message.value
+    assert p.steps.state("Register") == "pending" and p.removal.html.value == ""
+    click(p, p.verify_button)  # the server itself is untouched: the key still logs in
+    assert p.steps.state("Verify login") == "done", p.message.value
+
 
 @pytest.fixture
 def agent(home, tmp_path, monkeypatch):

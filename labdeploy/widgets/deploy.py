@@ -25,6 +25,8 @@ from ..app import changes
 from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps, plural,
                      text_field, titled, warning_html, widget_reporter)
 from .remedies import words as panel_words
+from .deploy_options import more_options, options_of
+from .lock import LockBreaker
 
 REVEAL_SECONDS = 30  # a revealed password hides itself again, so a saved notebook rarely keeps it
 MASK = "••••••••"
@@ -40,6 +42,12 @@ def _button(label: str, action: str, style: str = "", icon: str = "") -> W.Butto
 _text = text_field
 
 
+def _html(css_class: str) -> W.HTML:
+    box = W.HTML("")
+    box.add_class(css_class)
+    return box
+
+
 class DeployPanel(Panel):
     """`DeployPanel(experiment_dir, app=..., server=...)`; server may be a registered name, a
     `Server` or a connected `Remote`. Defaults come from `labdeploy.demo.defaults()`."""
@@ -53,7 +61,6 @@ class DeployPanel(Panel):
         self.apps_table = None
         self.destroy_result = None
         self.tunnel: Optional[apps_core.AppTunnel] = None
-        self.last_task: Optional[threading.Thread] = None
         self.events = Collector()
         self.health_path = health_path
         self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
@@ -66,12 +73,8 @@ class DeployPanel(Panel):
         self.progress = ProgressRow()
         self.message = Message()
         self.log = LogPane(max_lines=500)
-        self.result_html = W.HTML("")
-        self.result_html.add_class("labdeploy-deploy-result")
-        self.apps_html = W.HTML("")
-        self.apps_html.add_class("labdeploy-deploy-apps")
-        self.tunnel_html = W.HTML("")
-        self.tunnel_html.add_class("labdeploy-deploy-tunnel-url")
+        self.result_html, self.apps_html, self.tunnel_html = (_html(f"labdeploy-deploy-{c}")
+                                                              for c in ("result", "apps", "tunnel-url"))
         self.confirm_html = W.HTML("")
 
         self._revealed = False
@@ -106,6 +109,9 @@ class DeployPanel(Panel):
                                      "empty: as last time (or the server's choice, else redis:7)")
         self.remove_data_box = W.Checkbox(value=False, indent=False,
                                           description="also delete its data (database, Redis, files)")
+        self.force_box = W.Checkbox(value=False, indent=False, layout=W.Layout(width="auto"),
+                                    description="destroy even though participants are working (they lose their session)")
+        self.more = more_options()  # pooler on/off and its image, folded away
 
     def _build_buttons(self) -> None:
         self.deploy_button = _button("Deploy", "deploy", "success", "rocket")
@@ -126,8 +132,9 @@ class DeployPanel(Panel):
                                          self.data_cancel_button)
         self.data_row = self.data_actions.children[0]  # hidden when not asked; the message under it stays
         self.data_row.layout.display = "none"
+        self.lock_part = LockBreaker(self)  # offered when the app's deploy lock refuses an action
         for b in (self.close_tunnel_button, self.reveal_button, self.confirm_button, self.cancel_button,
-                  self.remove_data_box):
+                  self.remove_data_box, self.force_box):
             b.layout.display = "none"
 
     def _wire(self) -> None:
@@ -150,11 +157,13 @@ class DeployPanel(Panel):
         return titled(
             "Deploy an experiment",
             form_beside_steps([self.folder_box, self.app_box, self.server_box, self.domain_box, self.mode_box,
-                               self.mode_help, self.base_image_box, self.redis_image_box], self.steps),
+                               self.mode_help, self.base_image_box, self.redis_image_box, self.more.widget],
+                              self.steps),
             self.actions(self.deploy_button, self.update_button, self.apps_button, self.tunnel_button,
                          self.close_tunnel_button, self.destroy_button),
-            self.actions(self.confirm_html, self.remove_data_box, self.confirm_button, self.cancel_button),
-            self.data_actions,
+            self.actions(self.confirm_html, self.remove_data_box, self.force_box, self.confirm_button,
+                         self.cancel_button),
+            self.data_actions, self.lock_part.widget,
             self.progress, self.message_slot(), self.result_html, W.HBox([self.reveal_button]), self.tunnel_html,
             self.log, self.apps_html,
             subtitle="Deploy runs eight steps on the server; a failure after the image step puts the previous "
@@ -189,7 +198,9 @@ class DeployPanel(Panel):
         return self._connections.pool.get(choice)
 
     def _show_failure(self, exc: BaseException) -> None:
-        """Besides the error: the data question a deploy asks, and the container logs of a failure."""
+        """Besides the error: the data question a deploy asks, the way out of a held deploy lock,
+        and the container logs of a failure."""
+        self.lock_part.offer(exc, self.app_box.value.strip())
         if isinstance(exc, appdata.DataKept):
             self.data_html.value = ("<b>Data of an earlier app of this name is still on the server.</b> "
                                     "Reuse it, or replace it?")
@@ -214,7 +225,7 @@ class DeployPanel(Panel):
         given = {"mode": self.mode_box.value, "health_path": self.health_path,
                  "redis_image": self.redis_image_box.value.strip() or None,
                  "build_args": {"BASE_IMAGE": base} if base else None,
-                 "domain": self.domain_box.value.strip() or None, **extra}
+                 "domain": self.domain_box.value.strip() or None, **options_of(self.more), **extra}
         return deploy_core.DeployOptions.of(**{k: v for k, v in given.items() if v is not None})
 
     # ------------------------------------------------------------------ deploy / update
@@ -230,6 +241,7 @@ class DeployPanel(Panel):
     def _hide_data_choice(self) -> None:
         self.data_row.layout.display = "none"
         self.data_html.value = ""
+        self.lock_part.offer(None, "")  # a new action: an earlier refusal is no longer the last word
 
     def _ship(self, fn, verb: str, **extra) -> None:
         folder, app = self.folder_box.value.strip(), self.app_box.value.strip()
@@ -238,8 +250,9 @@ class DeployPanel(Panel):
         reporter = self._reporter()
 
         def work():
+            options = self._options(**extra).check()  # bad input is refused before connecting
             where = fleet.AUTO if self.server_box.value == fleet.AUTO else self.remote()
-            result = fn(folder, app, where, reporter=reporter, options=self._options(**extra))
+            result = fn(folder, app, where, reporter=reporter, options=options)
             return result, self._read_apps(result.placed_on or where)
 
         def done(outcome) -> None:
@@ -265,6 +278,7 @@ class DeployPanel(Panel):
                                   "in this computer's browser (works while this notebook runs).</div>" if url else "")
         self.close_tunnel_button.layout.display = "" if self.tunnel is not None else "none"
         self.apps_html.value = _apps_html(self.apps_table) if self._list_shown and self.apps_table is not None else ""
+        self.lock_part.draw()
 
     def _draw_result(self) -> None:
         """The last deploy's result, the password masked or not; the reveal button says the
@@ -392,27 +406,28 @@ class DeployPanel(Panel):
         self._pending_destroy = (app, False)
         self.confirm_html.value = (f"<b style='color:#c5221f'>Destroy {html.escape(app)}?</b> Its containers, web "
                                    "address and folder go; its data is kept unless ticked:")
-        for w in (self.remove_data_box, self.confirm_button, self.cancel_button):
+        for w in (self.remove_data_box, self.force_box, self.confirm_button, self.cancel_button):
             w.layout.display = ""
 
     def cancel_destroy(self) -> None:
         self._pending_destroy = None
         self.confirm_html.value = ""
-        self.remove_data_box.value = False
-        for w in (self.remove_data_box, self.confirm_button, self.cancel_button):
+        self.remove_data_box.value = self.force_box.value = False
+        for w in (self.remove_data_box, self.force_box, self.confirm_button, self.cancel_button):
             w.layout.display = "none"
 
     def confirm_destroy(self) -> None:
         if self._pending_destroy is None:
             self.message.show_warning("Nothing to confirm.", "Click “Destroy…” first.")
             return
-        app, remove_data = self._pending_destroy[0], bool(self.remove_data_box.value)
+        app, remove_data, force = self._pending_destroy[0], bool(self.remove_data_box.value), bool(self.force_box.value)
         self.cancel_destroy()
         reporter = self._reporter()
 
         def work():
             remote = self.remote()
-            result = apps_core.destroy(app, remote, confirm=True, remove_data=remove_data, reporter=reporter)
+            result = apps_core.destroy(app, remote, confirm=True, remove_data=remove_data, force=force,
+                                       reporter=reporter)
             return result, self._read_apps(remote)  # what is deployed now, read again
 
         def done(outcome) -> None:

@@ -1,7 +1,9 @@
 """How the panels word an error's remedy: panels and buttons (see labdeploy.remedies).
 
-Where no panel offers the action (breaking a deploy lock, choosing a pooler image), the
-words say so and name the notebook call or the terminal command instead.
+Every way out is a button or a field of a panel; none is a Python call or a labdeploy/docker
+command (tests/test_remedies_unit.py checks). Only what is done outside labdeploy altogether
+(reading a fingerprint on the server, starting an ssh-agent before Jupyter) names a command, in
+backticks.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ PANELS: dict[str, str] = {
                         "again, or type a new app name."),
     "destroy.confirm": "Click Destroy… in the Deploy panel, then Yes, destroy.",
     "destroy.confirm.data": "Tick 'also delete its data', click Destroy… in the Deploy panel, then Yes, destroy.",
-    "lock.break.confirm": "Only do this when no deploy of this app is running anywhere; then confirm.",
-    "server.remove.confirm": ("No panel removes a server: in a notebook cell, "
-                              "labdeploy.ssh.servers.remove('{server}', confirm=True)."),
+    "lock.break.confirm": ("Only do this when no deploy of this app is running anywhere; then click Yes, break "
+                           "the lock."),
+    "server.remove.confirm": f"Click Remove server… in {SETUP} with {{server}} as Server name, then Yes, remove.",
     # --- servers and SSH
     "server.register": f"Register it first: Register server in {SETUP}.",
     "server.exists": "Choose another name, or tick 'Replace a registered server of the same name'.",
@@ -47,24 +49,22 @@ PANELS: dict[str, str] = {
         "and most desktops one runs already). Without an agent, give the key's passphrase when connecting "
         "instead."),
     # --- the server's shared stack
-    "swarm.prepare": ("Prepare the Swarm's manager first, in a notebook cell: labdeploy.app.swarm.prepare(server, "
-                      "settings) labels the data node and starts the ingress Caddy."),
+    "swarm.prepare": (f"Prepare the Swarm's manager first: Prepare as a Swarm manager in {SETUP}, with the "
+                      "manager's address, labels the data node and starts the ingress Caddy."),
     "stack.prepare": f"Prepare the server first: Prepare server in {SETUP} (it also starts the shared services again).",
-    "stack.postgres.start": ("Start it again on the server: `cd ~/dallinger && docker compose up -d postgresql` (or "
-                             f"Prepare server in {SETUP}), then look at its logs."),
+    "stack.postgres.start": (f"Start it again: Prepare server in {SETUP} starts the shared services; if it stops "
+                             "again, Check readiness there says what is wrong."),
     "stack.postgres.check": (f"Check that the shared PostgreSQL is running: Check readiness in {SETUP} shows the "
                              "shared services, and Prepare server starts them again."),
     "lock.wait_or_break": (
         "Wait for it to finish and try again.{expires} If you are sure nothing is running (e.g. a laptop closed "
-        "mid-deploy), break the lock deliberately (no panel does): in a terminal, `labdeploy unlock --app {app}`, "
-        "or in a notebook cell, labdeploy.server.locks.break_lock(server, '{app}', confirm=True)."),
-    "pooler.off": ("Report this as a bug; meanwhile deploy without the pooler from a notebook cell "
-                   "(pooler=False)."),
+        "mid-deploy), break the lock deliberately: Break the lock… in the Deploy panel, then Yes, break the lock."),
+    "pooler.off": ("Report this as a bug; meanwhile choose Pooler: off under More options in the Deploy panel and "
+                   "deploy again."),
     "pooler.image": (
-        "Give an image the server has or can pull, with pgbouncer and sh on its PATH (the Deploy panel has no "
-        "such setting: deploy from a notebook cell with pgbouncer_image=...), or deploy without the pooler "
-        "(pooler=False); the app's connections are then limited only by its role, and a busy app may see "
-        "refused connections."),
+        "Give an image the server has or can pull, with pgbouncer and sh on its PATH, in PgBouncer image under "
+        "More options in the Deploy panel; or choose Pooler: off there (the app's connections are then limited "
+        "only by its role, and a busy app may see refused connections)."),
     "docker.local": (
         "Install Docker on this computer and start it (Docker Desktop, or `sudo systemctl start docker` "
         "on Linux) and check that your user may use it; or choose server-build as the Transfer mode in the "
@@ -93,9 +93,9 @@ PANELS: dict[str, str] = {
     "maintenance.paths": ("Type the app's entry paths (its first page and the request that creates a participant) "
                           "in the Monitor panel's maintenance box, e.g. / /api/participants."),
     "destroy.participants_working": ("Wait until they have finished (the Monitor panel's status shows working "
-                                     "participants), then destroy again; to destroy while they work, call "
-                                     "labdeploy.apps.destroy('{app}', server, confirm=True, force=True) in a notebook "
-                                     "cell (they lose their session)."),
+                                     "participants), then destroy again; to destroy while they work, tick 'destroy "
+                                     "even though participants are working' under Destroy… in the Deploy panel "
+                                     "(they lose their session)."),
     "participants.wait_timeout": ("Try again at a quieter time; the Monitor panel's status shows how many "
                                   "participants are working now."),
     # --- data out

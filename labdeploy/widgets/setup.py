@@ -21,6 +21,7 @@ from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
 from .remedies import words as panel_words
 from ..ssh import hostkeys
+from .setup_actions import ServerRemoval, prepare_swarm
 from .common import (LogPane, Message, Panel, StepList, choice_field, form_beside_steps, info_html, plural, text_field, titled,
                      widget_reporter)
 
@@ -97,6 +98,8 @@ class SetupPanel(Panel):
         self.register_button = _button("Register server", "register")
         self.readiness_button = _button("Check readiness", "readiness")
         self.prepare_button = _button("Prepare server", "prepare", "success")
+        self.swarm_button = _button("Prepare as a Swarm manager", "prepare-swarm")  # the server manages a Swarm
+        self.removal = ServerRemoval(self)  # "Remove server…" with its confirmation
 
         self.widget = self._lay_out()
         self._wire()
@@ -121,6 +124,7 @@ class SetupPanel(Panel):
         self.register_button.on_click(lambda _: self.register())
         self.readiness_button.on_click(lambda _: self.check_readiness())
         self.prepare_button.on_click(lambda _: self.prepare())
+        self.swarm_button.on_click(lambda _: prepare_swarm(self))
 
     def _lay_out(self) -> W.VBox:
         def section(title: str, *children: W.Widget) -> W.VBox:
@@ -138,9 +142,11 @@ class SetupPanel(Panel):
             section("3. Passwordless login", self.password_box,
                     self.actions(self.copy_button, self.verify_button)),
             section("4. Register and check", self.replace_box,
-                    self.actions(self.register_button, self.readiness_button), self.table_html),
+                    self.actions(self.register_button, self.readiness_button, self.removal.remove_button),
+                    self.actions(self.removal.html, self.removal.confirm_button, self.removal.cancel_button),
+                    self.table_html),
             section("5. Shared services (PostgreSQL, Caddy)", self.email_box, self.domain_box, self.acme_ca_box,
-                    self.acme_ca_root_box, self.actions(self.prepare_button)),
+                    self.acme_ca_root_box, self.actions(self.prepare_button, self.swarm_button)),
             self.message_slot(), self.log,
             subtitle="Each step runs in the background; a failed step says what to do next.")
 
@@ -182,6 +188,7 @@ class SetupPanel(Panel):
         self.trust_host_button.layout.display = "" if status is not None else "none"
         self.fingerprint_html.value = _fingerprint_html(status, self._fields()[0]) if status is not None else ""
         self._show_comparison()
+        self.removal.draw()
         df = self.readiness_table
         self.table_html.value = "" if df is None else _table_html(df) + (
             info_html(f"This computer: {self.local_docker.summary()}.") if self.local_docker is not None else "")
