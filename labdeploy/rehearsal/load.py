@@ -225,8 +225,7 @@ class Flow:
         object.__setattr__(self, "steps", steps)
         if not steps:
             raise FlowError("The flow has no steps.", "Give at least one request.")
-        if not (0 <= self.think <= 600):
-            raise FlowError(f"Think time {self.think!r} s is outside 0-600 s.", "Use e.g. 1 second.")
+        check_think(self.think)
         known = set(BUILTINS)
         for step in steps:
             if step.method.upper() not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
@@ -244,6 +243,13 @@ class Flow:
                 raise FlowError(f"{step.route!r} uses {sorted(missing)}, which no earlier step saves.",
                                 f"Use {sorted(BUILTINS)} or save the value from an earlier answer.")
             known |= set(step.save)
+
+
+def check_think(think) -> float:
+    """A think time (seconds), refused outside 0-600 s."""
+    if isinstance(think, bool) or not isinstance(think, (int, float)) or not (0 <= think <= 600):
+        raise FlowError(f"Think time {think!r} s is outside 0-600 s.", "Use e.g. 1 second.")
+    return float(think)
 
 
 FlowLike = Union[Flow, Sequence, Callable[["Bot"], Awaitable[None]]]

@@ -348,6 +348,7 @@ def plan(app: str, experiment, participants: int, ramp, duration: float, flow, t
     if not interval > 0:
         raise ValidationError(f"A sampling interval of {interval!r} s is not positive.", "Use e.g. 3 seconds.",
                               code="invalid.rehearsal.interval")
+    load.check_think(think)  # a flow function's think time too (a described flow checks its own)
     settings = dict(deploy_settings or {})
     if _is_dallinger(experiment):
         settings["config"] = {**dict(settings.get("config") or {}), **COPY_CONFIG}
