@@ -253,14 +253,17 @@ def test_destroy_final_export_options_need_final_export(cli, extra):
     assert r.code == 2 and "--final-export DIR" in r.err and "Traceback" not in r.err, str(r)
 
 
-def test_rehearse_refuses_a_psynet_experiment_without_a_flow_and_bad_data_before_connecting(cli):
+def test_rehearse_refuses_a_bad_think_time_and_bad_data_before_connecting(cli):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
     examples, this_checkout = repo / "examples", {"PYTHONPATH": str(repo)}  # the code under test
-    # No server is registered here: the refusal comes before the server is even looked up.
-    r = cli("rehearse", "--app", "study", str(examples / "psynet-static"), "--server", "lab", env=this_checkout)
-    assert r.code == 2 and "is a PsyNet experiment" in r.err and "Describe the flow" in r.err, str(r)
+    # No server is registered here: the refusal comes before the server is even looked up. A
+    # PsyNet experiment needs no flow (its participants walk its timeline): only the think time
+    # its flow uses is wrong here.
+    r = cli("rehearse", "--app", "study", str(examples / "psynet-static"), "--server", "lab", "--think", "-1",
+            env=this_checkout)
+    assert r.code == 2 and "Think time -1.0 s is outside 0-600 s" in r.err, str(r)
     assert "No server named" not in r.err and "Traceback" not in r.err
     r = cli("rehearse", "--app", "study", str(examples / "dallinger-hello"), "--data", "all", env=this_checkout)
     assert r.code == 2 and "'all' is not one of" in r.err, str(r)

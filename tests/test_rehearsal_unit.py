@@ -84,18 +84,14 @@ def test_ramps_and_bounds_are_refused_before_anything_runs():
         plan("a", EXAMPLES / "stroop", 5, 2, 10, [{"method": "GET", "path": "/"}], 1.0, 3.0, None, "everything")
 
 
-def test_a_psynet_experiment_without_a_flow_is_refused_and_with_one_its_copy_recruits_nobody():
+def test_a_psynet_experiment_walks_its_timeline_unless_given_a_flow_and_its_copy_recruits_nobody():
     for folder in ("psynet-static", "dallinger-psynet-hello"):
-        with pytest.raises(ValidationError, match="is a PsyNet experiment: the rehearsal has no participant flow") as e:
-            plan("a", EXAMPLES / folder, 5, 2, 10, None, 1.0, 3.0, None)
-        assert e.value.code == "invalid.rehearsal.flow_psynet" and "Describe the flow" in e.value.hint
+        p = plan("a", EXAMPLES / folder, 5, 2, 10, None, 0.7, 3.0, None)
+        assert p.flow is flows.psynet and p.flow_name == "psynet" and p.think == 0.7
+        assert p.settings["config"]["recruiter"] == "hotair" and p.settings["config"]["mode"] == "sandbox"
     given = plan("a", EXAMPLES / "psynet-static", 5, 2, 10, [{"method": "GET", "path": "/ad"}], 1.0, 3.0, None)
-    assert given.flow_name != "dallinger" and given.settings["config"]["recruiter"] == "hotair"
+    assert given.flow_name != "psynet" and given.settings["config"]["recruiter"] == "hotair"
     assert plan("a", EXAMPLES / "dallinger-hello", 5, 2, 10, None, 1.0, 3.0, None).flow_name == "dallinger"
-    from labdeploy.rehearsal import rehearse
-
-    with pytest.raises(ValidationError, match="PsyNet experiment"):  # before any connection: no server needed
-        rehearse("a", "no-such-server", experiment=EXAMPLES / "psynet-static", participants=2, ramp=1, duration=5)
     p = plan("a", EXAMPLES / "dallinger-hello", 5, 2, 10, None, 1.0, 3.0, {"config": {"recruiter": "prolific"}})
     assert p.flow.name == "dallinger" and p.settings["config"]["recruiter"] == "hotair"  # the copy recruits nobody
 

@@ -34,8 +34,8 @@ def _read_flow(path):
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds in all (shared by the steps).")
 @click.option("--think", type=float, default=1.0, show_default=True, help="Seconds a participant waits between requests.")
 @click.option("--flow", "flow_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A JSON list of requests one participant makes (needed for PsyNet and for apps other than "
-                   "Dallinger).")
+              help="A JSON list of requests one participant makes (needed for apps other than Dallinger and "
+                   "PsyNet).")
 @click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Docker build argument of the copy.")
 @click.option("--config", "config", multiple=True, metavar="KEY=VALUE", help="Experiment config of the copy.")
 @click.option("--redis-image", default=None, help="Redis image of the copy.")

@@ -12,8 +12,9 @@ the server measured meanwhile, a cost per participant and a recommended size.
 from __future__ import annotations
 
 from .load import BOT_PREFIX, Bot, Flow, FlowError, LoadRun, Step, Target  # noqa: F401
-from .flows import dallinger  # noqa: F401
-from .rehearse import Rehearsal, RehearsalRefused, Running, Stop, check, plan_levels, rehearse, start  # noqa: F401
+from .flows import dallinger, psynet  # noqa: F401
+from .rehearse import (FlowNotWalked, Rehearsal, RehearsalRefused, Running, Stop, check, plan_levels,  # noqa: F401
+                       rehearse, start)
 
-__all__ = ["BOT_PREFIX", "Bot", "Flow", "FlowError", "LoadRun", "Step", "Target", "dallinger", "Rehearsal",
-           "RehearsalRefused", "Running", "Stop", "check", "plan_levels", "rehearse", "start"]
+__all__ = ["BOT_PREFIX", "Bot", "Flow", "FlowError", "LoadRun", "Step", "Target", "dallinger", "psynet",
+           "FlowNotWalked", "Rehearsal", "RehearsalRefused", "Running", "Stop", "check", "plan_levels", "rehearse", "start"]

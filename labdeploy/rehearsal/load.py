@@ -40,6 +40,11 @@ MAX_SECONDS = 3600.0
 MAX_REQUESTS = 2_000_000
 BOT_PREFIX = "lbot-"  # every simulated participant's worker id starts so
 HIT_COLUMNS = ["time", "seconds", "status", "ok", "route", "error", "participants", "bot"]
+OUTCOME_COLUMNS = ["time", "bot", "worker_id", "outcome", "reason", "participants"]
+# How a simulated participant's round ended: it went through the whole flow; the experiment
+# ended it before the end (a full network, a page it cannot answer), which is no server error;
+# or a request failed.
+OUTCOMES = ("completed", "ended early", "failed")
 BUILTINS = {"worker_id", "assignment_id", "hit_id", "bot", "round", "run"}
 
 
@@ -84,6 +89,10 @@ class Answer:
 
     def json(self) -> Any:
         return jsonlib.loads(self.body.decode("utf-8", "replace"))
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
 
 
 class _Connection:
@@ -216,8 +225,7 @@ class Flow:
         object.__setattr__(self, "steps", steps)
         if not steps:
             raise FlowError("The flow has no steps.", "Give at least one request.")
-        if not (0 <= self.think <= 600):
-            raise FlowError(f"Think time {self.think!r} s is outside 0-600 s.", "Use e.g. 1 second.")
+        check_think(self.think)
         known = set(BUILTINS)
         for step in steps:
             if step.method.upper() not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
@@ -235,6 +243,13 @@ class Flow:
                 raise FlowError(f"{step.route!r} uses {sorted(missing)}, which no earlier step saves.",
                                 f"Use {sorted(BUILTINS)} or save the value from an earlier answer.")
             known |= set(step.save)
+
+
+def check_think(think) -> float:
+    """A think time (seconds), refused outside 0-600 s."""
+    if isinstance(think, bool) or not isinstance(think, (int, float)) or not (0 <= think <= 600):
+        raise FlowError(f"Think time {think!r} s is outside 0-600 s.", "Use e.g. 1 second.")
+    return float(think)
 
 
 FlowLike = Union[Flow, Sequence, Callable[["Bot"], Awaitable[None]]]
@@ -326,6 +341,12 @@ class Bot:
     async def post(self, path: str, **kw) -> Answer:
         return await self.request("POST", path, **kw)
 
+    def finish(self, outcome: str, reason: str = "") -> None:
+        """Say how this round ended (one of OUTCOMES), for the rehearsal's participant counts."""
+        if outcome not in OUTCOMES:
+            raise FlowError(f"{outcome!r} is not how a round ends.", f"Use one of {', '.join(OUTCOMES)}.")
+        self.run._record_outcome((time.time(), self.index, self.worker_id, outcome, reason[:200], self.run.level))
+
     async def think(self, scale: float = 1.0) -> None:
         """Wait about the flow's think time (0.5x-1.5x, so participants drift apart)."""
         await asyncio.sleep(self.run.think * scale * (0.5 + self.rng.random()))
@@ -342,14 +363,21 @@ async def run_steps(flow: Flow, bot: Bot) -> None:
         answer = await bot.request(step.method, _fill(step.path, bot.values), json=_fill(step.json, bot.values),
                                    data=_fill(step.data, bot.values), route=step.route, expect=step.expect)
         if not answer.ok:
-            return  # an error or an expected refusal (full) ends the round, as it would a browser's
+            # An error or an expected refusal (full) ends the round, as it would a browser's.
+            if answer.status in step.expect:
+                bot.finish("ended early", f"{step.route}: HTTP {answer.status}")
+            else:
+                bot.finish("failed", f"{step.route}: {answer.error or answer.status}")
+            return
         for name, dotted in step.save.items():
             try:
                 bot.values[name] = _dig(answer.json(), dotted)
             except (ValueError, KeyError, IndexError, TypeError):
                 bot.run._record((time.time(), 0.0, answer.status, False, step.route,
                                  f"no {dotted!r} in the answer", bot.run.level, bot.index))
+                bot.finish("failed", f"{step.route}: no {dotted!r} in the answer")
                 return
+    bot.finish("completed")
 
 
 # ------------------------------------------------------------------ a run
@@ -396,6 +424,7 @@ class LoadRun:
         self.full = False         # max_requests reached
         self.finished = False     # every step ran (or it was stopped) and every participant ended
         self._hits: list = []
+        self._outcomes: list = []
         self._lock = threading.Lock()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -447,6 +476,21 @@ class LoadRun:
                 self.full = True
                 self.stop()
 
+    def _record_outcome(self, row: tuple) -> None:
+        with self._lock:
+            self._outcomes.append(row)
+
+    @property
+    def outcomes(self) -> pd.DataFrame:
+        """One row per round a simulated participant ended: time (UTC), bot, worker_id,
+        outcome (completed, ended early, failed), reason, participants (at the time). A round
+        cut short by the end of the rehearsal has none."""
+        with self._lock:
+            rows = list(self._outcomes)
+        df = pd.DataFrame(rows, columns=OUTCOME_COLUMNS)
+        df["time"] = pd.to_datetime(df["time"], unit="s", utc=True)
+        return df
+
     @property
     def count(self) -> int:
         with self._lock:
@@ -494,6 +538,7 @@ class LoadRun:
                 except Exception as exc:  # noqa: BLE001 - a flow's own failure is an error of that round
                     self._record((time.time(), 0.0, 0, False, "flow", f"{type(exc).__name__}: {exc}"[:200],
                                   self.level, index))
+                    bot.finish("failed", f"{type(exc).__name__}: {exc}")
                 await bot.think()
                 bot.new_round()
         finally:

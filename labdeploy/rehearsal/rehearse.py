@@ -3,7 +3,8 @@ the server measured meanwhile, and the answer (how many participants it holds, h
 
 The copy: the experiment folder deployed under a name of its own (`<app>-rh`), Dallinger's
 recruiter forced to hotair with auto-recruitment off, so the copy never reaches a real person;
-every simulated participant's worker id starts with `lbot-`. The copy starts with the app's
+every simulated participant's worker id starts with `lbot-` (a PsyNet participant's unique id
+too: it is the worker id and the assignment id). The copy starts with the app's
 own data (its latest backup restored into the copy's database, see copydata.py), so it is
 measured at its real table sizes; `data="empty"` starts it empty. After the rehearsal -
 finished, stopped or failed - the copy is destroyed with its database, so no simulated
@@ -48,6 +49,12 @@ class RehearsalRefused(LabdeployError):
     """A rehearsal that could disturb real participants, not started."""
 
     code = "rehearsal.refused"
+
+
+class FlowNotWalked(LabdeployError):
+    """The simulated participants could not get through the experiment's pages."""
+
+    code = "rehearsal.flow_not_walked"
 
 
 class Stop(threading.Event):
@@ -113,6 +120,9 @@ class Rehearsal:
       recommendation  analysis.Recommendation (participants, web_workers, worker_processes,
                    connection_limit, memory_gb, ...); `sentence` says it in words
       data         copydata.CopyData: what the copy started with (tables: table, rows)
+      outcomes     one row per simulated participant's round that ended: time, bot, worker_id,
+                   outcome (completed, ended early, failed), reason, participants;
+                   `completion` counts them
     """
 
     app: str
@@ -127,6 +137,7 @@ class Rehearsal:
     stopped: bool = False
     removed: bool = False         # the copy (and every simulated participant's row) is gone
     data: copydata.CopyData = field(default_factory=copydata.CopyData)  # what the copy started with
+    outcomes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=load.OUTCOME_COLUMNS))
     latency: pd.DataFrame = field(default=None)
     resources: pd.DataFrame = field(default=None)
     costs: pd.DataFrame = field(default=None)
@@ -142,12 +153,19 @@ class Rehearsal:
     def sentence(self) -> str:
         return self.recommendation.sentence
 
+    @property
+    def completion(self) -> pd.Series:
+        """How many simulated participants' rounds completed, ended early or failed."""
+        counts = self.outcomes["outcome"].value_counts()
+        return pd.Series({o: int(counts.get(o, 0)) for o in load.OUTCOMES}, name="rounds")
+
     def summary(self) -> str:
         lat = self.latency
         lines = [f"Rehearsal of {self.app} on a copy ({self.copy}, data: {self.data.source}, "
                  f"{self.data.rows} rows), flow {self.flow}" + (" - stopped early" if self.stopped else "") + ":",
                  lat.to_string(float_format=lambda v: f"{v:.3f}") if len(lat) else "(no requests)",
                  self.costs[["base", "per_participant", "unit"]].to_string(float_format=lambda v: f"{v:.4g}"),
+                 "Simulated participants' rounds: " + ", ".join(f"{n} {o}" for o, n in self.completion.items()),
                  self.sentence]
         return "\n".join(lines)
 
@@ -308,6 +326,7 @@ class _Plan:
     settings: dict
     interval: float
     data: str = "latest"
+    think: float = 1.0
 
 
 def plan(app: str, experiment, participants: int, ramp, duration: float, flow, think: float, interval: float,
@@ -329,31 +348,41 @@ def plan(app: str, experiment, participants: int, ramp, duration: float, flow, t
     if not interval > 0:
         raise ValidationError(f"A sampling interval of {interval!r} s is not positive.", "Use e.g. 3 seconds.",
                               code="invalid.rehearsal.interval")
+    load.check_think(think)  # a flow function's think time too (a described flow checks its own)
     settings = dict(deploy_settings or {})
     if _is_dallinger(experiment):
         settings["config"] = {**dict(settings.get("config") or {}), **COPY_CONFIG}
         if flow is None:
-            _refuse_psynet_without_flow(experiment)
-            flow = flows.dallinger(think)
+            flow = flows.psynet if dallinger.recognise(experiment).kind == "psynet" else flows.dallinger(think)
     elif flow is None:
         raise ValidationError("This experiment is not a Dallinger or PsyNet one, so the rehearsal does not know what "
                               "its participants do.", "Describe the flow: the requests a participant makes, in "
                               "order, with placeholders.", code="invalid.rehearsal.flow")
     flow = load.as_flow(flow, think if not isinstance(flow, load.Flow) else None)
     name = flow.name if isinstance(flow, load.Flow) else getattr(flow, "__name__", "custom")
-    return _Plan(app, experiment, levels, step_seconds, flow, name, settings, float(interval), data)
+    return _Plan(app, experiment, levels, step_seconds, flow, name, settings, float(interval), data, float(think))
 
 
-def _refuse_psynet_without_flow(experiment: Path) -> None:
-    # PsyNet's participants answer the pages its timeline defines (buttons, sliders, audio,
-    # free text...): Dallinger's node/info routes are not what they do, and no general flow
-    # over the timeline is measured and tested yet. Guessing would measure the wrong thing.
-    if dallinger.recognise(experiment).kind == "psynet":
-        raise ValidationError(
-            f"{experiment.name} is a PsyNet experiment: the rehearsal has no participant flow for PsyNet's timeline "
-            "pages, so it does not know what its participants do; nothing was started.",
-            "Describe the flow: the requests a participant makes, in order, with placeholders (a flow "
-            "description), or give a function that plays one participant.", code="invalid.rehearsal.flow_psynet")
+def refuse_unwalked(run: load.LoadRun, app: str) -> None:
+    """A clear error when the simulated participants could not walk the experiment's pages at
+    all (every round stopped at a page they cannot answer, none answered one): the
+    measurements would be of an entry page, not of the experiment. A server failing under
+    load is no such case: that is the error-rate curve."""
+    out = run.outcomes
+    if run.stopped or out.empty or (out["outcome"] == "completed").any():
+        return
+    hits = run.hits
+    if ((hits["route"] == "POST /response") & hits["ok"]).any():
+        return
+    pages_ = out[out["reason"].str.startswith(flows.PAGE_REASONS)]
+    if len(pages_) < len(out):
+        return
+    reasons = "; ".join(f"{r} ({n}x)" for r, n in pages_["reason"].value_counts().head(3).items())
+    raise FlowNotWalked(
+        f"The simulated participants could not walk {app}'s pages: {reasons}. Nothing they measured is the "
+        "experiment's own work, so there is no answer; the copy was removed.",
+        "Describe the flow: the requests a participant makes, in order, with placeholders (a flow description), "
+        "or give a function that plays one participant and answers those pages.")
 
 
 def _drive(remote, copy: str, url: str, p: _Plan, stop: Stop, report: Reporter, timeout: float,
@@ -368,7 +397,9 @@ def _drive(remote, copy: str, url: str, p: _Plan, stop: Stop, report: Reporter, 
         if on_level is not None:
             on_level(k, n)
 
-    run = load.LoadRun(target, p.flow, p.levels, p.step_seconds, timeout=timeout, on_level=level, verify=verify)
+    think = None if isinstance(p.flow, load.Flow) else p.think  # a described flow carries its own
+    run = load.LoadRun(target, p.flow, p.levels, p.step_seconds, think=think, timeout=timeout, on_level=level,
+                       verify=verify)
     try:
         stop.wait(2 * p.interval)  # the idle baseline: samples before any participant
         stop.attach(run)
@@ -397,9 +428,12 @@ def rehearse(app: str, server, *, experiment, participants: int = 10, ramp: Unio
     """Rehearse `app` with simulated participants on a side-by-side copy deployed from
     `experiment`: `ramp` steps (or the counts given) up to `participants` at once, `duration`
     seconds in all; returns the measurements, DataFrames and a recommendation (`.sentence`,
-    `.plot()`). `flow`: for PsyNet experiments and apps other than Dallinger, the requests one
-    participant makes (a list of steps with placeholders) or an async function of one simulated
-    participant (a Dallinger experiment without one walks Dallinger's participant routes). `stop` (a Stop) ends the load at once from another thread. `deploy_settings`
+    `.plot()`). `flow`: for apps other than Dallinger and PsyNet, the requests one participant
+    makes (a list of steps with placeholders) or an async function of one simulated participant;
+    without one, a Dallinger experiment's participants walk Dallinger's participant routes and a
+    PsyNet experiment's walk its timeline (flows.psynet; FlowNotWalked when its pages cannot be
+    answered). `think`: seconds on each page or between requests, on average. `stop` (a Stop)
+    ends the load at once from another thread. `deploy_settings`
     go to the copy's deploy (images, build arguments, config). `data`: what the copy starts
     with - "latest" (default) the app's latest backup on the server, or a fresh one when it has
     none (empty when the server holds no rows of the app), "fresh" a backup taken now, "empty"
@@ -424,8 +458,9 @@ def rehearse(app: str, server, *, experiment, participants: int = 10, ramp: Unio
                                                             on_level, verify)
     finally:
         removed = _remove_copy(remote, copy, report)
+    refuse_unwalked(run, p.app)
     result = Rehearsal(p.app, copy, p.flow_name, run.hits, run.schedule, usage_df, containers_df, conns, facts,
-                       stopped=run.stopped and not run.full, removed=removed, data=copied)
+                       stopped=run.stopped and not run.full, removed=removed, data=copied, outcomes=run.outcomes)
     report(LogLine(result.sentence, "rehearsal"))
     return result
 
