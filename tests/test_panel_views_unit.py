@@ -72,6 +72,7 @@ def test_a_destroy_announced_elsewhere_leaves_no_trace_in_the_export_panel(home)
     assert APP not in view, view
     assert tuple(panel.app_picker.options) == ("other-study",) and panel.app_picker.value is None
     assert panel.tables.options == () and panel.summary.value == "" and panel.previews.children == ()
+    assert panel.previews.layout.display == "none"  # not an empty box either
     assert "was destroyed" in panel.message.value
     assert list(panel.data) == ["participant", "info"]  # the DataFrames the researcher has stay in memory
     panel.close()

@@ -75,6 +75,7 @@ class BackupsPanel(Panel):
         self._wanted_app = app
         self._build(folder)
         changes.subscribe(self._on_app_change)  # a destroy in another panel of this notebook
+        self.render()
         if autoload and server is not None:
             self.load_apps()
 

@@ -629,7 +629,8 @@ def same_children(tab: W.Tab, pages: list[tuple[str, str]]) -> bool:
 
 
 def draw_tabs(tab: W.Tab, pages: list[tuple[str, str]]) -> None:
-    """Show `pages` ((title, html) each) in `tab`, and nothing else."""
+    """Show `pages` ((title, html) each) in `tab`, and nothing else (no pages: no empty box)."""
+    tab.layout.display = "" if pages else "none"
     if same_children(tab, pages):
         return
     tab.children = [W.HTML(body) for _title, body in pages]

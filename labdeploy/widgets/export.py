@@ -84,6 +84,7 @@ class ExportPanel(Panel):
         self._wanted_app = app
         self._build(server, folder)
         changes.subscribe(self._on_app_change)  # a destroy in another panel of this notebook
+        self.render()
         if autoload and self.server_picker.value is not None:
             self.load_apps()
 
