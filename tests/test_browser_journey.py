@@ -384,6 +384,10 @@ def _deploy_journey(lab: Lab, remote, root: Path) -> dict:
     assert states == ["done"] * 6, states  # none left pending after it succeeded
     assert "Stop the app" in exporter.locator(".labdeploy-steps").inner_text()  # words, not step keys
     lab.shot(exporter, "destroyed")
+    # The export panel forgets the destroyed app too: not in its app picker, no summary or preview of it.
+    assert exporter.locator("tr.labdeploy-export-row").count() == 0
+    assert exporter.locator(".widget-tab table.dataframe").count() == 0
+    assert APP not in exporter.locator(".widget-dropdown select").nth(1).inner_text()
     # The deploy panel (another panel of this notebook) no longer shows the destroyed app.
     deadline = time.time() + 30
     while APP in panel.locator(".labdeploy-deploy-result").inner_text() and time.time() < deadline:

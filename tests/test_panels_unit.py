@@ -75,6 +75,18 @@ def test_a_reset_shows_the_new_steps_and_clears_the_log(home):
     assert list(panel.steps.states) == ["a", "b"] and panel.log.value == ""
 
 
+def _as_read(panel, **rows) -> None:
+    """The export panel as if it had read the app "stroop" and its tables' row counts (no server here)."""
+    import pandas as pd
+
+    panel.load_tables = lambda: None  # no server here: picking the app must not start a table listing
+    panel.apps = ["stroop"]
+    panel.counts, panel.counts_app = pd.DataFrame({"table": list(rows), "rows": list(rows.values())}), "stroop"
+    panel.render()
+    panel.app_picker.value = "stroop"
+    panel.render()
+
+
 def test_export_then_destroy_is_the_cores_destroy_with_a_final_export(home, monkeypatch, tmp_path):
     from labdeploy.app import apps
     from labdeploy.widgets import export as panel_module
@@ -88,11 +100,7 @@ def test_export_then_destroy_is_the_cores_destroy_with_a_final_export(home, monk
 
     monkeypatch.setattr(panel_module.apps_core, "destroy", destroy)
     panel = panel_module.ExportPanel("lab", app="stroop", folder=str(tmp_path / "out"), autoload=False)
-    panel.load_tables = lambda: None  # no server here: picking the app must not start a table listing
-    panel.app_picker.options = ["stroop"]
-    panel.app_picker.value = "stroop"
-    panel.tables.options = [("participant (3 rows)", "participant")]
-    panel.tables.value = ("participant",)
+    _as_read(panel, participant=3)
     panel.mode.value, panel.files.value, panel.logs.value = "anonymous", True, True
     panel.destroy_button.click()  # not confirmed: refused in the panel, the core is not called
     panel.last_task.join(10)
@@ -116,10 +124,7 @@ def test_export_then_destroy_needs_every_table(home, monkeypatch, tmp_path, pick
 
     monkeypatch.setattr(panel_module.apps_core, "destroy", lambda *a, **k: pytest.fail("the core was called"))
     panel = panel_module.ExportPanel("lab", app="stroop", folder=str(tmp_path / "out"), autoload=False)
-    panel.load_tables = lambda: None  # no server here: picking the app must not start a table listing
-    panel.app_picker.options = ["stroop"]
-    panel.app_picker.value = "stroop"
-    panel.tables.options = [("participant", "participant"), ("info", "info")]
+    _as_read(panel, participant=3, info=1)
     panel.tables.value = picked
     panel.confirm_destroy.value = True
     panel.destroy_button.click()

@@ -18,8 +18,9 @@ from ..data.backups import COLUMNS as BACKUP_COLUMNS
 from ..errors import LabdeployError, ValidationError
 from ..progress import human_bytes
 from ..ssh import pool as ssh_pool
-from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps,
-                     plural, text_field, titled, widget_reporter)
+from ..app import changes
+from .common import (LogPane, Message, Panel, ProgressRow, StepList, about_this_server, choice_field, draw_options,
+                     form_beside_steps, info_html, plural, text_field, titled, widget_reporter)
 
 STEPS = ["Back up the database", "Restore drill", "Pull the backups", "Upload the dump",
          "Restore into a new database", "Stop the app", "Swap the databases", "Start the app"]
@@ -52,17 +53,29 @@ def backups_html(df: pd.DataFrame, warning: str = "") -> str:
 
 
 class BackupsPanel(Panel):
-    """`BackupsPanel("lab-server", app="stroop")`: an app's backups and what can be done with them."""
+    """`BackupsPanel("lab-server", app="stroop")`: an app's backups and what can be done with them.
+
+    What it shows is drawn by `draw()` from what it last read: `apps` (the apps with data, None
+    until read), `backups` with `backups_app` (the list of that app's backups), `warning` and
+    `every` (the schedule as read, a value of EVERY). An action ends by reading the list again.
+    """
 
     def __init__(self, server=None, *, app: Optional[str] = None, folder: str = "backups",
                  autoload: bool = True) -> None:
         self.backups: pd.DataFrame = pd.DataFrame(columns=BACKUP_COLUMNS)
+        self.backups_app: Optional[str] = None
+        self.apps: Optional[list] = None
+        self.warning = ""
+        self.every_read: Optional[str] = None
         self.last_task: Optional[threading.Thread] = None
         self.last_result = None
+        self._drawing = False
         self._connections = ssh_pool.kernel().lease()
         self._server = server
         self._wanted_app = app
         self._build(folder)
+        changes.subscribe(self._on_app_change)  # a destroy in another panel of this notebook
+        self.render()
         if autoload and server is not None:
             self.load_apps()
 
@@ -73,7 +86,7 @@ class BackupsPanel(Panel):
 
     def _build(self, folder: str) -> None:
         self.app_picker = choice_field(W.Dropdown(options=[], description="App"))
-        self.app_picker.observe(lambda change: self.refresh() if change["new"] else None, names="value")
+        self.app_picker.observe(self._app_picked, names="value")
         self.refresh_button = self._button("Refresh", "refresh", icon="refresh")
         self.refresh_button.on_click(lambda _: self.refresh())
         self.now_button = self._button("Back up now", "now", icon="save", button_style="primary")
@@ -131,51 +144,114 @@ class BackupsPanel(Panel):
     def _reporter(self):
         return widget_reporter(self.steps, self.log, self.progress, self.message)
 
+    # ------------------------------------------------------------------ the view
+
+    def draw(self) -> None:
+        """The apps, the chosen app's backups, restore sources and schedule, drawn from what was
+        last read alone (a destroyed app leaves nothing behind)."""
+        self._drawing = True  # the picker changed here is not the researcher's choice
+        try:
+            draw_options(self.app_picker, list(self.apps or []))
+            app = self.app_picker.value
+            listed = bool(app) and self.backups_app == app
+            df = self.backups if listed else self.backups.iloc[0:0]
+            if listed:
+                self.table.value = backups_html(df, self.warning)
+            else:
+                self.table.value = info_html("No app on this server has data yet.") if self.apps == [] else ""
+            draw_options(self.source, [("newest", "latest")] +
+                         [(f"{r.id} ({r.kind})", r.id) for r in df.iloc[::-1].itertuples()])
+            if self.source.value is None:
+                self.source.value = "latest"
+            if listed and self.every_read is not None:
+                self.every.value = self.every_read  # the server's schedule, as last read
+            self.into.placeholder = f"{app}-restore" if app else "<app>-restore"
+        finally:
+            self._drawing = False
+
+    def _app_picked(self, change) -> None:
+        if self._drawing:
+            return
+        if change["new"]:
+            self.refresh()
+        else:
+            self.render()
+
+    def _on_app_change(self, operation: str, app: str, host: str) -> None:
+        """Another panel (or code) of this notebook deployed or destroyed an app: forget a
+        destroyed one at once, then read the apps again (its data and backups may have been kept)."""
+        if not about_this_server(host, self._server):
+            return
+        if operation == "destroy":
+            shown = self.app_picker.value == app
+            if self.apps is not None:
+                self.apps = [a for a in self.apps if a != app]
+            if self.backups_app == app:
+                self.backups, self.backups_app = self.backups.iloc[0:0], None
+            self.render()
+            if shown and not self.busy:
+                self.message.show_info(f"{app} was destroyed; its backups are no longer shown here.")
+        if not self.busy and self._server is not None and self.apps is not None:
+            self.load_apps()
+
     # ------------------------------------------------------------------ actions
 
     def load_apps(self) -> Optional[threading.Thread]:
+        """The apps with data on the server (and the chosen one's backups again)."""
         server = self.server
 
         def done(apps):
-            self.app_picker.options = apps
-            if self._wanted_app in apps:
-                self.app_picker.value = self._wanted_app
-            elif not apps:
-                self.message.show_info("No app on this server has data yet.")
+            self.apps = list(apps)
+            self.render()
+            if self.app_picker.value is None and self._wanted_app in self.apps:
+                self.app_picker.value = self._wanted_app  # its backups are read (the picker's observer)
+            elif self.app_picker.value is not None:
+                self.refresh()
 
         return self.in_background(lambda: export_core.list_app_databases(server), done, exclusive=False,
                                   name="backups-apps")
 
     def refresh(self) -> Optional[threading.Thread]:
+        """Read the chosen app's backups and schedule again."""
         server, app = self.server, self.app_picker.value
 
-        def work():
-            return backup_core.backups(app, server), backup_core.health(server, app)
-
         def done(result):
-            df, health = result
-            self.backups = df
-            warning = health.iloc[0]["warning"] if len(health) else ""
-            self.table.value = backups_html(df, warning)
-            self.source.options = [("newest", "latest")] + [(f"{r.id} ({r.kind})", r.id) for r in df.iloc[::-1].itertuples()]
-            if len(health) and health.iloc[0]["every_minutes"] is not None:
-                every = str(health.iloc[0]["every_minutes"])
-                if every in dict((v, k) for k, v in EVERY):
-                    self.every.value = every
-            elif len(health):
-                self.every.value = "off"
-            if not self.into.value:
-                self.into.placeholder = f"{app}-restore"
+            self._read(app, result)
+            self.render()
 
-        return self.in_background(work, done, exclusive=False, name="backups-list")
+        return self.in_background(lambda: _read_backups(server, app), done, exclusive=False, name="backups-list")
+
+    def _read(self, app: Optional[str], result) -> None:
+        """Keep what `_read_backups` read about `app`."""
+        df, health = result
+        self.backups, self.backups_app = df, app
+        self.warning = health.iloc[0]["warning"] if len(health) else ""
+        if len(health) and health.iloc[0]["every_minutes"] is not None:
+            every = str(health.iloc[0]["every_minutes"])
+            self.every_read = every if every in dict((v, k) for k, v in EVERY) else None
+        else:
+            self.every_read = "off" if len(health) else None
 
     def _act(self, work, done_text, status: str, name: str) -> Optional[threading.Thread]:
-        def finished(result):
-            self.last_result = result
-            self.message.show_ok(done_text(result))
-            self.refresh()
+        """An action, then the chosen app's backups read again in the same thread (what it changed)."""
+        server, app = self.server, self.app_picker.value
 
-        return self.in_background(work, finished, status=status, reset=STEPS, disable=self._actions, name=name)
+        def then_read():
+            result = work()
+            try:  # a restore may have made an app: the apps too
+                return result, _read_backups(server, app), list(export_core.list_app_databases(server))
+            except LabdeployError:  # the action's outcome stands; the list is just not read now
+                return result, None, None
+
+        def finished(outcome):
+            result, read, apps = outcome
+            self.last_result = result
+            if read is not None:
+                self._read(app, read)
+                self.apps = apps
+            self.message.show_ok(done_text(result))
+
+        return self.in_background(then_read, finished, status=status, reset=STEPS, disable=self._actions, name=name)
 
     def back_up_now(self) -> Optional[threading.Thread]:
         server, app, report = self.server, self.app_picker.value, self._reporter()
@@ -219,3 +295,8 @@ class BackupsPanel(Panel):
         if not app:
             raise ValidationError("No app chosen.", "Pick an app first.", code="invalid.panel.no_app")
         return app
+
+
+def _read_backups(server, app: Optional[str]):
+    """An app's backups and backup health, read now."""
+    return backup_core.backups(app, server), backup_core.health(server, app)

@@ -598,3 +598,61 @@ def titled(title: str, *children: W.Widget, subtitle: str = "") -> W.VBox:
                                                     min_width=f"{FIELD_MIN_PX + 20}px", overflow="visible"))
     box.add_class("labdeploy-panel")
     return box
+
+
+def server_host(choice) -> Optional[str]:
+    """The host a panel's server choice (a registered name, a `Server` or a `Remote`) points at,
+    or None when it cannot be told (no choice, an unknown name): an announced change is then
+    taken to be about it, since re-reading what is true costs less than showing what is not."""
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        try:
+            from ..ssh import servers as _servers
+
+            return _servers.get(choice).host
+        except LabdeployError:
+            return None
+    return getattr(choice, "host", None)
+
+
+def about_this_server(host: str, choice) -> bool:
+    """An app change announced for `host` concerns the panel whose server is `choice`."""
+    mine = server_host(choice)
+    return mine is None or not host or mine == host
+
+
+def same_children(tab: W.Tab, pages: list[tuple[str, str]]) -> bool:
+    """`tab` already shows these (title, html) pages: a redraw that changes nothing builds nothing."""
+    shown = [(tab.get_title(i), getattr(c, "value", None)) for i, c in enumerate(tab.children)]
+    return shown == list(pages)
+
+
+def draw_tabs(tab: W.Tab, pages: list[tuple[str, str]]) -> None:
+    """Show `pages` ((title, html) each) in `tab`, and nothing else (no pages: no empty box)."""
+    tab.layout.display = "" if pages else "none"
+    if same_children(tab, pages):
+        return
+    tab.children = [W.HTML(body) for _title, body in pages]
+    for i, (title, _body) in enumerate(pages):
+        tab.set_title(i, title)
+
+
+def draw_options(picker: W.Widget, options: list) -> None:
+    """Give a picker these options, keeping the choice when it is still one of them (else none).
+    Equal options change nothing, so a redraw does not reset what was chosen. (A panel that loads
+    something when its picker changes ignores the changes made here while it draws.)"""
+    def norm(o):
+        return tuple(o) if isinstance(o, (tuple, list)) else o
+
+    if [norm(o) for o in picker.options] == [norm(o) for o in options]:
+        return
+    values = [o[1] if isinstance(o, (tuple, list)) else o for o in options]
+    kept = picker.value
+    if isinstance(picker, W.SelectMultiple):
+        picker.options = options
+        picker.value = tuple(v for v in (kept or ()) if v in values)
+        return
+    picker.index = None  # unchosen first: new options then pick nothing by themselves
+    picker.options = options
+    picker.value = kept if kept in values else None

@@ -21,8 +21,10 @@ from ..app import apps as apps_core
 from ..data.archive import ExportData
 from ..errors import LabdeployError, ValidationError
 from ..ssh import pool as ssh_pool
-from .common import (LogPane, Message, Panel, ProgressRow, StepList, button_row, choice_field, name_in_notebook,
-                     plural, text_field, titled, widget_reporter)
+from ..app import changes
+from .common import (LogPane, Message, Panel, ProgressRow, StepList, about_this_server, button_row, choice_field,
+                     draw_options, draw_tabs, info_html, name_in_notebook, plural, server_choices, text_field, titled,
+                     widget_reporter)
 
 STEPS = ["Read the tables", "Check row counts", "Anonymise", "Write the archive", "Download files", "Download logs"]
 MODES = [("As stored", "regular"), ("Anonymised", "anonymous"), ("Both", "both")]
@@ -58,7 +60,13 @@ def preview_html(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
 
 
 class ExportPanel(Panel):
-    """Export an app's data. `ExportPanel(remote)` or `ExportPanel("lab-server", app="stroop")`."""
+    """Export an app's data. `ExportPanel(remote)` or `ExportPanel("lab-server", app="stroop")`.
+
+    What it shows is drawn by `draw()` from what it last read: `apps` (the apps with data on the
+    chosen server, None until read), `counts` (the chosen app's tables and row counts, for
+    `counts_app`) and the last export (`data`, `anonymous`, `paths`, shown in `shown_mode` until
+    its app is destroyed: the DataFrames stay in `data`, the view of an app that is gone does not).
+    """
 
     def __init__(self, server=None, *, app: Optional[str] = None, folder: str = "exports",
                  autoload: bool = True) -> None:
@@ -66,10 +74,17 @@ class ExportPanel(Panel):
         self.anonymous: Optional[ExportData] = None
         self.last_task: Optional[threading.Thread] = None
         self.paths: list = []
+        self.apps: Optional[list] = None
+        self.counts: Optional[pd.DataFrame] = None
+        self.counts_app: Optional[str] = None
+        self.shown_mode: Optional[str] = None
+        self._drawing = False
         self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
         self._servers: dict = {}
         self._wanted_app = app
         self._build(server, folder)
+        changes.subscribe(self._on_app_change)  # a destroy in another panel of this notebook
+        self.render()
         if autoload and self.server_picker.value is not None:
             self.load_apps()
 
@@ -81,32 +96,18 @@ class ExportPanel(Panel):
         return b
 
     def _build(self, server, folder: str) -> None:
-        options = []
-        if server is not None and not isinstance(server, str):
-            label = getattr(server, "label", None) or str(server)
-            self._servers[label] = server
-            options.append(label)
-        try:
-            from ..ssh import servers as _servers
-
-            for s in _servers.list_servers():
-                if s.name not in self._servers:
-                    self._servers[s.name] = s.name
-                    options.append(s.name)
-        except Exception:  # no registry yet: the passed server is enough
-            pass
-        if isinstance(server, str) and server not in self._servers:
-            self._servers[server] = server
-            options.append(server)
+        options, self._servers = server_choices(server)
         self.server_picker = choice_field(W.Dropdown(options=options, value=options[0] if options else None,
                                                      description="Server"))
         self.app_picker = choice_field(W.Dropdown(options=[], description="App"))
         self.reload_button = self._button("Reload", "reload", icon="refresh")
         self.reload_button.on_click(lambda _: self.load_apps())
-        self.server_picker.observe(lambda change: self.load_apps(), names="value")
-        self.app_picker.observe(lambda change: self.load_tables() if change["new"] else None, names="value")
+        self.server_picker.observe(lambda change: self._server_changed(), names="value")
+        self.app_picker.observe(self._app_picked, names="value")
 
         self.tables = choice_field(W.SelectMultiple(options=[], description="Tables", rows=8))
+        self.apps_note = W.HTML("")
+        self.apps_note.add_class("labdeploy-export-apps-note")
         self.mode = W.ToggleButtons(options=MODES, value="regular", description="Participant data",
                                     style={"description_width": "140px"},
                                     tooltips=["every column as stored", "identifying columns replaced",
@@ -134,10 +135,32 @@ class ExportPanel(Panel):
         self.previews = W.Tab()
         self.widget = titled(
             "Export data", self.server_picker, self.actions(self.app_picker, self.reload_button), self.tables,
-            self.mode, button_row(self.save, self.parquet), button_row(self.files, self.logs), self.folder,
-            self.actions(self.export_button, self.destroy_button, self.confirm_destroy),
+            self.apps_note, self.mode, button_row(self.save, self.parquet), button_row(self.files, self.logs),
+            self.folder, self.actions(self.export_button, self.destroy_button, self.confirm_destroy),
             self.message_slot(), self.steps, self.progress, self.summary, self.previews, self.log,
             subtitle="Every table of the app, streamed over SSH and checked against the database's row counts.")
+
+    # ------------------------------------------------------------------ the view
+
+    def draw(self) -> None:
+        """The apps, the chosen app's tables and the last export, drawn from what was last read
+        alone (a destroyed app leaves nothing behind)."""
+        self._drawing = True  # the pickers changed here are not the researcher's choice
+        try:
+            draw_options(self.app_picker, list(self.apps or []))
+            app = self.app_picker.value
+            counts = self.counts if self.counts is not None and app and self.counts_app == app else None
+            options = [] if counts is None else \
+                [(f"{r.table} ({plural(int(r.rows), 'row')})", r.table) for r in counts.itertuples()]
+            if [tuple(o) for o in self.tables.options] != options:
+                self.tables.options = options
+                self.tables.value = tuple(v for _, v in options)  # a new listing: every table
+            self.apps_note.value = _note_html(self.apps, app, counts)
+            shown = self.shown_mode is not None and (self.apps is None or self.data.app in self.apps)
+            self.summary.value = summary_html(self.data, self.anonymous) if shown else ""
+            draw_tabs(self.previews, _pages(self.data, self.anonymous, self.shown_mode) if shown else [])
+        finally:
+            self._drawing = False
 
     # ------------------------------------------------------------------ actions
 
@@ -162,24 +185,54 @@ class ExportPanel(Panel):
         """Let go of the notebook's connections (the last panel closed closes them)."""
         self._connections.release()
 
-    def _show(self, data: ExportData, mode: str) -> None:
-        """Summary, previews and `panel.data` for an export (called from the worker thread:
-        widget values only)."""
+    def _keep(self, data: ExportData, mode: str) -> None:
+        """An export's DataFrames, kept and drawn (called from the worker thread)."""
         if mode == "anonymous" and data.anonymous is not None:  # "both" was needed for destroy
             data = data.anonymous
         self.data = data  # what was asked for: the anonymised tables in "anonymous" mode
         self.anonymous = data if data.anonymised else data.anonymous
         self.paths = list(data.paths)
-        self.summary.value = summary_html(data, self.anonymous)
-        titles = list(data)
-        # "Both": the preview shows what was anonymised (under the summary that names those columns).
-        shown = self.anonymous if mode == "both" and self.anonymous is not None else data
-        self.previews.children = [W.HTML(preview_html(shown[t] if t in shown else data[t])) for t in titles]
-        for i, t in enumerate(titles):
-            self.previews.set_title(i, t)
+        self.shown_mode = mode
+        self.render()
+
+    def _server_changed(self) -> None:
+        """Another server: what was read from the last one goes, and this one's apps are read."""
+        self.apps, self.counts, self.counts_app = None, None, None
+        self.render()
+        self.load_apps()
+
+    def _app_picked(self, change) -> None:
+        if self._drawing:
+            return
+        if change["new"]:
+            self.load_tables()
+        else:
+            self.render()
+
+    def _on_app_change(self, operation: str, app: str, host: str) -> None:
+        """Another panel (or code) of this notebook deployed or destroyed an app: forget a
+        destroyed one at once, then read the apps again (its data may have been kept)."""
+        if not about_this_server(host, self._servers.get(self.server_picker.value)):
+            return
+        if operation == "destroy":
+            self._forget(app)
+        if not self.busy and self.server_picker.value is not None and self.apps is not None:
+            self.load_apps()
+
+    def _forget(self, app: str) -> None:
+        shown = self.app_picker.value == app or (self.shown_mode is not None and self.data.app == app)
+        if self.apps is not None:
+            self.apps = [a for a in self.apps if a != app]
+        if self.counts_app == app:
+            self.counts, self.counts_app = None, None
+        if self.data.app == app:
+            self.shown_mode = None  # its DataFrames stay in `data`; the view of a gone app does not
+        self.render()
+        if shown and not self.busy:
+            self.message.show_info(f"{app} was destroyed; its tables and export summary are gone from this panel.")
 
     def load_apps(self) -> threading.Thread:
-        """List the apps that have a database on the chosen server."""
+        """List the apps that have a database on the chosen server (and the chosen app's tables again)."""
         server = self.server
 
         def work():
@@ -189,12 +242,12 @@ class ExportPanel(Panel):
             return export_core.list_app_databases(server)
 
         def done(apps):
-            self.app_picker.options = apps
-            if self._wanted_app in apps:
-                self.app_picker.value = self._wanted_app
-            elif not apps:
-                self.message.show_info("No app on this server has data yet.")
-                self.tables.options = []
+            self.apps = list(apps)
+            self.render()
+            if self.app_picker.value is None and self._wanted_app in self.apps:
+                self.app_picker.value = self._wanted_app  # its tables are read (the picker's observer)
+            elif self.app_picker.value is not None:
+                self.load_tables()
 
         return self.in_background(work, done, exclusive=False, name="export-apps")
 
@@ -203,9 +256,8 @@ class ExportPanel(Panel):
         server, app = self.server, self.app_picker.value
 
         def done(counts: pd.DataFrame):
-            self.tables.options = [(f"{r.table} ({plural(int(r.rows), 'row')})", r.table) for r in counts.itertuples()]
-            self.tables.value = tuple(counts["table"])
-            self.message.show_info(f"{app}: {plural(len(counts), 'table')}, {plural(int(counts['rows'].sum()), 'row')}.")
+            self.counts, self.counts_app = counts, app
+            self.render()
 
         return self.in_background(lambda: export_core.table_counts(app, server), done, exclusive=False,
                                   name="export-tables")
@@ -227,7 +279,7 @@ class ExportPanel(Panel):
             _need_app(app)
             data = export_core.export(app, server, None if every else chosen, mode=mode,
                                       save_to=folder if save else None, parquet=parquet, reporter=report)
-            self._show(data, mode)  # the DataFrames are there even if a later step fails
+            self._keep(data, mode)  # the DataFrames are there even if a later step fails
             if files:
                 export_core.download_files(app, server, folder / f"{app}-files", reporter=report)
             if logs:
@@ -241,7 +293,7 @@ class ExportPanel(Panel):
         every = set(self.tables.value) == {v for _, v in self.tables.options}
         confirmed, mode = self.confirm_destroy.value, self.mode.value
         final = apps_core.FinalExport(folder, mode=mode, parquet=self.parquet.value, files=self.files.value,
-                                      logs=self.logs.value, on_exported=lambda data: self._show(data, mode))
+                                      logs=self.logs.value, on_exported=lambda data: self._keep(data, mode))
 
         def work():
             _need_app(app)
@@ -252,10 +304,17 @@ class ExportPanel(Panel):
             if not every:
                 raise ValidationError("Only some tables are selected; destroy needs every table exported.",
                                       "Select every table, then click again.", code="invalid.panel.tables")
-            return apps_core.destroy(app, server, confirm=True, remove_data=True, final_export=final, reporter=report)
+            apps_core.destroy(app, server, confirm=True, remove_data=True, final_export=final, reporter=report)
+            return _read_apps(server)  # what has data now, read again
 
-        return self.in_background(work, lambda result: self._exported(app, destroyed=True), status="Exporting…",
-                                  reset=apps_core.destroy_steps(final), disable=self._actions, name="export-destroy")
+        def done(apps) -> None:
+            self._forget(app)
+            if apps is not None:
+                self.apps = apps
+            self._exported(app, destroyed=True)
+
+        return self.in_background(work, done, status="Exporting…", reset=apps_core.destroy_steps(final),
+                                  disable=self._actions, name="export-destroy")
 
     def _exported(self, app: str, destroyed: bool = False) -> None:
         shown = self.data
@@ -264,16 +323,37 @@ class ExportPanel(Panel):
         gone = f" {app} was destroyed." if destroyed else ""
         name = name_in_notebook(self, "the panel")
         first = next(iter(shown), "<table>")
+        if destroyed:
+            # The tick cleared: the next app (and its destroy) is chosen deliberately.
+            self.confirm_destroy.value = False
+        self.render()
         self.message.show_ok(f"Exported {plural(len(shown), 'table')}, {plural(sum(len(f) for f in shown.values()), 'row')}."
                              f"{where}{gone} In the notebook: {name}.data['{first}']"
                              + (f" (anonymised: {name}.anonymous)." if self.anonymous is not None else "."))
-        if destroyed:
-            # Nothing picked afterwards and the tick cleared: the next app (and its destroy) is
-            # chosen deliberately, and loading another app's tables can't hide this message.
-            self.confirm_destroy.value = False
-            self.app_picker.value = None
-            self.tables.options = []
-            self.app_picker.options = [a for a in self.app_picker.options if a != app]
+
+
+def _read_apps(server) -> Optional[list]:
+    """The apps with data on `server` read now, or None when they cannot be read."""
+    try:
+        return list(export_core.list_app_databases(server))
+    except LabdeployError:
+        return None
+
+
+def _note_html(apps: Optional[list], app: Optional[str], counts: Optional[pd.DataFrame]) -> str:
+    """What was read about the server's apps, in words: none with data, or the chosen app's size."""
+    if apps is not None and not apps:
+        return info_html("No app on this server has data yet.")
+    if counts is None:
+        return ""
+    return info_html(f"{app}: {plural(len(counts), 'table')}, {plural(int(counts['rows'].sum()), 'row')}.")
+
+
+def _pages(data: ExportData, anonymous: Optional[ExportData], mode: Optional[str]) -> list:
+    """One preview per table; in "Both" mode the anonymised version (under the summary that names
+    the columns it changed)."""
+    shown = anonymous if mode == "both" and anonymous is not None else data
+    return [(t, preview_html(shown[t] if t in shown else data[t])) for t in data]
 
 
 def _need_app(app: Optional[str]) -> None:

@@ -66,7 +66,9 @@ class RegistryPanel(Panel):
         # None: the server user's own ~/.docker (as `docker login` there would do).
         self.server_docker_config = server_docker_config
         self.credentials: Optional[registry.Credentials] = None  # memory only
-        self.login_state: Optional[registry.LoginState] = None
+        # (server label or "", registry address) -> (LoginState, why the server was not asked),
+        # as last checked; the view shows the chosen pair's and nothing older.
+        self.logins: dict = {}
         self.last_task = None
         self.events = Collector()
 
@@ -97,6 +99,7 @@ class RegistryPanel(Panel):
         self.check_button.on_click(lambda _b: self.check())
         self.save_base_button.on_click(lambda _b: self.save_base_name())
         self.server_picker.observe(lambda _c: self._server_changed(), names="value")
+        self.registry_box.observe(lambda _c: self._registry_changed(), names="value")
 
         self.widget = titled(
             "Images and registry",
@@ -129,9 +132,29 @@ class RegistryPanel(Panel):
         """Let go of the notebook's connections (the last panel closed closes them)."""
         self._connections.release()
 
+    @property
+    def login_state(self) -> Optional[registry.LoginState]:
+        """Who was logged in to the chosen registry, here and on the chosen server, when last checked."""
+        entry = self.logins.get(self._login_key())
+        return entry[0] if entry is not None else None
+
+    def _login_key(self) -> tuple:
+        return self.server_picker.value or "", self.registry_box.value.strip()
+
+    def draw(self) -> None:
+        """The logins of the chosen server and registry as last checked (none shown before a check)."""
+        entry = self.logins.get(self._login_key())
+        self.login_html.value = state_html(entry[0], self.server_picker.value or "", entry[1]) if entry else ""
+
     def _server_changed(self) -> None:
         self.steps.set("log in on the server", "pending")  # that login was for the other server
-        if self.login_state is not None:
+        self.render()
+        if self.logins:
+            self.check()
+
+    def _registry_changed(self) -> None:
+        self.render()
+        if self.logins:
             self.check()
 
     def _take_credentials(self) -> registry.Credentials:
@@ -225,9 +248,8 @@ class RegistryPanel(Panel):
             return registry.login_state(address), ""
 
         def done(result) -> None:
-            state, problem = result
-            self.login_state = state
-            self.login_html.value = state_html(state, label or "", problem)
+            self.logins[(label or "", address)] = result  # (state, problem)
+            self.render()
 
         return self.in_background(work, done, exclusive=False, name="registry-state")
 
