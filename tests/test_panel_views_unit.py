@@ -138,6 +138,20 @@ def test_the_backups_panel_looks_the_same_whatever_it_showed_before(home):
     fresh.close(), used.close()
 
 
+def test_a_schedule_chosen_but_not_saved_survives_a_redraw_until_the_server_says_otherwise(home):
+    panel = _backups_panel()
+    _read_backups(panel, [APP], APP, _backups(APP, 1), _health("", 60))
+    other = next(v for _, v in panel.every.options if v != "60")
+    panel.every.value = other  # picked, Save not clicked yet
+    panel._read(APP, (_backups(APP, 2), _health("", 60)))  # e.g. Back up now read the list again
+    panel.render()
+    assert panel.every.value == other
+    panel._read(APP, (_backups(APP, 2), _health("", 360)))  # the schedule changed on the server
+    panel.render()
+    assert panel.every.value == "360"
+    panel.close()
+
+
 def test_a_destroy_announced_elsewhere_leaves_no_trace_in_the_backups_panel(home):
     panel = _backups_panel()
     _read_backups(panel, [APP, "other-study"], APP, _backups(APP, 2), _health("", 60))

@@ -67,6 +67,7 @@ class BackupsPanel(Panel):
         self.apps: Optional[list] = None
         self.warning = ""
         self.every_read: Optional[str] = None
+        self._every_drawn: Optional[tuple] = None  # (app, schedule) last put in the dropdown
         self.last_task: Optional[threading.Thread] = None
         self.last_result = None
         self._drawing = False
@@ -163,8 +164,10 @@ class BackupsPanel(Panel):
                          [(f"{r.id} ({r.kind})", r.id) for r in df.iloc[::-1].itertuples()])
             if self.source.value is None:
                 self.source.value = "latest"
-            if listed and self.every_read is not None:
-                self.every.value = self.every_read  # the server's schedule, as last read
+            if listed and self.every_read is not None and self._every_drawn != (app, self.every_read):
+                # the server's schedule when it was read anew; a choice not yet saved stays otherwise
+                self.every.value = self.every_read
+                self._every_drawn = (app, self.every_read)
             self.into.placeholder = f"{app}-restore" if app else "<app>-restore"
         finally:
             self._drawing = False
