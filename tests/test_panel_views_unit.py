@@ -183,6 +183,20 @@ def test_an_announced_destroy_takes_the_app_out_of_every_part_of_the_monitor(hom
         p.close()
 
 
+def test_the_monitor_opens_on_the_app_asked_for_and_all_apps_once_chosen_stays_chosen(home):
+    from labdeploy.widgets.monitor import MonitorPanel
+
+    p = MonitorPanel(autostart=False, app=MINE)
+    p.status_df, p.status_read = _status(), True
+    p._focus = p._choose_focus([MINE, OTHER])  # as a refresh does
+    p.render()
+    assert p.focus == MINE and p.app_picker.value == MINE
+    p.app_picker.value = "(all apps)"
+    assert p._choose_focus([MINE, OTHER]) is None  # the next refresh does not take it back
+    assert f"data-app='{OTHER}'" in p.status_table.value and f"data-app='{MINE}'" in p.status_table.value
+    p.close()
+
+
 # ---------------------------------------------------------------- the fleet
 
 

@@ -58,6 +58,7 @@ class MonitorPanel(Panel):
         self.gone: set = set()  # apps destroyed since (announced in this notebook): never shown
         self._gone_at: dict = {}
         self._focus: Optional[str] = None
+        self._picked = False  # the researcher chose in the App list (all apps included)
         self._draw_lock, self._drawing = threading.RLock(), False
         self._chart_key, self._chart_png = None, b""
         self._backup_health, self._backup_read = None, 0.0  # read at most every BACKUP_EVERY seconds
@@ -195,7 +196,8 @@ class MonitorPanel(Panel):
 
     def _on_pick(self, change) -> None:
         """The researcher chose another app (or all apps): the tables show it at once, from the last reading."""
-        if not self._drawing:
+        if not self._drawing:  # chosen, "all apps" too: the next refreshes keep it (not the one asked for)
+            self._wanted_app, self._picked = None, True
             self._set(_focus=None if change["new"] in (None, ALL_APPS) else change["new"])
 
     def _on_app_change(self, operation: str, app: str, host: str) -> None:
@@ -217,8 +219,9 @@ class MonitorPanel(Panel):
             self.in_background(self._refresh_status, exclusive=False, name="monitor-refresh")
 
     def _choose_focus(self, apps: list) -> Optional[str]:
-        latest = changes.latest_deployed(self.remote.host) if self.remote is not None else None
-        return changes.focus(self.focus, self._wanted_app, latest, [a for a in apps if a not in self.gone])
+        apps = [a for a in apps if a not in self.gone]
+        latest = changes.latest_deployed(self.remote.host) if self.remote is not None and not self._picked else None
+        return changes.focus(self.focus, self._wanted_app, latest, apps)
 
     def connect(self, server=None) -> None:
         """(Re)start monitoring a server: status timer and connection sampler."""
