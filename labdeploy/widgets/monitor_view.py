@@ -66,10 +66,12 @@ def _status_row(r, first: bool, unknown: dict) -> str:
     queued, failed = getattr(r, "jobs_queued", None), getattr(r, "jobs_failed", None)
     jobs = "" if queued is None or pd.isna(queued) else \
         f"{queued} queued" + (f", <b style='color:#c5221f'>{failed} failed</b>" if failed else "")
-    # The image (long: registry/name:tag) is the service's tooltip, not a column that widens the table.
+    # The image (long: registry/name:tag) is the service's tooltip, not a column that widens the
+    # table; the app is named on its first row only (its rows follow each other).
     return (f"<tr class='labdeploy-monitor-row' data-app='{html.escape(r.app)}' "
             f"data-service='{html.escape(r.service)}' data-state='{html.escape(r.state)}'>"
-            f"<td>{html.escape(r.app)}</td><td>{working}</td>"
+            f"<td style='white-space:nowrap'>{html.escape(r.app) if first else ''}</td>"
+            f"<td style='white-space:nowrap'>{working}</td>"
             f"<td title='image: {html.escape(str(r.image), quote=True)}'>{html.escape(r.service)}</td>"
             f"<td style='color:{color}'>{html.escape(r.state)}{health}</td>"
             f"<td style='white-space:nowrap'>{fmt_uptime(r.uptime)}</td><td>{r.restarts}</td><td>{jobs}</td>"
@@ -83,7 +85,7 @@ def status_html(df: pd.DataFrame) -> str:
         return "<i>No labdeploy apps run on this server yet.</i>"
     unknown = df.attrs.get("working_unknown", {})
     rows, seen = [], set()
-    for r in df.itertuples():
+    for r in df.sort_values("app", kind="stable").itertuples():  # an app's rows together
         rows.append(_status_row(r, r.app not in seen, unknown))
         seen.add(r.app)
     notes = ""
