@@ -59,7 +59,7 @@ class MonitorPanel(Panel):
         self._gone_at: dict = {}
         self._focus: Optional[str] = None
         self._picked = False  # the researcher chose in the App list (all apps included)
-        self._draw_lock, self._drawing = threading.RLock(), False
+        self._draw_lock, self._drawing = threading.RLock(), None  # None, or the thread drawing now
         self._chart_key, self._chart_png = None, b""
         self._backup_health, self._backup_read = None, 0.0  # read at most every BACKUP_EVERY seconds
         self._working, self._working_read = None, 0.0  # read at most every PARTICIPANTS_EVERY seconds
@@ -196,7 +196,7 @@ class MonitorPanel(Panel):
 
     def _on_pick(self, change) -> None:
         """The researcher chose another app (or all apps): the tables show it at once, from the last reading."""
-        if not self._drawing:  # chosen, "all apps" too: the next refreshes keep it (not the one asked for)
+        if self._drawing != threading.get_ident():  # chosen, "all apps" too: the next refreshes keep it (not the one asked for)
             self._wanted_app, self._picked = None, True
             self._set(_focus=None if change["new"] in (None, ALL_APPS) else change["new"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import threading
 from typing import Optional
 
 import pandas as pd
@@ -164,14 +165,15 @@ def draw(p) -> None:
     """Every view widget of the monitor panel `p` from the truth it holds (one lock: the timer,
     the sampler and the buttons draw from their own threads)."""
     with p._draw_lock:
-        p._drawing = True  # what draw sets in the pickers is not the researcher's choice
+        # What draw sets in the pickers (in this thread) is not the researcher's choice.
+        p._drawing = threading.get_ident()
         try:
             apps = _draw_pickers(p)
             _draw_status(p, apps)
             _draw_connections(p)
             _draw_actions(p)
         finally:
-            p._drawing = False
+            p._drawing = None
 
 
 def _draw_pickers(p) -> list:
