@@ -54,6 +54,24 @@ def _check_layout(lab: Lab, panel, name: str, sidebar: bool = True) -> None:
             lab.hide_sidebar()
 
 
+def _fits_across(lab: Lab, box, name: str) -> None:
+    """At 1280x800 with the file browser open (a laptop), `box` does not scroll sideways: all of
+    its content is in view (scrollWidth within clientWidth)."""
+    page = lab.page
+    before = page.viewport_size
+    show_sidebar(page)
+    try:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        time.sleep(0.5)  # Lumino lays the panels out again on resize
+        box.scroll_into_view_if_needed()
+        sizes = box.evaluate("(e) => ({scroll: e.scrollWidth, client: e.clientWidth})")
+        lab.shot(box, name)
+        assert 0 < sizes["client"] and sizes["scroll"] <= sizes["client"], sizes
+    finally:
+        page.set_viewport_size(before)
+        lab.hide_sidebar()
+
+
 def _near_button(lab: Lab, button, message, most: float = 160) -> None:
     """What a click says shows right under the clicked button, inside the window."""
     message.wait_for(timeout=30_000)
@@ -438,6 +456,7 @@ def _registry_and_monitor(lab: Lab) -> None:
     status.wait_for(timeout=90_000)
     assert APP in status.inner_text()
     _check_layout(lab, monitor, "monitor-layout")
+    _fits_across(lab, monitor.locator(".labdeploy-monitor-status-box"), "monitor-status-1280x800")
     monitor.locator(".labdeploy-monitor-stop").click()  # its sampling ends here, not with the kernel
 
 

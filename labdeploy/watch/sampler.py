@@ -188,10 +188,11 @@ class Sampler:
             wide = pd.concat([wide, blank]).sort_index()
         return wide
 
-    def plot(self, ax=None, top: int = 8, focus: Optional[str] = None):
+    def plot(self, ax=None, top: int = 8, focus: Optional[str] = None, hide=()):
         """Connections per app over time (matplotlib); gaps shaded, warning threshold drawn when
         the lines come near it. `focus` (the researcher's app) is always drawn, even at 0; the
-        legend sits outside the plot and the time axis reads HH:MM:SS."""
+        legend sits outside the plot and the time axis reads HH:MM:SS. The apps in `hide`
+        (destroyed since) are left out."""
         import matplotlib.dates as mdates
 
         if ax is None:
@@ -199,6 +200,7 @@ class Sampler:
 
             _, ax = plt.subplots(figsize=(8, 3.2))
         wide = self.connections_by_app()
+        wide = wide.drop(columns=[a for a in hide if a in wide.columns])
         peak_all = 0.0
         if not wide.empty:
             peak = wide.max()

@@ -14,6 +14,7 @@ from typing import Optional
 import ipywidgets as W
 import pandas as pd
 
+from ..app import changes
 from ..server import alerts
 from ..ssh import pool as ssh_pool
 from ..watch import doctor
@@ -41,6 +42,27 @@ def _not_ok_first(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(_ok=df["ok"].astype(bool)).sort_values("_ok", kind="stable").drop(columns="_ok")
 
 
+def _state_html(table: pd.DataFrame) -> str:
+    """Secrets only as set / not set; the channels in one line."""
+    values = dict(zip(table["setting"], table["value"]))
+
+    def state(key: str) -> str:
+        on = values.get(key) == "set"
+        return f"<b style='{GOOD if on else BAD}' class='labdeploy-alerts-{key}-state'>{'set' if on else 'not set'}</b>"
+
+    return (f"<div style='margin:4px 0'>Webhook: {state('webhook')} · E-mail to: "
+            f"<b>{html.escape(str(values.get('email_to', 'not set')))}</b> · SMTP password: "
+            f"{state('smtp_password')}</div>")
+
+
+def _doctor_html(report: pd.DataFrame) -> str:
+    bad = int((~report["ok"].astype(bool)).sum())
+    head = (f"<div style='{BAD};font-weight:bold'>{plural(bad, 'thing needs', 'things need')} attention.</div>" if bad else
+            f"<div style='{GOOD};font-weight:bold'>All {len(report)} checks are fine.</div>")
+    return head + frame_html(report, "labdeploy-alerts-doctor", ["area", "subject", "ok", "detail", "what_to_do"],
+                             row_style=lambda r: "" if r["ok"] else BAD)
+
+
 class AlertsPanel(Panel):
     """`AlertsPanel("lab-server")` (a registered name, a `Server` or a connected `Remote`)."""
 
@@ -48,7 +70,11 @@ class AlertsPanel(Panel):
         self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
         self._servers: dict = {}
         self.settings: Optional[alerts.AlertSettings] = None
+        # The truth last read; draw() turns it into the view.
         self.settings_table = self.test_result = self.history_df = self.report = None
+        self.doctor_running = False
+        self.gone: set = set()  # apps destroyed since (announced in this notebook): out of the doctor's report
+        self._filled: Optional[alerts.AlertSettings] = None  # the settings the fields were last filled from
         options, chosen = server_choices(server)
         self._servers.update(chosen)
         chosen = server if isinstance(server, str) else (options[0] if options else None)
@@ -73,6 +99,7 @@ class AlertsPanel(Panel):
                         (self.history_html, "history-table"), (self.doctor_html, "doctor-report")):
             w.add_class(f"labdeploy-alerts-{name}")
         self.widget = self._lay_out()
+        changes.subscribe(self._on_app_change)
         if autoload and chosen is not None:
             self.load()
 
@@ -110,21 +137,30 @@ class AlertsPanel(Panel):
         target = self._servers.get(self.server_picker.value, self.server_picker.value)
         return self._connections.pool.get(target)
 
-    def _show_state(self, table: pd.DataFrame) -> None:
-        """Secrets only as set / not set; the channels in one line."""
-        self.settings_table = table
-        values = dict(zip(table["setting"], table["value"]))
-
-        def state(key: str) -> str:
-            on = values.get(key) == "set"
-            return f"<b style='{GOOD if on else BAD}' class='labdeploy-alerts-{key}-state'>{'set' if on else 'not set'}</b>"
-
-        self.state_html.value = (f"<div style='margin:4px 0'>Webhook: {state('webhook')} · E-mail to: "
-                                 f"<b>{html.escape(str(values.get('email_to', 'not set')))}</b> · SMTP password: "
-                                 f"{state('smtp_password')}</div>")
+    def draw(self) -> None:
+        """The view from what was last read: the channels' state, the fields (filled again only
+        when new settings were read, so what the researcher types stays), the test, the incidents
+        and the doctor's report."""
+        self.state_html.value = _state_html(self.settings_table) if self.settings_table is not None else ""
+        if self.settings is not None and self._filled is not self.settings:
+            self._fill(self.settings)
+        self.test_html.value = "" if self.test_result is None else frame_html(
+            self.test_result, "labdeploy-alerts-test-table", ["channel", "ok", "error"],
+            row_style=lambda r: GOOD if r["ok"] else BAD)
+        self.history_html.value = "" if self.history_df is None else frame_html(
+            self.history_df.iloc[::-1].head(HISTORY_ROWS), "labdeploy-alerts-history",
+            ["time", "event", "text", "duration_s", "sent"],
+            row_style=lambda r: BAD if r["event"] == "alert" else "", empty="No incident yet.")
+        if self.doctor_running:
+            self.doctor_html.value = info_html("Looking at the server (takes a few seconds)…")
+        elif self.report is None:
+            self.doctor_html.value = ""
+        else:
+            about = self.report["subject"].astype(str).str.split(" ").str[0]  # "<app> <service>"
+            self.doctor_html.value = _doctor_html(self.report[~about.isin(list(self.gone))])
 
     def _fill(self, settings: alerts.AlertSettings) -> None:
-        self.settings = settings
+        self._filled = settings
         email = settings.email or {}
         self.email_to.value = ", ".join(email.get("to", []))
         self.email_from.value = email.get("from", "") or ""
@@ -135,6 +171,11 @@ class AlertsPanel(Panel):
         for key, box in self.thresholds.items():
             box.value = float(getattr(settings, key))
 
+    def _on_app_change(self, operation: str, app: str, host: str) -> None:
+        """A destroyed app's lines leave the doctor's report (an app deployed again comes back)."""
+        (self.gone.add if operation == "destroy" else self.gone.discard)(app)
+        self.render()
+
     # ------------------------------------------------------------------ actions
 
     def load(self) -> None:
@@ -144,8 +185,7 @@ class AlertsPanel(Panel):
             return alerts.read_settings(remote), alerts.list(remote)
 
         def done(found) -> None:
-            self._fill(found[0])
-            self._show_state(found[1])
+            self.settings, self.settings_table = found
 
         self.in_background(work, done, status="Reading the alert settings…", name="alerts-load")
 
@@ -175,19 +215,17 @@ class AlertsPanel(Panel):
 
         def done(found) -> None:
             self.remove_webhook.value = self.remove_password.value = False
-            self._fill(found[0])
-            self._show_state(found[1])
+            self.settings, self.settings_table = found
             self.message.show_ok("Saved. The watcher uses these settings from its next round (within a minute).")
 
         self.in_background(work, done, status="Saving…", disable=[self.save_button], name="alerts-save")
 
     def send_test(self) -> None:
-        self.test_html.value = ""
+        self.test_result = None
+        self.render()
 
         def done(df: pd.DataFrame) -> None:
             self.test_result = df
-            self.test_html.value = frame_html(df, "labdeploy-alerts-test-table", ["channel", "ok", "error"],
-                                              row_style=lambda r: GOOD if r["ok"] else BAD)
             failed = list(df.loc[~df["ok"].astype(bool), "channel"])
             if failed:
                 self.message.show_warning(f"The test alert did not go through: {', '.join(failed)}.",
@@ -200,28 +238,23 @@ class AlertsPanel(Panel):
 
     def show_history(self) -> None:
         def done(df: pd.DataFrame) -> None:
-            self.history_df = df
-            newest = df.iloc[::-1].head(HISTORY_ROWS)
-            self.history_html.value = frame_html(
-                newest, "labdeploy-alerts-history", ["time", "event", "text", "duration_s", "sent"],
-                row_style=lambda r: BAD if r["event"] == "alert" else "", empty="No incident yet.")
+            self._set(history_df=df)
 
         self.in_background(lambda: alerts.history(self.remote()), done, exclusive=False, name="alerts-history")
 
+    def _set(self, **truth) -> None:
+        for key, value in truth.items():
+            setattr(self, key, value)
+        self.render()
+
     def run_doctor(self) -> None:
-        self.doctor_html.value = info_html("Looking at the server (takes a few seconds)…")
+        self._set(doctor_running=True, report=None)
 
         def done(df: pd.DataFrame) -> None:
-            self.report = _not_ok_first(df)
-            bad = int((~df["ok"].astype(bool)).sum())
-            head = (f"<div style='{BAD};font-weight:bold'>{plural(bad, 'thing needs', 'things need')} attention.</div>" if bad else
-                    f"<div style='{GOOD};font-weight:bold'>All {len(df)} checks are fine.</div>")
-            self.doctor_html.value = head + frame_html(
-                self.report, "labdeploy-alerts-doctor", ["area", "subject", "ok", "detail", "what_to_do"],
-                row_style=lambda r: "" if r["ok"] else BAD)
+            self.doctor_running, self.report = False, _not_ok_first(df)
 
         def failed(_exc) -> None:
-            self.doctor_html.value = ""
+            self._set(doctor_running=False)
 
         self.in_background(lambda: doctor.doctor(self.remote()), done, on_error=failed,
                            disable=[self.doctor_button], name="alerts-doctor")

@@ -3,12 +3,16 @@
 Thin over `labdeploy.monitor`: a refresh thread polls `status`, a `Sampler` feeds the
 connections gauge, chart and warnings, and every button runs its core call in a background
 thread. `stop()` (or the Stop button) ends all of that background work.
+
+What it shows is drawn from what it last read (`monitor_view.draw`): the refresh timer, the
+sampler and the buttons store the truth in plain attributes and call `render()`. It hears the
+notebook's deploys and destroys (`app.changes`): a destroyed app leaves its focus, tables,
+chart, log and pending actions at once.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import threading
 import time
 from typing import Optional
@@ -23,116 +27,13 @@ from ..app import changes
 from ..ssh import pool as ssh_pool
 from ..watch.pgactivity import DEFAULT_THRESHOLD
 from .maintenance import MaintenanceBox
-from .common import (LogPane, Message, Panel, choice_field, error_html, text_field, titled, warning_html,
-                     widget_reporter)
-from .remedies import hint as panel_hint
+from .common import LogPane, Message, Panel, choice_field, server_choices, text_field, titled, widget_reporter
+from . import monitor_view
+from .monitor_view import ALL, ALL_APPS, STATE_COLORS, render_chart, stats_html, status_html, summary_html  # noqa: F401
+from .monitor_view import fmt_uptime as _fmt_uptime  # noqa: F401 - the name the tests know
 
 BACKUP_EVERY = 30.0  # seconds between readings of the apps' backup health
 PARTICIPANTS_EVERY = 15.0  # seconds between counts of the apps' working participants
-
-STATE_COLORS = {"running": "#188038", "restarting": "#c5221f", "exited": "#c5221f", "dead": "#c5221f",
-                "created": "#888", "paused": "#8a4b00"}
-ALL = "(all services)"
-ALL_APPS = "(all apps)"  # the explicit overview; app names can't contain parentheses
-_CELLS = ("<style>.labdeploy-monitor-table td,.labdeploy-monitor-table th{padding:2px 14px 2px 0;text-align:left;"
-          "white-space:nowrap}.labdeploy-monitor-table th{color:#1f1f1f;font-weight:600}</style>")
-
-
-def _fmt_uptime(td) -> str:
-    if td is None or pd.isna(td):
-        return ""
-    s = int(td.total_seconds())
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-def status_html(df: pd.DataFrame) -> str:
-    """The status DataFrame as a small table, state coloured (pure; used by the panel)."""
-    if df.empty:
-        return "<i>No labdeploy apps run on this server yet.</i>"
-    rows = []
-    shown: set = set()
-    counted: set = set()
-    unknown = df.attrs.get("working_unknown", {})
-    for r in df.itertuples():
-        color = STATE_COLORS.get(r.state, "#000")
-        working = ""
-        if hasattr(r, "working") and r.app not in counted:  # once per app, on its first row
-            counted.add(r.app)
-            working = (f"<span title='{html.escape(unknown.get(r.app, ''), quote=True)}'>?</span>"
-                       if pd.isna(r.working) else f"<b class='labdeploy-monitor-working'>{int(r.working)}</b>")
-        backup = ""
-        if hasattr(r, "backup_warning") and r.app not in shown:  # once per app, on its first row
-            shown.add(r.app)
-            last = getattr(r, "last_backup", None)
-            backup = (f"<b class='labdeploy-monitor-backup-warning' style='color:#c5221f'>⚠ {html.escape(r.backup_warning)}</b>"
-                      if r.backup_warning else
-                      f"last {last:%Y-%m-%d %H:%M}" if last is not None and not pd.isna(last) else "")
-        health = f" ({html.escape(r.health)})" if r.health else ""
-        queued, failed = getattr(r, "jobs_queued", None), getattr(r, "jobs_failed", None)
-        jobs = "" if queued is None or pd.isna(queued) else \
-            f"{queued} queued" + (f", <b style='color:#c5221f'>{failed} failed</b>" if failed else "")
-        rows.append(f"<tr class='labdeploy-monitor-row' data-app='{html.escape(r.app)}' "
-                    f"data-service='{html.escape(r.service)}' data-state='{html.escape(r.state)}'>"
-                    f"<td>{html.escape(r.app)}</td><td>{working}</td><td>{html.escape(r.service)}</td>"
-                    f"<td style='color:{color}'>{html.escape(r.state)}{health}</td>"
-                    f"<td>{_fmt_uptime(r.uptime)}</td><td>{r.restarts}</td><td>{jobs}</td><td>{backup}</td>"
-                    f"<td style='color:#555'>{html.escape(r.image)}</td></tr>")
-    return (_CELLS + "<div style='overflow-x:auto'><table class='labdeploy-monitor-status labdeploy-monitor-table' "
-            "style='border-collapse:collapse;font-size:90%'>"
-            "<tr><th align=left>app</th><th align=left title='participants working now'>working</th>"
-            "<th align=left>service</th><th align=left>state</th>"
-            "<th align=left>up</th><th align=left>restarts</th><th align=left>jobs</th><th align=left>backup</th>"
-            "<th align=left>image</th></tr>"
-            + "".join(rows) + "</table></div>")
-
-
-def summary_html(summ: pd.DataFrame, top: int = 8) -> str:
-    if summ.empty:
-        return ""
-    rows = []
-    for r in summ.head(top).itertuples():
-        limit = "" if pd.isna(r.role_limit) else f" / {r.role_limit}"
-        rows.append(f"<tr><td>{html.escape(r.app or r.database)}</td><td>{r.connections}{limit}</td>"
-                    f"<td>{r.active}</td><td>{r.idle}</td><td>{r.idle_in_transaction}</td></tr>")
-    return (_CELLS + "<table class='labdeploy-monitor-connections labdeploy-monitor-table' style='font-size:90%'>"
-            "<tr><th align=left>app</th>"
-            "<th>connections / limit</th><th>active</th><th>idle</th><th>idle in tx</th></tr>"
-            + "".join(rows) + "</table>")
-
-
-def stats_html(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "<i>No running containers.</i>"
-    mb = lambda v: "" if pd.isna(v) else f"{v / 1e6:.0f} MB"  # noqa: E731
-    rows = "".join(
-        f"<tr><td>{html.escape(r.app or '(shared)')}</td><td>{html.escape(r.service or r.container)}</td>"
-        f"<td>{r.cpu_percent:.1f}%</td><td>{mb(r.mem_bytes)}</td><td>{mb(r.net_rx_bytes)} / {mb(r.net_tx_bytes)}</td>"
-        f"<td>{mb(r.block_read_bytes)} / {mb(r.block_write_bytes)}</td></tr>" for r in df.itertuples())
-    return (_CELLS + "<div style='overflow-x:auto'><table class='labdeploy-monitor-stats labdeploy-monitor-table' "
-            "style='border-collapse:collapse;font-size:90%'><tr><th>app</th><th>service</th><th>CPU</th>"
-            "<th>memory</th><th>network in / out</th><th>disk read / write</th></tr>" + rows + "</table></div>")
-
-
-def _only(df: pd.DataFrame, app: Optional[str]) -> pd.DataFrame:
-    """The rows of one app (all rows for the view of all apps)."""
-    return df if app is None or df.empty else df[df["app"] == app]
-
-
-def render_chart(sampler, focus: Optional[str] = None) -> bytes:
-    """The connections chart as PNG bytes (the legend outside the plot, kept in the picture)."""
-    from matplotlib.figure import Figure  # object API: no pyplot global state across threads
-
-    fig = Figure(figsize=(8.5, 2.8), dpi=80)
-    sampler.plot(ax=fig.subplots(), focus=focus)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
 
 
 class MonitorPanel(Panel):
@@ -146,7 +47,20 @@ class MonitorPanel(Panel):
         self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
         self.sampler: Optional[monitor.Sampler] = None
         self.last_task: Optional[threading.Thread] = None
-        self.status_df = pd.DataFrame()
+        # The truth last read; monitor_view.draw turns it into the view.
+        self.status_df, self.status_read, self.status_error, self.updated_at = pd.DataFrame(), False, None, ""
+        self.snapshot, self.sample_error, self.sample_warnings = None, None, []
+        self.stats_df: Optional[pd.DataFrame] = None
+        self.stats_measuring = False
+        self.pending_restart: Optional[tuple] = None  # (app, services) waiting for "Yes, restart"
+        self.exec_run: Optional[tuple] = None  # (app, command, output; None while it runs)
+        self.log_app: Optional[str] = None  # the app whose lines the log pane shows
+        self.gone: set = set()  # apps destroyed since (announced in this notebook): never shown
+        self._gone_at: dict = {}
+        self._focus: Optional[str] = None
+        self._picked = False  # the researcher chose in the App list (all apps included)
+        self._draw_lock, self._drawing = threading.RLock(), None  # None, or the thread drawing now
+        self._chart_key, self._chart_png = None, b""
         self._backup_health, self._backup_read = None, 0.0  # read at most every BACKUP_EVERY seconds
         self._working, self._working_read = None, 0.0  # read at most every PARTICIPANTS_EVERY seconds
         self._stop = threading.Event()
@@ -157,6 +71,7 @@ class MonitorPanel(Panel):
         self._servers: dict = {}
         self._wanted_app = app  # the focus: this app, else the one this notebook deployed, else all apps
         self._build(server)
+        changes.subscribe(self._on_app_change)  # a deploy or destroy in another panel of this notebook
         if autostart and server is not None:
             self.connect(server)
 
@@ -168,12 +83,13 @@ class MonitorPanel(Panel):
         return b
 
     def _build(self, server) -> None:
-        options = self._server_options(server)
+        options, chosen = server_choices(server)
+        self._servers.update(chosen)
         self.server_picker = choice_field(W.Dropdown(options=options, value=options[0] if options else None,
                                                      description="Server"))
         self.server_picker.observe(self._on_server, names="value")
         self.app_picker = choice_field(W.Dropdown(options=[ALL_APPS], value=ALL_APPS, description="App"))
-        self.app_picker.observe(lambda _: self._focus_changed(), names="value")
+        self.app_picker.observe(self._on_pick, names="value")
         self.stop_button = self._button("Stop monitoring", "stop", icon="stop")
         self.stop_button.on_click(lambda _: self.stop())
         self.start_button = self._button("Start monitoring", "start", icon="play")
@@ -187,25 +103,6 @@ class MonitorPanel(Panel):
         self._build_exec()
         self.maintenance = MaintenanceBox(self)
         self.widget = self._lay_out()
-
-    def _server_options(self, server) -> list:
-        options = []
-        if server is not None and not isinstance(server, str):
-            label = getattr(server, "label", None) or getattr(server, "name", None) or str(server)
-            self._servers[label] = server
-            options.append(label)
-        try:
-            from ..ssh import servers as _servers
-
-            for s in _servers.list_servers():
-                self._servers.setdefault(s.name, s.name)
-                options.append(s.name) if s.name not in options else None
-        except Exception:  # no registry yet: the passed server is enough
-            pass
-        if isinstance(server, str):
-            self._servers.setdefault(server, server)
-            options.append(server) if server not in options else None
-        return options
 
     def _build_status(self) -> None:
         self.status_table = W.HTML("<i>Loading…</i>")
@@ -243,7 +140,7 @@ class MonitorPanel(Panel):
         self.confirm_yes = self._button("Yes, restart", "restart-confirm", button_style="danger")
         self.confirm_no = self._button("Cancel", "restart-cancel")
         self.confirm_yes.on_click(lambda _: self.in_background(self._do_restart, exclusive=False))
-        self.confirm_no.on_click(lambda _: self._hide_confirm())
+        self.confirm_no.on_click(lambda _: self._set(pending_restart=None))
         self.confirm_row = W.HBox([self.confirm_text, self.confirm_yes, self.confirm_no])
         self.confirm_row.layout.display = "none"
 
@@ -279,8 +176,16 @@ class MonitorPanel(Panel):
     @property
     def focus(self) -> Optional[str]:
         """The app the panel is about, or None in the "all apps" view."""
-        value = self.app_picker.value
-        return None if value in (None, ALL_APPS) else value
+        return self._focus
+
+    def draw(self) -> None:
+        monitor_view.draw(self)
+
+    def _set(self, **truth) -> None:
+        """Store what was read (or asked), then draw it."""
+        for key, value in truth.items():
+            setattr(self, key, value)
+        self.render()
 
     def _need_app(self) -> str:
         app = self.focus
@@ -289,17 +194,34 @@ class MonitorPanel(Panel):
                                  "Choose your app in the App list at the top.", code="panel.no_app")
         return app
 
-    def _focus_changed(self) -> None:
-        """Another app (or all apps) chosen: the tables show it at once, from the last reading."""
-        self._update_services()
-        df = self.status_df
-        if not df.empty:
-            self.status_table.value = status_html(_only(df, self.focus))
-        self.stats_table.value = ""
+    def _on_pick(self, change) -> None:
+        """The researcher chose another app (or all apps): the tables show it at once, from the last reading."""
+        if self._drawing != threading.get_ident():  # chosen, "all apps" too: the next refreshes keep it (not the one asked for)
+            self._wanted_app, self._picked = None, True
+            self._set(_focus=None if change["new"] in (None, ALL_APPS) else change["new"])
 
-    def _choose_focus(self, apps: list) -> str:
-        latest = changes.latest_deployed(self.remote.host) if self.remote is not None else None
-        return changes.focus(self.focus, self._wanted_app, latest, apps) or ALL_APPS
+    def _on_app_change(self, operation: str, app: str, host: str) -> None:
+        """An app was deployed or destroyed in this notebook: a destroyed one leaves every part of the view."""
+        if self.remote is not None and host != getattr(self.remote, "host", host):
+            return
+        if operation != "destroy":
+            self.gone.discard(app)
+        else:
+            self.gone.add(app)
+            self._gone_at[app] = time.monotonic()
+            if self.log_app == app and self._follow_stop is not None:
+                self._follow_stop.set()
+            for attr in ("_focus", "_wanted_app", "log_app"):
+                if getattr(self, attr) == app:
+                    setattr(self, attr, None)
+        self.render()
+        if self.remote is not None and not self._stop.is_set():
+            self.in_background(self._refresh_status, exclusive=False, name="monitor-refresh")
+
+    def _choose_focus(self, apps: list) -> Optional[str]:
+        apps = [a for a in apps if a not in self.gone]
+        latest = changes.latest_deployed(self.remote.host) if self.remote is not None and not self._picked else None
+        return changes.focus(self.focus, self._wanted_app, latest, apps)
 
     def connect(self, server=None) -> None:
         """(Re)start monitoring a server: status timer and connection sampler."""
@@ -336,11 +258,10 @@ class MonitorPanel(Panel):
             try:
                 self._refresh_status()
             except Exception as exc:  # noqa: BLE001 - shown; the timer keeps going (e.g. SSH dropped)
-                # Above the last table, and gone with the next good refresh.
-                self.status_table.value = error_html(exc) + status_html(self.status_df) \
-                    if not self.status_df.empty else error_html(exc)
+                self._set(status_error=exc)  # above the last table, and gone with the next good refresh
 
     def _refresh_status(self) -> None:
+        began = time.monotonic()
         df = monitor.status(self.remote, jobs=True)
         # Backups change once a minute at most: not one more round trip on every refresh.
         if self._backup_health is None or time.monotonic() - self._backup_read >= BACKUP_EVERY:
@@ -349,57 +270,28 @@ class MonitorPanel(Panel):
         if self._working is None or time.monotonic() - self._working_read >= PARTICIPANTS_EVERY:
             self._working, self._working_read = participants.read(self.remote), time.monotonic()
         df = participants.attach(df, self._working)
-        self.status_df = df
-        apps = sorted(set(df["app"]))
-        focus = self._choose_focus(apps)
-        if list(self.app_picker.options) != [ALL_APPS, *apps]:
-            self.app_picker.options = [ALL_APPS, *apps]
-        self.app_picker.value = focus
-        self.status_table.value = status_html(_only(df, self.focus))
-        self._update_services()
-        self.updated.value = f"updated {pd.Timestamp.now().strftime('%H:%M:%S')}"
+        apps = set(df["app"])
+        for app in [a for a in self.gone if a in apps and began > self._gone_at.get(a, 0)]:
+            self.gone.discard(app)  # deployed again since (from elsewhere): shown again
+        self._focus = self._choose_focus(sorted(apps))
+        self._set(status_df=df, status_read=True, status_error=None,
+                  updated_at=pd.Timestamp.now().strftime("%H:%M:%S"))
         if self.message.value and "Connecting" in self.message.value:
             self.message.clear()
 
-    def _update_services(self) -> None:
-        app = self.focus
-        df = self.status_df
-        services = sorted(set(df[df["app"] == app]["service"])) if app and not df.empty else []
-        if services and list(self.exec_service.options) != services:
-            self.exec_service.options = services
-            self.log_service.options = [ALL, *services]
-            # An app without a clock (Dallinger's clock_on off) offers only what it runs.
-            processes = [s for s in layout.PROCESS_SERVICES if s in services]
-            if processes and list(self.restart_services.options) != processes:
-                self.restart_services.options = processes
-                self.restart_services.value = processes
-
     def _on_sample(self, sampler, snap) -> None:
-        msgs = []
         if snap is None:
-            err = sampler.last_error
-            hint = panel_hint(err) if isinstance(err, LabdeployError) else ""
-            msgs.append(warning_html("No connection data: " + (getattr(err, "message", None) or str(err)), hint))
+            self._set(sample_error=sampler.last_error)
         else:
-            used, limit = snap.total, snap.max_connections
-            self.gauge.max = float(limit)
-            self.gauge.value = float(used)
-            self.gauge.bar_style = "danger" if used >= self.threshold * limit else "success"
-            self.gauge_label.value = f"{used} / {limit} ({100 * used / limit:.0f}%)"
-            self.summary.value = summary_html(snap.summary())
-            for w in sampler.warnings:
-                msgs.append(warning_html(w.message, w.hint))
-        self.warnings.value = ("<div style='font-size:115%;font-weight:bold'>" + "".join(msgs) + "</div>"
-                               if msgs else "")
-        self.chart.value = render_chart(sampler, self.focus)
-        self.chart.layout.display = ""
+            self._set(snapshot=snap, sample_error=None, sample_warnings=list(sampler.warnings))
 
     def _show_stats(self) -> None:
-        self.stats_table.value = "<i>Measuring (takes a second or two)…</i>"
-        df = monitor.stats(self.remote)
-        if self.focus is not None and not df.empty:  # the focused app and the shared services it uses
-            df = df[(df["app"] == self.focus) | df["app"].isna() | (df["app"] == "")]
-        self.stats_table.value = stats_html(df)
+        self._set(stats_measuring=True)
+        try:
+            df = monitor.stats(self.remote)
+        finally:
+            self.stats_measuring = False
+        self._set(stats_df=df)
 
     # ------------------------------------------------------------------ logs
 
@@ -410,6 +302,7 @@ class MonitorPanel(Panel):
         app = self._need_app()
         lines = monitor.logs(app, self.remote, self._service_choice(), tail=int(self.log_tail.value), as_frame=False)
         self.log_pane.clear()
+        self.log_app = app
         for line in lines:
             self.log_pane.append(line)
         if not lines:
@@ -432,6 +325,7 @@ class MonitorPanel(Panel):
                 # service's backlog as a block), then new lines from that time on.
                 df = monitor.logs(app, self.remote, service, tail=int(self.log_tail.value))
                 self.log_pane.clear()
+                self.log_app = app
                 for svc, line in zip(df["service"], df["line"]):
                     self.log_pane.append(f"{svc} | {line}")
                 last = df["time"].max() if not df.empty else None
@@ -466,19 +360,12 @@ class MonitorPanel(Panel):
         if not services:
             self.message.show_warning("Choose at least one service to restart.")
             return
-        self.confirm_text.value = (f"<b>Restart {html.escape(', '.join(services))} of {html.escape(app)}?</b> "
-                                   "Participants may see errors for a few seconds.")
-        self._pending_restart = (app, services)
-        self.confirm_row.layout.display = "flex"
-
-    def _hide_confirm(self) -> None:
-        self.confirm_row.layout.display = "none"
-        self._pending_restart = None
+        self._set(pending_restart=(app, services))
 
     def _do_restart(self) -> None:
-        pending = getattr(self, "_pending_restart", None)
-        self._hide_confirm()
-        if not pending:
+        pending = self.pending_restart
+        self._set(pending_restart=None)
+        if not pending or pending[0] in self.gone:
             raise LabdeployError("Nothing to restart.", "Click Restart… and confirm.",
                                  code="panel.nothing_to_restart")
         app, services = pending
@@ -495,9 +382,9 @@ class MonitorPanel(Panel):
         if not command:
             raise LabdeployError("The command is empty.", "Type a command, e.g. 'ls -la' or 'env'.",
                                  code="invalid.exec.command")
-        self.exec_output.value = f"$ {command}\n(running…)"
+        self._set(exec_run=(app, command, None))
         res = monitor.exec_(app, self.remote, self.exec_service.value, command, timeout=120)
-        self.exec_output.value = f"$ {command}\n{res.stdout}{res.stderr}\n[exit status {res.exit_status}]"
+        self._set(exec_run=(app, command, f"{res.stdout}{res.stderr}\n[exit status {res.exit_status}]"))
 
     # ------------------------------------------------------------------ stopping
 

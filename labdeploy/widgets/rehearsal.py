@@ -16,10 +16,11 @@ from typing import Optional
 import ipywidgets as W
 
 from .. import rehearsal
+from ..app import changes
 from ..errors import ValidationError
 from ..progress import Event, Progress, StepFinished, StepStarted
 from ..ssh import pool as ssh_pool
-from .common import (LogPane, Message, Panel, ProgressRow, StepList, choice_field, form_beside_steps, ok_html, server_choices,
+from .common import (LogPane, Message, Panel, ProgressRow, State, StepList, choice_field, form_beside_steps, ok_html, server_choices,
                      text_field, titled, warning_html, widget_reporter)
 from .parts import frame_html
 
@@ -60,6 +61,25 @@ def live_png(lat) -> bytes:
     return _png(fig)
 
 
+def _sentence_html(r: "rehearsal.Rehearsal") -> str:
+    stopped = " (stopped early: measured up to where it was stopped)" if r.stopped else ""
+    out = ok_html(r.sentence + stopped)
+    if not r.removed:
+        out += warning_html(f"The copy {r.copy} could not be removed.",
+                            "Destroy it with its data, as any app you no longer need.")
+    return out
+
+
+def _tables_html(r: "rehearsal.Rehearsal") -> str:
+    section = lambda t: f"<div style='margin-top:6px'><b>{html.escape(t)}</b></div>"  # noqa: E731
+    return (section("Latency and errors per number of simultaneous participants")
+            + frame_html(r.latency, "labdeploy-rehearsal-latency", index=True)
+            + section("Resources per number of simultaneous participants")
+            + frame_html(r.resources, "labdeploy-rehearsal-resources", index=True)
+            + section("Cost of one participant (straight-line fit)")
+            + frame_html(r.costs, "labdeploy-rehearsal-costs", index=True))
+
+
 class RehearsalPanel(Panel):
     """`RehearsalPanel("my-study", server="lab", experiment="my-experiment/")`. `flow`: for apps other
     than Dallinger/PsyNet, the requests one participant makes (also editable as JSON in the panel);
@@ -70,8 +90,12 @@ class RehearsalPanel(Panel):
         self._connections = ssh_pool.kernel().lease()  # the notebook's, shared by its panels
         self._servers: dict = {}
         self.deploy_settings = dict(deploy_settings or {})
+        # The truth last read; draw() turns it into the view.
         self.running: Optional[rehearsal.Running] = None
         self.result: Optional[rehearsal.Rehearsal] = None
+        self.live_chart = b""  # the live plot of the steps finished so far (PNG)
+        self.stopping = False
+        self._result_png: tuple = (None, b"")  # (the result, its plot): drawn once per result
         options, chosen = server_choices(server)
         self._servers.update(chosen)
         chosen = server if isinstance(server, str) else (options[0] if options else None)
@@ -93,7 +117,6 @@ class RehearsalPanel(Panel):
                                     description="rehearse even while participants are taking part on this server")
         self.start_button = _button("Start", "start", "success", "play")
         self.stop_button = _button("Stop", "stop", "danger", "stop")
-        self.stop_button.disabled = True
         self.start_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.message, self.steps, self.progress = Message(), StepList(STEPS), ProgressRow()
@@ -111,6 +134,8 @@ class RehearsalPanel(Panel):
             self.sentence_html, self.tables_html, self.log,
             subtitle="Simulated participants walk a copy of your experiment, more at each step, while the server is "
                      "measured; the copy and every simulated participant are removed afterwards.")
+        changes.subscribe(self._on_app_change)
+        self.render()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -150,8 +175,29 @@ class RehearsalPanel(Panel):
     def _on_level(self, k: int, n: int) -> None:
         """A new step began: the steps before it are in the live plot."""
         if self.running is not None:
-            self.chart.value = live_png(self.running.live())
-            self.chart.layout.display = ""
+            self.live_chart = live_png(self.running.live())
+            self.render()
+
+    def draw(self) -> None:
+        """The view from the running rehearsal or the finished one's result, nothing else."""
+        self.stop_button.disabled = not (self.state is State.RUNNING and self.running is not None and not self.stopping)
+        r = self.result
+        if r is not None and self._result_png[0] is not r:
+            from matplotlib.figure import Figure
+
+            self._result_png = (r, _png(r.plot(fig=Figure(figsize=(10, 3.6), dpi=80))))
+        png = self._result_png[1] if r is not None else self.live_chart
+        self.chart.value = png
+        self.chart.layout.display = "" if png else "none"
+        self.sentence_html.value = _sentence_html(r) if r is not None else ""
+        self.tables_html.value = _tables_html(r) if r is not None else ""
+
+    def _on_app_change(self, operation: str, app: str, host: str) -> None:
+        """The rehearsed app destroyed: what was measured of it is no longer shown (unless it runs now)."""
+        if operation == "destroy" and self.state is not State.RUNNING and self.result is not None \
+                and app in (self.result.app, self.result.copy):
+            self.result, self.live_chart = None, b""
+            self.render()
 
     # ------------------------------------------------------------------ actions
 
@@ -162,51 +208,29 @@ class RehearsalPanel(Panel):
                       force=bool(self.force_box.value), reporter=self._reporter(), on_level=self._on_level,
                       deploy_settings=self.deploy_settings or None)
         app = self.app_box.value.strip()
-        self.sentence_html.value = self.tables_html.value = ""
-        self.result = None
+        self.result, self.running, self.live_chart, self.stopping = None, None, b"", False
 
         def work():
             kwargs["flow"] = self._flow()
             self.running = rehearsal.start(app, self.remote(), **kwargs)
-            self.stop_button.disabled = False
+            self.render()  # Stop can be clicked now
             return self.running.result()
 
         def done(result: rehearsal.Rehearsal) -> None:
-            self.stop_button.disabled = True
             self.progress.hide()
             self.result = result
-            self._show_result(result)
+            self.message.clear()
 
-        self.in_background(work, done, on_error=lambda _exc: setattr(self.stop_button, "disabled", True),
-                           reset=STEPS, status="Starting the rehearsal…", disable=[self.start_button],
+        self.in_background(work, done, reset=STEPS, status="Starting the rehearsal…", disable=[self.start_button],
                            name="rehearsal")
 
     def stop(self) -> None:
         """End all simulated participants now; the copy is still removed, and what was measured is shown."""
-        if self.running is not None:
+        if self.running is not None and self.state is State.RUNNING:
             self.running.stop()
-            self.stop_button.disabled = True
+            self.stopping = True
+            self.render()
             self.message.show_info("Stopping: every simulated participant ends now, then the copy is removed…")
-
-    def _show_result(self, r: "rehearsal.Rehearsal") -> None:
-        from matplotlib.figure import Figure
-
-        self.chart.value = _png(r.plot(fig=Figure(figsize=(10, 3.6), dpi=80)))
-        self.chart.layout.display = ""
-        stopped = " (stopped early: measured up to where it was stopped)" if r.stopped else ""
-        self.sentence_html.value = ok_html(r.sentence + stopped)
-        if not r.removed:
-            self.sentence_html.value += warning_html(f"The copy {r.copy} could not be removed.",
-                                                     "Destroy it with its data, as any app you no longer need.")
-        section = lambda t: f"<div style='margin-top:6px'><b>{html.escape(t)}</b></div>"  # noqa: E731
-        self.tables_html.value = (
-            section("Latency and errors per number of simultaneous participants")
-            + frame_html(r.latency, "labdeploy-rehearsal-latency", index=True)
-            + section("Resources per number of simultaneous participants")
-            + frame_html(r.resources, "labdeploy-rehearsal-resources", index=True)
-            + section("Cost of one participant (straight-line fit)")
-            + frame_html(r.costs, "labdeploy-rehearsal-costs", index=True))
-        self.message.clear()
 
     def close(self) -> None:
         self.stop()
