@@ -61,9 +61,10 @@ def live_png(lat) -> bytes:
     return _png(fig)
 
 
-def _sentence_html(r: "rehearsal.Rehearsal") -> str:
+def _sentence_html(r: "rehearsal.Rehearsal", destroyed: bool = False) -> str:
     stopped = " (stopped early: measured up to where it was stopped)" if r.stopped else ""
-    out = ok_html(r.sentence + stopped)
+    since = f" Measured before {r.app} was destroyed." if destroyed else ""
+    out = ok_html(r.sentence + stopped + since)
     if not r.removed:
         out += warning_html(f"The copy {r.copy} could not be removed.",
                             "Destroy it with its data, as any app you no longer need.")
@@ -93,6 +94,7 @@ class RehearsalPanel(Panel):
         # The truth last read; draw() turns it into the view.
         self.running: Optional[rehearsal.Running] = None
         self.result: Optional[rehearsal.Rehearsal] = None
+        self.app_destroyed = False  # the rehearsed app was destroyed after the rehearsal
         self.live_chart = b""  # the live plot of the steps finished so far (PNG)
         self.stopping = False
         self._result_png: tuple = (None, b"")  # (the result, its plot): drawn once per result
@@ -189,14 +191,14 @@ class RehearsalPanel(Panel):
         png = self._result_png[1] if r is not None else self.live_chart
         self.chart.value = png
         self.chart.layout.display = "" if png else "none"
-        self.sentence_html.value = _sentence_html(r) if r is not None else ""
+        self.sentence_html.value = _sentence_html(r, self.app_destroyed) if r is not None else ""
         self.tables_html.value = _tables_html(r) if r is not None else ""
 
     def _on_app_change(self, operation: str, app: str, host: str) -> None:
-        """The rehearsed app destroyed: what was measured of it is no longer shown (unless it runs now)."""
-        if operation == "destroy" and self.state is not State.RUNNING and self.result is not None \
-                and app in (self.result.app, self.result.copy):
-            self.result, self.live_chart = None, b""
+        """The rehearsed app destroyed: what was measured stays (a measurement, kept in `result` for
+        the notebook), said to be of an app that is gone; deployed again, it is not gone."""
+        if self.state is not State.RUNNING and self.result is not None and app == self.result.app:
+            self.app_destroyed = operation == "destroy"
             self.render()
 
     # ------------------------------------------------------------------ actions
@@ -209,6 +211,7 @@ class RehearsalPanel(Panel):
                       deploy_settings=self.deploy_settings or None)
         app = self.app_box.value.strip()
         self.result, self.running, self.live_chart, self.stopping = None, None, b"", False
+        self.app_destroyed = False
 
         def work():
             kwargs["flow"] = self._flow()
