@@ -14,57 +14,21 @@ No JavaScript runs here: what a page's buttons would send is read from its HTML.
 
 from __future__ import annotations
 
-import html
-import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 
-_TEMPLATE_DATA = re.compile(r'<script id="psynet-template-data" type="application/json">\s*(.*?)\s*</script>', re.S)
-_PUSH_BUTTON = re.compile(r'<button\s[^>]*class="btn push-button[^"]*"\s+id="([^"]+)"', re.S)
+# How a page is read (its state, buttons, kind, what answering it posts) is the rehearsal's own
+# reading, labdeploy.rehearsal.psynetpages: these tests walk real PsyNet pages with it.
+from labdeploy.rehearsal import psynetpages
+from labdeploy.rehearsal.psynetpages import Page
 
 
 class JourneyError(AssertionError):
     pass
-
-
-@dataclass
-class Page:
-    """One timeline page as the browser got it."""
-
-    html: str
-    data: dict  # psynet-template-data
-
-    @property
-    def uuid(self) -> str:
-        return self.data["jsVars"]["pageUuid"]
-
-    @property
-    def buttons(self) -> list[str]:
-        """The ids of its push buttons (a click sends the id as the raw answer)."""
-        return [html.unescape(b) for b in _PUSH_BUTTON.findall(self.html)]
-
-    @property
-    def kind(self) -> str:
-        if 'onClick="psynet.nextPage(true);"' in self.html:
-            return "consent"
-        if "dallinger.submitAssignment()" in self.html:
-            return "submit"  # ExecuteFrontEndJS: the page's script completes the assignment
-        if self.buttons:
-            return "buttons"
-        if 'id="next-button"' in self.html:
-            return "next"
-        return "unknown"
-
-    def text(self) -> str:
-        """The page's main body as plain text (for assertions)."""
-        body = self.html.split('id="main-body"', 1)[-1]
-        body = re.sub(r"<(script|style)\b.*?</\1>", " ", body, flags=re.S)
-        return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body))).strip()
 
 
 @dataclass
@@ -101,14 +65,11 @@ class Browser:
         first = self.request("GET", f"/ad?recruiter=generic&generate_tokens=1&mode={mode}", expect=302)
         ad_path = _local(first.headers["Location"])
         ad = self.request("GET", ad_path).text
-        # ad.html: the "Begin" button opens url_for('consent') + the same query string.
-        consent_path = _js_string(ad, r'let url = "([^"]+)";', "the ad page's link to the consent page")
-        consent = self.request("GET", html.unescape(consent_path)).text
-        start_path = _js_string(consent, r"window\.location='(/start\?[^']*)'", "the consent page's link to /start")
-        self.request("GET", html.unescape(start_path))
-        # start.html: POST /participant with the entry information (query minus mode) and a fingerprint.
-        entry = {k: v for k, v in parse_qsl(urlsplit(html.unescape(start_path)).query) if k != "mode"}
-        created = self.request("POST", "/participant", data={**entry, "fingerprint_hash": "labdeploy-test"}).json()
+        consent = self.request("GET", _read(psynetpages.consent_link, ad)).text
+        start_path = _read(psynetpages.start_link, consent)
+        self.request("GET", start_path)
+        entry = psynetpages.entry_information(start_path, "labdeploy-test")
+        created = self.request("POST", "/participant", data=entry).json()
         self.visit.unique_id = created["participant"]["unique_id"]
         self.visit.participant_id = int(created["participant"]["id"])
         return self.visit.unique_id
@@ -117,25 +78,16 @@ class Browser:
 
     def page(self) -> Page:
         res = self.request("GET", f"/timeline?unique_id={self.visit.unique_id}")
-        m = _TEMPLATE_DATA.search(res.text)
-        if not m:
-            raise JourneyError(f"/timeline gave no psynet-template-data: {res.text[:800]}")
-        page = Page(res.text, json.loads(m.group(1)))
-        if page.data["flags"].get("dynamicallyUpdateProgressBarAndReward"):
-            self.request("GET", f"/timeline/progress_and_reward?participantId={page.data['participantId']}")
+        page = _read(Page.parse, res.text)
+        if page.progress_polled:
+            self.request("GET", f"/timeline/progress_and_reward?participantId={page.participant_id}")
         return page
 
     def submit(self, page: Page, raw_answer, seconds_on_page: float = 1.5) -> dict:
         """What psynet.nextPage(raw_answer) sends, as the multipart form the browser builds."""
-        body = {
-            "participant_id": page.data["participantId"], "page_uuid": page.uuid,
-            "assignment_id": page.data["assignmentId"], "unique_id": page.data["uniqueId"],
-            "raw_answer": raw_answer,
-            "metadata": {"time_taken": seconds_on_page, "platform": "labdeploy-test",
-                         "download_speed_megabits_per_sec": None, "event_log": []},
-        }
-        res = self.request("POST", "/response", files={"json": (None, json.dumps(body))}).json()
-        if res.get("submission") != "approved":
+        form = psynetpages.response_form(page, raw_answer, seconds_on_page)
+        res = self.request("POST", "/response", files={"json": (None, form["json"])}).json()
+        if not psynetpages.approved(res):
             raise JourneyError(f"the response to {page.text()[:200]!r} was not approved: {res}")
         return res
 
@@ -177,11 +129,12 @@ def _local(location: str) -> str:
     return parts.path + ("?" + parts.query if parts.query else "")
 
 
-def _js_string(text: str, pattern: str, what: str) -> str:
-    m = re.search(pattern, text)
-    if not m:
-        raise JourneyError(f"could not find {what}: {text[:800]}")
-    return m.group(1)
+def _read(reader: Callable, text: str):
+    """What `reader` reads from a page, or the test's error with the page's start."""
+    try:
+        return reader(text)
+    except psynetpages.PageError as exc:
+        raise JourneyError(f"{exc}: {text[:800]}") from exc
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 1.0):
