@@ -194,13 +194,29 @@ def pytest_xdist_make_scheduler(config, log):
     return PerServer(config, log)
 
 
+def spread_server(nodeid: str, turns: dict) -> str:
+    """The server a `spread` test runs on: its file's tests take turns, in the order they are
+    collected (a test's other parameters make cases of their own). `turns` keeps the order."""
+    server = server_of(nodeid)
+    params = nodeid[nodeid.index("[") + 1:-1].split("-") if server else []
+    case = (nodeid.split("[", 1)[0], "-".join(p for p in params if p != server))
+    module = turns.setdefault(nodeid.split("::", 1)[0], {})
+    return SERVERS[module.setdefault(case, len(module)) % len(SERVERS)]
+
+
 def _keep_marked_servers(config, items) -> None:
     """`@pytest.mark.servers("trixie")`: a test that proves nothing more on the other server (what
-    it exercises is the same code on both, and both run elsewhere) runs on the named one only."""
-    keep, drop = [], []
+    it exercises is the same code on both, and both run elsewhere) runs on the named one only.
+    `@pytest.mark.spread`: a file whose tests exercise the engines alike (CLI plumbing, restore
+    logic) gives each test one server, taking turns, so both engines still see the file in half
+    the time; the files whose steps differ between Compose v1 and v2 (deploy, compose, stack)
+    keep both."""
+    keep, drop, turns = [], [], {}
     for item in items:
         marker = item.get_closest_marker("servers")
         server = getattr(item, "callspec", None) and item.callspec.params.get("testbed")
+        if marker is None and server in SERVERS and item.get_closest_marker("spread"):
+            marker = pytest.mark.servers(spread_server(item.nodeid, turns)).mark
         (drop if marker and server and server not in marker.args else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

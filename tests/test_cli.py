@@ -19,7 +19,9 @@ import requests
 from test_cli_support import CLI, LABDEPLOY, REPO, Terminal
 from deploy_support import destroy_if_deployed
 
-pytestmark = pytest.mark.testbed
+# Spread over the servers: the CLI's plumbing is the same on both engines; deploys themselves are
+# proved on both in test_deploy.
+pytestmark = [pytest.mark.testbed, pytest.mark.spread]
 
 APP = "t-cli-app"
 EXAMPLE = REPO / "examples" / "stroop"

@@ -18,6 +18,10 @@ from labdeploy.progress import Collector, LogLine, StepStarted, WarningEvent
 from labdeploy.remote import Remote
 from deploy_support import deploy_kwargs, destroy_if_deployed, prepare_local_stack
 
+# Spread over the servers: the faults are the app's and the connection's; each engine meets half of
+# them.
+pytestmark = pytest.mark.spread
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 
 

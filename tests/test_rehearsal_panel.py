@@ -32,7 +32,7 @@ def panel(home, testbed, session_remote):
 
     prepare_local_stack(session_remote, testbed)
     destroy_if_deployed(session_remote, APP + "-rh")
-    p = RehearsalPanel(APP, server=session_remote, experiment=str(EXAMPLE), participants=6, ramp=3, duration=30,
+    p = RehearsalPanel(APP, server=session_remote, experiment=str(EXAMPLE), participants=6, ramp=3, duration=60,
                        flow=STROOP_FLOW, deploy_settings=deploy_kwargs(testbed))
     p.force_box.value = True  # other tests' apps may have participants working meanwhile
     yield p
@@ -48,7 +48,7 @@ def test_panel_rehearses_with_a_live_plot_stops_at_once_and_shows_the_answer(pan
     assert panel.steps.state("Deploy the copy") == "done" and not panel.stop_button.disabled
     # A live plot once the first step is over (drawn when the second begins).
     wait_for(lambda: len(panel.chart.value) > 1000 and panel.running.live().shape[0] >= 1, what="the live plot")
-    assert list(panel.running.live().index) == [2]
+    assert list(panel.running.live().index)[:1] == [2]  # a slow machine may be into the next step
 
     panel.stop_button.click()
     run = panel.running.stop_event.run
