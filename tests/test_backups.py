@@ -23,8 +23,6 @@ from deploy_support import deploy_kwargs, prepare_local_stack
 from net_support import relayed_remote
 from test_deploy import answer_all_trials, through_caddy
 
-# Spread over the servers: backups and restores are pg_dump and files, the same on both engines.
-pytestmark = pytest.mark.spread
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroop"
 APP = "t-bk-app"
