@@ -26,9 +26,6 @@ from labdeploy.app.appcompose import parse_env
 from deploy_support import destroy_if_deployed, prepare_local_stack
 from load_support import Visit, dallinger_visit, drive
 
-# Spread over the servers: PgBouncer is an app service like the others; each engine runs half of
-# these tests.
-pytestmark = pytest.mark.spread
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "dallinger-hello"
