@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, TESTBED_FILE
+from conftest import REPO, SWARM, TESTBED_FILE
 
 TESTBED = REPO / "scripts" / "testbed"
 
@@ -42,7 +42,10 @@ def test_fingerprint_in_info_file_is_the_servers(testbed):
         assert sock.recv(4) == b"SSH-"
 
 
-def test_status_exits_zero():
+# In the Swarm's scope (conftest's scheduler): the Swarm tests stop a node on purpose, which
+# status reports as DOWN; at the same time as them, this would fail for no fault of the testbed.
+@pytest.mark.parametrize("scope", [SWARM])
+def test_status_exits_zero(scope):
     res = subprocess.run([str(TESTBED), "status"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "DOWN" not in res.stdout
