@@ -242,7 +242,10 @@ def test_restore_into_the_app_itself_backs_it_up_first_and_the_app_serves_again(
     after = counts(remote, APP)
     assert after != point["rows"]
     result = backup.restore(APP, remote, point["id"], into=APP, confirm=True)
-    assert result.replaced and result.ok and counts(remote, APP) == point["rows"]
+    assert result.replaced and result.ok
+    now = counts(remote, APP)  # the example's clock may have added a job since the restore
+    assert {k: v for k, v in now.items() if k != "jobs"} == {k: v for k, v in point["rows"].items() if k != "jobs"}
+    assert point["rows"]["jobs"] <= now["jobs"] <= point["rows"]["jobs"] + 3
     pre = backup.backups(APP, remote, checksums=False).set_index("id").loc[result.pre_restore_backup]
     # Nothing is lost for good: the pre-restore dump holds every row counted before, plus any job
     # the example's clock added by itself in between.
