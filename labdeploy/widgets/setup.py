@@ -21,9 +21,9 @@ from ..errors import ChangedHostKey, LabdeployError
 from ..progress import Collector
 from .remedies import words as panel_words
 from ..ssh import hostkeys
-from .setup_actions import ServerRemoval, prepare_swarm
-from .common import (LogPane, Message, Panel, StepList, choice_field, form_beside_steps, info_html, plural, text_field, titled,
-                     widget_reporter)
+from .setup_actions import ServerRemoval, prepare_start, prepare_swarm
+from .common import (LogPane, Message, Panel, StepList, choice_field, form_beside_steps, info_html, plural, text_field,
+                     titled)
 
 STEPS = ("SSH key", "ssh-agent", "Host key", "Copy key", "Verify login", "Register", "Readiness", "Prepare server")
 
@@ -410,18 +410,10 @@ class SetupPanel(Panel):
 
     def prepare(self) -> None:
         self._take_passphrase()
-        try:
-            settings = self.settings().validate()
-        except LabdeployError as exc:
-            self.steps.set("Prepare server", "failed", exc.message)
-            self.message.show_error(exc)
+        started = prepare_start(self)
+        if started is None:
             return
-        self.log.clear()
-        report = widget_reporter(logpane=self.log, message=self.message)
-
-        def reporter(event):
-            self.events(event)
-            report(event)
+        settings, reporter = started
 
         def work():
             self.prepare_result = stack.prepare(self._remote(), settings, reporter)

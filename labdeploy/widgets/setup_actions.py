@@ -81,21 +81,32 @@ class ServerRemoval:
             b.layout.display = "" if asking else "none"
 
 
-def prepare_swarm(panel) -> None:
-    """The server is a Docker Swarm's manager: label the data node, write the settings and start
-    the one ingress Caddy (the fields of section 5 give its domain and images)."""
+def prepare_start(panel):
+    """What both Prepare buttons start with: the settings checked (an error shows at the step,
+    and None is returned) and a reporter that keeps each event and shows it in the log."""
     try:
         settings = panel.settings().validate()
     except LabdeployError as exc:
         panel.steps.set("Prepare server", "failed", exc.message)
         panel.message.show_error(exc)
-        return
+        return None
     panel.log.clear()
     report = widget_reporter(logpane=panel.log, message=panel.message)
 
     def reporter(event) -> None:
         panel.events(event)
         report(event)
+
+    return settings, reporter
+
+
+def prepare_swarm(panel) -> None:
+    """The server is a Docker Swarm's manager: label the data node, write the settings and start
+    the one ingress Caddy (the fields of section 5 give its domain and images)."""
+    started = prepare_start(panel)
+    if started is None:
+        return
+    settings, reporter = started
 
     def done(facts: dict) -> str:
         detail = (f"Swarm manager {facts.get('hostname', '')} ready: data on {facts.get('data_node', '')}, "
