@@ -8,12 +8,10 @@ participant counts are checked without a server (the testbed run is tests/test_r
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import random
 import re
-import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,6 +19,7 @@ import pytest
 
 from labdeploy.rehearsal import flows, load, psynetpages as pages
 from labdeploy.rehearsal.rehearse import FlowNotWalked, refuse_unwalked
+from local_http import LocalHTTP
 
 DATA = Path(__file__).resolve().parent / "data" / "psynet-static"
 ENTRY = "recruiter=hotair&hitId=lbot-cap0&assignmentId=lbot-cap0-0-0-a&workerId=lbot-cap0-0-0&mode=sandbox"
@@ -96,7 +95,7 @@ def test_a_page_the_bot_cannot_answer_says_what_it_is_and_a_page_not_psynets_is_
 
 # ------------------------------------------------------------------ the flow against the replayed pages
 
-class ReplayServer:
+class ReplayServer(LocalHTTP):
     """Serves the captured pages in PsyNet's order on 127.0.0.1 (a thread of its own): each
     participant's /timeline gives the next page after each answer to /response. `timeline`
     names the captured pages in order (or pages of `made`); the last one is served until the
@@ -104,23 +103,7 @@ class ReplayServer:
 
     def __init__(self, timeline: list, made: dict) -> None:
         self.timeline, self.made, self.requests, self.at = timeline, made, [], {}
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-        self.thread = threading.Thread(target=self._main, args=(started,), daemon=True)
-        self.thread.start()
-        started.wait(10)
-
-    def _main(self, started) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        started.set()
-        self.loop.run_forever()
-        tasks = asyncio.all_tasks(self.loop)
-        for task in tasks:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self.loop.close()
+        super().__init__()
 
     def answer(self, method: str, target: str, body: bytes, conn: dict) -> tuple[int, str]:
         path, query = urlsplit(target).path, parse_qs(urlsplit(target).query)
@@ -145,30 +128,10 @@ class ReplayServer:
             return 200, captured("worker_complete.json")
         return 404, "not found"
 
-    async def _handle(self, reader, writer) -> None:
-        conn: dict = {}
-        try:
-            while line := await reader.readline():
-                headers = {}
-                while (h := await reader.readline()) not in (b"\r\n", b""):
-                    k, _, v = h.decode().partition(":")
-                    headers[k.strip().lower()] = v.strip()
-                body = await reader.readexactly(int(headers.get("content-length", 0)))
-                method, target = line.decode().split()[:2]
-                self.requests.append((method, urlsplit(target).path))
-                status, text = self.answer(method, target, body, conn)
-                data = text.encode()
-                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(data), data))
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+    async def respond(self, method, target, headers, body, conn) -> tuple[int, bytes]:
+        self.requests.append((method, urlsplit(target).path))
+        status, text = self.answer(method, target, body, conn)
+        return status, text.encode()
 
 
 def _walk(timeline: list, made: dict = {}, seconds: float = 2.0,  # noqa: B006 - never changed

@@ -5,7 +5,6 @@ a small HTTP server on this computer's loopback (started by the test; no testbed
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pandas as pd
@@ -16,6 +15,7 @@ from labdeploy.errors import ValidationError
 from labdeploy.rehearsal import analysis, flows, load
 from labdeploy.rehearsal.rehearse import Stop, plan, plan_levels
 from labdeploy.rehearsal.load import Flow, FlowError, LoadRun, Step, Target
+from local_http import LocalHTTP
 
 EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
 
@@ -116,63 +116,23 @@ def test_host_usage_is_read_from_proc():
 
 # ------------------------------------------------------------------ the generator, on loopback
 
-class TinyServer:
+class TinyServer(LocalHTTP):
     """An HTTP/1.1 server on 127.0.0.1 in a thread: /ok answers, /slow waits, /boom fails,
     /json answers {"id": n}; it counts requests and notes the Host header."""
 
     def __init__(self) -> None:
         self.requests: list = []
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-        self.thread = threading.Thread(target=self._main, args=(started,), daemon=True)
-        self.thread.start()
-        started.wait(10)
+        super().__init__()
 
-    def _main(self, started) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        started.set()
-        self.loop.run_forever()
-        # Every connection's handler ends here, in its own loop, before the loop closes.
-        tasks = asyncio.all_tasks(self.loop)
-        for task in tasks:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self.loop.close()
-
-    async def _handle(self, reader, writer) -> None:
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                headers, length = {}, 0
-                while (h := await reader.readline()) not in (b"\r\n", b""):
-                    k, _, v = h.decode().partition(":")
-                    headers[k.strip().lower()] = v.strip()
-                if int(headers.get("content-length", 0)):
-                    await reader.readexactly(int(headers["content-length"]))
-                path = line.split()[1].decode()
-                self.requests.append((time.time(), path, headers.get("host")))
-                status, body = 200, b"ok"
-                if path.startswith("/slow"):
-                    await asyncio.sleep(30)
-                elif path.startswith("/boom"):
-                    status, body = 500, b"broken"
-                elif path.startswith("/json"):
-                    body = b'{"id": %d}' % len(self.requests)
-                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+    async def respond(self, method, target, headers, body, conn) -> tuple[int, bytes]:
+        self.requests.append((time.time(), target, headers.get("host")))
+        if target.startswith("/slow"):
+            await asyncio.sleep(30)
+        elif target.startswith("/boom"):
+            return 500, b"broken"
+        elif target.startswith("/json"):
+            return 200, b'{"id": %d}' % len(self.requests)
+        return 200, b"ok"
 
 
 @pytest.fixture
